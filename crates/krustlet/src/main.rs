@@ -1,0 +1,175 @@
+//! `krustlet`: a Kubernetes node agent whose pods are WebAssembly (WASI) modules.
+
+mod runtime;
+
+use std::net::{IpAddr, Ipv4Addr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use tokio_util::sync::CancellationToken;
+
+/// A Kubernetes node agent whose pods are WebAssembly (WASI) modules run by wasmtime.
+///
+/// Without a subcommand, registers NODE_NAME with the cluster of --kubeconfig and runs
+/// the pods scheduled to it. Every flag can also be set by the environment variable
+/// named after it (KRUSTLET_NODE_NAME for --node-name, ...).
+#[derive(Debug, Parser)]
+#[command(version, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    node: NodeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Publish a .wasm file to an OCI registry as a Wasm OCI artifact.
+    Push {
+        /// The module to publish.
+        file: PathBuf,
+        /// Where to publish it, e.g. 127.0.0.1:15000/demo/hello:v1.
+        reference: String,
+        /// Registries (host:port) to reach over plain HTTP.
+        #[arg(long, env = "KRUSTLET_INSECURE_REGISTRIES", value_delimiter = ',')]
+        insecure_registries: Vec<String>,
+    },
+}
+
+#[derive(Debug, Args)]
+struct NodeArgs {
+    /// Kubeconfig with the node's credentials for the API server.
+    #[arg(long, env = "KRUSTLET_KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+    /// Name of the Node object [default: the host name].
+    #[arg(long, env = "KRUSTLET_NODE_NAME")]
+    node_name: Option<String>,
+    /// Address reported as the node's InternalIP and as pod IPs [default: the host
+    /// name's first address].
+    #[arg(long, env = "KRUSTLET_NODE_IP")]
+    node_ip: Option<IpAddr>,
+    /// Address the kubelet API listens on.
+    #[arg(long, env = "KRUSTLET_ADDRESS", default_value = "0.0.0.0")]
+    address: IpAddr,
+    /// Port of the kubelet API (HTTPS), reported in the node's daemonEndpoints.
+    #[arg(long, env = "KRUSTLET_PORT", default_value_t = 10250)]
+    port: u16,
+    /// Directory for images, compiled modules, pod logs and generated certificates.
+    #[arg(long, env = "KRUSTLET_DATA_DIR", default_value = "/var/lib/krustlet")]
+    data_dir: PathBuf,
+    /// Serving certificate of the kubelet API (PEM) [default: self-signed, generated
+    /// in DATA_DIR/pki].
+    #[arg(long, env = "KRUSTLET_CERT_FILE", requires = "private_key_file")]
+    cert_file: Option<PathBuf>,
+    /// Private key of --cert-file (PEM).
+    #[arg(long, env = "KRUSTLET_PRIVATE_KEY_FILE", requires = "cert_file")]
+    private_key_file: Option<PathBuf>,
+    /// CA bundle that authenticates clients of the kubelet API (the API server's kubelet
+    /// client certificate). Without it the API accepts anonymous clients.
+    #[arg(long, env = "KRUSTLET_CLIENT_CA_FILE")]
+    client_ca_file: Option<PathBuf>,
+    /// Most pods this node runs at once (node capacity "pods").
+    #[arg(long, env = "KRUSTLET_MAX_PODS", default_value_t = 110)]
+    max_pods: u32,
+    /// Registries (host:port, comma-separated) reached over plain HTTP instead of HTTPS.
+    #[arg(long, env = "KRUSTLET_INSECURE_REGISTRIES", value_delimiter = ',')]
+    insecure_registries: Vec<String>,
+    /// Seconds between renewals of the node lease.
+    #[arg(long, env = "KRUSTLET_NODE_LEASE_RENEW_SECONDS", default_value_t = 10)]
+    node_lease_renew_seconds: u64,
+    /// Seconds between node status reports when nothing changed.
+    #[arg(long, env = "KRUSTLET_NODE_STATUS_REPORT_SECONDS", default_value_t = 60)]
+    node_status_report_seconds: u64,
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map_or_else(|_| "localhost".to_owned(), |h| h.trim().to_owned())
+}
+
+fn default_ip(host: &str) -> IpAddr {
+    (host, 0)
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.find(|a| a.is_ipv4()))
+        .map_or(IpAddr::V4(Ipv4Addr::LOCALHOST), |a| a.ip())
+}
+
+async fn client(kubeconfig: Option<&PathBuf>) -> anyhow::Result<kube::Client> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc = Kubeconfig::read_from(path).with_context(|| format!("reading {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?
+        }
+        None => kube::Config::infer().await?,
+    };
+    Ok(kube::Client::try_from(config)?)
+}
+
+fn shutdown_on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutting down");
+        t.cancel();
+    });
+    token
+}
+
+async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
+    let node_name = args.node_name.unwrap_or_else(hostname);
+    let node_ip = args.node_ip.unwrap_or_else(|| default_ip(&hostname()));
+    std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating {}", args.data_dir.display()))?;
+    let engine = wasi_runtime::Engine::new(&wasi_runtime::EngineConfig { cache_dir: Some(args.data_dir.join("compiled")) })?;
+    let store = oci::Store::open(&args.data_dir.join("images"), &args.insecure_registries)?;
+    let runtime = Arc::new(runtime::WasmRuntime { engine, store });
+    let config = kubelet::Config {
+        node_name,
+        node_ip,
+        bind_address: args.address,
+        port: args.port,
+        data_dir: args.data_dir,
+        cert_file: args.cert_file,
+        private_key_file: args.private_key_file,
+        client_ca_file: args.client_ca_file,
+        max_pods: args.max_pods,
+        lease_renew_interval: Duration::from_secs(args.node_lease_renew_seconds.max(1)),
+        status_report_interval: Duration::from_secs(args.node_status_report_seconds.max(1)),
+    };
+    let client = client(args.kubeconfig.as_ref()).await?;
+    kubelet::Kubelet::run(config, client, runtime, shutdown_on_signal()).await?;
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .init();
+    // One TLS implementation for every client and server in the process.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Push { file, reference, insecure_registries }) => {
+            let wasm = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let url = oci::push(wasm, &reference, &oci::RegistryAuth::Anonymous, &insecure_registries).await?;
+            println!("pushed {} to {url}", file.display());
+            Ok(())
+        }
+        None => run_node(cli.node).await,
+    }
+}

@@ -1,0 +1,119 @@
+//! The node agent: everything a kubelet does that is not running wasm.
+//!
+//! - [`node`]: registering the `Node`, its status and its `Lease`.
+//! - [`pods`]: watching the pods bound to this node and driving one worker per pod.
+//! - [`server`]: the kubelet HTTPS API (`/healthz`, `/containerLogs`).
+//! - [`runtime`]: the small trait through which all of this reaches the container runtime.
+//!
+//! [`Kubelet::run`] wires them together.
+
+pub mod logs;
+pub mod node;
+pub mod pods;
+pub mod runtime;
+pub mod server;
+mod tls;
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use kube::Client;
+use tokio_util::sync::CancellationToken;
+
+pub use runtime::Runtime;
+
+/// The Kubernetes minor version whose kubelet behaviour krustlet follows.
+pub const KUBE_VERSION: &str = "v1.36.0";
+
+/// Node agent settings (the binary fills these from flags, env and config file).
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The `Node` object's name.
+    pub node_name: String,
+    /// The address reported as the node's `InternalIP` and used for pod IPs.
+    pub node_ip: IpAddr,
+    /// Address the kubelet API binds to.
+    pub bind_address: IpAddr,
+    /// Port of the kubelet API.
+    pub port: u16,
+    /// Where pods' logs and the generated serving certificate live.
+    pub data_dir: PathBuf,
+    /// Serving certificate (PEM); generated self-signed in `data_dir` when absent.
+    pub cert_file: Option<PathBuf>,
+    /// Key of `cert_file` (PEM).
+    pub private_key_file: Option<PathBuf>,
+    /// CA whose client certificates may use the kubelet API; without it the API is open
+    /// to anonymous clients, as the kubelet's own defaults are.
+    pub client_ca_file: Option<PathBuf>,
+    /// Pods this node admits at most.
+    pub max_pods: u32,
+    /// How often the node lease is renewed.
+    pub lease_renew_interval: std::time::Duration,
+    /// How often node status is posted even when nothing changed.
+    pub status_report_interval: std::time::Duration,
+}
+
+/// Errors that stop the node agent.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The API server refused or failed a request the agent cannot do without.
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// The kubelet API could not be served.
+    #[error("kubelet API server: {0}")]
+    Server(String),
+    /// A file of the node agent could not be used.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+}
+
+/// Result alias for this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The running node agent.
+#[derive(Debug)]
+pub struct Kubelet;
+
+impl Kubelet {
+    /// Registers the node, serves the kubelet API and runs pods until `shutdown` fires;
+    /// then marks the node not ready, stops every pod's workloads and returns.
+    ///
+    /// # Errors
+    /// When the node cannot be registered or the API port cannot be bound.
+    pub async fn run<R: Runtime>(
+        config: Config,
+        client: Client,
+        runtime: Arc<R>,
+        shutdown: CancellationToken,
+    ) -> Result<()> {
+        let config = Arc::new(config);
+        let registry = pods::Registry::default();
+        let listener = server::bind(&config).await?;
+        node::register(&client, &config, &runtime.version()).await?;
+        tracing::info!(node = %config.node_name, "node registered");
+        let heartbeat = tokio::spawn(node::heartbeat(
+            client.clone(),
+            config.clone(),
+            runtime.version(),
+            registry.clone(),
+            shutdown.clone(),
+        ));
+        let api = tokio::spawn(server::serve(listener, registry.clone(), shutdown.clone()));
+        pods::run(client.clone(), config.clone(), runtime, registry.clone(), shutdown.clone()).await;
+        registry.kill_all().await;
+        let _ = heartbeat.await;
+        let _ = api.await;
+        node::mark_not_ready(&client, &config.node_name, "krustlet is shutting down").await;
+        Ok(())
+    }
+}
+
+pub(crate) fn now() -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Time {
+    k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now())
+}

@@ -1,0 +1,252 @@
+//! The `Node` object, its status and its `Lease`, kept the way the kubelet keeps them.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::api::core::v1::{
+    DaemonEndpoint, Node, NodeAddress, NodeCondition, NodeDaemonEndpoints, NodeSpec, NodeStatus,
+    NodeSystemInfo, Taint,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, OwnerReference};
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+use tokio_util::sync::CancellationToken;
+
+use crate::pods::Registry;
+use crate::{Config, KUBE_VERSION, Result, now};
+
+/// The architecture label value, and the key of the taints that keep other pods off.
+pub const ARCH: &str = "wasm32-wasi";
+/// The `kubernetes.io/os` label value: these nodes run WASI, not Linux binaries.
+pub const OS: &str = "wasip1";
+/// Namespace of node leases.
+pub const LEASE_NAMESPACE: &str = "kube-node-lease";
+/// Lease duration, as the kubelet's default `nodeLeaseDurationSeconds`.
+pub const LEASE_DURATION_SECONDS: i32 = 40;
+
+fn read_trimmed(path: &str) -> String {
+    std::fs::read_to_string(path).map(|s| s.trim().to_owned()).unwrap_or_default()
+}
+
+fn os_image() -> String {
+    read_trimmed("/etc/os-release")
+        .lines()
+        .find_map(|l| l.strip_prefix("PRETTY_NAME="))
+        .map_or_else(|| "unknown".to_owned(), |v| v.trim_matches('"').to_owned())
+}
+
+fn memory_bytes() -> u64 {
+    read_trimmed("/proc/meminfo")
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+fn hostname() -> String {
+    read_trimmed("/proc/sys/kernel/hostname")
+}
+
+/// Capacity and allocatable: the host's CPUs and memory, and `max_pods`.
+fn resources(config: &Config) -> BTreeMap<String, Quantity> {
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    BTreeMap::from([
+        ("cpu".to_owned(), Quantity(cpus.to_string())),
+        ("memory".to_owned(), Quantity(format!("{}Ki", memory_bytes() / 1024))),
+        ("pods".to_owned(), Quantity(config.max_pods.to_string())),
+        ("ephemeral-storage".to_owned(), Quantity("0".to_owned())),
+    ])
+}
+
+fn conditions(ready: bool, message: &str, transition: bool) -> Vec<NodeCondition> {
+    let now = now();
+    let pressure = |type_: &str, reason: &str, message: &str| NodeCondition {
+        type_: type_.to_owned(),
+        status: "False".to_owned(),
+        reason: Some(reason.to_owned()),
+        message: Some(message.to_owned()),
+        last_heartbeat_time: Some(now.clone()),
+        last_transition_time: None,
+    };
+    vec![
+        pressure("MemoryPressure", "KubeletHasSufficientMemory", "kubelet has sufficient memory available"),
+        pressure("DiskPressure", "KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
+        pressure("PIDPressure", "KubeletHasSufficientPID", "kubelet has sufficient PID available"),
+        NodeCondition {
+            type_: "Ready".to_owned(),
+            status: if ready { "True" } else { "False" }.to_owned(),
+            reason: Some(if ready { "KubeletReady" } else { "KubeletNotReady" }.to_owned()),
+            message: Some(message.to_owned()),
+            last_heartbeat_time: Some(now.clone()),
+            // Omitted on heartbeats: the strategic merge keeps the stored transition time.
+            last_transition_time: transition.then(|| now.clone()),
+        },
+    ]
+}
+
+fn status(
+    config: &Config,
+    runtime_version: &str,
+    images: Vec<k8s_openapi::api::core::v1::ContainerImage>,
+    transition: bool,
+) -> NodeStatus {
+    NodeStatus {
+        addresses: Some(vec![
+            NodeAddress { type_: "InternalIP".to_owned(), address: config.node_ip.to_string() },
+            NodeAddress { type_: "Hostname".to_owned(), address: hostname() },
+        ]),
+        capacity: Some(resources(config)),
+        allocatable: Some(resources(config)),
+        conditions: Some(conditions(true, "krustlet is posting ready status", transition)),
+        daemon_endpoints: Some(NodeDaemonEndpoints {
+            kubelet_endpoint: Some(DaemonEndpoint { port: i32::from(config.port) }),
+        }),
+        node_info: Some(NodeSystemInfo {
+            architecture: ARCH.to_owned(),
+            operating_system: OS.to_owned(),
+            boot_id: read_trimmed("/proc/sys/kernel/random/boot_id"),
+            machine_id: read_trimmed("/etc/machine-id"),
+            system_uuid: read_trimmed("/etc/machine-id"),
+            kernel_version: read_trimmed("/proc/sys/kernel/osrelease"),
+            os_image: os_image(),
+            container_runtime_version: runtime_version.to_owned(),
+            kubelet_version: format!("{KUBE_VERSION}-krustlet.{}", env!("CARGO_PKG_VERSION")),
+            ..NodeSystemInfo::default()
+        }),
+        images: Some(images),
+        ..NodeStatus::default()
+    }
+}
+
+/// The `Node` object this agent registers.
+#[must_use]
+pub fn node_object(config: &Config, runtime_version: &str) -> Node {
+    let labels = BTreeMap::from([
+        ("kubernetes.io/arch".to_owned(), ARCH.to_owned()),
+        ("kubernetes.io/os".to_owned(), OS.to_owned()),
+        ("kubernetes.io/hostname".to_owned(), config.node_name.clone()),
+        ("node.kubernetes.io/instance-type".to_owned(), "krustlet".to_owned()),
+        ("type".to_owned(), "krustlet".to_owned()),
+    ]);
+    let taint = |effect: &str| Taint {
+        key: "kubernetes.io/arch".to_owned(),
+        value: Some(ARCH.to_owned()),
+        effect: effect.to_owned(),
+        time_added: None,
+    };
+    Node {
+        metadata: ObjectMeta {
+            name: Some(config.node_name.clone()),
+            labels: Some(labels),
+            annotations: Some(BTreeMap::from([(
+                "node.alpha.kubernetes.io/ttl".to_owned(),
+                "0".to_owned(),
+            )])),
+            ..ObjectMeta::default()
+        },
+        spec: Some(NodeSpec {
+            taints: Some(vec![taint("NoSchedule"), taint("NoExecute")]),
+            ..NodeSpec::default()
+        }),
+        status: Some(status(config, runtime_version, Vec::new(), true)),
+    }
+}
+
+/// Creates the node, or, when it exists (a restart), posts a fresh status.
+///
+/// # Errors
+/// When the API server refuses both.
+pub async fn register(client: &Client, config: &Config, runtime_version: &str) -> Result<()> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let node = node_object(config, runtime_version);
+    match nodes.create(&PostParams::default(), &node).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 409 => {
+            tracing::info!(node = %config.node_name, "node exists; updating its status");
+        }
+        Err(e) => return Err(e.into()),
+    }
+    // Status is a subresource: a create ignores it, so post it explicitly.
+    let patch = serde_json::json!({ "status": node.status });
+    nodes
+        .patch_status(&config.node_name, &PatchParams::default(), &Patch::Strategic(patch))
+        .await?;
+    Ok(())
+}
+
+/// Renews the lease every `lease_renew_interval` and posts node status every
+/// `status_report_interval`, until `shutdown`. Failures are logged and retried on the
+/// next tick, never fatal.
+pub async fn heartbeat(
+    client: Client,
+    config: Arc<Config>,
+    runtime_version: String,
+    registry: Registry,
+    shutdown: CancellationToken,
+) {
+    let mut lease_tick = tokio::time::interval(config.lease_renew_interval);
+    let mut status_tick = tokio::time::interval(config.status_report_interval);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = lease_tick.tick() => {
+                if let Err(e) = renew_lease(&client, &config.node_name).await {
+                    tracing::warn!(error = %e, "cannot renew node lease");
+                }
+            }
+            _ = status_tick.tick() => {
+                let nodes: Api<Node> = Api::all(client.clone());
+                let patch = serde_json::json!({ "status": status(&config, &runtime_version, registry.images(), false) });
+                if let Err(e) = nodes.patch_status(&config.node_name, &PatchParams::default(), &Patch::Strategic(patch)).await {
+                    tracing::warn!(error = %e, "cannot update node status");
+                }
+            }
+        }
+    }
+}
+
+async fn renew_lease(client: &Client, node_name: &str) -> Result<()> {
+    let leases: Api<Lease> = Api::namespaced(client.clone(), LEASE_NAMESPACE);
+    let renew = MicroTime(jiff::Timestamp::now());
+    let patch = serde_json::json!({ "spec": { "renewTime": renew, "holderIdentity": node_name } });
+    match leases.patch(node_name, &PatchParams::default(), &Patch::Merge(patch)).await {
+        Ok(_) => return Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => {}
+        Err(e) => return Err(e.into()),
+    }
+    let node: Node = Api::all(client.clone()).get(node_name).await?;
+    let lease = Lease {
+        metadata: ObjectMeta {
+            name: Some(node_name.to_owned()),
+            namespace: Some(LEASE_NAMESPACE.to_owned()),
+            owner_references: Some(vec![OwnerReference {
+                api_version: "v1".to_owned(),
+                kind: "Node".to_owned(),
+                name: node_name.to_owned(),
+                uid: node.metadata.uid.unwrap_or_default(),
+                ..OwnerReference::default()
+            }]),
+            ..ObjectMeta::default()
+        },
+        spec: Some(LeaseSpec {
+            holder_identity: Some(node_name.to_owned()),
+            lease_duration_seconds: Some(LEASE_DURATION_SECONDS),
+            renew_time: Some(renew),
+            ..LeaseSpec::default()
+        }),
+    };
+    leases.create(&PostParams::default(), &lease).await?;
+    Ok(())
+}
+
+/// Posts `Ready=False` with `message`; best effort (used on shutdown).
+pub async fn mark_not_ready(client: &Client, node_name: &str, message: &str) {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let patch = serde_json::json!({ "status": { "conditions": conditions(false, message, true) } });
+    match nodes.patch_status(node_name, &PatchParams::default(), &Patch::Strategic(patch)).await {
+        Ok(_) => tracing::info!(node = node_name, "node marked not ready"),
+        Err(e) => tracing::warn!(error = %e, "cannot mark node not ready"),
+    }
+}

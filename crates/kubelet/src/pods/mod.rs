@@ -1,0 +1,204 @@
+//! Pods bound to this node: the watch, one worker per pod, and the shared registry the
+//! kubelet API reads logs through.
+
+mod container;
+pub mod status;
+mod worker;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{ContainerImage, Pod};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, ResourceExt};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::{Config, Runtime};
+
+/// Where one container's logs are and whether it is running now.
+#[derive(Debug, Clone)]
+pub struct ContainerLogs {
+    /// Directory holding `<restart count>.log` files.
+    pub dir: PathBuf,
+    /// Restart count of the current (or last) run.
+    pub restart_count: i32,
+    /// Whether the current run is still going (a `follow` keeps reading while it is).
+    pub running: bool,
+}
+
+impl ContainerLogs {
+    /// The log file of the current run, or of the one before it (`previous`).
+    #[must_use]
+    pub fn path(&self, previous: bool) -> Option<PathBuf> {
+        let n = if previous { self.restart_count - 1 } else { self.restart_count };
+        (n >= 0).then(|| self.dir.join(format!("{n}.log")))
+    }
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    /// `(namespace, name)` → container name → logs.
+    logs: HashMap<(String, String), HashMap<String, ContainerLogs>>,
+    /// Image ID → (names, size): what `node.status.images` lists.
+    images: BTreeMap<String, (Vec<String>, u64)>,
+}
+
+/// State shared between pod workers, the node heartbeat and the kubelet API.
+#[derive(Debug, Clone, Default)]
+pub struct Registry {
+    inner: Arc<Mutex<Inner>>,
+    workers: Arc<tokio::sync::Mutex<HashMap<String, Worker>>>,
+}
+
+#[derive(Debug)]
+struct Worker {
+    pod: watch::Sender<Pod>,
+    /// Cancelled when the pod vanished from the API or the node shuts down: kill now.
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl Registry {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The logs of `container` in pod `namespace/name`, if this node runs it.
+    #[must_use]
+    pub fn container_logs(&self, namespace: &str, name: &str, container: &str) -> Option<ContainerLogs> {
+        self.lock()
+            .logs
+            .get(&(namespace.to_owned(), name.to_owned()))
+            .and_then(|c| c.get(container).cloned())
+    }
+
+    pub(crate) fn set_container_logs(&self, namespace: &str, name: &str, container: &str, logs: ContainerLogs) {
+        self.lock()
+            .logs
+            .entry((namespace.to_owned(), name.to_owned()))
+            .or_default()
+            .insert(container.to_owned(), logs);
+    }
+
+    fn forget_pod(&self, namespace: &str, name: &str) {
+        self.lock().logs.remove(&(namespace.to_owned(), name.to_owned()));
+    }
+
+    pub(crate) fn add_image(&self, reference: &str, image_id: &str, size: u64) {
+        let mut inner = self.lock();
+        let entry = inner.images.entry(image_id.to_owned()).or_default();
+        entry.1 = size;
+        for name in [image_id, reference] {
+            if !entry.0.iter().any(|n| n == name) {
+                entry.0.push(name.to_owned());
+            }
+        }
+    }
+
+    /// Images this node holds, for `node.status.images`.
+    #[must_use]
+    pub fn images(&self) -> Vec<ContainerImage> {
+        self.lock()
+            .images
+            .values()
+            .map(|(names, size)| ContainerImage {
+                names: Some(names.clone()),
+                size_bytes: i64::try_from(*size).ok(),
+            })
+            .collect()
+    }
+
+    /// Kills every pod's workloads and waits for the workers to end (node shutdown).
+    pub async fn kill_all(&self) {
+        let workers: Vec<Worker> = self.workers.lock().await.drain().map(|(_, w)| w).collect();
+        for w in &workers {
+            w.stop.cancel();
+        }
+        for w in workers {
+            let _ = w.task.await;
+        }
+    }
+
+    async fn active_pods(&self) -> usize {
+        self.workers
+            .lock()
+            .await
+            .values()
+            .filter(|w| !status::is_terminal(&w.pod.borrow()))
+            .count()
+    }
+}
+
+/// What every worker of this node shares.
+pub(crate) struct Ctx<R> {
+    pub client: Client,
+    pub config: Arc<Config>,
+    pub runtime: Arc<R>,
+    pub registry: Registry,
+    pub recorder: Recorder,
+}
+
+/// Watches the pods bound to this node and keeps one worker per pod, until `shutdown`.
+pub async fn run<R: Runtime>(
+    client: Client,
+    config: Arc<Config>,
+    runtime: Arc<R>,
+    registry: Registry,
+    shutdown: CancellationToken,
+) {
+    let reporter = Reporter {
+        controller: "kubelet".to_owned(),
+        instance: Some(config.node_name.clone()),
+    };
+    let ctx = Arc::new(Ctx {
+        recorder: Recorder::new(client.clone(), reporter),
+        client: client.clone(),
+        config: config.clone(),
+        runtime,
+        registry: registry.clone(),
+    });
+    let pods: Api<Pod> = Api::all(client);
+    let selector = format!("spec.nodeName={}", config.node_name);
+    let mut events = watcher(pods, watcher::Config::default().fields(&selector))
+        .default_backoff()
+        .boxed();
+    loop {
+        let event = tokio::select! {
+            () = shutdown.cancelled() => return,
+            event = events.next() => event,
+        };
+        match event {
+            Some(Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod))) => {
+                dispatch(&ctx, pod).await;
+            }
+            Some(Ok(watcher::Event::Delete(pod))) => {
+                let uid = pod.uid().unwrap_or_default();
+                if let Some(w) = registry.workers.lock().await.remove(&uid) {
+                    w.stop.cancel();
+                }
+                registry.forget_pod(&pod.namespace().unwrap_or_default(), &pod.name_any());
+            }
+            Some(Ok(watcher::Event::Init | watcher::Event::InitDone)) => {}
+            Some(Err(e)) => tracing::warn!(error = %e, "pod watch failed; retrying"),
+            None => return,
+        }
+    }
+}
+
+async fn dispatch<R: Runtime>(ctx: &Arc<Ctx<R>>, pod: Pod) {
+    let uid = pod.uid().unwrap_or_default();
+    if let Some(w) = ctx.registry.workers.lock().await.get(&uid) {
+        w.pod.send_replace(pod);
+        return;
+    }
+    let admitted = ctx.registry.active_pods().await < ctx.config.max_pods as usize;
+    let (tx, rx) = watch::channel(pod);
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(worker::run(ctx.clone(), rx, stop.clone(), admitted));
+    ctx.registry.workers.lock().await.insert(uid, Worker { pod: tx, stop, task });
+}

@@ -1,0 +1,133 @@
+//! The boundary between the node agent and the runtime that runs containers.
+//!
+//! The node agent needs exactly two things from a runtime: an image made available
+//! locally ([`Runtime::pull_image`]) and a container started from it
+//! ([`Runtime::start_container`]). Everything Kubernetes-specific (policies, backoff,
+//! status, events) stays on this side.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+
+/// `imagePullPolicy`, resolved (the `:latest` default already applied).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PullPolicy {
+    /// Always ask the registry what the reference points at.
+    Always,
+    /// Use the local copy when there is one.
+    IfNotPresent,
+    /// Never contact the registry.
+    Never,
+}
+
+/// An image the runtime holds locally.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Image {
+    /// The reference as the pod gave it.
+    pub reference: String,
+    /// `repo@sha256:...`, reported as the container's `imageID`.
+    pub image_id: String,
+    /// Whether this call downloaded it (false: it was already present).
+    pub downloaded: bool,
+    /// Size in bytes.
+    pub size: u64,
+    /// The runtime's own handle for the content (for wasm: the module's digest).
+    pub handle: String,
+}
+
+/// Why an image is not available; each maps to the kubelet's waiting reason.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ImageError {
+    /// The reference does not parse (`InvalidImageName`).
+    #[error("{0}")]
+    InvalidName(String),
+    /// Policy `Never` and no local copy (`ErrImageNeverPull`).
+    #[error("{0}")]
+    NeverPull(String),
+    /// The pull failed (`ErrImagePull`).
+    #[error("{0}")]
+    Pull(String),
+}
+
+/// One run of one container.
+#[derive(Debug, Clone)]
+pub struct ContainerRun {
+    /// The image to run.
+    pub image: Image,
+    /// `argv`, including `argv[0]`.
+    pub args: Vec<String>,
+    /// Environment, in order.
+    pub env: Vec<(String, String)>,
+    /// Log file of this run.
+    pub log_path: PathBuf,
+    /// Memory limit in bytes.
+    pub memory_limit: Option<u64>,
+}
+
+/// How a container run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerExit {
+    /// Exit code, as a container runtime reports it.
+    pub code: i32,
+    /// `Completed`, `Error` or `OOMKilled`.
+    pub reason: String,
+    /// Details for `terminated.message` (a trap's description).
+    pub message: Option<String>,
+}
+
+/// A started container: await [`ContainerHandle::wait`], or [`ContainerHandle::kill`] it.
+pub struct ContainerHandle {
+    kill: Arc<dyn Fn() + Send + Sync>,
+    exit: Pin<Box<dyn Future<Output = ContainerExit> + Send>>,
+}
+
+impl std::fmt::Debug for ContainerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ContainerHandle").finish_non_exhaustive()
+    }
+}
+
+impl ContainerHandle {
+    /// Wraps a runtime's kill function and exit future.
+    pub fn new(
+        kill: impl Fn() + Send + Sync + 'static,
+        exit: impl Future<Output = ContainerExit> + Send + 'static,
+    ) -> Self {
+        Self {
+            kill: Arc::new(kill),
+            exit: Box::pin(exit),
+        }
+    }
+
+    /// A function that stops the container without cooperation; idempotent.
+    #[must_use]
+    pub fn killer(&self) -> Arc<dyn Fn() + Send + Sync> {
+        self.kill.clone()
+    }
+
+    /// Waits for the container to end.
+    pub async fn wait(self) -> ContainerExit {
+        self.exit.await
+    }
+}
+
+/// What the node agent needs from a container runtime.
+pub trait Runtime: Send + Sync + 'static {
+    /// Runtime name and version for `nodeInfo.containerRuntimeVersion`.
+    fn version(&self) -> String;
+
+    /// Makes `reference` available locally according to `policy`.
+    fn pull_image(
+        &self,
+        reference: &str,
+        policy: PullPolicy,
+    ) -> impl Future<Output = Result<Image, ImageError>> + Send;
+
+    /// Starts one container run. An error is a failure to create or start it
+    /// (`CreateContainerError` / `StartError`), not a failure of the workload.
+    fn start_container(
+        &self,
+        run: ContainerRun,
+    ) -> impl Future<Output = Result<ContainerHandle, String>> + Send;
+}

@@ -1,0 +1,41 @@
+//! Runs WASI preview 1 modules in wasmtime, one sandbox per container.
+//!
+//! The crate knows nothing of Kubernetes. A caller hands [`Engine::start`] a
+//! [`ContainerSpec`] (module bytes, argv, environment, log file, memory limit) and gets
+//! back a [`Running`] handle that can be awaited for the [`Exit`] or killed.
+//!
+//! Every sandbox is deny-by-default: no preopened directories, no inherited environment,
+//! closed stdin, no network. Stdout and stderr go to the container's log file in the CRI
+//! logging format that the kubelet reads (see [`logs`]).
+
+mod engine;
+pub mod logs;
+mod run;
+
+pub use engine::{Engine, EngineConfig};
+pub use run::{ContainerSpec, Exit, Running};
+
+/// Errors of this crate.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The wasm bytes are not a valid module for this engine.
+    #[error("invalid wasm module: {0}")]
+    Compile(String),
+    /// The module could not be instantiated (missing imports, no `_start`, limits).
+    #[error("cannot instantiate module: {0}")]
+    Instantiate(String),
+    /// A file the sandbox needs (log file, compile cache) could not be used.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The wasmtime engine could not be configured.
+    #[error("cannot configure wasmtime: {0}")]
+    Config(String),
+}
+
+/// Result alias for this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

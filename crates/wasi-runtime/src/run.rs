@@ -1,0 +1,202 @@
+//! Starting one container: a fresh store and WASI context per run, killed by dropping it.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use wasmtime::{Linker, ResourceLimiter, Store, UpdateDeadline};
+use wasmtime_wasi::p1::{self, WasiP1Ctx};
+use wasmtime_wasi::{I32Exit, WasiCtxBuilder};
+
+use crate::logs::{LogFile, Stream};
+use crate::{Engine, Error, Result};
+
+/// Everything one run of a container needs. Nothing else is granted to the module.
+#[derive(Debug, Clone)]
+pub struct ContainerSpec {
+    /// Cache key of the module, normally its content digest.
+    pub module_key: String,
+    /// The module's bytes.
+    pub wasm: Arc<[u8]>,
+    /// `argv`, including `argv[0]`.
+    pub args: Vec<String>,
+    /// Environment variables, in order.
+    pub env: Vec<(String, String)>,
+    /// Where stdout and stderr records are appended.
+    pub log_path: PathBuf,
+    /// Upper bound of the module's linear memories, in bytes.
+    pub memory_limit: Option<u64>,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Exit {
+    /// `_start` returned (code 0) or the module called `proc_exit(code)`.
+    Code(i32),
+    /// The module trapped; the text names the trap.
+    Trap(String),
+    /// The module was refused memory beyond its limit and then failed.
+    OutOfMemory,
+    /// The run was stopped by [`Killer::kill`].
+    Killed,
+}
+
+impl Exit {
+    /// The exit code a container runtime would report: a trap counts as an abort
+    /// (128 + SIGABRT, as the wasmtime CLI reports it), a kill or an out-of-memory
+    /// failure as a SIGKILL (137).
+    #[must_use]
+    pub fn code(&self) -> i32 {
+        match self {
+            Self::Code(c) => *c,
+            Self::Trap(_) => 134,
+            Self::OutOfMemory | Self::Killed => 137,
+        }
+    }
+}
+
+/// Stops a run from anywhere; cloning is cheap.
+#[derive(Debug, Clone)]
+pub struct Killer(Arc<watch::Sender<bool>>);
+
+impl Killer {
+    /// Stops the module at its next epoch tick or pending host call, whether or not it
+    /// cooperates. Idempotent.
+    pub fn kill(&self) {
+        self.0.send_replace(true);
+    }
+}
+
+/// A started container.
+#[derive(Debug)]
+pub struct Running {
+    killer: Killer,
+    task: JoinHandle<Exit>,
+}
+
+impl Running {
+    /// A handle to stop this run.
+    #[must_use]
+    pub fn killer(&self) -> Killer {
+        self.killer.clone()
+    }
+
+    /// Waits for the run to end.
+    pub async fn wait(self) -> Exit {
+        match self.task.await {
+            Ok(exit) => exit,
+            Err(e) => Exit::Trap(format!("runtime task failed: {e}")),
+        }
+    }
+}
+
+/// Per-store state: the WASI context and the memory limiter.
+pub(crate) struct State {
+    wasi: WasiP1Ctx,
+    memory_limit: Option<usize>,
+    memory_refused: bool,
+}
+
+impl ResourceLimiter for State {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let allowed = self.memory_limit.is_none_or(|limit| desired <= limit);
+        self.memory_refused |= !allowed;
+        Ok(allowed)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        _desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(true)
+    }
+}
+
+pub(crate) fn linker(engine: &wasmtime::Engine) -> Result<Linker<State>> {
+    let mut linker = Linker::new(engine);
+    p1::add_to_linker_async(&mut linker, |s: &mut State| &mut s.wasi)
+        .map_err(|e| Error::Config(format!("{e:#}")))?;
+    Ok(linker)
+}
+
+impl Engine {
+    /// Compiles (or reuses) the module, instantiates it in a fresh sandbox and starts its
+    /// `_start` export on the tokio runtime.
+    ///
+    /// # Errors
+    /// [`Error::Compile`] for invalid wasm, [`Error::Io`] when the log file cannot be
+    /// opened, [`Error::Instantiate`] when the module needs imports WASI preview 1 does
+    /// not provide, has no `_start`, or exceeds its memory limit at start.
+    pub async fn start(&self, spec: ContainerSpec) -> Result<Running> {
+        let module = self.module(&spec.module_key, spec.wasm.clone()).await?;
+        let log = LogFile::open(&spec.log_path)?;
+        let wasi = WasiCtxBuilder::new()
+            .args(&spec.args)
+            .envs(&spec.env)
+            .stdout(log.stream(Stream::Stdout))
+            .stderr(log.stream(Stream::Stderr))
+            .build_p1();
+        let state = State {
+            wasi,
+            memory_limit: spec
+                .memory_limit
+                .map(|m| usize::try_from(m).unwrap_or(usize::MAX)),
+            memory_refused: false,
+        };
+        let mut store = Store::new(&self.inner, state);
+        store.limiter(|s| s);
+        let (tx, mut killed) = watch::channel(false);
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Yield(1)));
+        let instance = self
+            .linker
+            .instantiate_async(&mut store, &module)
+            .await
+            .map_err(|e| Error::Instantiate(format!("{e:#}")))?;
+        let start = instance
+            .get_typed_func::<(), ()>(&mut store, "_start")
+            .map_err(|e| Error::Instantiate(format!("{e:#}")))?;
+        let task = tokio::spawn(async move {
+            let outcome = tokio::select! {
+                r = start.call_async(&mut store, ()) => Some(r),
+                _ = killed.wait_for(|k| *k) => None,
+            };
+            match outcome {
+                None => Exit::Killed,
+                Some(Ok(())) => Exit::Code(0),
+                Some(Err(e)) => {
+                    if let Some(exit) = e.downcast_ref::<I32Exit>() {
+                        if exit.0 != 0 && store.data().memory_refused {
+                            Exit::OutOfMemory
+                        } else {
+                            Exit::Code(exit.0)
+                        }
+                    } else if store.data().memory_refused {
+                        Exit::OutOfMemory
+                    } else {
+                        Exit::Trap(trap_message(&e))
+                    }
+                }
+            }
+        });
+        Ok(Running {
+            killer: Killer(Arc::new(tx)),
+            task,
+        })
+    }
+}
+
+fn trap_message(e: &wasmtime::Error) -> String {
+    match e.downcast_ref::<wasmtime::Trap>() {
+        Some(trap) => format!("wasm trap: {trap}"),
+        None => format!("{e:#}"),
+    }
+}

@@ -1,0 +1,21 @@
+# Shared settings for hack/* scripts. Sourced, not run.
+# The pinned versions live here and nowhere else (README quotes them).
+K8S_VERSION=v1.36.3
+K8S_VERSION_MAJOR=1
+K8S_VERSION_MINOR=36
+ETCD_VERSION=v3.6.8
+
+KRUSTLET_CACHE="${KRUSTLET_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/krustlet}"
+K8S_BIN="$KRUSTLET_CACHE/bin/$K8S_VERSION"
+
+log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# Where the local cluster keeps its state (certificates, etcd data, logs, pid files).
+RUN_DIR="${KRUSTLET_RUN_DIR:-$KRUSTLET_CACHE/cluster}"
+ETCD_PORT="${ETCD_PORT:-23790}"
+APISERVER_PORT="${APISERVER_PORT:-16443}"
+REGISTRY_PORT="${REGISTRY_PORT:-15000}"
+KCM_PORT="${KCM_PORT:-16257}"
+SCHEDULER_PORT="${SCHEDULER_PORT:-16259}"
+REGISTRY="127.0.0.1:$REGISTRY_PORT"
