@@ -1,1 +1,7 @@
-//! e2e
+//! End-to-end tests against the real local control plane and registry (see `hack/test`).
+//!
+//! Each test runs its own krustlet node (own name, port and data dir), so the tests also
+//! show that several nodes can share one machine and one control plane.
+
+mod node;
+mod pods;

@@ -1,1 +1,279 @@
-//! support
+//! Harness for the end-to-end tests: the real local cluster (started by `hack/test` or
+//! `hack/cluster up`), krustlet nodes run as child processes, and helpers on pods.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::runtime::wait::await_condition;
+use kube::{Api, Client};
+
+/// The repository root.
+#[must_use]
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// `KEY=VALUE` lines printed by a `hack/cluster` command.
+fn cluster_lines(args: &[&str]) -> Result<Vec<(String, String)>> {
+    let out = Command::new(root().join("hack/cluster"))
+        .args(args)
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running hack/cluster")?;
+    if !out.status.success() {
+        bail!("hack/cluster {args:?} failed; is the cluster up? (hack/test or hack/cluster up)");
+    }
+    Ok(String::from_utf8(out.stdout)?
+        .lines()
+        .filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
+        .collect())
+}
+
+fn value(lines: &[(String, String)], key: &str) -> Result<String> {
+    lines
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.clone())
+        .with_context(|| format!("hack/cluster printed no {key}"))
+}
+
+/// A client with the given kubeconfig.
+///
+/// # Errors
+/// When the kubeconfig cannot be read.
+pub async fn client(kubeconfig: &str) -> Result<Client> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let kc = Kubeconfig::read_from(kubeconfig)?;
+    let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?;
+    Ok(Client::try_from(config)?)
+}
+
+/// The local cluster: an admin client and the registry address.
+pub struct Cluster {
+    /// Admin client.
+    pub client: Client,
+    /// `host:port` of the local registry.
+    pub registry: String,
+}
+
+impl Cluster {
+    /// Connects to the running local cluster.
+    ///
+    /// # Errors
+    /// When the cluster is not up.
+    pub async fn connect() -> Result<Self> {
+        let lines = cluster_lines(&["env"])?;
+        Ok(Self {
+            client: client(&value(&lines, "KUBECONFIG")?).await?,
+            registry: value(&lines, "REGISTRY")?,
+        })
+    }
+
+    /// Pushes `target/wasm/<workload>.wasm` as `<registry>/e2e/<workload>:<tag>`.
+    ///
+    /// # Errors
+    /// When the workload is not built or the push fails.
+    pub async fn push(&self, workload: &str, tag: &str) -> Result<String> {
+        let path = root().join("target/wasm").join(format!("{workload}.wasm"));
+        let wasm = std::fs::read(&path).with_context(|| format!("{} (run hack/build-wasm)", path.display()))?;
+        let reference = format!("{}/e2e/{workload}:{tag}", self.registry);
+        oci::push(wasm, &reference, &oci::RegistryAuth::Anonymous, std::slice::from_ref(&self.registry)).await?;
+        Ok(reference)
+    }
+
+    /// Starts a krustlet node `name` after removing any `Node` object left by an earlier
+    /// run under that name, so that what the test sees is this process's doing.
+    ///
+    /// # Errors
+    /// When the stale node cannot be removed or the process cannot start.
+    pub async fn fresh_node(&self, name: &str, port: u16) -> Result<KrustletNode> {
+        match self.nodes().delete(name, &kube::api::DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+        let leases: Api<k8s_openapi::api::coordination::v1::Lease> = Api::namespaced(self.client.clone(), "kube-node-lease");
+        let _ = leases.delete(name, &kube::api::DeleteParams::default()).await;
+        KrustletNode::start(name, port)
+    }
+
+    /// The pods API of the `default` namespace.
+    #[must_use]
+    pub fn pods(&self) -> Api<Pod> {
+        Api::namespaced(self.client.clone(), "default")
+    }
+
+    /// The nodes API.
+    #[must_use]
+    pub fn nodes(&self) -> Api<Node> {
+        Api::all(self.client.clone())
+    }
+}
+
+/// A krustlet node run as a child process; stopped (SIGTERM) when dropped.
+pub struct KrustletNode {
+    /// Node name.
+    pub name: String,
+    /// Kubelet API port.
+    pub port: u16,
+    child: Option<Child>,
+    /// Data directory.
+    pub data_dir: PathBuf,
+}
+
+impl KrustletNode {
+    /// Starts `target/debug/krustlet` as node `name` with its own port and data dir.
+    ///
+    /// # Errors
+    /// When credentials cannot be minted or the binary cannot start.
+    pub fn start(name: &str, port: u16) -> Result<Self> {
+        let creds = cluster_lines(&["node-credentials", name])?;
+        let registry = value(&cluster_lines(&["env"])?, "REGISTRY")?;
+        let bin = root().join("target/debug/krustlet");
+        let data_dir = root().join("target/e2e").join(name);
+        let _ = std::fs::remove_dir_all(&data_dir);
+        std::fs::create_dir_all(&data_dir)?;
+        let log = std::fs::File::create(data_dir.with_extension("log"))?;
+        let child = Command::new(&bin)
+            .args(["--node-name", name, "--node-ip", "127.0.0.1", "--address", "127.0.0.1"])
+            .args(["--port", &port.to_string()])
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .args(["--kubeconfig", &value(&creds, "KUBECONFIG")?])
+            .args(["--cert-file", &value(&creds, "CERT_FILE")?])
+            .args(["--private-key-file", &value(&creds, "KEY_FILE")?])
+            .args(["--client-ca-file", &value(&creds, "CLIENT_CA_FILE")?])
+            .args(["--insecure-registries", &registry])
+            .env("RUST_LOG", "info,kube=warn")
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {} (cargo build -p krustlet)", bin.display()))?;
+        Ok(Self { name: name.to_owned(), port, child: Some(child), data_dir })
+    }
+
+    /// Sends SIGTERM and waits for the process to exit.
+    ///
+    /// # Errors
+    /// When the process cannot be signalled.
+    pub fn stop(&mut self) -> Result<std::process::ExitStatus> {
+        let mut child = self.child.take().context("already stopped")?;
+        let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status()?;
+        if !status.success() {
+            bail!("kill failed");
+        }
+        for _ in 0..100 {
+            if let Some(s) = child.try_wait()? {
+                return Ok(s);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        child.kill()?;
+        Ok(child.wait()?)
+    }
+}
+
+impl Drop for KrustletNode {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            let _ = self.stop();
+        }
+    }
+}
+
+/// Waits up to `secs` for `cond` to hold on node `name`.
+///
+/// # Errors
+/// On timeout.
+pub async fn wait_node(nodes: &Api<Node>, name: &str, secs: u64, what: &str, cond: impl Fn(&Node) -> bool) -> Result<Node> {
+    let fut = await_condition(nodes.clone(), name, move |n: Option<&Node>| n.is_some_and(&cond));
+    match tokio::time::timeout(Duration::from_secs(secs), fut).await {
+        Ok(Ok(Some(n))) => Ok(n),
+        Ok(Ok(None)) => bail!("node {name} vanished waiting for {what}"),
+        Ok(Err(e)) => bail!("watching node {name}: {e}"),
+        Err(_) => bail!("node {name}: timed out after {secs}s waiting for {what}"),
+    }
+}
+
+/// Waits up to `secs` for `cond` to hold on pod `name`; the error shows the last status.
+///
+/// # Errors
+/// On timeout.
+pub async fn wait_pod(pods: &Api<Pod>, name: &str, secs: u64, what: &str, cond: impl Fn(&Pod) -> bool) -> Result<Pod> {
+    let fut = await_condition(pods.clone(), name, move |p: Option<&Pod>| p.is_some_and(&cond));
+    match tokio::time::timeout(Duration::from_secs(secs), fut).await {
+        Ok(Ok(Some(p))) => Ok(p),
+        Ok(Ok(None)) => bail!("pod {name} vanished waiting for {what}"),
+        Ok(Err(e)) => bail!("watching pod {name}: {e}"),
+        Err(_) => {
+            let status = pods.get(name).await.map(|p| serde_json::to_string_pretty(&p.status)).ok();
+            bail!("pod {name}: timed out after {secs}s waiting for {what}; status: {status:?}")
+        }
+    }
+}
+
+/// Node condition `type_`'s status.
+#[must_use]
+pub fn node_condition(node: &Node, type_: &str) -> Option<String> {
+    node.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == type_).map(|c| c.status.clone())
+}
+
+/// The pod's phase.
+#[must_use]
+pub fn phase(pod: &Pod) -> &str {
+    pod.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or_default()
+}
+
+/// A pod manifest for a wasm workload pinned (by node selector, not `nodeName`) to `node`,
+/// tolerating the wasm taints.
+#[must_use]
+pub fn wasm_pod(name: &str, node: &str, image: &str, args: &[&str], restart_policy: &str) -> Pod {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": { "name": name },
+        "spec": {
+            "restartPolicy": restart_policy,
+            "nodeSelector": { "kubernetes.io/arch": "wasm32-wasi", "kubernetes.io/hostname": node },
+            "tolerations": [
+                { "key": "kubernetes.io/arch", "operator": "Equal", "value": "wasm32-wasi" }
+            ],
+            "automountServiceAccountToken": false,
+            "containers": [{
+                "name": "main",
+                "image": image,
+                "args": args,
+                "env": [{ "name": "GREETING", "value": "hello-e2e" }]
+            }]
+        }
+    }))
+    .expect("valid pod manifest")
+}
+
+/// Waits up to `secs` for pod `name` not to exist; returns how long it took.
+///
+/// # Errors
+/// On timeout.
+pub async fn wait_gone(pods: &Api<Pod>, name: &str, secs: u64) -> Result<Duration> {
+    let start = std::time::Instant::now();
+    let fut = kube::runtime::wait::await_condition(pods.clone(), name, kube::runtime::conditions::is_deleted(""));
+    // `is_deleted("")` matches only absence: the UID never equals "".
+    match tokio::time::timeout(Duration::from_secs(secs), fut).await {
+        Ok(Ok(_)) => Ok(start.elapsed()),
+        Ok(Err(e)) => bail!("watching pod {name}: {e}"),
+        Err(_) => bail!("pod {name} still exists after {secs}s"),
+    }
+}
+
+/// Deletes pod `name` (if present) and waits until it is gone.
+///
+/// # Errors
+/// On timeout.
+pub async fn ensure_absent(pods: &Api<Pod>, name: &str) -> Result<()> {
+    let _ = pods.delete(name, &kube::api::DeleteParams::default()).await;
+    wait_gone(pods, name, 60).await.map(|_| ())
+}
