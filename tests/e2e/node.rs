@@ -7,38 +7,73 @@ use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
 
 #[tokio::test]
-async fn node_registers_stays_ready_past_the_grace_period_and_goes_not_ready_on_shutdown() -> anyhow::Result<()> {
+async fn node_registers_stays_ready_past_the_grace_period_and_goes_not_ready_on_shutdown()
+-> anyhow::Result<()> {
     let cluster = Cluster::connect().await?;
     let nodes = cluster.nodes();
     let mut node = cluster.fresh_node("e2e-node", 10301).await?;
-    let n = wait_node(&nodes, &node.name, 60, "Ready", |n| node_condition(n, "Ready").as_deref() == Some("True")).await?;
+    let n = wait_node(&nodes, &node.name, 60, "Ready", |n| {
+        node_condition(n, "Ready").as_deref() == Some("True")
+    })
+    .await?;
 
     let labels = n.metadata.labels.clone().unwrap_or_default();
-    assert_eq!(labels.get("kubernetes.io/arch").map(String::as_str), Some("wasm32-wasi"));
-    assert_eq!(labels.get("kubernetes.io/os").map(String::as_str), Some("wasip1"));
+    assert_eq!(
+        labels.get("kubernetes.io/arch").map(String::as_str),
+        Some("wasm32-wasi")
+    );
+    assert_eq!(
+        labels.get("kubernetes.io/os").map(String::as_str),
+        Some("wasip1")
+    );
     assert_eq!(labels.get("kubernetes.io/hostname"), Some(&node.name));
     assert_eq!(labels.get("type").map(String::as_str), Some("krustlet"));
-    let taints = n.spec.as_ref().and_then(|s| s.taints.clone()).unwrap_or_default();
+    let taints = n
+        .spec
+        .as_ref()
+        .and_then(|s| s.taints.clone())
+        .unwrap_or_default();
     for effect in ["NoSchedule", "NoExecute"] {
         assert!(
-            taints.iter().any(|t| t.key == "kubernetes.io/arch" && t.value.as_deref() == Some("wasm32-wasi") && t.effect == effect),
+            taints.iter().any(|t| t.key == "kubernetes.io/arch"
+                && t.value.as_deref() == Some("wasm32-wasi")
+                && t.effect == effect),
             "missing {effect} taint in {taints:?}"
         );
     }
     let status = n.status.clone().unwrap_or_default();
     let info = status.node_info.clone().unwrap_or_default();
-    assert!(info.container_runtime_version.starts_with("wasmtime://"), "{}", info.container_runtime_version);
-    assert!(info.kubelet_version.starts_with("v1.36"), "{}", info.kubelet_version);
+    assert!(
+        info.container_runtime_version.starts_with("wasmtime://"),
+        "{}",
+        info.container_runtime_version
+    );
+    assert!(
+        info.kubelet_version.starts_with("v1.36"),
+        "{}",
+        info.kubelet_version
+    );
     assert_eq!(info.architecture, "wasm32-wasi");
     let capacity = status.capacity.clone().unwrap_or_default();
     for key in ["cpu", "memory", "pods"] {
-        assert!(capacity.contains_key(key), "capacity lacks {key}: {capacity:?}");
+        assert!(
+            capacity.contains_key(key),
+            "capacity lacks {key}: {capacity:?}"
+        );
     }
     assert_eq!(capacity.get("pods").map(|q| q.0.as_str()), Some("110"));
-    let port = status.daemon_endpoints.and_then(|d| d.kubelet_endpoint).map(|e| e.port);
+    let port = status
+        .daemon_endpoints
+        .and_then(|d| d.kubelet_endpoint)
+        .map(|e| e.port);
     assert_eq!(port, Some(i32::from(node.port)));
     let addresses = status.addresses.unwrap_or_default();
-    assert!(addresses.iter().any(|a| a.type_ == "InternalIP" && a.address == "127.0.0.1"), "{addresses:?}");
+    assert!(
+        addresses
+            .iter()
+            .any(|a| a.type_ == "InternalIP" && a.address == "127.0.0.1"),
+        "{addresses:?}"
+    );
 
     let leases: Api<Lease> = Api::namespaced(cluster.client.clone(), "kube-node-lease");
     let mut lease = None;
@@ -49,7 +84,10 @@ async fn node_registers_stays_ready_past_the_grace_period_and_goes_not_ready_on_
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let first = lease.expect("node lease created within 10s").spec.unwrap_or_default();
+    let first = lease
+        .expect("node lease created within 10s")
+        .spec
+        .unwrap_or_default();
     assert_eq!(first.holder_identity.as_deref(), Some(node.name.as_str()));
 
     // hack/cluster runs the controller manager with --node-monitor-grace-period 20s: a node
@@ -58,22 +96,40 @@ async fn node_registers_stays_ready_past_the_grace_period_and_goes_not_ready_on_
     let n = nodes.get(&node.name).await?;
     assert_eq!(node_condition(&n, "Ready").as_deref(), Some("True"));
     let renewed = leases.get(&node.name).await?.spec.unwrap_or_default();
-    assert!(renewed.renew_time > first.renew_time, "lease not renewed: {:?} then {:?}", first.renew_time, renewed.renew_time);
+    assert!(
+        renewed.renew_time > first.renew_time,
+        "lease not renewed: {:?} then {:?}",
+        first.renew_time,
+        renewed.renew_time
+    );
 
     let exit = node.stop()?;
     assert!(exit.success(), "krustlet exited with {exit}");
     let n = nodes.get(&node.name).await?;
-    let ready = n.status.and_then(|s| s.conditions).unwrap_or_default().into_iter().find(|c| c.type_ == "Ready").expect("Ready condition");
-    assert_eq!((ready.status.as_str(), ready.reason.as_deref()), ("False", Some("KubeletNotReady")));
+    let ready = n
+        .status
+        .and_then(|s| s.conditions)
+        .unwrap_or_default()
+        .into_iter()
+        .find(|c| c.type_ == "Ready")
+        .expect("Ready condition");
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_deref()),
+        ("False", Some("KubeletNotReady"))
+    );
     nodes.delete(&node.name, &Default::default()).await?;
     Ok(())
 }
 
 #[tokio::test]
-async fn a_container_pod_without_the_toleration_is_never_scheduled_to_the_node() -> anyhow::Result<()> {
+async fn a_container_pod_without_the_toleration_is_never_scheduled_to_the_node()
+-> anyhow::Result<()> {
     let cluster = Cluster::connect().await?;
     let node = cluster.fresh_node("e2e-taint", 10302).await?;
-    wait_node(&cluster.nodes(), &node.name, 60, "Ready", |n| node_condition(n, "Ready").as_deref() == Some("True")).await?;
+    wait_node(&cluster.nodes(), &node.name, 60, "Ready", |n| {
+        node_condition(n, "Ready").as_deref() == Some("True")
+    })
+    .await?;
     let pods = cluster.pods();
     let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(serde_json::json!({
         "apiVersion": "v1", "kind": "Pod",
@@ -84,17 +140,32 @@ async fn a_container_pod_without_the_toleration_is_never_scheduled_to_the_node()
     e2e::wait_gone(&pods, "e2e-container-pod", 30).await?;
     pods.create(&Default::default(), &pod).await?;
     let p = e2e::wait_pod(&pods, "e2e-container-pod", 30, "PodScheduled=False", |p| {
-        p.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|c| {
-            c.iter().any(|c| c.type_ == "PodScheduled" && c.status == "False" && c.reason.as_deref() == Some("Unschedulable"))
-        })
+        p.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| {
+                c.iter().any(|c| {
+                    c.type_ == "PodScheduled"
+                        && c.status == "False"
+                        && c.reason.as_deref() == Some("Unschedulable")
+                })
+            })
     })
     .await?;
-    let message = p.status.and_then(|s| s.conditions).unwrap_or_default().into_iter().find(|c| c.type_ == "PodScheduled").and_then(|c| c.message).unwrap_or_default();
+    let message = p
+        .status
+        .and_then(|s| s.conditions)
+        .unwrap_or_default()
+        .into_iter()
+        .find(|c| c.type_ == "PodScheduled")
+        .and_then(|c| c.message)
+        .unwrap_or_default();
     assert!(message.contains("untolerated taint"), "{message}");
     // Keep watching for a while: the pod must stay unbound while our node is Ready.
     tokio::time::sleep(Duration::from_secs(5)).await;
     let p = pods.get("e2e-container-pod").await?;
     assert_eq!(p.spec.and_then(|s| s.node_name), None);
-    pods.delete("e2e-container-pod", &Default::default()).await?;
+    pods.delete("e2e-container-pod", &Default::default())
+        .await?;
     Ok(())
 }

@@ -2,13 +2,19 @@
 
 use std::time::{Duration, Instant};
 
-use e2e::{Cluster, KrustletNode, ensure_absent, node_condition, phase, wait_gone, wait_node, wait_pod, wasm_pod};
+use e2e::{
+    Cluster, KrustletNode, ensure_absent, node_condition, phase, wait_gone, wait_node, wait_pod,
+    wasm_pod,
+};
 use futures::{AsyncBufReadExt, StreamExt};
 use kube::api::{DeleteParams, LogParams};
 
 async fn ready_node(cluster: &Cluster, name: &str, port: u16) -> anyhow::Result<KrustletNode> {
     let node = cluster.fresh_node(name, port).await?;
-    wait_node(&cluster.nodes(), name, 60, "Ready", |n| node_condition(n, "Ready").as_deref() == Some("True")).await?;
+    wait_node(&cluster.nodes(), name, 60, "Ready", |n| {
+        node_condition(n, "Ready").as_deref() == Some("True")
+    })
+    .await?;
     Ok(node)
 }
 
@@ -19,10 +25,25 @@ async fn a_scheduled_pod_runs_to_completion_and_its_logs_match() -> anyhow::Resu
     let image = cluster.push("hello", "v1").await?;
     let pods = cluster.pods();
     ensure_absent(&pods, "e2e-hello").await?;
-    let pod = wasm_pod("e2e-hello", &node.name, &image, &["first", "$(GREETING)"], "Never");
-    assert!(pod.spec.as_ref().and_then(|s| s.node_name.clone()).is_none(), "the scheduler must place it");
+    let pod = wasm_pod(
+        "e2e-hello",
+        &node.name,
+        &image,
+        &["first", "$(GREETING)"],
+        "Never",
+    );
+    assert!(
+        pod.spec
+            .as_ref()
+            .and_then(|s| s.node_name.clone())
+            .is_none(),
+        "the scheduler must place it"
+    );
     pods.create(&Default::default(), &pod).await?;
-    let p = wait_pod(&pods, "e2e-hello", 60, "Succeeded", |p| phase(p) == "Succeeded").await?;
+    let p = wait_pod(&pods, "e2e-hello", 60, "Succeeded", |p| {
+        phase(p) == "Succeeded"
+    })
+    .await?;
 
     let spec = p.spec.clone().unwrap_or_default();
     assert_eq!(spec.node_name.as_deref(), Some(node.name.as_str()));
@@ -31,24 +52,61 @@ async fn a_scheduled_pod_runs_to_completion_and_its_logs_match() -> anyhow::Resu
     assert_eq!(status.pod_ip.as_deref(), Some("127.0.0.1"));
     assert!(status.start_time.is_some());
     let cs = &status.container_statuses.unwrap_or_default()[0];
-    let t = cs.state.as_ref().and_then(|s| s.terminated.clone()).expect("terminated state");
+    let t = cs
+        .state
+        .as_ref()
+        .and_then(|s| s.terminated.clone())
+        .expect("terminated state");
     assert_eq!((t.exit_code, t.reason.as_deref()), (0, Some("Completed")));
     assert!(t.started_at.is_some() && t.finished_at.is_some());
-    assert!(cs.image_id.contains("/e2e/hello@sha256:"), "{}", cs.image_id);
-    assert_eq!((cs.ready, cs.restart_count, cs.started), (false, 0, Some(false)));
+    assert!(
+        cs.image_id.contains("/e2e/hello@sha256:"),
+        "{}",
+        cs.image_id
+    );
+    assert_eq!(
+        (cs.ready, cs.restart_count, cs.started),
+        (false, 0, Some(false))
+    );
     let conditions = status.conditions.unwrap_or_default();
-    let ready = conditions.iter().find(|c| c.type_ == "Ready").expect("Ready condition");
-    assert_eq!((ready.status.as_str(), ready.reason.as_deref()), ("False", Some("PodCompleted")));
-    assert!(conditions.iter().any(|c| c.type_ == "PodScheduled" && c.status == "True"));
+    let ready = conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .expect("Ready condition");
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_deref()),
+        ("False", Some("PodCompleted"))
+    );
+    assert!(
+        conditions
+            .iter()
+            .any(|c| c.type_ == "PodScheduled" && c.status == "True")
+    );
 
     // Through the API server, which reaches the kubelet API with its client certificate.
     let logs = pods.logs("e2e-hello", &LogParams::default()).await?;
     assert_eq!(
         logs.lines().take(4).collect::<Vec<_>>(),
-        ["Hello from a wasm pod on krustlet!", "arg[0]=main", "arg[1]=first", "arg[2]=hello-e2e"]
+        [
+            "Hello from a wasm pod on krustlet!",
+            "arg[0]=main",
+            "arg[1]=first",
+            "arg[2]=hello-e2e"
+        ]
     );
-    assert!(logs.lines().any(|l| l == "env GREETING=hello-e2e"), "{logs}");
-    let tail = pods.logs("e2e-hello", &LogParams { tail_lines: Some(1), ..LogParams::default() }).await?;
+    assert!(
+        logs.lines().any(|l| l == "env GREETING=hello-e2e"),
+        "{logs}"
+    );
+    let tail = pods
+        .logs(
+            "e2e-hello",
+            &LogParams {
+                tail_lines: Some(1),
+                ..LogParams::default()
+            },
+        )
+        .await?;
     assert_eq!(tail, "env GREETING=hello-e2e\n");
     pods.delete("e2e-hello", &DeleteParams::default()).await?;
     wait_gone(&pods, "e2e-hello", 30).await?;
@@ -62,10 +120,22 @@ async fn a_non_zero_exit_fails_the_pod_with_that_exit_code() -> anyhow::Result<(
     let image = cluster.push("exit", "v1").await?;
     let pods = cluster.pods();
     ensure_absent(&pods, "e2e-exit").await?;
-    pods.create(&Default::default(), &wasm_pod("e2e-exit", &node.name, &image, &["7"], "Never")).await?;
+    pods.create(
+        &Default::default(),
+        &wasm_pod("e2e-exit", &node.name, &image, &["7"], "Never"),
+    )
+    .await?;
     let p = wait_pod(&pods, "e2e-exit", 60, "Failed", |p| phase(p) == "Failed").await?;
-    let cs = &p.status.unwrap_or_default().container_statuses.unwrap_or_default()[0];
-    let t = cs.state.as_ref().and_then(|s| s.terminated.clone()).expect("terminated state");
+    let cs = &p
+        .status
+        .unwrap_or_default()
+        .container_statuses
+        .unwrap_or_default()[0];
+    let t = cs
+        .state
+        .as_ref()
+        .and_then(|s| s.terminated.clone())
+        .expect("terminated state");
     assert_eq!((t.exit_code, t.reason.as_deref()), (7, Some("Error")));
     let logs = pods.logs("e2e-exit", &LogParams::default()).await?;
     assert_eq!(logs, "exiting with code 7\n");
@@ -81,21 +151,43 @@ async fn deleting_a_running_pod_stops_it_within_its_grace_period() -> anyhow::Re
     let image = cluster.push("loop", "v1").await?;
     let pods = cluster.pods();
     ensure_absent(&pods, "e2e-loop").await?;
-    pods.create(&Default::default(), &wasm_pod("e2e-loop", &node.name, &image, &[], "Always")).await?;
+    pods.create(
+        &Default::default(),
+        &wasm_pod("e2e-loop", &node.name, &image, &[], "Always"),
+    )
+    .await?;
     let p = wait_pod(&pods, "e2e-loop", 60, "Running and Ready", |p| {
         phase(p) == "Running"
-            && p.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+            && p.status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
     })
     .await?;
-    let cs = &p.status.unwrap_or_default().container_statuses.unwrap_or_default()[0];
+    let cs = &p
+        .status
+        .unwrap_or_default()
+        .container_statuses
+        .unwrap_or_default()[0];
     assert!(cs.state.as_ref().and_then(|s| s.running.as_ref()).is_some());
     assert_eq!((cs.ready, cs.started), (true, Some(true)));
 
     // `kubectl logs -f`: lines arrive while the module runs.
-    let mut lines = pods.log_stream("e2e-loop", &LogParams { follow: true, ..LogParams::default() }).await?.lines();
+    let mut lines = pods
+        .log_stream(
+            "e2e-loop",
+            &LogParams {
+                follow: true,
+                ..LogParams::default()
+            },
+        )
+        .await?
+        .lines();
     let mut seen = Vec::new();
     while seen.len() < 3 {
-        let line = tokio::time::timeout(Duration::from_secs(10), lines.next()).await?.expect("stream open")?;
+        let line = tokio::time::timeout(Duration::from_secs(10), lines.next())
+            .await?
+            .expect("stream open")?;
         seen.push(line);
     }
     assert_eq!(seen, ["tick 0", "tick 1", "tick 2"]);
@@ -103,7 +195,14 @@ async fn deleting_a_running_pod_stops_it_within_its_grace_period() -> anyhow::Re
     let grace = 30;
     const GRACE_SECS: u64 = 30;
     let start = Instant::now();
-    pods.delete("e2e-loop", &DeleteParams { grace_period_seconds: Some(grace), ..DeleteParams::default() }).await?;
+    pods.delete(
+        "e2e-loop",
+        &DeleteParams {
+            grace_period_seconds: Some(grace),
+            ..DeleteParams::default()
+        },
+    )
+    .await?;
     // The follow ends when the module is killed.
     let rest = tokio::time::timeout(Duration::from_secs(GRACE_SECS), async {
         while let Some(line) = lines.next().await {
@@ -112,9 +211,15 @@ async fn deleting_a_running_pod_stops_it_within_its_grace_period() -> anyhow::Re
         anyhow::Ok(())
     })
     .await;
-    assert!(rest.is_ok(), "log stream did not end when the pod was killed");
+    assert!(
+        rest.is_ok(),
+        "log stream did not end when the pod was killed"
+    );
     let took = wait_gone(&pods, "e2e-loop", GRACE_SECS).await?;
     let total = start.elapsed();
-    assert!(total < Duration::from_secs(GRACE_SECS), "deletion took {total:?} (wait {took:?})");
+    assert!(
+        total < Duration::from_secs(GRACE_SECS),
+        "deletion took {total:?} (wait {took:?})"
+    );
     Ok(())
 }

@@ -79,9 +79,16 @@ impl Cluster {
     /// When the workload is not built or the push fails.
     pub async fn push(&self, workload: &str, tag: &str) -> Result<String> {
         let path = root().join("target/wasm").join(format!("{workload}.wasm"));
-        let wasm = std::fs::read(&path).with_context(|| format!("{} (run hack/build-wasm)", path.display()))?;
+        let wasm = std::fs::read(&path)
+            .with_context(|| format!("{} (run hack/build-wasm)", path.display()))?;
         let reference = format!("{}/e2e/{workload}:{tag}", self.registry);
-        oci::push(wasm, &reference, &oci::RegistryAuth::Anonymous, std::slice::from_ref(&self.registry)).await?;
+        oci::push(
+            wasm,
+            &reference,
+            &oci::RegistryAuth::Anonymous,
+            std::slice::from_ref(&self.registry),
+        )
+        .await?;
         Ok(reference)
     }
 
@@ -91,13 +98,20 @@ impl Cluster {
     /// # Errors
     /// When the stale node cannot be removed or the process cannot start.
     pub async fn fresh_node(&self, name: &str, port: u16) -> Result<KrustletNode> {
-        match self.nodes().delete(name, &kube::api::DeleteParams::default()).await {
+        match self
+            .nodes()
+            .delete(name, &kube::api::DeleteParams::default())
+            .await
+        {
             Ok(_) => {}
             Err(kube::Error::Api(e)) if e.code == 404 => {}
             Err(e) => return Err(e.into()),
         }
-        let leases: Api<k8s_openapi::api::coordination::v1::Lease> = Api::namespaced(self.client.clone(), "kube-node-lease");
-        let _ = leases.delete(name, &kube::api::DeleteParams::default()).await;
+        let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+            Api::namespaced(self.client.clone(), "kube-node-lease");
+        let _ = leases
+            .delete(name, &kube::api::DeleteParams::default())
+            .await;
         KrustletNode::start(name, port)
     }
 
@@ -139,7 +153,14 @@ impl KrustletNode {
         std::fs::create_dir_all(&data_dir)?;
         let log = std::fs::File::create(data_dir.with_extension("log"))?;
         let child = Command::new(&bin)
-            .args(["--node-name", name, "--node-ip", "127.0.0.1", "--address", "127.0.0.1"])
+            .args([
+                "--node-name",
+                name,
+                "--node-ip",
+                "127.0.0.1",
+                "--address",
+                "127.0.0.1",
+            ])
             .args(["--port", &port.to_string()])
             .arg("--data-dir")
             .arg(&data_dir)
@@ -153,7 +174,12 @@ impl KrustletNode {
             .stderr(log)
             .spawn()
             .with_context(|| format!("starting {} (cargo build -p krustlet)", bin.display()))?;
-        Ok(Self { name: name.to_owned(), port, child: Some(child), data_dir })
+        Ok(Self {
+            name: name.to_owned(),
+            port,
+            child: Some(child),
+            data_dir,
+        })
     }
 
     /// Sends SIGTERM and waits for the process to exit.
@@ -162,7 +188,9 @@ impl KrustletNode {
     /// When the process cannot be signalled.
     pub fn stop(&mut self) -> Result<std::process::ExitStatus> {
         let mut child = self.child.take().context("already stopped")?;
-        let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status()?;
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()?;
         if !status.success() {
             bail!("kill failed");
         }
@@ -189,8 +217,16 @@ impl Drop for KrustletNode {
 ///
 /// # Errors
 /// On timeout.
-pub async fn wait_node(nodes: &Api<Node>, name: &str, secs: u64, what: &str, cond: impl Fn(&Node) -> bool) -> Result<Node> {
-    let fut = await_condition(nodes.clone(), name, move |n: Option<&Node>| n.is_some_and(&cond));
+pub async fn wait_node(
+    nodes: &Api<Node>,
+    name: &str,
+    secs: u64,
+    what: &str,
+    cond: impl Fn(&Node) -> bool,
+) -> Result<Node> {
+    let fut = await_condition(nodes.clone(), name, move |n: Option<&Node>| {
+        n.is_some_and(&cond)
+    });
     match tokio::time::timeout(Duration::from_secs(secs), fut).await {
         Ok(Ok(Some(n))) => Ok(n),
         Ok(Ok(None)) => bail!("node {name} vanished waiting for {what}"),
@@ -203,14 +239,26 @@ pub async fn wait_node(nodes: &Api<Node>, name: &str, secs: u64, what: &str, con
 ///
 /// # Errors
 /// On timeout.
-pub async fn wait_pod(pods: &Api<Pod>, name: &str, secs: u64, what: &str, cond: impl Fn(&Pod) -> bool) -> Result<Pod> {
-    let fut = await_condition(pods.clone(), name, move |p: Option<&Pod>| p.is_some_and(&cond));
+pub async fn wait_pod(
+    pods: &Api<Pod>,
+    name: &str,
+    secs: u64,
+    what: &str,
+    cond: impl Fn(&Pod) -> bool,
+) -> Result<Pod> {
+    let fut = await_condition(pods.clone(), name, move |p: Option<&Pod>| {
+        p.is_some_and(&cond)
+    });
     match tokio::time::timeout(Duration::from_secs(secs), fut).await {
         Ok(Ok(Some(p))) => Ok(p),
         Ok(Ok(None)) => bail!("pod {name} vanished waiting for {what}"),
         Ok(Err(e)) => bail!("watching pod {name}: {e}"),
         Err(_) => {
-            let status = pods.get(name).await.map(|p| serde_json::to_string_pretty(&p.status)).ok();
+            let status = pods
+                .get(name)
+                .await
+                .map(|p| serde_json::to_string_pretty(&p.status))
+                .ok();
             bail!("pod {name}: timed out after {secs}s waiting for {what}; status: {status:?}")
         }
     }
@@ -219,13 +267,22 @@ pub async fn wait_pod(pods: &Api<Pod>, name: &str, secs: u64, what: &str, cond: 
 /// Node condition `type_`'s status.
 #[must_use]
 pub fn node_condition(node: &Node, type_: &str) -> Option<String> {
-    node.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == type_).map(|c| c.status.clone())
+    node.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| c.status.clone())
 }
 
 /// The pod's phase.
 #[must_use]
 pub fn phase(pod: &Pod) -> &str {
-    pod.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or_default()
+    pod.status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .unwrap_or_default()
 }
 
 /// A pod manifest for a wasm workload pinned (by node selector, not `nodeName`) to `node`,
@@ -260,7 +317,11 @@ pub fn wasm_pod(name: &str, node: &str, image: &str, args: &[&str], restart_poli
 /// On timeout.
 pub async fn wait_gone(pods: &Api<Pod>, name: &str, secs: u64) -> Result<Duration> {
     let start = std::time::Instant::now();
-    let fut = kube::runtime::wait::await_condition(pods.clone(), name, kube::runtime::conditions::is_deleted(""));
+    let fut = kube::runtime::wait::await_condition(
+        pods.clone(),
+        name,
+        kube::runtime::conditions::is_deleted(""),
+    );
     // `is_deleted("")` matches only absence: the UID never equals "".
     match tokio::time::timeout(Duration::from_secs(secs), fut).await {
         Ok(Ok(_)) => Ok(start.elapsed()),

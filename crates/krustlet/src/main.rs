@@ -82,12 +82,17 @@ struct NodeArgs {
     #[arg(long, env = "KRUSTLET_NODE_LEASE_RENEW_SECONDS", default_value_t = 10)]
     node_lease_renew_seconds: u64,
     /// Seconds between node status reports when nothing changed.
-    #[arg(long, env = "KRUSTLET_NODE_STATUS_REPORT_SECONDS", default_value_t = 60)]
+    #[arg(
+        long,
+        env = "KRUSTLET_NODE_STATUS_REPORT_SECONDS",
+        default_value_t = 60
+    )]
     node_status_report_seconds: u64,
 }
 
 fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map_or_else(|_| "localhost".to_owned(), |h| h.trim().to_owned())
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map_or_else(|_| "localhost".to_owned(), |h| h.trim().to_owned())
 }
 
 fn default_ip(host: &str) -> IpAddr {
@@ -101,7 +106,8 @@ fn default_ip(host: &str) -> IpAddr {
 async fn client(kubeconfig: Option<&PathBuf>) -> anyhow::Result<kube::Client> {
     let config = match kubeconfig {
         Some(path) => {
-            let kc = Kubeconfig::read_from(path).with_context(|| format!("reading {}", path.display()))?;
+            let kc = Kubeconfig::read_from(path)
+                .with_context(|| format!("reading {}", path.display()))?;
             kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?
         }
         None => kube::Config::infer().await?,
@@ -113,13 +119,14 @@ fn shutdown_on_signal() -> CancellationToken {
     let token = CancellationToken::new();
     let t = token.clone();
     tokio::spawn(async move {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot listen for SIGTERM");
+                    return;
+                }
+            };
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
@@ -133,8 +140,11 @@ fn shutdown_on_signal() -> CancellationToken {
 async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
     let node_name = args.node_name.unwrap_or_else(hostname);
     let node_ip = args.node_ip.unwrap_or_else(|| default_ip(&hostname()));
-    std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating {}", args.data_dir.display()))?;
-    let engine = wasi_runtime::Engine::new(&wasi_runtime::EngineConfig { cache_dir: Some(args.data_dir.join("compiled")) })?;
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating {}", args.data_dir.display()))?;
+    let engine = wasi_runtime::Engine::new(&wasi_runtime::EngineConfig {
+        cache_dir: Some(args.data_dir.join("compiled")),
+    })?;
     let store = oci::Store::open(&args.data_dir.join("images"), &args.insecure_registries)?;
     let runtime = Arc::new(runtime::WasmRuntime { engine, store });
     let config = kubelet::Config {
@@ -158,15 +168,28 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
         .init();
     // One TLS implementation for every client and server in the process.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     match cli.command {
-        Some(Command::Push { file, reference, insecure_registries }) => {
-            let wasm = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
-            let url = oci::push(wasm, &reference, &oci::RegistryAuth::Anonymous, &insecure_registries).await?;
+        Some(Command::Push {
+            file,
+            reference,
+            insecure_registries,
+        }) => {
+            let wasm =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let url = oci::push(
+                wasm,
+                &reference,
+                &oci::RegistryAuth::Anonymous,
+                &insecure_registries,
+            )
+            .await?;
             println!("pushed {} to {url}", file.display());
             Ok(())
         }

@@ -1,7 +1,9 @@
 //! The wasm runtime behind the node agent: OCI store + wasmtime engine, adapted to
 //! [`kubelet::Runtime`].
 
-use kubelet::runtime::{ContainerExit, ContainerHandle, ContainerRun, Image, ImageError, PullPolicy};
+use kubelet::runtime::{
+    ContainerExit, ContainerHandle, ContainerRun, Image, ImageError, PullPolicy,
+};
 use wasi_runtime::{ContainerSpec, Engine, Exit};
 
 /// Images from [`oci::Store`], run by [`wasi_runtime::Engine`].
@@ -33,9 +35,16 @@ fn exit(e: Exit) -> ContainerExit {
         Exit::Code(0) => ("Completed", None),
         Exit::Code(_) | Exit::Killed => ("Error", None),
         Exit::Trap(m) => ("Error", Some(m.clone())),
-        Exit::OutOfMemory => ("OOMKilled", Some("the module was refused memory beyond its limit".to_owned())),
+        Exit::OutOfMemory => (
+            "OOMKilled",
+            Some("the module was refused memory beyond its limit".to_owned()),
+        ),
     };
-    ContainerExit { code: e.code(), reason: reason.to_owned(), message }
+    ContainerExit {
+        code: e.code(),
+        reason: reason.to_owned(),
+        message,
+    }
 }
 
 impl kubelet::Runtime for WasmRuntime {
@@ -63,7 +72,11 @@ impl kubelet::Runtime for WasmRuntime {
     }
 
     async fn start_container(&self, run: ContainerRun) -> Result<ContainerHandle, String> {
-        let wasm = self.store.module(&run.image.handle).await.map_err(|e| e.to_string())?;
+        let wasm = self
+            .store
+            .module(&run.image.handle)
+            .await
+            .map_err(|e| e.to_string())?;
         let spec = ContainerSpec {
             module_key: run.image.handle.clone(),
             wasm,
@@ -74,6 +87,8 @@ impl kubelet::Runtime for WasmRuntime {
         };
         let running = self.engine.start(spec).await.map_err(|e| e.to_string())?;
         let killer = running.killer();
-        Ok(ContainerHandle::new(move || killer.kill(), async move { exit(running.wait().await) }))
+        Ok(ContainerHandle::new(move || killer.kill(), async move {
+            exit(running.wait().await)
+        }))
     }
 }

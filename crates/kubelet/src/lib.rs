@@ -105,7 +105,14 @@ impl Kubelet {
             shutdown.clone(),
         ));
         let api = tokio::spawn(server::serve(listener, registry.clone(), shutdown.clone()));
-        pods::run(client.clone(), config.clone(), runtime, registry.clone(), shutdown.clone()).await;
+        pods::run(
+            client.clone(),
+            config.clone(),
+            runtime,
+            registry.clone(),
+            shutdown.clone(),
+        )
+        .await;
         registry.kill_all().await;
         let _ = heartbeat.await;
         let _ = api.await;

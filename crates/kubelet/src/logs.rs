@@ -45,7 +45,11 @@ fn parse(line: &[u8]) -> Option<Record<'_>> {
     let _stream = parts.next()?;
     let tag = parts.next()?;
     let content = parts.next().unwrap_or_default();
-    Some(Record { timestamp, partial: tag == b"P", content })
+    Some(Record {
+        timestamp,
+        partial: tag == b"P",
+        content,
+    })
 }
 
 /// Renders complete records of `data` (ignoring a trailing incomplete line) as the
@@ -58,10 +62,13 @@ fn render(data: &[u8], opts: &LogOptions, since: Option<jiff::Timestamp>) -> (Ve
         let line = &data[used..used + nl];
         used += nl + 1;
         let Some(r) = parse(line) else { continue };
-        if let Some(since) = since {
-            if r.timestamp.parse::<jiff::Timestamp>().is_ok_and(|t| t < since) {
-                continue;
-            }
+        let too_old = since.is_some_and(|since| {
+            r.timestamp
+                .parse::<jiff::Timestamp>()
+                .is_ok_and(|t| t < since)
+        });
+        if too_old {
+            continue;
         }
         if opts.timestamps && line_start {
             out.extend_from_slice(r.timestamp.as_bytes());
@@ -117,10 +124,15 @@ async fn pump(
     still_running: &(impl Fn() -> bool + Send + Sync),
     tx: &mpsc::Sender<std::io::Result<Bytes>>,
 ) -> std::io::Result<()> {
-    let since = opts
-        .since_seconds
-        .and_then(|s| jiff::Timestamp::now().checked_sub(jiff::SignedDuration::from_secs(s)).ok());
-    let mut budget = opts.limit_bytes.and_then(|b| usize::try_from(b).ok()).unwrap_or(usize::MAX);
+    let since = opts.since_seconds.and_then(|s| {
+        jiff::Timestamp::now()
+            .checked_sub(jiff::SignedDuration::from_secs(s))
+            .ok()
+    });
+    let mut budget = opts
+        .limit_bytes
+        .and_then(|b| usize::try_from(b).ok())
+        .unwrap_or(usize::MAX);
     let mut file = tokio::fs::File::open(path).await?;
     let mut data = Vec::new();
     file.read_to_end(&mut data).await?;
@@ -157,7 +169,10 @@ async fn send(tx: &mpsc::Sender<std::io::Result<Bytes>>, data: &[u8], budget: &m
     }
     let n = data.len().min(*budget);
     *budget -= n;
-    tx.send(Ok(Bytes::copy_from_slice(&data[..n]))).await.is_ok() && *budget > 0
+    tx.send(Ok(Bytes::copy_from_slice(&data[..n])))
+        .await
+        .is_ok()
+        && *budget > 0
 }
 
 #[cfg(test)]
@@ -174,12 +189,18 @@ mod tests {
     fn renders_records_and_joins_partials() {
         let (out, used) = render(LOG, &LogOptions::default(), None);
         assert_eq!(out, b"one\ntwo\nthree\n");
-        assert_eq!(used, LOG.iter().rposition(|&b| b == b'\n').expect("newline") + 1);
+        assert_eq!(
+            used,
+            LOG.iter().rposition(|&b| b == b'\n').expect("newline") + 1
+        );
     }
 
     #[test]
     fn timestamps_and_since() {
-        let opts = LogOptions { timestamps: true, ..LogOptions::default() };
+        let opts = LogOptions {
+            timestamps: true,
+            ..LogOptions::default()
+        };
         let since = "2026-01-01T00:00:01Z".parse().ok();
         let (out, _) = render(LOG, &opts, since);
         assert_eq!(
@@ -203,13 +224,23 @@ mod tests {
         std::fs::write(&path, &LOG[..LOG.len() - incomplete]).expect("write");
         let running = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
         let flag = running.clone();
-        let opts = LogOptions { follow: true, tail_lines: Some(1), ..LogOptions::default() };
-        let mut rx = stream(path.clone(), opts, move || flag.load(std::sync::atomic::Ordering::SeqCst));
+        let opts = LogOptions {
+            follow: true,
+            tail_lines: Some(1),
+            ..LogOptions::default()
+        };
+        let mut rx = stream(path.clone(), opts, move || {
+            flag.load(std::sync::atomic::Ordering::SeqCst)
+        });
         let first = rx.recv().await.expect("chunk").expect("ok");
         assert_eq!(&first[..], b"three\n");
-        std::fs::OpenOptions::new().append(true).open(&path).and_then(|mut f| {
-            std::io::Write::write_all(&mut f, b"2026-01-01T00:00:04Z stdout F four\n")
-        }).expect("append");
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| {
+                std::io::Write::write_all(&mut f, b"2026-01-01T00:00:04Z stdout F four\n")
+            })
+            .expect("append");
         running.store(false, std::sync::atomic::Ordering::SeqCst);
         let mut rest = Vec::new();
         while let Some(chunk) = rx.recv().await {

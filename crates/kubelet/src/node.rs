@@ -27,7 +27,9 @@ pub const LEASE_NAMESPACE: &str = "kube-node-lease";
 pub const LEASE_DURATION_SECONDS: i32 = 40;
 
 fn read_trimmed(path: &str) -> String {
-    std::fs::read_to_string(path).map(|s| s.trim().to_owned()).unwrap_or_default()
+    std::fs::read_to_string(path)
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
 }
 
 fn os_image() -> String {
@@ -54,7 +56,10 @@ fn resources(config: &Config) -> BTreeMap<String, Quantity> {
     let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     BTreeMap::from([
         ("cpu".to_owned(), Quantity(cpus.to_string())),
-        ("memory".to_owned(), Quantity(format!("{}Ki", memory_bytes() / 1024))),
+        (
+            "memory".to_owned(),
+            Quantity(format!("{}Ki", memory_bytes() / 1024)),
+        ),
         ("pods".to_owned(), Quantity(config.max_pods.to_string())),
         ("ephemeral-storage".to_owned(), Quantity("0".to_owned())),
     ])
@@ -71,13 +76,32 @@ fn conditions(ready: bool, message: &str, transition: bool) -> Vec<NodeCondition
         last_transition_time: None,
     };
     vec![
-        pressure("MemoryPressure", "KubeletHasSufficientMemory", "kubelet has sufficient memory available"),
-        pressure("DiskPressure", "KubeletHasNoDiskPressure", "kubelet has no disk pressure"),
-        pressure("PIDPressure", "KubeletHasSufficientPID", "kubelet has sufficient PID available"),
+        pressure(
+            "MemoryPressure",
+            "KubeletHasSufficientMemory",
+            "kubelet has sufficient memory available",
+        ),
+        pressure(
+            "DiskPressure",
+            "KubeletHasNoDiskPressure",
+            "kubelet has no disk pressure",
+        ),
+        pressure(
+            "PIDPressure",
+            "KubeletHasSufficientPID",
+            "kubelet has sufficient PID available",
+        ),
         NodeCondition {
             type_: "Ready".to_owned(),
             status: if ready { "True" } else { "False" }.to_owned(),
-            reason: Some(if ready { "KubeletReady" } else { "KubeletNotReady" }.to_owned()),
+            reason: Some(
+                if ready {
+                    "KubeletReady"
+                } else {
+                    "KubeletNotReady"
+                }
+                .to_owned(),
+            ),
             message: Some(message.to_owned()),
             last_heartbeat_time: Some(now.clone()),
             // Omitted on heartbeats: the strategic merge keeps the stored transition time.
@@ -94,14 +118,26 @@ fn status(
 ) -> NodeStatus {
     NodeStatus {
         addresses: Some(vec![
-            NodeAddress { type_: "InternalIP".to_owned(), address: config.node_ip.to_string() },
-            NodeAddress { type_: "Hostname".to_owned(), address: hostname() },
+            NodeAddress {
+                type_: "InternalIP".to_owned(),
+                address: config.node_ip.to_string(),
+            },
+            NodeAddress {
+                type_: "Hostname".to_owned(),
+                address: hostname(),
+            },
         ]),
         capacity: Some(resources(config)),
         allocatable: Some(resources(config)),
-        conditions: Some(conditions(true, "krustlet is posting ready status", transition)),
+        conditions: Some(conditions(
+            true,
+            "krustlet is posting ready status",
+            transition,
+        )),
         daemon_endpoints: Some(NodeDaemonEndpoints {
-            kubelet_endpoint: Some(DaemonEndpoint { port: i32::from(config.port) }),
+            kubelet_endpoint: Some(DaemonEndpoint {
+                port: i32::from(config.port),
+            }),
         }),
         node_info: Some(NodeSystemInfo {
             architecture: ARCH.to_owned(),
@@ -126,8 +162,14 @@ pub fn node_object(config: &Config, runtime_version: &str) -> Node {
     let labels = BTreeMap::from([
         ("kubernetes.io/arch".to_owned(), ARCH.to_owned()),
         ("kubernetes.io/os".to_owned(), OS.to_owned()),
-        ("kubernetes.io/hostname".to_owned(), config.node_name.clone()),
-        ("node.kubernetes.io/instance-type".to_owned(), "krustlet".to_owned()),
+        (
+            "kubernetes.io/hostname".to_owned(),
+            config.node_name.clone(),
+        ),
+        (
+            "node.kubernetes.io/instance-type".to_owned(),
+            "krustlet".to_owned(),
+        ),
         ("type".to_owned(), "krustlet".to_owned()),
     ]);
     let taint = |effect: &str| Taint {
@@ -171,7 +213,11 @@ pub async fn register(client: &Client, config: &Config, runtime_version: &str) -
     // Status is a subresource: a create ignores it, so post it explicitly.
     let patch = serde_json::json!({ "status": node.status });
     nodes
-        .patch_status(&config.node_name, &PatchParams::default(), &Patch::Strategic(patch))
+        .patch_status(
+            &config.node_name,
+            &PatchParams::default(),
+            &Patch::Strategic(patch),
+        )
         .await?;
     Ok(())
 }
@@ -211,7 +257,10 @@ async fn renew_lease(client: &Client, node_name: &str) -> Result<()> {
     let leases: Api<Lease> = Api::namespaced(client.clone(), LEASE_NAMESPACE);
     let renew = MicroTime(jiff::Timestamp::now());
     let patch = serde_json::json!({ "spec": { "renewTime": renew, "holderIdentity": node_name } });
-    match leases.patch(node_name, &PatchParams::default(), &Patch::Merge(patch)).await {
+    match leases
+        .patch(node_name, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+    {
         Ok(_) => return Ok(()),
         Err(kube::Error::Api(e)) if e.code == 404 => {}
         Err(e) => return Err(e.into()),
@@ -245,7 +294,10 @@ async fn renew_lease(client: &Client, node_name: &str) -> Result<()> {
 pub async fn mark_not_ready(client: &Client, node_name: &str, message: &str) {
     let nodes: Api<Node> = Api::all(client.clone());
     let patch = serde_json::json!({ "status": { "conditions": conditions(false, message, true) } });
-    match nodes.patch_status(node_name, &PatchParams::default(), &Patch::Strategic(patch)).await {
+    match nodes
+        .patch_status(node_name, &PatchParams::default(), &Patch::Strategic(patch))
+        .await
+    {
         Ok(_) => tracing::info!(node = node_name, "node marked not ready"),
         Err(e) => tracing::warn!(error = %e, "cannot mark node not ready"),
     }

@@ -29,7 +29,9 @@ pub struct Listener {
 
 impl std::fmt::Debug for Listener {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Listener").field("addr", &self.tcp.local_addr().ok()).finish_non_exhaustive()
+        f.debug_struct("Listener")
+            .field("addr", &self.tcp.local_addr().ok())
+            .finish_non_exhaustive()
     }
 }
 
@@ -40,11 +42,16 @@ impl std::fmt::Debug for Listener {
 pub async fn bind(config: &Config) -> Result<Listener> {
     let tls = crate::tls::acceptor(config)?;
     let addr = std::net::SocketAddr::new(config.bind_address, config.port);
-    let tcp = TcpListener::bind(addr)
-        .await
-        .map_err(|source| Error::Io { what: format!("binding the kubelet API on {addr}"), source })?;
+    let tcp = TcpListener::bind(addr).await.map_err(|source| Error::Io {
+        what: format!("binding the kubelet API on {addr}"),
+        source,
+    })?;
     tracing::info!(%addr, "kubelet API listening");
-    Ok(Listener { tcp, tls, require_client_cert: config.client_ca_file.is_some() })
+    Ok(Listener {
+        tcp,
+        tls,
+        require_client_cert: config.client_ca_file.is_some(),
+    })
 }
 
 /// Whether the TLS peer presented a certificate the client CA vouches for.
@@ -54,7 +61,10 @@ struct Authenticated(bool);
 fn router(registry: Registry) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
-        .route("/containerLogs/{namespace}/{pod}/{container}", get(container_logs))
+        .route(
+            "/containerLogs/{namespace}/{pod}/{container}",
+            get(container_logs),
+        )
         .with_state(registry)
 }
 
@@ -81,8 +91,14 @@ pub async fn serve(listener: Listener, registry: Registry, shutdown: Cancellatio
                     return;
                 }
             };
-            let authenticated = !require || stream.get_ref().1.peer_certificates().is_some_and(|c| !c.is_empty());
-            let service = TowerToHyperService::new(app.layer(Extension(Authenticated(authenticated))));
+            let authenticated = !require
+                || stream
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .is_some_and(|c| !c.is_empty());
+            let service =
+                TowerToHyperService::new(app.layer(Extension(Authenticated(authenticated))));
             let builder = auto::Builder::new(TokioExecutor::new());
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
             tokio::select! {
@@ -103,13 +119,25 @@ async fn container_logs(
         return (StatusCode::UNAUTHORIZED, "Unauthorized").into_response();
     }
     let Some(entry) = registry.container_logs(&namespace, &pod, &container) else {
-        return (StatusCode::NOT_FOUND, format!("container {container:?} in pod {namespace}/{pod} is not known on this node")).into_response();
+        return (
+            StatusCode::NOT_FOUND,
+            format!("container {container:?} in pod {namespace}/{pod} is not known on this node"),
+        )
+            .into_response();
     };
     let Some(path) = entry.path(opts.previous) else {
-        return (StatusCode::BAD_REQUEST, format!("previous terminated container {container:?} in pod {pod:?} not found")).into_response();
+        return (
+            StatusCode::BAD_REQUEST,
+            format!("previous terminated container {container:?} in pod {pod:?} not found"),
+        )
+            .into_response();
     };
     if !path.exists() {
-        return (StatusCode::BAD_REQUEST, format!("container {container:?} in pod {pod:?} has no logs yet")).into_response();
+        return (
+            StatusCode::BAD_REQUEST,
+            format!("container {container:?} in pod {pod:?} has no logs yet"),
+        )
+            .into_response();
     }
     let follow_current = !opts.previous;
     let registry = Arc::new(registry);
@@ -120,7 +148,8 @@ async fn container_logs(
                 .is_some_and(|c| c.running && c.restart_count == entry.restart_count)
     };
     let rx = logs::stream(path, opts, running);
-    let body = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) });
+    let body =
+        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) });
     Response::builder()
         .header("content-type", "text/plain")
         .body(Body::from_stream(body))

@@ -40,8 +40,10 @@ fn self_signed(config: &Config) -> Result<(std::path::PathBuf, std::path::PathBu
     let names = vec![config.node_name.clone(), config.node_ip.to_string()];
     let generated = rcgen::generate_simple_self_signed(names)
         .map_err(|e| Error::Server(format!("cannot generate serving certificate: {e}")))?;
-    std::fs::write(&key, generated.signing_key.serialize_pem()).map_err(io(format!("writing {}", key.display())))?;
-    std::fs::write(&cert, generated.cert.pem()).map_err(io(format!("writing {}", cert.display())))?;
+    std::fs::write(&key, generated.signing_key.serialize_pem())
+        .map_err(io(format!("writing {}", key.display())))?;
+    std::fs::write(&cert, generated.cert.pem())
+        .map_err(io(format!("writing {}", cert.display())))?;
     tracing::info!(cert = %cert.display(), "generated a self-signed serving certificate");
     Ok((cert, key))
 }
@@ -51,7 +53,11 @@ pub(crate) fn acceptor(config: &Config) -> Result<TlsAcceptor> {
     let (cert, key) = match (&config.cert_file, &config.private_key_file) {
         (Some(c), Some(k)) => (c.clone(), k.clone()),
         (None, None) => self_signed(config)?,
-        _ => return Err(Error::Server("--cert-file and --private-key-file go together".into())),
+        _ => {
+            return Err(Error::Server(
+                "--cert-file and --private-key-file go together".into(),
+            ));
+        }
     };
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
@@ -61,7 +67,9 @@ pub(crate) fn acceptor(config: &Config) -> Result<TlsAcceptor> {
         Some(ca) => {
             let mut roots = rustls::RootCertStore::empty();
             for c in read_certs(ca)? {
-                roots.add(c).map_err(|e| Error::Server(format!("client CA: {e}")))?;
+                roots
+                    .add(c)
+                    .map_err(|e| Error::Server(format!("client CA: {e}")))?;
             }
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
                 .allow_unauthenticated()

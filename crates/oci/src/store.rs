@@ -38,7 +38,9 @@ pub struct Store {
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("root", &self.root).finish_non_exhaustive()
+        f.debug_struct("Store")
+            .field("root", &self.root)
+            .finish_non_exhaustive()
     }
 }
 
@@ -68,10 +70,16 @@ fn sha256(data: &[u8]) -> String {
 /// a half-written file under the final name.
 async fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    tokio::fs::create_dir_all(dir).await.map_err(io(format!("creating {}", dir.display())))?;
+    tokio::fs::create_dir_all(dir)
+        .await
+        .map_err(io(format!("creating {}", dir.display())))?;
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    tokio::fs::write(&tmp, data).await.map_err(io(format!("writing {}", tmp.display())))?;
-    tokio::fs::rename(&tmp, path).await.map_err(io(format!("renaming to {}", path.display())))
+    tokio::fs::write(&tmp, data)
+        .await
+        .map_err(io(format!("writing {}", tmp.display())))?;
+    tokio::fs::rename(&tmp, path)
+        .await
+        .map_err(io(format!("renaming to {}", path.display())))
 }
 
 impl Store {
@@ -81,8 +89,10 @@ impl Store {
     /// # Errors
     /// [`Error::Io`] when the directory cannot be created.
     pub fn open(root: &Path, insecure_registries: &[String]) -> Result<Self> {
-        std::fs::create_dir_all(root.join("blobs/sha256")).map_err(io(format!("creating {}", root.display())))?;
-        std::fs::create_dir_all(root.join("refs")).map_err(io(format!("creating {}", root.display())))?;
+        std::fs::create_dir_all(root.join("blobs/sha256"))
+            .map_err(io(format!("creating {}", root.display())))?;
+        std::fs::create_dir_all(root.join("refs"))
+            .map_err(io(format!("creating {}", root.display())))?;
         Ok(Self {
             root: root.to_owned(),
             client: client(insecure_registries),
@@ -99,7 +109,13 @@ impl Store {
         let name: String = reference
             .whole()
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
             .collect();
         self.root.join("refs").join(format!("{name}.json"))
     }
@@ -116,7 +132,9 @@ impl Store {
         let Ok(image) = serde_json::from_slice::<Image>(&json) else {
             return Ok(None);
         };
-        let present = tokio::fs::try_exists(self.blob_path(&image.module_digest)).await.unwrap_or(false);
+        let present = tokio::fs::try_exists(self.blob_path(&image.module_digest))
+            .await
+            .unwrap_or(false);
         Ok(present.then_some(image))
     }
 
@@ -128,7 +146,13 @@ impl Store {
     /// found), [`Error::NotWasm`], [`Error::DigestMismatch`], [`Error::Io`].
     pub async fn pull(&self, reference: &str, auth: &RegistryAuth) -> Result<(Image, bool)> {
         let parsed = parse(reference)?;
-        let lock = self.pulls.lock().await.entry(parsed.whole()).or_default().clone();
+        let lock = self
+            .pulls
+            .lock()
+            .await
+            .entry(parsed.whole())
+            .or_default()
+            .clone();
         let _guard = lock.lock().await;
         let (manifest, manifest_digest) = self
             .client
@@ -141,7 +165,11 @@ impl Store {
             .find(|l| WASM_LAYER_TYPES.contains(&l.media_type.as_str()))
             .ok_or_else(|| Error::NotWasm {
                 reference: reference.to_owned(),
-                media_types: manifest.layers.iter().map(|l| l.media_type.clone()).collect(),
+                media_types: manifest
+                    .layers
+                    .iter()
+                    .map(|l| l.media_type.clone())
+                    .collect(),
             })?;
         let path = self.blob_path(&layer.digest);
         let downloaded = !tokio::fs::try_exists(&path).await.unwrap_or(false);
@@ -152,13 +180,20 @@ impl Store {
                 .await
                 .map_err(registry_error)?;
             if sha256(&data) != layer.digest {
-                return Err(Error::DigestMismatch { digest: layer.digest.clone() });
+                return Err(Error::DigestMismatch {
+                    digest: layer.digest.clone(),
+                });
             }
             write_atomic(&path, &data).await?;
         }
         let image = Image {
             reference: parsed.whole(),
-            image_id: format!("{}/{}@{}", parsed.resolve_registry(), parsed.repository(), manifest_digest),
+            image_id: format!(
+                "{}/{}@{}",
+                parsed.resolve_registry(),
+                parsed.repository(),
+                manifest_digest
+            ),
             module_digest: layer.digest.clone(),
             size: u64::try_from(layer.size).unwrap_or(0),
         };
@@ -176,9 +211,13 @@ impl Store {
     /// [`Error::Io`] when the blob is missing, [`Error::DigestMismatch`] when it is corrupt.
     pub async fn module(&self, digest: &str) -> Result<Arc<[u8]>> {
         let path = self.blob_path(digest);
-        let data = tokio::fs::read(&path).await.map_err(io(format!("reading {}", path.display())))?;
+        let data = tokio::fs::read(&path)
+            .await
+            .map_err(io(format!("reading {}", path.display())))?;
         if sha256(&data) != digest {
-            return Err(Error::DigestMismatch { digest: digest.to_owned() });
+            return Err(Error::DigestMismatch {
+                digest: digest.to_owned(),
+            });
         }
         Ok(data.into())
     }
@@ -204,7 +243,11 @@ pub async fn push(
         "os": "wasip1",
         "layerDigests": [layer_digest],
     });
-    let config = Config::new(config.to_string().into_bytes(), WASM_CONFIG_TYPE.to_owned(), None);
+    let config = Config::new(
+        config.to_string().into_bytes(),
+        WASM_CONFIG_TYPE.to_owned(),
+        None,
+    );
     let layer = ImageLayer::new(wasm, "application/wasm".to_owned(), None);
     let response = client(insecure_registries)
         .push(&parsed, &[layer], config, auth, None)

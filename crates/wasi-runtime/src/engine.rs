@@ -101,6 +101,8 @@ impl Engine {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Module>> {
         // A poisoned map still holds valid modules; keep using it.
-        self.modules.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.modules
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }

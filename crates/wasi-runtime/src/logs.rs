@@ -71,7 +71,10 @@ impl LogFile {
         line.extend_from_slice(if partial { b" P " } else { b" F " });
         line.extend_from_slice(content);
         line.push(b'\n');
-        let mut file = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut file = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Err(e) = file.write_all(&line) {
             tracing::warn!(error = %e, "cannot write container log");
         }

@@ -30,7 +30,10 @@ pub(crate) struct Shared {
 impl Shared {
     pub fn update(&self, index: usize, f: impl FnOnce(&mut ContainerRecord)) {
         {
-            let mut records = self.records.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut records = self
+                .records
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             if let Some(r) = records.get_mut(index) {
                 f(r);
             }
@@ -39,7 +42,10 @@ impl Shared {
     }
 
     pub fn snapshot(&self) -> Vec<ContainerRecord> {
-        self.records.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+        self.records
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 }
 
@@ -110,9 +116,18 @@ pub fn expand(input: &str, env: &[(String, String)]) -> String {
 #[must_use]
 pub fn parse_bytes(q: &str) -> Option<u64> {
     const SUFFIXES: [(&str, u64); 12] = [
-        ("Ki", 1 << 10), ("Mi", 1 << 20), ("Gi", 1 << 30), ("Ti", 1 << 40), ("Pi", 1 << 50), ("Ei", 1 << 60),
-        ("k", 1_000), ("M", 1_000_000), ("G", 1_000_000_000), ("T", 1_000_000_000_000),
-        ("P", 1_000_000_000_000_000), ("E", 1_000_000_000_000_000_000),
+        ("Ki", 1 << 10),
+        ("Mi", 1 << 20),
+        ("Gi", 1 << 30),
+        ("Ti", 1 << 40),
+        ("Pi", 1 << 50),
+        ("Ei", 1 << 60),
+        ("k", 1_000),
+        ("M", 1_000_000),
+        ("G", 1_000_000_000),
+        ("T", 1_000_000_000_000),
+        ("P", 1_000_000_000_000_000),
+        ("E", 1_000_000_000_000_000_000),
     ];
     let q = q.trim();
     let (num, mult) = SUFFIXES
@@ -123,7 +138,11 @@ pub fn parse_bytes(q: &str) -> Option<u64> {
         return n.checked_mul(mult);
     }
     let f: f64 = num.parse().ok()?;
-    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss)]
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss
+    )]
     (f.is_finite() && f >= 0.0).then(|| (f * mult as f64).ceil() as u64)
 }
 
@@ -141,7 +160,12 @@ fn reference(pod: &Pod, container: &str) -> ObjectReference {
 
 /// `namespace_name_uid`, the kubelet's directory name for a pod.
 pub(crate) fn pod_dir_name(pod: &Pod) -> String {
-    format!("{}_{}_{}", pod.namespace().unwrap_or_default(), pod.name_any(), pod.uid().unwrap_or_default())
+    format!(
+        "{}_{}_{}",
+        pod.namespace().unwrap_or_default(),
+        pod.name_any(),
+        pod.uid().unwrap_or_default()
+    )
 }
 
 /// Runs container `index` of `pod` until it will not run again or `kill` fires.
@@ -152,16 +176,34 @@ pub(crate) async fn supervise<R: Runtime>(
     shared: Arc<Shared>,
     kill: CancellationToken,
 ) {
-    let Some(spec) = pod.spec.as_ref().and_then(|s| s.containers.get(index)).cloned() else {
+    let Some(spec) = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.containers.get(index))
+        .cloned()
+    else {
         return;
     };
-    let restart_policy = pod.spec.as_ref().and_then(|s| s.restart_policy.clone()).unwrap_or_else(|| "Always".to_owned());
-    let sup = Supervisor { ctx, pod, index, shared, kill, spec };
+    let restart_policy = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.restart_policy.clone())
+        .unwrap_or_else(|| "Always".to_owned());
+    let sup = Supervisor {
+        ctx,
+        pod,
+        index,
+        shared,
+        kill,
+        spec,
+    };
     let mut crash_backoff = INITIAL_BACKOFF;
     loop {
         let Some(image) = sup.pull().await else { break };
         let started = Instant::now();
-        let Some(exit) = sup.run_once(&image).await else { break };
+        let Some(exit) = sup.run_once(&image).await else {
+            break;
+        };
         let restart = match restart_policy.as_str() {
             "Never" => false,
             "OnFailure" => exit.code != 0,
@@ -199,13 +241,19 @@ impl<R: Runtime> Supervisor<R> {
             action: reason.to_owned(),
             secondary: None,
         };
-        if let Err(e) = self.ctx.recorder.publish(&ev, &reference(&self.pod, &self.spec.name)).await {
+        if let Err(e) = self
+            .ctx
+            .recorder
+            .publish(&ev, &reference(&self.pod, &self.spec.name))
+            .await
+        {
             tracing::warn!(error = %e, reason, "cannot record event");
         }
     }
 
     fn set_waiting(&self, reason: &str, message: Option<String>) {
-        self.shared.update(self.index, |r| r.state = status::waiting(reason, message));
+        self.shared
+            .update(self.index, |r| r.state = status::waiting(reason, message));
     }
 
     /// Sleeps unless killed; returns false when killed.
@@ -223,7 +271,12 @@ impl<R: Runtime> Supervisor<R> {
         let mut backoff = INITIAL_BACKOFF;
         loop {
             if policy != PullPolicy::Never {
-                self.event(EventType::Normal, "Pulling", format!("Pulling image \"{reference}\"")).await;
+                self.event(
+                    EventType::Normal,
+                    "Pulling",
+                    format!("Pulling image \"{reference}\""),
+                )
+                .await;
             }
             let began = Instant::now();
             let result = tokio::select! {
@@ -242,7 +295,9 @@ impl<R: Runtime> Supervisor<R> {
                         format!("Container image \"{reference}\" already present on machine")
                     };
                     self.event(EventType::Normal, "Pulled", note).await;
-                    self.ctx.registry.add_image(&reference, &image.image_id, image.size);
+                    self.ctx
+                        .registry
+                        .add_image(&reference, &image.image_id, image.size);
                     let id = image.image_id.clone();
                     self.shared.update(self.index, |r| r.image_id = id);
                     return Some(image);
@@ -257,7 +312,8 @@ impl<R: Runtime> Supervisor<R> {
                 message.clone()
             };
             self.event(EventType::Warning, "Failed", note).await;
-            self.event(EventType::Warning, "Failed", format!("Error: {reason}")).await;
+            self.event(EventType::Warning, "Failed", format!("Error: {reason}"))
+                .await;
             self.set_waiting(reason, Some(message));
             // The kubelet shows the first failure, then ImagePullBackOff while it waits.
             if !self.sleep(Duration::from_secs(1)).await {
@@ -295,10 +351,23 @@ impl<R: Runtime> Supervisor<R> {
     /// One run; `None` when the container could not be started (it is then waiting
     /// with the reason and the pod worker decides) or was killed before starting.
     async fn run_once(&self, image: &Image) -> Option<ContainerExit> {
-        let restart_count = self.shared.snapshot().get(self.index).map_or(0, |r| r.restart_count);
-        let dir = self.ctx.config.data_dir.join("pods").join(pod_dir_name(&self.pod)).join(&self.spec.name);
+        let restart_count = self
+            .shared
+            .snapshot()
+            .get(self.index)
+            .map_or(0, |r| r.restart_count);
+        let dir = self
+            .ctx
+            .config
+            .data_dir
+            .join("pods")
+            .join(pod_dir_name(&self.pod))
+            .join(&self.spec.name);
         if let Err(e) = tokio::fs::create_dir_all(&dir).await {
-            self.set_waiting("CreateContainerError", Some(format!("cannot create log directory: {e}")));
+            self.set_waiting(
+                "CreateContainerError",
+                Some(format!("cannot create log directory: {e}")),
+            );
             return None;
         }
         let (args, env) = self.argv_env();
@@ -315,11 +384,15 @@ impl<R: Runtime> Supervisor<R> {
                 .and_then(|l| l.get("memory"))
                 .and_then(|q| parse_bytes(&q.0)),
         };
-        let (ns, pod_name) = (self.pod.namespace().unwrap_or_default(), self.pod.name_any());
+        let (ns, pod_name) = (
+            self.pod.namespace().unwrap_or_default(),
+            self.pod.name_any(),
+        );
         let handle = match self.ctx.runtime.start_container(run).await {
             Ok(h) => h,
             Err(message) => {
-                self.event(EventType::Warning, "Failed", format!("Error: {message}")).await;
+                self.event(EventType::Warning, "Failed", format!("Error: {message}"))
+                    .await;
                 self.set_waiting("CreateContainerError", Some(message));
                 return None;
             }
@@ -330,19 +403,26 @@ impl<R: Runtime> Supervisor<R> {
             self.spec.name
         );
         let started_at = now();
-        self.ctx.registry.set_container_logs(&ns, &pod_name, &self.spec.name, super::ContainerLogs {
-            dir: dir.clone(),
-            restart_count,
-            running: true,
-        });
+        self.ctx.registry.set_container_logs(
+            &ns,
+            &pod_name,
+            &self.spec.name,
+            super::ContainerLogs {
+                dir: dir.clone(),
+                restart_count,
+                running: true,
+            },
+        );
         let cid = container_id.clone();
         let at = started_at.clone();
         self.shared.update(self.index, |r| {
             r.container_id = Some(cid);
             r.state = status::running(at);
         });
-        self.event(EventType::Normal, "Created", "Created container".to_owned()).await;
-        self.event(EventType::Normal, "Started", "Started container".to_owned()).await;
+        self.event(EventType::Normal, "Created", "Created container".to_owned())
+            .await;
+        self.event(EventType::Normal, "Started", "Started container".to_owned())
+            .await;
         let killer = handle.killer();
         let kill = self.kill.clone();
         let watchdog = tokio::spawn(async move {
@@ -360,25 +440,47 @@ impl<R: Runtime> Supervisor<R> {
             container_id: Some(container_id),
             signal: None,
         };
-        self.ctx.registry.set_container_logs(&ns, &pod_name, &self.spec.name, super::ContainerLogs {
-            dir,
-            restart_count,
-            running: false,
-        });
-        self.shared.update(self.index, |r| r.state = status::terminated(terminated));
+        self.ctx.registry.set_container_logs(
+            &ns,
+            &pod_name,
+            &self.spec.name,
+            super::ContainerLogs {
+                dir,
+                restart_count,
+                running: false,
+            },
+        );
+        self.shared
+            .update(self.index, |r| r.state = status::terminated(terminated));
         Some(exit)
     }
 
     /// Moves the last run to `lastState`, shows `CrashLoopBackOff` and waits; false when killed.
     async fn crash_loop_wait(&self, delay: Duration) -> bool {
         let name = &self.spec.name;
-        let pod = format!("{}_{}({})", self.pod.name_any(), self.pod.namespace().unwrap_or_default(), self.pod.uid().unwrap_or_default());
-        let message = format!("back-off {}s restarting failed container={name} pod={pod}", delay.as_secs());
+        let pod = format!(
+            "{}_{}({})",
+            self.pod.name_any(),
+            self.pod.namespace().unwrap_or_default(),
+            self.pod.uid().unwrap_or_default()
+        );
+        let message = format!(
+            "back-off {}s restarting failed container={name} pod={pod}",
+            delay.as_secs()
+        );
         self.shared.update(self.index, |r| {
-            r.last_state = Some(std::mem::replace(&mut r.state, status::waiting("CrashLoopBackOff", Some(message))));
+            r.last_state = Some(std::mem::replace(
+                &mut r.state,
+                status::waiting("CrashLoopBackOff", Some(message)),
+            ));
             r.restart_count += 1;
         });
-        self.event(EventType::Warning, "BackOff", format!("Back-off restarting failed container {name} in pod {pod}")).await;
+        self.event(
+            EventType::Warning,
+            "BackOff",
+            format!("Back-off restarting failed container {name} in pod {pod}"),
+        )
+        .await;
         self.sleep(delay).await
     }
 }
@@ -389,7 +491,10 @@ mod tests {
 
     #[test]
     fn expands_like_the_kubelet() {
-        let env = vec![("A".to_owned(), "1".to_owned()), ("B".to_owned(), "two".to_owned())];
+        let env = vec![
+            ("A".to_owned(), "1".to_owned()),
+            ("B".to_owned(), "two".to_owned()),
+        ];
         assert_eq!(expand("x$(A)y$(B)", &env), "x1ytwo");
         assert_eq!(expand("$(C)", &env), "$(C)");
         assert_eq!(expand("$$(A)", &env), "$(A)");
@@ -408,7 +513,10 @@ mod tests {
 
     #[test]
     fn default_pull_policy_by_tag() {
-        let c = |image: &str| Container { image: Some(image.to_owned()), ..Container::default() };
+        let c = |image: &str| Container {
+            image: Some(image.to_owned()),
+            ..Container::default()
+        };
         assert_eq!(pull_policy(&c("r:5000/a/b")), PullPolicy::Always);
         assert_eq!(pull_policy(&c("r:5000/a/b:latest")), PullPolicy::Always);
         assert_eq!(pull_policy(&c("r:5000/a/b:v1")), PullPolicy::IfNotPresent);

@@ -35,7 +35,11 @@ impl ContainerLogs {
     /// The log file of the current run, or of the one before it (`previous`).
     #[must_use]
     pub fn path(&self, previous: bool) -> Option<PathBuf> {
-        let n = if previous { self.restart_count - 1 } else { self.restart_count };
+        let n = if previous {
+            self.restart_count - 1
+        } else {
+            self.restart_count
+        };
         (n >= 0).then(|| self.dir.join(format!("{n}.log")))
     }
 }
@@ -65,19 +69,32 @@ struct Worker {
 
 impl Registry {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The logs of `container` in pod `namespace/name`, if this node runs it.
     #[must_use]
-    pub fn container_logs(&self, namespace: &str, name: &str, container: &str) -> Option<ContainerLogs> {
+    pub fn container_logs(
+        &self,
+        namespace: &str,
+        name: &str,
+        container: &str,
+    ) -> Option<ContainerLogs> {
         self.lock()
             .logs
             .get(&(namespace.to_owned(), name.to_owned()))
             .and_then(|c| c.get(container).cloned())
     }
 
-    pub(crate) fn set_container_logs(&self, namespace: &str, name: &str, container: &str, logs: ContainerLogs) {
+    pub(crate) fn set_container_logs(
+        &self,
+        namespace: &str,
+        name: &str,
+        container: &str,
+        logs: ContainerLogs,
+    ) {
         self.lock()
             .logs
             .entry((namespace.to_owned(), name.to_owned()))
@@ -86,7 +103,9 @@ impl Registry {
     }
 
     fn forget_pod(&self, namespace: &str, name: &str) {
-        self.lock().logs.remove(&(namespace.to_owned(), name.to_owned()));
+        self.lock()
+            .logs
+            .remove(&(namespace.to_owned(), name.to_owned()));
     }
 
     pub(crate) fn add_image(&self, reference: &str, image_id: &str, size: u64) {
@@ -200,5 +219,12 @@ async fn dispatch<R: Runtime>(ctx: &Arc<Ctx<R>>, pod: Pod) {
     let (tx, rx) = watch::channel(pod);
     let stop = CancellationToken::new();
     let task = tokio::spawn(worker::run(ctx.clone(), rx, stop.clone(), admitted));
-    ctx.registry.workers.lock().await.insert(uid, Worker { pod: tx, stop, task });
+    ctx.registry.workers.lock().await.insert(
+        uid,
+        Worker {
+            pod: tx,
+            stop,
+            task,
+        },
+    );
 }

@@ -83,7 +83,9 @@ pub fn waiting(reason: &str, message: Option<String>) -> ContainerState {
 #[must_use]
 pub fn running(at: Time) -> ContainerState {
     ContainerState {
-        running: Some(ContainerStateRunning { started_at: Some(at) }),
+        running: Some(ContainerStateRunning {
+            started_at: Some(at),
+        }),
         ..ContainerState::default()
     }
 }
@@ -161,9 +163,23 @@ fn condition(type_: &str, ok: bool, reason: Option<&str>, message: Option<String
 /// `DisruptionTarget`, readiness gates) are kept from `existing`; a condition keeps its
 /// `lastTransitionTime` while its status does not change.
 #[must_use]
-pub fn conditions(existing: &[PodCondition], containers: &[ContainerRecord], phase: &str, now: &Time) -> Vec<PodCondition> {
-    const OWNED: [&str; 4] = ["PodReadyToStartContainers", "Initialized", "ContainersReady", "Ready"];
-    let not_ready: Vec<&str> = containers.iter().filter(|c| !c.running()).map(|c| c.name.as_str()).collect();
+pub fn conditions(
+    existing: &[PodCondition],
+    containers: &[ContainerRecord],
+    phase: &str,
+    now: &Time,
+) -> Vec<PodCondition> {
+    const OWNED: [&str; 4] = [
+        "PodReadyToStartContainers",
+        "Initialized",
+        "ContainersReady",
+        "Ready",
+    ];
+    let not_ready: Vec<&str> = containers
+        .iter()
+        .filter(|c| !c.running())
+        .map(|c| c.name.as_str())
+        .collect();
     let terminal = matches!(phase, "Succeeded" | "Failed");
     let (ready_reason, ready_message) = if terminal {
         (Some("PodCompleted"), None)
@@ -172,21 +188,40 @@ pub fn conditions(existing: &[PodCondition], containers: &[ContainerRecord], pha
     } else {
         (
             Some("ContainersNotReady"),
-            Some(format!("containers with unready status: [{}]", not_ready.join(" "))),
+            Some(format!(
+                "containers with unready status: [{}]",
+                not_ready.join(" ")
+            )),
         )
     };
     let ready = not_ready.is_empty() && !terminal;
-    let mut out: Vec<PodCondition> = existing.iter().filter(|c| !OWNED.contains(&c.type_.as_str())).cloned().collect();
+    let mut out: Vec<PodCondition> = existing
+        .iter()
+        .filter(|c| !OWNED.contains(&c.type_.as_str()))
+        .cloned()
+        .collect();
     let mine = [
         condition("PodReadyToStartContainers", !terminal, None, None),
-        condition("Initialized", true, terminal.then_some("PodCompleted"), None),
-        condition("ContainersReady", ready, ready_reason, ready_message.clone()),
+        condition(
+            "Initialized",
+            true,
+            terminal.then_some("PodCompleted"),
+            None,
+        ),
+        condition(
+            "ContainersReady",
+            ready,
+            ready_reason,
+            ready_message.clone(),
+        ),
         condition("Ready", ready, ready_reason, ready_message),
     ];
     for mut c in mine {
         let previous = existing.iter().find(|e| e.type_ == c.type_);
         c.last_transition_time = match previous {
-            Some(p) if p.status == c.status => p.last_transition_time.clone().or_else(|| Some(now.clone())),
+            Some(p) if p.status == c.status => {
+                p.last_transition_time.clone().or_else(|| Some(now.clone()))
+            }
             _ => Some(now.clone()),
         };
         c.last_probe_time = None;
@@ -201,7 +236,10 @@ mod tests {
 
     fn exited(name: &str, code: i32, done: bool) -> ContainerRecord {
         let mut c = ContainerRecord::new(name, "img");
-        c.state = terminated(ContainerStateTerminated { exit_code: code, ..Default::default() });
+        c.state = terminated(ContainerStateTerminated {
+            exit_code: code,
+            ..Default::default()
+        });
         c.done = done;
         c
     }
@@ -215,11 +253,20 @@ mod tests {
         let creating = ContainerRecord::new("a", "img");
         let mut up = ContainerRecord::new("b", "img");
         up.state = running(now());
-        assert_eq!(phase(&[creating.clone()], "Never"), "Pending");
+        assert_eq!(phase(std::slice::from_ref(&creating), "Never"), "Pending");
         assert_eq!(phase(&[creating, up.clone()], "Never"), "Pending");
-        assert_eq!(phase(&[up.clone(), exited("c", 0, true)], "Never"), "Running");
-        assert_eq!(phase(&[exited("a", 0, true), exited("b", 0, true)], "Never"), "Succeeded");
-        assert_eq!(phase(&[exited("a", 0, true), exited("b", 2, true)], "Never"), "Failed");
+        assert_eq!(
+            phase(&[up.clone(), exited("c", 0, true)], "Never"),
+            "Running"
+        );
+        assert_eq!(
+            phase(&[exited("a", 0, true), exited("b", 0, true)], "Never"),
+            "Succeeded"
+        );
+        assert_eq!(
+            phase(&[exited("a", 0, true), exited("b", 2, true)], "Never"),
+            "Failed"
+        );
         assert_eq!(phase(&[exited("a", 2, true)], "Always"), "Running");
         assert_eq!(phase(&[exited("a", 2, false)], "OnFailure"), "Running");
         assert_eq!(phase(&[exited("a", 0, true)], "OnFailure"), "Succeeded");
@@ -228,7 +275,10 @@ mod tests {
     #[test]
     fn waiting_after_a_run_is_not_pending() {
         let mut c = ContainerRecord::new("a", "img");
-        c.last_state = Some(terminated(ContainerStateTerminated { exit_code: 1, ..Default::default() }));
+        c.last_state = Some(terminated(ContainerStateTerminated {
+            exit_code: 1,
+            ..Default::default()
+        }));
         c.state = waiting("CrashLoopBackOff", None);
         assert_eq!(phase(&[c], "Always"), "Running");
     }
@@ -237,18 +287,43 @@ mod tests {
     fn conditions_keep_foreign_ones_and_transition_times() {
         let t0 = Time(jiff::Timestamp::from_second(1_000).expect("valid"));
         let existing = vec![
-            PodCondition { type_: "PodScheduled".into(), status: "True".into(), ..Default::default() },
-            PodCondition { type_: "Initialized".into(), status: "True".into(), last_transition_time: Some(t0.clone()), ..Default::default() },
-            PodCondition { type_: "Ready".into(), status: "True".into(), last_transition_time: Some(t0.clone()), ..Default::default() },
+            PodCondition {
+                type_: "PodScheduled".into(),
+                status: "True".into(),
+                ..Default::default()
+            },
+            PodCondition {
+                type_: "Initialized".into(),
+                status: "True".into(),
+                last_transition_time: Some(t0.clone()),
+                ..Default::default()
+            },
+            PodCondition {
+                type_: "Ready".into(),
+                status: "True".into(),
+                last_transition_time: Some(t0.clone()),
+                ..Default::default()
+            },
         ];
         let t1 = now();
-        let got = conditions(&existing, &[ContainerRecord::new("a", "img")], "Pending", &t1);
+        let got = conditions(
+            &existing,
+            &[ContainerRecord::new("a", "img")],
+            "Pending",
+            &t1,
+        );
         let find = |t: &str| got.iter().find(|c| c.type_ == t).expect(t).clone();
         assert_eq!(find("PodScheduled").status, "True");
         assert_eq!(find("Initialized").last_transition_time, Some(t0));
         let ready = find("Ready");
-        assert_eq!((ready.status.as_str(), ready.reason.as_deref()), ("False", Some("ContainersNotReady")));
-        assert_eq!(ready.message.as_deref(), Some("containers with unready status: [a]"));
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_deref()),
+            ("False", Some("ContainersNotReady"))
+        );
+        assert_eq!(
+            ready.message.as_deref(),
+            Some("containers with unready status: [a]")
+        );
         assert_eq!(ready.last_transition_time, Some(t1));
         let done = conditions(&got, &[exited("a", 0, true)], "Succeeded", &now());
         let ready = done.iter().find(|c| c.type_ == "Ready").expect("Ready");

@@ -21,12 +21,19 @@ fn deleting(pod: &Pod) -> bool {
 }
 
 fn qos_class(pod: &Pod) -> &'static str {
-    let containers = pod.spec.as_ref().map(|s| s.containers.as_slice()).unwrap_or_default();
+    let containers = pod
+        .spec
+        .as_ref()
+        .map(|s| s.containers.as_slice())
+        .unwrap_or_default();
     let mut any = false;
     let mut guaranteed = true;
     for c in containers {
         let res = c.resources.clone().unwrap_or_default();
-        let (req, lim) = (res.requests.unwrap_or_default(), res.limits.unwrap_or_default());
+        let (req, lim) = (
+            res.requests.unwrap_or_default(),
+            res.limits.unwrap_or_default(),
+        );
         any |= !req.is_empty() || !lim.is_empty();
         for r in ["cpu", "memory"] {
             let l = lim.get(r);
@@ -58,7 +65,11 @@ impl<R: Runtime> PodWorker<R> {
         if self.last_posted.as_ref() == Some(&value) {
             return;
         }
-        match self.api.patch_status(&self.name, &PatchParams::default(), &Patch::Merge(&value)).await {
+        match self
+            .api
+            .patch_status(&self.name, &PatchParams::default(), &Patch::Merge(&value))
+            .await
+        {
             Ok(_) => self.last_posted = Some(value),
             Err(e) => tracing::warn!(pod = %self.name, error = %e, "cannot update pod status"),
         }
@@ -68,7 +79,12 @@ impl<R: Runtime> PodWorker<R> {
         let pod = self.current();
         let existing = pod.status.clone().unwrap_or_default();
         let ip = self.ctx.config.node_ip.to_string();
-        let conditions = status::conditions(existing.conditions.as_deref().unwrap_or_default(), records, phase, &now());
+        let conditions = status::conditions(
+            existing.conditions.as_deref().unwrap_or_default(),
+            records,
+            phase,
+            &now(),
+        );
         PodStatus {
             phase: Some(phase.to_owned()),
             conditions: Some(conditions),
@@ -88,7 +104,10 @@ impl<R: Runtime> PodWorker<R> {
         let uid = self.current().uid();
         let params = DeleteParams {
             grace_period_seconds: Some(0),
-            preconditions: Some(Preconditions { uid, resource_version: None }),
+            preconditions: Some(Preconditions {
+                uid,
+                resource_version: None,
+            }),
             ..DeleteParams::default()
         };
         match self.api.delete(&self.name, &params).await {
@@ -114,7 +133,13 @@ impl<R: Runtime> PodWorker<R> {
     async fn reject(&mut self, reason: &str, message: String) {
         let pod = self.current();
         let reference = pod.object_ref(&());
-        let ev = Event { type_: EventType::Warning, reason: reason.to_owned(), note: Some(message.clone()), action: "Admit".to_owned(), secondary: None };
+        let ev = Event {
+            type_: EventType::Warning,
+            reason: reason.to_owned(),
+            note: Some(message.clone()),
+            action: "Admit".to_owned(),
+            secondary: None,
+        };
         if let Err(e) = self.ctx.recorder.publish(&ev, &reference).await {
             tracing::warn!(error = %e, "cannot record event");
         }
@@ -129,10 +154,21 @@ impl<R: Runtime> PodWorker<R> {
 }
 
 /// Drives one pod from admission to the removal of its object.
-pub(crate) async fn run<R: Runtime>(ctx: Arc<Ctx<R>>, pod: watch::Receiver<Pod>, stop: CancellationToken, admitted: bool) {
+pub(crate) async fn run<R: Runtime>(
+    ctx: Arc<Ctx<R>>,
+    pod: watch::Receiver<Pod>,
+    stop: CancellationToken,
+    admitted: bool,
+) {
     let first = pod.borrow().clone();
     let api = Api::namespaced(ctx.client.clone(), &first.namespace().unwrap_or_default());
-    let mut w = PodWorker { name: first.name_any(), ctx, pod, api, last_posted: None };
+    let mut w = PodWorker {
+        name: first.name_any(),
+        ctx,
+        pod,
+        api,
+        last_posted: None,
+    };
     if status::is_terminal(&first) || deleting(&first) {
         // Known from before (a restart of the node agent), or deleted before it started.
         if w.wait_for_deletion(&stop).await {
@@ -142,21 +178,43 @@ pub(crate) async fn run<R: Runtime>(ctx: Arc<Ctx<R>>, pod: watch::Receiver<Pod>,
     }
     if !admitted {
         let max = w.ctx.config.max_pods;
-        w.reject("OutOfpods", format!("Node didn't have enough resource: pods, requested: 1, used: {max}, capacity: {max}")).await;
+        w.reject(
+            "OutOfpods",
+            format!(
+                "Node didn't have enough resource: pods, requested: 1, used: {max}, capacity: {max}"
+            ),
+        )
+        .await;
         if w.wait_for_deletion(&stop).await {
             w.finish_deletion().await;
         }
         return;
     }
     let spec = first.spec.clone().unwrap_or_default();
-    let restart_policy = spec.restart_policy.clone().unwrap_or_else(|| "Always".to_owned());
-    let records = spec.containers.iter().map(|c| ContainerRecord::new(&c.name, c.image.as_deref().unwrap_or_default())).collect();
-    let shared = Arc::new(Shared { records: Mutex::new(records), changed: Notify::new() });
+    let restart_policy = spec
+        .restart_policy
+        .clone()
+        .unwrap_or_else(|| "Always".to_owned());
+    let records = spec
+        .containers
+        .iter()
+        .map(|c| ContainerRecord::new(&c.name, c.image.as_deref().unwrap_or_default()))
+        .collect();
+    let shared = Arc::new(Shared {
+        records: Mutex::new(records),
+        changed: Notify::new(),
+    });
     let kill = stop.child_token();
     let snapshot = Arc::new(first);
     let mut supervisors = JoinSet::new();
     for index in 0..spec.containers.len() {
-        supervisors.spawn(container::supervise(w.ctx.clone(), snapshot.clone(), index, shared.clone(), kill.clone()));
+        supervisors.spawn(container::supervise(
+            w.ctx.clone(),
+            snapshot.clone(),
+            index,
+            shared.clone(),
+            kill.clone(),
+        ));
     }
     let pending = w.status(&shared.snapshot(), "Pending");
     w.post(pending).await;
@@ -179,11 +237,21 @@ pub(crate) async fn run<R: Runtime>(ctx: Arc<Ctx<R>>, pod: watch::Receiver<Pod>,
         }
         if !terminating && deleting(&w.pod.borrow()) {
             terminating = true;
-            for record in shared.snapshot().iter().filter(|r| r.container_id.is_some() && !r.done) {
+            for record in shared
+                .snapshot()
+                .iter()
+                .filter(|r| r.container_id.is_some() && !r.done)
+            {
                 let pod = w.current();
                 let mut reference = pod.object_ref(&());
                 reference.field_path = Some(format!("spec.containers{{{}}}", record.name));
-                let ev = Event { type_: EventType::Normal, reason: "Killing".to_owned(), note: Some(format!("Stopping container {}", record.name)), action: "Killing".to_owned(), secondary: None };
+                let ev = Event {
+                    type_: EventType::Normal,
+                    reason: "Killing".to_owned(),
+                    note: Some(format!("Stopping container {}", record.name)),
+                    action: "Killing".to_owned(),
+                    secondary: None,
+                };
                 if let Err(e) = w.ctx.recorder.publish(&ev, &reference).await {
                     tracing::warn!(error = %e, "cannot record event");
                 }
@@ -192,11 +260,7 @@ pub(crate) async fn run<R: Runtime>(ctx: Arc<Ctx<R>>, pod: watch::Receiver<Pod>,
         }
         let records = shared.snapshot();
         let all_done = supervisors.is_empty();
-        let phase = if all_done && !terminating {
-            status::phase(&records, &restart_policy)
-        } else {
-            status::phase(&records, &restart_policy)
-        };
+        let phase = status::phase(&records, &restart_policy);
         let status = w.status(&records, phase);
         w.post(status).await;
         if all_done {
