@@ -419,10 +419,18 @@ impl<R: Runtime> Supervisor<R> {
             r.container_id = Some(cid);
             r.state = status::running(at);
         });
-        self.event(EventType::Normal, "Created", "Created container".to_owned())
-            .await;
-        self.event(EventType::Normal, "Started", "Started container".to_owned())
-            .await;
+        self.event(
+            EventType::Normal,
+            "Created",
+            format!("Created container: {}", self.spec.name),
+        )
+        .await;
+        self.event(
+            EventType::Normal,
+            "Started",
+            format!("Started container {}", self.spec.name),
+        )
+        .await;
         let killer = handle.killer();
         let kill = self.kill.clone();
         let watchdog = tokio::spawn(async move {

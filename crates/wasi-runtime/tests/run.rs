@@ -1,0 +1,151 @@
+//! The runtime on small hand-written modules: exit codes, traps, kills, memory limits,
+//! argv/env and the log file.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use wasi_runtime::{ContainerSpec, Engine, EngineConfig, Exit};
+
+const WASI: &str = r#"
+  (import "wasi_snapshot_preview1" "proc_exit" (func $proc_exit (param i32)))
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+"#;
+
+fn spec(
+    dir: &tempfile::TempDir,
+    key: &str,
+    wat_body: &str,
+    memory_limit: Option<u64>,
+) -> ContainerSpec {
+    let wasm = wat::parse_str(format!("(module {WASI} {wat_body})")).expect("valid wat");
+    ContainerSpec {
+        module_key: key.to_owned(),
+        wasm: Arc::from(wasm),
+        args: vec!["prog".to_owned()],
+        env: vec![("A".to_owned(), "1".to_owned())],
+        log_path: dir.path().join(format!("{key}.log")),
+        memory_limit,
+    }
+}
+
+fn engine() -> Engine {
+    Engine::new(&EngineConfig::default()).expect("engine")
+}
+
+#[tokio::test]
+async fn exit_codes_come_from_proc_exit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let e = engine();
+    let ok = e
+        .start(spec(&dir, "ok", r#"(func (export "_start"))"#, None))
+        .await
+        .expect("start");
+    assert_eq!(ok.wait().await, Exit::Code(0));
+    let seven = e
+        .start(spec(
+            &dir,
+            "seven",
+            r#"(func (export "_start") (call $proc_exit (i32.const 7)))"#,
+            None,
+        ))
+        .await
+        .expect("start");
+    let exit = seven.wait().await;
+    assert_eq!((exit.clone(), exit.code()), (Exit::Code(7), 7));
+}
+
+#[tokio::test]
+async fn a_trap_is_reported_with_its_cause() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let run = engine()
+        .start(spec(
+            &dir,
+            "trap",
+            r#"(func (export "_start") unreachable)"#,
+            None,
+        ))
+        .await
+        .expect("start");
+    let exit = run.wait().await;
+    assert_eq!(exit.code(), 134);
+    assert!(
+        matches!(&exit, Exit::Trap(m) if m.contains("unreachable")),
+        "{exit:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_spinning_module_is_killed_without_cooperating() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let run = engine()
+        .start(spec(
+            &dir,
+            "spin",
+            r#"(func (export "_start") (loop (br 0)))"#,
+            None,
+        ))
+        .await
+        .expect("start");
+    let killer = run.killer();
+    let waiter = tokio::spawn(run.wait());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let asked = Instant::now();
+    killer.kill();
+    let exit = tokio::time::timeout(Duration::from_secs(5), waiter)
+        .await
+        .expect("killed in time")
+        .expect("join");
+    assert_eq!((exit.clone(), exit.code()), (Exit::Killed, 137));
+    assert!(
+        asked.elapsed() < Duration::from_secs(1),
+        "kill took {:?}",
+        asked.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn memory_beyond_the_limit_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Grows by 16 pages (1 MiB); traps when the grow fails.
+    let body = r#"(func (export "_start")
+        (if (i32.eq (memory.grow (i32.const 16)) (i32.const -1)) (then unreachable)))"#;
+    let e = engine();
+    let limited = e
+        .start(spec(&dir, "grow", body, Some(512 * 1024)))
+        .await
+        .expect("start");
+    assert_eq!(limited.wait().await, Exit::OutOfMemory);
+    let unlimited = e
+        .start(spec(&dir, "grow", body, None))
+        .await
+        .expect("start");
+    assert_eq!(unlimited.wait().await, Exit::Code(0));
+}
+
+#[tokio::test]
+async fn stdout_goes_to_the_log_file_in_cri_format() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // iovec at 0: (ptr 16, len 6); "hello\n" at 16; nwritten at 32.
+    let body = r#"(data (i32.const 0) "\10\00\00\00\06\00\00\00")
+        (data (i32.const 16) "hello\n")
+        (func (export "_start") (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 32))))"#;
+    let s = spec(&dir, "hello", body, None);
+    let log = s.log_path.clone();
+    let run = engine().start(s).await.expect("start");
+    assert_eq!(run.wait().await, Exit::Code(0));
+    let text = std::fs::read_to_string(log).expect("log");
+    let mut parts = text.trim_end().splitn(4, ' ');
+    assert!(parts.next().is_some_and(|ts| ts.ends_with('Z')));
+    assert_eq!(parts.collect::<Vec<_>>(), ["stdout", "F", "hello"]);
+}
+
+#[tokio::test]
+async fn a_module_without_start_is_refused_at_creation() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let err = engine()
+        .start(spec(&dir, "nostart", "", None))
+        .await
+        .expect_err("no _start");
+    assert!(err.to_string().contains("_start"), "{err}");
+}
