@@ -1,5 +1,6 @@
 //! `krustlet`: a Kubernetes node agent whose pods are WebAssembly (WASI) modules.
 
+mod config_file;
 mod runtime;
 
 use std::net::{IpAddr, Ipv4Addr, ToSocketAddrs};
@@ -8,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use tokio_util::sync::CancellationToken;
 
@@ -19,11 +20,11 @@ use tokio_util::sync::CancellationToken;
 /// named after it (KRUSTLET_NODE_NAME for --node-name, ...).
 #[derive(Debug, Parser)]
 #[command(version, args_conflicts_with_subcommands = true)]
-struct Cli {
+pub(crate) struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
     #[command(flatten)]
-    node: NodeArgs,
+    pub(crate) node: NodeArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -41,7 +42,11 @@ enum Command {
 }
 
 #[derive(Debug, Args)]
-struct NodeArgs {
+pub(crate) struct NodeArgs {
+    /// YAML file with any of these settings, keys in camelCase (nodeName, maxPods, ...);
+    /// flags and environment variables override it.
+    #[arg(long, env = "KRUSTLET_CONFIG")]
+    config: Option<PathBuf>,
     /// Kubeconfig with the node's credentials for the API server.
     #[arg(long, env = "KRUSTLET_KUBECONFIG")]
     kubeconfig: Option<PathBuf>,
@@ -174,7 +179,11 @@ async fn main() -> anyhow::Result<()> {
         .init();
     // One TLS implementation for every client and server in the process.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let mut cli = Cli::from_arg_matches(&matches)?;
+    if let Some(path) = cli.node.config.clone() {
+        config_file::FileConfig::read(&path)?.apply(&mut cli.node, &matches);
+    }
     match cli.command {
         Some(Command::Push {
             file,
