@@ -223,3 +223,51 @@ async fn deleting_a_running_pod_stops_it_within_its_grace_period() -> anyhow::Re
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn a_missing_image_waits_in_image_pull_back_off_with_an_event() -> anyhow::Result<()> {
+    let cluster = Cluster::connect().await?;
+    let node = ready_node(&cluster, "e2e-missing", 10314).await?;
+    let pods = cluster.pods();
+    ensure_absent(&pods, "e2e-missing").await?;
+    let image = format!("{}/e2e/does-not-exist:v1", cluster.registry);
+    pods.create(
+        &Default::default(),
+        &wasm_pod("e2e-missing", &node.name, &image, &[], "Never"),
+    )
+    .await?;
+    let waiting_reason = |p: &k8s_openapi::api::core::v1::Pod| {
+        p.status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_ref())
+            .and_then(|c| c.first())
+            .and_then(|c| c.state.as_ref())
+            .and_then(|s| s.waiting.as_ref())
+            .and_then(|w| w.reason.clone())
+    };
+    let p = wait_pod(&pods, "e2e-missing", 30, "ImagePullBackOff", |p| {
+        waiting_reason(p).as_deref() == Some("ImagePullBackOff")
+    })
+    .await?;
+    assert_eq!(phase(&p), "Pending");
+    let events: kube::Api<k8s_openapi::api::core::v1::Event> =
+        kube::Api::namespaced(cluster.client.clone(), "default");
+    let list = events
+        .list(&kube::api::ListParams::default().fields("involvedObject.name=e2e-missing"))
+        .await?;
+    let failed = list
+        .items
+        .iter()
+        .find(|e| e.reason.as_deref() == Some("Failed") && e.type_.as_deref() == Some("Warning"));
+    let message = failed.and_then(|e| e.message.clone()).unwrap_or_default();
+    assert!(
+        message.starts_with(&format!("Failed to pull image \"{image}\"")),
+        "{list:?}"
+    );
+    // The node is unaffected.
+    let n = cluster.nodes().get(&node.name).await?;
+    assert_eq!(node_condition(&n, "Ready").as_deref(), Some("True"));
+    pods.delete("e2e-missing", &DeleteParams::default()).await?;
+    wait_gone(&pods, "e2e-missing", 30).await?;
+    Ok(())
+}
