@@ -4,7 +4,7 @@
 use kubelet::runtime::{
     ContainerExit, ContainerHandle, ContainerRun, Image, ImageError, PullPolicy,
 };
-use wasi_runtime::{ContainerSpec, Engine, Exit};
+use wasi_runtime::{ContainerSpec, Engine, Exit, Preopen};
 
 /// Images from [`oci::Store`], run by [`wasi_runtime::Engine`].
 #[derive(Debug)]
@@ -32,17 +32,18 @@ fn image_error(e: oci::Error) -> ImageError {
 
 fn exit(e: Exit) -> ContainerExit {
     let (reason, message) = match &e {
-        Exit::Code(0) => ("Completed", None),
-        Exit::Code(_) | Exit::Killed => ("Error", None),
-        Exit::Trap(m) => ("Error", Some(m.clone())),
+        Exit::Code(0) => ("Completed".to_owned(), None),
+        Exit::Code(_) | Exit::Killed => ("Error".to_owned(), None),
+        // The reason names the trap, as a signal name would for a native process.
+        Exit::Trap { kind, message } => (format!("Trap{kind}"), Some(message.clone())),
         Exit::OutOfMemory => (
-            "OOMKilled",
+            "OOMKilled".to_owned(),
             Some("the module was refused memory beyond its limit".to_owned()),
         ),
     };
     ContainerExit {
         code: e.code(),
-        reason: reason.to_owned(),
+        reason,
         message,
     }
 }
@@ -84,6 +85,15 @@ impl kubelet::Runtime for WasmRuntime {
             env: run.env,
             log_path: run.log_path,
             memory_limit: run.memory_limit,
+            preopens: run
+                .mounts
+                .into_iter()
+                .map(|m| Preopen {
+                    host: m.host_path,
+                    guest: m.container_path,
+                    read_only: m.read_only,
+                })
+                .collect(),
         };
         let running = self.engine.start(spec).await.map_err(|e| e.to_string())?;
         let killer = running.killer();

@@ -102,6 +102,13 @@ fn tail(rendered: &[u8], n: i64) -> &[u8] {
     rendered
 }
 
+/// The last `lines` lines of a CRI log's content, as text.
+#[must_use]
+pub fn tail_text(data: &[u8], lines: i64) -> String {
+    let (rendered, _) = render(data, &LogOptions::default(), None);
+    String::from_utf8_lossy(tail(&rendered, lines)).into_owned()
+}
+
 /// Streams the log at `path` into a channel of chunks. With `follow`, keeps reading
 /// while `still_running()` says the container runs, then drains what is left.
 pub fn stream(

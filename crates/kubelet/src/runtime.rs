@@ -63,6 +63,19 @@ pub struct ContainerRun {
     pub log_path: PathBuf,
     /// Memory limit in bytes.
     pub memory_limit: Option<u64>,
+    /// Host directories to expose, and nothing else.
+    pub mounts: Vec<Mount>,
+}
+
+/// A host directory exposed to a container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    /// The directory on the host.
+    pub host_path: PathBuf,
+    /// Where the container sees it.
+    pub container_path: String,
+    /// Mounted read-only.
+    pub read_only: bool,
 }
 
 /// How a container run ended.

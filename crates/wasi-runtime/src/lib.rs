@@ -13,7 +13,7 @@ pub mod logs;
 mod run;
 
 pub use engine::{Engine, EngineConfig};
-pub use run::{ContainerSpec, Exit, Running};
+pub use run::{ContainerSpec, Exit, Killer, Preopen, Running};
 
 /// Errors of this crate.
 #[derive(Debug, thiserror::Error)]

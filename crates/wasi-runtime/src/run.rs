@@ -7,7 +7,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use wasmtime::{Linker, ResourceLimiter, Store, UpdateDeadline};
 use wasmtime_wasi::p1::{self, WasiP1Ctx};
-use wasmtime_wasi::{I32Exit, WasiCtxBuilder};
+use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
 
 use crate::logs::{LogFile, Stream};
 use crate::{Engine, Error, Result};
@@ -27,6 +27,19 @@ pub struct ContainerSpec {
     pub log_path: PathBuf,
     /// Upper bound of the module's linear memories, in bytes.
     pub memory_limit: Option<u64>,
+    /// Host directories the module may see, and nothing else of the file system.
+    pub preopens: Vec<Preopen>,
+}
+
+/// A host directory made visible to the module at `guest`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Preopen {
+    /// The directory on the host.
+    pub host: PathBuf,
+    /// Where the module sees it (absolute, e.g. `/data`).
+    pub guest: String,
+    /// Writes fail inside the module.
+    pub read_only: bool,
 }
 
 /// How a run ended.
@@ -34,8 +47,14 @@ pub struct ContainerSpec {
 pub enum Exit {
     /// `_start` returned (code 0) or the module called `proc_exit(code)`.
     Code(i32),
-    /// The module trapped; the text names the trap.
-    Trap(String),
+    /// The module trapped.
+    Trap {
+        /// The trap's name, e.g. `UnreachableCodeReached`, `MemoryOutOfBounds`,
+        /// `StackOverflow` (`Host` for an error raised by a host call).
+        kind: String,
+        /// Its description, with the wasm backtrace when there is one.
+        message: String,
+    },
     /// The module was refused memory beyond its limit and then failed.
     OutOfMemory,
     /// The run was stopped by [`Killer::kill`].
@@ -50,7 +69,7 @@ impl Exit {
     pub fn code(&self) -> i32 {
         match self {
             Self::Code(c) => *c,
-            Self::Trap(_) => 134,
+            Self::Trap { .. } => 134,
             Self::OutOfMemory | Self::Killed => 137,
         }
     }
@@ -86,7 +105,10 @@ impl Running {
     pub async fn wait(self) -> Exit {
         match self.task.await {
             Ok(exit) => exit,
-            Err(e) => Exit::Trap(format!("runtime task failed: {e}")),
+            Err(e) => Exit::Trap {
+                kind: "Host".to_owned(),
+                message: format!("runtime task failed: {e}"),
+            },
         }
     }
 }
@@ -138,12 +160,29 @@ impl Engine {
     pub async fn start(&self, spec: ContainerSpec) -> Result<Running> {
         let module = self.module(&spec.module_key, spec.wasm.clone()).await?;
         let log = LogFile::open(&spec.log_path)?;
-        let wasi = WasiCtxBuilder::new()
+        let mut builder = WasiCtxBuilder::new();
+        builder
             .args(&spec.args)
             .envs(&spec.env)
             .stdout(log.stream(Stream::Stdout))
-            .stderr(log.stream(Stream::Stderr))
-            .build_p1();
+            .stderr(log.stream(Stream::Stderr));
+        for p in &spec.preopens {
+            let perms = if p.read_only {
+                FsPerms::ReadOnly
+            } else {
+                FsPerms::ReadWrite
+            };
+            builder
+                .preopened_dir(&p.host, &p.guest, perms)
+                .map_err(|e| {
+                    Error::Instantiate(format!(
+                        "cannot preopen {} as {}: {e:#}",
+                        p.host.display(),
+                        p.guest
+                    ))
+                })?;
+        }
+        let wasi = builder.build_p1();
         let state = State {
             wasi,
             memory_limit: spec
@@ -182,7 +221,7 @@ impl Engine {
                     } else if store.data().memory_refused {
                         Exit::OutOfMemory
                     } else {
-                        Exit::Trap(trap_message(&e))
+                        trap(&e)
                     }
                 }
             }
@@ -194,9 +233,12 @@ impl Engine {
     }
 }
 
-fn trap_message(e: &wasmtime::Error) -> String {
-    match e.downcast_ref::<wasmtime::Trap>() {
-        Some(trap) => format!("wasm trap: {trap}"),
-        None => format!("{e:#}"),
+fn trap(e: &wasmtime::Error) -> Exit {
+    let kind = e
+        .downcast_ref::<wasmtime::Trap>()
+        .map_or_else(|| "Host".to_owned(), |t| format!("{t:?}"));
+    Exit::Trap {
+        kind,
+        message: format!("{e:?}"),
     }
 }

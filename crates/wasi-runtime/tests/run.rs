@@ -26,6 +26,7 @@ fn spec(
         env: vec![("A".to_owned(), "1".to_owned())],
         log_path: dir.path().join(format!("{key}.log")),
         memory_limit,
+        preopens: Vec::new(),
     }
 }
 
@@ -70,7 +71,8 @@ async fn a_trap_is_reported_with_its_cause() {
     let exit = run.wait().await;
     assert_eq!(exit.code(), 134);
     assert!(
-        matches!(&exit, Exit::Trap(m) if m.contains("unreachable")),
+        matches!(&exit, Exit::Trap { kind, message }
+            if kind == "UnreachableCodeReached" && message.contains("unreachable")),
         "{exit:?}"
     );
 }

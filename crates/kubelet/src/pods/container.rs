@@ -6,11 +6,13 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::{Container, ContainerStateTerminated, ObjectReference, Pod};
 use kube::ResourceExt;
 use kube::runtime::events::{Event, EventType};
-use tokio::sync::Notify;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::Ctx;
-use super::status::{self, ContainerRecord};
+use super::spec::{expand, parse_bytes, pull_policy};
+use super::status::{self, ContainerRecord, Records};
+use super::termination;
 use crate::now;
 use crate::runtime::{ContainerExit, ContainerRun, Image, ImageError, PullPolicy, Runtime};
 
@@ -21,132 +23,61 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
 /// A run this long resets the crash-loop back-off.
 pub const BACKOFF_RESET: Duration = Duration::from_secs(600);
 
+/// Which container of the pod: an init container or an app container, by index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Slot {
+    pub init: bool,
+    pub index: usize,
+}
+
 /// What a supervisor shares with its pod worker.
 pub(crate) struct Shared {
-    pub records: Mutex<Vec<ContainerRecord>>,
-    pub changed: Notify,
+    pub records: Mutex<Records>,
+    /// Bumped on every update; the worker and the init sequence wait on it.
+    pub changed: watch::Sender<u64>,
 }
 
 impl Shared {
-    pub fn update(&self, index: usize, f: impl FnOnce(&mut ContainerRecord)) {
+    pub fn update(&self, slot: Slot, f: impl FnOnce(&mut ContainerRecord)) {
         {
             let mut records = self
                 .records
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if let Some(r) = records.get_mut(index) {
+            let list = if slot.init {
+                &mut records.init
+            } else {
+                &mut records.app
+            };
+            if let Some(r) = list.get_mut(slot.index) {
                 f(r);
             }
         }
-        self.changed.notify_one();
+        self.changed.send_modify(|n| *n = n.wrapping_add(1));
     }
 
-    pub fn snapshot(&self) -> Vec<ContainerRecord> {
+    pub fn snapshot(&self) -> Records {
         self.records
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
     }
-}
 
-/// The kubelet's default pull policy: `Always` for `:latest` or no tag, else `IfNotPresent`.
-#[must_use]
-pub fn pull_policy(container: &Container) -> PullPolicy {
-    match container.image_pull_policy.as_deref() {
-        Some("Always") => PullPolicy::Always,
-        Some("Never") => PullPolicy::Never,
-        Some("IfNotPresent") => PullPolicy::IfNotPresent,
-        _ => {
-            let image = container.image.as_deref().unwrap_or_default();
-            let name = image.split('@').next().unwrap_or(image);
-            let last = name.rsplit('/').next().unwrap_or(name);
-            if image.contains('@') {
-                PullPolicy::IfNotPresent
-            } else {
-                match last.split_once(':') {
-                    None | Some((_, "latest")) => PullPolicy::Always,
-                    Some(_) => PullPolicy::IfNotPresent,
-                }
-            }
-        }
+    pub fn get(&self, slot: Slot) -> Option<ContainerRecord> {
+        let records = self.snapshot();
+        let list = if slot.init { records.init } else { records.app };
+        list.into_iter().nth(slot.index)
     }
 }
 
-/// Expands `$(VAR)` references the way the kubelet does: a defined variable is replaced,
-/// `$$` escapes a `$`, anything else is left as written.
-#[must_use]
-pub fn expand(input: &str, env: &[(String, String)]) -> String {
-    let mut out = String::with_capacity(input.len());
-    let mut rest = input;
-    while let Some(i) = rest.find('$') {
-        out.push_str(&rest[..i]);
-        let after = &rest[i + 1..];
-        if let Some(stripped) = after.strip_prefix('$') {
-            out.push('$');
-            rest = stripped;
-        } else if let Some(body) = after.strip_prefix('(') {
-            match body.find(')') {
-                Some(end) => {
-                    let name = &body[..end];
-                    match env.iter().rev().find(|(k, _)| k == name) {
-                        Some((_, v)) => out.push_str(v),
-                        None => {
-                            out.push_str("$(");
-                            out.push_str(name);
-                            out.push(')');
-                        }
-                    }
-                    rest = &body[end + 1..];
-                }
-                None => {
-                    out.push_str("$(");
-                    rest = body;
-                }
-            }
-        } else {
-            out.push('$');
-            rest = after;
-        }
-    }
-    out.push_str(rest);
-    out
+/// The field path of a container in events: `spec.containers{name}` or
+/// `spec.initContainers{name}`.
+pub(crate) fn field_path(init: bool, name: &str) -> String {
+    let list = if init { "initContainers" } else { "containers" };
+    format!("spec.{list}{{{name}}}")
 }
 
-/// Parses a memory quantity (`128Mi`, `1G`, `1048576`) into bytes.
-#[must_use]
-pub fn parse_bytes(q: &str) -> Option<u64> {
-    const SUFFIXES: [(&str, u64); 12] = [
-        ("Ki", 1 << 10),
-        ("Mi", 1 << 20),
-        ("Gi", 1 << 30),
-        ("Ti", 1 << 40),
-        ("Pi", 1 << 50),
-        ("Ei", 1 << 60),
-        ("k", 1_000),
-        ("M", 1_000_000),
-        ("G", 1_000_000_000),
-        ("T", 1_000_000_000_000),
-        ("P", 1_000_000_000_000_000),
-        ("E", 1_000_000_000_000_000_000),
-    ];
-    let q = q.trim();
-    let (num, mult) = SUFFIXES
-        .iter()
-        .find_map(|(s, m)| q.strip_suffix(s).map(|n| (n, *m)))
-        .unwrap_or((q, 1));
-    if let Ok(n) = num.parse::<u64>() {
-        return n.checked_mul(mult);
-    }
-    let f: f64 = num.parse().ok()?;
-    #[allow(
-        clippy::cast_possible_truncation,
-        clippy::cast_sign_loss,
-        clippy::cast_precision_loss
-    )]
-    (f.is_finite() && f >= 0.0).then(|| (f * mult as f64).ceil() as u64)
-}
-
-fn reference(pod: &Pod, container: &str) -> ObjectReference {
+fn reference(pod: &Pod, field_path: String) -> ObjectReference {
     ObjectReference {
         api_version: Some("v1".to_owned()),
         kind: Some("Pod".to_owned()),
@@ -154,7 +85,7 @@ fn reference(pod: &Pod, container: &str) -> ObjectReference {
         namespace: pod.metadata.namespace.clone(),
         uid: pod.metadata.uid.clone(),
         resource_version: pod.metadata.resource_version.clone(),
-        field_path: Some(format!("spec.containers{{{container}}}")),
+        field_path: Some(field_path),
     }
 }
 
@@ -168,31 +99,21 @@ pub(crate) fn pod_dir_name(pod: &Pod) -> String {
     )
 }
 
-/// Runs container `index` of `pod` until it will not run again or `kill` fires.
+/// Runs the container in `slot` under `restart_policy` until it will not run again or
+/// `kill` fires.
 pub(crate) async fn supervise<R: Runtime>(
     ctx: Arc<Ctx<R>>,
     pod: Arc<Pod>,
-    index: usize,
+    slot: Slot,
+    spec: Container,
+    restart_policy: String,
     shared: Arc<Shared>,
     kill: CancellationToken,
 ) {
-    let Some(spec) = pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.containers.get(index))
-        .cloned()
-    else {
-        return;
-    };
-    let restart_policy = pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.restart_policy.clone())
-        .unwrap_or_else(|| "Always".to_owned());
     let sup = Supervisor {
         ctx,
         pod,
-        index,
+        slot,
         shared,
         kill,
         spec,
@@ -220,13 +141,13 @@ pub(crate) async fn supervise<R: Runtime>(
         }
         crash_backoff = (crash_backoff * 2).min(MAX_BACKOFF);
     }
-    sup.shared.update(index, |r| r.done = true);
+    sup.shared.update(slot, |r| r.done = true);
 }
 
 struct Supervisor<R> {
     ctx: Arc<Ctx<R>>,
     pod: Arc<Pod>,
-    index: usize,
+    slot: Slot,
     shared: Arc<Shared>,
     kill: CancellationToken,
     spec: Container,
@@ -244,7 +165,10 @@ impl<R: Runtime> Supervisor<R> {
         if let Err(e) = self
             .ctx
             .recorder
-            .publish(&ev, &reference(&self.pod, &self.spec.name))
+            .publish(
+                &ev,
+                &reference(&self.pod, field_path(self.slot.init, &self.spec.name)),
+            )
             .await
         {
             tracing::warn!(error = %e, reason, "cannot record event");
@@ -253,7 +177,7 @@ impl<R: Runtime> Supervisor<R> {
 
     fn set_waiting(&self, reason: &str, message: Option<String>) {
         self.shared
-            .update(self.index, |r| r.state = status::waiting(reason, message));
+            .update(self.slot, |r| r.state = status::waiting(reason, message));
     }
 
     /// Sleeps unless killed; returns false when killed.
@@ -299,7 +223,7 @@ impl<R: Runtime> Supervisor<R> {
                         .registry
                         .add_image(&reference, &image.image_id, image.size);
                     let id = image.image_id.clone();
-                    self.shared.update(self.index, |r| r.image_id = id);
+                    self.shared.update(self.slot, |r| r.image_id = id);
                     return Some(image);
                 }
                 Err(ImageError::InvalidName(m)) => ("InvalidImageName", m),
@@ -351,11 +275,7 @@ impl<R: Runtime> Supervisor<R> {
     /// One run; `None` when the container could not be started (it is then waiting
     /// with the reason and the pod worker decides) or was killed before starting.
     async fn run_once(&self, image: &Image) -> Option<ContainerExit> {
-        let restart_count = self
-            .shared
-            .snapshot()
-            .get(self.index)
-            .map_or(0, |r| r.restart_count);
+        let restart_count = self.shared.get(self.slot).map_or(0, |r| r.restart_count);
         let dir = self
             .ctx
             .config
@@ -371,11 +291,24 @@ impl<R: Runtime> Supervisor<R> {
             return None;
         }
         let (args, env) = self.argv_env();
+        let term_dir = dir.join(format!("{restart_count}.termination"));
+        let (term_mount, term_file) = match termination::prepare(&self.spec, &term_dir) {
+            Ok(t) => t,
+            Err(e) => {
+                self.set_waiting(
+                    "CreateContainerError",
+                    Some(format!("cannot prepare the termination message file: {e}")),
+                );
+                return None;
+            }
+        };
+        let log_path = dir.join(format!("{restart_count}.log"));
         let run = ContainerRun {
             image: image.clone(),
             args,
             env,
-            log_path: dir.join(format!("{restart_count}.log")),
+            log_path: log_path.clone(),
+            mounts: vec![term_mount],
             memory_limit: self
                 .spec
                 .resources
@@ -415,7 +348,7 @@ impl<R: Runtime> Supervisor<R> {
         );
         let cid = container_id.clone();
         let at = started_at.clone();
-        self.shared.update(self.index, |r| {
+        self.shared.update(self.slot, |r| {
             r.container_id = Some(cid);
             r.state = status::running(at);
         });
@@ -439,10 +372,18 @@ impl<R: Runtime> Supervisor<R> {
         });
         let exit = handle.wait().await;
         watchdog.abort();
+        let message = termination::message(
+            &self.spec,
+            &term_file,
+            &log_path,
+            exit.code,
+            exit.message.clone(),
+        )
+        .await;
         let terminated = ContainerStateTerminated {
             exit_code: exit.code,
             reason: Some(exit.reason.clone()),
-            message: exit.message.clone(),
+            message,
             started_at: Some(started_at),
             finished_at: Some(now()),
             container_id: Some(container_id),
@@ -459,7 +400,7 @@ impl<R: Runtime> Supervisor<R> {
             },
         );
         self.shared
-            .update(self.index, |r| r.state = status::terminated(terminated));
+            .update(self.slot, |r| r.state = status::terminated(terminated));
         Some(exit)
     }
 
@@ -476,7 +417,7 @@ impl<R: Runtime> Supervisor<R> {
             "back-off {}s restarting failed container={name} pod={pod}",
             delay.as_secs()
         );
-        self.shared.update(self.index, |r| {
+        self.shared.update(self.slot, |r| {
             r.last_state = Some(std::mem::replace(
                 &mut r.state,
                 status::waiting("CrashLoopBackOff", Some(message)),
@@ -490,44 +431,5 @@ impl<R: Runtime> Supervisor<R> {
         )
         .await;
         self.sleep(delay).await
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn expands_like_the_kubelet() {
-        let env = vec![
-            ("A".to_owned(), "1".to_owned()),
-            ("B".to_owned(), "two".to_owned()),
-        ];
-        assert_eq!(expand("x$(A)y$(B)", &env), "x1ytwo");
-        assert_eq!(expand("$(C)", &env), "$(C)");
-        assert_eq!(expand("$$(A)", &env), "$(A)");
-        assert_eq!(expand("$(A", &env), "$(A");
-        assert_eq!(expand("cost $5", &env), "cost $5");
-    }
-
-    #[test]
-    fn parses_quantities() {
-        assert_eq!(parse_bytes("128Mi"), Some(128 << 20));
-        assert_eq!(parse_bytes("1G"), Some(1_000_000_000));
-        assert_eq!(parse_bytes("1.5Ki"), Some(1536));
-        assert_eq!(parse_bytes("4096"), Some(4096));
-        assert_eq!(parse_bytes("lots"), None);
-    }
-
-    #[test]
-    fn default_pull_policy_by_tag() {
-        let c = |image: &str| Container {
-            image: Some(image.to_owned()),
-            ..Container::default()
-        };
-        assert_eq!(pull_policy(&c("r:5000/a/b")), PullPolicy::Always);
-        assert_eq!(pull_policy(&c("r:5000/a/b:latest")), PullPolicy::Always);
-        assert_eq!(pull_policy(&c("r:5000/a/b:v1")), PullPolicy::IfNotPresent);
-        assert_eq!(pull_policy(&c("r/a@sha256:00")), PullPolicy::IfNotPresent);
     }
 }

@@ -1,8 +1,12 @@
 //! Pods bound to this node: the watch, one worker per pod, and the shared registry the
 //! kubelet API reads logs through.
 
+pub mod admission;
 mod container;
+mod sequence;
+pub mod spec;
 pub mod status;
+mod termination;
 mod worker;
 
 use std::collections::{BTreeMap, HashMap};

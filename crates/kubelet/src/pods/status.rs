@@ -27,6 +27,59 @@ pub struct ContainerRecord {
     pub last_state: Option<ContainerState>,
     /// The container will not run again (policy says so, or the pod is stopping).
     pub done: bool,
+    /// An init container (reported in `initContainerStatuses`).
+    pub init: bool,
+    /// An init container with `restartPolicy: Always`: a sidecar that keeps running.
+    pub sidecar: bool,
+}
+
+/// The records of a pod's init and app containers.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Records {
+    /// `spec.initContainers`, in order.
+    pub init: Vec<ContainerRecord>,
+    /// `spec.containers`, in order.
+    pub app: Vec<ContainerRecord>,
+}
+
+impl Records {
+    /// Regular init containers that have not succeeded yet and sidecars that have not
+    /// started: what keeps the pod from being `Initialized`.
+    #[must_use]
+    pub fn uninitialized(&self) -> Vec<&str> {
+        self.init
+            .iter()
+            .filter(|c| {
+                if c.sidecar {
+                    !c.running() && !c.ever_ran()
+                } else {
+                    !c.succeeded()
+                }
+            })
+            .map(|c| c.name.as_str())
+            .collect()
+    }
+
+    /// A regular init container failed and will not be retried.
+    #[must_use]
+    pub fn init_failed(&self) -> bool {
+        self.init
+            .iter()
+            .any(|c| !c.sidecar && c.done && !c.succeeded())
+    }
+
+    /// The pod phase: init containers first, then the app containers by [`phase`];
+    /// sidecars do not count towards completion.
+    #[must_use]
+    pub fn phase(&self, restart_policy: &str) -> &'static str {
+        if self.init_failed() {
+            "Failed"
+        } else if !self.uninitialized().is_empty() {
+            "Pending"
+        } else {
+            phase(&self.app, restart_policy)
+        }
+    }
 }
 
 impl ContainerRecord {
@@ -42,11 +95,38 @@ impl ContainerRecord {
             state: waiting("ContainerCreating", None),
             last_state: None,
             done: false,
+            init: false,
+            sidecar: false,
         }
     }
 
-    fn running(&self) -> bool {
+    /// An init container's record (`sidecar` for `restartPolicy: Always`).
+    #[must_use]
+    pub fn new_init(name: &str, image: &str, sidecar: bool) -> Self {
+        Self {
+            init: true,
+            sidecar,
+            ..Self::new(name, image)
+        }
+    }
+
+    /// Running now.
+    #[must_use]
+    pub fn running(&self) -> bool {
         self.state.running.is_some()
+    }
+
+    fn ever_ran(&self) -> bool {
+        self.state.terminated.is_some() || self.last_state.is_some()
+    }
+
+    /// Terminated with exit code 0.
+    #[must_use]
+    pub fn succeeded(&self) -> bool {
+        self.state
+            .terminated
+            .as_ref()
+            .is_some_and(|t| t.exit_code == 0)
     }
 
     /// The `containerStatuses` entry.
@@ -58,7 +138,12 @@ impl ContainerRecord {
             image_id: self.image_id.clone(),
             container_id: self.container_id.clone(),
             restart_count: self.restart_count,
-            ready: self.running(),
+            // A regular init container is ready once it has succeeded.
+            ready: if self.init && !self.sidecar {
+                self.succeeded()
+            } else {
+                self.running()
+            },
             started: Some(self.running()),
             state: Some(self.state.clone()),
             last_state: Some(self.last_state.clone().unwrap_or_default()),
@@ -165,10 +250,13 @@ fn condition(type_: &str, ok: bool, reason: Option<&str>, message: Option<String
 #[must_use]
 pub fn conditions(
     existing: &[PodCondition],
-    containers: &[ContainerRecord],
+    records: &Records,
     phase: &str,
     now: &Time,
 ) -> Vec<PodCondition> {
+    let sidecars = records.init.iter().filter(|c| c.sidecar);
+    let containers: Vec<&ContainerRecord> = sidecars.chain(records.app.iter()).collect();
+    let uninitialized = records.uninitialized();
     const OWNED: [&str; 4] = [
         "PodReadyToStartContainers",
         "Initialized",
@@ -176,7 +264,7 @@ pub fn conditions(
         "Ready",
     ];
     let not_ready: Vec<&str> = containers
-        .iter()
+        .into_iter()
         .filter(|c| !c.running())
         .map(|c| c.name.as_str())
         .collect();
@@ -202,12 +290,24 @@ pub fn conditions(
         .collect();
     let mine = [
         condition("PodReadyToStartContainers", !terminal, None, None),
-        condition(
-            "Initialized",
-            true,
-            terminal.then_some("PodCompleted"),
-            None,
-        ),
+        if uninitialized.is_empty() {
+            condition(
+                "Initialized",
+                true,
+                terminal.then_some("PodCompleted"),
+                None,
+            )
+        } else {
+            condition(
+                "Initialized",
+                false,
+                Some("ContainersNotInitialized"),
+                Some(format!(
+                    "containers with incomplete status: [{}]",
+                    uninitialized.join(" ")
+                )),
+            )
+        },
         condition(
             "ContainersReady",
             ready,
@@ -308,7 +408,10 @@ mod tests {
         let t1 = now();
         let got = conditions(
             &existing,
-            &[ContainerRecord::new("a", "img")],
+            &Records {
+                init: vec![],
+                app: vec![ContainerRecord::new("a", "img")],
+            },
             "Pending",
             &t1,
         );
@@ -325,7 +428,15 @@ mod tests {
             Some("containers with unready status: [a]")
         );
         assert_eq!(ready.last_transition_time, Some(t1));
-        let done = conditions(&got, &[exited("a", 0, true)], "Succeeded", &now());
+        let done = conditions(
+            &got,
+            &Records {
+                init: vec![],
+                app: vec![exited("a", 0, true)],
+            },
+            "Succeeded",
+            &now(),
+        );
         let ready = done.iter().find(|c| c.type_ == "Ready").expect("Ready");
         assert_eq!(ready.reason.as_deref(), Some("PodCompleted"));
     }

@@ -7,13 +7,13 @@ use k8s_openapi::api::core::v1::{HostIP, Pod, PodIP, PodStatus};
 use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
 use kube::runtime::events::{Event, EventType};
 use kube::{Api, Resource, ResourceExt};
-use tokio::sync::{Notify, watch};
-use tokio::task::JoinSet;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::Ctx;
 use super::container::{self, Shared};
-use super::status::{self, ContainerRecord};
+use super::status::{self, ContainerRecord, Records};
+use super::{admission, sequence};
 use crate::{Runtime, now};
 
 fn deleting(pod: &Pod) -> bool {
@@ -75,8 +75,15 @@ impl<R: Runtime> PodWorker<R> {
         }
     }
 
-    fn status(&self, records: &[ContainerRecord], phase: &str) -> PodStatus {
+    /// The status to post. `failure` is a pod-level reason and message (deadline).
+    fn status(&self, records: &Records, failure: Option<(&str, &str)>) -> PodStatus {
         let pod = self.current();
+        let restart_policy = restart_policy(&pod);
+        let phase = if failure.is_some() {
+            "Failed"
+        } else {
+            records.phase(&restart_policy)
+        };
         let existing = pod.status.clone().unwrap_or_default();
         let ip = self.ctx.config.node_ip.to_string();
         let conditions = status::conditions(
@@ -85,17 +92,43 @@ impl<R: Runtime> PodWorker<R> {
             phase,
             &now(),
         );
+        let statuses =
+            |list: &[ContainerRecord]| list.iter().map(ContainerRecord::status).collect();
         PodStatus {
             phase: Some(phase.to_owned()),
+            reason: failure.map(|(r, _)| r.to_owned()),
+            message: failure.map(|(_, m)| m.to_owned()),
             conditions: Some(conditions),
             host_ip: Some(ip.clone()),
             host_ips: Some(vec![HostIP { ip: ip.clone() }]),
             pod_ip: Some(ip.clone()),
             pod_ips: Some(vec![PodIP { ip }]),
             start_time: existing.start_time.or_else(|| Some(now())),
-            container_statuses: Some(records.iter().map(ContainerRecord::status).collect()),
+            init_container_statuses: (!records.init.is_empty()).then(|| statuses(&records.init)),
+            container_statuses: Some(statuses(&records.app)),
             qos_class: Some(qos_class(&pod).to_owned()),
             ..PodStatus::default()
+        }
+    }
+
+    async fn event(
+        &self,
+        type_: EventType,
+        reason: &str,
+        note: String,
+        field_path: Option<String>,
+    ) {
+        let mut reference = self.current().object_ref(&());
+        reference.field_path = field_path;
+        let ev = Event {
+            type_,
+            reason: reason.to_owned(),
+            note: Some(note),
+            action: reason.to_owned(),
+            secondary: None,
+        };
+        if let Err(e) = self.ctx.recorder.publish(&ev, &reference).await {
+            tracing::warn!(error = %e, reason, "cannot record event");
         }
     }
 
@@ -131,18 +164,8 @@ impl<R: Runtime> PodWorker<R> {
     }
 
     async fn reject(&mut self, reason: &str, message: String) {
-        let pod = self.current();
-        let reference = pod.object_ref(&());
-        let ev = Event {
-            type_: EventType::Warning,
-            reason: reason.to_owned(),
-            note: Some(message.clone()),
-            action: "Admit".to_owned(),
-            secondary: None,
-        };
-        if let Err(e) = self.ctx.recorder.publish(&ev, &reference).await {
-            tracing::warn!(error = %e, "cannot record event");
-        }
+        self.event(EventType::Warning, reason, message.clone(), None)
+            .await;
         let status = PodStatus {
             phase: Some("Failed".to_owned()),
             reason: Some(reason.to_owned()),
@@ -151,6 +174,29 @@ impl<R: Runtime> PodWorker<R> {
         };
         self.post(status).await;
     }
+}
+
+fn restart_policy(pod: &Pod) -> String {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.restart_policy.clone())
+        .unwrap_or_else(|| "Always".to_owned())
+}
+
+/// When `activeDeadlineSeconds` runs out, counted from the pod's start time.
+fn deadline(pod: &Pod) -> Option<tokio::time::Instant> {
+    let seconds = pod.spec.as_ref()?.active_deadline_seconds?;
+    let started = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.start_time.as_ref())
+        .map_or_else(jiff::Timestamp::now, |t| t.0);
+    let end = started
+        .checked_add(jiff::SignedDuration::from_secs(seconds))
+        .ok()?;
+    let left = end.duration_since(jiff::Timestamp::now());
+    let left = std::time::Duration::try_from(left).unwrap_or_default();
+    Some(tokio::time::Instant::now() + left)
 }
 
 /// Drives one pod from admission to the removal of its object.
@@ -176,98 +222,113 @@ pub(crate) async fn run<R: Runtime>(
         }
         return;
     }
-    if !admitted {
+    let rejection = if admitted {
+        admission::check(&first)
+    } else {
         let max = w.ctx.config.max_pods;
-        w.reject(
+        Some((
             "OutOfpods",
             format!(
                 "Node didn't have enough resource: pods, requested: 1, used: {max}, capacity: {max}"
             ),
-        )
-        .await;
+        ))
+    };
+    if let Some((reason, message)) = rejection {
+        w.reject(reason, message).await;
         if w.wait_for_deletion(&stop).await {
             w.finish_deletion().await;
         }
         return;
     }
-    let spec = first.spec.clone().unwrap_or_default();
-    let restart_policy = spec
-        .restart_policy
-        .clone()
-        .unwrap_or_else(|| "Always".to_owned());
-    let records = spec
-        .containers
-        .iter()
-        .map(|c| ContainerRecord::new(&c.name, c.image.as_deref().unwrap_or_default()))
-        .collect();
+    for (field, warning) in admission::warnings(&first) {
+        w.event(EventType::Warning, "UnsupportedProbe", warning, Some(field))
+            .await;
+    }
+    let (changed, mut changes) = watch::channel(0u64);
     let shared = Arc::new(Shared {
-        records: Mutex::new(records),
-        changed: Notify::new(),
+        records: Mutex::new(sequence::records(&first)),
+        changed,
     });
     let kill = stop.child_token();
-    let snapshot = Arc::new(first);
-    let mut supervisors = JoinSet::new();
-    for index in 0..spec.containers.len() {
-        supervisors.spawn(container::supervise(
-            w.ctx.clone(),
-            snapshot.clone(),
-            index,
-            shared.clone(),
-            kill.clone(),
-        ));
-    }
-    let pending = w.status(&shared.snapshot(), "Pending");
-    w.post(pending).await;
+    let mut driver = tokio::spawn(sequence::drive(
+        w.ctx.clone(),
+        Arc::new(first.clone()),
+        shared.clone(),
+        kill.clone(),
+    ));
+    let initial = w.status(&shared.snapshot(), None);
+    w.post(initial).await;
+    let deadline_at = deadline(&w.current());
+    let mut failure: Option<(&str, String)> = None;
     let mut terminating = false;
+    let mut driver_done = false;
     loop {
         tokio::select! {
             () = stop.cancelled() => {
                 // The pod object is gone or the node is shutting down: stop, report nothing.
                 kill.cancel();
-                while supervisors.join_next().await.is_some() {}
+                let _ = driver.await;
                 return;
             }
-            () = shared.changed.notified() => {}
-            r = w.pod.changed(), if !terminating => {
-                if r.is_err() { return; }
+            r = changes.changed() => if r.is_err() { return },
+            r = w.pod.changed(), if !terminating => if r.is_err() { return },
+            r = &mut driver, if !driver_done => {
+                driver_done = true;
+                if let Err(e) = r {
+                    tracing::error!(pod = %w.name, error = %e, "container sequence failed");
+                }
             }
-            j = supervisors.join_next(), if !supervisors.is_empty() => {
-                if let Some(Err(e)) = j { tracing::error!(pod = %w.name, error = %e, "container supervisor failed"); }
+            () = sleep_until(deadline_at), if failure.is_none() && !driver_done => {
+                let message = "Pod was active on the node longer than the specified deadline";
+                w.event(EventType::Warning, "DeadlineExceeded", message.to_owned(), None).await;
+                failure = Some(("DeadlineExceeded", message.to_owned()));
+                kill_running(&w, &shared).await;
+                kill.cancel();
             }
         }
         if !terminating && deleting(&w.pod.borrow()) {
             terminating = true;
-            for record in shared
-                .snapshot()
-                .iter()
-                .filter(|r| r.container_id.is_some() && !r.done)
-            {
-                let pod = w.current();
-                let mut reference = pod.object_ref(&());
-                reference.field_path = Some(format!("spec.containers{{{}}}", record.name));
-                let ev = Event {
-                    type_: EventType::Normal,
-                    reason: "Killing".to_owned(),
-                    note: Some(format!("Stopping container {}", record.name)),
-                    action: "Killing".to_owned(),
-                    secondary: None,
-                };
-                if let Err(e) = w.ctx.recorder.publish(&ev, &reference).await {
-                    tracing::warn!(error = %e, "cannot record event");
-                }
-            }
+            kill_running(&w, &shared).await;
             kill.cancel();
         }
-        let records = shared.snapshot();
-        let all_done = supervisors.is_empty();
-        let phase = status::phase(&records, &restart_policy);
-        let status = w.status(&records, phase);
+        let status = w.status(
+            &shared.snapshot(),
+            failure.as_ref().map(|(r, m)| (*r, m.as_str())),
+        );
         w.post(status).await;
-        if all_done {
+        if driver_done {
             break;
         }
     }
     if terminating || w.wait_for_deletion(&stop).await {
         w.finish_deletion().await;
+    }
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Records a `Killing` event for every running container.
+async fn kill_running<R: Runtime>(w: &PodWorker<R>, shared: &Shared) {
+    let records = shared.snapshot();
+    let running = records
+        .init
+        .iter()
+        .map(|r| (true, r))
+        .chain(records.app.iter().map(|r| (false, r)))
+        .filter(|(_, r)| r.running());
+    for (init, record) in running {
+        let field = container::field_path(init, &record.name);
+        w.event(
+            EventType::Normal,
+            "Killing",
+            format!("Stopping container {}", record.name),
+            Some(field),
+        )
+        .await;
     }
 }

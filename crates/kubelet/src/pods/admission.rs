@@ -1,0 +1,165 @@
+//! What a wasm node refuses to run, decided before anything starts, and what it runs with
+//! a warning.
+
+use k8s_openapi::api::core::v1::{Container, Pod, Probe};
+
+fn containers(pod: &Pod) -> impl Iterator<Item = (bool, &Container)> {
+    let spec = pod.spec.as_ref();
+    let init = spec
+        .and_then(|s| s.init_containers.as_ref())
+        .into_iter()
+        .flatten()
+        .map(|c| (true, c));
+    let app = spec
+        .map(|s| s.containers.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .map(|c| (false, c));
+    init.chain(app)
+}
+
+fn probes(c: &Container) -> [(&'static str, Option<&Probe>); 3] {
+    [
+        ("startupProbe", c.startup_probe.as_ref()),
+        ("livenessProbe", c.liveness_probe.as_ref()),
+        ("readinessProbe", c.readiness_probe.as_ref()),
+    ]
+}
+
+/// The reason and message a pod is rejected with (phase `Failed`), if it is.
+///
+/// - `spec.os.name`: the pod targets Linux or Windows binaries (`PodOSNotSupported`, as the
+///   kubelet says for a pod of another OS);
+/// - `exec` probes or lifecycle hooks: there is no process to exec into
+///   (`UnsupportedProbe`);
+/// - privileges (`privileged`, added capabilities, privilege escalation, host PID or IPC
+///   namespaces): a wasm sandbox has none to give (`UnsupportedSecurityContext`).
+#[must_use]
+pub fn check(pod: &Pod) -> Option<(&'static str, String)> {
+    let spec = pod.spec.as_ref()?;
+    if let Some(os) = &spec.os {
+        return Some((
+            "PodOSNotSupported",
+            format!(
+                "Pod attempted to run on a wasip1 node but requested {}",
+                os.name
+            ),
+        ));
+    }
+    if spec.host_pid == Some(true) || spec.host_ipc == Some(true) {
+        return Some((
+            "UnsupportedSecurityContext",
+            "hostPID and hostIPC are not supported on a wasm node".to_owned(),
+        ));
+    }
+    for (_, c) in containers(pod) {
+        for (kind, probe) in probes(c) {
+            if probe.is_some_and(|p| p.exec.is_some()) {
+                return Some((
+                    "UnsupportedProbe",
+                    format!(
+                        "container {:?}: {kind} uses exec, which a wasm sandbox cannot run",
+                        c.name
+                    ),
+                ));
+            }
+        }
+        let hooks = c.lifecycle.as_ref();
+        let exec_hook = [
+            hooks.and_then(|l| l.post_start.as_ref()),
+            hooks.and_then(|l| l.pre_stop.as_ref()),
+        ]
+        .into_iter()
+        .flatten()
+        .any(|h| h.exec.is_some());
+        if exec_hook {
+            return Some((
+                "UnsupportedProbe",
+                format!(
+                    "container {:?}: exec lifecycle hooks cannot run in a wasm sandbox",
+                    c.name
+                ),
+            ));
+        }
+        if let Some(sc) = &c.security_context {
+            let caps = sc
+                .capabilities
+                .as_ref()
+                .and_then(|c| c.add.as_ref())
+                .is_some_and(|a| !a.is_empty());
+            if sc.privileged == Some(true) || sc.allow_privilege_escalation == Some(true) || caps {
+                return Some((
+                    "UnsupportedSecurityContext",
+                    format!(
+                        "container {:?} asks for privileges (privileged, capabilities or privilege escalation), which a wasm sandbox does not have",
+                        c.name
+                    ),
+                ));
+            }
+        }
+    }
+    None
+}
+
+/// Probes that are accepted but not run yet (`httpGet`, `tcpSocket`, `grpc`): one
+/// `(fieldPath, message)` per probe, for a warning event. Readiness then follows the
+/// container state.
+#[must_use]
+pub fn warnings(pod: &Pod) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for (init, c) in containers(pod) {
+        for (kind, probe) in probes(c) {
+            if probe.is_some() {
+                let list = if init { "initContainers" } else { "containers" };
+                out.push((
+                    format!("spec.{list}{{{}}}", c.name),
+                    format!("{kind} is not run on wasm nodes yet (no networking); readiness follows the container state"),
+                ));
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(json: serde_json::Value) -> Pod {
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "p"}, "spec": json}))
+            .expect("pod")
+    }
+
+    #[test]
+    fn rejects_what_wasm_cannot_do() {
+        let exec = pod(
+            serde_json::json!({"containers": [{"name": "a", "livenessProbe": {"exec": {"command": ["x"]}}}]}),
+        );
+        assert_eq!(check(&exec).map(|r| r.0), Some("UnsupportedProbe"));
+        let privileged = pod(
+            serde_json::json!({"containers": [{"name": "a", "securityContext": {"privileged": true}}]}),
+        );
+        assert_eq!(
+            check(&privileged).map(|r| r.0),
+            Some("UnsupportedSecurityContext")
+        );
+        let linux =
+            pod(serde_json::json!({"os": {"name": "linux"}, "containers": [{"name": "a"}]}));
+        assert_eq!(check(&linux).map(|r| r.0), Some("PodOSNotSupported"));
+        let plain = pod(
+            serde_json::json!({"containers": [{"name": "a", "securityContext": {"runAsNonRoot": true}}]}),
+        );
+        assert_eq!(check(&plain), None);
+    }
+
+    #[test]
+    fn network_probes_are_warnings() {
+        let p = pod(
+            serde_json::json!({"containers": [{"name": "a", "readinessProbe": {"httpGet": {"port": 80}}}]}),
+        );
+        assert_eq!(check(&p), None);
+        let w = warnings(&p);
+        assert_eq!(w.len(), 1);
+        assert_eq!(w[0].0, "spec.containers{a}");
+    }
+}

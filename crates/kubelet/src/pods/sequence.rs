@@ -1,0 +1,129 @@
+//! The order a pod's containers run in: init containers one at a time (sidecars, those
+//! with `restartPolicy: Always`, started and left running), then every app container at
+//! once; when the app containers are done, the sidecars are stopped.
+
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::Pod;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::Ctx;
+use super::container::{Shared, Slot, supervise};
+use super::status::{ContainerRecord, Records};
+use crate::Runtime;
+
+fn is_sidecar(c: &k8s_openapi::api::core::v1::Container) -> bool {
+    c.restart_policy.as_deref() == Some("Always")
+}
+
+/// Fresh records for every container of `pod`.
+pub(crate) fn records(pod: &Pod) -> Records {
+    let spec = pod.spec.clone().unwrap_or_default();
+    Records {
+        init: spec
+            .init_containers
+            .iter()
+            .flatten()
+            .map(|c| {
+                ContainerRecord::new_init(
+                    &c.name,
+                    c.image.as_deref().unwrap_or_default(),
+                    is_sidecar(c),
+                )
+            })
+            .collect(),
+        app: spec
+            .containers
+            .iter()
+            .map(|c| ContainerRecord::new(&c.name, c.image.as_deref().unwrap_or_default()))
+            .collect(),
+    }
+}
+
+/// Runs the containers of `pod` in order until they are all done or `kill` fires.
+pub(crate) async fn drive<R: Runtime>(
+    ctx: Arc<Ctx<R>>,
+    pod: Arc<Pod>,
+    shared: Arc<Shared>,
+    kill: CancellationToken,
+) {
+    let spec = pod.spec.clone().unwrap_or_default();
+    let restart_policy = spec
+        .restart_policy
+        .clone()
+        .unwrap_or_else(|| "Always".to_owned());
+    // A failed init container is retried unless the pod never restarts anything.
+    let init_policy = if restart_policy == "Never" {
+        "Never"
+    } else {
+        "OnFailure"
+    };
+    let sidecar_kill = kill.child_token();
+    let mut sidecars = JoinSet::new();
+    for (index, c) in spec.init_containers.iter().flatten().enumerate() {
+        let slot = Slot { init: true, index };
+        if is_sidecar(c) {
+            sidecars.spawn(supervise(
+                ctx.clone(),
+                pod.clone(),
+                slot,
+                c.clone(),
+                "Always".to_owned(),
+                shared.clone(),
+                sidecar_kill.clone(),
+            ));
+            if !wait_started(&shared, slot, &kill).await {
+                break;
+            }
+            continue;
+        }
+        supervise(
+            ctx.clone(),
+            pod.clone(),
+            slot,
+            c.clone(),
+            init_policy.to_owned(),
+            shared.clone(),
+            kill.clone(),
+        )
+        .await;
+        if kill.is_cancelled() || !shared.get(slot).is_some_and(|r| r.succeeded()) {
+            sidecar_kill.cancel();
+            while sidecars.join_next().await.is_some() {}
+            return;
+        }
+    }
+    let mut apps = JoinSet::new();
+    if !kill.is_cancelled() {
+        for (index, c) in spec.containers.iter().enumerate() {
+            let slot = Slot { init: false, index };
+            apps.spawn(supervise(
+                ctx.clone(),
+                pod.clone(),
+                slot,
+                c.clone(),
+                restart_policy.clone(),
+                shared.clone(),
+                kill.clone(),
+            ));
+        }
+    }
+    while apps.join_next().await.is_some() {}
+    sidecar_kill.cancel();
+    while sidecars.join_next().await.is_some() {}
+}
+
+/// Waits until the sidecar in `slot` runs (or gave up); false when killed first.
+async fn wait_started(shared: &Shared, slot: Slot, kill: &CancellationToken) -> bool {
+    let mut changes = shared.changed.subscribe();
+    loop {
+        if shared.get(slot).is_some_and(|r| r.running() || r.done) {
+            return true;
+        }
+        tokio::select! {
+            () = kill.cancelled() => return false,
+            r = changes.changed() => if r.is_err() { return false },
+        }
+    }
+}

@@ -1,0 +1,136 @@
+//! `terminationMessagePath` and `terminationMessagePolicy`: the message a container leaves
+//! for `status...terminated.message`.
+//!
+//! The module sees a fresh, writable directory at the parent of its
+//! `terminationMessagePath` (default `/dev/termination-log`) holding nothing else; after
+//! the run, what it wrote there becomes the message.
+
+use std::path::{Path, PathBuf};
+
+use k8s_openapi::api::core::v1::Container;
+
+use crate::runtime::Mount;
+
+/// The kubelet's limit on a termination message.
+pub const MAX_MESSAGE: usize = 4096;
+/// `FallbackToLogsOnError` takes at most this many trailing log lines...
+pub const FALLBACK_LINES: i64 = 80;
+/// ...and at most this many bytes of them.
+pub const FALLBACK_BYTES: usize = 2048;
+
+/// Where one run's termination message is written on the host.
+#[derive(Debug, Clone)]
+pub struct TerminationFile {
+    host_file: PathBuf,
+}
+
+/// Prepares `run_dir` and the mount for a container's termination message file.
+///
+/// # Errors
+/// When the directory cannot be created.
+pub fn prepare(spec: &Container, run_dir: &Path) -> std::io::Result<(Mount, TerminationFile)> {
+    let path = spec
+        .termination_message_path
+        .as_deref()
+        .unwrap_or("/dev/termination-log");
+    let (parent, name) = match path.rsplit_once('/') {
+        Some(("", name)) => ("/", name),
+        Some((parent, name)) => (parent, name),
+        None => ("/", path),
+    };
+    std::fs::create_dir_all(run_dir)?;
+    let mount = Mount {
+        host_path: run_dir.to_owned(),
+        container_path: parent.to_owned(),
+        read_only: false,
+    };
+    Ok((
+        mount,
+        TerminationFile {
+            host_file: run_dir.join(name),
+        },
+    ))
+}
+
+fn truncate(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut cut = max;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+    }
+    s
+}
+
+/// The message for a run that ended with `exit_code`: the file's content; else, for
+/// `FallbackToLogsOnError` and a failure, the tail of the log; else `runtime_message`
+/// (a trap's description).
+pub async fn message(
+    spec: &Container,
+    file: &TerminationFile,
+    log: &Path,
+    exit_code: i32,
+    runtime_message: Option<String>,
+) -> Option<String> {
+    let written = tokio::fs::read(&file.host_file).await.unwrap_or_default();
+    if !written.is_empty() {
+        return Some(truncate(
+            String::from_utf8_lossy(&written).into_owned(),
+            MAX_MESSAGE,
+        ));
+    }
+    let fallback = spec.termination_message_policy.as_deref() == Some("FallbackToLogsOnError");
+    if fallback && exit_code != 0 {
+        let data = tokio::fs::read(log).await.unwrap_or_default();
+        let tail = crate::logs::tail_text(&data, FALLBACK_LINES);
+        if !tail.is_empty() {
+            let start = tail.len().saturating_sub(FALLBACK_BYTES);
+            let mut start = start;
+            while !tail.is_char_boundary(start) {
+                start += 1;
+            }
+            return Some(tail[start..].to_owned());
+        }
+    }
+    runtime_message.map(|m| truncate(m, MAX_MESSAGE))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn container(json: serde_json::Value) -> Container {
+        serde_json::from_value(json).expect("container")
+    }
+
+    #[tokio::test]
+    async fn file_then_logs_then_runtime() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("0.log");
+        std::fs::write(&log, "2026-01-01T00:00:00Z stderr F boom\n").expect("log");
+        let spec = container(
+            serde_json::json!({"name": "a", "terminationMessagePolicy": "FallbackToLogsOnError"}),
+        );
+        let (mount, file) = prepare(&spec, &dir.path().join("t")).expect("prepare");
+        assert_eq!(mount.container_path, "/dev");
+        assert_eq!(
+            message(&spec, &file, &log, 1, None).await.as_deref(),
+            Some("boom\n")
+        );
+        assert_eq!(
+            message(&spec, &file, &log, 0, Some("x".into()))
+                .await
+                .as_deref(),
+            Some("x")
+        );
+        std::fs::write(dir.path().join("t/termination-log"), "bye").expect("write");
+        assert_eq!(
+            message(&spec, &file, &log, 1, None).await.as_deref(),
+            Some("bye")
+        );
+        let custom = container(serde_json::json!({"name": "a", "terminationMessagePath": "/msg"}));
+        let (mount, _) = prepare(&custom, &dir.path().join("u")).expect("prepare");
+        assert_eq!(mount.container_path, "/");
+    }
+}
