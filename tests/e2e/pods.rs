@@ -3,19 +3,13 @@
 use std::time::{Duration, Instant};
 
 use e2e::{
-    Cluster, KrustletNode, ensure_absent, node_condition, phase, wait_gone, wait_node, wait_pod,
-    wasm_pod,
+    Cluster, KrustletNode, ensure_absent, node_condition, phase, wait_gone, wait_pod, wasm_pod,
 };
 use futures::{AsyncBufReadExt, StreamExt};
 use kube::api::{DeleteParams, LogParams};
 
 async fn ready_node(cluster: &Cluster, name: &str, port: u16) -> anyhow::Result<KrustletNode> {
-    let node = cluster.fresh_node(name, port).await?;
-    wait_node(&cluster.nodes(), name, 60, "Ready", |n| {
-        node_condition(n, "Ready").as_deref() == Some("True")
-    })
-    .await?;
-    Ok(node)
+    cluster.ready_node(name, port, &[]).await
 }
 
 #[tokio::test]

@@ -6,7 +6,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{ContainerStateTerminated, ContainerStatus, Node, Pod};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::wait::await_condition;
 use kube::{Api, Client};
@@ -58,6 +58,8 @@ pub struct Cluster {
     pub client: Client,
     /// `host:port` of the local registry.
     pub registry: String,
+    kubectl: String,
+    kubeconfig: String,
 }
 
 impl Cluster {
@@ -67,10 +69,58 @@ impl Cluster {
     /// When the cluster is not up.
     pub async fn connect() -> Result<Self> {
         let lines = cluster_lines(&["env"])?;
+        let kubeconfig = value(&lines, "KUBECONFIG")?;
         Ok(Self {
-            client: client(&value(&lines, "KUBECONFIG")?).await?,
+            client: client(&kubeconfig).await?,
             registry: value(&lines, "REGISTRY")?,
+            kubectl: value(&lines, "KUBECTL")?,
+            kubeconfig,
         })
+    }
+
+    /// Runs the cluster's `kubectl` with the admin kubeconfig; its stdout on success.
+    ///
+    /// # Errors
+    /// When kubectl fails; the error holds its stderr.
+    pub async fn kubectl(&self, args: &[&str]) -> Result<String> {
+        let out = tokio::process::Command::new(&self.kubectl)
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(args)
+            .output()
+            .await
+            .context("running kubectl")?;
+        if !out.status.success() {
+            bail!(
+                "kubectl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8(out.stdout)?)
+    }
+
+    /// The row `kubectl get pod NAME` prints, in the `default` namespace.
+    ///
+    /// # Errors
+    /// When kubectl fails or prints something else than one row.
+    pub async fn pod_row(&self, name: &str) -> Result<PodRow> {
+        let out = self.kubectl(&["get", "pod", name, "--no-headers"]).await?;
+        PodRow::parse(&out).with_context(|| format!("kubectl get pod {name} printed {out:?}"))
+    }
+
+    /// The events about object `name` in `default`, oldest first (`kubectl get events`).
+    ///
+    /// # Errors
+    /// When the list fails.
+    pub async fn events(&self, name: &str) -> Result<Vec<k8s_openapi::api::core::v1::Event>> {
+        let api: Api<k8s_openapi::api::core::v1::Event> =
+            Api::namespaced(self.client.clone(), "default");
+        let mut list = api
+            .list(&kube::api::ListParams::default().fields(&format!("involvedObject.name={name}")))
+            .await?
+            .items;
+        list.sort_by_key(|e| e.first_timestamp.clone().map(|t| t.0));
+        Ok(list)
     }
 
     /// Pushes `target/wasm/<workload>.wasm` as `<registry>/e2e/<workload>:<tag>`.
@@ -98,6 +148,12 @@ impl Cluster {
     /// # Errors
     /// When the stale node cannot be removed or the process cannot start.
     pub async fn fresh_node(&self, name: &str, port: u16) -> Result<KrustletNode> {
+        self.fresh_node_stopped(name).await?;
+        KrustletNode::start(name, port, &[])
+    }
+
+    /// Removes the `Node` and `Lease` an earlier run may have left under `name`.
+    async fn fresh_node_stopped(&self, name: &str) -> Result<()> {
         match self
             .nodes()
             .delete(name, &kube::api::DeleteParams::default())
@@ -112,7 +168,34 @@ impl Cluster {
         let _ = leases
             .delete(name, &kube::api::DeleteParams::default())
             .await;
-        KrustletNode::start(name, port)
+        Ok(())
+    }
+
+    /// [`Cluster::fresh_node`] with more krustlet flags, e.g. `--max-pods`.
+    ///
+    /// # Errors
+    /// As [`Cluster::fresh_node`].
+    pub async fn fresh_node_with(
+        &self,
+        name: &str,
+        port: u16,
+        flags: &[&str],
+    ) -> Result<KrustletNode> {
+        self.fresh_node_stopped(name).await?;
+        KrustletNode::start(name, port, flags)
+    }
+
+    /// Starts node `name` and waits until it is `Ready`.
+    ///
+    /// # Errors
+    /// When it does not become ready within a minute.
+    pub async fn ready_node(&self, name: &str, port: u16, flags: &[&str]) -> Result<KrustletNode> {
+        let node = self.fresh_node_with(name, port, flags).await?;
+        wait_node(&self.nodes(), name, 60, "Ready", |n| {
+            node_condition(n, "Ready").as_deref() == Some("True")
+        })
+        .await?;
+        Ok(node)
     }
 
     /// The pods API of the `default` namespace.
@@ -144,7 +227,7 @@ impl KrustletNode {
     ///
     /// # Errors
     /// When credentials cannot be minted or the binary cannot start.
-    pub fn start(name: &str, port: u16) -> Result<Self> {
+    pub fn start(name: &str, port: u16, flags: &[&str]) -> Result<Self> {
         let creds = cluster_lines(&["node-credentials", name])?;
         let registry = value(&cluster_lines(&["env"])?, "REGISTRY")?;
         let bin = root().join("target/debug/krustlet");
@@ -169,6 +252,7 @@ impl KrustletNode {
             .args(["--private-key-file", &value(&creds, "KEY_FILE")?])
             .args(["--client-ca-file", &value(&creds, "CLIENT_CA_FILE")?])
             .args(["--insecure-registries", &registry])
+            .args(flags)
             .env("RUST_LOG", "info,kube=warn")
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -210,6 +294,33 @@ impl Drop for KrustletNode {
         if self.child.is_some() {
             let _ = self.stop();
         }
+    }
+}
+
+/// A row of `kubectl get pods`: `NAME READY STATUS RESTARTS AGE`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodRow {
+    /// `ready/total` containers.
+    pub ready: String,
+    /// The STATUS column: phase, or a reason such as `CrashLoopBackOff` or `Init:1/2`.
+    pub status: String,
+    /// The restart count, without the `(5s ago)` that may follow it.
+    pub restarts: u32,
+}
+
+impl PodRow {
+    fn parse(out: &str) -> Option<Self> {
+        let mut lines = out.lines();
+        let line = lines.next()?;
+        if lines.next().is_some() {
+            return None;
+        }
+        let cells: Vec<&str> = line.split_whitespace().collect();
+        Some(Self {
+            ready: (*cells.get(1)?).to_owned(),
+            status: (*cells.get(2)?).to_owned(),
+            restarts: cells.get(3)?.parse().ok()?,
+        })
     }
 }
 
@@ -337,4 +448,94 @@ pub async fn wait_gone(pods: &Api<Pod>, name: &str, secs: u64) -> Result<Duratio
 pub async fn ensure_absent(pods: &Api<Pod>, name: &str) -> Result<()> {
     let _ = pods.delete(name, &kube::api::DeleteParams::default()).await;
     wait_gone(pods, name, 60).await.map(|_| ())
+}
+
+/// The toleration of the wasm node taints.
+#[must_use]
+pub fn wasm_toleration() -> serde_json::Value {
+    serde_json::json!([
+        { "key": "kubernetes.io/arch", "operator": "Equal", "value": "wasm32-wasi" }
+    ])
+}
+
+/// A pod `name` whose `spec` is given (containers and the rest), pinned to `node` by node
+/// selector and tolerating the wasm taints; `spec.nodeName` in `spec` bypasses the
+/// scheduler.
+#[must_use]
+pub fn pod_with_spec(name: &str, node: &str, spec: serde_json::Value) -> Pod {
+    let mut full = serde_json::json!({
+        "nodeSelector": { "kubernetes.io/arch": "wasm32-wasi", "kubernetes.io/hostname": node },
+        "tolerations": wasm_toleration(),
+        "automountServiceAccountToken": false,
+    });
+    if let (Some(full), serde_json::Value::Object(extra)) = (full.as_object_mut(), spec) {
+        full.extend(extra);
+    }
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": { "name": name },
+        "spec": full,
+    }))
+    .expect("valid pod manifest")
+}
+
+/// The status of container `name` (app or init).
+#[must_use]
+pub fn container_status(pod: &Pod, name: &str) -> Option<ContainerStatus> {
+    let s = pod.status.as_ref()?;
+    s.container_statuses
+        .iter()
+        .flatten()
+        .chain(s.init_container_statuses.iter().flatten())
+        .find(|c| c.name == name)
+        .cloned()
+}
+
+/// The `terminated` state of container `name`, if it is terminated.
+#[must_use]
+pub fn terminated(pod: &Pod, name: &str) -> Option<ContainerStateTerminated> {
+    container_status(pod, name)?.state?.terminated
+}
+
+/// The `waiting` reason of container `name`, if it is waiting.
+#[must_use]
+pub fn waiting_reason(pod: &Pod, name: &str) -> Option<String> {
+    container_status(pod, name)?.state?.waiting?.reason
+}
+
+/// Pod condition `type_`'s status (`True`/`False`).
+#[must_use]
+pub fn pod_condition(pod: &Pod, type_: &str) -> Option<String> {
+    pod.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| c.status.clone())
+}
+
+/// Polls `kubectl get pod` until its row satisfies `cond`, up to `secs`.
+///
+/// # Errors
+/// On timeout; the error shows the last row.
+pub async fn wait_row(
+    cluster: &Cluster,
+    name: &str,
+    secs: u64,
+    cond: impl Fn(&PodRow) -> bool,
+) -> Result<PodRow> {
+    let end = std::time::Instant::now() + Duration::from_secs(secs);
+    let mut last = None;
+    while std::time::Instant::now() < end {
+        if let Ok(row) = cluster.pod_row(name).await {
+            if cond(&row) {
+                return Ok(row);
+            }
+            last = Some(row);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    bail!("kubectl get pod {name}: the row never matched in {secs}s; last {last:?}")
 }

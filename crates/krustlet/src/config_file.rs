@@ -29,6 +29,7 @@ pub struct FileConfig {
     client_ca_file: Option<PathBuf>,
     max_pods: Option<u32>,
     insecure_registries: Option<Vec<String>>,
+    node_labels: Option<std::collections::BTreeMap<String, String>>,
     node_lease_renew_seconds: Option<u64>,
     node_status_report_seconds: Option<u64>,
 }
@@ -70,6 +71,7 @@ impl FileConfig {
             client_ca_file: Some,
             max_pods: std::convert::identity,
             insecure_registries: std::convert::identity,
+            node_labels: |m: std::collections::BTreeMap<String, String>| m.into_iter().collect(),
             node_lease_renew_seconds: std::convert::identity,
             node_status_report_seconds: std::convert::identity,
         );

@@ -83,6 +83,10 @@ pub(crate) struct NodeArgs {
     /// Registries (host:port, comma-separated) reached over plain HTTP instead of HTTPS.
     #[arg(long, env = "KRUSTLET_INSECURE_REGISTRIES", value_delimiter = ',')]
     insecure_registries: Vec<String>,
+    /// Extra labels for the node at registration, `key=value` pairs separated by commas,
+    /// as the kubelet's `--node-labels`. They may not replace the labels krustlet sets.
+    #[arg(long, env = "KRUSTLET_NODE_LABELS", value_delimiter = ',', value_parser = parse_label)]
+    node_labels: Vec<(String, String)>,
     /// Seconds between renewals of the node lease.
     #[arg(long, env = "KRUSTLET_NODE_LEASE_RENEW_SECONDS", default_value_t = 10)]
     node_lease_renew_seconds: u64,
@@ -93,6 +97,13 @@ pub(crate) struct NodeArgs {
         default_value_t = 60
     )]
     node_status_report_seconds: u64,
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("{s:?} is not key=value")),
+    }
 }
 
 fn hostname() -> String {
@@ -162,6 +173,7 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         private_key_file: args.private_key_file,
         client_ca_file: args.client_ca_file,
         max_pods: args.max_pods,
+        node_labels: args.node_labels.into_iter().collect(),
         lease_renew_interval: Duration::from_secs(args.node_lease_renew_seconds.max(1)),
         status_report_interval: Duration::from_secs(args.node_status_report_seconds.max(1)),
     };

@@ -7,6 +7,7 @@
 //!
 //! [`Kubelet::run`] wires them together.
 
+pub mod events;
 pub mod logs;
 pub mod node;
 pub mod pods;
@@ -48,6 +49,8 @@ pub struct Config {
     pub client_ca_file: Option<PathBuf>,
     /// Pods this node admits at most.
     pub max_pods: u32,
+    /// Labels added to the node at registration (`--node-labels`).
+    pub node_labels: std::collections::BTreeMap<String, String>,
     /// How often the node lease is renewed.
     pub lease_renew_interval: std::time::Duration,
     /// How often node status is posted even when nothing changed.

@@ -159,7 +159,8 @@ fn status(
 /// The `Node` object this agent registers.
 #[must_use]
 pub fn node_object(config: &Config, runtime_version: &str) -> Node {
-    let labels = BTreeMap::from([
+    let mut labels = config.node_labels.clone();
+    labels.extend([
         ("kubernetes.io/arch".to_owned(), ARCH.to_owned()),
         ("kubernetes.io/os".to_owned(), OS.to_owned()),
         (

@@ -121,6 +121,57 @@ pub fn warnings(pod: &Pod) -> Vec<(String, String)> {
     out
 }
 
+/// `(protocol, hostIP, hostPort)` of every port `pod` asks for on the host.
+fn host_ports(pod: &Pod) -> Vec<(String, String, i32)> {
+    containers(pod)
+        .flat_map(|(_, c)| c.ports.iter().flatten())
+        .filter_map(|p| {
+            let port = p.host_port.filter(|&h| h > 0)?;
+            Some((
+                p.protocol.clone().unwrap_or_else(|| "TCP".to_owned()),
+                p.host_ip.clone().unwrap_or_else(|| "0.0.0.0".to_owned()),
+                port,
+            ))
+        })
+        .collect()
+}
+
+fn ports_collide(a: &(String, String, i32), b: &(String, String, i32)) -> bool {
+    let any = |ip: &str| ip == "0.0.0.0" || ip == "::";
+    a.0 == b.0 && a.2 == b.2 && (a.1 == b.1 || any(&a.1) || any(&b.1))
+}
+
+/// Whether `pod` fits beside `others`, the pods this node already runs, as the kubelet
+/// decides before admitting a pod: at most `max_pods` pods (`OutOfpods`) and no host port
+/// taken twice (`NodePorts`).
+#[must_use]
+pub fn fit(pod: &Pod, others: &[&Pod], max_pods: usize) -> Option<(&'static str, String)> {
+    if others.len() >= max_pods {
+        return Some((
+            "OutOfpods",
+            format!(
+                "Node didn't have enough resource: pods, requested: 1, used: {}, capacity: {max_pods}",
+                others.len()
+            ),
+        ));
+    }
+    let taken: Vec<_> = others.iter().flat_map(|p| host_ports(p)).collect();
+    let wanted = host_ports(pod);
+    let clash = wanted.iter().enumerate().any(|(i, w)| {
+        wanted[..i]
+            .iter()
+            .chain(&taken)
+            .any(|t| ports_collide(w, t))
+    });
+    clash.then(|| {
+        (
+            "NodePorts",
+            "Predicate NodePorts failed: node(s) didn't have free ports for the requested pod ports"
+                .to_owned(),
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -161,5 +212,27 @@ mod tests {
         let w = warnings(&p);
         assert_eq!(w.len(), 1);
         assert_eq!(w[0].0, "spec.containers{a}");
+    }
+
+    #[test]
+    fn a_full_node_or_a_taken_host_port_is_no_fit() {
+        let port = |n: i32| {
+            pod(
+                serde_json::json!({"containers": [{"name": "a", "ports": [{"containerPort": 80, "hostPort": n}]}]}),
+            )
+        };
+        let (a, b, c) = (port(8080), port(8080), port(9090));
+        assert_eq!(fit(&a, &[], 1), None);
+        assert_eq!(fit(&b, &[&a], 1).map(|r| r.0), Some("OutOfpods"));
+        assert_eq!(fit(&b, &[&a], 10).map(|r| r.0), Some("NodePorts"));
+        assert_eq!(fit(&c, &[&a], 10), None);
+        let udp = pod(
+            serde_json::json!({"containers": [{"name": "a", "ports": [{"containerPort": 80, "hostPort": 8080, "protocol": "UDP"}]}]}),
+        );
+        assert_eq!(fit(&udp, &[&a], 10), None);
+        let twice = pod(serde_json::json!({"containers": [
+            {"name": "a", "ports": [{"containerPort": 80, "hostPort": 7070}]},
+            {"name": "b", "ports": [{"containerPort": 81, "hostPort": 7070}]}]}));
+        assert_eq!(fit(&twice, &[], 10).map(|r| r.0), Some("NodePorts"));
     }
 }

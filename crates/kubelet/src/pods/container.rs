@@ -5,7 +5,6 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Container, ContainerStateTerminated, ObjectReference, Pod};
 use kube::ResourceExt;
-use kube::runtime::events::{Event, EventType};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -13,6 +12,7 @@ use super::Ctx;
 use super::spec::{expand, parse_bytes, pull_policy};
 use super::status::{self, ContainerRecord, Records};
 use super::termination;
+use crate::events::EventType;
 use crate::now;
 use crate::runtime::{ContainerExit, ContainerRun, Image, ImageError, PullPolicy, Runtime};
 
@@ -118,11 +118,14 @@ pub(crate) async fn supervise<R: Runtime>(
         kill,
         spec,
     };
-    let mut crash_backoff = INITIAL_BACKOFF;
+    // As the kubelet's back-off: the first restart is immediate, each later one waits
+    // 10 s, doubling to 5 min; a run of 10 min forgets the back-off.
+    let mut crash_backoff: Option<Duration> = None;
+    let mut restarting = false;
     loop {
         let Some(image) = sup.pull().await else { break };
         let started = Instant::now();
-        let Some(exit) = sup.run_once(&image).await else {
+        let Some(exit) = sup.run_once(&image, restarting).await else {
             break;
         };
         let restart = match restart_policy.as_str() {
@@ -134,12 +137,18 @@ pub(crate) async fn supervise<R: Runtime>(
             break;
         }
         if started.elapsed() >= BACKOFF_RESET {
-            crash_backoff = INITIAL_BACKOFF;
+            crash_backoff = None;
         }
-        if !sup.crash_loop_wait(crash_backoff).await {
-            break;
+        match crash_backoff {
+            None => crash_backoff = Some(INITIAL_BACKOFF),
+            Some(delay) => {
+                if !sup.crash_loop_wait(delay).await {
+                    break;
+                }
+                crash_backoff = Some((delay * 2).min(MAX_BACKOFF));
+            }
         }
-        crash_backoff = (crash_backoff * 2).min(MAX_BACKOFF);
+        restarting = true;
     }
     sup.shared.update(slot, |r| r.done = true);
 }
@@ -155,29 +164,25 @@ struct Supervisor<R> {
 
 impl<R: Runtime> Supervisor<R> {
     async fn event(&self, type_: EventType, reason: &str, note: String) {
-        let ev = Event {
-            type_,
-            reason: reason.to_owned(),
-            note: Some(note),
-            action: reason.to_owned(),
-            secondary: None,
-        };
+        let object = reference(&self.pod, field_path(self.slot.init, &self.spec.name));
         if let Err(e) = self
             .ctx
             .recorder
-            .publish(
-                &ev,
-                &reference(&self.pod, field_path(self.slot.init, &self.spec.name)),
-            )
+            .publish(&object, type_, reason, &note)
             .await
         {
             tracing::warn!(error = %e, reason, "cannot record event");
         }
     }
 
+    /// Shows the container waiting; a finished run moves to `lastState`.
     fn set_waiting(&self, reason: &str, message: Option<String>) {
-        self.shared
-            .update(self.slot, |r| r.state = status::waiting(reason, message));
+        self.shared.update(self.slot, |r| {
+            let previous = std::mem::replace(&mut r.state, status::waiting(reason, message));
+            if previous.terminated.is_some() {
+                r.last_state = Some(previous);
+            }
+        });
     }
 
     /// Sleeps unless killed; returns false when killed.
@@ -273,9 +278,11 @@ impl<R: Runtime> Supervisor<R> {
     }
 
     /// One run; `None` when the container could not be started (it is then waiting
-    /// with the reason and the pod worker decides) or was killed before starting.
-    async fn run_once(&self, image: &Image) -> Option<ContainerExit> {
-        let restart_count = self.shared.get(self.slot).map_or(0, |r| r.restart_count);
+    /// with the reason and the pod worker decides) or was killed before starting. A
+    /// `restarting` run counts as a restart once it runs, as the kubelet counts them.
+    async fn run_once(&self, image: &Image, restarting: bool) -> Option<ContainerExit> {
+        let restart_count =
+            self.shared.get(self.slot).map_or(0, |r| r.restart_count) + i32::from(restarting);
         let dir = self
             .ctx
             .config
@@ -349,8 +356,12 @@ impl<R: Runtime> Supervisor<R> {
         let cid = container_id.clone();
         let at = started_at.clone();
         self.shared.update(self.slot, |r| {
+            let previous = std::mem::replace(&mut r.state, status::running(at));
+            if previous.terminated.is_some() {
+                r.last_state = Some(previous);
+            }
+            r.restart_count = restart_count;
             r.container_id = Some(cid);
-            r.state = status::running(at);
         });
         self.event(
             EventType::Normal,
@@ -364,14 +375,24 @@ impl<R: Runtime> Supervisor<R> {
             format!("Started container {}", self.spec.name),
         )
         .await;
+        // Stopped by deletion, a deadline, node shutdown or (for a sidecar) the end of the
+        // app containers: the kubelet's Killing event, then the kill.
         let killer = handle.killer();
-        let kill = self.kill.clone();
-        let watchdog = tokio::spawn(async move {
-            kill.cancelled().await;
-            killer();
-        });
-        let exit = handle.wait().await;
-        watchdog.abort();
+        let wait = handle.wait();
+        tokio::pin!(wait);
+        let exit = tokio::select! {
+            exit = &mut wait => exit,
+            () = self.kill.cancelled() => {
+                self.event(
+                    EventType::Normal,
+                    "Killing",
+                    format!("Stopping container {}", self.spec.name),
+                )
+                .await;
+                killer();
+                wait.await
+            }
+        };
         let message = termination::message(
             &self.spec,
             &term_file,
@@ -404,7 +425,8 @@ impl<R: Runtime> Supervisor<R> {
         Some(exit)
     }
 
-    /// Moves the last run to `lastState`, shows `CrashLoopBackOff` and waits; false when killed.
+    /// Moves the last run to `lastState`, shows `CrashLoopBackOff` and waits; false when
+    /// killed. The restart count rises when the container starts again.
     async fn crash_loop_wait(&self, delay: Duration) -> bool {
         let name = &self.spec.name;
         let pod = format!(
@@ -422,7 +444,6 @@ impl<R: Runtime> Supervisor<R> {
                 &mut r.state,
                 status::waiting("CrashLoopBackOff", Some(message)),
             ));
-            r.restart_count += 1;
         });
         self.event(
             EventType::Warning,

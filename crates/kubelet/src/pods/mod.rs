@@ -15,7 +15,6 @@ use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ContainerImage, Pod};
-use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use tokio::sync::watch;
@@ -147,13 +146,15 @@ impl Registry {
         }
     }
 
-    async fn active_pods(&self) -> usize {
+    /// The pods whose workers still run workloads (not finished, not rejected).
+    async fn active_pods(&self) -> Vec<Pod> {
         self.workers
             .lock()
             .await
             .values()
-            .filter(|w| !status::is_terminal(&w.pod.borrow()))
-            .count()
+            .map(|w| w.pod.borrow().clone())
+            .filter(|p| !status::is_terminal(p))
+            .collect()
     }
 }
 
@@ -163,7 +164,7 @@ pub(crate) struct Ctx<R> {
     pub config: Arc<Config>,
     pub runtime: Arc<R>,
     pub registry: Registry,
-    pub recorder: Recorder,
+    pub recorder: crate::events::Recorder,
 }
 
 /// Watches the pods bound to this node and keeps one worker per pod, until `shutdown`.
@@ -174,12 +175,8 @@ pub async fn run<R: Runtime>(
     registry: Registry,
     shutdown: CancellationToken,
 ) {
-    let reporter = Reporter {
-        controller: "kubelet".to_owned(),
-        instance: Some(config.node_name.clone()),
-    };
     let ctx = Arc::new(Ctx {
-        recorder: Recorder::new(client.clone(), reporter),
+        recorder: crate::events::Recorder::new(client.clone(), &config.node_name),
         client: client.clone(),
         config: config.clone(),
         runtime,
@@ -219,10 +216,12 @@ async fn dispatch<R: Runtime>(ctx: &Arc<Ctx<R>>, pod: Pod) {
         w.pod.send_replace(pod);
         return;
     }
-    let admitted = ctx.registry.active_pods().await < ctx.config.max_pods as usize;
+    let active = ctx.registry.active_pods().await;
+    let others: Vec<&Pod> = active.iter().collect();
+    let misfit = admission::fit(&pod, &others, ctx.config.max_pods as usize);
     let (tx, rx) = watch::channel(pod);
     let stop = CancellationToken::new();
-    let task = tokio::spawn(worker::run(ctx.clone(), rx, stop.clone(), admitted));
+    let task = tokio::spawn(worker::run(ctx.clone(), rx, stop.clone(), misfit));
     ctx.registry.workers.lock().await.insert(
         uid,
         Worker {

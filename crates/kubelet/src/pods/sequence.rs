@@ -10,17 +10,19 @@ use tokio_util::sync::CancellationToken;
 
 use super::Ctx;
 use super::container::{Shared, Slot, supervise};
-use super::status::{ContainerRecord, Records};
+use super::status::{self, ContainerRecord, Records};
 use crate::Runtime;
 
 fn is_sidecar(c: &k8s_openapi::api::core::v1::Container) -> bool {
     c.restart_policy.as_deref() == Some("Always")
 }
 
-/// Fresh records for every container of `pod`.
+/// Fresh records for every container of `pod`. As with the kubelet, a container that
+/// has not been created yet waits as `ContainerCreating`, or `PodInitializing` when the
+/// pod has init containers.
 pub(crate) fn records(pod: &Pod) -> Records {
     let spec = pod.spec.clone().unwrap_or_default();
-    Records {
+    let mut records = Records {
         init: spec
             .init_containers
             .iter()
@@ -38,7 +40,13 @@ pub(crate) fn records(pod: &Pod) -> Records {
             .iter()
             .map(|c| ContainerRecord::new(&c.name, c.image.as_deref().unwrap_or_default()))
             .collect(),
+    };
+    if !records.init.is_empty() {
+        for r in records.init.iter_mut().chain(records.app.iter_mut()) {
+            r.state = status::waiting("PodInitializing", None);
+        }
     }
+    records
 }
 
 /// Runs the containers of `pod` in order until they are all done or `kill` fires.
@@ -125,5 +133,47 @@ async fn wait_started(shared: &Shared, slot: Slot, kill: &CancellationToken) -> 
             () = kill.cancelled() => return false,
             r = changes.changed() => if r.is_err() { return false },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(spec: serde_json::Value) -> Pod {
+        serde_json::from_value(serde_json::json!({ "metadata": { "name": "p" }, "spec": spec }))
+            .expect("pod")
+    }
+
+    fn reasons(list: &[ContainerRecord]) -> Vec<String> {
+        list.iter()
+            .map(|r| {
+                r.state
+                    .waiting
+                    .as_ref()
+                    .and_then(|w| w.reason.clone())
+                    .unwrap_or_default()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn containers_wait_as_the_kubelet_shows_them_before_they_exist() {
+        let plain = records(&pod(serde_json::json!({ "containers": [{ "name": "a" }] })));
+        assert_eq!(reasons(&plain.app), ["ContainerCreating"]);
+        let with_init = records(&pod(serde_json::json!({
+            "initContainers": [{ "name": "i" }, { "name": "s", "restartPolicy": "Always" }],
+            "containers": [{ "name": "a" }]
+        })));
+        assert_eq!(
+            reasons(&with_init.init),
+            ["PodInitializing", "PodInitializing"]
+        );
+        assert_eq!(reasons(&with_init.app), ["PodInitializing"]);
+        assert_eq!(
+            with_init.init.iter().map(|r| r.sidecar).collect::<Vec<_>>(),
+            [false, true]
+        );
+        assert_eq!(with_init.uninitialized(), ["i", "s"]);
     }
 }

@@ -3,15 +3,15 @@
 
 use std::sync::{Arc, Mutex};
 
+use crate::events::EventType;
 use k8s_openapi::api::core::v1::{HostIP, Pod, PodIP, PodStatus};
 use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
-use kube::runtime::events::{Event, EventType};
 use kube::{Api, Resource, ResourceExt};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::Ctx;
-use super::container::{self, Shared};
+use super::container::Shared;
 use super::status::{self, ContainerRecord, Records};
 use super::{admission, sequence};
 use crate::{Runtime, now};
@@ -76,13 +76,15 @@ impl<R: Runtime> PodWorker<R> {
     }
 
     /// The status to post. `failure` is a pod-level reason and message (deadline).
-    fn status(&self, records: &Records, failure: Option<(&str, &str)>) -> PodStatus {
+    /// Until every container has stopped (`settled`), a pod is not reported finished:
+    /// sidecars still run when the app containers are done.
+    fn status(&self, records: &Records, failure: Option<(&str, &str)>, settled: bool) -> PodStatus {
         let pod = self.current();
         let restart_policy = restart_policy(&pod);
-        let phase = if failure.is_some() {
-            "Failed"
-        } else {
-            records.phase(&restart_policy)
+        let phase = match (failure, records.phase(&restart_policy)) {
+            (Some(_), _) => "Failed",
+            (None, "Succeeded" | "Failed") if !settled => "Running",
+            (None, phase) => phase,
         };
         let existing = pod.status.clone().unwrap_or_default();
         let ip = self.ctx.config.node_ip.to_string();
@@ -120,14 +122,12 @@ impl<R: Runtime> PodWorker<R> {
     ) {
         let mut reference = self.current().object_ref(&());
         reference.field_path = field_path;
-        let ev = Event {
-            type_,
-            reason: reason.to_owned(),
-            note: Some(note),
-            action: reason.to_owned(),
-            secondary: None,
-        };
-        if let Err(e) = self.ctx.recorder.publish(&ev, &reference).await {
+        if let Err(e) = self
+            .ctx
+            .recorder
+            .publish(&reference, type_, reason, &note)
+            .await
+        {
             tracing::warn!(error = %e, reason, "cannot record event");
         }
     }
@@ -166,10 +166,13 @@ impl<R: Runtime> PodWorker<R> {
     async fn reject(&mut self, reason: &str, message: String) {
         self.event(EventType::Warning, reason, message.clone(), None)
             .await;
+        // As the kubelet's rejectPod: the event has the bare message, the status says
+        // the pod was rejected and keeps its QoS class.
         let status = PodStatus {
             phase: Some("Failed".to_owned()),
             reason: Some(reason.to_owned()),
-            message: Some(message),
+            message: Some(format!("Pod was rejected: {message}")),
+            qos_class: Some(qos_class(&self.current()).to_owned()),
             ..PodStatus::default()
         };
         self.post(status).await;
@@ -204,7 +207,7 @@ pub(crate) async fn run<R: Runtime>(
     ctx: Arc<Ctx<R>>,
     pod: watch::Receiver<Pod>,
     stop: CancellationToken,
-    admitted: bool,
+    misfit: Option<(&'static str, String)>,
 ) {
     let first = pod.borrow().clone();
     let api = Api::namespaced(ctx.client.clone(), &first.namespace().unwrap_or_default());
@@ -222,17 +225,7 @@ pub(crate) async fn run<R: Runtime>(
         }
         return;
     }
-    let rejection = if admitted {
-        admission::check(&first)
-    } else {
-        let max = w.ctx.config.max_pods;
-        Some((
-            "OutOfpods",
-            format!(
-                "Node didn't have enough resource: pods, requested: 1, used: {max}, capacity: {max}"
-            ),
-        ))
-    };
+    let rejection = misfit.or_else(|| admission::check(&first));
     if let Some((reason, message)) = rejection {
         w.reject(reason, message).await;
         if w.wait_for_deletion(&stop).await {
@@ -256,7 +249,7 @@ pub(crate) async fn run<R: Runtime>(
         shared.clone(),
         kill.clone(),
     ));
-    let initial = w.status(&shared.snapshot(), None);
+    let initial = w.status(&shared.snapshot(), None, false);
     w.post(initial).await;
     let deadline_at = deadline(&w.current());
     let mut failure: Option<(&str, String)> = None;
@@ -282,18 +275,21 @@ pub(crate) async fn run<R: Runtime>(
                 let message = "Pod was active on the node longer than the specified deadline";
                 w.event(EventType::Warning, "DeadlineExceeded", message.to_owned(), None).await;
                 failure = Some(("DeadlineExceeded", message.to_owned()));
-                kill_running(&w, &shared).await;
                 kill.cancel();
             }
         }
         if !terminating && deleting(&w.pod.borrow()) {
             terminating = true;
-            kill_running(&w, &shared).await;
             kill.cancel();
+        }
+        if failure.is_some() && !driver_done {
+            // Failed by the deadline: reported once its containers are stopped.
+            continue;
         }
         let status = w.status(
             &shared.snapshot(),
             failure.as_ref().map(|(r, m)| (*r, m.as_str())),
+            driver_done,
         );
         w.post(status).await;
         if driver_done {
@@ -309,26 +305,5 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
-    }
-}
-
-/// Records a `Killing` event for every running container.
-async fn kill_running<R: Runtime>(w: &PodWorker<R>, shared: &Shared) {
-    let records = shared.snapshot();
-    let running = records
-        .init
-        .iter()
-        .map(|r| (true, r))
-        .chain(records.app.iter().map(|r| (false, r)))
-        .filter(|(_, r)| r.running());
-    for (init, record) in running {
-        let field = container::field_path(init, &record.name);
-        w.event(
-            EventType::Normal,
-            "Killing",
-            format!("Stopping container {}", record.name),
-            Some(field),
-        )
-        .await;
     }
 }

@@ -1,0 +1,189 @@
+//! Events as the kubelet records them: `core/v1` events from `source.component: kubelet`,
+//! where a repeat of the same event (same object, type, reason and message) raises the
+//! `count` and `lastTimestamp` of the first one instead of creating another, so a crash
+//! loop shows one `BackOff` event with a growing count, as `kubectl describe` shows it for
+//! any kubelet.
+//!
+//! kube-rs's `Recorder` keys repeats without the message, which would fold
+//! `Failed to pull image ...` and `Error: ErrImagePull` into one event; hence this small
+//! recorder of our own.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::{Api, Client};
+
+/// `Normal` or `Warning`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventType {
+    /// Something expected happened.
+    Normal,
+    /// Something went wrong.
+    Warning,
+}
+
+impl EventType {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Normal => "Normal",
+            Self::Warning => "Warning",
+        }
+    }
+}
+
+/// What makes two events the same event.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Key {
+    uid: String,
+    field_path: String,
+    type_: EventType,
+    reason: String,
+    message: String,
+}
+
+#[derive(Debug, Clone)]
+struct Seen {
+    name: String,
+    count: i32,
+    last: jiff::Timestamp,
+}
+
+/// Repeats older than this start a new event, as the kubelet's correlator forgets them.
+const REMEMBER: jiff::SignedDuration = jiff::SignedDuration::from_mins(10);
+/// Most events remembered for aggregation.
+const MAX_REMEMBERED: usize = 4096;
+
+/// Records events for objects on behalf of one node.
+pub struct Recorder {
+    client: Client,
+    node_name: String,
+    seen: Mutex<HashMap<Key, Seen>>,
+}
+
+impl Recorder {
+    /// A recorder for node `node_name`.
+    #[must_use]
+    pub fn new(client: Client, node_name: &str) -> Self {
+        Self {
+            client,
+            node_name: node_name.to_owned(),
+            seen: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn seen(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Seen>> {
+        self.seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Records an event about `object`, or counts a repeat of one recorded lately.
+    ///
+    /// # Errors
+    /// When the API server refuses the event.
+    pub async fn publish(
+        &self,
+        object: &ObjectReference,
+        type_: EventType,
+        reason: &str,
+        message: &str,
+    ) -> Result<(), kube::Error> {
+        let namespace = object
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".to_owned());
+        let api: Api<Event> = Api::namespaced(self.client.clone(), &namespace);
+        let key = Key {
+            uid: object.uid.clone().unwrap_or_default(),
+            field_path: object.field_path.clone().unwrap_or_default(),
+            type_,
+            reason: reason.to_owned(),
+            message: message.to_owned(),
+        };
+        let now = jiff::Timestamp::now();
+        let repeat = self
+            .seen()
+            .get(&key)
+            .filter(|s| now.duration_since(s.last) < REMEMBER)
+            .cloned();
+        if let Some(seen) = repeat {
+            let count = seen.count + 1;
+            let patch = serde_json::json!({ "count": count, "lastTimestamp": Time(now) });
+            match api
+                .patch(&seen.name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(_) => {
+                    self.remember(
+                        key,
+                        Seen {
+                            count,
+                            last: now,
+                            ..seen
+                        },
+                    );
+                    return Ok(());
+                }
+                // Expired or deleted: record it anew.
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let name = format!(
+            "{}.{:x}",
+            object.name.as_deref().unwrap_or("event"),
+            now.as_nanosecond()
+        );
+        let event = Event {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                namespace: Some(namespace.clone()),
+                ..ObjectMeta::default()
+            },
+            involved_object: object.clone(),
+            reason: Some(reason.to_owned()),
+            message: Some(message.to_owned()),
+            type_: Some(type_.as_str().to_owned()),
+            source: Some(EventSource {
+                component: Some("kubelet".to_owned()),
+                host: Some(self.node_name.clone()),
+            }),
+            first_timestamp: Some(Time(now)),
+            last_timestamp: Some(Time(now)),
+            count: Some(1),
+            reporting_component: Some("kubelet".to_owned()),
+            reporting_instance: Some(self.node_name.clone()),
+            ..Event::default()
+        };
+        api.create(&PostParams::default(), &event).await?;
+        self.remember(
+            key,
+            Seen {
+                name,
+                count: 1,
+                last: now,
+            },
+        );
+        Ok(())
+    }
+
+    fn remember(&self, key: Key, seen: Seen) {
+        let mut map = self.seen();
+        if map.len() >= MAX_REMEMBERED && !map.contains_key(&key) {
+            let now = jiff::Timestamp::now();
+            map.retain(|_, s| now.duration_since(s.last) < REMEMBER);
+            if map.len() >= MAX_REMEMBERED
+                && let Some(oldest) = map
+                    .iter()
+                    .min_by_key(|(_, s)| s.last)
+                    .map(|(k, _)| k.clone())
+            {
+                map.remove(&oldest);
+            }
+        }
+        map.insert(key, seen);
+    }
+}
