@@ -5,12 +5,30 @@
 use std::time::Duration;
 
 use e2e::{
-    Cluster, PodRow, container_status, ensure_absent, node_condition, phase, pod_condition,
-    pod_with_spec, terminated, wait_gone, wait_pod, wait_row, waiting_reason,
+    Cluster, KrustletNode, PodRow, container_status, ensure_absent, node_condition, phase,
+    pod_condition, pod_with_spec, terminated, wait_gone, wait_pod, wait_row, waiting_reason,
 };
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::{DeleteParams, LogParams, PostParams};
+
+/// The cluster and a ready node `name` of its own.
+async fn setup(name: &str, port: u16, flags: &[&str]) -> anyhow::Result<(Cluster, KrustletNode)> {
+    let cluster = Cluster::connect().await?;
+    let node = cluster.ready_node(name, port, flags).await?;
+    Ok((cluster, node))
+}
+
+/// Creates pod `name` with `spec` on `node`, after removing any pod of that name left by
+/// an earlier run.
+async fn run(
+    pods: &Api<Pod>,
+    name: &str,
+    node: &KrustletNode,
+    spec: serde_json::Value,
+) -> anyhow::Result<()> {
+    create(pods, &pod_with_spec(name, &node.name, spec)).await
+}
 
 /// Creates `pod` after removing any pod of that name left by an earlier run.
 async fn create(pods: &Api<Pod>, pod: &Pod) -> anyhow::Result<()> {
@@ -59,22 +77,19 @@ fn logs(container: &str) -> LogParams {
 
 #[tokio::test]
 async fn a_crashing_container_restarts_with_back_off_and_counts_restarts() -> anyhow::Result<()> {
-    let cluster = Cluster::connect().await?;
-    let node = cluster.ready_node("e2e-crash", 10321, &[]).await?;
+    let (cluster, node) = setup("e2e-crash", 10321, &[]).await?;
     let image = cluster.push("tool", "v1").await?;
     let pods = cluster.pods();
     let name = "e2e-crash";
-    create(
+    run(
         &pods,
-        &pod_with_spec(
-            name,
-            &node.name,
-            serde_json::json!({
-                "restartPolicy": "Always",
-                "containers": [{ "name": "main", "image": image,
-                    "args": ["print", "run", "eprint", "oops", "exit", "3"] }]
-            }),
-        ),
+        name,
+        &node,
+        serde_json::json!({
+            "restartPolicy": "Always",
+            "containers": [{ "name": "main", "image": image,
+                "args": ["print", "run", "eprint", "oops", "exit", "3"] }]
+        }),
     )
     .await?;
     // Fails, restarts at once, fails, waits 10 s, restarts, fails, waits 20 s.
@@ -130,22 +145,19 @@ async fn a_crashing_container_restarts_with_back_off_and_counts_restarts() -> an
 
 #[tokio::test]
 async fn a_trap_fails_the_container_with_134_and_a_reason_naming_the_trap() -> anyhow::Result<()> {
-    let cluster = Cluster::connect().await?;
-    let node = cluster.ready_node("e2e-trap", 10322, &[]).await?;
+    let (cluster, node) = setup("e2e-trap", 10322, &[]).await?;
     let image = cluster.push("tool", "v1").await?;
     let pods = cluster.pods();
     let name = "e2e-trap";
-    create(
+    run(
         &pods,
-        &pod_with_spec(
-            name,
-            &node.name,
-            serde_json::json!({
-                "restartPolicy": "Never",
-                "containers": [{ "name": "main", "image": image,
-                    "args": ["print", "before the trap", "trap"] }]
-            }),
-        ),
+        name,
+        &node,
+        serde_json::json!({
+            "restartPolicy": "Never",
+            "containers": [{ "name": "main", "image": image,
+                "args": ["print", "before the trap", "trap"] }]
+        }),
     )
     .await?;
     let p = wait_pod(&pods, name, 60, "Failed", |p| phase(p) == "Failed").await?;
@@ -199,17 +211,11 @@ async fn a_trap_fails_the_container_with_134_and_a_reason_naming_the_trap() -> a
 #[tokio::test]
 async fn containers_run_together_each_with_its_status_log_and_termination_message()
 -> anyhow::Result<()> {
-    let cluster = Cluster::connect().await?;
-    let node = cluster.ready_node("e2e-term", 10323, &[]).await?;
+    let (cluster, node) = setup("e2e-term", 10323, &[]).await?;
     let image = cluster.push("tool", "v1").await?;
     let pods = cluster.pods();
     let name = "e2e-term";
-    create(
-        &pods,
-        &pod_with_spec(
-            name,
-            &node.name,
-            serde_json::json!({
+    run(&pods, name, &node, serde_json::json!({
                 "restartPolicy": "Never",
                 "containers": [
                     { "name": "file", "image": image,
@@ -222,7 +228,6 @@ async fn containers_run_together_each_with_its_status_log_and_termination_messag
                       "args": ["sleep", "2", "print", "custom ran", "write", "/tmp/done", "custom path"] }
                 ]
             }),
-        ),
     )
     .await?;
     let p = wait_pod(&pods, name, 60, "Failed", |p| phase(p) == "Failed").await?;
@@ -258,22 +263,19 @@ async fn containers_run_together_each_with_its_status_log_and_termination_messag
 
 #[tokio::test]
 async fn active_deadline_seconds_kills_the_pod_and_fails_it() -> anyhow::Result<()> {
-    let cluster = Cluster::connect().await?;
-    let node = cluster.ready_node("e2e-deadline", 10324, &[]).await?;
+    let (cluster, node) = setup("e2e-deadline", 10324, &[]).await?;
     let image = cluster.push("loop", "v1").await?;
     let pods = cluster.pods();
     let name = "e2e-deadline";
-    create(
+    run(
         &pods,
-        &pod_with_spec(
-            name,
-            &node.name,
-            serde_json::json!({
-                "restartPolicy": "Always",
-                "activeDeadlineSeconds": 3,
-                "containers": [{ "name": "main", "image": image }]
-            }),
-        ),
+        name,
+        &node,
+        serde_json::json!({
+            "restartPolicy": "Always",
+            "activeDeadlineSeconds": 3,
+            "containers": [{ "name": "main", "image": image }]
+        }),
     )
     .await?;
     let p = wait_pod(&pods, name, 30, "Failed", |p| phase(p) == "Failed").await?;
@@ -301,26 +303,23 @@ async fn active_deadline_seconds_kills_the_pod_and_fails_it() -> anyhow::Result<
 
 #[tokio::test]
 async fn init_containers_run_in_order_before_the_app_containers() -> anyhow::Result<()> {
-    let cluster = Cluster::connect().await?;
-    let node = cluster.ready_node("e2e-init", 10325, &[]).await?;
+    let (cluster, node) = setup("e2e-init", 10325, &[]).await?;
     let tool = cluster.push("tool", "v1").await?;
     let looping = cluster.push("loop", "v1").await?;
     let pods = cluster.pods();
     let name = "e2e-init";
-    create(
+    run(
         &pods,
-        &pod_with_spec(
-            name,
-            &node.name,
-            serde_json::json!({
-                "restartPolicy": "Always",
-                "initContainers": [
-                    { "name": "first", "image": tool, "args": ["print", "first"] },
-                    { "name": "second", "image": tool, "args": ["print", "second", "sleep", "6"] }
-                ],
-                "containers": [{ "name": "main", "image": looping }]
-            }),
-        ),
+        name,
+        &node,
+        serde_json::json!({
+            "restartPolicy": "Always",
+            "initContainers": [
+                { "name": "first", "image": tool, "args": ["print", "first"] },
+                { "name": "second", "image": tool, "args": ["print", "second", "sleep", "6"] }
+            ],
+            "containers": [{ "name": "main", "image": looping }]
+        }),
     )
     .await?;
     // While the second init container runs, kubectl shows how far initialization got.
@@ -369,8 +368,7 @@ async fn init_containers_run_in_order_before_the_app_containers() -> anyhow::Res
 #[tokio::test]
 async fn a_failing_init_container_shows_init_error_or_init_crash_loop_back_off()
 -> anyhow::Result<()> {
-    let cluster = Cluster::connect().await?;
-    let node = cluster.ready_node("e2e-init-fail", 10326, &[]).await?;
+    let (cluster, node) = setup("e2e-init-fail", 10326, &[]).await?;
     let tool = cluster.push("tool", "v1").await?;
     let pods = cluster.pods();
     let spec = |policy: &str| {
@@ -380,16 +378,8 @@ async fn a_failing_init_container_shows_init_error_or_init_crash_loop_back_off()
             "containers": [{ "name": "main", "image": tool }]
         })
     };
-    create(
-        &pods,
-        &pod_with_spec("e2e-init-never", &node.name, spec("Never")),
-    )
-    .await?;
-    create(
-        &pods,
-        &pod_with_spec("e2e-init-always", &node.name, spec("Always")),
-    )
-    .await?;
+    run(&pods, "e2e-init-never", &node, spec("Never")).await?;
+    run(&pods, "e2e-init-always", &node, spec("Always")).await?;
 
     let p = wait_pod(&pods, "e2e-init-never", 60, "Failed", |p| {
         phase(p) == "Failed"
@@ -428,24 +418,21 @@ async fn a_failing_init_container_shows_init_error_or_init_crash_loop_back_off()
 
 #[tokio::test]
 async fn a_native_sidecar_runs_beside_the_app_and_stops_after_it() -> anyhow::Result<()> {
-    let cluster = Cluster::connect().await?;
-    let node = cluster.ready_node("e2e-sidecar", 10327, &[]).await?;
+    let (cluster, node) = setup("e2e-sidecar", 10327, &[]).await?;
     let tool = cluster.push("tool", "v1").await?;
     let looping = cluster.push("loop", "v1").await?;
     let pods = cluster.pods();
     let name = "e2e-sidecar";
-    create(
+    run(
         &pods,
-        &pod_with_spec(
-            name,
-            &node.name,
-            serde_json::json!({
-                "restartPolicy": "Never",
-                "initContainers": [{ "name": "logger", "image": looping, "restartPolicy": "Always" }],
-                "containers": [{ "name": "main", "image": tool,
-                    "args": ["print", "working", "sleep", "5", "print", "done"] }]
-            }),
-        ),
+        name,
+        &node,
+        serde_json::json!({
+            "restartPolicy": "Never",
+            "initContainers": [{ "name": "logger", "image": looping, "restartPolicy": "Always" }],
+            "containers": [{ "name": "main", "image": tool,
+                "args": ["print", "working", "sleep", "5", "print", "done"] }]
+        }),
     )
     .await?;
     let p = wait_pod(&pods, name, 30, "both running", |p| {
@@ -485,10 +472,7 @@ async fn a_native_sidecar_runs_beside_the_app_and_stops_after_it() -> anyhow::Re
 
 #[tokio::test]
 async fn pods_the_node_cannot_run_are_rejected_as_the_kubelet_rejects_them() -> anyhow::Result<()> {
-    let cluster = Cluster::connect().await?;
-    let node = cluster
-        .ready_node("e2e-admit", 10328, &["--max-pods", "3"])
-        .await?;
+    let (cluster, node) = setup("e2e-admit", 10328, &["--max-pods", "3"]).await?;
     let looping = cluster.push("loop", "v1").await?;
     let pods = cluster.pods();
     // Bound directly, as a scheduler that ignores capacity or ports would bind them.
@@ -615,8 +599,7 @@ async fn pods_the_node_cannot_run_are_rejected_as_the_kubelet_rejects_them() -> 
 
 #[tokio::test]
 async fn restart_policy_on_failure_leaves_a_success_alone() -> anyhow::Result<()> {
-    let cluster = Cluster::connect().await?;
-    let node = cluster.ready_node("e2e-onfailure", 10329, &[]).await?;
+    let (cluster, node) = setup("e2e-onfailure", 10329, &[]).await?;
     let tool = cluster.push("tool", "v1").await?;
     let pods = cluster.pods();
     let spec = |code: &str| {
@@ -625,16 +608,8 @@ async fn restart_policy_on_failure_leaves_a_success_alone() -> anyhow::Result<()
             "containers": [{ "name": "main", "image": tool, "args": ["exit", code] }]
         })
     };
-    create(
-        &pods,
-        &pod_with_spec("e2e-onfailure-ok", &node.name, spec("0")),
-    )
-    .await?;
-    create(
-        &pods,
-        &pod_with_spec("e2e-onfailure-bad", &node.name, spec("5")),
-    )
-    .await?;
+    run(&pods, "e2e-onfailure-ok", &node, spec("0")).await?;
+    run(&pods, "e2e-onfailure-bad", &node, spec("5")).await?;
     let p = wait_pod(&pods, "e2e-onfailure-ok", 30, "Succeeded", |p| {
         phase(p) == "Succeeded"
     })

@@ -170,6 +170,20 @@ impl Recorder {
         Ok(())
     }
 
+    /// [`Recorder::publish`] for callers that carry on when the API server refuses the
+    /// event: the refusal is logged.
+    pub async fn record(
+        &self,
+        object: &ObjectReference,
+        type_: EventType,
+        reason: &str,
+        message: &str,
+    ) {
+        if let Err(e) = self.publish(object, type_, reason, message).await {
+            tracing::warn!(error = %e, reason, "cannot record event");
+        }
+    }
+
     fn remember(&self, key: Key, seen: Seen) {
         let mut map = self.seen();
         if map.len() >= MAX_REMEMBERED && !map.contains_key(&key) {

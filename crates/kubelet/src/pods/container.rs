@@ -165,14 +165,10 @@ struct Supervisor<R> {
 impl<R: Runtime> Supervisor<R> {
     async fn event(&self, type_: EventType, reason: &str, note: String) {
         let object = reference(&self.pod, field_path(self.slot.init, &self.spec.name));
-        if let Err(e) = self
-            .ctx
+        self.ctx
             .recorder
-            .publish(&object, type_, reason, &note)
-            .await
-        {
-            tracing::warn!(error = %e, reason, "cannot record event");
-        }
+            .record(&object, type_, reason, &note)
+            .await;
     }
 
     /// Shows the container waiting; a finished run moves to `lastState`.

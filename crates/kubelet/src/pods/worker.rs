@@ -122,14 +122,10 @@ impl<R: Runtime> PodWorker<R> {
     ) {
         let mut reference = self.current().object_ref(&());
         reference.field_path = field_path;
-        if let Err(e) = self
-            .ctx
+        self.ctx
             .recorder
-            .publish(&reference, type_, reason, &note)
-            .await
-        {
-            tracing::warn!(error = %e, reason, "cannot record event");
-        }
+            .record(&reference, type_, reason, &note)
+            .await;
     }
 
     /// Deletes the pod object for good once its workloads are stopped, as the kubelet does.
