@@ -7,7 +7,7 @@
 mod store;
 
 pub use oci_client::secrets::RegistryAuth;
-pub use store::{Image, Store, push};
+pub use store::{Image, PushFormat, Store, StoreStats, push, push_as};
 
 /// Layer media types that hold a wasm module or component.
 pub const WASM_LAYER_TYPES: &[&str] = &[
@@ -33,13 +33,13 @@ pub enum Error {
     /// The registry refused or failed the request (not found, unauthorized, unreachable).
     #[error("{0}")]
     Registry(String),
-    /// The artifact exists but holds no wasm layer (for example a container image).
-    #[error("image {reference} is not a wasm artifact: its layers are {media_types:?}")]
+    /// The artifact exists but holds no wasm (for example a container image).
+    #[error("image {reference} is not a wasm artifact: {found}")]
     NotWasm {
         /// The reference as given.
         reference: String,
-        /// The layer media types found.
-        media_types: Vec<String>,
+        /// What it holds instead (layer media types, index platforms).
+        found: String,
     },
     /// Downloaded content does not match its digest.
     #[error("content of {digest} does not match its digest")]

@@ -1,10 +1,19 @@
 //! The one shared wasmtime engine: configuration, epoch ticker, compiled-module cache.
+//!
+//! A module is compiled once per content digest: callers asking for the same digest at
+//! the same time share one compilation, held in memory while the engine lives. The native
+//! code also goes to wasmtime's on-disk cache under `cache_dir`, keyed by the module's
+//! content hash and every engine setting that changes the code, so a restart of the node
+//! agent loads it instead of compiling again, and a new wasmtime never loads code made
+//! by another.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::sync::OnceCell;
 use wasmtime::{Cache, CacheConfig, Config, Module};
 
 use crate::{Error, Result};
@@ -16,10 +25,20 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 /// Settings of the shared engine.
 #[derive(Debug, Clone, Default)]
 pub struct EngineConfig {
-    /// Directory for wasmtime's on-disk compile cache; `None` keeps compiled code in
-    /// memory only.
+    /// Directory for compiled native code; `None` keeps compiled code in memory only.
     pub cache_dir: Option<PathBuf>,
 }
+
+/// How often modules were compiled or loaded, since the engine started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EngineStats {
+    /// Compilations from wasm to native code.
+    pub compiles: u64,
+    /// Native code loaded from the on-disk cache instead.
+    pub cache_loads: u64,
+}
+
+type Slot = Arc<OnceCell<Module>>;
 
 /// A wasmtime engine shared by every container of the node.
 ///
@@ -28,7 +47,11 @@ pub struct EngineConfig {
 pub struct Engine {
     pub(crate) inner: wasmtime::Engine,
     pub(crate) linker: Arc<wasmtime::Linker<crate::run::State>>,
-    modules: Arc<Mutex<HashMap<String, Module>>>,
+    modules: Arc<Mutex<HashMap<String, Slot>>>,
+    /// wasmtime's on-disk cache, whose hits and misses are counted.
+    disk_cache: Option<Cache>,
+    /// Modules built (compiled, or loaded from the disk cache).
+    builds: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -41,16 +64,21 @@ impl Engine {
     /// Builds the engine and starts its epoch ticker thread.
     ///
     /// # Errors
-    /// [`Error::Config`] when wasmtime rejects the configuration or the cache directory.
+    /// [`Error::Config`] when wasmtime rejects the configuration, [`Error::Io`] when the
+    /// cache directory cannot be created.
     pub fn new(config: &EngineConfig) -> Result<Self> {
         let mut wasm = Config::new();
         wasm.epoch_interruption(true);
-        if let Some(dir) = &config.cache_dir {
-            let mut cache = CacheConfig::new();
-            cache.with_directory(dir);
-            let cache = Cache::new(cache).map_err(|e| Error::Config(format!("{e:#}")))?;
-            wasm.cache(Some(cache));
-        }
+        let disk_cache = match &config.cache_dir {
+            Some(dir) => {
+                let mut cache = CacheConfig::new();
+                cache.with_directory(dir);
+                let cache = Cache::new(cache).map_err(|e| Error::Config(format!("{e:#}")))?;
+                wasm.cache(Some(cache.clone()));
+                Some(cache)
+            }
+            None => None,
+        };
         let inner = wasmtime::Engine::new(&wasm).map_err(|e| Error::Config(format!("{e:#}")))?;
         let weak = inner.weak();
         std::thread::Builder::new()
@@ -68,6 +96,8 @@ impl Engine {
             inner,
             linker,
             modules: Arc::default(),
+            disk_cache,
+            builds: Arc::default(),
         })
     }
 
@@ -77,30 +107,58 @@ impl Engine {
         format!("wasmtime://{}", env!("WASMTIME_VERSION"))
     }
 
-    /// Compiles `wasm` (or takes it from the cache under `key`, normally the content digest)
-    /// on a blocking thread.
+    /// Compilations and cache loads so far.
+    #[must_use]
+    pub fn stats(&self) -> EngineStats {
+        let builds = self.builds.load(Ordering::Relaxed);
+        match &self.disk_cache {
+            Some(cache) => EngineStats {
+                compiles: cache.cache_misses() as u64,
+                cache_loads: cache.cache_hits() as u64,
+            },
+            None => EngineStats {
+                compiles: builds,
+                cache_loads: 0,
+            },
+        }
+    }
+
+    /// The module for `key` (its content digest, `sha256:<hex>`): from memory, else built
+    /// from `wasm` on a blocking thread (from the disk cache when it holds the native code).
+    /// Concurrent calls for one key share one build.
     ///
     /// # Errors
     /// [`Error::Compile`] when the bytes are not a valid module.
     pub async fn module(&self, key: &str, wasm: Arc<[u8]>) -> Result<Module> {
-        if let Some(module) = self.cached(key) {
-            return Ok(module);
+        let slot = self.lock().entry(key.to_owned()).or_default().clone();
+        let result = slot
+            .get_or_try_init(|| self.load_or_compile(wasm))
+            .await
+            .cloned();
+        if result.is_err() {
+            // Do not keep a failed slot: a later call may bring valid bytes.
+            self.lock().remove(key);
         }
+        result
+    }
+
+    /// Forgets the compiled module for `key` (its image was removed). Its native code
+    /// stays in the disk cache, which wasmtime trims by size and age.
+    pub fn forget(&self, key: &str) {
+        self.lock().remove(key);
+    }
+
+    async fn load_or_compile(&self, wasm: Arc<[u8]>) -> Result<Module> {
         let engine = self.inner.clone();
-        let module = tokio::task::spawn_blocking(move || Module::new(&engine, &wasm))
+        self.builds.fetch_add(1, Ordering::Relaxed);
+        tokio::task::spawn_blocking(move || Module::new(&engine, &wasm))
             .await
             .map_err(|e| Error::Compile(format!("compiler task failed: {e}")))?
-            .map_err(|e| Error::Compile(format!("{e:#}")))?;
-        self.lock().insert(key.to_owned(), module.clone());
-        Ok(module)
+            .map_err(|e| Error::Compile(format!("{e:#}")))
     }
 
-    fn cached(&self, key: &str) -> Option<Module> {
-        self.lock().get(key).cloned()
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Module>> {
-        // A poisoned map still holds valid modules; keep using it.
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Slot>> {
+        // A poisoned map still holds valid entries; keep using it.
         self.modules
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)

@@ -12,7 +12,7 @@ mod engine;
 pub mod logs;
 mod run;
 
-pub use engine::{Engine, EngineConfig};
+pub use engine::{Engine, EngineConfig, EngineStats};
 pub use run::{ContainerSpec, Exit, Killer, Preopen, Running};
 
 /// Errors of this crate.

@@ -151,3 +151,28 @@ async fn a_module_without_start_is_refused_at_creation() {
         .expect_err("no _start");
     assert!(err.to_string().contains("_start"), "{err}");
 }
+
+#[tokio::test]
+async fn one_module_is_compiled_once_and_loaded_from_disk_after_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = EngineConfig {
+        cache_dir: Some(dir.path().join("compiled")),
+    };
+    let wasm: Arc<[u8]> = Arc::from(
+        wat::parse_str(format!(r#"(module {WASI} (func (export "_start")))"#)).expect("wat"),
+    );
+    let first = Engine::new(&config).expect("engine");
+    // Ten containers of one image starting together: one compilation.
+    let starts = (0..10).map(|_| first.module("sha256:same", wasm.clone()));
+    for module in futures::future::join_all(starts).await {
+        module.expect("module");
+    }
+    assert_eq!(first.stats().compiles, 1, "{:?}", first.stats());
+    // A new engine (the node agent restarted) finds the native code on disk.
+    let second = Engine::new(&config).expect("engine");
+    second.module("sha256:same", wasm).await.expect("module");
+    assert_eq!(
+        (second.stats().compiles, second.stats().cache_loads),
+        (0, 1)
+    );
+}
