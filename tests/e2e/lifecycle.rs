@@ -273,11 +273,13 @@ async fn active_deadline_seconds_kills_the_pod_and_fails_it() -> anyhow::Result<
         &node,
         serde_json::json!({
             "restartPolicy": "Always",
-            "activeDeadlineSeconds": 3,
+            "activeDeadlineSeconds": 10,
             "containers": [{ "name": "main", "image": image }]
         }),
     )
     .await?;
+    // Running first, so that the deadline kills a running module.
+    wait_pod(&pods, name, 10, "Running", |p| phase(p) == "Running").await?;
     let p = wait_pod(&pods, name, 30, "Failed", |p| phase(p) == "Failed").await?;
     let status = p.status.clone().unwrap_or_default();
     assert_eq!(status.reason.as_deref(), Some("DeadlineExceeded"));

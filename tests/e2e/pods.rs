@@ -244,13 +244,8 @@ async fn a_missing_image_waits_in_image_pull_back_off_with_an_event() -> anyhow:
     })
     .await?;
     assert_eq!(phase(&p), "Pending");
-    let events: kube::Api<k8s_openapi::api::core::v1::Event> =
-        kube::Api::namespaced(cluster.client.clone(), "default");
-    let list = events
-        .list(&kube::api::ListParams::default().fields("involvedObject.name=e2e-missing"))
-        .await?;
+    let list = cluster.events("e2e-missing").await?;
     let failed = list
-        .items
         .iter()
         .find(|e| e.reason.as_deref() == Some("Failed") && e.type_.as_deref() == Some("Warning"));
     let message = failed.and_then(|e| e.message.clone()).unwrap_or_default();

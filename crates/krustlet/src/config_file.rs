@@ -32,6 +32,14 @@ pub struct FileConfig {
     node_labels: Option<std::collections::BTreeMap<String, String>>,
     node_lease_renew_seconds: Option<u64>,
     node_status_report_seconds: Option<u64>,
+    #[serde(alias = "imageGCHighThresholdPercent")]
+    image_gc_high_threshold_percent: Option<u8>,
+    #[serde(alias = "imageGCLowThresholdPercent")]
+    image_gc_low_threshold_percent: Option<u8>,
+    image_minimum_gc_age_seconds: Option<u64>,
+    image_gc_period_seconds: Option<u64>,
+    image_fs_capacity_bytes: Option<u64>,
+    image_layout_dir: Option<PathBuf>,
 }
 
 impl FileConfig {
@@ -74,6 +82,12 @@ impl FileConfig {
             node_labels: |m: std::collections::BTreeMap<String, String>| m.into_iter().collect(),
             node_lease_renew_seconds: std::convert::identity,
             node_status_report_seconds: std::convert::identity,
+            image_gc_high_threshold_percent: std::convert::identity,
+            image_gc_low_threshold_percent: std::convert::identity,
+            image_minimum_gc_age_seconds: std::convert::identity,
+            image_gc_period_seconds: std::convert::identity,
+            image_fs_capacity_bytes: Some,
+            image_layout_dir: Some,
         );
     }
 }

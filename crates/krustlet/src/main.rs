@@ -97,6 +97,32 @@ pub(crate) struct NodeArgs {
         default_value_t = 60
     )]
     node_status_report_seconds: u64,
+    /// Image filesystem usage (percent) above which unused images are removed, least
+    /// recently used first (the kubelet's `imageGCHighThresholdPercent`).
+    #[arg(long, env = "KRUSTLET_IMAGE_GC_HIGH_THRESHOLD_PERCENT", default_value_t = 85, value_parser = clap::value_parser!(u8).range(0..=100))]
+    image_gc_high_threshold_percent: u8,
+    /// Usage (percent) the image GC brings it down to (`imageGCLowThresholdPercent`).
+    #[arg(long, env = "KRUSTLET_IMAGE_GC_LOW_THRESHOLD_PERCENT", default_value_t = 80, value_parser = clap::value_parser!(u8).range(0..=100))]
+    image_gc_low_threshold_percent: u8,
+    /// Seconds an image must be unused before the GC may remove it (`imageMinimumGCAge`).
+    #[arg(
+        long,
+        env = "KRUSTLET_IMAGE_MINIMUM_GC_AGE_SECONDS",
+        default_value_t = 120
+    )]
+    image_minimum_gc_age_seconds: u64,
+    /// Seconds between image GC checks (the kubelet's fixed 5 minutes).
+    #[arg(long, env = "KRUSTLET_IMAGE_GC_PERIOD_SECONDS", default_value_t = 300)]
+    image_gc_period_seconds: u64,
+    /// Treat the image store as a filesystem of this many bytes (usage = the store's own
+    /// size) instead of measuring the filesystem of the data dir.
+    #[arg(long, env = "KRUSTLET_IMAGE_FS_CAPACITY_BYTES")]
+    image_fs_capacity_bytes: Option<u64>,
+    /// OCI image-layout directory whose images (named by full reference in
+    /// `org.opencontainers.image.ref.name` or `io.containerd.image.name`) are imported at
+    /// start, for nodes without a registry.
+    #[arg(long, env = "KRUSTLET_IMAGE_LAYOUT_DIR")]
+    image_layout_dir: Option<PathBuf>,
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -161,8 +187,28 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
     let engine = wasi_runtime::Engine::new(&wasi_runtime::EngineConfig {
         cache_dir: Some(args.data_dir.join("compiled")),
     })?;
-    let store = oci::Store::open(&args.data_dir.join("images"), &args.insecure_registries)?;
-    let runtime = Arc::new(runtime::WasmRuntime { engine, store });
+    if args.image_gc_low_threshold_percent > args.image_gc_high_threshold_percent {
+        anyhow::bail!(
+            "--image-gc-low-threshold-percent is above --image-gc-high-threshold-percent"
+        );
+    }
+    let image_dir = args.data_dir.join("images");
+    let store = oci::Store::open(&image_dir, &args.insecure_registries)?;
+    if let Some(layout) = &args.image_layout_dir {
+        let imported = store
+            .import_layout(layout)
+            .await
+            .with_context(|| format!("importing images from {}", layout.display()))?;
+        for image in imported {
+            tracing::info!(image = %image.reference, id = %image.image_id, "image imported");
+        }
+    }
+    let runtime = Arc::new(runtime::WasmRuntime {
+        engine,
+        store,
+        image_dir,
+        image_fs_capacity: args.image_fs_capacity_bytes,
+    });
     let config = kubelet::Config {
         node_name,
         node_ip,
@@ -174,6 +220,12 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         client_ca_file: args.client_ca_file,
         max_pods: args.max_pods,
         node_labels: args.node_labels.into_iter().collect(),
+        image_gc: kubelet::images::GcPolicy {
+            high_percent: args.image_gc_high_threshold_percent,
+            low_percent: args.image_gc_low_threshold_percent,
+            minimum_age: Duration::from_secs(args.image_minimum_gc_age_seconds),
+            period: Duration::from_secs(args.image_gc_period_seconds.max(1)),
+        },
         lease_renew_interval: Duration::from_secs(args.node_lease_renew_seconds.max(1)),
         status_report_interval: Duration::from_secs(args.node_status_report_seconds.max(1)),
     };

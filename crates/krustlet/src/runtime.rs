@@ -1,8 +1,12 @@
 //! The wasm runtime behind the node agent: OCI store + wasmtime engine, adapted to
 //! [`kubelet::Runtime`].
 
+use std::path::PathBuf;
+
+use kubelet::keyring::Credential;
 use kubelet::runtime::{
-    ContainerExit, ContainerHandle, ContainerRun, Image, ImageError, PullPolicy,
+    ContainerExit, ContainerHandle, ContainerRun, Counter, Image, ImageError, ImageFsUsage,
+    PullPolicy, StoredImage,
 };
 use wasi_runtime::{ContainerSpec, Engine, Exit, Preopen};
 
@@ -11,6 +15,11 @@ use wasi_runtime::{ContainerSpec, Engine, Exit, Preopen};
 pub struct WasmRuntime {
     pub engine: Engine,
     pub store: oci::Store,
+    /// Where images live, for the filesystem's usage.
+    pub image_dir: PathBuf,
+    /// Treat the image store as a filesystem of this size (`--image-fs-capacity-bytes`)
+    /// instead of measuring the real one.
+    pub image_fs_capacity: Option<u64>,
 }
 
 fn image(reference: &str, img: oci::Image, downloaded: bool) -> Image {
@@ -53,9 +62,24 @@ impl kubelet::Runtime for WasmRuntime {
         Engine::version()
     }
 
-    async fn pull_image(&self, reference: &str, policy: PullPolicy) -> Result<Image, ImageError> {
+    async fn pull_image(
+        &self,
+        reference: &str,
+        policy: PullPolicy,
+        credentials: &[Credential],
+    ) -> Result<Image, ImageError> {
         if policy != PullPolicy::Always {
-            if let Some(img) = self.store.cached(reference).await.map_err(image_error)? {
+            let cached = self.store.cached(reference).await.map_err(image_error)?;
+            // A private image on the node is this pod's only with a credential that
+            // pulled it; otherwise it is pulled again, so the registry decides.
+            let allowed = |img: &oci::Image| {
+                img.credentials.is_empty()
+                    || credentials.iter().any(|c| {
+                        let auth = oci::RegistryAuth::Basic(c.username.clone(), c.password.clone());
+                        img.credentials.contains(&oci::credential_id(&auth))
+                    })
+            };
+            if let Some(img) = cached.filter(allowed) {
                 return Ok(image(reference, img, false));
             }
             if policy == PullPolicy::Never {
@@ -64,12 +88,29 @@ impl kubelet::Runtime for WasmRuntime {
                 )));
             }
         }
-        let (img, downloaded) = self
-            .store
-            .pull(reference, &oci::RegistryAuth::Anonymous)
-            .await
-            .map_err(image_error)?;
-        Ok(image(reference, img, downloaded))
+        if credentials.is_empty() {
+            let (img, downloaded) = self
+                .store
+                .pull(reference, &oci::RegistryAuth::Anonymous)
+                .await
+                .map_err(image_error)?;
+            return Ok(image(reference, img, downloaded));
+        }
+        // Each matching credential in turn, as the kubelet does; all errors if none works.
+        let mut errors = Vec::new();
+        for c in credentials {
+            let auth = oci::RegistryAuth::Basic(c.username.clone(), c.password.clone());
+            match self.store.pull(reference, &auth).await {
+                Ok((img, downloaded)) => return Ok(image(reference, img, downloaded)),
+                Err(e @ oci::Error::InvalidReference { .. }) => return Err(image_error(e)),
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+        Err(ImageError::Pull(if errors.len() == 1 {
+            errors.remove(0)
+        } else {
+            format!("[{}]", errors.join(", "))
+        }))
     }
 
     async fn start_container(&self, run: ContainerRun) -> Result<ContainerHandle, String> {
@@ -100,5 +141,73 @@ impl kubelet::Runtime for WasmRuntime {
         Ok(ContainerHandle::new(move || killer.kill(), async move {
             exit(running.wait().await)
         }))
+    }
+
+    fn counters(&self) -> Vec<Counter> {
+        let store = self.store.stats();
+        let engine = self.engine.stats();
+        vec![
+            Counter {
+                name: "krustlet_image_manifest_requests_total",
+                help: "Manifests asked of registries.",
+                value: store.manifest_requests,
+            },
+            Counter {
+                name: "krustlet_image_downloads_total",
+                help: "Wasm layers downloaded from registries.",
+                value: store.downloads,
+            },
+            Counter {
+                name: "krustlet_module_compiles_total",
+                help: "Wasm modules compiled to native code.",
+                value: engine.compiles,
+            },
+            Counter {
+                name: "krustlet_module_cache_loads_total",
+                help: "Wasm modules loaded as native code from the compile cache.",
+                value: engine.cache_loads,
+            },
+        ]
+    }
+
+    async fn images(&self) -> Vec<StoredImage> {
+        self.store
+            .images()
+            .await
+            .into_iter()
+            .map(|i| StoredImage {
+                reference: i.reference,
+                image_id: i.image_id,
+                handle: i.module_digest,
+                size: i.size,
+            })
+            .collect()
+    }
+
+    async fn remove_image(&self, handle: &str) -> Result<u64, String> {
+        self.engine.forget(handle);
+        self.store.remove(handle).await.map_err(|e| e.to_string())
+    }
+
+    async fn image_fs_usage(&self) -> ImageFsUsage {
+        if let Some(capacity) = self.image_fs_capacity {
+            return ImageFsUsage {
+                capacity,
+                used: self.store.usage().await,
+            };
+        }
+        match rustix::fs::statvfs(&self.image_dir) {
+            Ok(fs) => ImageFsUsage {
+                capacity: fs.f_blocks * fs.f_frsize,
+                used: (fs.f_blocks - fs.f_bfree) * fs.f_frsize,
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot measure the image filesystem");
+                ImageFsUsage {
+                    capacity: 1,
+                    used: 0,
+                }
+            }
+        }
     }
 }

@@ -8,6 +8,8 @@
 //! [`Kubelet::run`] wires them together.
 
 pub mod events;
+pub mod images;
+pub mod keyring;
 pub mod logs;
 pub mod node;
 pub mod pods;
@@ -51,6 +53,8 @@ pub struct Config {
     pub max_pods: u32,
     /// Labels added to the node at registration (`--node-labels`).
     pub node_labels: std::collections::BTreeMap<String, String>,
+    /// Image garbage collection.
+    pub image_gc: images::GcPolicy,
     /// How often the node lease is renewed.
     pub lease_renew_interval: std::time::Duration,
     /// How often node status is posted even when nothing changed.
@@ -107,18 +111,42 @@ impl Kubelet {
             registry.clone(),
             shutdown.clone(),
         ));
-        let api = tokio::spawn(server::serve(listener, registry.clone(), shutdown.clone()));
+        // Images left by an earlier run are the node's too (status, GC).
+        for image in runtime.images().await {
+            registry.add_image(&image.reference, &image.image_id, image.size, &image.handle);
+        }
+        let recorder = Arc::new(events::Recorder::new(client.clone(), &config.node_name));
+        let gc = tokio::spawn(images::run(
+            runtime.clone(),
+            registry.clone(),
+            config.image_gc,
+            recorder.clone(),
+            node::reference(&config.node_name),
+            shutdown.clone(),
+        ));
+        let metrics = {
+            let (runtime, registry) = (runtime.clone(), registry.clone());
+            Arc::new(move || server::render_metrics(&runtime.counters(), &registry))
+        };
+        let api = tokio::spawn(server::serve(
+            listener,
+            registry.clone(),
+            metrics,
+            shutdown.clone(),
+        ));
         pods::run(
             client.clone(),
             config.clone(),
             runtime,
             registry.clone(),
+            recorder,
             shutdown.clone(),
         )
         .await;
         registry.kill_all().await;
         let _ = heartbeat.await;
         let _ = api.await;
+        let _ = gc.await;
         node::mark_not_ready(&client, &config.node_name, "krustlet is shutting down").await;
         Ok(())
     }

@@ -156,6 +156,18 @@ fn status(
     }
 }
 
+/// A reference to node `name`, for events about it (the kubelet uses the name as UID).
+#[must_use]
+pub fn reference(name: &str) -> k8s_openapi::api::core::v1::ObjectReference {
+    k8s_openapi::api::core::v1::ObjectReference {
+        api_version: Some("v1".to_owned()),
+        kind: Some("Node".to_owned()),
+        name: Some(name.to_owned()),
+        uid: Some(name.to_owned()),
+        ..Default::default()
+    }
+}
+
 /// The `Node` object this agent registers.
 #[must_use]
 pub fn node_object(config: &Config, runtime_version: &str) -> Node {
@@ -235,21 +247,36 @@ pub async fn heartbeat(
 ) {
     let mut lease_tick = tokio::time::interval(config.lease_renew_interval);
     let mut status_tick = tokio::time::interval(config.status_report_interval);
+    let mut posted_images = None;
     loop {
-        tokio::select! {
+        // As the kubelet: status at least every report interval, and at once (checked at
+        // each lease renewal) when something in it changed, here the images held.
+        let images = tokio::select! {
             () = shutdown.cancelled() => return,
             _ = lease_tick.tick() => {
                 if let Err(e) = renew_lease(&client, &config.node_name).await {
                     tracing::warn!(error = %e, "cannot renew node lease");
                 }
-            }
-            _ = status_tick.tick() => {
-                let nodes: Api<Node> = Api::all(client.clone());
-                let patch = serde_json::json!({ "status": status(&config, &runtime_version, registry.images(), false) });
-                if let Err(e) = nodes.patch_status(&config.node_name, &PatchParams::default(), &Patch::Strategic(patch)).await {
-                    tracing::warn!(error = %e, "cannot update node status");
+                let images = registry.images();
+                if posted_images.as_ref() == Some(&images) {
+                    continue;
                 }
+                images
             }
+            _ = status_tick.tick() => registry.images(),
+        };
+        let nodes: Api<Node> = Api::all(client.clone());
+        let patch = serde_json::json!({ "status": status(&config, &runtime_version, images.clone(), false) });
+        match nodes
+            .patch_status(
+                &config.node_name,
+                &PatchParams::default(),
+                &Patch::Strategic(patch),
+            )
+            .await
+        {
+            Ok(_) => posted_images = Some(images),
+            Err(e) => tracing::warn!(error = %e, "cannot update node status"),
         }
     }
 }

@@ -125,16 +125,52 @@ impl ContainerHandle {
     }
 }
 
+/// A counter a runtime keeps, served on the kubelet API's `/metrics`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Counter {
+    /// Metric name, e.g. `krustlet_image_downloads_total`.
+    pub name: &'static str,
+    /// One line on what it counts.
+    pub help: &'static str,
+    /// The count.
+    pub value: u64,
+}
+
+/// An image the runtime holds on disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredImage {
+    /// A reference it was pulled by.
+    pub reference: String,
+    /// `repo@sha256:...`.
+    pub image_id: String,
+    /// The runtime's handle for its content (several references may share one).
+    pub handle: String,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// How full the filesystem holding images is, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImageFsUsage {
+    /// Its size.
+    pub capacity: u64,
+    /// What is used.
+    pub used: u64,
+}
+
 /// What the node agent needs from a container runtime.
 pub trait Runtime: Send + Sync + 'static {
     /// Runtime name and version for `nodeInfo.containerRuntimeVersion`.
     fn version(&self) -> String;
 
-    /// Makes `reference` available locally according to `policy`.
+    /// Makes `reference` available locally according to `policy`. `credentials` are the
+    /// pod's pull secrets that match the image, to be tried in order; empty means an
+    /// anonymous pull.
     fn pull_image(
         &self,
         reference: &str,
         policy: PullPolicy,
+        credentials: &[crate::keyring::Credential],
     ) -> impl Future<Output = Result<Image, ImageError>> + Send;
 
     /// Starts one container run. An error is a failure to create or start it
@@ -143,4 +179,17 @@ pub trait Runtime: Send + Sync + 'static {
         &self,
         run: ContainerRun,
     ) -> impl Future<Output = Result<ContainerHandle, String>> + Send;
+
+    /// The runtime's counters, for `/metrics`.
+    fn counters(&self) -> Vec<Counter>;
+
+    /// Every image held on disk.
+    fn images(&self) -> impl Future<Output = Vec<StoredImage>> + Send;
+
+    /// Removes the image content with `handle` (every reference to it); returns the
+    /// bytes freed.
+    fn remove_image(&self, handle: &str) -> impl Future<Output = Result<u64, String>> + Send;
+
+    /// How full the image filesystem is.
+    fn image_fs_usage(&self) -> impl Future<Output = ImageFsUsage> + Send;
 }

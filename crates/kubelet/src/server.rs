@@ -1,5 +1,6 @@
-//! The kubelet HTTPS API: `/healthz` and `/containerLogs/{namespace}/{pod}/{container}`,
-//! which is what `kubectl logs` reaches through the API server.
+//! The kubelet HTTPS API: `/healthz`, `/containerLogs/{namespace}/{pod}/{container}`
+//! (what `kubectl logs` reaches through the API server) and `/metrics` (Prometheus text:
+//! the runtime's counters and the node's pods).
 
 use std::sync::Arc;
 
@@ -58,7 +59,10 @@ pub async fn bind(config: &Config) -> Result<Listener> {
 #[derive(Debug, Clone, Copy)]
 struct Authenticated(bool);
 
-fn router(registry: Registry) -> Router {
+/// Renders the metrics page.
+pub type Metrics = Arc<dyn Fn() -> String + Send + Sync>;
+
+fn router(registry: Registry, metrics: Metrics) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route(
@@ -66,11 +70,45 @@ fn router(registry: Registry) -> Router {
             get(container_logs),
         )
         .with_state(registry)
+        .route(
+            "/metrics",
+            get(move |Extension(auth): Extension<Authenticated>| {
+                let metrics = metrics.clone();
+                async move {
+                    if !auth.0 {
+                        return (StatusCode::UNAUTHORIZED, "Unauthorized").into_response();
+                    }
+                    ([("content-type", "text/plain; version=0.0.4")], metrics()).into_response()
+                }
+            }),
+        )
+}
+
+/// The Prometheus text page for `counters` and the pods of `registry`.
+#[must_use]
+pub fn render_metrics(counters: &[crate::runtime::Counter], registry: &Registry) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    for c in counters {
+        let _ = writeln!(out, "# HELP {} {}", c.name, c.help);
+        let _ = writeln!(out, "# TYPE {} counter", c.name);
+        let _ = writeln!(out, "{} {}", c.name, c.value);
+    }
+    let images = registry.image_entries().len();
+    let _ = writeln!(out, "# HELP krustlet_images Images the node holds.");
+    let _ = writeln!(out, "# TYPE krustlet_images gauge");
+    let _ = writeln!(out, "krustlet_images {images}");
+    out
 }
 
 /// Serves until `shutdown`.
-pub async fn serve(listener: Listener, registry: Registry, shutdown: CancellationToken) {
-    let app = router(registry);
+pub async fn serve(
+    listener: Listener,
+    registry: Registry,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+) {
+    let app = router(registry, metrics);
     let require = listener.require_client_cert;
     loop {
         let (stream, peer) = tokio::select! {

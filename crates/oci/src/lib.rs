@@ -7,7 +7,7 @@
 mod store;
 
 pub use oci_client::secrets::RegistryAuth;
-pub use store::{Image, PushFormat, Store, StoreStats, push, push_as};
+pub use store::{Image, PushFormat, Store, StoreStats, credential_id, push, push_as};
 
 /// Layer media types that hold a wasm module or component.
 pub const WASM_LAYER_TYPES: &[&str] = &[

@@ -26,6 +26,24 @@ pub struct Image {
     pub module_digest: String,
     /// Size of the wasm layer in bytes.
     pub size: u64,
+    /// [`credential_id`]s of the credentials the registry accepted for it; empty when it
+    /// was pulled anonymously (a public image). The node agent lets a pod use a private
+    /// image already on the node only with one of these, as the kubelet's
+    /// `KubeletEnsureSecretPulledImages` does.
+    #[serde(default)]
+    pub credentials: Vec<String>,
+}
+
+/// A stable, non-reversible identity of a credential (a SHA-256 of it).
+#[must_use]
+pub fn credential_id(auth: &RegistryAuth) -> String {
+    match auth {
+        RegistryAuth::Anonymous => "anonymous".to_owned(),
+        RegistryAuth::Basic(user, password) => {
+            sha256(format!("basic\0{user}\0{password}").as_bytes())
+        }
+        RegistryAuth::Bearer(token) => sha256(format!("bearer\0{token}").as_bytes()),
+    }
 }
 
 /// What the store has done since it was opened.
@@ -42,7 +60,11 @@ pub struct StoreStats {
 /// reference resolved to last.
 pub struct Store {
     root: PathBuf,
-    client: Client,
+    insecure_registries: Vec<String>,
+    /// One registry client per credential: a client remembers the first credential it
+    /// was given for a registry, so sharing one across pods would let one pod's secret
+    /// (or a wrong one) serve another's pull.
+    clients: std::sync::Mutex<HashMap<String, Client>>,
     /// One lock per reference, so concurrent pulls of one image download it once.
     pulls: Mutex<HashMap<String, Arc<Mutex<()>>>>,
     manifest_requests: AtomicU64,
@@ -160,7 +182,8 @@ impl Store {
             .map_err(io(format!("creating {}", root.display())))?;
         Ok(Self {
             root: root.to_owned(),
-            client: client(insecure_registries),
+            insecure_registries: insecure_registries.to_vec(),
+            clients: std::sync::Mutex::default(),
             pulls: Mutex::default(),
             manifest_requests: AtomicU64::new(0),
             downloads: AtomicU64::new(0),
@@ -174,6 +197,16 @@ impl Store {
             manifest_requests: self.manifest_requests.load(Ordering::Relaxed),
             downloads: self.downloads.load(Ordering::Relaxed),
         }
+    }
+
+    fn client(&self, auth: &RegistryAuth) -> Client {
+        let key = credential_id(auth);
+        self.clients
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(key)
+            .or_insert_with(|| client(&self.insecure_registries))
+            .clone()
     }
 
     fn blob_path(&self, digest: &str) -> PathBuf {
@@ -231,8 +264,8 @@ impl Store {
             .clone();
         let _guard = lock.lock().await;
         self.manifest_requests.fetch_add(1, Ordering::Relaxed);
-        let (manifest, manifest_digest) = self
-            .client
+        let client = self.client(auth);
+        let (manifest, manifest_digest) = client
             .pull_manifest(&parsed, auth)
             .await
             .map_err(registry_error)?;
@@ -254,8 +287,7 @@ impl Store {
                     })?;
                 let by_digest = parsed.clone_with_digest(entry.digest.clone());
                 self.manifest_requests.fetch_add(1, Ordering::Relaxed);
-                match self
-                    .client
+                match client
                     .pull_manifest(&by_digest, auth)
                     .await
                     .map_err(registry_error)?
@@ -275,7 +307,7 @@ impl Store {
         if downloaded {
             self.downloads.fetch_add(1, Ordering::Relaxed);
             let mut data = Vec::with_capacity(usize::try_from(layer.size).unwrap_or(0));
-            self.client
+            client
                 .pull_blob(&parsed, layer, &mut data)
                 .await
                 .map_err(registry_error)?;
@@ -286,16 +318,36 @@ impl Store {
             }
             write_atomic(&path, &data).await?;
         }
+        let image_id = format!(
+            "{}/{}@{}",
+            parsed.resolve_registry(),
+            parsed.repository(),
+            manifest_digest
+        );
+        // Who may use it: anyone after an anonymous pull; else every credential that
+        // pulled this very image.
+        let credentials = match auth {
+            RegistryAuth::Anonymous => Vec::new(),
+            auth => {
+                let mut known = self
+                    .cached(reference)
+                    .await?
+                    .filter(|i| i.image_id == image_id && !i.credentials.is_empty())
+                    .map(|i| i.credentials)
+                    .unwrap_or_default();
+                let id = credential_id(auth);
+                if !known.contains(&id) {
+                    known.push(id);
+                }
+                known
+            }
+        };
         let image = Image {
             reference: parsed.whole(),
-            image_id: format!(
-                "{}/{}@{}",
-                parsed.resolve_registry(),
-                parsed.repository(),
-                manifest_digest
-            ),
+            image_id,
             module_digest: layer.digest.clone(),
             size: u64::try_from(layer.size).unwrap_or(0),
+            credentials,
         };
         self.record(&parsed, &image).await?;
         Ok((image, downloaded))
@@ -425,6 +477,7 @@ impl Store {
                 ),
                 module_digest: layer.digest.clone(),
                 size: data.len() as u64,
+                credentials: Vec::new(),
             };
             self.record(&parsed, &image).await?;
             imported.push(image);

@@ -3,8 +3,10 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Container, ContainerStateTerminated, ObjectReference, Pod};
-use kube::ResourceExt;
+use k8s_openapi::api::core::v1::{
+    Container, ContainerStateTerminated, ObjectReference, Pod, Secret,
+};
+use kube::{Api, ResourceExt};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -13,6 +15,7 @@ use super::spec::{expand, parse_bytes, pull_policy};
 use super::status::{self, ContainerRecord, Records};
 use super::termination;
 use crate::events::EventType;
+use crate::keyring::{Credential, Keyring};
 use crate::now;
 use crate::runtime::{ContainerExit, ContainerRun, Image, ImageError, PullPolicy, Runtime};
 
@@ -86,6 +89,26 @@ fn reference(pod: &Pod, field_path: String) -> ObjectReference {
         uid: pod.metadata.uid.clone(),
         resource_version: pod.metadata.resource_version.clone(),
         field_path: Some(field_path),
+    }
+}
+
+/// A duration as Go prints it, truncated to milliseconds: `523ms`, `1.5s`, `1m2.25s`.
+#[must_use]
+pub fn go_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms == 0 {
+        return "0s".to_owned();
+    }
+    if ms < 1000 {
+        return format!("{ms}ms");
+    }
+    let (minutes, rest) = (ms / 60_000, ms % 60_000);
+    let secs = format!("{}.{:03}", rest / 1000, rest % 1000);
+    let secs = secs.trim_end_matches('0').trim_end_matches('.');
+    if minutes > 0 {
+        format!("{minutes}m{secs}s")
+    } else {
+        format!("{secs}s")
     }
 }
 
@@ -163,6 +186,16 @@ struct Supervisor<R> {
 }
 
 impl<R: Runtime> Supervisor<R> {
+    /// An event about the pod itself (no container field path).
+    async fn pod_event(&self, type_: EventType, reason: &str, note: String) {
+        let mut object = reference(&self.pod, String::new());
+        object.field_path = None;
+        self.ctx
+            .recorder
+            .record(&object, type_, reason, &note)
+            .await;
+    }
+
     async fn event(&self, type_: EventType, reason: &str, note: String) {
         let object = reference(&self.pod, field_path(self.slot.init, &self.spec.name));
         self.ctx
@@ -189,71 +222,179 @@ impl<R: Runtime> Supervisor<R> {
         }
     }
 
-    /// Pulls the image, retrying with back-off; `None` when killed.
+    /// The pod's pull credentials that match the image, from its `imagePullSecrets`
+    /// (which the API server's ServiceAccount admission fills from the service account).
+    async fn credentials(&self, reference: &str) -> Vec<Credential> {
+        let names: Vec<String> = self
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.image_pull_secrets.as_ref())
+            .into_iter()
+            .flatten()
+            .map(|r| r.name.clone())
+            .filter(|n| !n.is_empty())
+            .collect();
+        if names.is_empty() {
+            return Vec::new();
+        }
+        let api: Api<Secret> = Api::namespaced(
+            self.ctx.client.clone(),
+            &self.pod.namespace().unwrap_or_default(),
+        );
+        let mut ring = Keyring::default();
+        let mut missing = Vec::new();
+        for name in names {
+            match api.get(&name).await {
+                Ok(secret) => {
+                    if let Err(e) = ring.add_secret(&secret) {
+                        tracing::warn!(error = %e, "unusable pull secret");
+                        missing.push(name);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(secret = %name, error = %e, "cannot read pull secret");
+                    missing.push(name);
+                }
+            }
+        }
+        if !missing.is_empty() {
+            let note = format!(
+                "Unable to retrieve some image pull secrets ({}); attempting to pull the image may not succeed.",
+                missing.join(", ")
+            );
+            self.pod_event(EventType::Warning, "FailedToRetrieveImagePullSecret", note)
+                .await;
+        }
+        ring.lookup(reference)
+    }
+
+    /// Records a pulled or present image and returns it.
+    fn took(&self, reference: &str, image: Image) -> Image {
+        self.ctx
+            .registry
+            .add_image(reference, &image.image_id, image.size, &image.handle);
+        self.ctx
+            .registry
+            .use_image(&self.pod.uid().unwrap_or_default(), &image.handle);
+        let id = image.image_id.clone();
+        self.shared.update(self.slot, |r| r.image_id = id);
+        image
+    }
+
+    /// Makes the image available as the kubelet's image manager does, retrying with
+    /// back-off; `None` when killed. A present image is used unless the policy is
+    /// `Always`; `Never` waits (as `ErrImageNeverPull`) until the image appears.
     async fn pull(&self) -> Option<Image> {
         let reference = self.spec.image.clone().unwrap_or_default();
         let policy = pull_policy(&self.spec);
         let mut backoff = INITIAL_BACKOFF;
         loop {
-            if policy != PullPolicy::Never {
-                self.event(
-                    EventType::Normal,
-                    "Pulling",
-                    format!("Pulling image \"{reference}\""),
-                )
-                .await;
+            let credentials = self.credentials(&reference).await;
+            if policy != PullPolicy::Always {
+                let present = tokio::select! {
+                    () = self.kill.cancelled() => return None,
+                    r = self.ctx.runtime.pull_image(&reference, PullPolicy::Never, &credentials) => r,
+                };
+                match present {
+                    Ok(image) => {
+                        let note =
+                            format!("Container image \"{reference}\" already present on machine");
+                        self.event(EventType::Normal, "Pulled", note).await;
+                        return Some(self.took(&reference, image));
+                    }
+                    Err(ImageError::InvalidName(m)) => {
+                        self.event(EventType::Warning, "InspectFailed", m.clone())
+                            .await;
+                        if !self
+                            .fail_and_wait("InvalidImageName", m, &mut backoff)
+                            .await
+                        {
+                            return None;
+                        }
+                        continue;
+                    }
+                    Err(_) if policy == PullPolicy::Never => {
+                        let m = format!(
+                            "Container image \"{reference}\" is not present with pull policy of Never"
+                        );
+                        self.event(EventType::Warning, "ErrImageNeverPull", m.clone())
+                            .await;
+                        if !self
+                            .fail_and_wait("ErrImageNeverPull", m, &mut backoff)
+                            .await
+                        {
+                            return None;
+                        }
+                        continue;
+                    }
+                    Err(_) => {}
+                }
             }
+            self.event(
+                EventType::Normal,
+                "Pulling",
+                format!("Pulling image \"{reference}\""),
+            )
+            .await;
             let began = Instant::now();
             let result = tokio::select! {
                 () = self.kill.cancelled() => return None,
-                r = self.ctx.runtime.pull_image(&reference, policy) => r,
+                r = self.ctx.runtime.pull_image(&reference, PullPolicy::Always, &credentials) => r,
             };
-            let (reason, message) = match result {
+            let message = match result {
                 Ok(image) => {
-                    let note = if image.downloaded {
-                        format!(
-                            "Successfully pulled image \"{reference}\" in {:.3}s. Image size: {} bytes.",
-                            began.elapsed().as_secs_f64(),
-                            image.size
-                        )
-                    } else {
-                        format!("Container image \"{reference}\" already present on machine")
-                    };
+                    let took = go_duration(began.elapsed());
+                    let note = format!(
+                        "Successfully pulled image \"{reference}\" in {took} ({took} including waiting). Image size: {} bytes.",
+                        image.size
+                    );
                     self.event(EventType::Normal, "Pulled", note).await;
-                    self.ctx
-                        .registry
-                        .add_image(&reference, &image.image_id, image.size);
-                    let id = image.image_id.clone();
-                    self.shared.update(self.slot, |r| r.image_id = id);
-                    return Some(image);
+                    return Some(self.took(&reference, image));
                 }
-                Err(ImageError::InvalidName(m)) => ("InvalidImageName", m),
-                Err(ImageError::NeverPull(m)) => ("ErrImageNeverPull", m),
-                Err(ImageError::Pull(m)) => ("ErrImagePull", m),
+                Err(
+                    ImageError::InvalidName(m) | ImageError::NeverPull(m) | ImageError::Pull(m),
+                ) => m,
             };
-            let note = if reason == "ErrImagePull" {
-                format!("Failed to pull image \"{reference}\": {message}")
-            } else {
-                message.clone()
-            };
-            self.event(EventType::Warning, "Failed", note).await;
-            self.event(EventType::Warning, "Failed", format!("Error: {reason}"))
-                .await;
-            self.set_waiting(reason, Some(message));
-            // The kubelet shows the first failure, then ImagePullBackOff while it waits.
+            self.event(
+                EventType::Warning,
+                "Failed",
+                format!("Failed to pull image \"{reference}\": {message}"),
+            )
+            .await;
+            self.event(
+                EventType::Warning,
+                "Failed",
+                "Error: ErrImagePull".to_owned(),
+            )
+            .await;
+            self.set_waiting("ErrImagePull", Some(message.clone()));
+            // The kubelet shows the failure, then ImagePullBackOff while it waits.
             if !self.sleep(Duration::from_secs(1)).await {
                 return None;
             }
-            if reason == "ErrImagePull" {
-                let msg = format!("Back-off pulling image \"{reference}\"");
-                self.event(EventType::Normal, "BackOff", msg.clone()).await;
-                self.set_waiting("ImagePullBackOff", Some(msg));
-            }
+            let msg = format!("Back-off pulling image \"{reference}\"");
+            self.event(EventType::Normal, "BackOff", msg.clone()).await;
+            self.set_waiting(
+                "ImagePullBackOff",
+                Some(format!("{msg}: ErrImagePull: {message}")),
+            );
             if !self.sleep(backoff).await {
                 return None;
             }
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
+    }
+
+    /// Shows `reason` with the kubelet's `Error: <reason>` event and waits out the
+    /// back-off (doubling it); false when killed.
+    async fn fail_and_wait(&self, reason: &str, message: String, backoff: &mut Duration) -> bool {
+        self.event(EventType::Warning, "Failed", format!("Error: {reason}"))
+            .await;
+        self.set_waiting(reason, Some(message));
+        let waited = self.sleep(*backoff).await;
+        *backoff = (*backoff * 2).min(MAX_BACKOFF);
+        waited
     }
 
     fn argv_env(&self) -> (Vec<String>, Vec<(String, String)>) {
@@ -448,5 +589,21 @@ impl<R: Runtime> Supervisor<R> {
         )
         .await;
         self.sleep(delay).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_print_as_go_prints_them() {
+        let ms = Duration::from_millis;
+        assert_eq!(go_duration(ms(0)), "0s");
+        assert_eq!(go_duration(ms(523)), "523ms");
+        assert_eq!(go_duration(Duration::from_micros(1_500_900)), "1.5s");
+        assert_eq!(go_duration(ms(2000)), "2s");
+        assert_eq!(go_duration(ms(62_250)), "1m2.25s");
+        assert_eq!(go_duration(ms(120_000)), "2m0s");
     }
 }

@@ -9,7 +9,7 @@ pub mod status;
 mod termination;
 mod worker;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -51,8 +51,23 @@ impl ContainerLogs {
 struct Inner {
     /// `(namespace, name)` → container name → logs.
     logs: HashMap<(String, String), HashMap<String, ContainerLogs>>,
-    /// Image ID → (names, size): what `node.status.images` lists.
-    images: BTreeMap<String, (Vec<String>, u64)>,
+    /// Image ID → what the node holds: `node.status.images` and the image GC's view.
+    images: BTreeMap<String, ImageEntry>,
+    /// Pod UID → handles of the images its containers use.
+    pod_images: HashMap<String, HashSet<String>>,
+}
+
+/// An image the node holds, as the node agent tracks it.
+#[derive(Debug, Clone)]
+pub struct ImageEntry {
+    /// References and the image ID.
+    pub names: Vec<String>,
+    /// Size in bytes.
+    pub size: u64,
+    /// The runtime's handle of its content.
+    pub handle: String,
+    /// When a container last used it (or when it was found).
+    pub last_used: std::time::Instant,
 }
 
 /// State shared between pod workers, the node heartbeat and the kubelet API.
@@ -105,32 +120,72 @@ impl Registry {
             .insert(container.to_owned(), logs);
     }
 
-    fn forget_pod(&self, namespace: &str, name: &str) {
-        self.lock()
-            .logs
-            .remove(&(namespace.to_owned(), name.to_owned()));
+    fn forget_pod(&self, namespace: &str, name: &str, uid: &str) {
+        let mut inner = self.lock();
+        inner.logs.remove(&(namespace.to_owned(), name.to_owned()));
+        inner.pod_images.remove(uid);
     }
 
-    pub(crate) fn add_image(&self, reference: &str, image_id: &str, size: u64) {
+    /// Records that the node holds an image (pulled, or found on disk at start) and that
+    /// it was used now.
+    pub fn add_image(&self, reference: &str, image_id: &str, size: u64, handle: &str) {
         let mut inner = self.lock();
-        let entry = inner.images.entry(image_id.to_owned()).or_default();
-        entry.1 = size;
+        let entry = inner
+            .images
+            .entry(image_id.to_owned())
+            .or_insert_with(|| ImageEntry {
+                names: Vec::new(),
+                size,
+                handle: handle.to_owned(),
+                last_used: std::time::Instant::now(),
+            });
+        entry.size = size;
+        entry.handle = handle.to_owned();
+        entry.last_used = std::time::Instant::now();
         for name in [image_id, reference] {
-            if !entry.0.iter().any(|n| n == name) {
-                entry.0.push(name.to_owned());
+            if !entry.names.iter().any(|n| n == name) {
+                entry.names.push(name.to_owned());
             }
         }
     }
 
-    /// Images this node holds, for `node.status.images`.
+    /// Records that pod `uid` uses the image content `handle`, so the image GC keeps it.
+    pub(crate) fn use_image(&self, uid: &str, handle: &str) {
+        self.lock()
+            .pod_images
+            .entry(uid.to_owned())
+            .or_default()
+            .insert(handle.to_owned());
+    }
+
+    /// Handles of the images some pod of this node uses.
+    #[must_use]
+    pub fn images_in_use(&self) -> HashSet<String> {
+        self.lock().pod_images.values().flatten().cloned().collect()
+    }
+
+    /// The images the node holds, with their use times.
+    #[must_use]
+    pub fn image_entries(&self) -> Vec<ImageEntry> {
+        self.lock().images.values().cloned().collect()
+    }
+
+    /// Forgets every image with content `handle` (removed by the image GC).
+    pub fn remove_images(&self, handle: &str) {
+        self.lock().images.retain(|_, e| e.handle != handle);
+    }
+
+    /// Images this node holds, for `node.status.images`, largest first as the kubelet
+    /// lists them.
     #[must_use]
     pub fn images(&self) -> Vec<ContainerImage> {
-        self.lock()
-            .images
-            .values()
-            .map(|(names, size)| ContainerImage {
-                names: Some(names.clone()),
-                size_bytes: i64::try_from(*size).ok(),
+        let mut entries = self.image_entries();
+        entries.sort_by_key(|e| std::cmp::Reverse(e.size));
+        entries
+            .into_iter()
+            .map(|e| ContainerImage {
+                names: Some(e.names),
+                size_bytes: i64::try_from(e.size).ok(),
             })
             .collect()
     }
@@ -164,7 +219,7 @@ pub(crate) struct Ctx<R> {
     pub config: Arc<Config>,
     pub runtime: Arc<R>,
     pub registry: Registry,
-    pub recorder: crate::events::Recorder,
+    pub recorder: Arc<crate::events::Recorder>,
 }
 
 /// Watches the pods bound to this node and keeps one worker per pod, until `shutdown`.
@@ -173,10 +228,11 @@ pub async fn run<R: Runtime>(
     config: Arc<Config>,
     runtime: Arc<R>,
     registry: Registry,
+    recorder: Arc<crate::events::Recorder>,
     shutdown: CancellationToken,
 ) {
     let ctx = Arc::new(Ctx {
-        recorder: crate::events::Recorder::new(client.clone(), &config.node_name),
+        recorder,
         client: client.clone(),
         config: config.clone(),
         runtime,
@@ -201,7 +257,7 @@ pub async fn run<R: Runtime>(
                 if let Some(w) = registry.workers.lock().await.remove(&uid) {
                     w.stop.cancel();
                 }
-                registry.forget_pod(&pod.namespace().unwrap_or_default(), &pod.name_any());
+                registry.forget_pod(&pod.namespace().unwrap_or_default(), &pod.name_any(), &uid);
             }
             Some(Ok(watcher::Event::Init | watcher::Event::InitDone)) => {}
             Some(Err(e)) => tracing::warn!(error = %e, "pod watch failed; retrying"),

@@ -184,6 +184,43 @@ pub fn terminated(t: ContainerStateTerminated) -> ContainerState {
     }
 }
 
+impl Records {
+    /// The container states of a pod that has ended, as the kubelet's status manager
+    /// reports them: once the pod had initialized, an app container that never finished
+    /// is `terminated` with exit code 137 and reason `ContainerStatusUnknown`; so is an
+    /// init container before the last one that started.
+    #[must_use]
+    pub fn finalized(mut self) -> Self {
+        let unknown = || {
+            terminated(ContainerStateTerminated {
+                exit_code: 137,
+                reason: Some("ContainerStatusUnknown".to_owned()),
+                message: Some(
+                    "The container could not be located when the pod was terminated".to_owned(),
+                ),
+                ..ContainerStateTerminated::default()
+            })
+        };
+        let started = |c: &ContainerRecord| c.state.waiting.is_none() || c.last_state.is_some();
+        let initialized = self.uninitialized().is_empty() || self.app.iter().any(started);
+        if initialized {
+            for c in &mut self.app {
+                if c.state.terminated.is_none() {
+                    c.state = unknown();
+                }
+            }
+        }
+        if let Some(last) = self.init.iter().rposition(started) {
+            for c in &mut self.init[..last] {
+                if c.state.terminated.is_none() {
+                    c.state = unknown();
+                }
+            }
+        }
+        self
+    }
+}
+
 /// Whether a pod has reached `Succeeded` or `Failed`.
 #[must_use]
 pub fn is_terminal(pod: &Pod) -> bool {
@@ -333,6 +370,36 @@ pub fn conditions(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_ended_pod_reports_unfinished_containers_as_status_unknown() {
+        let mut records = Records {
+            init: vec![ContainerRecord::new_init("i", "img", false)],
+            app: vec![
+                ContainerRecord::new("a", "img"),
+                ContainerRecord::new("b", "img"),
+            ],
+        };
+        // Not initialized: nothing changes.
+        assert_eq!(records.clone().finalized(), records);
+        records.init[0].state = terminated(ContainerStateTerminated {
+            exit_code: 0,
+            ..ContainerStateTerminated::default()
+        });
+        records.app[0].state = running(Time(jiff::Timestamp::now()));
+        let done = records.finalized();
+        for c in &done.app {
+            let t = c.state.terminated.as_ref().expect("terminated");
+            assert_eq!(
+                (t.exit_code, t.reason.as_deref()),
+                (137, Some("ContainerStatusUnknown"))
+            );
+        }
+        assert_eq!(
+            done.init[0].state.terminated.as_ref().map(|t| t.exit_code),
+            Some(0)
+        );
+    }
 
     fn exited(name: &str, code: i32, done: bool) -> ContainerRecord {
         let mut c = ContainerRecord::new(name, "img");

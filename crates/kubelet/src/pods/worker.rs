@@ -94,6 +94,13 @@ impl<R: Runtime> PodWorker<R> {
             phase,
             &now(),
         );
+        let finalized;
+        let records = if matches!(phase, "Succeeded" | "Failed") {
+            finalized = records.clone().finalized();
+            &finalized
+        } else {
+            records
+        };
         let statuses =
             |list: &[ContainerRecord]| list.iter().map(ContainerRecord::status).collect();
         PodStatus {
