@@ -106,6 +106,23 @@ async fn every_wasm_format_runs_and_a_container_image_is_refused() -> anyhow::Re
     .await?;
     let (index, index_digest) = push_index(&registry, "hello", "e2e/formats-multi:v1").await?;
     let container = push_container_image(&registry, "e2e/formats:container", b"tar bytes").await?;
+    // WASI preview 2 command components, in the same artifact layout.
+    let component = push_as(
+        &registry,
+        "hello.component",
+        "e2e/formats:component",
+        &oci::PushFormat::cncf(),
+        &anonymous,
+    )
+    .await?;
+    let failing = push_as(
+        &registry,
+        "exit.component",
+        "e2e/formats:component-exit",
+        &oci::PushFormat::cncf(),
+        &anonymous,
+    )
+    .await?;
 
     for (name, image) in [
         ("e2e-fmt-cncf", &cncf),
@@ -119,6 +136,47 @@ async fn every_wasm_format_runs_and_a_container_image_is_refused() -> anyhow::Re
         let logs = pods.logs(name, &LogParams::default()).await?;
         assert!(logs.starts_with(HELLO), "{name}: {logs}");
     }
+    run(
+        &pods,
+        "e2e-fmt-component",
+        &node,
+        &component,
+        serde_json::json!({ "args": ["from-p2"] }),
+        none(),
+    )
+    .await?;
+    run(
+        &pods,
+        "e2e-fmt-component-exit",
+        &node,
+        &failing,
+        serde_json::json!({ "args": ["7"] }),
+        none(),
+    )
+    .await?;
+    succeeded(&pods, "e2e-fmt-component").await?;
+    let logs = pods
+        .logs("e2e-fmt-component", &LogParams::default())
+        .await?;
+    assert!(
+        logs.starts_with(&format!("{HELLO}\narg[0]=main\narg[1]=from-p2\n")),
+        "{logs}"
+    );
+    let p = wait_pod(&pods, "e2e-fmt-component-exit", 60, "Failed", |p| {
+        phase(p) == "Failed"
+    })
+    .await?;
+    let code = container_status(&p, "main")
+        .and_then(|c| c.state?.terminated)
+        .map(|t| t.exit_code);
+    // WASI 0.2's `exit` (which the preview 1 adapter calls) carries success or failure
+    // only: a failure is exit code 1.
+    assert_eq!(code, Some(1));
+    assert_eq!(
+        pods.logs("e2e-fmt-component-exit", &LogParams::default())
+            .await?,
+        "exiting with code 7\n"
+    );
     // A multi-platform image reports the digest its tag points at: the index's.
     let p = pods.get("e2e-fmt-index").await?;
     assert_eq!(
@@ -164,6 +222,8 @@ async fn every_wasm_format_runs_and_a_container_image_is_refused() -> anyhow::Re
             "e2e-fmt-legacy",
             "e2e-fmt-index",
             "e2e-fmt-container",
+            "e2e-fmt-component",
+            "e2e-fmt-component-exit",
         ],
     )
     .await

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::OnceCell;
+use wasmtime::component::Component;
 use wasmtime::{Cache, CacheConfig, Config, Module};
 
 use crate::{Error, Result};
@@ -38,7 +39,33 @@ pub struct EngineStats {
     pub cache_loads: u64,
 }
 
-type Slot = Arc<OnceCell<Module>>;
+/// The compiled form of one wasm binary: a core module (WASI preview 1) or a component
+/// (WASI preview 2, `wasi:cli/command`).
+#[derive(Clone)]
+pub enum Compiled {
+    /// A core module.
+    Module(Module),
+    /// A component.
+    Component(Component),
+}
+
+impl std::fmt::Debug for Compiled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Module(_) => "Compiled::Module",
+            Self::Component(_) => "Compiled::Component",
+        })
+    }
+}
+
+/// Whether `wasm` is a component rather than a core module: its header's version field
+/// is `0x0d` with layer `1` (a core module has version `1`, layer `0`).
+#[must_use]
+pub fn is_component(wasm: &[u8]) -> bool {
+    wasm.len() >= 8 && wasm[..4] == *b"\0asm" && wasm[4..8] == [0x0d, 0x00, 0x01, 0x00]
+}
+
+type Slot = Arc<OnceCell<Compiled>>;
 
 /// A wasmtime engine shared by every container of the node.
 ///
@@ -47,6 +74,7 @@ type Slot = Arc<OnceCell<Module>>;
 pub struct Engine {
     pub(crate) inner: wasmtime::Engine,
     pub(crate) linker: Arc<wasmtime::Linker<crate::run::State>>,
+    pub(crate) component_linker: Arc<wasmtime::component::Linker<crate::run::ComponentState>>,
     modules: Arc<Mutex<HashMap<String, Slot>>>,
     /// wasmtime's on-disk cache, whose hits and misses are counted.
     disk_cache: Option<Cache>,
@@ -92,9 +120,11 @@ impl Engine {
             })
             .map_err(|e| Error::Config(format!("cannot start epoch thread: {e}")))?;
         let linker = Arc::new(crate::run::linker(&inner)?);
+        let component_linker = Arc::new(crate::run::component_linker(&inner)?);
         Ok(Self {
             inner,
             linker,
+            component_linker,
             modules: Arc::default(),
             disk_cache,
             builds: Arc::default(),
@@ -129,7 +159,7 @@ impl Engine {
     ///
     /// # Errors
     /// [`Error::Compile`] when the bytes are not a valid module.
-    pub async fn module(&self, key: &str, wasm: Arc<[u8]>) -> Result<Module> {
+    pub async fn module(&self, key: &str, wasm: Arc<[u8]>) -> Result<Compiled> {
         let slot = self.lock().entry(key.to_owned()).or_default().clone();
         let result = slot
             .get_or_try_init(|| self.load_or_compile(wasm))
@@ -148,13 +178,19 @@ impl Engine {
         self.lock().remove(key);
     }
 
-    async fn load_or_compile(&self, wasm: Arc<[u8]>) -> Result<Module> {
+    async fn load_or_compile(&self, wasm: Arc<[u8]>) -> Result<Compiled> {
         let engine = self.inner.clone();
         self.builds.fetch_add(1, Ordering::Relaxed);
-        tokio::task::spawn_blocking(move || Module::new(&engine, &wasm))
-            .await
-            .map_err(|e| Error::Compile(format!("compiler task failed: {e}")))?
-            .map_err(|e| Error::Compile(format!("{e:#}")))
+        tokio::task::spawn_blocking(move || {
+            if is_component(&wasm) {
+                Component::new(&engine, &wasm[..]).map(Compiled::Component)
+            } else {
+                Module::new(&engine, &wasm[..]).map(Compiled::Module)
+            }
+        })
+        .await
+        .map_err(|e| Error::Compile(format!("compiler task failed: {e}")))?
+        .map_err(|e| Error::Compile(format!("{e:#}")))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Slot>> {

@@ -1,4 +1,5 @@
-//! Runs WASI preview 1 modules in wasmtime, one sandbox per container.
+//! Runs WASI preview 1 modules and WASI preview 2 command components in wasmtime, one
+//! sandbox per container.
 //!
 //! The crate knows nothing of Kubernetes. A caller hands [`Engine::start`] a
 //! [`ContainerSpec`] (module bytes, argv, environment, log file, memory limit) and gets
@@ -12,7 +13,7 @@ mod engine;
 pub mod logs;
 mod run;
 
-pub use engine::{Engine, EngineConfig, EngineStats};
+pub use engine::{Compiled, Engine, EngineConfig, EngineStats, is_component};
 pub use run::{ContainerSpec, Exit, Killer, Preopen, Running};
 
 /// Errors of this crate.

@@ -5,9 +5,13 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use wasmtime::component::ResourceTable;
 use wasmtime::{Linker, ResourceLimiter, Store, UpdateDeadline};
 use wasmtime_wasi::p1::{self, WasiP1Ctx};
-use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
+use wasmtime_wasi::p2::bindings::Command;
+use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use crate::engine::Compiled;
 
 use crate::logs::{LogFile, Stream};
 use crate::{Engine, Error, Result};
@@ -113,14 +117,35 @@ impl Running {
     }
 }
 
-/// Per-store state: the WASI context and the memory limiter.
-pub(crate) struct State {
-    wasi: WasiP1Ctx,
+/// The memory limiter of one store: refuses growth beyond the limit and remembers it did.
+pub(crate) struct Limits {
     memory_limit: Option<usize>,
     memory_refused: bool,
 }
 
-impl ResourceLimiter for State {
+/// Per-store state of a core module: the WASI preview 1 context and the limiter.
+pub(crate) struct State {
+    wasi: WasiP1Ctx,
+    limits: Limits,
+}
+
+/// Per-store state of a component: the WASI context, its resources and the limiter.
+pub(crate) struct ComponentState {
+    ctx: WasiCtx,
+    table: ResourceTable,
+    limits: Limits,
+}
+
+impl WasiView for ComponentState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.ctx,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl ResourceLimiter for Limits {
     fn memory_growing(
         &mut self,
         _current: usize,
@@ -149,16 +174,57 @@ pub(crate) fn linker(engine: &wasmtime::Engine) -> Result<Linker<State>> {
     Ok(linker)
 }
 
+pub(crate) fn component_linker(
+    engine: &wasmtime::Engine,
+) -> Result<wasmtime::component::Linker<ComponentState>> {
+    let mut linker = wasmtime::component::Linker::new(engine);
+    // `wasi:cli/exit.exit` says only success or failure (exit code 1); a component that
+    // calls `exit-with-code` (WASI 0.2.12) reports its own code.
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+        .map_err(|e| Error::Config(format!("{e:#}")))?;
+    Ok(linker)
+}
+
+/// Every store interrupts its module at each epoch tick and yields to the scheduler.
+fn preempt<T>(store: &mut Store<T>) {
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Yield(1)));
+}
+
+/// How a run ended, from what the entry point returned (`None`: killed first).
+fn outcome(result: Option<wasmtime::Result<i32>>, memory_refused: bool) -> Exit {
+    match result {
+        None => Exit::Killed,
+        Some(Ok(0)) => Exit::Code(0),
+        Some(Ok(_)) if memory_refused => Exit::OutOfMemory,
+        Some(Ok(code)) => Exit::Code(code),
+        Some(Err(e)) => {
+            if let Some(exit) = e.downcast_ref::<I32Exit>() {
+                if exit.0 != 0 && memory_refused {
+                    Exit::OutOfMemory
+                } else {
+                    Exit::Code(exit.0)
+                }
+            } else if memory_refused {
+                Exit::OutOfMemory
+            } else {
+                trap(&e)
+            }
+        }
+    }
+}
+
 impl Engine {
-    /// Compiles (or reuses) the module, instantiates it in a fresh sandbox and starts its
-    /// `_start` export on the tokio runtime.
+    /// Compiles (or reuses) the binary, instantiates it in a fresh sandbox and starts it on
+    /// the tokio runtime: a core module's `_start` export, or a component's
+    /// `wasi:cli/run` (a WASI preview 2 command).
     ///
     /// # Errors
     /// [`Error::Compile`] for invalid wasm, [`Error::Io`] when the log file cannot be
-    /// opened, [`Error::Instantiate`] when the module needs imports WASI preview 1 does
-    /// not provide, has no `_start`, or exceeds its memory limit at start.
+    /// opened, [`Error::Instantiate`] when the binary needs imports WASI does not
+    /// provide, has no entry point, or exceeds its memory limit at start.
     pub async fn start(&self, spec: ContainerSpec) -> Result<Running> {
-        let module = self.module(&spec.module_key, spec.wasm.clone()).await?;
+        let compiled = self.module(&spec.module_key, spec.wasm.clone()).await?;
         let log = LogFile::open(&spec.log_path)?;
         let mut builder = WasiCtxBuilder::new();
         builder
@@ -182,50 +248,67 @@ impl Engine {
                     ))
                 })?;
         }
-        let wasi = builder.build_p1();
-        let state = State {
-            wasi,
+        let limits = Limits {
             memory_limit: spec
                 .memory_limit
                 .map(|m| usize::try_from(m).unwrap_or(usize::MAX)),
             memory_refused: false,
         };
-        let mut store = Store::new(&self.inner, state);
-        store.limiter(|s| s);
         let (tx, mut killed) = watch::channel(false);
-        store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Yield(1)));
-        let instance = self
-            .linker
-            .instantiate_async(&mut store, &module)
-            .await
-            .map_err(|e| Error::Instantiate(format!("{e:#}")))?;
-        let start = instance
-            .get_typed_func::<(), ()>(&mut store, "_start")
-            .map_err(|e| Error::Instantiate(format!("{e:#}")))?;
-        let task = tokio::spawn(async move {
-            let outcome = tokio::select! {
-                r = start.call_async(&mut store, ()) => Some(r),
-                _ = killed.wait_for(|k| *k) => None,
-            };
-            match outcome {
-                None => Exit::Killed,
-                Some(Ok(())) => Exit::Code(0),
-                Some(Err(e)) => {
-                    if let Some(exit) = e.downcast_ref::<I32Exit>() {
-                        if exit.0 != 0 && store.data().memory_refused {
-                            Exit::OutOfMemory
-                        } else {
-                            Exit::Code(exit.0)
-                        }
-                    } else if store.data().memory_refused {
-                        Exit::OutOfMemory
-                    } else {
-                        trap(&e)
-                    }
-                }
+        let task = match compiled {
+            Compiled::Module(module) => {
+                let mut store = Store::new(
+                    &self.inner,
+                    State {
+                        wasi: builder.build_p1(),
+                        limits,
+                    },
+                );
+                store.limiter(|s| &mut s.limits);
+                preempt(&mut store);
+                let instance = self
+                    .linker
+                    .instantiate_async(&mut store, &module)
+                    .await
+                    .map_err(|e| Error::Instantiate(format!("{e:#}")))?;
+                let start = instance
+                    .get_typed_func::<(), ()>(&mut store, "_start")
+                    .map_err(|e| Error::Instantiate(format!("{e:#}")))?;
+                tokio::spawn(async move {
+                    let result = tokio::select! {
+                        r = start.call_async(&mut store, ()) => Some(r.map(|()| 0)),
+                        _ = killed.wait_for(|k| *k) => None,
+                    };
+                    outcome(result, store.data().limits.memory_refused)
+                })
             }
-        });
+            Compiled::Component(component) => {
+                let mut store = Store::new(
+                    &self.inner,
+                    ComponentState {
+                        ctx: builder.build(),
+                        table: ResourceTable::new(),
+                        limits,
+                    },
+                );
+                store.limiter(|s| &mut s.limits);
+                preempt(&mut store);
+                let command =
+                    Command::instantiate_async(&mut store, &component, &self.component_linker)
+                        .await
+                        .map_err(|e| Error::Instantiate(format!("{e:#}")))?;
+                tokio::spawn(async move {
+                    let result = tokio::select! {
+                        // `wasi:cli/run` returns `result`: an error is exit code 1.
+                        r = command.wasi_cli_run().call_run(&mut store) => {
+                            Some(r.map(|ok| i32::from(ok.is_err())))
+                        }
+                        _ = killed.wait_for(|k| *k) => None,
+                    };
+                    outcome(result, store.data().limits.memory_refused)
+                })
+            }
+        };
         Ok(Running {
             killer: Killer(Arc::new(tx)),
             task,

@@ -176,3 +176,54 @@ async fn one_module_is_compiled_once_and_loaded_from_disk_after_a_restart() {
         (0, 1)
     );
 }
+
+/// A component whose `wasi:cli/run` returns `ok` or `err`, with no imports.
+fn component(ok: bool) -> Vec<u8> {
+    let code = i32::from(!ok);
+    wat::parse_str(format!(
+        r#"(component
+            (core module $m (func (export "run") (result i32) i32.const {code}))
+            (core instance $i (instantiate $m))
+            (func $run (result (result)) (canon lift (core func $i "run")))
+            (instance $cli (export "run" (func $run)))
+            (export "wasi:cli/run@0.2.0" (instance $cli)))"#
+    ))
+    .expect("valid component")
+}
+
+#[tokio::test]
+async fn a_component_runs_as_a_wasi_command_and_its_result_is_the_exit_code() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let e = engine();
+    for (ok, code) in [(true, 0), (false, 1)] {
+        let wasm = component(ok);
+        assert!(wasi_runtime::is_component(&wasm));
+        let mut s = spec(&dir, "c", r#"(func (export "_start"))"#, None);
+        s.module_key = format!("component-{ok}");
+        s.wasm = Arc::from(wasm);
+        let run = e.start(s).await.expect("start");
+        assert_eq!(run.wait().await, Exit::Code(code));
+    }
+}
+
+#[tokio::test]
+async fn a_spinning_component_is_killed_without_cooperating() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wasm = wat::parse_str(
+        r#"(component
+            (core module $m (func (export "run") (result i32) (loop (br 0)) i32.const 0))
+            (core instance $i (instantiate $m))
+            (func $run (result (result)) (canon lift (core func $i "run")))
+            (instance $cli (export "run" (func $run)))
+            (export "wasi:cli/run@0.2.0" (instance $cli)))"#,
+    )
+    .expect("valid component");
+    let mut s = spec(&dir, "spin-c", r#"(func (export "_start"))"#, None);
+    s.wasm = Arc::from(wasm);
+    let run = engine().start(s).await.expect("start");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let began = Instant::now();
+    run.killer().kill();
+    assert_eq!(run.wait().await, Exit::Killed);
+    assert!(began.elapsed() < Duration::from_secs(1), "{:?}", began.elapsed());
+}
