@@ -180,6 +180,17 @@ impl Store {
             .map_err(io(format!("creating {}", root.display())))?;
         std::fs::create_dir_all(root.join("refs"))
             .map_err(io(format!("creating {}", root.display())))?;
+        // Temporary files of writes a crash interrupted never became entries: drop them.
+        for dir in ["blobs/sha256", "refs"] {
+            if let Ok(entries) = std::fs::read_dir(root.join(dir)) {
+                for entry in entries.flatten() {
+                    let name = entry.file_name();
+                    if name.to_string_lossy().contains(".tmp") {
+                        let _ = std::fs::remove_file(entry.path());
+                    }
+                }
+            }
+        }
         Ok(Self {
             root: root.to_owned(),
             insecure_registries: insecure_registries.to_vec(),
@@ -711,6 +722,20 @@ mod tests {
                 .expect("cached")
                 .is_none()
         );
+    }
+
+    #[test]
+    fn a_write_a_crash_interrupted_is_dropped_when_the_store_opens() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        drop(Store::open(root.path(), &[]).expect("store"));
+        let torn = root.path().join("blobs/sha256/abc.tmp42");
+        std::fs::write(&torn, b"half").expect("write");
+        let kept = root.path().join("blobs/sha256/def");
+        std::fs::write(&kept, b"whole").expect("write");
+        drop(Store::open(root.path(), &[]).expect("store"));
+        assert!(!torn.exists());
+        assert!(kept.exists());
     }
 
     #[tokio::test]

@@ -225,5 +225,9 @@ async fn a_spinning_component_is_killed_without_cooperating() {
     let began = Instant::now();
     run.killer().kill();
     assert_eq!(run.wait().await, Exit::Killed);
-    assert!(began.elapsed() < Duration::from_secs(1), "{:?}", began.elapsed());
+    assert!(
+        began.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        began.elapsed()
+    );
 }
