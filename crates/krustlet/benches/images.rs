@@ -23,13 +23,20 @@ const REGISTRY: &str = "127.0.0.1:15090";
 
 /// A WASI command module of about `target` bytes of code.
 fn module(target: usize) -> Vec<u8> {
+    // Measure what one function weighs, then write as many as fit.
+    let per_function = (module_of(11).len() - module_of(1).len()) / 10;
+    module_of(target.div_ceil(per_function))
+}
+
+/// A WASI command module of `functions` functions of arithmetic, all called by `_start`.
+fn module_of(functions: usize) -> Vec<u8> {
     use std::fmt::Write as _;
     let mut wat = String::from(
         "(module\n (import \"wasi_snapshot_preview1\" \"proc_exit\" (func $exit (param i32)))\n (memory (export \"memory\") 1)\n",
     );
-    let mut n = 0;
-    // Each function is ~1.2 KB of code: a chain of arithmetic on its argument.
-    while wat.len() / 4 < target {
+    let n = functions;
+    // Each function is a chain of arithmetic on its argument.
+    for n in 0..functions {
         let _ = writeln!(
             wat,
             " (func $f{n} (param i32) (result i32) (local i32) local.get 0 local.set 1"
@@ -42,7 +49,6 @@ fn module(target: usize) -> Vec<u8> {
             );
         }
         wat.push_str("  local.get 1)\n");
-        n += 1;
     }
     wat.push_str(" (func (export \"_start\") i32.const 0");
     for i in 0..n {
@@ -73,7 +79,7 @@ fn registry() -> Registry {
     std::fs::write(
         &config,
         format!(
-            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {REGISTRY}\n  secret: bench\n",
+            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {REGISTRY}\n  secret: bench\n",
             dir.path().join("data").display()
         ),
     )
