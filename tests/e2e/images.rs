@@ -6,18 +6,12 @@ use std::time::Duration;
 
 use e2e::{
     Cluster, KrustletNode, OwnRegistry, container_status, ensure_absent, manifest_digest, phase,
-    pod_with_spec, push_as, push_container_image, push_index, wait_gone, wait_pod, waiting_reason,
-    workload,
+    pod_with_spec, push_as, push_container_image, push_index, setup, wait_gone, wait_pod,
+    waiting_reason, workload,
 };
 use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
 use kube::Api;
 use kube::api::{DeleteParams, LogParams, PostParams};
-
-async fn setup(name: &str, port: u16, flags: &[&str]) -> anyhow::Result<(Cluster, KrustletNode)> {
-    let cluster = Cluster::connect().await?;
-    let node = cluster.ready_node(name, port, flags).await?;
-    Ok((cluster, node))
-}
 
 /// Runs pod `name` on `node` with one container of `image` and `extra` fields.
 async fn run(

@@ -6,18 +6,11 @@ use std::time::Duration;
 
 use e2e::{
     Cluster, KrustletNode, PodRow, container_status, ensure_absent, node_condition, phase,
-    pod_condition, pod_with_spec, terminated, wait_gone, wait_pod, wait_row, waiting_reason,
+    pod_condition, pod_with_spec, setup, terminated, wait_gone, wait_pod, wait_row, waiting_reason,
 };
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::{DeleteParams, LogParams, PostParams};
-
-/// The cluster and a ready node `name` of its own.
-async fn setup(name: &str, port: u16, flags: &[&str]) -> anyhow::Result<(Cluster, KrustletNode)> {
-    let cluster = Cluster::connect().await?;
-    let node = cluster.ready_node(name, port, flags).await?;
-    Ok((cluster, node))
-}
 
 /// Creates pod `name` with `spec` on `node`, after removing any pod of that name left by
 /// an earlier run.

@@ -136,18 +136,14 @@ impl Cluster {
     /// # Errors
     /// When the workload is not built or the push fails.
     pub async fn push(&self, workload: &str, tag: &str) -> Result<String> {
-        let path = root().join("target/wasm").join(format!("{workload}.wasm"));
-        let wasm = std::fs::read(&path)
-            .with_context(|| format!("{} (run hack/build-wasm)", path.display()))?;
-        let reference = format!("{}/e2e/{workload}:{tag}", self.registry);
-        oci::push(
-            wasm,
-            &reference,
+        push_as(
+            &self.registry,
+            workload,
+            &format!("e2e/{workload}:{tag}"),
+            &oci::PushFormat::cncf(),
             &oci::RegistryAuth::Anonymous,
-            std::slice::from_ref(&self.registry),
         )
-        .await?;
-        Ok(reference)
+        .await
     }
 
     /// Starts a krustlet node `name` after removing any `Node` object left by an earlier
@@ -600,6 +596,7 @@ pub async fn push_as(
     auth: &oci::RegistryAuth,
 ) -> Result<String> {
     let reference = format!("{registry}/{repo_tag}");
+    let _one_at_a_time = PUSHES.lock().await;
     oci::push_as(
         workload(workload_name)?,
         &reference,
@@ -610,6 +607,10 @@ pub async fn push_as(
     .await?;
     Ok(reference)
 }
+
+/// Pushes from the tests go one at a time: the registry's filesystem storage loses
+/// uploads when several clients push the same blob at once ("blob unknown to registry").
+static PUSHES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Pushes a container image (a config and one `tar+gzip` layer of `content`) to
 /// `registry/repo:tag`; returns the reference.
@@ -633,6 +634,7 @@ pub async fn push_container_image(
         "application/vnd.oci.image.config.v1+json".to_owned(),
         None,
     );
+    let _one_at_a_time = PUSHES.lock().await;
     registry_client(registry)
         .push(
             &reference.parse()?,
@@ -680,9 +682,11 @@ pub async fn push_index(
         ]
     }))?;
     let reference = format!("{registry}/{repo_tag}");
+    let one_at_a_time = PUSHES.lock().await;
     registry_client(registry)
         .push_manifest_list(&reference.parse()?, &anonymous, index)
         .await?;
+    drop(one_at_a_time);
     let (digest, _) = manifest_digest(registry, &reference, &anonymous).await?;
     Ok((reference, digest))
 }
@@ -801,4 +805,14 @@ impl KrustletNode {
             })
             .collect())
     }
+}
+
+/// The cluster and a ready krustlet node `name` of the test's own, started with `flags`.
+///
+/// # Errors
+/// When the cluster is not up or the node does not become ready.
+pub async fn setup(name: &str, port: u16, flags: &[&str]) -> Result<(Cluster, KrustletNode)> {
+    let cluster = Cluster::connect().await?;
+    let node = cluster.ready_node(name, port, flags).await?;
+    Ok((cluster, node))
 }
