@@ -234,7 +234,9 @@ impl KrustletNode {
     pub fn start(name: &str, port: u16, flags: &[&str]) -> Result<Self> {
         let creds = cluster_lines(&["node-credentials", name])?;
         let registry = value(&cluster_lines(&["env"])?, "REGISTRY")?;
-        let bin = root().join("target/debug/krustlet");
+        // The benchmarks run the release build.
+        let bin = std::env::var_os("KRUSTLET_BIN")
+            .map_or_else(|| root().join("target/debug/krustlet"), PathBuf::from);
         let data_dir = root().join("target/e2e").join(name);
         let _ = std::fs::remove_dir_all(&data_dir);
         std::fs::create_dir_all(&data_dir)?;
@@ -815,4 +817,12 @@ pub async fn setup(name: &str, port: u16, flags: &[&str]) -> Result<(Cluster, Kr
     let cluster = Cluster::connect().await?;
     let node = cluster.ready_node(name, port, flags).await?;
     Ok((cluster, node))
+}
+
+/// The `KEY=VALUE` lines of `hack/cluster env`.
+///
+/// # Errors
+/// When the cluster is not up.
+pub fn cluster_env() -> Result<std::collections::HashMap<String, String>> {
+    Ok(cluster_lines(&["env"])?.into_iter().collect())
 }

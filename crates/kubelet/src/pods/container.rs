@@ -140,6 +140,7 @@ pub(crate) async fn supervise<R: Runtime>(
         shared,
         kill,
         spec,
+        pulled: std::sync::Mutex::new(None),
     };
     // As the kubelet's back-off: the first restart is immediate, each later one waits
     // 10 s, doubling to 5 min; a run of 10 min forgets the back-off.
@@ -183,9 +184,31 @@ struct Supervisor<R> {
     shared: Arc<Shared>,
     kill: CancellationToken,
     spec: Container,
+    /// The `Pulled` event of the image just made available, recorded once the container
+    /// runs (in the kubelet's order, Pulled then Created then Started) so that recording
+    /// it does not delay the start.
+    pulled: std::sync::Mutex<Option<String>>,
 }
 
 impl<R: Runtime> Supervisor<R> {
+    fn defer_pulled(&self, note: String) {
+        *self
+            .pulled
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(note);
+    }
+
+    async fn record_pulled(&self) {
+        let note = self
+            .pulled
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(note) = note {
+            self.event(EventType::Normal, "Pulled", note).await;
+        }
+    }
+
     /// An event about the pod itself (no container field path).
     async fn pod_event(&self, type_: EventType, reason: &str, note: String) {
         let mut object = reference(&self.pod, String::new());
@@ -300,7 +323,7 @@ impl<R: Runtime> Supervisor<R> {
                     Ok(image) => {
                         let note =
                             format!("Container image \"{reference}\" already present on machine");
-                        self.event(EventType::Normal, "Pulled", note).await;
+                        self.defer_pulled(note);
                         return Some(self.took(&reference, image));
                     }
                     Err(ImageError::InvalidName(m)) => {
@@ -349,7 +372,7 @@ impl<R: Runtime> Supervisor<R> {
                         "Successfully pulled image \"{reference}\" in {took} ({took} including waiting). Image size: {} bytes.",
                         image.size
                     );
-                    self.event(EventType::Normal, "Pulled", note).await;
+                    self.defer_pulled(note);
                     return Some(self.took(&reference, image));
                 }
                 Err(
@@ -428,6 +451,7 @@ impl<R: Runtime> Supervisor<R> {
             .join(pod_dir_name(&self.pod))
             .join(&self.spec.name);
         if let Err(e) = tokio::fs::create_dir_all(&dir).await {
+            self.record_pulled().await;
             self.set_waiting(
                 "CreateContainerError",
                 Some(format!("cannot create log directory: {e}")),
@@ -439,6 +463,7 @@ impl<R: Runtime> Supervisor<R> {
         let (term_mount, term_file) = match termination::prepare(&self.spec, &term_dir) {
             Ok(t) => t,
             Err(e) => {
+                self.record_pulled().await;
                 self.set_waiting(
                     "CreateContainerError",
                     Some(format!("cannot prepare the termination message file: {e}")),
@@ -468,6 +493,7 @@ impl<R: Runtime> Supervisor<R> {
         let handle = match self.ctx.runtime.start_container(run).await {
             Ok(h) => h,
             Err(message) => {
+                self.record_pulled().await;
                 self.event(EventType::Warning, "Failed", format!("Error: {message}"))
                     .await;
                 self.set_waiting("CreateContainerError", Some(message));
@@ -500,6 +526,7 @@ impl<R: Runtime> Supervisor<R> {
             r.restart_count = restart_count;
             r.container_id = Some(cid);
         });
+        self.record_pulled().await;
         self.event(
             EventType::Normal,
             "Created",

@@ -60,6 +60,21 @@ impl Records {
             .collect()
     }
 
+    /// Something to report beyond "not started yet": a container runs or ran, or waits
+    /// for a reason other than being created.
+    #[must_use]
+    pub fn started_or_failed(&self) -> bool {
+        self.init.iter().chain(&self.app).any(|c| {
+            c.state.running.is_some()
+                || c.state.terminated.is_some()
+                || c.state
+                    .waiting
+                    .as_ref()
+                    .and_then(|w| w.reason.as_deref())
+                    .is_some_and(|r| !matches!(r, "ContainerCreating" | "PodInitializing"))
+        })
+    }
+
     /// A regular init container failed and will not be retried.
     #[must_use]
     pub fn init_failed(&self) -> bool {

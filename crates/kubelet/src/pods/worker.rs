@@ -182,6 +182,9 @@ impl<R: Runtime> PodWorker<R> {
     }
 }
 
+/// How long the first status of a pod waits for its containers to start.
+const FIRST_STATUS_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
+
 fn restart_policy(pod: &Pod) -> String {
     pod.spec
         .as_ref()
@@ -252,6 +255,16 @@ pub(crate) async fn run<R: Runtime>(
         shared.clone(),
         kill.clone(),
     ));
+    // The first status waits briefly for the containers to start, so that a pod that
+    // starts at once is reported Running in one write rather than Pending, then Running.
+    let _ = tokio::time::timeout(FIRST_STATUS_WAIT, async {
+        while !shared.snapshot().started_or_failed() {
+            if changes.changed().await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
     let initial = w.status(&shared.snapshot(), None, false);
     w.post(initial).await;
     let deadline_at = deadline(&w.current());

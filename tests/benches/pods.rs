@@ -1,0 +1,378 @@
+//! Pod start latency on a krustlet node against a kwok node on the same control plane
+//! (issue 6, part 1). Run with `hack/bench pods`, which starts the local cluster, builds
+//! krustlet in release mode and kwok from the Go module proxy, and sets `KRUSTLET_BIN`
+//! and `KWOK_BIN`.
+//!
+//! Latency is from just before the create request to the watch event that shows the pod
+//! `Ready` (for run-to-completion: `Succeeded`); pods are bound with `spec.nodeName`, so
+//! the scheduler is out of it. Scenarios: 100 pods one at a time and 100 at once, each for
+//! a cached image and for a first pull (every pod its own image: the module with a unique
+//! custom section, so a real download and compile); the same for kwok, which only writes
+//! the status. Prints a table and writes JSON, CSV and an SVG plot under `bench-results/`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use e2e::{Cluster, KrustletNode, wasm_toleration, workload};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::Api;
+use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
+
+const PODS: usize = 100;
+const KRUSTLET_NODE: &str = "bench-krustlet";
+const KWOK_NODE: &str = "bench-kwok";
+
+/// A scenario's label, its latencies (ms, sorted) and its peer's (kwok's) latencies.
+type Row = (String, Vec<f64>, Option<Vec<f64>>);
+
+/// When each pod of this run was first seen ready (or succeeded).
+#[derive(Clone, Default)]
+struct Seen(Arc<Mutex<HashMap<String, Instant>>>);
+
+impl Seen {
+    fn get(&self, name: &str) -> Option<Instant> {
+        self.0.lock().ok()?.get(name).copied()
+    }
+}
+
+fn done(p: &Pod, completion: bool) -> bool {
+    let status = p.status.as_ref();
+    if completion {
+        return status.and_then(|s| s.phase.as_deref()) == Some("Succeeded");
+    }
+    status
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+fn watch(pods: Api<Pod>, completion: bool) -> Seen {
+    let seen = Seen::default();
+    let s = seen.clone();
+    tokio::spawn(async move {
+        let mut stream = watcher(pods, watcher::Config::default().labels("bench=pods"))
+            .applied_objects()
+            .boxed();
+        while let Some(Ok(p)) = stream.next().await {
+            if done(&p, completion)
+                && let Ok(mut map) = s.0.lock()
+            {
+                map.entry(p.metadata.name.clone().unwrap_or_default())
+                    .or_insert_with(Instant::now);
+            }
+        }
+    });
+    seen
+}
+
+fn pod(name: &str, node: &str, image: &str, completion: bool) -> Pod {
+    let mut container = serde_json::json!({ "name": "main", "image": image });
+    if completion {
+        container["args"] = serde_json::json!(["print", "done"]);
+    }
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": { "name": name, "labels": { "bench": "pods" } },
+        "spec": {
+            "nodeName": node,
+            "restartPolicy": if completion { "Never" } else { "Always" },
+            "tolerations": wasm_toleration(),
+            "automountServiceAccountToken": false,
+            "terminationGracePeriodSeconds": 0,
+            "containers": [container]
+        }
+    }))
+    .expect("pod")
+}
+
+async fn clear(pods: &Api<Pod>) -> anyhow::Result<()> {
+    let now = DeleteParams {
+        grace_period_seconds: Some(0),
+        ..DeleteParams::default()
+    };
+    pods.delete_collection(&now, &ListParams::default().labels("bench=pods"))
+        .await?;
+    for _ in 0..600 {
+        if pods
+            .list(&ListParams::default().labels("bench=pods"))
+            .await?
+            .items
+            .is_empty()
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    anyhow::bail!("bench pods not gone")
+}
+
+/// Runs one scenario; returns the latencies in milliseconds.
+async fn scenario(
+    pods: &Api<Pod>,
+    node: &str,
+    images: &[String],
+    burst: bool,
+    completion: bool,
+) -> anyhow::Result<Vec<f64>> {
+    clear(pods).await?;
+    let seen = watch(pods.clone(), completion);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let names: Vec<String> = (0..PODS).map(|i| format!("bench-{i}")).collect();
+    let mut started = HashMap::new();
+    let wait = |name: String, seen: Seen| async move {
+        for _ in 0..1200 {
+            if seen.get(&name).is_some() {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        anyhow::bail!("{name} never got there")
+    };
+    if burst {
+        let creations = names.iter().enumerate().map(|(i, name)| {
+            let p = pod(name, node, &images[i % images.len()], completion);
+            let pods = pods.clone();
+            async move {
+                let t0 = Instant::now();
+                pods.create(&PostParams::default(), &p).await.map(|_| t0)
+            }
+        });
+        for (name, t0) in names.iter().zip(futures::future::join_all(creations).await) {
+            started.insert(name.clone(), t0?);
+        }
+        for name in &names {
+            wait(name.clone(), seen.clone()).await?;
+        }
+    } else {
+        for (i, name) in names.iter().enumerate() {
+            let p = pod(name, node, &images[i % images.len()], completion);
+            let t0 = Instant::now();
+            pods.create(&PostParams::default(), &p).await?;
+            started.insert(name.clone(), t0);
+            wait(name.clone(), seen.clone()).await?;
+        }
+    }
+    let mut ms: Vec<f64> = names
+        .iter()
+        .filter_map(|n| Some(seen.get(n)?.duration_since(started[n]).as_secs_f64() * 1000.0))
+        .collect();
+    ms.sort_by(f64::total_cmp);
+    clear(pods).await?;
+    Ok(ms)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// The module with a custom section holding `nonce`: same code, its own digest.
+fn unique(wasm: &[u8], nonce: &str) -> Vec<u8> {
+    fn leb(mut n: usize, out: &mut Vec<u8>) {
+        loop {
+            let byte = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(byte);
+                return;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+    let name = b"bench-nonce";
+    let mut payload = Vec::new();
+    leb(name.len(), &mut payload);
+    payload.extend_from_slice(name);
+    payload.extend_from_slice(nonce.as_bytes());
+    let mut out = wasm.to_vec();
+    out.push(0);
+    leb(payload.len(), &mut out);
+    out.extend_from_slice(&payload);
+    out
+}
+
+async fn kwok_node(cluster: &Cluster) -> anyhow::Result<std::process::Child> {
+    let nodes: Api<Node> = cluster.nodes();
+    let _ = nodes.delete(KWOK_NODE, &DeleteParams::default()).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let node: Node = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {
+            "name": KWOK_NODE,
+            "annotations": { "kwok.x-k8s.io/node": "fake" },
+            "labels": { "type": "kwok", "kubernetes.io/hostname": KWOK_NODE }
+        },
+        "spec": { "taints": [{ "key": "kubernetes.io/arch", "value": "wasm32-wasi", "effect": "NoSchedule" }] }
+    }))?;
+    nodes.create(&PostParams::default(), &node).await?;
+    let env = e2e::cluster_env()?;
+    let kubeconfig = env.get("KUBECONFIG").cloned().unwrap_or_default();
+    let bin = std::env::var("KWOK_BIN").unwrap_or_else(|_| "kwok".to_owned());
+    let log = std::fs::File::create(e2e::root().join("target/bench-kwok.log"))?;
+    let stages = std::env::var("KWOK_STAGES").unwrap_or_default();
+    let child = std::process::Command::new(bin)
+        .args(["--kubeconfig", &kubeconfig])
+        .args(["--config", &stages])
+        .args([
+            "--manage-all-nodes=false",
+            "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
+        ])
+        .args([
+            "--node-ip=127.0.0.1",
+            "--node-port=10499",
+            "--server-address=127.0.0.1:10498",
+        ])
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()?;
+    e2e::wait_node(&nodes, KWOK_NODE, 60, "Ready", |n| {
+        e2e::node_condition(n, "Ready").as_deref() == Some("True")
+    })
+    .await?;
+    Ok(child)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cluster = Cluster::connect().await?;
+    let node: KrustletNode = cluster
+        .ready_node(KRUSTLET_NODE, 10401, &["--max-pods", "1000"])
+        .await?;
+    let mut kwok = kwok_node(&cluster).await?;
+    let pods = cluster.pods();
+    let looping = cluster.push("loop", "bench").await?;
+    let tool = cluster.push("tool", "bench").await?;
+    // Warm the krustlet node's cache for the cached scenarios.
+    scenario(
+        &pods,
+        &node.name,
+        std::slice::from_ref(&looping),
+        false,
+        false,
+    )
+    .await?;
+    let run = std::process::id();
+    let fresh = |base: &str, count: usize| -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+        let wasm = workload(base)?;
+        Ok((0..count)
+            .map(|i| {
+                (
+                    format!("{}/bench/{base}-{run}-{i}:v1", cluster.registry),
+                    unique(&wasm, &format!("{run}-{i}")),
+                )
+            })
+            .collect())
+    };
+    let mut first_pull = Vec::new();
+    for (reference, wasm) in fresh("loop", 2 * PODS)? {
+        oci::push(
+            wasm,
+            &reference,
+            &oci::RegistryAuth::Anonymous,
+            std::slice::from_ref(&cluster.registry),
+        )
+        .await?;
+        first_pull.push(reference);
+    }
+    let (seq_fresh, burst_fresh) = first_pull.split_at(PODS);
+
+    let mut rows: Vec<Row> = Vec::new();
+    for (label, burst) in [("one at a time", false), ("100 at once", true)] {
+        let kwok_ms = scenario(
+            &pods,
+            KWOK_NODE,
+            std::slice::from_ref(&looping),
+            burst,
+            false,
+        )
+        .await?;
+        let cached = scenario(
+            &pods,
+            &node.name,
+            std::slice::from_ref(&looping),
+            burst,
+            false,
+        )
+        .await?;
+        let images = if burst { burst_fresh } else { seq_fresh };
+        let pulled = scenario(&pods, &node.name, images, burst, false).await?;
+        let completed =
+            scenario(&pods, &node.name, std::slice::from_ref(&tool), burst, true).await?;
+        rows.push((format!("kwok, Ready, {label}"), kwok_ms.clone(), None));
+        rows.push((
+            format!("krustlet cached, Ready, {label}"),
+            cached,
+            Some(kwok_ms.clone()),
+        ));
+        rows.push((
+            format!("krustlet first pull, Ready, {label}"),
+            pulled,
+            Some(kwok_ms.clone()),
+        ));
+        rows.push((
+            format!("krustlet cached, Succeeded, {label}"),
+            completed,
+            Some(kwok_ms),
+        ));
+    }
+    let _ = kwok.kill();
+    let _ = kwok.wait();
+
+    println!("| scenario | p50 ms | p90 ms | p99 ms | p50 / kwok p50 |");
+    println!("| --- | --- | --- | --- | --- |");
+    let mut json = Vec::new();
+    let mut csv = String::from("scenario,p50_ms,p90_ms,p99_ms,ratio_p50_vs_kwok\n");
+    for (label, ms, peer) in &rows {
+        let (p50, p90, p99) = (
+            percentile(ms, 0.5),
+            percentile(ms, 0.9),
+            percentile(ms, 0.99),
+        );
+        let ratio = peer.as_ref().map(|k| p50 / percentile(k, 0.5));
+        let ratio_text = ratio.map_or_else(|| "-".to_owned(), |r| format!("{r:.2}x"));
+        println!("| {label} | {p50:.0} | {p90:.0} | {p99:.0} | {ratio_text} |");
+        csv.push_str(&format!(
+            "{label},{p50:.1},{p90:.1},{p99:.1},{}\n",
+            ratio.map_or(String::new(), |r| format!("{r:.3}"))
+        ));
+        json.push(serde_json::json!({ "scenario": label, "p50_ms": p50, "p90_ms": p90, "p99_ms": p99, "ratio_p50_vs_kwok": ratio, "samples_ms": ms }));
+    }
+    let dir = e2e::root().join("bench-results");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("pods.json"), serde_json::to_string_pretty(&json)?)?;
+    std::fs::write(dir.join("pods.csv"), csv)?;
+    std::fs::write(dir.join("pods.svg"), svg(&rows))?;
+    println!("written: bench-results/pods.json, pods.csv, pods.svg");
+    Ok(())
+}
+
+/// A bar chart of p50 and p90 per scenario, on a log scale (the figures span 10 ms to
+/// seconds).
+fn svg(rows: &[Row]) -> String {
+    let max = rows
+        .iter()
+        .map(|(_, ms, _)| percentile(ms, 0.9))
+        .fold(1.0, f64::max);
+    let (width, bar) = (520.0, 22.0);
+    let scale = |v: f64| width * (1.0 + v).ln() / (1.0 + max).ln();
+    let mut out = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"960\" height=\"{}\" font-family=\"sans-serif\" font-size=\"12\">\n<text x=\"10\" y=\"18\" font-size=\"14\">Pod start latency in ms, p50 (dark) and p90 (light), log scale</text>\n",
+        40.0 + rows.len() as f64 * (bar + 8.0)
+    );
+    for (i, (label, ms, _)) in rows.iter().enumerate() {
+        let y = 30.0 + i as f64 * (bar + 8.0);
+        let (p50, p90) = (percentile(ms, 0.5), percentile(ms, 0.9));
+        out.push_str(&format!(
+            "<text x=\"10\" y=\"{:.0}\">{label}</text>\n<rect x=\"320\" y=\"{y:.0}\" width=\"{:.1}\" height=\"{bar}\" fill=\"#9ecae1\"/>\n<rect x=\"320\" y=\"{y:.0}\" width=\"{:.1}\" height=\"{bar}\" fill=\"#3182bd\"/>\n<text x=\"{:.0}\" y=\"{:.0}\">{p50:.0} / {p90:.0}</text>\n",
+            y + 15.0,
+            scale(p90),
+            scale(p50),
+            325.0 + scale(p90),
+            y + 15.0
+        ));
+    }
+    out.push_str("</svg>\n");
+    out
+}
