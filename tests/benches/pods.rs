@@ -9,6 +9,12 @@
 //! a cached image and for a first pull (every pod its own image: the module with a unique
 //! custom section, so a real download and compile); the same for kwok, which only writes
 //! the status. Prints a table and writes JSON, CSV and an SVG plot under `bench-results/`.
+//!
+//! With the argument `density` (`hack/bench density`) it instead keeps N idle pods (a
+//! module blocked in `sleep`) on the krustlet node for N = 100, 500, 1000 (and the sizes in
+//! `DENSITY_SIZES`, e.g. `100,500,1000,2000`): time until all are Ready, krustlet's
+//! resident memory and its CPU use over 10 idle seconds, the node lease's age, and whether
+//! the node stays Ready; written to `bench-results/density.{json,csv}`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -234,9 +240,129 @@ async fn kwok_node(cluster: &Cluster) -> anyhow::Result<std::process::Child> {
     Ok(child)
 }
 
+/// `VmRSS` of process `pid`, in KiB.
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// User plus system CPU time of process `pid`, in clock ticks (1/100 s).
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after ')'.
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+}
+
+async fn density(cluster: &Cluster, node: &KrustletNode) -> anyhow::Result<()> {
+    let pid = node
+        .pid()
+        .ok_or_else(|| anyhow::anyhow!("krustlet is not running"))?;
+    let pods = cluster.pods();
+    let tool = cluster.push("tool", "bench").await?;
+    let sizes: Vec<usize> = std::env::var("DENSITY_SIZES")
+        .unwrap_or_else(|_| "100,500,1000".to_owned())
+        .split(',')
+        .filter_map(|n| n.trim().parse().ok())
+        .collect();
+    clear(&pods).await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let baseline = rss_kib(pid).unwrap_or_default();
+    println!(
+        "krustlet RSS with no pods: {:.1} MiB",
+        baseline as f64 / 1024.0
+    );
+    println!(
+        "| pods | time to all Ready | RSS | RSS per pod over baseline | CPU while idle | lease age | node Ready |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- | --- |");
+    let mut csv = String::from(
+        "pods,seconds_to_ready,rss_mib,kib_per_pod,idle_cpu_percent,lease_age_seconds,node_ready\n",
+    );
+    let mut json = Vec::new();
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(cluster.client.clone(), "kube-node-lease");
+    for n in sizes {
+        clear(&pods).await?;
+        let seen = watch(pods.clone(), false);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let began = Instant::now();
+        let names: Vec<String> = (0..n).map(|i| format!("bench-{i}")).collect();
+        for chunk in names.chunks(25) {
+            let creations = chunk.iter().map(|name| {
+                let mut p = pod(name, &node.name, &tool, false);
+                if let Some(c) = p.spec.as_mut().and_then(|s| s.containers.first_mut()) {
+                    c.args = Some(vec!["sleep".to_owned(), "1000000".to_owned()]);
+                }
+                let pods = pods.clone();
+                async move { pods.create(&PostParams::default(), &p).await }
+            });
+            for created in futures::future::join_all(creations).await {
+                created?;
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(60 + n as u64 / 2);
+        while names.iter().any(|name| seen.get(name).is_none()) {
+            anyhow::ensure!(Instant::now() < deadline, "{n} pods: not all Ready in time");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let to_ready = began.elapsed().as_secs_f64();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let cpu0 = cpu_ticks(pid).unwrap_or_default();
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let idle_cpu = (cpu_ticks(pid).unwrap_or_default() - cpu0) as f64 / 10.0;
+        let rss = rss_kib(pid).unwrap_or_default();
+        let per_pod = rss.saturating_sub(baseline) as f64 / n as f64;
+        let lease = leases.get(KRUSTLET_NODE).await?;
+        let renewed = lease.spec.and_then(|s| s.renew_time).map(|t| t.0);
+        let lease_age = renewed.map_or(f64::NAN, |t| {
+            jiff::Timestamp::now().duration_since(t).as_secs_f64()
+        });
+        let n_obj = cluster.nodes().get(KRUSTLET_NODE).await?;
+        let ready = e2e::node_condition(&n_obj, "Ready").unwrap_or_default();
+        println!(
+            "| {n} | {to_ready:.1} s | {:.0} MiB | {per_pod:.0} KiB | {idle_cpu:.1} % | {lease_age:.1} s | {ready} |",
+            rss as f64 / 1024.0
+        );
+        csv.push_str(&format!(
+            "{n},{to_ready:.2},{:.1},{per_pod:.1},{idle_cpu:.1},{lease_age:.1},{ready}\n",
+            rss as f64 / 1024.0
+        ));
+        json.push(serde_json::json!({
+            "pods": n, "seconds_to_ready": to_ready, "rss_kib": rss, "baseline_rss_kib": baseline,
+            "kib_per_pod": per_pod, "idle_cpu_percent": idle_cpu, "lease_age_seconds": lease_age,
+            "node_ready": ready
+        }));
+    }
+    clear(&pods).await?;
+    let dir = e2e::root().join("bench-results");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(
+        dir.join("density.json"),
+        serde_json::to_string_pretty(&json)?,
+    )?;
+    std::fs::write(dir.join("density.csv"), csv)?;
+    println!("written: bench-results/density.json, density.csv");
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cluster = Cluster::connect().await?;
+    if std::env::args().any(|a| a == "density") {
+        let node = cluster
+            .ready_node(KRUSTLET_NODE, 10401, &["--max-pods", "5000"])
+            .await?;
+        return density(&cluster, &node).await;
+    }
     let node: KrustletNode = cluster
         .ready_node(KRUSTLET_NODE, 10401, &["--max-pods", "1000"])
         .await?;

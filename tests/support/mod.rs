@@ -272,6 +272,12 @@ impl KrustletNode {
         })
     }
 
+    /// The process ID, while it runs.
+    #[must_use]
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Sends SIGTERM and waits for the process to exit.
     ///
     /// # Errors
