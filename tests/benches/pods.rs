@@ -15,6 +15,11 @@
 //! `DENSITY_SIZES`, e.g. `100,500,1000,2000`): time until all are Ready, krustlet's
 //! resident memory and its CPU use over 10 idle seconds, the node lease's age, and whether
 //! the node stays Ready; written to `bench-results/density.{json,csv}`.
+//!
+//! With `churn` (`hack/bench churn`) it creates, runs to completion and deletes pods
+//! continuously for `CHURN_SECONDS` (120), 10 at a time, and reports the pods per second
+//! sustained and krustlet's resident memory before, at the end and after 30 quiet seconds
+//! (does it return to its baseline?); written to `bench-results/churn.json`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -354,9 +359,110 @@ async fn density(cluster: &Cluster, node: &KrustletNode) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn churn(cluster: &Cluster, node: &KrustletNode) -> anyhow::Result<()> {
+    let pid = node
+        .pid()
+        .ok_or_else(|| anyhow::anyhow!("krustlet is not running"))?;
+    let pods = cluster.pods();
+    let tool = cluster.push("tool", "bench").await?;
+    let seconds: u64 = std::env::var("CHURN_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(120);
+    clear(&pods).await?;
+    let seen = watch(pods.clone(), true);
+    // One round first, so the baseline includes the image and the compiled module.
+    let warm = pod("bench-warm", &node.name, &tool, true);
+    pods.create(&PostParams::default(), &warm).await?;
+    while seen.get("bench-warm").is_none() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    clear(&pods).await?;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let baseline = rss_kib(pid).unwrap_or_default();
+    let end = Instant::now() + Duration::from_secs(seconds);
+    let worker = |w: usize| {
+        let (pods, seen, tool, node) =
+            (pods.clone(), seen.clone(), tool.clone(), node.name.clone());
+        async move {
+            let mut done = 0u64;
+            while Instant::now() < end {
+                let name = format!("bench-{w}-{done}");
+                pods.create(&PostParams::default(), &pod(&name, &node, &tool, true))
+                    .await?;
+                let give_up = Instant::now() + Duration::from_secs(60);
+                while seen.get(&name).is_none() {
+                    anyhow::ensure!(Instant::now() < give_up, "{name} never finished");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                pods.delete(&name, &DeleteParams::default()).await?;
+                let give_up = Instant::now() + Duration::from_secs(60);
+                while pods.get_opt(&name).await?.is_some() {
+                    anyhow::ensure!(Instant::now() < give_up, "{name} never went away");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                done += 1;
+            }
+            anyhow::Ok(done)
+        }
+    };
+    let began = Instant::now();
+    // RSS every 30 s while churning: a leak grows with every interval, a bounded cache
+    // stops growing once full.
+    let samples = tokio::spawn(async move {
+        let mut out = Vec::new();
+        while Instant::now() + Duration::from_secs(30) <= end {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            out.push(rss_kib(pid).unwrap_or_default());
+        }
+        out
+    });
+    let mut total = 0;
+    for done in futures::future::join_all((0..10).map(worker)).await {
+        total += done?;
+    }
+    let samples = samples.await.unwrap_or_default();
+    let elapsed = began.elapsed().as_secs_f64();
+    let at_end = rss_kib(pid).unwrap_or_default();
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let settled = rss_kib(pid).unwrap_or_default();
+    let rate = total as f64 / elapsed;
+    let mib = |k: u64| k as f64 / 1024.0;
+    println!(
+        "| pods run and deleted | seconds | pods per second | RSS before | RSS at the end | RSS 30 s later |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- |");
+    println!(
+        "| {total} | {elapsed:.0} | {rate:.1} | {:.1} MiB | {:.1} MiB | {:.1} MiB |",
+        mib(baseline),
+        mib(at_end),
+        mib(settled)
+    );
+    let dir = e2e::root().join("bench-results");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(
+        dir.join("churn.json"),
+        serde_json::to_string_pretty(&serde_json::json!({
+            "pods": total, "seconds": elapsed, "pods_per_second": rate,
+            "rss_kib_before": baseline, "rss_kib_at_end": at_end, "rss_kib_30s_later": settled,
+            "rss_kib_every_30s": samples
+        }))?,
+    )?;
+    let trend: Vec<String> = samples.iter().map(|k| format!("{:.1}", mib(*k))).collect();
+    println!("RSS every 30 s while churning (MiB): {}", trend.join(", "));
+    println!("written: bench-results/churn.json");
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cluster = Cluster::connect().await?;
+    if std::env::args().any(|a| a == "churn") {
+        let node = cluster
+            .ready_node(KRUSTLET_NODE, 10401, &["--max-pods", "5000"])
+            .await?;
+        return churn(&cluster, &node).await;
+    }
     if std::env::args().any(|a| a == "density") {
         let node = cluster
             .ready_node(KRUSTLET_NODE, 10401, &["--max-pods", "5000"])
