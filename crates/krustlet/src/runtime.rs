@@ -32,6 +32,11 @@ fn image(reference: &str, img: oci::Image, downloaded: bool) -> Image {
     }
 }
 
+/// A pull secret's credential as the registry client takes it.
+fn basic_auth(c: &Credential) -> oci::RegistryAuth {
+    oci::RegistryAuth::Basic(c.username.clone(), c.password.clone())
+}
+
 fn image_error(e: oci::Error) -> ImageError {
     match e {
         oci::Error::InvalidReference { .. } => ImageError::InvalidName(e.to_string()),
@@ -75,8 +80,8 @@ impl kubelet::Runtime for WasmRuntime {
             let allowed = |img: &oci::Image| {
                 img.credentials.is_empty()
                     || credentials.iter().any(|c| {
-                        let auth = oci::RegistryAuth::Basic(c.username.clone(), c.password.clone());
-                        img.credentials.contains(&oci::credential_id(&auth))
+                        img.credentials
+                            .contains(&oci::credential_id(&basic_auth(c)))
                     })
             };
             if let Some(img) = cached.filter(allowed) {
@@ -99,8 +104,7 @@ impl kubelet::Runtime for WasmRuntime {
         // Each matching credential in turn, as the kubelet does; all errors if none works.
         let mut errors = Vec::new();
         for c in credentials {
-            let auth = oci::RegistryAuth::Basic(c.username.clone(), c.password.clone());
-            match self.store.pull(reference, &auth).await {
+            match self.store.pull(reference, &basic_auth(c)).await {
                 Ok((img, downloaded)) => return Ok(image(reference, img, downloaded)),
                 Err(e @ oci::Error::InvalidReference { .. }) => return Err(image_error(e)),
                 Err(e) => errors.push(e.to_string()),

@@ -110,9 +110,8 @@ pub fn warnings(pod: &Pod) -> Vec<(String, String)> {
     for (init, c) in containers(pod) {
         for (kind, probe) in probes(c) {
             if probe.is_some() {
-                let list = if init { "initContainers" } else { "containers" };
                 out.push((
-                    format!("spec.{list}{{{}}}", c.name),
+                    super::container::field_path(init, &c.name),
                     format!("{kind} is not run on wasm nodes yet (no networking); readiness follows the container state"),
                 ));
             }

@@ -67,9 +67,16 @@ impl Shared {
     }
 
     pub fn get(&self, slot: Slot) -> Option<ContainerRecord> {
-        let records = self.snapshot();
-        let list = if slot.init { records.init } else { records.app };
-        list.into_iter().nth(slot.index)
+        let records = self
+            .records
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let list = if slot.init {
+            &records.init
+        } else {
+            &records.app
+        };
+        list.get(slot.index).cloned()
     }
 }
 
@@ -80,7 +87,7 @@ pub(crate) fn field_path(init: bool, name: &str) -> String {
     format!("spec.{list}{{{name}}}")
 }
 
-fn reference(pod: &Pod, field_path: String) -> ObjectReference {
+fn reference(pod: &Pod, field_path: Option<String>) -> ObjectReference {
     ObjectReference {
         api_version: Some("v1".to_owned()),
         kind: Some("Pod".to_owned()),
@@ -88,7 +95,7 @@ fn reference(pod: &Pod, field_path: String) -> ObjectReference {
         namespace: pod.metadata.namespace.clone(),
         uid: pod.metadata.uid.clone(),
         resource_version: pod.metadata.resource_version.clone(),
-        field_path: Some(field_path),
+        field_path,
     }
 }
 
@@ -211,8 +218,7 @@ impl<R: Runtime> Supervisor<R> {
 
     /// An event about the pod itself (no container field path).
     async fn pod_event(&self, type_: EventType, reason: &str, note: String) {
-        let mut object = reference(&self.pod, String::new());
-        object.field_path = None;
+        let object = reference(&self.pod, None);
         self.ctx
             .recorder
             .record(&object, type_, reason, &note)
@@ -220,7 +226,7 @@ impl<R: Runtime> Supervisor<R> {
     }
 
     async fn event(&self, type_: EventType, reason: &str, note: String) {
-        let object = reference(&self.pod, field_path(self.slot.init, &self.spec.name));
+        let object = reference(&self.pod, Some(field_path(self.slot.init, &self.spec.name)));
         self.ctx
             .recorder
             .record(&object, type_, reason, &note)
@@ -327,10 +333,8 @@ impl<R: Runtime> Supervisor<R> {
                         return Some(self.took(&reference, image));
                     }
                     Err(ImageError::InvalidName(m)) => {
-                        self.event(EventType::Warning, "InspectFailed", m.clone())
-                            .await;
                         if !self
-                            .fail_and_wait("InvalidImageName", m, &mut backoff)
+                            .fail_and_wait("InspectFailed", "InvalidImageName", m, &mut backoff)
                             .await
                         {
                             return None;
@@ -341,12 +345,8 @@ impl<R: Runtime> Supervisor<R> {
                         let m = format!(
                             "Container image \"{reference}\" is not present with pull policy of Never"
                         );
-                        self.event(EventType::Warning, "ErrImageNeverPull", m.clone())
-                            .await;
-                        if !self
-                            .fail_and_wait("ErrImageNeverPull", m, &mut backoff)
-                            .await
-                        {
+                        let reason = "ErrImageNeverPull";
+                        if !self.fail_and_wait(reason, reason, m, &mut backoff).await {
                             return None;
                         }
                         continue;
@@ -409,9 +409,17 @@ impl<R: Runtime> Supervisor<R> {
         }
     }
 
-    /// Shows `reason` with the kubelet's `Error: <reason>` event and waits out the
-    /// back-off (doubling it); false when killed.
-    async fn fail_and_wait(&self, reason: &str, message: String, backoff: &mut Duration) -> bool {
+    /// Records a Warning `event` with `message`, shows the container waiting with
+    /// `reason` and the kubelet's `Error: <reason>` event, and waits out the back-off
+    /// (doubling it); false when killed.
+    async fn fail_and_wait(
+        &self,
+        event: &str,
+        reason: &str,
+        message: String,
+        backoff: &mut Duration,
+    ) -> bool {
+        self.event(EventType::Warning, event, message.clone()).await;
         self.event(EventType::Warning, "Failed", format!("Error: {reason}"))
             .await;
         self.set_waiting(reason, Some(message));

@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Ctx;
 use super::container::{Shared, Slot, supervise};
+use super::spec::restart_policy;
 use super::status::{self, ContainerRecord, Records};
 use crate::Runtime;
 
@@ -57,10 +58,7 @@ pub(crate) async fn drive<R: Runtime>(
     kill: CancellationToken,
 ) {
     let spec = pod.spec.clone().unwrap_or_default();
-    let restart_policy = spec
-        .restart_policy
-        .clone()
-        .unwrap_or_else(|| "Always".to_owned());
+    let restart_policy = restart_policy(&pod);
     // A failed init container is retried unless the pod never restarts anything.
     let init_policy = if restart_policy == "Never" {
         "Never"

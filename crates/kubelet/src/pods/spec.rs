@@ -1,8 +1,18 @@
-//! Pure readings of a container spec: pull policy, `$(VAR)` expansion, quantities.
+//! Pure readings of a pod or container spec: restart and pull policies, `$(VAR)`
+//! expansion, quantities.
 
-use k8s_openapi::api::core::v1::Container;
+use k8s_openapi::api::core::v1::{Container, Pod};
 
 use crate::runtime::PullPolicy;
+
+/// The pod's `restartPolicy`, `Always` when unset (the API server's default).
+#[must_use]
+pub fn restart_policy(pod: &Pod) -> String {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.restart_policy.clone())
+        .unwrap_or_else(|| "Always".to_owned())
+}
 
 /// The kubelet's default pull policy: `Always` for `:latest` or no tag, else `IfNotPresent`.
 #[must_use]

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Ctx;
 use super::container::Shared;
+use super::spec::restart_policy;
 use super::status::{self, ContainerRecord, Records};
 use super::{admission, sequence};
 use crate::{Runtime, now};
@@ -184,13 +185,6 @@ impl<R: Runtime> PodWorker<R> {
 
 /// How long the first status of a pod waits for its containers to start.
 const FIRST_STATUS_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
-
-fn restart_policy(pod: &Pod) -> String {
-    pod.spec
-        .as_ref()
-        .and_then(|s| s.restart_policy.clone())
-        .unwrap_or_else(|| "Always".to_owned())
-}
 
 /// When `activeDeadlineSeconds` runs out, counted from the pod's start time.
 fn deadline(pod: &Pod) -> Option<tokio::time::Instant> {
