@@ -10,6 +10,7 @@ K8S_BIN="$KRUSTLET_CACHE/bin/$K8S_VERSION"
 
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
+warn() { log "warning: $*"; }
 
 # Where the local cluster keeps its state (certificates, etcd data, logs, pid files).
 RUN_DIR="${KRUSTLET_RUN_DIR:-$KRUSTLET_CACHE/cluster}"
