@@ -2,11 +2,95 @@
 //   print TEXT        a line on stdout        eprint TEXT   a line on stderr
 //   sleep SECONDS     sleeps                  write PATH TEXT  writes TEXT to the file PATH
 //   exit CODE         exits with CODE         trap          executes `unreachable`
+// and, for the volume and environment tests, steps that report instead of failing, one
+// line each, so a test reads what the module could and could not do from its log:
+//   cat PATH          "cat PATH: CONTENT" (newlines as \n) or "cat PATH: error: REASON"
+//   ls DIR            "ls DIR: NAME NAME ..." sorted, or "ls DIR: error: REASON"
+//   try-write PATH TEXT  "try-write PATH: ok" or "try-write PATH: error: REASON"
+//   symlink TARGET LINK  "symlink LINK: ok" or "symlink LINK: error: REASON"
+//   env               "env NAME=VALUE" for every variable, sorted
 // e.g. `tool print starting sleep 2 write /dev/termination-log bye exit 3`.
+#include <dirent.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+
+extern char **environ;
+
+static int by_name(const void *a, const void *b) {
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static void cat(const char *path) {
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        printf("cat %s: error: %s\n", path, strerror(errno));
+        return;
+    }
+    printf("cat %s: ", path);
+    int c;
+    while ((c = fgetc(f)) != EOF) {
+        if (c == '\n') {
+            fputs("\\n", stdout);
+        } else {
+            putchar(c);
+        }
+    }
+    if (ferror(f)) {
+        printf(" error: %s", strerror(errno));
+    }
+    putchar('\n');
+    fclose(f);
+}
+
+static void ls(const char *path) {
+    DIR *d = opendir(path);
+    if (!d) {
+        printf("ls %s: error: %s\n", path, strerror(errno));
+        return;
+    }
+    char *names[1024];
+    size_t n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) && n < 1024) {
+        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) {
+            names[n++] = strdup(e->d_name);
+        }
+    }
+    closedir(d);
+    qsort(names, n, sizeof names[0], by_name);
+    printf("ls %s:", path);
+    for (size_t i = 0; i < n; i++) {
+        printf(" %s", names[i]);
+        free(names[i]);
+    }
+    putchar('\n');
+}
+
+static void try_write(const char *path, const char *text) {
+    FILE *f = fopen(path, "w");
+    if (!f || fputs(text, f) < 0 || fclose(f)) {
+        printf("try-write %s: error: %s\n", path, strerror(errno));
+        return;
+    }
+    printf("try-write %s: ok\n", path);
+}
+
+static void env(void) {
+    size_t n = 0;
+    while (environ[n]) {
+        n++;
+    }
+    char **vars = malloc(n * sizeof *vars);
+    memcpy(vars, environ, n * sizeof *vars);
+    qsort(vars, n, sizeof *vars, by_name);
+    for (size_t i = 0; i < n; i++) {
+        printf("env %s\n", vars[i]);
+    }
+    free(vars);
+}
 
 static const char *next(int argc, char **argv, int *i) {
     if (*i + 1 >= argc) {
@@ -36,12 +120,30 @@ int main(int argc, char **argv) {
             }
         } else if (!strcmp(step, "exit")) {
             return atoi(next(argc, argv, &i));
+        } else if (!strcmp(step, "cat")) {
+            cat(next(argc, argv, &i));
+        } else if (!strcmp(step, "ls")) {
+            ls(next(argc, argv, &i));
+        } else if (!strcmp(step, "try-write")) {
+            const char *path = next(argc, argv, &i);
+            try_write(path, next(argc, argv, &i));
+        } else if (!strcmp(step, "symlink")) {
+            const char *target = next(argc, argv, &i);
+            const char *link = next(argc, argv, &i);
+            if (symlink(target, link)) {
+                printf("symlink %s: error: %s\n", link, strerror(errno));
+            } else {
+                printf("symlink %s: ok\n", link);
+            }
+        } else if (!strcmp(step, "env")) {
+            env();
         } else if (!strcmp(step, "trap")) {
             __builtin_trap();
         } else {
             fprintf(stderr, "tool: unknown step %s\n", step);
             return 2;
         }
+        fflush(stdout); // each step's line reaches the log as it happens
     }
     return 0;
 }

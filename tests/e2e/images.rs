@@ -603,6 +603,14 @@ async fn pods_of_one_image_started_together_download_and_compile_it_once() -> an
         Some(&1.0),
         "{metrics:?}"
     );
+    // Four starts, whose time is accounted (the compile is part of the first).
+    assert_eq!(
+        metrics.get("krustlet_container_starts_total"),
+        Some(&4.0),
+        "{metrics:?}"
+    );
+    let start_seconds = metrics["krustlet_container_start_seconds_total"];
+    assert!(start_seconds > 0.0 && start_seconds < 60.0, "{metrics:?}");
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
     delete_all(&pods, &names).await
 }

@@ -61,7 +61,35 @@ async fn node_registers_stays_ready_past_the_grace_period_and_goes_not_ready_on_
             "capacity lacks {key}: {capacity:?}"
         );
     }
-    assert_eq!(capacity.get("pods").map(|q| q.0.as_str()), Some("110"));
+    // Without --max-pods: 2 MiB of memory and 8 open files per pod after 1 GiB and 1024
+    // files kept back, within [110, 2000]; the node raised its soft file limit to the hard.
+    let limits = std::fs::read_to_string(format!(
+        "/proc/{}/limits",
+        node.pid().expect("krustlet runs")
+    ))?;
+    let files: Vec<u64> = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("a file limit")
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    assert_eq!(files[0], files[1], "soft file limit not raised: {limits}");
+    let meminfo = std::fs::read_to_string("/proc/meminfo")?;
+    let memory: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .map(|kib: u64| kib * 1024)
+        .expect("MemTotal");
+    let fit = ((memory - (1 << 30)) / (2 << 20)).min(files[0].saturating_sub(1024) / 8);
+    // The API server writes quantities canonically: 2000 comes back as "2k".
+    let pods = &capacity["pods"].0;
+    let pods: u64 = match pods.strip_suffix('k') {
+        Some(thousands) => thousands.parse::<u64>()? * 1000,
+        None => pods.parse()?,
+    };
+    assert_eq!(pods, fit.clamp(110, 2000));
     let port = status
         .daemon_endpoints
         .and_then(|d| d.kubelet_endpoint)

@@ -77,7 +77,7 @@ impl FileConfig {
             cert_file: Some,
             private_key_file: Some,
             client_ca_file: Some,
-            max_pods: std::convert::identity,
+            max_pods: Some,
             insecure_registries: std::convert::identity,
             node_labels: |m: std::collections::BTreeMap<String, String>| m.into_iter().collect(),
             node_lease_renew_seconds: std::convert::identity,
@@ -115,7 +115,7 @@ mod tests {
         let args = parse(&["krustlet", "--port", "12000"], yaml);
         assert_eq!(args.node_name.as_deref(), Some("from-file"));
         assert_eq!(args.port, 12000);
-        assert_eq!(args.max_pods, 7);
+        assert_eq!(args.max_pods, Some(7));
         assert_eq!(args.insecure_registries, ["a:1"]);
     }
 

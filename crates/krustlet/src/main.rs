@@ -77,9 +77,11 @@ pub(crate) struct NodeArgs {
     /// client certificate). Without it the API accepts anonymous clients.
     #[arg(long, env = "KRUSTLET_CLIENT_CA_FILE")]
     client_ca_file: Option<PathBuf>,
-    /// Most pods this node runs at once (node capacity "pods").
-    #[arg(long, env = "KRUSTLET_MAX_PODS", default_value_t = 110)]
-    max_pods: u32,
+    /// Most pods this node runs at once (node capacity "pods"). By default computed from
+    /// the host: 2 MiB of memory and 8 open files per pod after 1 GiB and 1024 files kept
+    /// back, at least 110 (the kubelet's default) and at most 2000 (the most measured).
+    #[arg(long, env = "KRUSTLET_MAX_PODS")]
+    max_pods: Option<u32>,
     /// Registries (host:port, comma-separated) reached over plain HTTP instead of HTTPS.
     #[arg(long, env = "KRUSTLET_INSECURE_REGISTRIES", value_delimiter = ',')]
     insecure_registries: Vec<String>,
@@ -180,6 +182,7 @@ fn shutdown_on_signal() -> CancellationToken {
 }
 
 async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
+    let open_files = raise_open_file_limit();
     let node_name = args.node_name.unwrap_or_else(hostname);
     let node_ip = args.node_ip.unwrap_or_else(|| default_ip(&hostname()));
     std::fs::create_dir_all(&args.data_dir)
@@ -218,7 +221,9 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         cert_file: args.cert_file,
         private_key_file: args.private_key_file,
         client_ca_file: args.client_ca_file,
-        max_pods: args.max_pods,
+        max_pods: args
+            .max_pods
+            .unwrap_or_else(|| kubelet::node::default_max_pods(open_files)),
         node_labels: args.node_labels.into_iter().collect(),
         image_gc: kubelet::images::GcPolicy {
             high_percent: args.image_gc_high_threshold_percent,
@@ -232,6 +237,25 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
     let client = client(args.kubeconfig.as_ref()).await?;
     kubelet::Kubelet::run(config, client, runtime, shutdown_on_signal()).await?;
     Ok(())
+}
+
+/// Raises the soft limit on open files to the hard limit, as a daemon holding a log file
+/// and volume directories per pod should (Go's runtime does the same for the kubelet);
+/// returns the limit now in force.
+fn raise_open_file_limit() -> u64 {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        let raised = rustix::process::Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        match setrlimit(Resource::Nofile, raised) {
+            Ok(()) => limit = raised,
+            Err(e) => tracing::warn!(error = %e, "cannot raise the open file limit"),
+        }
+    }
+    limit.current.unwrap_or(u64::MAX)
 }
 
 #[tokio::main]

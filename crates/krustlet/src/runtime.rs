@@ -154,22 +154,32 @@ impl kubelet::Runtime for WasmRuntime {
             Counter {
                 name: "krustlet_image_manifest_requests_total",
                 help: "Manifests asked of registries.",
-                value: store.manifest_requests,
+                value: store.manifest_requests as f64,
             },
             Counter {
                 name: "krustlet_image_downloads_total",
                 help: "Wasm layers downloaded from registries.",
-                value: store.downloads,
+                value: store.downloads as f64,
             },
             Counter {
                 name: "krustlet_module_compiles_total",
                 help: "Wasm modules compiled to native code.",
-                value: engine.compiles,
+                value: engine.compiles as f64,
             },
             Counter {
                 name: "krustlet_module_cache_loads_total",
                 help: "Wasm modules loaded as native code from the compile cache.",
-                value: engine.cache_loads,
+                value: engine.cache_loads as f64,
+            },
+            Counter {
+                name: "krustlet_container_starts_total",
+                help: "Wasm modules and components started.",
+                value: engine.starts as f64,
+            },
+            Counter {
+                name: "krustlet_container_start_seconds_total",
+                help: "Seconds those starts took in all: compiled code, WASI context, instantiation.",
+                value: engine.start_time.as_secs_f64(),
             },
         ]
     }

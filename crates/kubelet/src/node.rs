@@ -39,6 +39,40 @@ fn os_image() -> String {
         .map_or_else(|| "unknown".to_owned(), |v| v.trim_matches('"').to_owned())
 }
 
+/// The largest number of pods one node has been measured to hold (`hack/bench density`:
+/// 2000 idle pods Ready, 165 KiB of krustlet memory each, the lease on time). The computed
+/// default of `maxPods` never goes above it; `--max-pods` may.
+pub const MEASURED_MAX_PODS: u32 = 2000;
+
+/// Memory kept back for the system and krustlet itself before pods are counted.
+const RESERVED_MEMORY: u64 = 1 << 30;
+/// Memory budgeted per pod: krustlet's bookkeeping for an idle pod is ~165 KiB, the rest
+/// is room for a small module's linear memory and stack.
+const MEMORY_PER_POD: u64 = 2 << 20;
+/// Open files kept back for the API connections, the listener and the image store.
+const RESERVED_FILES: u64 = 1024;
+/// Open files budgeted per pod: its log file, preopened volume directories, slack.
+const FILES_PER_POD: u64 = 8;
+/// The kubelet's default, and this node's floor.
+const KUBELET_DEFAULT_MAX_PODS: u32 = 110;
+
+/// The default `maxPods` for a host with `memory` bytes and a limit of `open_files` file
+/// descriptors: what both can hold at the budgets above, at least the kubelet's 110 and
+/// at most [`MEASURED_MAX_PODS`].
+#[must_use]
+pub fn max_pods_for(memory: u64, open_files: u64) -> u32 {
+    let by_memory = memory.saturating_sub(RESERVED_MEMORY) / MEMORY_PER_POD;
+    let by_files = open_files.saturating_sub(RESERVED_FILES) / FILES_PER_POD;
+    let fit = u32::try_from(by_memory.min(by_files)).unwrap_or(u32::MAX);
+    fit.clamp(KUBELET_DEFAULT_MAX_PODS, MEASURED_MAX_PODS)
+}
+
+/// [`max_pods_for`] this host's memory and `open_files`.
+#[must_use]
+pub fn default_max_pods(open_files: u64) -> u32 {
+    max_pods_for(memory_bytes(), open_files)
+}
+
 fn memory_bytes() -> u64 {
     read_trimmed("/proc/meminfo")
         .lines()
@@ -328,5 +362,24 @@ pub async fn mark_not_ready(client: &Client, node_name: &str, message: &str) {
     {
         Ok(_) => tracing::info!(node = node_name, "node marked not ready"),
         Err(e) => tracing::warn!(error = %e, "cannot mark node not ready"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GIB: u64 = 1 << 30;
+
+    #[test]
+    fn max_pods_follows_memory_and_open_files_within_the_kubelet_default_and_the_measured_maximum()
+    {
+        // 4 GiB and plenty of files: (4 - 1) GiB / 2 MiB.
+        assert_eq!(max_pods_for(4 * GIB, 1 << 20), 1536);
+        // The file limit binds: (9216 - 1024) / 8.
+        assert_eq!(max_pods_for(24 * GIB, 9216), 1024);
+        // A small host still gets the kubelet's 110; a large one stops at what was measured.
+        assert_eq!(max_pods_for(GIB, 1024), 110);
+        assert_eq!(max_pods_for(512 * GIB, 1 << 20), MEASURED_MAX_PODS);
     }
 }

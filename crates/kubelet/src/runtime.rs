@@ -126,14 +126,14 @@ impl ContainerHandle {
 }
 
 /// A counter a runtime keeps, served on the kubelet API's `/metrics`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Counter {
     /// Metric name, e.g. `krustlet_image_downloads_total`.
     pub name: &'static str,
     /// One line on what it counts.
     pub help: &'static str,
-    /// The count.
-    pub value: u64,
+    /// The count (a number of events, or a sum of seconds).
+    pub value: f64,
 }
 
 /// An image the runtime holds on disk.

@@ -37,6 +37,12 @@ pub struct EngineStats {
     pub compiles: u64,
     /// Native code loaded from the on-disk cache instead.
     pub cache_loads: u64,
+    /// Modules and components started.
+    pub starts: u64,
+    /// Time those starts took, summed: from the call to [`Engine::start`] until the entry
+    /// point is about to run (compiled code from memory or disk, or a compilation; the log
+    /// file; the WASI context; instantiation).
+    pub start_time: Duration,
 }
 
 /// The compiled form of one wasm binary: a core module (WASI preview 1) or a component
@@ -80,6 +86,9 @@ pub struct Engine {
     disk_cache: Option<Cache>,
     /// Modules built (compiled, or loaded from the disk cache).
     builds: Arc<AtomicU64>,
+    /// Starts, and the nanoseconds they took in all.
+    pub(crate) starts: Arc<AtomicU64>,
+    pub(crate) start_nanos: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -128,6 +137,8 @@ impl Engine {
             modules: Arc::default(),
             disk_cache,
             builds: Arc::default(),
+            starts: Arc::default(),
+            start_nanos: Arc::default(),
         })
     }
 
@@ -141,15 +152,15 @@ impl Engine {
     #[must_use]
     pub fn stats(&self) -> EngineStats {
         let builds = self.builds.load(Ordering::Relaxed);
-        match &self.disk_cache {
-            Some(cache) => EngineStats {
-                compiles: cache.cache_misses() as u64,
-                cache_loads: cache.cache_hits() as u64,
-            },
-            None => EngineStats {
-                compiles: builds,
-                cache_loads: 0,
-            },
+        let (compiles, cache_loads) = match &self.disk_cache {
+            Some(cache) => (cache.cache_misses() as u64, cache.cache_hits() as u64),
+            None => (builds, 0),
+        };
+        EngineStats {
+            compiles,
+            cache_loads,
+            starts: self.starts.load(Ordering::Relaxed),
+            start_time: Duration::from_nanos(self.start_nanos.load(Ordering::Relaxed)),
         }
     }
 

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -224,6 +225,7 @@ impl Engine {
     /// opened, [`Error::Instantiate`] when the binary needs imports WASI does not
     /// provide, has no entry point, or exceeds its memory limit at start.
     pub async fn start(&self, spec: ContainerSpec) -> Result<Running> {
+        let began = std::time::Instant::now();
         let compiled = self.module(&spec.module_key, spec.wasm.clone()).await?;
         let log = LogFile::open(&spec.log_path)?;
         let mut builder = WasiCtxBuilder::new();
@@ -309,6 +311,9 @@ impl Engine {
                 })
             }
         };
+        let took = u64::try_from(began.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.starts.fetch_add(1, Ordering::Relaxed);
+        self.start_nanos.fetch_add(took, Ordering::Relaxed);
         Ok(Running {
             killer: Killer(Arc::new(tx)),
             task,
