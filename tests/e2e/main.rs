@@ -7,4 +7,5 @@ mod images;
 mod lifecycle;
 mod node;
 mod pods;
+mod volumes;
 mod workloads;

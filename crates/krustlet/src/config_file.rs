@@ -32,6 +32,8 @@ pub struct FileConfig {
     node_labels: Option<std::collections::BTreeMap<String, String>>,
     node_lease_renew_seconds: Option<u64>,
     node_status_report_seconds: Option<u64>,
+    #[serde(default, deserialize_with = "go_duration")]
+    sync_frequency: Option<std::time::Duration>,
     #[serde(alias = "imageGCHighThresholdPercent")]
     image_gc_high_threshold_percent: Option<u8>,
     #[serde(alias = "imageGCLowThresholdPercent")]
@@ -40,6 +42,17 @@ pub struct FileConfig {
     image_gc_period_seconds: Option<u64>,
     image_fs_capacity_bytes: Option<u64>,
     image_layout_dir: Option<PathBuf>,
+}
+
+/// A Go duration string (`syncFrequency: 1m30s`), as the kubelet's configuration file
+/// writes durations.
+fn go_duration<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<std::time::Duration>, D::Error> {
+    let text = String::deserialize(d)?;
+    crate::parse_duration(&text)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
 }
 
 impl FileConfig {
@@ -82,6 +95,7 @@ impl FileConfig {
             node_labels: |m: std::collections::BTreeMap<String, String>| m.into_iter().collect(),
             node_lease_renew_seconds: std::convert::identity,
             node_status_report_seconds: std::convert::identity,
+            sync_frequency: std::convert::identity,
             image_gc_high_threshold_percent: std::convert::identity,
             image_gc_low_threshold_percent: std::convert::identity,
             image_minimum_gc_age_seconds: std::convert::identity,
@@ -111,12 +125,13 @@ mod tests {
 
     #[test]
     fn the_file_fills_defaults_and_flags_win() {
-        let yaml = "nodeName: from-file\nport: 11000\nmaxPods: 7\ninsecureRegistries: [a:1]\n";
+        let yaml = "nodeName: from-file\nport: 11000\nmaxPods: 7\ninsecureRegistries: [a:1]\nsyncFrequency: 1m30s\n";
         let args = parse(&["krustlet", "--port", "12000"], yaml);
         assert_eq!(args.node_name.as_deref(), Some("from-file"));
         assert_eq!(args.port, 12000);
         assert_eq!(args.max_pods, Some(7));
         assert_eq!(args.insecure_registries, ["a:1"]);
+        assert_eq!(args.sync_frequency, std::time::Duration::from_secs(90));
     }
 
     #[test]

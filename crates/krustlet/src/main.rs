@@ -99,6 +99,11 @@ pub(crate) struct NodeArgs {
         default_value_t = 60
     )]
     node_status_report_seconds: u64,
+    /// How often each pod is synced: ConfigMap, Secret, downward API and token volumes
+    /// rewritten from the current objects, emptyDir size limits checked. A Go duration
+    /// as the kubelet's flag takes it: `1m`, `10s`, `1m30s`, `500ms`.
+    #[arg(long, env = "KRUSTLET_SYNC_FREQUENCY", default_value = "1m", value_parser = parse_duration)]
+    sync_frequency: Duration,
     /// Image filesystem usage (percent) above which unused images are removed, least
     /// recently used first (the kubelet's `imageGCHighThresholdPercent`).
     #[arg(long, env = "KRUSTLET_IMAGE_GC_HIGH_THRESHOLD_PERCENT", default_value_t = 85, value_parser = clap::value_parser!(u8).range(0..=100))]
@@ -233,10 +238,43 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         },
         lease_renew_interval: Duration::from_secs(args.node_lease_renew_seconds.max(1)),
         status_report_interval: Duration::from_secs(args.node_status_report_seconds.max(1)),
+        sync_frequency: args.sync_frequency.max(Duration::from_millis(100)),
     };
     let client = client(args.kubeconfig.as_ref()).await?;
     kubelet::Kubelet::run(config, client, runtime, shutdown_on_signal()).await?;
     Ok(())
+}
+
+/// A Go duration (`1m30s`, `10s`, `500ms`, `1h`), as the kubelet's duration flags take.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let bad = || format!("invalid duration {text:?} (e.g. 1m, 30s, 1m30s, 500ms)");
+    let mut total = Duration::ZERO;
+    let mut rest = text.trim();
+    if rest == "0" {
+        return Ok(total);
+    }
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .ok_or_else(bad)?;
+        let number: f64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let seconds = match &rest[..unit_len] {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 1e-3,
+            "us" | "µs" => 1e-6,
+            "ns" => 1e-9,
+            _ => return Err(bad()),
+        };
+        total += Duration::from_secs_f64(number * seconds);
+        rest = &rest[unit_len..];
+    }
+    Ok(total)
 }
 
 /// Raises the soft limit on open files to the hard limit, as a daemon holding a log file

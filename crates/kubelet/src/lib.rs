@@ -16,6 +16,7 @@ pub mod pods;
 pub mod runtime;
 pub mod server;
 mod tls;
+pub mod volumes;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -59,6 +60,10 @@ pub struct Config {
     pub lease_renew_interval: std::time::Duration,
     /// How often node status is posted even when nothing changed.
     pub status_report_interval: std::time::Duration,
+    /// How often each pod is synced: its ConfigMap, Secret, downward API and token
+    /// volumes rewritten from the current objects, its `emptyDir` size limits checked
+    /// (the kubelet's `syncFrequency`).
+    pub sync_frequency: std::time::Duration,
 }
 
 /// Errors that stop the node agent.

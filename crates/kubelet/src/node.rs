@@ -73,7 +73,7 @@ pub fn default_max_pods(open_files: u64) -> u32 {
     max_pods_for(memory_bytes(), open_files)
 }
 
-fn memory_bytes() -> u64 {
+pub(crate) fn memory_bytes() -> u64 {
     read_trimmed("/proc/meminfo")
         .lines()
         .find_map(|l| l.strip_prefix("MemTotal:"))

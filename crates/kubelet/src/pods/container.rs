@@ -25,6 +25,19 @@ pub const INITIAL_BACKOFF: Duration = Duration::from_secs(10);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
 /// A run this long resets the crash-loop back-off.
 pub const BACKOFF_RESET: Duration = Duration::from_secs(600);
+/// First wait before trying again to create a container that could not be (a missing
+/// ConfigMap, a bad subPath), doubled up to [`MAX_CREATE_BACKOFF`], about the kubelet's
+/// pod sync retry period.
+const CREATE_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_CREATE_BACKOFF: Duration = Duration::from_secs(10);
+
+/// How one attempt to run the container ended.
+enum Run {
+    /// It ran and exited (or was killed).
+    Exited(ContainerExit),
+    /// It could not be created or started; it waits with the reason, to be tried again.
+    NotStarted,
+}
 
 /// Which container of the pod: an init container or an app container, by index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +51,8 @@ pub(crate) struct Shared {
     pub records: Mutex<Records>,
     /// Bumped on every update; the worker and the init sequence wait on it.
     pub changed: watch::Sender<u64>,
+    /// The pod's volumes, once set up (before any container starts).
+    pub volumes: std::sync::OnceLock<Arc<crate::volumes::Volumes>>,
 }
 
 impl Shared {
@@ -152,13 +167,24 @@ pub(crate) async fn supervise<R: Runtime>(
     // As the kubelet's back-off: the first restart is immediate, each later one waits
     // 10 s, doubling to 5 min; a run of 10 min forgets the back-off.
     let mut crash_backoff: Option<Duration> = None;
+    let mut create_backoff = CREATE_BACKOFF;
     let mut restarting = false;
     loop {
         let Some(image) = sup.pull().await else { break };
         let started = Instant::now();
-        let Some(exit) = sup.run_once(&image, restarting).await else {
-            break;
+        let exit = match sup.run_once(&image, restarting).await {
+            Run::Exited(exit) => exit,
+            Run::NotStarted => {
+                // CreateContainerConfigError / CreateContainerError: the kubelet tries
+                // again at its next sync of the pod.
+                if !sup.sleep(create_backoff).await {
+                    break;
+                }
+                create_backoff = (create_backoff * 2).min(MAX_CREATE_BACKOFF);
+                continue;
+            }
         };
+        create_backoff = CREATE_BACKOFF;
         let restart = match restart_policy.as_str() {
             "Never" => false,
             "OnFailure" => exit.code != 0,
@@ -428,13 +454,30 @@ impl<R: Runtime> Supervisor<R> {
         waited
     }
 
-    fn argv_env(&self) -> (Vec<String>, Vec<(String, String)>) {
-        let mut env: Vec<(String, String)> = Vec::new();
-        for var in self.spec.env.iter().flatten() {
-            if let Some(value) = &var.value {
-                let value = expand(value, &env);
-                env.push((var.name.clone(), value));
-            }
+    /// The kubelet's `CreateContainerConfigError`: the event, the waiting reason.
+    async fn config_error(&self, message: String) -> Run {
+        self.record_pulled().await;
+        self.event(EventType::Warning, "Failed", format!("Error: {message}"))
+            .await;
+        self.set_waiting("CreateContainerConfigError", Some(message));
+        Run::NotStarted
+    }
+
+    /// argv and the environment; the kubelet's message when a source is missing.
+    async fn argv_env(&self) -> Result<(Vec<String>, Vec<(String, String)>), String> {
+        let (env, invalid) =
+            super::env::resolve(&self.ctx.client, &self.pod, &self.spec, &self.ctx.facts()).await?;
+        if !invalid.is_empty() {
+            self.event(
+                EventType::Warning,
+                "InvalidEnvironmentVariableNames",
+                format!(
+                    "Keys [{}] from the EnvFrom of container {} were skipped since they are considered invalid environment variable names.",
+                    invalid.join(", "),
+                    self.spec.name
+                ),
+            )
+            .await;
         }
         let mut argv: Vec<String> = self.spec.command.clone().unwrap_or_default();
         if argv.is_empty() {
@@ -442,13 +485,13 @@ impl<R: Runtime> Supervisor<R> {
         }
         argv.extend(self.spec.args.iter().flatten().cloned());
         let argv = argv.iter().map(|a| expand(a, &env)).collect();
-        (argv, env)
+        Ok((argv, env))
     }
 
     /// One run; `None` when the container could not be started (it is then waiting
     /// with the reason and the pod worker decides) or was killed before starting. A
     /// `restarting` run counts as a restart once it runs, as the kubelet counts them.
-    async fn run_once(&self, image: &Image, restarting: bool) -> Option<ContainerExit> {
+    async fn run_once(&self, image: &Image, restarting: bool) -> Run {
         let restart_count =
             self.shared.get(self.slot).map_or(0, |r| r.restart_count) + i32::from(restarting);
         let dir = self
@@ -464,9 +507,22 @@ impl<R: Runtime> Supervisor<R> {
                 "CreateContainerError",
                 Some(format!("cannot create log directory: {e}")),
             );
-            return None;
+            return Run::NotStarted;
         }
-        let (args, env) = self.argv_env();
+        let (args, env) = match self.argv_env().await {
+            Ok(found) => found,
+            Err(message) => return self.config_error(message).await,
+        };
+        let mut mounts = match self
+            .shared
+            .volumes
+            .get()
+            .map(|v| v.mounts(&self.spec, &env))
+        {
+            Some(Ok(mounts)) => mounts,
+            Some(Err(message)) => return self.config_error(message).await,
+            None => Vec::new(),
+        };
         let term_dir = dir.join(format!("{restart_count}.termination"));
         let (term_mount, term_file) = match termination::prepare(&self.spec, &term_dir) {
             Ok(t) => t,
@@ -476,16 +532,17 @@ impl<R: Runtime> Supervisor<R> {
                     "CreateContainerError",
                     Some(format!("cannot prepare the termination message file: {e}")),
                 );
-                return None;
+                return Run::NotStarted;
             }
         };
+        mounts.push(term_mount);
         let log_path = dir.join(format!("{restart_count}.log"));
         let run = ContainerRun {
             image: image.clone(),
             args,
             env,
             log_path: log_path.clone(),
-            mounts: vec![term_mount],
+            mounts,
             memory_limit: self
                 .spec
                 .resources
@@ -505,7 +562,7 @@ impl<R: Runtime> Supervisor<R> {
                 self.event(EventType::Warning, "Failed", format!("Error: {message}"))
                     .await;
                 self.set_waiting("CreateContainerError", Some(message));
-                return None;
+                return Run::NotStarted;
             }
         };
         let container_id = format!(
@@ -594,7 +651,7 @@ impl<R: Runtime> Supervisor<R> {
         );
         self.shared
             .update(self.slot, |r| r.state = status::terminated(terminated));
-        Some(exit)
+        Run::Exited(exit)
     }
 
     /// Moves the last run to `lastState`, shows `CrashLoopBackOff` and waits; false when

@@ -3,6 +3,7 @@
 
 pub mod admission;
 mod container;
+mod env;
 mod sequence;
 pub mod spec;
 pub mod status;
@@ -222,6 +223,25 @@ pub(crate) struct Ctx<R> {
     pub recorder: Arc<crate::events::Recorder>,
 }
 
+impl<R> Ctx<R> {
+    /// What the downward API reads of the node.
+    pub fn facts(&self) -> crate::volumes::downward::NodeFacts {
+        crate::volumes::downward::NodeFacts {
+            ip: self.config.node_ip,
+            cpus: std::thread::available_parallelism().map_or(1, |n| n.get() as u64),
+            memory: crate::node::memory_bytes(),
+        }
+    }
+
+    /// The directory of `pod`'s logs and volumes on this node.
+    pub fn pod_dir(&self, pod: &Pod) -> PathBuf {
+        self.config
+            .data_dir
+            .join("pods")
+            .join(container::pod_dir_name(pod))
+    }
+}
+
 /// Watches the pods bound to this node and keeps one worker per pod, until `shutdown`.
 pub async fn run<R: Runtime>(
     client: Client,
@@ -254,14 +274,55 @@ pub async fn run<R: Runtime>(
             }
             Some(Ok(watcher::Event::Delete(pod))) => {
                 let uid = pod.uid().unwrap_or_default();
-                if let Some(w) = registry.workers.lock().await.remove(&uid) {
-                    w.stop.cancel();
-                }
+                let worker = registry.workers.lock().await.remove(&uid);
                 registry.forget_pod(&pod.namespace().unwrap_or_default(), &pod.name_any(), &uid);
+                // Its logs and volumes go once its workloads have stopped.
+                let dir = ctx.pod_dir(&pod);
+                tokio::spawn(async move {
+                    if let Some(w) = worker {
+                        w.stop.cancel();
+                        let _ = w.task.await;
+                    }
+                    remove_pod_dir(&dir).await;
+                });
             }
-            Some(Ok(watcher::Event::Init | watcher::Event::InitDone)) => {}
+            Some(Ok(watcher::Event::InitDone)) => remove_orphans(&ctx).await,
+            Some(Ok(watcher::Event::Init)) => {}
             Some(Err(e)) => tracing::warn!(error = %e, "pod watch failed; retrying"),
             None => return,
+        }
+    }
+}
+
+async fn remove_pod_dir(dir: &std::path::Path) {
+    match tokio::fs::remove_dir_all(dir).await {
+        Ok(()) => tracing::debug!(dir = %dir.display(), "pod directory removed"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "cannot remove pod directory"),
+    }
+}
+
+/// Removes the directories (logs, volumes) of pods this node no longer has: those
+/// deleted while the node agent was down. Those of pods it still has are kept, so a
+/// running pod's `emptyDir` survives a restart of the agent.
+async fn remove_orphans<R: Runtime>(ctx: &Ctx<R>) {
+    let live: HashSet<String> = ctx
+        .registry
+        .workers
+        .lock()
+        .await
+        .values()
+        .map(|w| container::pod_dir_name(&w.pod.borrow()))
+        .collect();
+    let root = ctx.config.data_dir.join("pods");
+    let Ok(mut entries) = tokio::fs::read_dir(&root).await else {
+        return;
+    };
+    while let Ok(Some(entry)) = entries.next_entry().await {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !live.contains(&name) {
+            tracing::info!(pod = %name, "removing the directory of a pod that is gone");
+            remove_pod_dir(&entry.path()).await;
         }
     }
 }

@@ -13,6 +13,8 @@ use super::container::{Shared, Slot, supervise};
 use super::spec::restart_policy;
 use super::status::{self, ContainerRecord, Records};
 use crate::Runtime;
+use crate::events::EventType;
+use kube::Resource;
 
 fn is_sidecar(c: &k8s_openapi::api::core::v1::Container) -> bool {
     c.restart_policy.as_deref() == Some("Always")
@@ -57,6 +59,9 @@ pub(crate) async fn drive<R: Runtime>(
     shared: Arc<Shared>,
     kill: CancellationToken,
 ) {
+    if !mount_volumes(&ctx, &pod, &shared, &kill).await {
+        return;
+    }
     let spec = pod.spec.clone().unwrap_or_default();
     let restart_policy = restart_policy(&pod);
     // A failed init container is retried unless the pod never restarts anything.
@@ -119,6 +124,50 @@ pub(crate) async fn drive<R: Runtime>(
     sidecar_kill.cancel();
     while sidecars.join_next().await.is_some() {}
 }
+
+/// Sets up the pod's volumes, retrying with back-off (each failure a `FailedMount`
+/// event, the containers still `ContainerCreating`) until they are or `kill` fires;
+/// false when killed.
+async fn mount_volumes<R: Runtime>(
+    ctx: &Ctx<R>,
+    pod: &Pod,
+    shared: &Shared,
+    kill: &CancellationToken,
+) -> bool {
+    let mut backoff = MOUNT_BACKOFF;
+    loop {
+        let context = crate::volumes::Context {
+            client: &ctx.client,
+            facts: ctx.facts(),
+        };
+        let pod_dir = ctx.pod_dir(pod);
+        let attempt = tokio::select! {
+            () = kill.cancelled() => return false,
+            r = crate::volumes::Volumes::set_up(&context, pod, &pod_dir) => r,
+        };
+        match attempt {
+            Ok(volumes) => {
+                let _ = shared.volumes.set(Arc::new(volumes));
+                return true;
+            }
+            Err(e) => {
+                let object = pod.object_ref(&());
+                ctx.recorder
+                    .record(&object, EventType::Warning, "FailedMount", &e.to_string())
+                    .await;
+                tokio::select! {
+                    () = kill.cancelled() => return false,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(MAX_MOUNT_BACKOFF);
+            }
+        }
+    }
+}
+
+/// The volume manager's retry: from half a second, doubling to about two minutes.
+const MOUNT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(500);
+const MAX_MOUNT_BACKOFF: std::time::Duration = std::time::Duration::from_secs(122);
 
 /// Waits until the sidecar in `slot` runs (or gave up); false when killed first.
 async fn wait_started(shared: &Shared, slot: Slot, kill: &CancellationToken) -> bool {

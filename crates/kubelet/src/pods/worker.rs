@@ -167,6 +167,26 @@ impl<R: Runtime> PodWorker<R> {
         }
     }
 
+    /// The periodic sync of the pod's volumes: projected content rewritten from the
+    /// current objects (a failure is a `FailedMount` event, the old content stays), and
+    /// `emptyDir` size limits checked; returns the eviction message when one is exceeded,
+    /// as the kubelet's eviction manager words it.
+    async fn sync_volumes(&self, volumes: &crate::volumes::Volumes) -> Option<String> {
+        let pod = self.current();
+        let context = crate::volumes::Context {
+            client: &self.ctx.client,
+            facts: self.ctx.facts(),
+        };
+        if let Err(e) = volumes.refresh(&context, &pod).await {
+            self.event(EventType::Warning, "FailedMount", e.to_string(), None)
+                .await;
+        }
+        let (volume, limit) = volumes.over_limit(&pod)?;
+        Some(format!(
+            "Usage of EmptyDir volume {volume:?} exceeds the limit {limit:?}. "
+        ))
+    }
+
     async fn reject(&mut self, reason: &str, message: String) {
         self.event(EventType::Warning, reason, message.clone(), None)
             .await;
@@ -241,6 +261,7 @@ pub(crate) async fn run<R: Runtime>(
     let shared = Arc::new(Shared {
         records: Mutex::new(sequence::records(&first)),
         changed,
+        volumes: std::sync::OnceLock::new(),
     });
     let kill = stop.child_token();
     let mut driver = tokio::spawn(sequence::drive(
@@ -262,6 +283,9 @@ pub(crate) async fn run<R: Runtime>(
     let initial = w.status(&shared.snapshot(), None, false);
     w.post(initial).await;
     let deadline_at = deadline(&w.current());
+    let mut sync = tokio::time::interval(w.ctx.config.sync_frequency);
+    sync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    sync.tick().await;
     let mut failure: Option<(&str, String)> = None;
     let mut terminating = false;
     let mut driver_done = false;
@@ -286,6 +310,15 @@ pub(crate) async fn run<R: Runtime>(
                 w.event(EventType::Warning, "DeadlineExceeded", message.to_owned(), None).await;
                 failure = Some(("DeadlineExceeded", message.to_owned()));
                 kill.cancel();
+            }
+            _ = sync.tick(), if failure.is_none() && !driver_done && !terminating => {
+                if let Some(volumes) = shared.volumes.get()
+                    && let Some(message) = w.sync_volumes(volumes).await
+                {
+                    w.event(EventType::Warning, "Evicted", message.clone(), None).await;
+                    failure = Some(("Evicted", message));
+                    kill.cancel();
+                }
             }
         }
         if !terminating && deleting(&w.pod.borrow()) {

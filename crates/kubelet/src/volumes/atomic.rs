@@ -1,0 +1,181 @@
+//! The kubelet's atomic writer for configMap, secret, downwardAPI and projected volumes:
+//! a reader sees either the whole old content or the whole new one, never a mix.
+//!
+//! Layout inside the volume directory:
+//! ```text
+//! ..2026_11_27_14_30_05.123456789/   the current files
+//! ..data -> ..2026_11_27_14_30_05.123456789
+//! key -> ..data/key                  one symlink per top-level name
+//! ```
+//! An update writes a new timestamped directory, points `..data` at it with one
+//! `rename` (atomic), fixes the top-level links and removes the old directory. All links
+//! are relative and stay inside the volume, so WASI's sandboxed path resolution follows
+//! them.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::os::unix::fs::{PermissionsExt, symlink};
+use std::path::{Component, Path};
+
+const DATA: &str = "..data";
+const DATA_TMP: &str = "..data_tmp";
+
+/// One file of a volume: its relative path (may contain `/`), bytes and mode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct File {
+    /// Contents.
+    pub data: Vec<u8>,
+    /// Permission bits (`defaultMode` or the item's `mode`).
+    pub mode: u32,
+}
+
+/// Files by relative path.
+pub type Files = BTreeMap<String, File>;
+
+/// Whether `path` is a relative path with no `..`, no empty and no leading-`..` parts,
+/// as the API server validates item paths.
+#[must_use]
+pub fn valid_path(path: &str) -> bool {
+    !path.is_empty()
+        && !path.starts_with("..")
+        && Path::new(path)
+            .components()
+            .all(|c| matches!(c, Component::Normal(_)))
+}
+
+fn read_current(dir: &Path) -> io::Result<Option<Files>> {
+    let data = dir.join(DATA);
+    if std::fs::symlink_metadata(&data).is_err() {
+        return Ok(None);
+    }
+    let mut files = Files::new();
+    let mut stack = vec![String::new()];
+    while let Some(prefix) = stack.pop() {
+        for entry in std::fs::read_dir(data.join(&prefix))? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let rel = if prefix.is_empty() {
+                name
+            } else {
+                format!("{prefix}/{name}")
+            };
+            let meta = entry.metadata()?;
+            if meta.is_dir() {
+                stack.push(rel);
+            } else {
+                files.insert(
+                    rel,
+                    File {
+                        data: std::fs::read(entry.path())?,
+                        mode: meta.permissions().mode() & 0o7777,
+                    },
+                );
+            }
+        }
+    }
+    Ok(Some(files))
+}
+
+/// Makes `dir` hold exactly `files`; does nothing when it already does. Returns whether
+/// it changed anything.
+///
+/// # Errors
+/// When a file cannot be written; the previous content then stays in place.
+pub fn write(dir: &Path, files: &Files) -> io::Result<bool> {
+    std::fs::create_dir_all(dir)?;
+    if read_current(dir)?.as_ref() == Some(files) {
+        return Ok(false);
+    }
+    let stamp = jiff::Zoned::now()
+        .strftime("%Y_%m_%d_%H_%M_%S.%f")
+        .to_string();
+    let fresh = format!("..{stamp}");
+    let fresh_dir = dir.join(&fresh);
+    std::fs::create_dir(&fresh_dir)?;
+    for (rel, file) in files {
+        let path = fresh_dir.join(rel);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(&path, &file.data)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(file.mode))?;
+    }
+    let old = std::fs::read_link(dir.join(DATA)).ok();
+    let tmp = dir.join(DATA_TMP);
+    let _ = std::fs::remove_file(&tmp);
+    symlink(&fresh, &tmp)?;
+    std::fs::rename(&tmp, dir.join(DATA))?;
+    // Top-level names: a link for each new one, none for those that went away.
+    let top: std::collections::BTreeSet<&str> =
+        files.keys().filter_map(|k| k.split('/').next()).collect();
+    for entry in std::fs::read_dir(dir)? {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        if !name.starts_with("..") && !top.contains(name.as_str()) {
+            std::fs::remove_file(dir.join(&name))?;
+        }
+    }
+    for name in top {
+        let link = dir.join(name);
+        if std::fs::symlink_metadata(&link).is_err() {
+            symlink(Path::new(DATA).join(name), &link)?;
+        }
+    }
+    if let Some(old) = old
+        && old != Path::new(&fresh)
+    {
+        std::fs::remove_dir_all(dir.join(old))?;
+    }
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn files(pairs: &[(&str, &str)]) -> Files {
+        pairs
+            .iter()
+            .map(|(k, v)| {
+                (
+                    (*k).to_owned(),
+                    File {
+                        data: v.as_bytes().to_vec(),
+                        mode: 0o644,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn writes_links_and_replaces_content_whole() -> io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let v = dir.path().join("vol");
+        assert!(write(&v, &files(&[("a", "1"), ("sub/b", "2")]))?);
+        assert_eq!(std::fs::read_to_string(v.join("a"))?, "1");
+        assert_eq!(std::fs::read_to_string(v.join("sub/b"))?, "2");
+        assert!(std::fs::symlink_metadata(v.join("a"))?.is_symlink());
+        // Unchanged content writes nothing.
+        assert!(!write(&v, &files(&[("a", "1"), ("sub/b", "2")]))?);
+        assert!(write(&v, &files(&[("a", "3")]))?);
+        assert_eq!(std::fs::read_to_string(v.join("a"))?, "3");
+        assert!(std::fs::symlink_metadata(v.join("sub")).is_err());
+        // One timestamped directory is left, the one `..data` points at.
+        let stamped: Vec<_> = std::fs::read_dir(&v)?
+            .filter_map(Result::ok)
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("..") && n != DATA)
+            .collect();
+        assert_eq!(stamped.len(), 1, "{stamped:?}");
+        assert_eq!(std::fs::read_link(v.join(DATA))?, Path::new(&stamped[0]));
+        Ok(())
+    }
+
+    #[test]
+    fn item_paths_must_stay_inside() {
+        assert!(valid_path("a/b.txt"));
+        for bad in ["", "/etc/passwd", "../x", "a/../../x", "..x"] {
+            assert!(!valid_path(bad), "{bad}");
+        }
+    }
+}
