@@ -575,10 +575,7 @@ async fn service_account_tokens_are_mounted_bound_to_the_pod_and_valid() -> anyh
         (token_of("cat /vault/token"), Some(vec!["vault".to_owned()])),
     ] {
         let review = TokenReview {
-            spec: TokenReviewSpec {
-                token,
-                audiences,
-            },
+            spec: TokenReviewSpec { token, audiences },
             ..TokenReview::default()
         };
         let status = reviews
@@ -764,4 +761,77 @@ async fn a_claim_bound_to_a_host_path_volume_is_mounted() -> anyhow::Result<()> 
     pvs.delete("e2e-vol-claim", &DeleteParams::default())
         .await?;
     Ok(())
+}
+
+#[tokio::test]
+async fn volumes_of_running_pods_survive_an_agent_restart_and_those_of_deleted_pods_go()
+-> anyhow::Result<()> {
+    let (cluster, mut node) = setup("e2e-vol-restart", 10360, &[]).await?;
+    let pods = cluster.pods();
+    let tool = cluster.push("tool", "volumes").await?;
+    for name in ["e2e-vol-keep", "e2e-vol-gone"] {
+        let pod = pod_with_spec(
+            name,
+            &node.name,
+            serde_json::json!({
+                "containers": [{
+                    "name": "main", "image": tool,
+                    "args": ["cat", "/scratch/f", "try-write", "/scratch/f", name, "sleep", "600"],
+                    "volumeMounts": [{ "name": "scratch", "mountPath": "/scratch" }]
+                }],
+                "volumes": [{ "name": "scratch", "emptyDir": {} }]
+            }),
+        );
+        run(&pods, &pod).await?;
+        wait_pod(&pods, name, 60, "Running", |p| phase(p) == "Running").await?;
+    }
+    let dir_of = |name: &str| -> anyhow::Result<std::path::PathBuf> {
+        std::fs::read_dir(node.data_dir.join("pods"))?
+            .filter_map(Result::ok)
+            .find(|e| e.file_name().to_string_lossy().contains(name))
+            .map(|e| e.path())
+            .ok_or_else(|| anyhow::anyhow!("no directory for {name}"))
+    };
+    let keep = dir_of("e2e-vol-keep")?;
+    let gone = dir_of("e2e-vol-gone")?;
+    let scratch = keep.join("_volumes/scratch/f");
+    for _ in 0..50 {
+        if scratch.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The agent goes down; meanwhile one pod is deleted for good.
+    node.stop()?;
+    pods.delete(
+        "e2e-vol-gone",
+        &DeleteParams {
+            grace_period_seconds: Some(0),
+            ..DeleteParams::default()
+        },
+    )
+    .await?;
+    wait_gone(&pods, "e2e-vol-gone", 30).await?;
+    node.restart(&[])?;
+    for _ in 0..100 {
+        if !gone.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!gone.exists(), "{} left behind", gone.display());
+    assert!(keep.exists());
+    // The running pod's scratch data is still there, and its module, started again by the
+    // new agent, reads it.
+    assert_eq!(std::fs::read_to_string(&scratch)?, "e2e-vol-keep");
+    let mut log = String::new();
+    for _ in 0..100 {
+        log = logs(&pods, "e2e-vol-keep").await.unwrap_or_default();
+        if log.contains("cat /scratch/f: e2e-vol-keep") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(log.contains("cat /scratch/f: e2e-vol-keep"), "{log}");
+    delete(&pods, "e2e-vol-keep").await
 }

@@ -232,15 +232,37 @@ impl KrustletNode {
     /// # Errors
     /// When credentials cannot be minted or the binary cannot start.
     pub fn start(name: &str, port: u16, flags: &[&str]) -> Result<Self> {
+        let data_dir = root().join("target/e2e").join(name);
+        let _ = std::fs::remove_dir_all(&data_dir);
+        let _ = std::fs::remove_file(data_dir.with_extension("log"));
+        std::fs::create_dir_all(&data_dir)?;
+        Self::spawn(name, port, flags, data_dir)
+    }
+
+    /// Stops the process and starts it again with `flags`, keeping its data dir, as an
+    /// operator restarting the node agent would.
+    ///
+    /// # Errors
+    /// As [`KrustletNode::stop`] and [`KrustletNode::start`].
+    pub fn restart(&mut self, flags: &[&str]) -> Result<()> {
+        if self.child.is_some() {
+            self.stop()?;
+        }
+        let again = Self::spawn(&self.name, self.port, flags, self.data_dir.clone())?;
+        *self = again;
+        Ok(())
+    }
+
+    fn spawn(name: &str, port: u16, flags: &[&str], data_dir: PathBuf) -> Result<Self> {
         let creds = cluster_lines(&["node-credentials", name])?;
         let registry = value(&cluster_lines(&["env"])?, "REGISTRY")?;
         // The benchmarks run the release build.
         let bin = std::env::var_os("KRUSTLET_BIN")
             .map_or_else(|| root().join("target/debug/krustlet"), PathBuf::from);
-        let data_dir = root().join("target/e2e").join(name);
-        let _ = std::fs::remove_dir_all(&data_dir);
-        std::fs::create_dir_all(&data_dir)?;
-        let log = std::fs::File::create(data_dir.with_extension("log"))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(data_dir.with_extension("log"))?;
         let child = Command::new(&bin)
             .args([
                 "--node-name",
