@@ -221,6 +221,8 @@ pub(crate) struct Ctx<R> {
     pub runtime: Arc<R>,
     pub registry: Registry,
     pub recorder: Arc<crate::events::Recorder>,
+    /// ConfigMaps and Secrets lately read for volumes.
+    pub objects: crate::volumes::ObjectCache,
 }
 
 impl<R> Ctx<R> {
@@ -257,6 +259,7 @@ pub async fn run<R: Runtime>(
         config: config.clone(),
         runtime,
         registry: registry.clone(),
+        objects: crate::volumes::ObjectCache::default(),
     });
     let pods: Api<Pod> = Api::all(client);
     let selector = format!("spec.nodeName={}", config.node_name);

@@ -139,6 +139,8 @@ async fn mount_volumes<R: Runtime>(
         let context = crate::volumes::Context {
             client: &ctx.client,
             facts: ctx.facts(),
+            cache: &ctx.objects,
+            max_age: std::time::Duration::ZERO,
         };
         let pod_dir = ctx.pod_dir(pod);
         let attempt = tokio::select! {

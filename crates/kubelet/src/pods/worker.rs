@@ -176,6 +176,8 @@ impl<R: Runtime> PodWorker<R> {
         let context = crate::volumes::Context {
             client: &self.ctx.client,
             facts: self.ctx.facts(),
+            cache: &self.ctx.objects,
+            max_age: self.ctx.config.sync_frequency,
         };
         if let Err(e) = volumes.refresh(&context, &pod).await {
             self.event(EventType::Warning, "FailedMount", e.to_string(), None)

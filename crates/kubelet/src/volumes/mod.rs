@@ -22,7 +22,7 @@ pub mod downward;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Component, Path, PathBuf};
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{
@@ -129,6 +129,40 @@ pub struct Volumes {
     tokens: Mutex<HashMap<(String, String), Token>>,
 }
 
+/// Objects by `(namespace, name)`, with when each was read (`None`: it did not exist).
+type Entries<T> = Mutex<HashMap<(String, String), (Instant, Option<T>)>>;
+
+/// ConfigMaps and Secrets read for volumes, shared by every pod of the node, so that the
+/// periodic sync of many pods referencing one object (every pod's `kube-root-ca.crt`)
+/// reads it about once per sync period instead of once per pod.
+#[derive(Debug, Default)]
+pub struct ObjectCache {
+    config_maps: Entries<ConfigMap>,
+    secrets: Entries<Secret>,
+}
+
+/// The entry for `key` if younger than `max_age`; entries older than twice that are
+/// dropped on the way, so the cache holds only what pods still read.
+fn cached<T: Clone>(
+    map: &Entries<T>,
+    key: &(String, String),
+    max_age: Duration,
+) -> Option<Option<T>> {
+    let mut map = map
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    map.retain(|_, (at, _)| at.elapsed() < max_age * 2);
+    map.get(key)
+        .filter(|(at, _)| at.elapsed() < max_age)
+        .map(|(_, v)| v.clone())
+}
+
+fn remember<T>(map: &Entries<T>, key: (String, String), value: Option<T>) {
+    map.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .insert(key, (Instant::now(), value));
+}
+
 /// What the node agent reads volume content with.
 pub struct Context<'a> {
     /// The API client (the node's identity: the Node authorizer lets it read what its
@@ -136,6 +170,11 @@ pub struct Context<'a> {
     pub client: &'a Client,
     /// The node's address and allocatable resources.
     pub facts: NodeFacts,
+    /// Objects read lately.
+    pub cache: &'a ObjectCache,
+    /// How old a cached object may be; zero reads every object afresh (a pod's first
+    /// mount).
+    pub max_age: Duration,
 }
 
 fn not_found(e: &kube::Error) -> bool {
@@ -234,21 +273,33 @@ pub(crate) fn secret_data(secret: &Secret) -> BTreeMap<String, Vec<u8>> {
 
 impl Context<'_> {
     async fn config_map(&self, ns: &str, name: &str) -> Result<Option<ConfigMap>, String> {
-        let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), ns);
-        match api.get(name).await {
-            Ok(cm) => Ok(Some(cm)),
-            Err(e) if not_found(&e) => Ok(None),
-            Err(e) => Err(format!("failed to get configmap {ns}/{name}: {e}")),
+        let key = (ns.to_owned(), name.to_owned());
+        if let Some(hit) = cached(&self.cache.config_maps, &key, self.max_age) {
+            return Ok(hit);
         }
+        let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), ns);
+        let got = match api.get(name).await {
+            Ok(cm) => Some(cm),
+            Err(e) if not_found(&e) => None,
+            Err(e) => return Err(format!("failed to get configmap {ns}/{name}: {e}")),
+        };
+        remember(&self.cache.config_maps, key, got.clone());
+        Ok(got)
     }
 
     async fn secret(&self, ns: &str, name: &str) -> Result<Option<Secret>, String> {
-        let api: Api<Secret> = Api::namespaced(self.client.clone(), ns);
-        match api.get(name).await {
-            Ok(s) => Ok(Some(s)),
-            Err(e) if not_found(&e) => Ok(None),
-            Err(e) => Err(format!("failed to get secret {ns}/{name}: {e}")),
+        let key = (ns.to_owned(), name.to_owned());
+        if let Some(hit) = cached(&self.cache.secrets, &key, self.max_age) {
+            return Ok(hit);
         }
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), ns);
+        let got = match api.get(name).await {
+            Ok(s) => Some(s),
+            Err(e) if not_found(&e) => None,
+            Err(e) => return Err(format!("failed to get secret {ns}/{name}: {e}")),
+        };
+        remember(&self.cache.secrets, key, got.clone());
+        Ok(got)
     }
 
     async fn request_token(
@@ -847,6 +898,17 @@ mod tests {
         };
         assert!(!t.needs_refresh(issued + Duration::from_secs(479)));
         assert!(t.needs_refresh(issued + Duration::from_secs(480)));
+    }
+
+    #[test]
+    fn cached_objects_expire_and_old_ones_are_dropped() {
+        let map: Entries<u32> = Mutex::default();
+        let key = ("ns".to_owned(), "a".to_owned());
+        remember(&map, key.clone(), Some(1));
+        assert_eq!(cached(&map, &key, Duration::from_secs(60)), Some(Some(1)));
+        // Max age zero: always read afresh, and the stale entry is dropped.
+        assert_eq!(cached(&map, &key, Duration::ZERO), None);
+        assert!(map.lock().map(|m| m.is_empty()).unwrap_or(false));
     }
 
     #[test]
