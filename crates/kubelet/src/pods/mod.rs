@@ -278,14 +278,20 @@ pub async fn run<R: Runtime>(
             Some(Ok(watcher::Event::Delete(pod))) => {
                 let uid = pod.uid().unwrap_or_default();
                 let worker = registry.workers.lock().await.remove(&uid);
-                registry.forget_pod(&pod.namespace().unwrap_or_default(), &pod.name_any(), &uid);
-                // Its logs and volumes go once its workloads have stopped.
+                // Its records, logs and volumes go once its workloads have stopped (a
+                // container stopping records its logs one last time).
                 let dir = ctx.pod_dir(&pod);
+                let registry = registry.clone();
                 tokio::spawn(async move {
                     if let Some(w) = worker {
                         w.stop.cancel();
                         let _ = w.task.await;
                     }
+                    registry.forget_pod(
+                        &pod.namespace().unwrap_or_default(),
+                        &pod.name_any(),
+                        &uid,
+                    );
                     remove_pod_dir(&dir).await;
                 });
             }
