@@ -135,7 +135,7 @@ async fn config_maps_secrets_downward_api_and_env_sources_reach_the_module() -> 
                     "cat", "/sec/password", "cat", "/info/labels", "cat", "/info/name",
                     "cat", "/info/mem", "try-write", "/cfg/new", "no",
                     "cat", "/by-name/marker", "try-write", "/by-name/marker", "x",
-                    "cat", "/whole/e2e-vol-files/marker", "ls", "/whole", "env"
+                    "cat", "/whole/e2e-vol-files/marker", "ls", "/whole", "ls", "/opt", "env"
                 ],
                 "resources": { "limits": { "memory": "64Mi" } },
                 "env": [
@@ -157,7 +157,8 @@ async fn config_maps_secrets_downward_api_and_env_sources_reach_the_module() -> 
                     { "name": "info", "mountPath": "/info" },
                     { "name": "scratch", "mountPath": "/scratch" },
                     { "name": "scratch", "mountPath": "/whole" },
-                    { "name": "scratch", "mountPath": "/by-name", "subPathExpr": "$(POD_NAME)" }
+                    { "name": "scratch", "mountPath": "/by-name", "subPathExpr": "$(POD_NAME)" },
+                    { "name": "opt", "mountPath": "/opt" }
                 ]
             }],
             "volumes": [
@@ -169,7 +170,8 @@ async fn config_maps_secrets_downward_api_and_env_sources_reach_the_module() -> 
                     { "path": "name", "fieldRef": { "fieldPath": "metadata.name" } },
                     { "path": "mem", "resourceFieldRef": { "containerName": "main", "resource": "limits.memory", "divisor": "1Mi" } }
                 ] } },
-                { "name": "scratch", "emptyDir": {} }
+                { "name": "scratch", "emptyDir": {} },
+                { "name": "opt", "configMap": { "name": "e2e-vol-none", "optional": true } }
             ]
         }),
     );
@@ -239,6 +241,24 @@ async fn config_maps_secrets_downward_api_and_env_sources_reach_the_module() -> 
         );
     }
     assert!(!log.contains("OPTIONAL_GONE"), "{log}");
+    // An optional ConfigMap that does not exist is an empty volume.
+    let opt = line(&log, "ls /opt");
+    assert!(!opt.contains("error") && opt.ends_with(" ..data"), "{log}");
+    // defaultMode 0400 (256) on the node's copy of the secret; configMap files 0644.
+    let pod_dir = std::fs::read_dir(node.data_dir.join("pods"))?
+        .filter_map(Result::ok)
+        .find(|e| e.file_name().to_string_lossy().contains("e2e-vol-files"))
+        .map(|e| e.path())
+        .ok_or_else(|| anyhow::anyhow!("no pod directory"))?;
+    let mode = |rel: &str| -> anyhow::Result<u32> {
+        use std::os::unix::fs::PermissionsExt;
+        Ok(std::fs::metadata(pod_dir.join("_volumes").join(rel))?
+            .permissions()
+            .mode()
+            & 0o777)
+    };
+    assert_eq!(mode("sec/password")?, 0o400);
+    assert_eq!(mode("all-cfg/colour")?, 0o644);
     delete(&pods, "e2e-vol-files").await?;
     // The pod's volumes and logs go with it, once its workloads have stopped.
     let mut dirs = Vec::new();
