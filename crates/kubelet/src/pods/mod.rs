@@ -201,17 +201,6 @@ impl Registry {
             let _ = w.task.await;
         }
     }
-
-    /// The pods whose workers still run workloads (not finished, not rejected).
-    async fn active_pods(&self) -> Vec<Pod> {
-        self.workers
-            .lock()
-            .await
-            .values()
-            .map(|w| w.pod.borrow().clone())
-            .filter(|p| !status::is_terminal(p))
-            .collect()
-    }
 }
 
 /// What every worker of this node shares.
@@ -342,9 +331,18 @@ async fn dispatch<R: Runtime>(ctx: &Arc<Ctx<R>>, pod: Pod) {
         w.pod.send_replace(pod);
         return;
     }
-    let active = ctx.registry.active_pods().await;
-    let others: Vec<&Pod> = active.iter().collect();
-    let misfit = admission::fit(&pod, &others, ctx.config.max_pods as usize);
+    // The pods are borrowed, not cloned: a clone of every pod for every new one made
+    // admission quadratic in the number of pods.
+    let misfit = {
+        let workers = ctx.registry.workers.lock().await;
+        let seen: Vec<_> = workers.values().map(|w| w.pod.borrow()).collect();
+        let others: Vec<&Pod> = seen
+            .iter()
+            .map(|p| &**p)
+            .filter(|p| !status::is_terminal(p))
+            .collect();
+        admission::fit(&pod, &others, ctx.config.max_pods as usize)
+    };
     let (tx, rx) = watch::channel(pod);
     let stop = CancellationToken::new();
     let task = tokio::spawn(worker::run(ctx.clone(), rx, stop.clone(), misfit));
