@@ -465,7 +465,7 @@ async fn main() -> anyhow::Result<()> {
     }
     if std::env::args().any(|a| a == "density") {
         let node = cluster
-            .ready_node(KRUSTLET_NODE, 10401, &["--max-pods", "5000"])
+            .ready_node(KRUSTLET_NODE, 10401, &["--max-pods", "20000"])
             .await?;
         return density(&cluster, &node).await;
     }

@@ -61,8 +61,8 @@ async fn node_registers_stays_ready_past_the_grace_period_and_goes_not_ready_on_
             "capacity lacks {key}: {capacity:?}"
         );
     }
-    // Without --max-pods: 2 MiB of memory and 8 open files per pod after 1 GiB and 1024
-    // files kept back, within [110, 2000]; the node raised its soft file limit to the hard.
+    // Without --max-pods: 2 MiB of memory and 4 open files per pod after 1 GiB and 1024
+    // files kept back, within [110, 8000]; the node raised its soft file limit to the hard.
     let limits = std::fs::read_to_string(format!(
         "/proc/{}/limits",
         node.pid().expect("krustlet runs")
@@ -82,14 +82,14 @@ async fn node_registers_stays_ready_past_the_grace_period_and_goes_not_ready_on_
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .map(|kib: u64| kib * 1024)
         .expect("MemTotal");
-    let fit = ((memory - (1 << 30)) / (2 << 20)).min(files[0].saturating_sub(1024) / 8);
+    let fit = ((memory - (1 << 30)) / (2 << 20)).min(files[0].saturating_sub(1024) / 4);
     // The API server writes quantities canonically: 2000 comes back as "2k".
     let pods = &capacity["pods"].0;
     let pods: u64 = match pods.strip_suffix('k') {
         Some(thousands) => thousands.parse::<u64>()? * 1000,
         None => pods.parse()?,
     };
-    assert_eq!(pods, fit.clamp(110, 2000));
+    assert_eq!(pods, fit.clamp(110, 8000));
     let port = status
         .daemon_endpoints
         .and_then(|d| d.kubelet_endpoint)

@@ -78,8 +78,8 @@ pub(crate) struct NodeArgs {
     #[arg(long, env = "KRUSTLET_CLIENT_CA_FILE")]
     client_ca_file: Option<PathBuf>,
     /// Most pods this node runs at once (node capacity "pods"). By default computed from
-    /// the host: 2 MiB of memory and 8 open files per pod after 1 GiB and 1024 files kept
-    /// back, at least 110 (the kubelet's default) and at most 2000 (the most measured).
+    /// the host: 2 MiB of memory and 4 open files per pod after 1 GiB and 1024 files kept
+    /// back, at least 110 (the kubelet's default) and at most 8000 (the most measured).
     #[arg(long, env = "KRUSTLET_MAX_PODS")]
     max_pods: Option<u32>,
     /// Registries (host:port, comma-separated) reached over plain HTTP instead of HTTPS.
