@@ -855,3 +855,56 @@ async fn volumes_of_running_pods_survive_an_agent_restart_and_those_of_deleted_p
     assert!(log.contains("cat /scratch/f: e2e-vol-keep"), "{log}");
     delete(&pods, "e2e-vol-keep").await
 }
+
+#[tokio::test]
+async fn a_sub_path_through_a_symlink_the_pod_planted_is_refused() -> anyhow::Result<()> {
+    let (cluster, node) = setup("e2e-vol-plant", 10361, &[]).await?;
+    let pods = cluster.pods();
+    let tool = cluster.push("tool", "volumes").await?;
+    // A directory outside every volume, reached by enough `..` from the emptyDir.
+    let outside = tempfile::tempdir()?;
+    let target = format!("{}{}", "../".repeat(24), outside.path().display()).replace("//", "/");
+    let pod = pod_with_spec(
+        "e2e-vol-plant",
+        &node.name,
+        serde_json::json!({
+            "restartPolicy": "Never",
+            "initContainers": [{
+                "name": "plant", "image": tool, "args": ["symlink", target, "/work/esc"],
+                "volumeMounts": [{ "name": "work", "mountPath": "/work" }]
+            }],
+            "containers": [{
+                "name": "main", "image": tool, "args": ["try-write", "/escaped/x", "out"],
+                "volumeMounts": [{ "name": "work", "mountPath": "/escaped", "subPath": "esc/made" }]
+            }],
+            "volumes": [{ "name": "work", "emptyDir": {} }]
+        }),
+    );
+    run(&pods, &pod).await?;
+    let p = wait_pod(
+        &pods,
+        "e2e-vol-plant",
+        60,
+        "CreateContainerConfigError",
+        |p| waiting_reason(p, "main").as_deref() == Some("CreateContainerConfigError"),
+    )
+    .await?;
+    let message = e2e::container_status(&p, "main")
+        .and_then(|s| s.state?.waiting?.message)
+        .unwrap_or_default();
+    assert!(message.contains("is a symlink"), "{message}");
+    // The link was really planted, and nothing was created where it points.
+    let planted = pods
+        .logs(
+            "e2e-vol-plant",
+            &LogParams {
+                container: Some("plant".to_owned()),
+                ..LogParams::default()
+            },
+        )
+        .await?;
+    assert!(planted.contains("symlink /work/esc: ok"), "{planted}");
+    assert!(!outside.path().join("made").exists());
+    assert_eq!(std::fs::read_dir(outside.path())?.count(), 0);
+    delete(&pods, "e2e-vol-plant").await
+}

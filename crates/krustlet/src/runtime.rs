@@ -123,6 +123,8 @@ impl kubelet::Runtime for WasmRuntime {
             .module(&run.image.handle)
             .await
             .map_err(|e| e.to_string())?;
+        // Descriptors the mounts' paths name: open until the sandbox has its own.
+        let _keep_open: Vec<_> = run.mounts.iter().map(|m| m.keep_open.clone()).collect();
         let spec = ContainerSpec {
             module_key: run.image.handle.clone(),
             wasm,

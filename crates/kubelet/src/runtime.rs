@@ -68,7 +68,7 @@ pub struct ContainerRun {
 }
 
 /// A host directory exposed to a container.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Mount {
     /// The directory on the host.
     pub host_path: PathBuf,
@@ -76,6 +76,9 @@ pub struct Mount {
     pub container_path: String,
     /// Mounted read-only.
     pub read_only: bool,
+    /// A descriptor `host_path` names (`/proc/self/fd/<n>`), to keep open until the
+    /// runtime has opened the directory.
+    pub keep_open: Option<std::sync::Arc<std::os::fd::OwnedFd>>,
 }
 
 /// How a container run ended.

@@ -10,7 +10,17 @@ use kube::{Api, Client, ResourceExt};
 
 use super::spec::expand;
 use crate::volumes::downward::{self, NodeFacts};
-use crate::volumes::{config_map_data, secret_data};
+use crate::volumes::secret_data;
+
+/// A ConfigMap's `data`: environment variables come from it alone, not `binaryData`, as
+/// the kubelet reads them.
+fn config_map_data(cm: &ConfigMap) -> BTreeMap<String, Vec<u8>> {
+    cm.data
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), v.clone().into_bytes()))
+        .collect()
+}
 
 /// Names the kubelet accepts for variables (`C_IDENTIFIER`-like, but it allows any
 /// printable ASCII except `=`).

@@ -250,8 +250,19 @@ pub async fn run<R: Runtime>(
         registry: registry.clone(),
         objects: crate::volumes::ObjectCache::default(),
     });
+    // Pods' logs and volumes (their secrets and tokens too) are for this agent alone.
+    let root = config.data_dir.join("pods");
+    if let Err(e) = std::fs::create_dir_all(&root).and_then(|()| {
+        std::fs::set_permissions(
+            &root,
+            <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o750),
+        )
+    }) {
+        tracing::warn!(dir = %root.display(), error = %e, "cannot restrict the pods directory");
+    }
     let pods: Api<Pod> = Api::all(client);
     let selector = format!("spec.nodeName={}", config.node_name);
+    let mut listed: HashSet<String> = HashSet::new();
     let mut events = watcher(pods, watcher::Config::default().fields(&selector))
         .default_backoff()
         .boxed();
@@ -261,35 +272,58 @@ pub async fn run<R: Runtime>(
             event = events.next() => event,
         };
         match event {
-            Some(Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod))) => {
+            Some(Ok(watcher::Event::Apply(pod))) => dispatch(&ctx, pod).await,
+            Some(Ok(watcher::Event::InitApply(pod))) => {
+                listed.insert(pod.uid().unwrap_or_default());
                 dispatch(&ctx, pod).await;
             }
             Some(Ok(watcher::Event::Delete(pod))) => {
-                let uid = pod.uid().unwrap_or_default();
-                let worker = registry.workers.lock().await.remove(&uid);
-                // Its records, logs and volumes go once its workloads have stopped (a
-                // container stopping records its logs one last time).
-                let dir = ctx.pod_dir(&pod);
-                let registry = registry.clone();
-                tokio::spawn(async move {
-                    if let Some(w) = worker {
-                        w.stop.cancel();
-                        let _ = w.task.await;
-                    }
-                    registry.forget_pod(
-                        &pod.namespace().unwrap_or_default(),
-                        &pod.name_any(),
-                        &uid,
-                    );
-                    remove_pod_dir(&dir).await;
-                });
+                let worker = registry
+                    .workers
+                    .lock()
+                    .await
+                    .remove(&pod.uid().unwrap_or_default());
+                gone(&ctx, pod, worker);
             }
-            Some(Ok(watcher::Event::InitDone)) => remove_orphans(&ctx).await,
-            Some(Ok(watcher::Event::Init)) => {}
+            Some(Ok(watcher::Event::Init)) => listed.clear(),
+            Some(Ok(watcher::Event::InitDone)) => {
+                // A (re)list: pods deleted while the watch was down are not announced,
+                // they are just missing from the list.
+                let missed: Vec<Worker> = {
+                    let mut workers = registry.workers.lock().await;
+                    let uids: Vec<String> = workers
+                        .keys()
+                        .filter(|uid| !listed.contains(*uid))
+                        .cloned()
+                        .collect();
+                    uids.iter().filter_map(|uid| workers.remove(uid)).collect()
+                };
+                for worker in missed {
+                    let pod = worker.pod.borrow().clone();
+                    gone(&ctx, pod, Some(worker));
+                }
+                remove_orphans(&ctx).await;
+            }
             Some(Err(e)) => tracing::warn!(error = %e, "pod watch failed; retrying"),
             None => return,
         }
     }
+}
+
+/// A pod that is gone from the API: its workloads stop, then its records, logs and
+/// volumes go (a container stopping records its logs one last time).
+fn gone<R: Runtime>(ctx: &Ctx<R>, pod: Pod, worker: Option<Worker>) {
+    let dir = ctx.pod_dir(&pod);
+    let registry = ctx.registry.clone();
+    tokio::spawn(async move {
+        if let Some(w) = worker {
+            w.stop.cancel();
+            let _ = w.task.await;
+        }
+        let uid = pod.uid().unwrap_or_default();
+        registry.forget_pod(&pod.namespace().unwrap_or_default(), &pod.name_any(), &uid);
+        remove_pod_dir(&dir).await;
+    });
 }
 
 async fn remove_pod_dir(dir: &std::path::Path) {

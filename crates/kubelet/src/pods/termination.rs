@@ -43,6 +43,7 @@ pub fn prepare(spec: &Container, run_dir: &Path) -> std::io::Result<(Mount, Term
         host_path: run_dir.to_owned(),
         container_path: parent.to_owned(),
         read_only: false,
+        keep_open: None,
     };
     Ok((
         mount,
@@ -63,6 +64,32 @@ fn truncate(mut s: String, max: usize) -> String {
     s
 }
 
+/// What the module wrote to its termination file, at most [`MAX_MESSAGE`] bytes. The
+/// file lives in a directory the module can write, so it may have been replaced by a
+/// symlink to any file of the node: a symlink, or anything but a regular file, is read
+/// as empty.
+fn read_written(path: &Path) -> Vec<u8> {
+    use rustix::fs::{FileType, Mode, OFlags};
+    use std::io::Read as _;
+    let Ok(fd) = rustix::fs::openat(
+        rustix::fs::CWD,
+        path,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) else {
+        return Vec::new();
+    };
+    let regular = rustix::fs::fstat(&fd)
+        .is_ok_and(|s| FileType::from_raw_mode(s.st_mode) == FileType::RegularFile);
+    if !regular {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    let limit = u64::try_from(MAX_MESSAGE).unwrap_or(u64::MAX);
+    let _ = std::fs::File::from(fd).take(limit).read_to_end(&mut out);
+    out
+}
+
 /// The message for a run that ended with `exit_code`: the file's content; else, for
 /// `FallbackToLogsOnError` and a failure, the tail of the log; else `runtime_message`
 /// (a trap's description).
@@ -73,7 +100,10 @@ pub async fn message(
     exit_code: i32,
     runtime_message: Option<String>,
 ) -> Option<String> {
-    let written = tokio::fs::read(&file.host_file).await.unwrap_or_default();
+    let path = file.host_file.clone();
+    let written = tokio::task::spawn_blocking(move || read_written(&path))
+        .await
+        .unwrap_or_default();
     if !written.is_empty() {
         return Some(truncate(
             String::from_utf8_lossy(&written).into_owned(),
@@ -129,6 +159,13 @@ mod tests {
             message(&spec, &file, &log, 1, None).await.as_deref(),
             Some("bye")
         );
+        // A module that replaces its termination file with a link to a node file gets
+        // nothing of that file into its status.
+        let secret = dir.path().join("node-secret");
+        std::fs::write(&secret, "do not show").expect("write");
+        std::fs::remove_file(dir.path().join("t/termination-log")).expect("remove");
+        std::os::unix::fs::symlink(&secret, dir.path().join("t/termination-log")).expect("symlink");
+        assert_eq!(message(&spec, &file, &log, 0, None).await, None);
         let custom = container(serde_json::json!({"name": "a", "terminationMessagePath": "/msg"}));
         let (mount, _) = prepare(&custom, &dir.path().join("u")).expect("prepare");
         assert_eq!(mount.container_path, "/");

@@ -76,6 +76,34 @@ fn read_current(dir: &Path) -> io::Result<Option<Files>> {
     Ok(Some(files))
 }
 
+/// Writes `files` under `dir`, each created with its mode (never readable by others
+/// for a moment).
+fn fill(dir: &Path, files: &Files) -> io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    for (rel, file) in files {
+        if !valid_path(rel) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("invalid path {rel:?}"),
+            ));
+        }
+        let path = dir.join(rel);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        let mut out = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(file.mode)
+            .open(&path)?;
+        out.write_all(&file.data)?;
+        // The umask may have taken bits away: set exactly what was asked.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(file.mode))?;
+    }
+    Ok(())
+}
+
 /// Makes `dir` hold exactly `files`; does nothing when it already does. Returns whether
 /// it changed anything.
 ///
@@ -92,13 +120,10 @@ pub fn write(dir: &Path, files: &Files) -> io::Result<bool> {
     let fresh = format!("..{stamp}");
     let fresh_dir = dir.join(&fresh);
     std::fs::create_dir(&fresh_dir)?;
-    for (rel, file) in files {
-        let path = fresh_dir.join(rel);
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
-        std::fs::write(&path, &file.data)?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(file.mode))?;
+    if let Err(e) = fill(&fresh_dir, files) {
+        // Nothing half-written stays behind; the old content is still in place.
+        let _ = std::fs::remove_dir_all(&fresh_dir);
+        return Err(e);
     }
     let old = std::fs::read_link(dir.join(DATA)).ok();
     let tmp = dir.join(DATA_TMP);

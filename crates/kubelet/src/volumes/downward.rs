@@ -171,7 +171,12 @@ pub fn resource(
         .filter(|d| *d > 0.0)
         .unwrap_or(1.0);
     #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-    let rounded = (value / divisor - 1e-9).ceil().max(0.0) as u64;
+    let rounded = {
+        // The kubelet divides exactly; in floating point, first drop the noise below a
+        // nano-unit (1500m / 1m must be 1500, not 1500.0000000000002 -> 1501).
+        let quotient = ((value / divisor) * 1e9).round() / 1e9;
+        quotient.ceil().max(0.0) as u64
+    };
     Ok(rounded.to_string())
 }
 
@@ -247,6 +252,8 @@ mod tests {
         };
         assert_eq!(get("c", "limits.cpu", None).as_deref(), Ok("2"));
         assert_eq!(get("c", "limits.cpu", Some("1m")).as_deref(), Ok("1500"));
+        // Just over a unit rounds up, as the kubelet's exact division does.
+        assert_eq!(get("c", "limits.memory", Some("63Mi")).as_deref(), Ok("2"));
         assert_eq!(get("c", "limits.memory", Some("1Mi")).as_deref(), Ok("64"));
         assert_eq!(get("c", "requests.memory", None).as_deref(), Ok("67108864"));
         assert_eq!(get("d", "limits.cpu", None).as_deref(), Ok("2"));

@@ -20,6 +20,7 @@ pub mod atomic;
 pub mod downward;
 mod host;
 mod sources;
+pub mod subpath;
 
 use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
@@ -30,9 +31,9 @@ use kube::ResourceExt;
 
 use crate::runtime::Mount;
 use host::host_path;
+pub(crate) use sources::secret_data;
 pub use sources::{Context, ObjectCache};
 use sources::{Part, Token, mode};
-pub(crate) use sources::{config_map_data, secret_data};
 
 /// Directory, under a pod's directory, that holds its volumes.
 pub const VOLUMES_DIR: &str = "_volumes";
@@ -200,6 +201,7 @@ impl Volumes {
     /// As [`Volumes::set_up`].
     pub async fn refresh(&self, ctx: &Context<'_>, pod: &Pod) -> Result<Vec<String>, MountError> {
         let mut changed = Vec::new();
+        let mut first_error = None;
         for (name, v) in &self.volumes {
             let Kind::Projected { parts, mode } = &v.kind else {
                 continue;
@@ -208,13 +210,21 @@ impl Volumes {
                 volume: name.clone(),
                 message,
             };
-            let files = ctx
-                .project(pod, name, parts, *mode, &self.tokens)
-                .await
-                .map_err(failed)?;
-            if atomic::write(&v.path, &files).map_err(|e| failed(format!("{e}")))? {
-                changed.push(name.clone());
+            // One volume failing leaves the others to be refreshed.
+            let written = match ctx.project(pod, name, parts, *mode, &self.tokens).await {
+                Ok(files) => atomic::write(&v.path, &files).map_err(|e| failed(e.to_string())),
+                Err(message) => Err(failed(message)),
+            };
+            match written {
+                Ok(true) => changed.push(name.clone()),
+                Ok(false) => {}
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
             }
+        }
+        if let Some(e) = first_error {
+            return Err(e);
         }
         Ok(changed)
     }
@@ -271,30 +281,24 @@ impl Volumes {
                 (_, Some(e)) if !e.is_empty() => Some(crate::pods::spec::expand(e, env)),
                 _ => None,
             };
-            let mut host = volume.path.clone();
-            if let Some(sub) = sub {
-                if !plain_relative(&sub) {
-                    return Err(bad(format!(
-                        "subPath {sub:?} must be a relative path without '..'"
-                    )));
+            let opened = match sub {
+                Some(sub) => {
+                    if !plain_relative(&sub) {
+                        return Err(bad(format!(
+                            "subPath {sub:?} must be a relative path without '..'"
+                        )));
+                    }
+                    subpath::open_beneath(&volume.path, &sub)
                 }
-                host = host.join(&sub);
-                if std::fs::symlink_metadata(&host).is_err() && !read_only {
-                    std::fs::create_dir_all(&host).map_err(|e| bad(e.to_string()))?;
-                }
-                // No symlink inside the volume may lead the mount out of it.
-                let root = volume.path.canonicalize().map_err(|e| bad(e.to_string()))?;
-                let real = host.canonicalize().map_err(|e| bad(e.to_string()))?;
-                if !real.starts_with(&root) {
-                    return Err(bad(format!("subPath {sub:?} leads outside the volume")));
-                }
-                host = real;
+                None => subpath::open_whole(&volume.path),
             }
-            if host.is_dir() {
+            .map_err(|e| bad(e.to_string()))?;
+            if opened.is_dir {
                 mounts.push(Mount {
-                    host_path: host,
+                    host_path: opened.proc_path(),
                     container_path: m.mount_path.clone(),
                     read_only,
+                    keep_open: Some(std::sync::Arc::new(opened.into_fd())),
                 });
                 continue;
             }
@@ -310,21 +314,14 @@ impl Volumes {
                 .join(i.to_string());
             let _ = std::fs::remove_dir_all(&dir);
             std::fs::create_dir_all(&dir).map_err(|e| bad(e.to_string()))?;
-            let link = dir.join(file_name);
-            if std::fs::hard_link(&host, &link).is_err() {
-                std::fs::copy(&host, &link).map_err(|e| bad(e.to_string()))?;
-                // A copy cannot carry writes back: it is read-only.
-                mounts.push(Mount {
-                    host_path: dir,
-                    container_path: parent.to_string_lossy().into_owned(),
-                    read_only: true,
-                });
-                continue;
-            }
+            let copied = subpath::link_or_copy(&opened, &dir.join(file_name))
+                .map_err(|e| bad(e.to_string()))?;
             mounts.push(Mount {
                 host_path: dir,
                 container_path: parent.to_string_lossy().into_owned(),
-                read_only,
+                // A copy cannot carry writes back: it is read-only.
+                read_only: read_only || copied,
+                keep_open: None,
             });
         }
         Ok(mounts)
@@ -381,6 +378,12 @@ fn projection(volume: &Volume) -> Option<Kind> {
         }
         if let Some(t) = &source.service_account_token {
             parts.push(Part::Token(t.clone()));
+        }
+        if source.cluster_trust_bundle.is_some() {
+            parts.push(Part::Unsupported("clusterTrustBundle"));
+        }
+        if source.pod_certificate.is_some() {
+            parts.push(Part::Unsupported("podCertificate"));
         }
     }
     Some(Kind::Projected {

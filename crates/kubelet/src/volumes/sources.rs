@@ -37,6 +37,8 @@ pub(super) enum Part {
     },
     Downward(Vec<DownwardAPIVolumeFile>),
     Token(ServiceAccountTokenProjection),
+    /// A projected source this node cannot fill (the mount fails, naming it).
+    Unsupported(&'static str),
 }
 
 /// A token the node agent requested for a `serviceAccountToken` projection.
@@ -79,7 +81,9 @@ fn cached<T: Clone>(
     let mut map = map
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    map.retain(|_, (at, _)| at.elapsed() < max_age * 2);
+    // A first mount (max age zero) must not wipe what the periodic syncs share.
+    let keep = (max_age * 2).max(Duration::from_secs(120));
+    map.retain(|_, (at, _)| at.elapsed() < keep);
     map.get(key)
         .filter(|(at, _)| at.elapsed() < max_age)
         .map(|(_, v)| v.clone())
@@ -330,6 +334,11 @@ impl Context<'_> {
                         );
                     }
                 }
+                Part::Unsupported(kind) => {
+                    return Err(format!(
+                        "projected {kind} sources are not supported by krustlet"
+                    ));
+                }
                 Part::Token(projection) => {
                     let key = (volume.to_owned(), projection.path.clone());
                     let held = tokens
@@ -427,8 +436,8 @@ mod tests {
         let key = ("ns".to_owned(), "a".to_owned());
         remember(&map, key.clone(), Some(1));
         assert_eq!(cached(&map, &key, Duration::from_secs(60)), Some(Some(1)));
-        // Max age zero: always read afresh, and the stale entry is dropped.
+        // Max age zero: always read afresh, without dropping what others may use.
         assert_eq!(cached(&map, &key, Duration::ZERO), None);
-        assert!(map.lock().map(|m| m.is_empty()).unwrap_or(false));
+        assert_eq!(map.lock().map(|m| m.len()).unwrap_or(0), 1);
     }
 }
