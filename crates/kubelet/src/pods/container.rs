@@ -467,15 +467,11 @@ impl<R: Runtime> Supervisor<R> {
     async fn argv_env(&self) -> Result<(Vec<String>, Vec<(String, String)>), String> {
         let (env, invalid) =
             super::env::resolve(&self.ctx.client, &self.pod, &self.spec, &self.ctx.facts()).await?;
-        if !invalid.is_empty() {
+        for message in invalid {
             self.event(
                 EventType::Warning,
                 "InvalidEnvironmentVariableNames",
-                format!(
-                    "Keys [{}] from the EnvFrom of container {} were skipped since they are considered invalid environment variable names.",
-                    invalid.join(", "),
-                    self.spec.name
-                ),
+                message,
             )
             .await;
         }

@@ -74,7 +74,8 @@ fn set(env: &mut Vec<(String, String)>, name: String, value: String) {
     }
 }
 
-/// The environment of `container`, and the `envFrom` keys skipped as invalid names.
+/// The environment of `container`, and an event message for each `envFrom` source whose
+/// keys were skipped as invalid names.
 ///
 /// # Errors
 /// The kubelet's message for a missing, non-optional source: the container then waits
@@ -96,28 +97,36 @@ pub(crate) async fn resolve(
     let mut invalid = Vec::new();
     for source in container.env_from.iter().flatten() {
         let prefix = source.prefix.clone().unwrap_or_default();
-        let data = if let Some(r) = &source.config_map_ref {
+        let (data, kind, name) = if let Some(r) = &source.config_map_ref {
             match lookup.config_map(&r.name).await? {
-                Some(cm) => config_map_data(cm),
+                Some(cm) => (config_map_data(cm), "configMap", &r.name),
                 None if r.optional == Some(true) => continue,
                 None => return Err(format!("configmap {:?} not found", r.name)),
             }
         } else if let Some(r) = &source.secret_ref {
             match lookup.secret(&r.name).await? {
-                Some(s) => secret_data(s),
+                Some(s) => (secret_data(s), "secret", &r.name),
                 None if r.optional == Some(true) => continue,
                 None => return Err(format!("secret {:?} not found", r.name)),
             }
         } else {
             continue;
         };
+        let mut skipped = Vec::new();
         for (key, value) in data {
-            let name = format!("{prefix}{key}");
-            if valid_name(&name) {
-                set(&mut env, name, String::from_utf8_lossy(&value).into_owned());
+            let var = format!("{prefix}{key}");
+            if valid_name(&var) {
+                set(&mut env, var, String::from_utf8_lossy(&value).into_owned());
             } else {
-                invalid.push(name);
+                skipped.push(var);
             }
+        }
+        if !skipped.is_empty() {
+            // The kubelet's InvalidEnvironmentVariableNames event, one per source.
+            invalid.push(format!(
+                "Keys [{}] from the EnvFrom {kind} {ns}/{name} were skipped since they are considered invalid environment variable names.",
+                skipped.join(", ")
+            ));
         }
     }
     for var in container.env.iter().flatten() {

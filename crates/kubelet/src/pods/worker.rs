@@ -183,7 +183,7 @@ impl<R: Runtime> PodWorker<R> {
             self.event(EventType::Warning, "FailedMount", e.to_string(), None)
                 .await;
         }
-        let (volume, limit) = volumes.over_limit(&pod)?;
+        let (volume, limit) = volumes.over_limit(&pod).await?;
         Some(format!(
             "Usage of EmptyDir volume {volume:?} exceeds the limit {limit:?}. "
         ))

@@ -103,6 +103,30 @@ fn kind_name(volume: &Volume) -> String {
         .unwrap_or_else(|| "unknown".to_owned())
 }
 
+/// The variables `expr` references (`$(NAME)`, not the escaped `$$(NAME)`) that `env`
+/// does not set or sets empty, sorted, each once.
+fn missing_references(expr: &str, env: &[(String, String)]) -> Vec<String> {
+    let mut missing = std::collections::BTreeSet::new();
+    let mut rest = expr;
+    while let Some(i) = rest.find('$') {
+        let after = &rest[i + 1..];
+        if let Some(escaped) = after.strip_prefix('$') {
+            rest = escaped;
+        } else if let Some(open) = after.strip_prefix('(')
+            && let Some(end) = open.find(')')
+        {
+            let name = &open[..end];
+            if !env.iter().any(|(n, v)| n == name && !v.is_empty()) {
+                missing.insert(name.to_owned());
+            }
+            rest = &open[end + 1..];
+        } else {
+            rest = after;
+        }
+    }
+    missing.into_iter().collect()
+}
+
 /// Whether `path` is relative and has no `..`: the kubelet's subPath rule.
 fn plain_relative(path: &str) -> bool {
     Path::new(path)
@@ -229,26 +253,40 @@ impl Volumes {
         Ok(changed)
     }
 
-    /// `emptyDir` volumes over their `sizeLimit`: (volume, limit as written, bytes used).
-    #[must_use]
-    pub fn over_limit(&self, pod: &Pod) -> Option<(String, String)> {
-        for (name, v) in &self.volumes {
-            let Kind::EmptyDir { limit: Some(limit) } = v.kind else {
-                continue;
-            };
-            if disk_usage(&v.path) > limit {
-                let written = pod
-                    .spec
-                    .iter()
-                    .flat_map(|s| s.volumes.iter().flatten())
-                    .find(|x| &x.name == name)
-                    .and_then(|x| x.empty_dir.as_ref()?.size_limit.clone())
-                    .map(|q| q.0)
-                    .unwrap_or_default();
-                return Some((name.clone(), written));
-            }
+    /// The first `emptyDir` volume over its `sizeLimit`: (volume, the limit as written).
+    /// The sizes are summed on a blocking thread, away from the pods' tasks.
+    pub async fn over_limit(&self, pod: &Pod) -> Option<(String, String)> {
+        let limited: Vec<(String, PathBuf, u64)> = self
+            .volumes
+            .iter()
+            .filter_map(|(name, v)| match v.kind {
+                Kind::EmptyDir { limit: Some(limit) } => {
+                    Some((name.clone(), v.path.clone(), limit))
+                }
+                _ => None,
+            })
+            .collect();
+        if limited.is_empty() {
+            return None;
         }
-        None
+        let over = tokio::task::spawn_blocking(move || {
+            limited
+                .into_iter()
+                .find(|(_, path, limit)| disk_usage(path) > *limit)
+                .map(|(name, _, _)| name)
+        })
+        .await
+        .ok()
+        .flatten()?;
+        let written = pod
+            .spec
+            .iter()
+            .flat_map(|s| s.volumes.iter().flatten())
+            .find(|x| x.name == over)
+            .and_then(|x| x.empty_dir.as_ref()?.size_limit.clone())
+            .map(|q| q.0)
+            .unwrap_or_default();
+        Some((over, written))
     }
 
     /// The preopens of `container`: one per `volumeMount`, `subPath` and `subPathExpr`
@@ -278,7 +316,14 @@ impl Volumes {
             let read_only = volume.read_only || m.read_only.unwrap_or(false);
             let sub = match (&m.sub_path, &m.sub_path_expr) {
                 (Some(s), _) if !s.is_empty() => Some(s.clone()),
-                (_, Some(e)) if !e.is_empty() => Some(crate::pods::spec::expand(e, env)),
+                (_, Some(e)) if !e.is_empty() => {
+                    // The kubelet refuses a reference to a variable unset or empty.
+                    let missing = missing_references(e, env);
+                    if !missing.is_empty() {
+                        return Err(bad(format!("missing value for {}", missing.join(", "))));
+                    }
+                    Some(crate::pods::spec::expand(e, env))
+                }
                 _ => None,
             };
             let opened = match sub {
@@ -288,11 +333,15 @@ impl Volumes {
                             "subPath {sub:?} must be a relative path without '..'"
                         )));
                     }
-                    subpath::open_beneath(&volume.path, &sub)
+                    subpath::open_beneath(&volume.path, &sub).map_err(|e| bad(e.to_string()))?
                 }
-                None => subpath::open_whole(&volume.path),
-            }
-            .map_err(|e| bad(e.to_string()))?;
+                None => subpath::open_whole(&volume.path).map_err(|e| {
+                    format!(
+                        "cannot mount volume {:?} into container {:?}: {e}",
+                        m.name, container.name
+                    )
+                })?,
+            };
             if opened.is_dir {
                 mounts.push(Mount {
                     host_path: opened.proc_path(),
@@ -415,6 +464,20 @@ fn disk_usage(dir: &Path) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sub_path_expr_references_must_be_set_and_not_empty() {
+        let env = [
+            ("POD".to_owned(), "p1".to_owned()),
+            ("EMPTY".to_owned(), String::new()),
+        ];
+        assert!(missing_references("logs/$(POD)", &env).is_empty());
+        assert!(missing_references("logs/$$(NOPE)", &env).is_empty());
+        assert_eq!(
+            missing_references("$(Z)/$(EMPTY)/$(POD)/$(Z)", &env),
+            ["EMPTY", "Z"]
+        );
+    }
 
     #[test]
     fn sub_paths_must_be_plain_relative() {
