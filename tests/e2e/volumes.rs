@@ -789,11 +789,17 @@ async fn volumes_of_running_pods_survive_an_agent_restart_and_those_of_deleted_p
     let (cluster, mut node) = setup("e2e-vol-restart", 10360, &[]).await?;
     let pods = cluster.pods();
     let tool = cluster.push("tool", "volumes").await?;
-    for name in ["e2e-vol-keep", "e2e-vol-gone"] {
+    for name in ["e2e-vol-keep", "e2e-vol-gone", "e2e-vol-never"] {
+        let policy = if name == "e2e-vol-never" {
+            "Never"
+        } else {
+            "Always"
+        };
         let pod = pod_with_spec(
             name,
             &node.name,
             serde_json::json!({
+                "restartPolicy": policy,
                 "containers": [{
                     "name": "main", "image": tool,
                     "args": ["cat", "/scratch/f", "try-write", "/scratch/f", name, "sleep", "600"],
@@ -853,6 +859,30 @@ async fn volumes_of_running_pods_survive_an_agent_restart_and_those_of_deleted_p
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(log.contains("cat /scratch/f: e2e-vol-keep"), "{log}");
+    // The run that stopped with the old agent is counted: a restart, the lost run in
+    // lastState as the kubelet reports a container it can no longer find.
+    let p = wait_pod(&pods, "e2e-vol-keep", 30, "restart counted", |p| {
+        e2e::container_status(p, "main").is_some_and(|s| s.restart_count == 1)
+    })
+    .await?;
+    let last = e2e::container_status(&p, "main")
+        .and_then(|s| s.last_state?.terminated)
+        .ok_or_else(|| anyhow::anyhow!("no lastState"))?;
+    assert_eq!(
+        (last.exit_code, last.reason.as_deref()),
+        (137, Some("ContainerStatusUnknown"))
+    );
+    // restartPolicy Never: the lost run is not run again; the pod fails.
+    let p = wait_pod(&pods, "e2e-vol-never", 30, "Failed", |p| {
+        phase(p) == "Failed"
+    })
+    .await?;
+    let t = e2e::terminated(&p, "main").ok_or_else(|| anyhow::anyhow!("not terminated"))?;
+    assert_eq!(
+        (t.exit_code, t.reason.as_deref()),
+        (137, Some("ContainerStatusUnknown"))
+    );
+    delete(&pods, "e2e-vol-never").await?;
     delete(&pods, "e2e-vol-keep").await
 }
 

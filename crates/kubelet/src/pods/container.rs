@@ -168,7 +168,21 @@ pub(crate) async fn supervise<R: Runtime>(
     // 10 s, doubling to 5 min; a run of 10 min forgets the back-off.
     let mut crash_backoff: Option<Duration> = None;
     let mut create_backoff = CREATE_BACKOFF;
-    let mut restarting = false;
+    // A container that ran under the node agent before a restart of it (see
+    // `sequence::adopted`): its policy decides on that run's exit as on any other.
+    let before = sup.shared.get(slot).and_then(|r| r.state.terminated);
+    let mut restarting = before.is_some();
+    if let Some(t) = before {
+        let again = match restart_policy.as_str() {
+            "Never" => false,
+            "OnFailure" => t.exit_code != 0,
+            _ => true,
+        };
+        if !again || sup.kill.is_cancelled() {
+            sup.shared.update(slot, |r| r.done = true);
+            return;
+        }
+    }
     loop {
         let Some(image) = sup.pull().await else { break };
         let started = Instant::now();

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{ContainerStateTerminated, Pod};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -47,6 +47,56 @@ pub(crate) fn records(pod: &Pod) -> Records {
     if !records.init.is_empty() {
         for r in records.init.iter_mut().chain(records.app.iter_mut()) {
             r.state = status::waiting("PodInitializing", None);
+        }
+    }
+    records
+}
+
+/// The records of a pod this node ran before the node agent restarted, from the status
+/// it reported then. The modules ran inside the old agent and stopped with it: a run
+/// that was going is `terminated` with exit code 137 and reason
+/// `ContainerStatusUnknown` (as the kubelet reports a container it can no longer find),
+/// restart counts carry on, and each container's restart policy then decides, as after
+/// any exit, whether it runs again; init containers that had succeeded do not.
+pub(crate) fn adopted(pod: &Pod) -> Records {
+    let mut records = records(pod);
+    let Some(status) = pod.status.as_ref() else {
+        return records;
+    };
+    let lists = [
+        (&mut records.init, status.init_container_statuses.as_ref()),
+        (&mut records.app, status.container_statuses.as_ref()),
+    ];
+    for (list, reported) in lists {
+        for r in list.iter_mut() {
+            let Some(s) = reported.into_iter().flatten().find(|s| s.name == r.name) else {
+                continue;
+            };
+            let state = s.state.clone().unwrap_or_default();
+            let last = if let Some(running) = state.running {
+                ContainerStateTerminated {
+                    exit_code: 137,
+                    reason: Some("ContainerStatusUnknown".to_owned()),
+                    message: Some(
+                        "The node agent restarted; the module stopped with it".to_owned(),
+                    ),
+                    started_at: running.started_at,
+                    finished_at: Some(crate::now()),
+                    container_id: s.container_id.clone(),
+                    signal: None,
+                }
+            } else if let Some(t) = state.terminated {
+                t
+            } else if let Some(t) = s.last_state.as_ref().and_then(|l| l.terminated.clone()) {
+                // Waiting to restart (crash-loop back-off) when the agent stopped.
+                t
+            } else {
+                continue;
+            };
+            r.state = status::terminated(last);
+            r.restart_count = s.restart_count;
+            r.container_id.clone_from(&s.container_id);
+            r.image_id.clone_from(&s.image_id);
         }
     }
     records
@@ -204,6 +254,36 @@ mod tests {
                     .unwrap_or_default()
             })
             .collect()
+    }
+
+    #[test]
+    fn a_pod_run_before_an_agent_restart_carries_its_runs_over() {
+        let p: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": { "name": "p" },
+            "spec": { "initContainers": [{ "name": "i" }], "containers": [{ "name": "a" }, { "name": "b" }] },
+            "status": {
+                "initContainerStatuses": [{ "name": "i", "image": "", "imageID": "x@sha256:1", "ready": false,
+                    "restartCount": 0, "state": { "terminated": { "exitCode": 0 } } }],
+                "containerStatuses": [
+                    { "name": "a", "image": "", "imageID": "x@sha256:2", "ready": true, "restartCount": 2,
+                      "state": { "running": { "startedAt": "2026-11-27T10:00:00Z" } } },
+                    { "name": "b", "image": "", "imageID": "", "ready": false, "restartCount": 0,
+                      "state": { "waiting": { "reason": "ContainerCreating" } } }
+                ]
+            }
+        }))
+        .expect("pod");
+        let r = adopted(&p);
+        assert!(r.init[0].succeeded());
+        let a = r.app[0].state.terminated.clone().expect("the lost run");
+        assert_eq!(
+            (a.exit_code, a.reason.as_deref()),
+            (137, Some("ContainerStatusUnknown"))
+        );
+        assert_eq!(r.app[0].restart_count, 2);
+        assert_eq!(r.app[0].image_id, "x@sha256:2");
+        // Never started: nothing to carry over.
+        assert_eq!(reasons(&r.app[1..]), ["PodInitializing"]);
     }
 
     #[test]

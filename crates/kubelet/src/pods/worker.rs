@@ -261,7 +261,7 @@ pub(crate) async fn run<R: Runtime>(
     }
     let (changed, mut changes) = watch::channel(0u64);
     let shared = Arc::new(Shared {
-        records: Mutex::new(sequence::records(&first)),
+        records: Mutex::new(sequence::adopted(&first)),
         changed,
         volumes: std::sync::OnceLock::new(),
     });
