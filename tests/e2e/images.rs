@@ -7,7 +7,7 @@ use std::time::Duration;
 use e2e::{
     Cluster, KrustletNode, OwnRegistry, container_status, ensure_absent, manifest_digest, phase,
     pod_with_spec, push_as, push_container_image, push_index, setup, wait_gone, wait_pod,
-    waiting_reason, workload,
+    waiting_message, waiting_reason, workload,
 };
 use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
 use kube::Api;
@@ -191,9 +191,7 @@ async fn every_wasm_format_runs_and_a_container_image_is_refused() -> anyhow::Re
         waiting_reason(p, "main").as_deref() == Some("ImagePullBackOff")
     })
     .await?;
-    let message = container_status(&p, "main")
-        .and_then(|c| c.state?.waiting?.message)
-        .unwrap_or_default();
+    let message = waiting_message(&p, "main").unwrap_or_default();
     assert!(
         message.starts_with(&format!(
             "Back-off pulling image \"{container}\": ErrImagePull: "

@@ -5,12 +5,12 @@
 use std::time::Duration;
 
 use e2e::{
-    Cluster, KrustletNode, PodRow, container_status, ensure_absent, node_condition, phase,
-    pod_condition, pod_with_spec, setup, terminated, wait_gone, wait_pod, wait_row, waiting_reason,
+    Cluster, KrustletNode, PodRow, container_status, create_fresh, delete_and_wait, node_condition,
+    phase, pod_condition, pod_with_spec, setup, terminated, wait_pod, wait_row, waiting_reason,
 };
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
-use kube::api::{DeleteParams, LogParams, PostParams};
+use kube::api::LogParams;
 
 /// Creates pod `name` with `spec` on `node`, after removing any pod of that name left by
 /// an earlier run.
@@ -20,21 +20,11 @@ async fn run(
     node: &KrustletNode,
     spec: serde_json::Value,
 ) -> anyhow::Result<()> {
-    create(pods, &pod_with_spec(name, &node.name, spec)).await
-}
-
-/// Creates `pod` after removing any pod of that name left by an earlier run.
-async fn create(pods: &Api<Pod>, pod: &Pod) -> anyhow::Result<()> {
-    let name = pod.metadata.name.clone().unwrap_or_default();
-    ensure_absent(pods, &name).await?;
-    pods.create(&PostParams::default(), pod).await?;
-    Ok(())
+    create_fresh(pods, &pod_with_spec(name, &node.name, spec)).await
 }
 
 async fn delete(pods: &Api<Pod>, name: &str) -> anyhow::Result<()> {
-    pods.delete(name, &DeleteParams::default()).await?;
-    wait_gone(pods, name, 30).await?;
-    Ok(())
+    delete_and_wait(pods, name, 30).await
 }
 
 fn row(ready: &str, status: &str, restarts: u32) -> PodRow {
@@ -504,7 +494,7 @@ async fn pods_the_node_cannot_run_are_rejected_as_the_kubelet_rejects_them() -> 
         "e2e-admit-privileged",
         serde_json::json!({ "securityContext": { "privileged": true } }),
     );
-    create(&pods, &privileged).await?;
+    create_fresh(&pods, &privileged).await?;
     let (reason, message) = rejected("e2e-admit-privileged").await?;
     assert_eq!(reason, "UnsupportedSecurityContext");
     assert!(
@@ -525,7 +515,7 @@ async fn pods_the_node_cannot_run_are_rejected_as_the_kubelet_rejects_them() -> 
         "e2e-admit-exec",
         serde_json::json!({ "livenessProbe": { "exec": { "command": ["true"] } } }),
     );
-    create(&pods, &exec).await?;
+    create_fresh(&pods, &exec).await?;
     assert_eq!(rejected("e2e-admit-exec").await?.0, "UnsupportedProbe");
 
     // A network probe is accepted with a warning; readiness follows the container.
@@ -533,7 +523,7 @@ async fn pods_the_node_cannot_run_are_rejected_as_the_kubelet_rejects_them() -> 
         "e2e-admit-http",
         serde_json::json!({ "readinessProbe": { "httpGet": { "port": 8080 } } }),
     );
-    create(&pods, &http).await?;
+    create_fresh(&pods, &http).await?;
     let p = running("e2e-admit-http").await?;
     assert_eq!(
         p.status.and_then(|s| s.qos_class).as_deref(),
@@ -551,13 +541,13 @@ async fn pods_the_node_cannot_run_are_rejected_as_the_kubelet_rejects_them() -> 
             }),
         )
     };
-    create(&pods, &port("e2e-admit-port")).await?;
+    create_fresh(&pods, &port("e2e-admit-port")).await?;
     let p = running("e2e-admit-port").await?;
     assert_eq!(
         p.status.and_then(|s| s.qos_class).as_deref(),
         Some("Guaranteed")
     );
-    create(&pods, &port("e2e-admit-port-again")).await?;
+    create_fresh(&pods, &port("e2e-admit-port-again")).await?;
     let (reason, message) = rejected("e2e-admit-port-again").await?;
     assert_eq!(reason, "NodePorts");
     assert_eq!(
@@ -566,9 +556,9 @@ async fn pods_the_node_cannot_run_are_rejected_as_the_kubelet_rejects_them() -> 
     );
 
     // Two pods run and rejected pods do not count: one more fits, the next does not.
-    create(&pods, &bound("e2e-admit-third", serde_json::json!({}))).await?;
+    create_fresh(&pods, &bound("e2e-admit-third", serde_json::json!({}))).await?;
     running("e2e-admit-third").await?;
-    create(&pods, &bound("e2e-admit-fourth", serde_json::json!({}))).await?;
+    create_fresh(&pods, &bound("e2e-admit-fourth", serde_json::json!({}))).await?;
     let (reason, message) = rejected("e2e-admit-fourth").await?;
     assert_eq!(reason, "OutOfpods");
     assert_eq!(

@@ -7,25 +7,26 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use e2e::{
-    Cluster, ensure_absent, phase, pod_with_spec, setup, wait_gone, wait_pod, waiting_reason,
+    Cluster, create_fresh, delete_and_wait, ensure_absent, phase, pod_with_spec, setup, wait_gone,
+    wait_pod, waiting_message, waiting_reason,
 };
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolume, PersistentVolumeClaim, Pod, Secret};
 use kube::Api;
 use kube::api::{DeleteParams, LogParams, Patch, PatchParams, PostParams};
 
-/// Creates pod `name` (after removing one left by an earlier run).
-async fn run(pods: &Api<Pod>, pod: &Pod) -> anyhow::Result<()> {
-    let name = pod.metadata.name.clone().unwrap_or_default();
-    ensure_absent(pods, &name).await?;
-    pods.create(&PostParams::default(), pod).await?;
-    Ok(())
+async fn delete(pods: &Api<Pod>, name: &str) -> anyhow::Result<()> {
+    delete_and_wait(pods, name, 60).await
 }
 
-async fn delete(pods: &Api<Pod>, name: &str) -> anyhow::Result<()> {
-    pods.delete(name, &DeleteParams::default()).await?;
-    wait_gone(pods, name, 60).await?;
-    Ok(())
+/// Waits until container `main` of pod `name` waits as `CreateContainerConfigError`;
+/// returns its message.
+async fn config_error(pods: &Api<Pod>, name: &str, secs: u64) -> anyhow::Result<String> {
+    let p = wait_pod(pods, name, secs, "CreateContainerConfigError", |p| {
+        waiting_reason(p, "main").as_deref() == Some("CreateContainerConfigError")
+    })
+    .await?;
+    Ok(waiting_message(&p, "main").unwrap_or_default())
 }
 
 async fn logs(pods: &Api<Pod>, name: &str) -> anyhow::Result<String> {
@@ -179,7 +180,7 @@ async fn config_maps_secrets_downward_api_and_env_sources_reach_the_module() -> 
         ("app".to_owned(), "demo".to_owned()),
         ("tier".to_owned(), "web".to_owned()),
     ]));
-    run(&pods, &pod).await?;
+    create_fresh(&pods, &pod).await?;
     let p = wait_pod(&pods, "e2e-vol-files", 60, "Succeeded", |p| {
         matches!(phase(p), "Succeeded" | "Failed")
     })
@@ -295,18 +296,8 @@ async fn a_missing_env_source_waits_as_create_container_config_error_then_recove
             }]
         }),
     );
-    run(&pods, &pod).await?;
-    let p = wait_pod(
-        &pods,
-        "e2e-vol-late-env",
-        30,
-        "CreateContainerConfigError",
-        |p| waiting_reason(p, "main").as_deref() == Some("CreateContainerConfigError"),
-    )
-    .await?;
-    let waiting = e2e::container_status(&p, "main")
-        .and_then(|s| s.state?.waiting?.message)
-        .unwrap_or_default();
+    create_fresh(&pods, &pod).await?;
+    let waiting = config_error(&pods, "e2e-vol-late-env", 30).await?;
     assert_eq!(waiting, "configmap \"e2e-late-env\" not found");
     wait_event(
         &cluster,
@@ -322,8 +313,7 @@ async fn a_missing_env_source_waits_as_create_container_config_error_then_recove
     // The key missing gives the kubelet's other message; the value arriving, a start.
     put_config_map(&cluster, "e2e-late-env", &[("other", "x")]).await?;
     wait_pod(&pods, "e2e-vol-late-env", 30, "missing key", |p| {
-        e2e::container_status(p, "main")
-            .and_then(|s| s.state?.waiting?.message)
+        waiting_message(p, "main")
             .is_some_and(|m| m == "couldn't find key k in ConfigMap default/e2e-late-env")
     })
     .await?;
@@ -383,7 +373,7 @@ async fn volumes_that_cannot_be_mounted_fail_the_mount_and_the_pod_waits() -> an
                 "volumes": [volume]
             }),
         );
-        run(&pods, &pod).await?;
+        create_fresh(&pods, &pod).await?;
     }
     for (name, _, message) in &cases {
         wait_event(&cluster, name, "FailedMount", message).await?;
@@ -452,7 +442,7 @@ async fn host_paths_are_checked_read_only_is_enforced_and_nothing_escapes() -> a
             ]
         }),
     );
-    run(&pods, &pod).await?;
+    create_fresh(&pods, &pod).await?;
     wait_pod(&pods, "e2e-vol-host", 60, "Succeeded", |p| {
         phase(p) == "Succeeded"
     })
@@ -522,18 +512,8 @@ async fn a_bad_sub_path_is_a_create_container_config_error() -> anyhow::Result<(
             "volumes": [{ "name": "v", "emptyDir": {} }]
         }),
     );
-    run(&pods, &pod).await?;
-    let p = wait_pod(
-        &pods,
-        "e2e-vol-subpath",
-        30,
-        "CreateContainerConfigError",
-        |p| waiting_reason(p, "main").as_deref() == Some("CreateContainerConfigError"),
-    )
-    .await?;
-    let message = e2e::container_status(&p, "main")
-        .and_then(|s| s.state?.waiting?.message)
-        .unwrap_or_default();
+    create_fresh(&pods, &pod).await?;
+    let message = config_error(&pods, "e2e-vol-subpath", 30).await?;
     assert!(
         message
             .starts_with("failed to prepare subPath for volumeMount \"v\" of container \"main\""),
@@ -565,7 +545,7 @@ async fn service_account_tokens_are_mounted_bound_to_the_pod_and_valid() -> anyh
             ] } }]
         }),
     );
-    run(&pods, &pod).await?;
+    create_fresh(&pods, &pod).await?;
     let p = wait_pod(&pods, "e2e-vol-token", 60, "Succeeded", |p| {
         matches!(phase(p), "Succeeded" | "Failed")
     })
@@ -646,7 +626,7 @@ async fn config_map_and_label_changes_reach_a_running_pod_whole() -> anyhow::Res
         }),
     );
     pod.metadata.labels = Some(BTreeMap::from([("stage".to_owned(), "one".to_owned())]));
-    run(&pods, &pod).await?;
+    create_fresh(&pods, &pod).await?;
     wait_pod(&pods, "e2e-vol-update", 60, "Running", |p| {
         phase(p) == "Running"
     })
@@ -698,7 +678,7 @@ async fn an_empty_dir_over_its_size_limit_gets_the_pod_evicted() -> anyhow::Resu
             "volumes": [{ "name": "scratch", "emptyDir": { "sizeLimit": "4Ki" } }]
         }),
     );
-    run(&pods, &pod).await?;
+    create_fresh(&pods, &pod).await?;
     let p = wait_pod(&pods, "e2e-vol-evict", 60, "Failed", |p| {
         phase(p) == "Failed"
     })
@@ -808,7 +788,7 @@ async fn volumes_of_running_pods_survive_an_agent_restart_and_those_of_deleted_p
                 "volumes": [{ "name": "scratch", "emptyDir": {} }]
             }),
         );
-        run(&pods, &pod).await?;
+        create_fresh(&pods, &pod).await?;
         wait_pod(&pods, name, 60, "Running", |p| phase(p) == "Running").await?;
     }
     let dir_of = |name: &str| -> anyhow::Result<std::path::PathBuf> {
@@ -910,18 +890,8 @@ async fn a_sub_path_through_a_symlink_the_pod_planted_is_refused() -> anyhow::Re
             "volumes": [{ "name": "work", "emptyDir": {} }]
         }),
     );
-    run(&pods, &pod).await?;
-    let p = wait_pod(
-        &pods,
-        "e2e-vol-plant",
-        60,
-        "CreateContainerConfigError",
-        |p| waiting_reason(p, "main").as_deref() == Some("CreateContainerConfigError"),
-    )
-    .await?;
-    let message = e2e::container_status(&p, "main")
-        .and_then(|s| s.state?.waiting?.message)
-        .unwrap_or_default();
+    create_fresh(&pods, &pod).await?;
+    let message = config_error(&pods, "e2e-vol-plant", 60).await?;
     assert!(message.contains("is a symlink"), "{message}");
     // The link was really planted, and nothing was created where it points.
     let planted = pods

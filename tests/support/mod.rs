@@ -484,6 +484,27 @@ pub async fn ensure_absent(pods: &Api<Pod>, name: &str) -> Result<()> {
     wait_gone(pods, name, 60).await.map(|_| ())
 }
 
+/// Creates `pod` after removing any pod of its name left by an earlier run.
+///
+/// # Errors
+/// When the old pod does not go or the create request fails.
+pub async fn create_fresh(pods: &Api<Pod>, pod: &Pod) -> Result<()> {
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    ensure_absent(pods, &name).await?;
+    pods.create(&kube::api::PostParams::default(), pod).await?;
+    Ok(())
+}
+
+/// Deletes pod `name` (with its grace period) and waits up to `secs` until it is gone.
+///
+/// # Errors
+/// When the request fails or the pod stays.
+pub async fn delete_and_wait(pods: &Api<Pod>, name: &str, secs: u64) -> Result<()> {
+    pods.delete(name, &kube::api::DeleteParams::default())
+        .await?;
+    wait_gone(pods, name, secs).await.map(|_| ())
+}
+
 /// The toleration of the wasm node taints.
 #[must_use]
 pub fn wasm_toleration() -> serde_json::Value {
@@ -536,6 +557,12 @@ pub fn terminated(pod: &Pod, name: &str) -> Option<ContainerStateTerminated> {
 #[must_use]
 pub fn waiting_reason(pod: &Pod, name: &str) -> Option<String> {
     container_status(pod, name)?.state?.waiting?.reason
+}
+
+/// The `waiting` message of container `name`, if it is waiting with one.
+#[must_use]
+pub fn waiting_message(pod: &Pod, name: &str) -> Option<String> {
+    container_status(pod, name)?.state?.waiting?.message
 }
 
 /// Pod condition `type_`'s status (`True`/`False`).

@@ -480,7 +480,7 @@ impl<R: Runtime> Supervisor<R> {
     /// argv and the environment; the kubelet's message when a source is missing.
     async fn argv_env(&self) -> Result<(Vec<String>, Vec<(String, String)>), String> {
         let (env, invalid) =
-            super::env::resolve(&self.ctx.client, &self.pod, &self.spec, &self.ctx.facts()).await?;
+            super::env::resolve(&self.ctx.client, &self.pod, &self.spec, &self.ctx.facts).await?;
         for message in invalid {
             self.event(
                 EventType::Warning,
@@ -504,13 +504,7 @@ impl<R: Runtime> Supervisor<R> {
     async fn run_once(&self, image: &Image, restarting: bool) -> Run {
         let restart_count =
             self.shared.get(self.slot).map_or(0, |r| r.restart_count) + i32::from(restarting);
-        let dir = self
-            .ctx
-            .config
-            .data_dir
-            .join("pods")
-            .join(pod_dir_name(&self.pod))
-            .join(&self.spec.name);
+        let dir = self.ctx.pod_dir(&self.pod).join(&self.spec.name);
         if let Err(e) = tokio::fs::create_dir_all(&dir).await {
             self.record_pulled().await;
             self.set_waiting(

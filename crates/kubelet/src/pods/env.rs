@@ -6,15 +6,15 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret};
-use kube::{Api, Client, ResourceExt};
+use kube::{Client, ResourceExt};
 
 use super::spec::expand;
 use crate::volumes::downward::{self, NodeFacts};
-use crate::volumes::secret_data;
+use crate::volumes::{read, secret_data};
 
 /// A ConfigMap's `data`: environment variables come from it alone, not `binaryData`, as
 /// the kubelet reads them.
-fn config_map_data(cm: &ConfigMap) -> BTreeMap<String, Vec<u8>> {
+fn config_map_data(cm: &ConfigMap) -> Data {
     cm.data
         .iter()
         .flatten()
@@ -28,42 +28,58 @@ fn valid_name(name: &str) -> bool {
     !name.is_empty() && !name.contains('=') && name.bytes().all(|b| (0x20..0x7f).contains(&b))
 }
 
-fn not_found(e: &kube::Error) -> bool {
-    matches!(e, kube::Error::Api(s) if s.code == 404)
+/// Where a variable's value comes from: a ConfigMap or a Secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Source {
+    ConfigMap,
+    Secret,
 }
 
+impl Source {
+    /// As the kubelet names it in "not found" messages (`configmap "x" not found`).
+    fn lower(self) -> &'static str {
+        match self {
+            Self::ConfigMap => "configmap",
+            Self::Secret => "secret",
+        }
+    }
+
+    /// As the kubelet names it in missing-key messages (`... in ConfigMap ns/x`).
+    fn title(self) -> &'static str {
+        match self {
+            Self::ConfigMap => "ConfigMap",
+            Self::Secret => "Secret",
+        }
+    }
+}
+
+/// An object's data: bytes by key.
+type Data = BTreeMap<String, Vec<u8>>;
+
+/// The data of the ConfigMaps and Secrets one container refers to, each read once.
 struct Lookup<'a> {
     client: &'a Client,
     ns: String,
-    config_maps: BTreeMap<String, Option<ConfigMap>>,
-    secrets: BTreeMap<String, Option<Secret>>,
+    read: BTreeMap<(Source, String), Option<Data>>,
 }
 
 impl Lookup<'_> {
-    async fn config_map(&mut self, name: &str) -> Result<Option<&ConfigMap>, String> {
-        if !self.config_maps.contains_key(name) {
-            let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &self.ns);
-            let got = match api.get(name).await {
-                Ok(cm) => Some(cm),
-                Err(e) if not_found(&e) => None,
-                Err(e) => return Err(format!("failed to get configmap {}/{name}: {e}", self.ns)),
+    /// The data of `source` `name`; `None` when it does not exist.
+    async fn data(&mut self, source: Source, name: &str) -> Result<Option<&Data>, String> {
+        let key = (source, name.to_owned());
+        if !self.read.contains_key(&key) {
+            let (client, ns, kind) = (self.client, self.ns.as_str(), source.lower());
+            let got = match source {
+                Source::ConfigMap => read::<ConfigMap>(client, kind, ns, name)
+                    .await?
+                    .map(|cm| config_map_data(&cm)),
+                Source::Secret => read::<Secret>(client, kind, ns, name)
+                    .await?
+                    .map(|s| secret_data(&s)),
             };
-            self.config_maps.insert(name.to_owned(), got);
+            self.read.insert(key.clone(), got);
         }
-        Ok(self.config_maps.get(name).and_then(Option::as_ref))
-    }
-
-    async fn secret(&mut self, name: &str) -> Result<Option<&Secret>, String> {
-        if !self.secrets.contains_key(name) {
-            let api: Api<Secret> = Api::namespaced(self.client.clone(), &self.ns);
-            let got = match api.get(name).await {
-                Ok(s) => Some(s),
-                Err(e) if not_found(&e) => None,
-                Err(e) => return Err(format!("failed to get secret {}/{name}: {e}", self.ns)),
-            };
-            self.secrets.insert(name.to_owned(), got);
-        }
-        Ok(self.secrets.get(name).and_then(Option::as_ref))
+        Ok(self.read.get(&key).and_then(Option::as_ref))
     }
 }
 
@@ -90,33 +106,29 @@ pub(crate) async fn resolve(
     let mut lookup = Lookup {
         client,
         ns: ns.clone(),
-        config_maps: BTreeMap::new(),
-        secrets: BTreeMap::new(),
+        read: BTreeMap::new(),
     };
     let mut env: Vec<(String, String)> = Vec::new();
     let mut invalid = Vec::new();
     for source in container.env_from.iter().flatten() {
         let prefix = source.prefix.clone().unwrap_or_default();
-        let (data, kind, name) = if let Some(r) = &source.config_map_ref {
-            match lookup.config_map(&r.name).await? {
-                Some(cm) => (config_map_data(cm), "configMap", &r.name),
-                None if r.optional == Some(true) => continue,
-                None => return Err(format!("configmap {:?} not found", r.name)),
-            }
+        let (from, name, optional, kind) = if let Some(r) = &source.config_map_ref {
+            (Source::ConfigMap, &r.name, r.optional, "configMap")
         } else if let Some(r) = &source.secret_ref {
-            match lookup.secret(&r.name).await? {
-                Some(s) => (secret_data(s), "secret", &r.name),
-                None if r.optional == Some(true) => continue,
-                None => return Err(format!("secret {:?} not found", r.name)),
-            }
+            (Source::Secret, &r.name, r.optional, "secret")
         } else {
             continue;
+        };
+        let data = match lookup.data(from, name).await? {
+            Some(data) => data,
+            None if optional == Some(true) => continue,
+            None => return Err(format!("{} {name:?} not found", from.lower())),
         };
         let mut skipped = Vec::new();
         for (key, value) in data {
             let var = format!("{prefix}{key}");
             if valid_name(&var) {
-                set(&mut env, var, String::from_utf8_lossy(&value).into_owned());
+                set(&mut env, var, String::from_utf8_lossy(value).into_owned());
             } else {
                 skipped.push(var);
             }
@@ -133,37 +145,27 @@ pub(crate) async fn resolve(
         let value = if let Some(v) = &var.value {
             expand(v, &env)
         } else if let Some(from) = &var.value_from {
-            if let Some(r) = &from.config_map_key_ref {
-                let optional = r.optional == Some(true);
-                match lookup.config_map(&r.name).await? {
-                    Some(cm) => match config_map_data(cm).remove(&r.key) {
-                        Some(v) => String::from_utf8_lossy(&v).into_owned(),
+            let by_key = if let Some(r) = &from.config_map_key_ref {
+                Some((Source::ConfigMap, &r.name, &r.key, r.optional == Some(true)))
+            } else {
+                from.secret_key_ref
+                    .as_ref()
+                    .map(|r| (Source::Secret, &r.name, &r.key, r.optional == Some(true)))
+            };
+            if let Some((source, name, key, optional)) = by_key {
+                match lookup.data(source, name).await? {
+                    Some(data) => match data.get(key) {
+                        Some(v) => String::from_utf8_lossy(v).into_owned(),
                         None if optional => continue,
                         None => {
                             return Err(format!(
-                                "couldn't find key {} in ConfigMap {ns}/{}",
-                                r.key, r.name
+                                "couldn't find key {key} in {} {ns}/{name}",
+                                source.title()
                             ));
                         }
                     },
                     None if optional => continue,
-                    None => return Err(format!("configmap {:?} not found", r.name)),
-                }
-            } else if let Some(r) = &from.secret_key_ref {
-                let optional = r.optional == Some(true);
-                match lookup.secret(&r.name).await? {
-                    Some(s) => match secret_data(s).remove(&r.key) {
-                        Some(v) => String::from_utf8_lossy(&v).into_owned(),
-                        None if optional => continue,
-                        None => {
-                            return Err(format!(
-                                "couldn't find key {} in Secret {ns}/{}",
-                                r.key, r.name
-                            ));
-                        }
-                    },
-                    None if optional => continue,
-                    None => return Err(format!("secret {:?} not found", r.name)),
+                    None => return Err(format!("{} {name:?} not found", source.lower())),
                 }
             } else if let Some(f) = &from.field_ref {
                 downward::field(pod, f, facts, false)?

@@ -212,15 +212,19 @@ pub(crate) struct Ctx<R> {
     pub recorder: Arc<crate::events::Recorder>,
     /// ConfigMaps and Secrets lately read for volumes.
     pub objects: crate::volumes::ObjectCache,
+    /// What the downward API reads of the node, read once at start.
+    pub facts: crate::volumes::downward::NodeFacts,
 }
 
 impl<R> Ctx<R> {
-    /// What the downward API reads of the node.
-    pub fn facts(&self) -> crate::volumes::downward::NodeFacts {
-        crate::volumes::downward::NodeFacts {
-            ip: self.config.node_ip,
-            cpus: std::thread::available_parallelism().map_or(1, |n| n.get() as u64),
-            memory: crate::node::memory_bytes(),
+    /// What volumes read their content through; objects cached up to `max_age` are used
+    /// (zero: read everything afresh).
+    pub fn volume_context(&self, max_age: std::time::Duration) -> crate::volumes::Context<'_> {
+        crate::volumes::Context {
+            client: &self.client,
+            facts: self.facts,
+            cache: &self.objects,
+            max_age,
         }
     }
 
@@ -249,6 +253,11 @@ pub async fn run<R: Runtime>(
         runtime,
         registry: registry.clone(),
         objects: crate::volumes::ObjectCache::default(),
+        facts: crate::volumes::downward::NodeFacts {
+            ip: config.node_ip,
+            cpus: std::thread::available_parallelism().map_or(1, |n| n.get() as u64),
+            memory: crate::node::memory_bytes(),
+        },
     });
     // Pods' logs and volumes (their secrets and tokens too) are for this agent alone.
     let root = config.data_dir.join("pods");

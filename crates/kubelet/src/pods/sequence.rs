@@ -186,12 +186,7 @@ async fn mount_volumes<R: Runtime>(
 ) -> bool {
     let mut backoff = MOUNT_BACKOFF;
     loop {
-        let context = crate::volumes::Context {
-            client: &ctx.client,
-            facts: ctx.facts(),
-            cache: &ctx.objects,
-            max_age: std::time::Duration::ZERO,
-        };
+        let context = ctx.volume_context(std::time::Duration::ZERO);
         let pod_dir = ctx.pod_dir(pod);
         let attempt = tokio::select! {
             () = kill.cancelled() => return false,

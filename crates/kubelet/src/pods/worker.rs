@@ -173,12 +173,7 @@ impl<R: Runtime> PodWorker<R> {
     /// as the kubelet's eviction manager words it.
     async fn sync_volumes(&self, volumes: &crate::volumes::Volumes) -> Option<String> {
         let pod = self.current();
-        let context = crate::volumes::Context {
-            client: &self.ctx.client,
-            facts: self.ctx.facts(),
-            cache: &self.ctx.objects,
-            max_age: self.ctx.config.sync_frequency,
-        };
+        let context = self.ctx.volume_context(self.ctx.config.sync_frequency);
         if let Err(e) = volumes.refresh(&context, &pod).await {
             self.event(EventType::Warning, "FailedMount", e.to_string(), None)
                 .await;

@@ -31,9 +31,9 @@ use kube::ResourceExt;
 
 use crate::runtime::Mount;
 use host::host_path;
-pub(crate) use sources::secret_data;
 pub use sources::{Context, ObjectCache};
 use sources::{Part, Token, mode};
+pub(crate) use sources::{read, secret_data};
 
 /// Directory, under a pod's directory, that holds its volumes.
 pub const VOLUMES_DIR: &str = "_volumes";

@@ -109,8 +109,25 @@ pub struct Context<'a> {
     pub max_age: Duration,
 }
 
-fn not_found(e: &kube::Error) -> bool {
-    matches!(e, kube::Error::Api(s) if s.code == 404)
+/// Namespaced object `ns/name` of kind `K`, `None` when it does not exist; the error
+/// names it as `kind` (`configmap`, `secret`).
+pub(crate) async fn read<K>(
+    client: &Client,
+    kind: &str,
+    ns: &str,
+    name: &str,
+) -> Result<Option<K>, String>
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    Api::<K>::namespaced(client.clone(), ns)
+        .get_opt(name)
+        .await
+        .map_err(|e| format!("failed to get {kind} {ns}/{name}: {e}"))
 }
 
 pub(super) fn mode(m: Option<i32>, default: u32) -> u32 {
@@ -191,34 +208,39 @@ pub(crate) fn secret_data(secret: &Secret) -> BTreeMap<String, Vec<u8>> {
 }
 
 impl Context<'_> {
-    async fn config_map(&self, ns: &str, name: &str) -> Result<Option<ConfigMap>, String> {
+    /// `ns/name` of kind `K` from `entries` when read lately enough, else from the API
+    /// server (and remembered).
+    async fn cached_read<K>(
+        &self,
+        entries: &Entries<K>,
+        kind: &str,
+        ns: &str,
+        name: &str,
+    ) -> Result<Option<K>, String>
+    where
+        K: kube::Resource<Scope = kube::core::NamespaceResourceScope>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+        K::DynamicType: Default,
+    {
         let key = (ns.to_owned(), name.to_owned());
-        if let Some(hit) = cached(&self.cache.config_maps, &key, self.max_age) {
+        if let Some(hit) = cached(entries, &key, self.max_age) {
             return Ok(hit);
         }
-        let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), ns);
-        let got = match api.get(name).await {
-            Ok(cm) => Some(cm),
-            Err(e) if not_found(&e) => None,
-            Err(e) => return Err(format!("failed to get configmap {ns}/{name}: {e}")),
-        };
-        remember(&self.cache.config_maps, key, got.clone());
+        let got = read::<K>(self.client, kind, ns, name).await?;
+        remember(entries, key, got.clone());
         Ok(got)
     }
 
+    async fn config_map(&self, ns: &str, name: &str) -> Result<Option<ConfigMap>, String> {
+        self.cached_read(&self.cache.config_maps, "configmap", ns, name)
+            .await
+    }
+
     async fn secret(&self, ns: &str, name: &str) -> Result<Option<Secret>, String> {
-        let key = (ns.to_owned(), name.to_owned());
-        if let Some(hit) = cached(&self.cache.secrets, &key, self.max_age) {
-            return Ok(hit);
-        }
-        let api: Api<Secret> = Api::namespaced(self.client.clone(), ns);
-        let got = match api.get(name).await {
-            Ok(s) => Some(s),
-            Err(e) if not_found(&e) => None,
-            Err(e) => return Err(format!("failed to get secret {ns}/{name}: {e}")),
-        };
-        remember(&self.cache.secrets, key, got.clone());
-        Ok(got)
+        self.cached_read(&self.cache.secrets, "secret", ns, name)
+            .await
     }
 
     async fn request_token(
@@ -373,11 +395,9 @@ impl Context<'_> {
     /// The node path of claim `claim`: its bound volume's `local` or `hostPath` path.
     pub(super) async fn claim_path(&self, ns: &str, claim: &str) -> Result<PathBuf, String> {
         let claims: Api<PersistentVolumeClaim> = Api::namespaced(self.client.clone(), ns);
-        let pvc = match claims.get(claim).await {
-            Ok(pvc) => pvc,
-            Err(e) if not_found(&e) => {
-                return Err(format!("persistentvolumeclaim {claim:?} not found"));
-            }
+        let pvc = match claims.get_opt(claim).await {
+            Ok(Some(pvc)) => pvc,
+            Ok(None) => return Err(format!("persistentvolumeclaim {claim:?} not found")),
             Err(e) => return Err(format!("failed to get persistentvolumeclaim {claim}: {e}")),
         };
         let phase = pvc
