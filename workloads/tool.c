@@ -9,6 +9,8 @@
 //   try-write PATH TEXT  "try-write PATH: ok" or "try-write PATH: error: REASON"
 //   symlink TARGET LINK  "symlink LINK: ok" or "symlink LINK: error: REASON"
 //   env               "env NAME=VALUE" for every variable, sorted
+//   fill PATH MIB     writes up to MIB MiB to PATH: "fill PATH: N bytes, ok" or
+//                     "fill PATH: N bytes, REASON" (e.g. a full disk)
 // e.g. `tool print starting sleep 2 write /dev/termination-log bye exit 3`.
 #include <dirent.h>
 #include <errno.h>
@@ -78,6 +80,30 @@ static void try_write(const char *path, const char *text) {
     printf("try-write %s: ok\n", path);
 }
 
+/* Writes up to `mib` MiB of zeros to `path` in 64 KiB chunks, stopping at the first
+ * error (a full disk), and says how far it got. */
+static void fill(const char *path, long mib) {
+    static char chunk[65536];
+    FILE *f = fopen(path, "w");
+    long long written = 0;
+    const char *error = NULL;
+    if (!f) {
+        error = strerror(errno);
+    } else {
+        for (long i = 0; i < mib * 16; i++) {
+            if (fwrite(chunk, 1, sizeof chunk, f) != sizeof chunk || fflush(f)) {
+                error = strerror(errno);
+                break;
+            }
+            written += sizeof chunk;
+        }
+        if (fclose(f) && !error) {
+            error = strerror(errno);
+        }
+    }
+    printf("fill %s: %lld bytes, %s\n", path, written, error ? error : "ok");
+}
+
 static void env(void) {
     size_t n = 0;
     while (environ[n]) {
@@ -135,6 +161,9 @@ int main(int argc, char **argv) {
             } else {
                 printf("symlink %s: ok\n", link);
             }
+        } else if (!strcmp(step, "fill")) {
+            const char *path = next(argc, argv, &i);
+            fill(path, atol(next(argc, argv, &i)));
         } else if (!strcmp(step, "env")) {
             env();
         } else if (!strcmp(step, "trap")) {

@@ -175,6 +175,14 @@ impl Cluster {
         Ok(())
     }
 
+    /// Removes what an earlier run left of node `name` (its `Node` and `Lease`).
+    ///
+    /// # Errors
+    /// When the API server refuses.
+    pub async fn forget_node(&self, name: &str) -> Result<()> {
+        self.fresh_node_stopped(name).await
+    }
+
     /// [`Cluster::fresh_node`] with more krustlet flags, e.g. `--max-pods`.
     ///
     /// # Errors
@@ -236,6 +244,16 @@ impl KrustletNode {
         let _ = std::fs::remove_dir_all(&data_dir);
         let _ = std::fs::remove_file(data_dir.with_extension("log"));
         std::fs::create_dir_all(&data_dir)?;
+        Self::spawn(name, port, flags, data_dir)
+    }
+
+    /// Starts `target/debug/krustlet` as node `name` on the data dir `data_dir` as it is
+    /// (e.g. a small filesystem the test mounted there).
+    ///
+    /// # Errors
+    /// As [`KrustletNode::start`].
+    pub fn start_in(name: &str, port: u16, flags: &[&str], data_dir: PathBuf) -> Result<Self> {
+        let _ = std::fs::remove_file(data_dir.with_extension("log"));
         Self::spawn(name, port, flags, data_dir)
     }
 

@@ -34,6 +34,15 @@ pub struct FileConfig {
     node_status_report_seconds: Option<u64>,
     #[serde(default, deserialize_with = "go_duration")]
     sync_frequency: Option<std::time::Duration>,
+    /// `memory.available<100Mi,...`, or the kubelet file's map form
+    /// (`evictionHard: {memory.available: 100Mi}`).
+    #[serde(default, deserialize_with = "thresholds")]
+    eviction_hard: Option<String>,
+    #[serde(default, deserialize_with = "go_duration")]
+    eviction_pressure_transition_period: Option<std::time::Duration>,
+    #[serde(alias = "eventRecordQPS")]
+    event_qps: Option<u32>,
+    event_burst: Option<u32>,
     #[serde(alias = "imageGCHighThresholdPercent")]
     image_gc_high_threshold_percent: Option<u8>,
     #[serde(alias = "imageGCLowThresholdPercent")]
@@ -53,6 +62,24 @@ fn go_duration<'de, D: serde::Deserializer<'de>>(
     crate::parse_duration(&text)
         .map(Some)
         .map_err(serde::de::Error::custom)
+}
+
+/// Eviction thresholds as a string or as the kubelet file's map of signal to amount.
+fn thresholds<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Form {
+        Text(String),
+        Map(std::collections::BTreeMap<String, String>),
+    }
+    Ok(Some(match Form::deserialize(d)? {
+        Form::Text(text) => text,
+        Form::Map(map) => map
+            .iter()
+            .map(|(signal, amount)| format!("{signal}<{amount}"))
+            .collect::<Vec<_>>()
+            .join(","),
+    }))
 }
 
 impl FileConfig {
@@ -96,6 +123,10 @@ impl FileConfig {
             node_lease_renew_seconds: std::convert::identity,
             node_status_report_seconds: std::convert::identity,
             sync_frequency: std::convert::identity,
+            eviction_hard: std::convert::identity,
+            eviction_pressure_transition_period: std::convert::identity,
+            event_qps: std::convert::identity,
+            event_burst: std::convert::identity,
             image_gc_high_threshold_percent: std::convert::identity,
             image_gc_low_threshold_percent: std::convert::identity,
             image_minimum_gc_age_seconds: std::convert::identity,
@@ -132,6 +163,26 @@ mod tests {
         assert_eq!(args.max_pods, Some(7));
         assert_eq!(args.insecure_registries, ["a:1"]);
         assert_eq!(args.sync_frequency, std::time::Duration::from_secs(90));
+    }
+
+    #[test]
+    fn eviction_and_event_limits_take_the_kubelet_file_keys() {
+        let yaml = "evictionHard:\n  memory.available: 1Gi\n  nodefs.available: 5%\nevictionPressureTransitionPeriod: 30s\neventRecordQPS: 5\neventBurst: 10\n";
+        let args = parse(&["krustlet"], yaml);
+        assert_eq!(
+            args.eviction_hard,
+            "memory.available<1Gi,nodefs.available<5%"
+        );
+        assert_eq!(
+            args.eviction_pressure_transition_period,
+            std::time::Duration::from_secs(30)
+        );
+        assert_eq!((args.event_qps, args.event_burst), (5, 10));
+        let args = parse(
+            &["krustlet", "--eviction-hard", "nodefs.available<1%"],
+            "evictionHard: memory.available<1Gi\n",
+        );
+        assert_eq!(args.eviction_hard, "nodefs.available<1%");
     }
 
     #[test]

@@ -104,6 +104,28 @@ pub(crate) struct NodeArgs {
     /// as the kubelet's flag takes it: `1m`, `10s`, `1m30s`, `500ms`.
     #[arg(long, env = "KRUSTLET_SYNC_FREQUENCY", default_value = "1m", value_parser = parse_duration)]
     sync_frequency: Duration,
+    /// Events the node creates per second at most (the kubelet's `--event-qps`; 0: no
+    /// limit). Over it, and over 25 events per object then one every 5 minutes (client-go's
+    /// spam filter), events are dropped and counted.
+    #[arg(long, env = "KRUSTLET_EVENT_QPS", default_value_t = 50)]
+    event_qps: u32,
+    /// Events the node may create at once (the kubelet's `--event-burst`).
+    #[arg(long, env = "KRUSTLET_EVENT_BURST", default_value_t = 100)]
+    event_burst: u32,
+    /// Hard eviction thresholds, `signal<amount` pairs separated by commas (the kubelet's
+    /// `--eviction-hard`; signals memory.available, nodefs.available, nodefs.inodesFree,
+    /// imagefs.available, imagefs.inodesFree; amounts a quantity or a percentage).
+    /// nodefs and imagefs are both the data dir's filesystem.
+    #[arg(long, env = "KRUSTLET_EVICTION_HARD", default_value = kubelet::eviction::thresholds::DEFAULT_EVICTION_HARD)]
+    eviction_hard: String,
+    /// How long a pressure condition stays after the last crossing (the kubelet's
+    /// `--eviction-pressure-transition-period`), a Go duration.
+    #[arg(long, env = "KRUSTLET_EVICTION_PRESSURE_TRANSITION_PERIOD", default_value = "5m", value_parser = parse_duration)]
+    eviction_pressure_transition_period: Duration,
+    /// How often the eviction manager measures the node (the kubelet's fixed 10s), a Go
+    /// duration.
+    #[arg(long, env = "KRUSTLET_EVICTION_MONITORING_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    eviction_monitoring_interval: Duration,
     /// Image filesystem usage (percent) above which unused images are removed, least
     /// recently used first (the kubelet's `imageGCHighThresholdPercent`).
     #[arg(long, env = "KRUSTLET_IMAGE_GC_HIGH_THRESHOLD_PERCENT", default_value_t = 85, value_parser = clap::value_parser!(u8).range(0..=100))]
@@ -239,6 +261,16 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         lease_renew_interval: Duration::from_secs(args.node_lease_renew_seconds.max(1)),
         status_report_interval: Duration::from_secs(args.node_status_report_seconds.max(1)),
         sync_frequency: args.sync_frequency.max(Duration::from_millis(100)),
+        event_qps: args.event_qps,
+        event_burst: args.event_burst,
+        eviction: kubelet::eviction::Settings {
+            hard: kubelet::eviction::thresholds::parse(&args.eviction_hard)
+                .map_err(anyhow::Error::msg)?,
+            interval: args
+                .eviction_monitoring_interval
+                .max(Duration::from_millis(100)),
+            transition: args.eviction_pressure_transition_period,
+        },
     };
     let client = client(args.kubeconfig.as_ref()).await?;
     kubelet::Kubelet::run(config, client, runtime, shutdown_on_signal()).await?;

@@ -10,11 +10,14 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client};
+
+use crate::ratelimit::{KeyedBuckets, TokenBucket};
 
 /// `Normal` or `Warning`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -61,6 +64,46 @@ pub struct Recorder {
     client: Client,
     node_name: String,
     seen: Mutex<HashMap<Key, Seen>>,
+    limits: Mutex<Limits>,
+    dropped: AtomicU64,
+}
+
+/// The kubelet's event rate limits: one bucket for the node (`eventRecordQPS`,
+/// `eventBurst`) and client-go's spam filter, one bucket per object (25 events, then one
+/// every 5 minutes), which keeps one crash-looping or flooding pod from using the node's
+/// whole budget.
+struct Limits {
+    node: Option<TokenBucket>,
+    per_object: KeyedBuckets<String>,
+}
+
+/// client-go's `EventSourceObjectSpamFilter`: burst and refill period per object.
+const SPAM_BURST: u32 = 25;
+const SPAM_REFILL: std::time::Duration = std::time::Duration::from_secs(300);
+/// Objects whose spam buckets are kept (client-go's LRU holds 4096).
+const SPAM_OBJECTS: usize = 4096;
+
+impl Limits {
+    fn new(qps: u32, burst: u32) -> Self {
+        let now = std::time::Instant::now();
+        Self {
+            node: (qps > 0).then(|| TokenBucket::new(f64::from(qps), burst.max(1), now)),
+            per_object: KeyedBuckets::new(SPAM_REFILL, SPAM_BURST, SPAM_OBJECTS),
+        }
+    }
+
+    /// Whether an event about `object` may be sent now.
+    fn allow(&mut self, object: &ObjectReference) -> bool {
+        let now = std::time::Instant::now();
+        let key = format!(
+            "{}/{}/{}/{}",
+            object.kind.as_deref().unwrap_or_default(),
+            object.namespace.as_deref().unwrap_or_default(),
+            object.name.as_deref().unwrap_or_default(),
+            object.uid.as_deref().unwrap_or_default(),
+        );
+        self.per_object.try_take(&key, now) && self.node.as_mut().is_none_or(|b| b.try_take(now))
+    }
 }
 
 impl Recorder {
@@ -71,7 +114,24 @@ impl Recorder {
             client,
             node_name: node_name.to_owned(),
             seen: Mutex::new(HashMap::new()),
+            limits: Mutex::new(Limits::new(50, 100)),
+            dropped: AtomicU64::new(0),
         }
+    }
+
+    /// The node-wide limits: `qps` events a second (0: none) with bursts of `burst`.
+    #[must_use]
+    pub fn with_limits(self, qps: u32, burst: u32) -> Self {
+        Self {
+            limits: Mutex::new(Limits::new(qps, burst)),
+            ..self
+        }
+    }
+
+    /// Events dropped by the rate limits so far.
+    #[must_use]
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
     }
 
     fn seen(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Seen>> {
@@ -91,6 +151,16 @@ impl Recorder {
         reason: &str,
         message: &str,
     ) -> Result<(), kube::Error> {
+        let allowed = self
+            .limits
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .allow(object);
+        if !allowed {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(reason, "event dropped by the rate limits");
+            return Ok(());
+        }
         let namespace = object
             .namespace
             .clone()

@@ -8,11 +8,13 @@
 //! [`Kubelet::run`] wires them together.
 
 pub mod events;
+pub mod eviction;
 pub mod images;
 pub mod keyring;
 pub mod logs;
 pub mod node;
 pub mod pods;
+pub mod ratelimit;
 pub mod runtime;
 pub mod server;
 mod tls;
@@ -64,6 +66,13 @@ pub struct Config {
     /// volumes rewritten from the current objects, its `emptyDir` size limits checked
     /// (the kubelet's `syncFrequency`).
     pub sync_frequency: std::time::Duration,
+    /// Events created per second at most, node-wide (the kubelet's `eventRecordQPS`;
+    /// 0: no limit). Events over the limit are dropped and counted.
+    pub event_qps: u32,
+    /// Events created at once at most (the kubelet's `eventBurst`).
+    pub event_burst: u32,
+    /// The eviction manager's thresholds and periods.
+    pub eviction: eviction::Settings,
 }
 
 /// Errors that stop the node agent.
@@ -120,13 +129,23 @@ impl Kubelet {
         for image in runtime.images().await {
             registry.add_image(&image.reference, &image.image_id, image.size, &image.handle);
         }
-        let recorder = Arc::new(events::Recorder::new(client.clone(), &config.node_name));
+        let recorder = Arc::new(
+            events::Recorder::new(client.clone(), &config.node_name)
+                .with_limits(config.event_qps, config.event_burst),
+        );
         let gc = tokio::spawn(images::run(
             runtime.clone(),
             registry.clone(),
             config.image_gc,
             recorder.clone(),
             node::reference(&config.node_name),
+            shutdown.clone(),
+        ));
+        let eviction = tokio::spawn(eviction::run(
+            runtime.clone(),
+            registry.clone(),
+            config.data_dir.clone(),
+            config.eviction.clone(),
             shutdown.clone(),
         ));
         let metrics = {
@@ -152,6 +171,7 @@ impl Kubelet {
         let _ = heartbeat.await;
         let _ = api.await;
         let _ = gc.await;
+        let _ = eviction.await;
         node::mark_not_ready(&client, &config.node_name, "krustlet is shutting down").await;
         Ok(())
     }

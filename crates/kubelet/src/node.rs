@@ -14,6 +14,7 @@ use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use tokio_util::sync::CancellationToken;
 
+use crate::eviction::Pressure;
 use crate::pods::Registry;
 use crate::{Config, KUBE_VERSION, Result, now};
 
@@ -97,35 +98,70 @@ fn resources(config: &Config) -> BTreeMap<String, Quantity> {
             Quantity(format!("{}Ki", memory_bytes() / 1024)),
         ),
         ("pods".to_owned(), Quantity(config.max_pods.to_string())),
-        ("ephemeral-storage".to_owned(), Quantity("0".to_owned())),
+        (
+            "ephemeral-storage".to_owned(),
+            Quantity(format!(
+                "{}Ki",
+                crate::eviction::filesystem_capacity(&config.data_dir) / 1024
+            )),
+        ),
     ])
 }
 
-fn conditions(ready: bool, message: &str, transition: bool) -> Vec<NodeCondition> {
+/// The node's conditions. `transition` sets every `lastTransitionTime` (registration, a
+/// change of readiness), `pressure_changed` those of the pressure conditions.
+fn conditions(
+    ready: bool,
+    message: &str,
+    transition: bool,
+    pressure: Pressure,
+    pressure_changed: bool,
+) -> Vec<NodeCondition> {
     let now = now();
-    let pressure = |type_: &str, reason: &str, message: &str| NodeCondition {
-        type_: type_.to_owned(),
-        status: "False".to_owned(),
-        reason: Some(reason.to_owned()),
-        message: Some(message.to_owned()),
-        last_heartbeat_time: Some(now.clone()),
-        last_transition_time: None,
-    };
+    let condition =
+        |type_: &str, on: bool, (reason, message): (&str, &str), changed: bool| NodeCondition {
+            type_: type_.to_owned(),
+            status: if on { "True" } else { "False" }.to_owned(),
+            reason: Some(reason.to_owned()),
+            message: Some(message.to_owned()),
+            last_heartbeat_time: Some(now.clone()),
+            last_transition_time: (transition || changed).then(|| now.clone()),
+        };
     vec![
-        pressure(
+        condition(
             "MemoryPressure",
-            "KubeletHasSufficientMemory",
-            "kubelet has sufficient memory available",
+            pressure.memory,
+            if pressure.memory {
+                (
+                    "KubeletHasInsufficientMemory",
+                    "kubelet has insufficient memory available",
+                )
+            } else {
+                (
+                    "KubeletHasSufficientMemory",
+                    "kubelet has sufficient memory available",
+                )
+            },
+            pressure_changed,
         ),
-        pressure(
+        condition(
             "DiskPressure",
-            "KubeletHasNoDiskPressure",
-            "kubelet has no disk pressure",
+            pressure.disk,
+            if pressure.disk {
+                ("KubeletHasDiskPressure", "kubelet has disk pressure")
+            } else {
+                ("KubeletHasNoDiskPressure", "kubelet has no disk pressure")
+            },
+            pressure_changed,
         ),
-        pressure(
+        condition(
             "PIDPressure",
-            "KubeletHasSufficientPID",
-            "kubelet has sufficient PID available",
+            false,
+            (
+                "KubeletHasSufficientPID",
+                "kubelet has sufficient PID available",
+            ),
+            false,
         ),
         NodeCondition {
             type_: "Ready".to_owned(),
@@ -151,6 +187,7 @@ fn status(
     runtime_version: &str,
     images: Vec<k8s_openapi::api::core::v1::ContainerImage>,
     transition: bool,
+    (pressure, pressure_changed): (Pressure, bool),
 ) -> NodeStatus {
     NodeStatus {
         addresses: Some(vec![
@@ -169,6 +206,8 @@ fn status(
             true,
             "krustlet is posting ready status",
             transition,
+            pressure,
+            pressure_changed,
         )),
         daemon_endpoints: Some(NodeDaemonEndpoints {
             kubelet_endpoint: Some(DaemonEndpoint {
@@ -241,7 +280,13 @@ pub fn node_object(config: &Config, runtime_version: &str) -> Node {
             taints: Some(vec![taint("NoSchedule"), taint("NoExecute")]),
             ..NodeSpec::default()
         }),
-        status: Some(status(config, runtime_version, Vec::new(), true)),
+        status: Some(status(
+            config,
+            runtime_version,
+            Vec::new(),
+            true,
+            (Pressure::default(), false),
+        )),
     }
 }
 
@@ -284,9 +329,12 @@ pub async fn heartbeat(
     let mut lease_tick = tokio::time::interval(config.lease_renew_interval);
     let mut status_tick = tokio::time::interval(config.status_report_interval);
     let mut posted_images = None;
+    let mut pressure_changes = registry.pressure.subscribe();
+    let mut posted_pressure = Pressure::default();
     loop {
         // As the kubelet: status at least every report interval, and at once (checked at
-        // each lease renewal) when something in it changed, here the images held.
+        // each lease renewal) when something in it changed, here the images held; and
+        // at once when a pressure condition changes.
         let images = tokio::select! {
             () = shutdown.cancelled() => return,
             _ = lease_tick.tick() => {
@@ -294,15 +342,25 @@ pub async fn heartbeat(
                     tracing::warn!(error = %e, "cannot renew node lease");
                 }
                 let images = registry.images();
-                if posted_images.as_ref() == Some(&images) {
+                if posted_images.as_ref() == Some(&images)
+                    && *pressure_changes.borrow() == posted_pressure
+                {
                     continue;
                 }
                 images
             }
             _ = status_tick.tick() => registry.images(),
+            r = pressure_changes.changed() => {
+                if r.is_err() {
+                    return;
+                }
+                registry.images()
+            }
         };
+        let pressure = *pressure_changes.borrow_and_update();
+        let changed = pressure != posted_pressure;
         let nodes: Api<Node> = Api::all(client.clone());
-        let patch = serde_json::json!({ "status": status(&config, &runtime_version, images.clone(), false) });
+        let patch = serde_json::json!({ "status": status(&config, &runtime_version, images.clone(), false, (pressure, changed)) });
         match nodes
             .patch_status(
                 &config.node_name,
@@ -311,7 +369,10 @@ pub async fn heartbeat(
             )
             .await
         {
-            Ok(_) => posted_images = Some(images),
+            Ok(_) => {
+                posted_images = Some(images);
+                posted_pressure = pressure;
+            }
             Err(e) => tracing::warn!(error = %e, "cannot update node status"),
         }
     }
@@ -357,7 +418,7 @@ async fn renew_lease(client: &Client, node_name: &str) -> Result<()> {
 /// Posts `Ready=False` with `message`; best effort (used on shutdown).
 pub async fn mark_not_ready(client: &Client, node_name: &str, message: &str) {
     let nodes: Api<Node> = Api::all(client.clone());
-    let patch = serde_json::json!({ "status": { "conditions": conditions(false, message, true) } });
+    let patch = serde_json::json!({ "status": { "conditions": conditions(false, message, true, Pressure::default(), false) } });
     match nodes
         .patch_status(node_name, &PatchParams::default(), &Patch::Strategic(patch))
         .await

@@ -23,6 +23,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::{Config, Runtime};
+pub(crate) use container::pod_dir_name;
+pub(crate) use worker::qos_class;
 
 /// Where one container's logs are and whether it is running now.
 #[derive(Debug, Clone)]
@@ -76,6 +78,8 @@ pub struct ImageEntry {
 pub struct Registry {
     inner: Arc<Mutex<Inner>>,
     workers: Arc<tokio::sync::Mutex<HashMap<String, Worker>>>,
+    /// The node's pressure conditions, set by the eviction manager.
+    pub(crate) pressure: crate::eviction::PressureHandle,
 }
 
 #[derive(Debug)]
@@ -83,6 +87,8 @@ struct Worker {
     pod: watch::Sender<Pod>,
     /// Cancelled when the pod vanished from the API or the node shuts down: kill now.
     stop: CancellationToken,
+    /// Set to the eviction message when the eviction manager evicts the pod.
+    evict: watch::Sender<Option<String>>,
     task: JoinHandle<()>,
 }
 
@@ -177,18 +183,38 @@ impl Registry {
     }
 
     /// Images this node holds, for `node.status.images`, largest first as the kubelet
-    /// lists them.
+    /// lists them, and bounded as the kubelet bounds them: the [`MAX_STATUS_IMAGES`]
+    /// largest, each with at most [`MAX_NAMES_PER_IMAGE`] names, so that many images (or
+    /// many tags of one) cannot make the node object grow without bound.
     #[must_use]
     pub fn images(&self) -> Vec<ContainerImage> {
-        let mut entries = self.image_entries();
-        entries.sort_by_key(|e| std::cmp::Reverse(e.size));
-        entries
-            .into_iter()
-            .map(|e| ContainerImage {
-                names: Some(e.names),
-                size_bytes: i64::try_from(e.size).ok(),
-            })
+        status_images(self.image_entries())
+    }
+
+    /// The pods this node runs that are neither finished nor being deleted.
+    pub(crate) async fn active_pods(&self) -> Vec<Pod> {
+        self.workers
+            .lock()
+            .await
+            .values()
+            .map(|w| w.pod.borrow().clone())
+            .filter(|p| !status::is_terminal(p) && p.metadata.deletion_timestamp.is_none())
             .collect()
+    }
+
+    /// Evicts `pod`: its worker kills its containers and reports it `Failed` with reason
+    /// `Evicted` and `message`.
+    pub(crate) async fn evict(&self, pod: &Pod, message: String) {
+        let uid = pod.uid().unwrap_or_default();
+        if let Some(w) = self.workers.lock().await.get(&uid) {
+            w.evict.send_if_modified(|m| {
+                let first = m.is_none();
+                if first {
+                    *m = Some(message);
+                }
+                first
+            });
+        }
     }
 
     /// Kills every pod's workloads and waits for the workers to end (node shutdown).
@@ -201,6 +227,26 @@ impl Registry {
             let _ = w.task.await;
         }
     }
+}
+
+/// The kubelet's `nodeStatusMaxImages` default: images listed in `node.status.images`.
+pub const MAX_STATUS_IMAGES: usize = 50;
+/// The kubelet's `maxNamesPerImageInNodeStatus`: names listed for one image.
+pub const MAX_NAMES_PER_IMAGE: usize = 5;
+
+fn status_images(mut entries: Vec<ImageEntry>) -> Vec<ContainerImage> {
+    entries.sort_by_key(|e| std::cmp::Reverse(e.size));
+    entries
+        .into_iter()
+        .take(MAX_STATUS_IMAGES)
+        .map(|mut e| {
+            e.names.truncate(MAX_NAMES_PER_IMAGE);
+            ContainerImage {
+                names: Some(e.names),
+                size_bytes: i64::try_from(e.size).ok(),
+            }
+        })
+        .collect()
 }
 
 /// What every worker of this node shares.
@@ -335,7 +381,7 @@ fn gone<R: Runtime>(ctx: &Ctx<R>, pod: Pod, worker: Option<Worker>) {
     });
 }
 
-async fn remove_pod_dir(dir: &std::path::Path) {
+pub(crate) async fn remove_pod_dir(dir: &std::path::Path) {
     match tokio::fs::remove_dir_all(dir).await {
         Ok(()) => tracing::debug!(dir = %dir.display(), "pod directory removed"),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -385,16 +431,47 @@ async fn dispatch<R: Runtime>(ctx: &Arc<Ctx<R>>, pod: Pod) {
             .filter(|p| !status::is_terminal(p))
             .collect();
         admission::fit(&pod, &others, ctx.config.max_pods as usize)
+            .or_else(|| crate::eviction::admit(&pod, ctx.registry.pressure.get()))
     };
     let (tx, rx) = watch::channel(pod);
+    let (evict, evicted) = watch::channel(None);
     let stop = CancellationToken::new();
-    let task = tokio::spawn(worker::run(ctx.clone(), rx, stop.clone(), misfit));
+    let task = tokio::spawn(worker::run(ctx.clone(), rx, stop.clone(), evicted, misfit));
     ctx.registry.workers.lock().await.insert(
         uid,
         Worker {
             pod: tx,
             stop,
+            evict,
             task,
         },
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_status_lists_the_fifty_largest_images_with_five_names_each() {
+        let now = std::time::Instant::now();
+        let entries = (0..200u64)
+            .map(|i| ImageEntry {
+                names: (0..20).map(|n| format!("r/img{i}:t{n}")).collect(),
+                size: i,
+                handle: format!("h{i}"),
+                last_used: now,
+            })
+            .collect();
+        let listed = status_images(entries);
+        assert_eq!(listed.len(), MAX_STATUS_IMAGES);
+        let sizes: Vec<i64> = listed.iter().filter_map(|i| i.size_bytes).collect();
+        let expected: Vec<i64> = (150..200).rev().collect();
+        assert_eq!(sizes, expected);
+        assert!(
+            listed
+                .iter()
+                .all(|i| i.names.as_ref().map(Vec::len) == Some(MAX_NAMES_PER_IMAGE))
+        );
+    }
 }

@@ -21,7 +21,7 @@ fn deleting(pod: &Pod) -> bool {
     pod.metadata.deletion_timestamp.is_some()
 }
 
-fn qos_class(pod: &Pod) -> &'static str {
+pub(crate) fn qos_class(pod: &Pod) -> &'static str {
     let containers = pod
         .spec
         .as_ref()
@@ -224,6 +224,7 @@ pub(crate) async fn run<R: Runtime>(
     ctx: Arc<Ctx<R>>,
     pod: watch::Receiver<Pod>,
     stop: CancellationToken,
+    mut evicted: watch::Receiver<Option<String>>,
     misfit: Option<(&'static str, String)>,
 ) {
     let first = pod.borrow().clone();
@@ -286,6 +287,7 @@ pub(crate) async fn run<R: Runtime>(
     let mut failure: Option<(&str, String)> = None;
     let mut terminating = false;
     let mut driver_done = false;
+    let mut evict_open = true;
     loop {
         tokio::select! {
             () = stop.cancelled() => {
@@ -307,6 +309,15 @@ pub(crate) async fn run<R: Runtime>(
                 w.event(EventType::Warning, "DeadlineExceeded", message.to_owned(), None).await;
                 failure = Some(("DeadlineExceeded", message.to_owned()));
                 kill.cancel();
+            }
+            r = evicted.changed(), if evict_open && failure.is_none() && !driver_done && !terminating => {
+                evict_open = r.is_ok();
+                let message = evicted.borrow_and_update().clone();
+                if let (true, Some(message)) = (evict_open, message) {
+                    w.event(EventType::Warning, "Evicted", message.clone(), None).await;
+                    failure = Some(("Evicted", message));
+                    kill.cancel();
+                }
             }
             _ = sync.tick(), if failure.is_none() && !driver_done && !terminating => {
                 if let Some(volumes) = shared.volumes.get()
@@ -335,6 +346,18 @@ pub(crate) async fn run<R: Runtime>(
         if driver_done {
             break;
         }
+    }
+    if failure
+        .as_ref()
+        .is_some_and(|(reason, _)| *reason == "Evicted")
+    {
+        // As the kubelet: an evicted pod's volumes go at once (its logs stay for
+        // `kubectl logs` until the pod is deleted), which is what frees the disk.
+        let volumes = w
+            .ctx
+            .pod_dir(&w.current())
+            .join(crate::volumes::VOLUMES_DIR);
+        super::remove_pod_dir(&volumes).await;
     }
     if terminating || w.wait_for_deletion(&stop).await {
         w.finish_deletion().await;

@@ -21,6 +21,7 @@ pub mod downward;
 mod host;
 mod sources;
 pub mod subpath;
+pub mod usage;
 
 use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
@@ -272,7 +273,7 @@ impl Volumes {
         let over = tokio::task::spawn_blocking(move || {
             limited
                 .into_iter()
-                .find(|(_, path, limit)| disk_usage(path) > *limit)
+                .find(|(_, path, limit)| usage::disk_usage(path) > *limit)
                 .map(|(name, _, _)| name)
         })
         .await
@@ -439,26 +440,6 @@ fn projection(volume: &Volume) -> Option<Kind> {
         parts,
         mode: mode(p.default_mode, DEFAULT_MODE),
     })
-}
-
-/// Bytes of regular files under `dir` (not following symlinks).
-fn disk_usage(dir: &Path) -> u64 {
-    let mut total = 0;
-    let mut stack = vec![dir.to_owned()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let Ok(meta) = entry.metadata() else { continue };
-            if meta.is_dir() {
-                stack.push(entry.path());
-            } else if meta.is_file() {
-                total += meta.len();
-            }
-        }
-    }
-    total
 }
 
 #[cfg(test)]

@@ -1,0 +1,163 @@
+//! Faults the node must survive: its data dir's filesystem filling up.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+use e2e::{
+    Cluster, KrustletNode, create_fresh, node_condition, pod_with_spec, wait_node, wait_pod,
+};
+
+/// A tmpfs of `mib` MiB mounted at `path` for the test's life (the tests run as root, as
+/// `hack/test` does), unmounted on drop.
+struct SmallFs(PathBuf);
+
+impl SmallFs {
+    fn mount(path: &Path, mib: u32) -> Result<Self> {
+        let _ = Command::new("umount").arg(path).status();
+        let _ = std::fs::remove_dir_all(path);
+        std::fs::create_dir_all(path)?;
+        let ok = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={mib}m,mode=0700"),
+                "tmpfs",
+            ])
+            .arg(path)
+            .status()
+            .context("running mount")?
+            .success();
+        if !ok {
+            bail!(
+                "cannot mount a tmpfs at {} (the e2e tests run as root)",
+                path.display()
+            );
+        }
+        Ok(Self(path.to_owned()))
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+fn filler(name: &str, node: &str, image: &str, mib: u32) -> k8s_openapi::api::core::v1::Pod {
+    pod_with_spec(
+        name,
+        node,
+        serde_json::json!({
+            "restartPolicy": "Never",
+            "containers": [{
+                "name": "main",
+                "image": image,
+                "args": ["fill", "/scratch/f", mib.to_string(), "sleep", "600"],
+                "volumeMounts": [{ "name": "scratch", "mountPath": "/scratch" }]
+            }],
+            "volumes": [{ "name": "scratch", "emptyDir": {} }]
+        }),
+    )
+}
+
+/// A pod fills the node's data dir: the node reports `DiskPressure`, refuses new pods
+/// as the kubelet does, evicts the pod using the disk with the kubelet's reason and
+/// message, frees its volumes, and recovers; the agent and the node stay up throughout.
+#[tokio::test]
+async fn a_full_data_dir_gives_disk_pressure_eviction_and_recovery() -> Result<()> {
+    let name = "e2e-diskfull";
+    let cluster = Cluster::connect().await?;
+    let image = cluster.push("tool", "v1").await?;
+    let dir = e2e::root().join("target/e2e").join(name);
+    let fs = SmallFs::mount(&dir, 48)?;
+    cluster.forget_node(name).await?;
+    let mut node = KrustletNode::start_in(
+        name,
+        10390,
+        &[
+            "--eviction-hard",
+            "nodefs.available<25%",
+            "--eviction-monitoring-interval",
+            "500ms",
+            "--eviction-pressure-transition-period",
+            "20s",
+        ],
+        fs.0.clone(),
+    )?;
+    let nodes = cluster.nodes();
+    wait_node(&nodes, name, 60, "Ready without pressure", |n| {
+        node_condition(n, "Ready").as_deref() == Some("True")
+            && node_condition(n, "DiskPressure").as_deref() == Some("False")
+    })
+    .await?;
+    let pods = cluster.pods();
+    create_fresh(&pods, &filler("diskfull-filler", name, &image, 100)).await?;
+    // It writes until the disk is full; the eviction manager then sees less than 25 %
+    // free and evicts it (the only pod, and the one using the disk).
+    let evicted = wait_pod(&pods, "diskfull-filler", 120, "evicted", |p| {
+        p.status.as_ref().and_then(|s| s.reason.as_deref()) == Some("Evicted")
+    })
+    .await?;
+    let status = evicted.status.clone().unwrap_or_default();
+    assert_eq!(status.phase.as_deref(), Some("Failed"));
+    let message = status.message.unwrap_or_default();
+    assert!(
+        message
+            .starts_with("The node was low on resource: ephemeral-storage. Threshold quantity: "),
+        "{message}"
+    );
+    let events = cluster.events("diskfull-filler").await?;
+    assert!(
+        events.iter().any(|e| e.reason.as_deref() == Some("Evicted")
+            && e.message.as_deref() == Some(message.as_str())),
+        "no Evicted event: {events:?}"
+    );
+    // The condition lasts the transition period after the last crossing, and while it
+    // lasts new pods are refused as the kubelet refuses them.
+    wait_node(&nodes, name, 30, "DiskPressure", |n| {
+        node_condition(n, "DiskPressure").as_deref() == Some("True")
+    })
+    .await?;
+    create_fresh(&pods, &filler("diskfull-refused", name, &image, 1)).await?;
+    let refused = wait_pod(&pods, "diskfull-refused", 60, "rejected", |p| {
+        e2e::phase(p) == "Failed"
+    })
+    .await?;
+    let status = refused.status.unwrap_or_default();
+    assert_eq!(status.reason.as_deref(), Some("Evicted"));
+    assert_eq!(
+        status.message.as_deref(),
+        Some("Pod was rejected: The node had condition: [DiskPressure]. ")
+    );
+    // The evicted pod's volumes are removed, so the disk frees and the pressure ends
+    // after the transition period; the node stayed Ready and the agent alive.
+    wait_node(&nodes, name, 120, "DiskPressure over", |n| {
+        node_condition(n, "DiskPressure").as_deref() == Some("False")
+            && node_condition(n, "Ready").as_deref() == Some("True")
+    })
+    .await?;
+    assert!(node.pid().is_some());
+    let volumes = std::fs::read_dir(fs.0.join("pods"))?
+        .flatten()
+        .map(|e| e.path().join("_volumes"))
+        .filter(|p| p.exists())
+        .count();
+    assert_eq!(
+        volumes, 0,
+        "the evicted pod's volumes are still on the disk"
+    );
+    // A new pod runs again.
+    create_fresh(&pods, &filler("diskfull-after", name, &image, 1)).await?;
+    wait_pod(&pods, "diskfull-after", 60, "Running", |p| {
+        e2e::phase(p) == "Running"
+    })
+    .await?;
+    for pod in ["diskfull-filler", "diskfull-refused", "diskfull-after"] {
+        e2e::ensure_absent(&pods, pod).await?;
+    }
+    node.stop()?;
+    drop(fs);
+    Ok(())
+}
