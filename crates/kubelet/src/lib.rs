@@ -13,6 +13,7 @@ pub mod keyring;
 pub mod logs;
 pub mod node;
 pub mod pods;
+pub mod quantity;
 pub mod runtime;
 pub mod server;
 mod tls;

@@ -22,6 +22,8 @@ fn deleting(pod: &Pod) -> bool {
 }
 
 fn qos_class(pod: &Pod) -> &'static str {
+    use crate::quantity::Quantity as Q;
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
     let containers = pod
         .spec
         .as_ref()
@@ -38,7 +40,12 @@ fn qos_class(pod: &Pod) -> &'static str {
         any |= !req.is_empty() || !lim.is_empty();
         for r in ["cpu", "memory"] {
             let l = lim.get(r);
-            guaranteed &= l.is_some() && req.get(r).is_none_or(|q| Some(q) == l);
+            // Equal by value (`1Gi` is `1024Mi`), as the kubelet compares quantities.
+            let same = |a: &Quantity, b: &Quantity| match (Q::from_api(a), Q::from_api(b)) {
+                (Ok(a), Ok(b)) => a == b,
+                _ => a == b,
+            };
+            guaranteed &= l.is_some_and(|l| req.get(r).is_none_or(|q| same(q, l)));
         }
     }
     match (any, guaranteed) {
