@@ -164,6 +164,34 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// With nothing defined, expansion only turns `$$` outside a `$(...)` into `$`.
+        #[test]
+        fn expansion_without_variables_only_unescapes(input in "[$()a-z]{0,40}") {
+            let mut expected = String::new();
+            let mut rest = input.as_str();
+            while let Some(c) = rest.chars().next() {
+                if rest.starts_with("$$") {
+                    expected.push('$');
+                    rest = &rest[2..];
+                } else if rest.starts_with("$(") && let Some(end) = rest.find(')') {
+                    expected.push_str(&rest[..=end]);
+                    rest = &rest[end + 1..];
+                } else {
+                    expected.push(c);
+                    rest = &rest[c.len_utf8()..];
+                }
+            }
+            proptest::prop_assert_eq!(expand(&input, &[]), expected);
+        }
+
+        #[test]
+        fn expansion_never_panics(input in proptest::prelude::any::<String>()) {
+            let env = vec![("A".to_owned(), "$(A)".to_owned())];
+            let _ = expand(&input, &env);
+        }
+    }
+
     #[test]
     fn default_pull_policy_by_tag() {
         let c = |image: &str| Container {

@@ -354,3 +354,28 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
         None => std::future::pending().await,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(requests: &str, limits: &str) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "spec": { "containers": [{
+                "name": "c",
+                "resources": {
+                    "requests": { "cpu": "1", "memory": requests },
+                    "limits": { "cpu": "1000m", "memory": limits }
+                }
+            }] }
+        }))
+        .expect("pod")
+    }
+
+    #[test]
+    fn qos_compares_quantities_by_value() {
+        assert_eq!(qos_class(&pod("1Gi", "1024Mi")), "Guaranteed");
+        assert_eq!(qos_class(&pod("1Gi", "1025Mi")), "Burstable");
+        assert_eq!(qos_class(&Pod::default()), "BestEffort");
+    }
+}
