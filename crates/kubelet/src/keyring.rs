@@ -6,14 +6,20 @@
 //! gives entries with `username`/`password` or a base64 `auth` of `user:password`.
 //! A KEY (`https://` or `http://` prefix ignored, a `/v1/` or `/v2/` path ignored) matches
 //! an image when the host has as many dot-separated labels, each label matches as a glob
-//! (`*.example.com`), the port is the same (none matches none), and the key's path is a
+//! (`*.example.com`, Go's `filepath.Match` syntax, matched in bounded time by `glob`),
+//! the port is the same (none matches none), and the key's path is a
 //! prefix of the image's path. More specific keys (reverse lexicographic order) come
 //! first; every matching entry is a candidate, tried in turn. An image of Docker Hub also
 //! matches an `index.docker.io` key.
 
+mod glob;
+
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::Secret;
+
+/// The longest host name DNS allows.
+const MAX_HOST: usize = 253;
 
 /// A user name and password for a registry.
 #[derive(Clone, PartialEq, Eq)]
@@ -98,28 +104,20 @@ fn split(url: &str) -> (Vec<&str>, &str, &str) {
     (host.split('.').collect(), port, path)
 }
 
-/// A shell glob of `*`, `?` and literal characters, as Go's `filepath.Match` on a label.
-fn glob(pattern: &str, text: &str) -> bool {
-    fn go(p: &[u8], t: &[u8]) -> bool {
-        match (p.first(), t.first()) {
-            (None, None) => true,
-            (Some(b'*'), _) => go(&p[1..], t) || (!t.is_empty() && go(p, &t[1..])),
-            (Some(b'?'), Some(_)) => go(&p[1..], &t[1..]),
-            (Some(a), Some(b)) if a == b => go(&p[1..], &t[1..]),
-            _ => false,
-        }
-    }
-    go(pattern.as_bytes(), text.as_bytes())
-}
-
 /// Whether key `key` matches repository `repo` (`host[:port]/path`).
+/// A host longer than a DNS name can be (253) matches no key: the pull cannot resolve
+/// it anyway, and it bounds the work of matching to the keys' length times this.
 fn matches(key: &str, repo: &str) -> bool {
     let (key_labels, key_port, key_path) = split(key);
     let (labels, port, path) = split(repo);
-    key_port == port
+    labels.iter().map(|l| l.len() + 1).sum::<usize>() <= MAX_HOST + 1
+        && key_port == port
         && key_labels.len() == labels.len()
         && path.starts_with(key_path)
-        && key_labels.iter().zip(&labels).all(|(k, l)| glob(k, l))
+        && key_labels
+            .iter()
+            .zip(&labels)
+            .all(|(k, l)| glob::matches(k, l))
 }
 
 /// The repository an image is pulled from, tag and digest removed, with Docker Hub's
@@ -301,6 +299,27 @@ mod tests {
             users(&ring, "registry.example.com/teamster/app"),
             ["team", "host"]
         );
+    }
+
+    #[test]
+    fn a_pathological_glob_key_does_not_hang_the_lookup() {
+        // Finding 7: the recursive matcher needed about 4e15 steps for this label.
+        let key = format!("{}b.example.com", "*a".repeat(20));
+        let auths = serde_json::json!({ "auths": { key: { "username": "u", "password": "p" } } });
+        let mut ring = Keyring::default();
+        ring.add_secret(&secret(
+            "kubernetes.io/dockerconfigjson",
+            ".dockerconfigjson",
+            &auths,
+        ))
+        .expect("valid");
+        let image = format!("{}.example.com/app", "a".repeat(60));
+        assert!(ring.lookup(&image).is_empty());
+        let image = format!("{}b.example.com/app", "a".repeat(60));
+        assert_eq!(users(&ring, &image), ["u"]);
+        // A host longer than DNS allows matches no key.
+        let image = format!("{}b.example.com/app", "a".repeat(260));
+        assert!(ring.lookup(&image).is_empty());
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod keyring;
 pub mod logs;
 pub mod node;
 pub mod pods;
+pub mod quantity;
 pub mod ratelimit;
 pub mod runtime;
 pub mod server;

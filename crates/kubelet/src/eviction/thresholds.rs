@@ -128,7 +128,10 @@ pub fn parse(text: &str) -> Result<Vec<Threshold>, String> {
             }
             Amount::Percent(p)
         } else {
-            let n = crate::pods::spec::parse_bytes(amount)
+            let n = amount
+                .parse::<crate::quantity::Quantity>()
+                .ok()
+                .and_then(|q| q.bytes().ok())
                 .ok_or_else(|| format!("eviction threshold {part:?}: bad quantity"))?;
             Amount::Absolute(n)
         };

@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::Ctx;
-use super::spec::{expand, parse_bytes, pull_policy};
+use super::spec::{expand, memory_limit, pull_policy};
 use super::status::{self, ContainerRecord, Records};
 use super::termination;
 use crate::events::EventType;
@@ -517,6 +517,10 @@ impl<R: Runtime> Supervisor<R> {
             Ok(found) => found,
             Err(message) => return self.config_error(message).await,
         };
+        let memory_limit = match memory_limit(&self.spec) {
+            Ok(limit) => limit,
+            Err(message) => return self.config_error(message).await,
+        };
         let mut mounts = match self
             .shared
             .volumes
@@ -547,13 +551,7 @@ impl<R: Runtime> Supervisor<R> {
             env,
             log_path: log_path.clone(),
             mounts,
-            memory_limit: self
-                .spec
-                .resources
-                .as_ref()
-                .and_then(|r| r.limits.as_ref())
-                .and_then(|l| l.get("memory"))
-                .and_then(|q| parse_bytes(&q.0)),
+            memory_limit,
         };
         let (ns, pod_name) = (
             self.pod.namespace().unwrap_or_default(),

@@ -1,8 +1,9 @@
 //! Pure readings of a pod or container spec: restart and pull policies, `$(VAR)`
-//! expansion, quantities.
+//! expansion, the memory limit.
 
 use k8s_openapi::api::core::v1::{Container, Pod};
 
+use crate::quantity::Quantity;
 use crate::runtime::PullPolicy;
 
 /// The pod's `restartPolicy`, `Always` when unset (the API server's default).
@@ -37,83 +38,88 @@ pub fn pull_policy(container: &Container) -> PullPolicy {
     }
 }
 
+/// A piece of a text with `$(VAR)` references.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Piece<'a> {
+    /// Text to keep as it is (`$$` already reduced to `$`).
+    Text(&'a str),
+    /// A complete `$(NAME)` reference: the name.
+    Var(&'a str),
+}
+
+/// Cuts `input` into text and `$(VAR)` references with the kubelet's syntax: `$$` is an
+/// escaped `$`, `$(` without a closing `)` and a `$` before anything else are text.
+pub fn pieces<'a>(input: &'a str, mut f: impl FnMut(Piece<'a>)) {
+    let mut rest = input;
+    while let Some(i) = rest.find('$') {
+        if i > 0 {
+            f(Piece::Text(&rest[..i]));
+        }
+        let after = &rest[i + 1..];
+        if let Some(escaped) = after.strip_prefix('$') {
+            f(Piece::Text("$"));
+            rest = escaped;
+        } else if let Some(body) = after.strip_prefix('(')
+            && let Some(end) = body.find(')')
+        {
+            f(Piece::Var(&body[..end]));
+            rest = &body[end + 1..];
+        } else {
+            f(Piece::Text("$"));
+            rest = after;
+        }
+    }
+    if !rest.is_empty() {
+        f(Piece::Text(rest));
+    }
+}
+
 /// Expands `$(VAR)` references the way the kubelet does: a defined variable is replaced,
 /// `$$` escapes a `$`, anything else is left as written.
 #[must_use]
 pub fn expand(input: &str, env: &[(String, String)]) -> String {
     let mut out = String::with_capacity(input.len());
-    let mut rest = input;
-    while let Some(i) = rest.find('$') {
-        out.push_str(&rest[..i]);
-        let after = &rest[i + 1..];
-        if let Some(stripped) = after.strip_prefix('$') {
-            out.push('$');
-            rest = stripped;
-        } else if let Some(body) = after.strip_prefix('(') {
-            match body.find(')') {
-                Some(end) => {
-                    let name = &body[..end];
-                    match env.iter().rev().find(|(k, _)| k == name) {
-                        Some((_, v)) => out.push_str(v),
-                        None => {
-                            out.push_str("$(");
-                            out.push_str(name);
-                            out.push(')');
-                        }
-                    }
-                    rest = &body[end + 1..];
-                }
-                None => {
-                    out.push_str("$(");
-                    rest = body;
-                }
+    pieces(input, |piece| match piece {
+        Piece::Text(text) => out.push_str(text),
+        Piece::Var(name) => match env.iter().rev().find(|(k, _)| k == name) {
+            Some((_, v)) => out.push_str(v),
+            None => {
+                out.push_str("$(");
+                out.push_str(name);
+                out.push(')');
             }
-        } else {
-            out.push('$');
-            rest = after;
-        }
-    }
-    out.push_str(rest);
+        },
+    });
     out
 }
 
-/// Parses a memory quantity (`128Mi`, `1G`, `1048576`) into bytes.
-#[must_use]
-pub fn parse_bytes(q: &str) -> Option<u64> {
-    const SUFFIXES: [(&str, u64); 12] = [
-        ("Ki", 1 << 10),
-        ("Mi", 1 << 20),
-        ("Gi", 1 << 30),
-        ("Ti", 1 << 40),
-        ("Pi", 1 << 50),
-        ("Ei", 1 << 60),
-        ("k", 1_000),
-        ("M", 1_000_000),
-        ("G", 1_000_000_000),
-        ("T", 1_000_000_000_000),
-        ("P", 1_000_000_000_000_000),
-        ("E", 1_000_000_000_000_000_000),
-    ];
-    let q = q.trim();
-    let (num, mult) = SUFFIXES
-        .iter()
-        .find_map(|(s, m)| q.strip_suffix(s).map(|n| (n, *m)))
-        .unwrap_or((q, 1));
-    if let Ok(n) = num.parse::<u64>() {
-        return n.checked_mul(mult);
-    }
-    let f: f64 = num.parse().ok()?;
-    #[allow(
-        clippy::cast_possible_truncation,
-        clippy::cast_sign_loss,
-        clippy::cast_precision_loss
-    )]
-    (f.is_finite() && f >= 0.0).then(|| (f * mult as f64).ceil() as u64)
+/// The container's memory limit in bytes, rounded up as the kubelet's `Value()` does;
+/// `None` when unset or zero (the kubelet passes 0 to the runtime, which sets no limit).
+///
+/// # Errors
+/// A limit that does not parse, is negative or exceeds `u64` bytes (the API server
+/// refuses the first two): the container is not run unlimited, it gets
+/// `CreateContainerConfigError` with this message.
+pub fn memory_limit(container: &Container) -> Result<Option<u64>, String> {
+    let Some(q) = container
+        .resources
+        .as_ref()
+        .and_then(|r| r.limits.as_ref())
+        .and_then(|l| l.get("memory"))
+    else {
+        return Ok(None);
+    };
+    let bytes = Quantity::from_api(q)
+        .and_then(Quantity::bytes)
+        .map_err(|e| format!("invalid memory limit {:?}: {e}", q.0))?;
+    Ok((bytes != 0).then_some(bytes))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::api::core::v1::ResourceRequirements;
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity as ApiQuantity;
 
     #[test]
     fn expands_like_the_kubelet() {
@@ -129,12 +135,61 @@ mod tests {
     }
 
     #[test]
-    fn parses_quantities() {
-        assert_eq!(parse_bytes("128Mi"), Some(128 << 20));
-        assert_eq!(parse_bytes("1G"), Some(1_000_000_000));
-        assert_eq!(parse_bytes("1.5Ki"), Some(1536));
-        assert_eq!(parse_bytes("4096"), Some(4096));
-        assert_eq!(parse_bytes("lots"), None);
+    fn memory_limits_round_up_and_never_vanish() {
+        let limit = |q: Option<&str>| {
+            let mut c = Container::default();
+            if let Some(q) = q {
+                c.resources = Some(ResourceRequirements {
+                    limits: Some(
+                        [("memory".to_owned(), ApiQuantity(q.to_owned()))]
+                            .into_iter()
+                            .collect(),
+                    ),
+                    ..ResourceRequirements::default()
+                });
+            }
+            memory_limit(&c)
+        };
+        assert_eq!(limit(None), Ok(None));
+        assert_eq!(limit(Some("128Mi")), Ok(Some(128 << 20)));
+        assert_eq!(limit(Some("1G")), Ok(Some(1_000_000_000)));
+        assert_eq!(limit(Some("1.5Ki")), Ok(Some(1536)));
+        // Was None (no limit at all) with the old parser.
+        assert_eq!(limit(Some("67108864500m")), Ok(Some(67_108_865)));
+        assert_eq!(limit(Some("64e6")), Ok(Some(64_000_000)));
+        assert_eq!(limit(Some("0")), Ok(None));
+        for bad in ["lots", "-1Mi", "100E"] {
+            let err = limit(Some(bad)).expect_err(bad);
+            assert!(err.contains("invalid memory limit"), "{err}");
+        }
+    }
+
+    proptest::proptest! {
+        /// With nothing defined, expansion only turns `$$` outside a `$(...)` into `$`.
+        #[test]
+        fn expansion_without_variables_only_unescapes(input in "[$()a-z]{0,40}") {
+            let mut expected = String::new();
+            let mut rest = input.as_str();
+            while let Some(c) = rest.chars().next() {
+                if rest.starts_with("$$") {
+                    expected.push('$');
+                    rest = &rest[2..];
+                } else if rest.starts_with("$(") && let Some(end) = rest.find(')') {
+                    expected.push_str(&rest[..=end]);
+                    rest = &rest[end + 1..];
+                } else {
+                    expected.push(c);
+                    rest = &rest[c.len_utf8()..];
+                }
+            }
+            proptest::prop_assert_eq!(expand(&input, &[]), expected);
+        }
+
+        #[test]
+        fn expansion_never_panics(input in proptest::prelude::any::<String>()) {
+            let env = vec![("A".to_owned(), "$(A)".to_owned())];
+            let _ = expand(&input, &env);
+        }
     }
 
     #[test]

@@ -22,6 +22,8 @@ fn deleting(pod: &Pod) -> bool {
 }
 
 pub(crate) fn qos_class(pod: &Pod) -> &'static str {
+    use crate::quantity::Quantity as Q;
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
     let containers = pod
         .spec
         .as_ref()
@@ -38,7 +40,12 @@ pub(crate) fn qos_class(pod: &Pod) -> &'static str {
         any |= !req.is_empty() || !lim.is_empty();
         for r in ["cpu", "memory"] {
             let l = lim.get(r);
-            guaranteed &= l.is_some() && req.get(r).is_none_or(|q| Some(q) == l);
+            // Equal by value (`1Gi` is `1024Mi`), as the kubelet compares quantities.
+            let same = |a: &Quantity, b: &Quantity| match (Q::from_api(a), Q::from_api(b)) {
+                (Ok(a), Ok(b)) => a == b,
+                _ => a == b,
+            };
+            guaranteed &= l.is_some_and(|l| req.get(r).is_none_or(|q| same(q, l)));
         }
     }
     match (any, guaranteed) {
@@ -368,5 +375,30 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(requests: &str, limits: &str) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "spec": { "containers": [{
+                "name": "c",
+                "resources": {
+                    "requests": { "cpu": "1", "memory": requests },
+                    "limits": { "cpu": "1000m", "memory": limits }
+                }
+            }] }
+        }))
+        .expect("pod")
+    }
+
+    #[test]
+    fn qos_compares_quantities_by_value() {
+        assert_eq!(qos_class(&pod("1Gi", "1024Mi")), "Guaranteed");
+        assert_eq!(qos_class(&pod("1Gi", "1025Mi")), "Burstable");
+        assert_eq!(qos_class(&Pod::default()), "BestEffort");
     }
 }

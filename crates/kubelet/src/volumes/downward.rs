@@ -6,6 +6,10 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::{ObjectFieldSelector, Pod, ResourceFieldSelector};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity as ApiQuantity;
+
+use super::field_path::{self, FieldPath};
+use crate::quantity::Quantity;
 
 /// What the node knows that the pod's fields refer to.
 #[derive(Debug, Clone, Copy)]
@@ -27,15 +31,9 @@ fn format_map(map: Option<&BTreeMap<String, String>>) -> String {
         .join("\n")
 }
 
-/// The key inside `metadata.labels['key']`.
-fn subscript<'a>(path: &'a str, map: &str) -> Option<&'a str> {
-    path.strip_prefix(map)?
-        .strip_prefix("['")?
-        .strip_suffix("']")
-}
-
-/// The value of `selector` for `pod`; `for_volume` allows the whole-map forms
-/// (`metadata.labels`), environment variables allow the pod's spec and status fields.
+/// The value of `selector` for `pod`; `for_volume` allows only the pod's metadata, as
+/// the kubelet's downwardAPI volume does, environment variables also get the pod's spec
+/// and status fields.
 ///
 /// # Errors
 /// The kubelet's message for a field it does not support there.
@@ -45,67 +43,32 @@ pub fn field(
     facts: &NodeFacts,
     for_volume: bool,
 ) -> Result<String, String> {
-    let path = selector.field_path.as_str();
+    let path = field_path::parse(
+        &selector.field_path,
+        selector.api_version.as_deref(),
+        for_volume,
+    )?;
     let meta = &pod.metadata;
-    let spec = pod.spec.clone().unwrap_or_default();
-    let value = match path {
-        "metadata.name" => meta.name.clone().unwrap_or_default(),
-        "metadata.namespace" => meta.namespace.clone().unwrap_or_default(),
-        "metadata.uid" => meta.uid.clone().unwrap_or_default(),
-        "metadata.labels" if for_volume => format_map(meta.labels.as_ref()),
-        "metadata.annotations" if for_volume => format_map(meta.annotations.as_ref()),
-        "spec.nodeName" if !for_volume => spec.node_name.unwrap_or_default(),
-        "spec.serviceAccountName" if !for_volume => spec.service_account_name.unwrap_or_default(),
-        "status.hostIP" | "status.hostIPs" | "status.podIP" | "status.podIPs" if !for_volume => {
+    let spec = pod.spec.as_ref();
+    let entry = |map: Option<&BTreeMap<String, String>>, key: &str| {
+        map.and_then(|m| m.get(key)).cloned().unwrap_or_default()
+    };
+    Ok(match path {
+        FieldPath::Name => meta.name.clone().unwrap_or_default(),
+        FieldPath::Namespace => meta.namespace.clone().unwrap_or_default(),
+        FieldPath::Uid => meta.uid.clone().unwrap_or_default(),
+        FieldPath::Labels => format_map(meta.labels.as_ref()),
+        FieldPath::Annotations => format_map(meta.annotations.as_ref()),
+        FieldPath::Label(key) => entry(meta.labels.as_ref(), &key),
+        FieldPath::Annotation(key) => entry(meta.annotations.as_ref(), &key),
+        FieldPath::NodeName => spec.and_then(|s| s.node_name.clone()).unwrap_or_default(),
+        FieldPath::ServiceAccountName => spec
+            .and_then(|s| s.service_account_name.clone())
+            .unwrap_or_default(),
+        FieldPath::HostIp | FieldPath::HostIps | FieldPath::PodIp | FieldPath::PodIps => {
             facts.ip.to_string()
         }
-        _ => {
-            if let Some(key) = subscript(path, "metadata.labels") {
-                meta.labels
-                    .as_ref()
-                    .and_then(|l| l.get(key))
-                    .cloned()
-                    .unwrap_or_default()
-            } else if let Some(key) = subscript(path, "metadata.annotations") {
-                meta.annotations
-                    .as_ref()
-                    .and_then(|a| a.get(key))
-                    .cloned()
-                    .unwrap_or_default()
-            } else {
-                return Err(format!("unsupported fieldPath: {path}"));
-            }
-        }
-    };
-    Ok(value)
-}
-
-/// A quantity (`500m`, `1Gi`, `2`) as a number.
-#[must_use]
-pub fn quantity(q: &str) -> Option<f64> {
-    const SUFFIXES: [(&str, f64); 15] = [
-        ("Ki", 1024.0),
-        ("Mi", 1_048_576.0),
-        ("Gi", 1_073_741_824.0),
-        ("Ti", 1_099_511_627_776.0),
-        ("Pi", 1_125_899_906_842_624.0),
-        ("Ei", 1_152_921_504_606_846_976.0),
-        ("n", 1e-9),
-        ("u", 1e-6),
-        ("m", 1e-3),
-        ("k", 1e3),
-        ("M", 1e6),
-        ("G", 1e9),
-        ("T", 1e12),
-        ("P", 1e15),
-        ("E", 1e18),
-    ];
-    let q = q.trim();
-    let (number, scale) = SUFFIXES
-        .iter()
-        .find_map(|(s, m)| q.strip_suffix(s).map(|n| (n, *m)))
-        .unwrap_or((q, 1.0));
-    number.parse::<f64>().ok().map(|n| n * scale)
+    })
 }
 
 /// The value of `selector` for a container of `pod` (`container` names it when the
@@ -132,51 +95,43 @@ pub fn resource(
     let resources = found.resources.clone().unwrap_or_default();
     let limits = resources.limits.unwrap_or_default();
     let requests = resources.requests.unwrap_or_default();
-    let (kind, amount) = selector
-        .resource
-        .split_once('.')
-        .ok_or_else(|| format!("unsupported container resource : {}", selector.resource))?;
-    #[allow(clippy::cast_precision_loss)]
-    let node_amount = match amount {
-        "cpu" => facts.cpus as f64,
-        "memory" => facts.memory as f64,
-        "ephemeral-storage" => 0.0,
-        _ => {
-            return Err(format!(
-                "unsupported container resource : {}",
-                selector.resource
-            ));
-        }
+    let unsupported = || format!("unsupported container resource : {}", selector.resource);
+    let (kind, amount) = selector.resource.split_once('.').ok_or_else(unsupported)?;
+    // CPU is counted in thousandths, everything else in whole units, as the kubelet's
+    // `ExtractContainerResourceValue` does.
+    let (node_amount, units): (i128, fn(Quantity) -> i128) = match amount {
+        "cpu" => (i128::from(facts.cpus) * 1000, Quantity::milli_value),
+        "memory" => (i128::from(facts.memory), Quantity::value),
+        "ephemeral-storage" => (0, Quantity::value),
+        _ => return Err(unsupported()),
     };
-    let value_of = |map: &BTreeMap<
-        String,
-        k8s_openapi::apimachinery::pkg::api::resource::Quantity,
-    >| { map.get(amount).and_then(|q| quantity(&q.0)) };
+    let value_of = |map: &BTreeMap<String, ApiQuantity>| -> Result<Option<i128>, String> {
+        map.get(amount)
+            .map(|q| {
+                Quantity::from_api(q)
+                    .map(units)
+                    .map_err(|e| format!("{kind}.{amount} {:?}: {e}", q.0))
+            })
+            .transpose()
+    };
     let value = match kind {
-        "limits" => value_of(&limits).unwrap_or(node_amount),
-        "requests" => value_of(&requests)
-            .or_else(|| value_of(&limits))
-            .unwrap_or(0.0),
-        _ => {
-            return Err(format!(
-                "unsupported container resource : {}",
-                selector.resource
-            ));
+        "limits" => value_of(&limits)?.unwrap_or(node_amount),
+        "requests" => match value_of(&requests)? {
+            Some(v) => v,
+            None => value_of(&limits)?.unwrap_or(0),
+        },
+        _ => return Err(unsupported()),
+    };
+    // An unset or zero divisor is 1, as for the kubelet.
+    let divisor = match &selector.divisor {
+        Some(d) => {
+            let d = Quantity::from_api(d).map_err(|e| format!("divisor {:?}: {e}", d.0))?;
+            if d.is_zero() { 1 } else { units(d) }
         }
+        None => units(Quantity::from_units(1)),
     };
-    let divisor = selector
-        .divisor
-        .as_ref()
-        .and_then(|d| quantity(&d.0))
-        .filter(|d| *d > 0.0)
-        .unwrap_or(1.0);
-    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-    let rounded = {
-        // The kubelet divides exactly; in floating point, first drop the noise below a
-        // nano-unit (1500m / 1m must be 1500, not 1500.0000000000002 -> 1501).
-        let quotient = ((value / divisor) * 1e9).round() / 1e9;
-        quotient.ceil().max(0.0) as u64
-    };
+    let rounded = crate::quantity::div_ceil(value, divisor)
+        .ok_or_else(|| format!("divisor of {} must be positive", selector.resource))?;
     Ok(rounded.to_string())
 }
 
@@ -233,7 +188,9 @@ mod tests {
             get("metadata.labels", true).as_deref(),
             Ok("a=\"say \\\"hi\\\"\"\nb=\"2\"")
         );
-        assert!(get("metadata.labels", false).is_err());
+        // The kubelet resolves the whole map for an environment variable too (the API
+        // server's validation is what refuses it there).
+        assert!(get("metadata.labels", false).is_ok());
         assert!(get("spec.nodeName", true).is_err());
         assert!(get("status.phase", false).is_err());
     }
@@ -259,5 +216,35 @@ mod tests {
         assert_eq!(get("d", "limits.cpu", None).as_deref(), Ok("2"));
         assert_eq!(get("d", "requests.cpu", None).as_deref(), Ok("0"));
         assert!(get("c", "limits.gpu", None).is_err());
+    }
+
+    #[test]
+    fn resources_are_exact_and_bad_quantities_are_errors() {
+        let p: Pod = serde_json::from_value(serde_json::json!({
+            "spec": { "containers": [
+                { "name": "m", "resources": { "limits": { "memory": "67108864500m", "cpu": "1e-3" } } },
+                { "name": "bad", "resources": { "limits": { "memory": "lots" } } }
+            ] }
+        }))
+        .expect("pod");
+        let get = |container: &str, name: &str, divisor: Option<&str>| {
+            let s = ResourceFieldSelector {
+                container_name: None,
+                resource: name.to_owned(),
+                divisor: divisor.map(|d| ApiQuantity(d.to_owned())),
+            };
+            resource(&p, container, &s, &facts())
+        };
+        // Was the node's memory: the old parser did not know a milli memory limit.
+        assert_eq!(get("m", "limits.memory", None).as_deref(), Ok("67108865"));
+        assert_eq!(
+            get("m", "limits.memory", Some("0")).as_deref(),
+            Ok("67108865")
+        );
+        assert_eq!(get("m", "limits.cpu", Some("1m")).as_deref(), Ok("1"));
+        assert_eq!(get("m", "limits.cpu", None).as_deref(), Ok("1"));
+        let err = get("bad", "limits.memory", None).expect_err("unparseable");
+        assert!(err.contains("\"lots\""), "{err}");
+        assert!(get("m", "limits.memory", Some("-1")).is_err());
     }
 }

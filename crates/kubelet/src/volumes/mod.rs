@@ -18,6 +18,7 @@
 
 pub mod atomic;
 pub mod downward;
+pub mod field_path;
 mod host;
 mod sources;
 pub mod subpath;
@@ -27,9 +28,10 @@ use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Mutex;
 
-use k8s_openapi::api::core::v1::{Container, Pod, Volume};
+use k8s_openapi::api::core::v1::{Container, EmptyDirVolumeSource, Pod, Volume};
 use kube::ResourceExt;
 
+use crate::quantity::Quantity;
 use crate::runtime::Mount;
 use host::host_path;
 pub use sources::{Context, ObjectCache};
@@ -65,8 +67,9 @@ impl std::fmt::Display for MountError {
 
 #[derive(Debug, Clone)]
 enum Kind {
-    /// Scratch space; `limit` is `sizeLimit` in bytes.
-    EmptyDir { limit: Option<u64> },
+    /// Scratch space; `limit` is a positive `sizeLimit` (zero or unset: none, as for
+    /// the kubelet's eviction manager).
+    EmptyDir { limit: Option<Quantity> },
     /// Files written by the node agent and refreshed while the pod lives.
     Projected { parts: Vec<Part>, mode: u32 },
     /// A directory or file of the node (hostPath, or a claim's volume).
@@ -108,24 +111,31 @@ fn kind_name(volume: &Volume) -> String {
 /// does not set or sets empty, sorted, each once.
 fn missing_references(expr: &str, env: &[(String, String)]) -> Vec<String> {
     let mut missing = std::collections::BTreeSet::new();
-    let mut rest = expr;
-    while let Some(i) = rest.find('$') {
-        let after = &rest[i + 1..];
-        if let Some(escaped) = after.strip_prefix('$') {
-            rest = escaped;
-        } else if let Some(open) = after.strip_prefix('(')
-            && let Some(end) = open.find(')')
+    crate::pods::spec::pieces(expr, |piece| {
+        if let crate::pods::spec::Piece::Var(name) = piece
+            && !env.iter().any(|(n, v)| n == name && !v.is_empty())
         {
-            let name = &open[..end];
-            if !env.iter().any(|(n, v)| n == name && !v.is_empty()) {
-                missing.insert(name.to_owned());
-            }
-            rest = &open[end + 1..];
-        } else {
-            rest = after;
+            missing.insert(name.to_owned());
         }
-    }
+    });
     missing.into_iter().collect()
+}
+
+/// The positive `sizeLimit` of an `emptyDir`, `None` when unset or zero.
+///
+/// # Errors
+/// A limit that does not parse or is negative (the API server refuses both): it is
+/// not taken as no limit.
+fn size_limit(e: &EmptyDirVolumeSource) -> Result<Option<Quantity>, String> {
+    let Some(q) = &e.size_limit else {
+        return Ok(None);
+    };
+    let limit =
+        Quantity::from_api(q).map_err(|err| format!("emptyDir sizeLimit {:?}: {err}", q.0))?;
+    if limit.is_negative() {
+        return Err(format!("emptyDir sizeLimit {:?} must not be negative", q.0));
+    }
+    Ok((!limit.is_zero()).then_some(limit))
 }
 
 /// Whether `path` is relative and has no `..`: the kubelet's subPath rule.
@@ -160,10 +170,7 @@ impl Volumes {
                     path: own_dir,
                     read_only: false,
                     kind: Kind::EmptyDir {
-                        limit: e
-                            .size_limit
-                            .as_ref()
-                            .and_then(|q| crate::pods::spec::parse_bytes(&q.0)),
+                        limit: size_limit(e).map_err(failed)?,
                     },
                 }
             } else if let Some(kind) = projection(volume) {
@@ -257,7 +264,7 @@ impl Volumes {
     /// The first `emptyDir` volume over its `sizeLimit`: (volume, the limit as written).
     /// The sizes are summed on a blocking thread, away from the pods' tasks.
     pub async fn over_limit(&self, pod: &Pod) -> Option<(String, String)> {
-        let limited: Vec<(String, PathBuf, u64)> = self
+        let limited: Vec<(String, PathBuf, Quantity)> = self
             .volumes
             .iter()
             .filter_map(|(name, v)| match v.kind {
@@ -273,7 +280,7 @@ impl Volumes {
         let over = tokio::task::spawn_blocking(move || {
             limited
                 .into_iter()
-                .find(|(_, path, limit)| usage::disk_usage(path) > *limit)
+                .find(|(_, path, limit)| Quantity::from(usage::disk_usage(path)) > *limit)
                 .map(|(name, _, _)| name)
         })
         .await
@@ -458,6 +465,26 @@ mod tests {
             missing_references("$(Z)/$(EMPTY)/$(POD)/$(Z)", &env),
             ["EMPTY", "Z"]
         );
+    }
+
+    #[test]
+    fn empty_dir_size_limits_are_exact_and_never_vanish() {
+        let limit = |q: &str| {
+            size_limit(&EmptyDirVolumeSource {
+                size_limit: Some(k8s_openapi::apimachinery::pkg::api::resource::Quantity(
+                    q.to_owned(),
+                )),
+                ..EmptyDirVolumeSource::default()
+            })
+        };
+        // Was no limit with the old parser.
+        let milli = limit("67108864500m").expect("valid").expect("a limit");
+        assert!(Quantity::from(67_108_865u64) > milli);
+        assert!(Quantity::from(67_108_864u64) <= milli);
+        assert_eq!(limit("0"), Ok(None));
+        assert!(limit("lots").is_err());
+        assert!(limit("-1Mi").is_err());
+        assert_eq!(size_limit(&EmptyDirVolumeSource::default()), Ok(None));
     }
 
     #[test]
