@@ -100,7 +100,7 @@ fn string(tag: u8, value: &[u8]) -> Option<String> {
         // T61String, read as Latin-1
         0x14 => Some(value.iter().map(|b| char::from(*b)).collect()),
         // BMPString: UTF-16BE
-        0x1e if value.len() % 2 == 0 => char::decode_utf16(
+        0x1e if value.len().is_multiple_of(2) => char::decode_utf16(
             value
                 .chunks_exact(2)
                 .map(|c| u16::from_be_bytes([c[0], c[1]])),
