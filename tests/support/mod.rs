@@ -899,3 +899,14 @@ pub async fn setup(name: &str, port: u16, flags: &[&str]) -> Result<(Cluster, Kr
 pub fn cluster_env() -> Result<std::collections::HashMap<String, String>> {
     Ok(cluster_lines(&["env"])?.into_iter().collect())
 }
+
+/// The `KEY=VALUE` lines of `hack/cluster node-credentials NAME`: credentials of node
+/// `name` (its kubeconfig, serving and client certificates).
+///
+/// # Errors
+/// When the cluster is not up.
+pub fn node_credentials(name: &str) -> Result<std::collections::HashMap<String, String>> {
+    Ok(cluster_lines(&["node-credentials", name])?
+        .into_iter()
+        .collect())
+}

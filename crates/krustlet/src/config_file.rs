@@ -27,6 +27,14 @@ pub struct FileConfig {
     cert_file: Option<PathBuf>,
     private_key_file: Option<PathBuf>,
     client_ca_file: Option<PathBuf>,
+    anonymous_auth: Option<bool>,
+    authorization_mode: Option<kubelet::auth::AuthorizationMode>,
+    #[serde(default, deserialize_with = "go_duration")]
+    authentication_token_webhook_cache_ttl: Option<std::time::Duration>,
+    #[serde(default, deserialize_with = "go_duration")]
+    authorization_webhook_cache_authorized_ttl: Option<std::time::Duration>,
+    #[serde(default, deserialize_with = "go_duration")]
+    authorization_webhook_cache_unauthorized_ttl: Option<std::time::Duration>,
     max_pods: Option<u32>,
     insecure_registries: Option<Vec<String>>,
     node_labels: Option<std::collections::BTreeMap<String, String>>,
@@ -117,6 +125,11 @@ impl FileConfig {
             cert_file: Some,
             private_key_file: Some,
             client_ca_file: Some,
+            anonymous_auth: std::convert::identity,
+            authorization_mode: std::convert::identity,
+            authentication_token_webhook_cache_ttl: std::convert::identity,
+            authorization_webhook_cache_authorized_ttl: std::convert::identity,
+            authorization_webhook_cache_unauthorized_ttl: std::convert::identity,
             max_pods: Some,
             insecure_registries: std::convert::identity,
             node_labels: |m: std::collections::BTreeMap<String, String>| m.into_iter().collect(),
@@ -183,6 +196,55 @@ mod tests {
             "evictionHard: memory.available<1Gi\n",
         );
         assert_eq!(args.eviction_hard, "nodefs.available<1%");
+    }
+
+    #[test]
+    fn the_kubelet_api_is_closed_by_default_and_the_file_can_open_it() {
+        let args = parse(&["krustlet"], "{}");
+        assert!(!args.anonymous_auth);
+        assert_eq!(
+            args.authorization_mode,
+            kubelet::auth::AuthorizationMode::Webhook
+        );
+        assert_eq!(
+            args.authorization_webhook_cache_unauthorized_ttl,
+            std::time::Duration::from_secs(30)
+        );
+        let yaml = "anonymousAuth: true\nauthorizationMode: AlwaysAllow\nauthenticationTokenWebhookCacheTtl: 10s\n";
+        let args = parse(&["krustlet"], yaml);
+        assert!(args.anonymous_auth);
+        assert_eq!(
+            args.authorization_mode,
+            kubelet::auth::AuthorizationMode::AlwaysAllow
+        );
+        assert_eq!(
+            args.authentication_token_webhook_cache_ttl,
+            std::time::Duration::from_secs(10)
+        );
+        let args = parse(
+            &[
+                "krustlet",
+                "--anonymous-auth=false",
+                "--authorization-mode",
+                "Webhook",
+            ],
+            yaml,
+        );
+        assert!(!args.anonymous_auth);
+        assert_eq!(
+            args.authorization_mode,
+            kubelet::auth::AuthorizationMode::Webhook
+        );
+        assert!(parse_flags(&["krustlet", "--anonymous-auth"]).anonymous_auth);
+        assert!(
+            Cli::command()
+                .try_get_matches_from(["krustlet", "--authorization-mode", "webhook"])
+                .is_err()
+        );
+    }
+
+    fn parse_flags(args: &[&str]) -> NodeArgs {
+        parse(args, "{}")
     }
 
     #[test]

@@ -73,10 +73,28 @@ pub(crate) struct NodeArgs {
     /// Private key of --cert-file (PEM).
     #[arg(long, env = "KRUSTLET_PRIVATE_KEY_FILE", requires = "cert_file")]
     private_key_file: Option<PathBuf>,
-    /// CA bundle that authenticates clients of the kubelet API (the API server's kubelet
-    /// client certificate). Without it the API accepts anonymous clients.
+    /// CA bundle that authenticates client certificates of the kubelet API (user = the
+    /// common name, groups = the organizations), such as the API server's kubelet client
+    /// certificate. Bearer tokens are authenticated by TokenReview either way.
     #[arg(long, env = "KRUSTLET_CLIENT_CA_FILE")]
     client_ca_file: Option<PathBuf>,
+    /// Serve kubelet API requests without credentials as `system:anonymous` (still
+    /// subject to authorization) instead of answering 401.
+    #[arg(long, env = "KRUSTLET_ANONYMOUS_AUTH", default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    anonymous_auth: bool,
+    /// How kubelet API requests are authorized: `Webhook` (a SubjectAccessReview of
+    /// `nodes/<subresource>` per request, cached) or `AlwaysAllow`.
+    #[arg(long, env = "KRUSTLET_AUTHORIZATION_MODE", default_value = "Webhook")]
+    authorization_mode: kubelet::auth::AuthorizationMode,
+    /// How long bearer-token reviews are cached (a Go duration).
+    #[arg(long, env = "KRUSTLET_AUTHENTICATION_TOKEN_WEBHOOK_CACHE_TTL", default_value = "2m", value_parser = parse_duration)]
+    authentication_token_webhook_cache_ttl: Duration,
+    /// How long allowed authorization decisions are cached (a Go duration).
+    #[arg(long, env = "KRUSTLET_AUTHORIZATION_WEBHOOK_CACHE_AUTHORIZED_TTL", default_value = "5m", value_parser = parse_duration)]
+    authorization_webhook_cache_authorized_ttl: Duration,
+    /// How long denied authorization decisions are cached (a Go duration).
+    #[arg(long, env = "KRUSTLET_AUTHORIZATION_WEBHOOK_CACHE_UNAUTHORIZED_TTL", default_value = "30s", value_parser = parse_duration)]
+    authorization_webhook_cache_unauthorized_ttl: Duration,
     /// Most pods this node runs at once (node capacity "pods"). By default computed from
     /// the host: 2 MiB of memory and 4 open files per pod after 1 GiB and 1024 files kept
     /// back, at least 110 (the kubelet's default) and at most 8000 (the most measured).
@@ -248,6 +266,13 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         cert_file: args.cert_file,
         private_key_file: args.private_key_file,
         client_ca_file: args.client_ca_file,
+        auth: kubelet::auth::AuthConfig {
+            anonymous: args.anonymous_auth,
+            mode: args.authorization_mode,
+            token_cache_ttl: args.authentication_token_webhook_cache_ttl,
+            authorized_ttl: args.authorization_webhook_cache_authorized_ttl,
+            unauthorized_ttl: args.authorization_webhook_cache_unauthorized_ttl,
+        },
         max_pods: args
             .max_pods
             .unwrap_or_else(|| kubelet::node::default_max_pods(open_files)),

@@ -3,10 +3,12 @@
 //! - [`node`]: registering the `Node`, its status and its `Lease`.
 //! - [`pods`]: watching the pods bound to this node and driving one worker per pod.
 //! - [`server`]: the kubelet HTTPS API (`/healthz`, `/containerLogs`).
+//! - [`auth`]: who may call it (client certificates, token and access reviews).
 //! - [`runtime`]: the small trait through which all of this reaches the container runtime.
 //!
 //! [`Kubelet::run`] wires them together.
 
+pub mod auth;
 pub mod events;
 pub mod eviction;
 pub mod images;
@@ -50,9 +52,12 @@ pub struct Config {
     pub cert_file: Option<PathBuf>,
     /// Key of `cert_file` (PEM).
     pub private_key_file: Option<PathBuf>,
-    /// CA whose client certificates may use the kubelet API; without it the API is open
-    /// to anonymous clients, as the kubelet's own defaults are.
+    /// CA that authenticates client certificates of the kubelet API (user = common
+    /// name, groups = organizations).
     pub client_ca_file: Option<PathBuf>,
+    /// Authentication (anonymous, token review cache) and authorization of the kubelet
+    /// API.
+    pub auth: auth::AuthConfig,
     /// Pods this node admits at most.
     pub max_pods: u32,
     /// Labels added to the node at registration (`--node-labels`).
@@ -153,10 +158,16 @@ impl Kubelet {
             let (runtime, registry) = (runtime.clone(), registry.clone());
             Arc::new(move || server::render_metrics(&runtime.counters(), &registry))
         };
+        let auth = Arc::new(auth::Auth::new(
+            config.auth,
+            &config.node_name,
+            Arc::new(auth::KubeReviewer::new(client.clone())),
+        ));
         let api = tokio::spawn(server::serve(
             listener,
             registry.clone(),
             metrics,
+            auth,
             shutdown.clone(),
         ));
         pods::run(

@@ -1,31 +1,44 @@
 //! The kubelet HTTPS API: `/healthz`, `/containerLogs/{namespace}/{pod}/{container}`
 //! (what `kubectl logs` reaches through the API server) and `/metrics` (Prometheus text:
-//! the runtime's counters and the node's pods).
+//! the runtime's counters and the node's pods). Every request, unknown paths included,
+//! passes [`crate::auth`] first; TLS handshakes are bounded in time and connections in
+//! number.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Extension, Path, Query, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::StatusCode;
+use axum::http::header::AUTHORIZATION;
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::{Auth, User};
 use crate::logs::{self, LogOptions};
 use crate::pods::Registry;
 use crate::{Config, Error, Result};
+
+/// How long a client has to complete its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections served at once; further ones wait in the listen backlog.
+const MAX_CONNECTIONS: usize = 1024;
 
 /// A bound, not yet serving, kubelet API.
 pub struct Listener {
     tcp: TcpListener,
     tls: TlsAcceptor,
-    require_client_cert: bool,
+    connections: Arc<Semaphore>,
+    handshake_timeout: Duration,
 }
 
 impl std::fmt::Debug for Listener {
@@ -51,18 +64,20 @@ pub async fn bind(config: &Config) -> Result<Listener> {
     Ok(Listener {
         tcp,
         tls,
-        require_client_cert: config.client_ca_file.is_some(),
+        connections: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
+        handshake_timeout: HANDSHAKE_TIMEOUT,
     })
 }
 
-/// Whether the TLS peer presented a certificate the client CA vouches for.
-#[derive(Debug, Clone, Copy)]
-struct Authenticated(bool);
+/// The user of the connection's client certificate (verified against the client CA
+/// during the handshake), if it presented one.
+#[derive(Debug, Clone)]
+struct Peer(Option<Arc<User>>);
 
 /// Renders the metrics page.
 pub type Metrics = Arc<dyn Fn() -> String + Send + Sync>;
 
-fn router(registry: Registry, metrics: Metrics) -> Router {
+fn router(registry: Registry, metrics: Metrics, auth: Arc<Auth>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route(
@@ -72,16 +87,36 @@ fn router(registry: Registry, metrics: Metrics) -> Router {
         .with_state(registry)
         .route(
             "/metrics",
-            get(move |Extension(auth): Extension<Authenticated>| {
+            get(move || {
                 let metrics = metrics.clone();
-                async move {
-                    if !auth.0 {
-                        return (StatusCode::UNAUTHORIZED, "Unauthorized").into_response();
-                    }
-                    ([("content-type", "text/plain; version=0.0.4")], metrics()).into_response()
-                }
+                async move { ([("content-type", "text/plain; version=0.0.4")], metrics()) }
             }),
         )
+        .layer(axum::middleware::from_fn_with_state(auth, guard))
+}
+
+/// Authenticates and authorizes every request (the kubelet's auth filter): the handler
+/// runs only for an allowed one.
+async fn guard(State(auth): State<Arc<Auth>>, request: Request, next: Next) -> Response {
+    let peer = request.extensions().get::<Peer>().and_then(|p| p.0.clone());
+    let verdict = auth
+        .check(
+            peer.as_deref(),
+            request
+                .headers()
+                .get(AUTHORIZATION)
+                .map(axum::http::HeaderValue::as_bytes),
+            request.method().as_str(),
+            request.uri().path(),
+        )
+        .await;
+    match verdict {
+        Ok(_) => next.run(request).await,
+        Err(rejection) => {
+            tracing::debug!(path = request.uri().path(), status = %rejection.status(), "kubelet API request refused");
+            (rejection.status(), rejection.body()).into_response()
+        }
+    }
 }
 
 /// The Prometheus text page for `counters` and the pods of `registry`.
@@ -101,43 +136,66 @@ pub fn render_metrics(counters: &[crate::runtime::Counter], registry: &Registry)
     out
 }
 
-/// Serves until `shutdown`.
+/// Serves until `shutdown`, every request through `auth`.
 pub async fn serve(
     listener: Listener,
     registry: Registry,
     metrics: Metrics,
+    auth: Arc<Auth>,
     shutdown: CancellationToken,
 ) {
-    let app = router(registry, metrics);
-    let require = listener.require_client_cert;
+    let app = router(registry, metrics, auth);
     loop {
+        // A connection is only accepted with a free place: at most MAX_CONNECTIONS
+        // (handshaking or served) at once.
+        let permit = tokio::select! {
+            () = shutdown.cancelled() => return,
+            p = listener.connections.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+        };
         let (stream, peer) = tokio::select! {
             () = shutdown.cancelled() => return,
             r = listener.tcp.accept() => match r {
                 Ok(s) => s,
-                Err(e) => { tracing::warn!(error = %e, "accept failed"); continue; }
+                Err(e) => {
+                    // Out of descriptors, most likely: do not spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
             },
         };
         let tls = listener.tls.clone();
         let app = app.clone();
         let shutdown = shutdown.clone();
+        let handshake_timeout = listener.handshake_timeout;
         tokio::spawn(async move {
-            let stream = match tls.accept(stream).await {
-                Ok(s) => s,
-                Err(e) => {
+            let _permit = permit;
+            let stream = match tokio::time::timeout(handshake_timeout, tls.accept(stream)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
                     tracing::debug!(%peer, error = %e, "TLS handshake failed");
                     return;
                 }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
             };
-            let authenticated = !require
-                || stream
-                    .get_ref()
-                    .1
-                    .peer_certificates()
-                    .is_some_and(|c| !c.is_empty());
-            let service =
-                TowerToHyperService::new(app.layer(Extension(Authenticated(authenticated))));
-            let builder = auto::Builder::new(TokioExecutor::new());
+            let user = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .and_then(|leaf| User::from_certificate(leaf))
+                .map(Arc::new);
+            let service = TowerToHyperService::new(app.layer(axum::Extension(Peer(user))));
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            // The timer enables hyper's 30 s limit on reading a request's headers.
+            builder.http1().timer(TokioTimer::new());
+            builder.http2().timer(TokioTimer::new());
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
             tokio::select! {
                 r = conn => if let Err(e) = r { tracing::debug!(%peer, error = %e, "connection ended"); },
@@ -149,13 +207,9 @@ pub async fn serve(
 
 async fn container_logs(
     State(registry): State<Registry>,
-    Extension(auth): Extension<Authenticated>,
     Path((namespace, pod, container)): Path<(String, String, String)>,
     Query(opts): Query<LogOptions>,
 ) -> Response {
-    if !auth.0 {
-        return (StatusCode::UNAUTHORIZED, "Unauthorized").into_response();
-    }
     let Some(entry) = registry.container_logs(&namespace, &pod, &container) else {
         return (
             StatusCode::NOT_FOUND,
@@ -193,3 +247,6 @@ async fn container_logs(
         .body(Body::from_stream(body))
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
+
+#[cfg(test)]
+mod tests;

@@ -28,20 +28,42 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>> {
         .ok_or_else(|| Error::Server(format!("no private key in {}", path.display())))
 }
 
-/// Generates `kubelet.crt`/`kubelet.key` in `dir` unless present, as the kubelet does
-/// without `--tls-cert-file`: self-signed, for the node's name and IP.
+/// Generates `kubelet.crt`/`kubelet.key` in `DATA_DIR/pki` unless present, as the kubelet
+/// does without `--tls-cert-file`: self-signed, for the node's name and IP. The directory
+/// is 0700 and the key 0600 (an older, wider key or directory is narrowed).
 fn self_signed(config: &Config) -> Result<(std::path::PathBuf, std::path::PathBuf)> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
     let dir = config.data_dir.join("pki");
     let (cert, key) = (dir.join("kubelet.crt"), dir.join("kubelet.key"));
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .map_err(io(format!("creating {}", dir.display())))?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(io(format!("restricting {}", dir.display())))?;
     if cert.exists() && key.exists() {
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))
+            .map_err(io(format!("restricting {}", key.display())))?;
         return Ok((cert, key));
     }
-    std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
     let names = vec![config.node_name.clone(), config.node_ip.to_string()];
     let generated = rcgen::generate_simple_self_signed(names)
         .map_err(|e| Error::Server(format!("cannot generate serving certificate: {e}")))?;
-    std::fs::write(&key, generated.signing_key.serialize_pem())
-        .map_err(io(format!("writing {}", key.display())))?;
+    // Written under another name with its final mode from the start, then renamed: the
+    // key is never readable by others, nor found half-written.
+    let partial = dir.join("kubelet.key.partial");
+    let _ = std::fs::remove_file(&partial);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&partial)
+        .map_err(io(format!("creating {}", partial.display())))?;
+    std::io::Write::write_all(&mut file, generated.signing_key.serialize_pem().as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(io(format!("writing {}", partial.display())))?;
+    std::fs::rename(&partial, &key).map_err(io(format!("writing {}", key.display())))?;
     std::fs::write(&cert, generated.cert.pem())
         .map_err(io(format!("writing {}", cert.display())))?;
     tracing::info!(cert = %cert.display(), "generated a self-signed serving certificate");
@@ -84,4 +106,73 @@ pub(crate) fn acceptor(config: &Config) -> Result<TlsAcceptor> {
         .map_err(|e| Error::Server(format!("serving certificate: {e}")))?;
     server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(server)))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    fn config(data_dir: &Path) -> Config {
+        Config {
+            node_name: "node-a".to_owned(),
+            node_ip: std::net::IpAddr::from([127, 0, 0, 1]),
+            bind_address: std::net::IpAddr::from([127, 0, 0, 1]),
+            port: 0,
+            data_dir: data_dir.to_owned(),
+            cert_file: None,
+            private_key_file: None,
+            client_ca_file: None,
+            auth: crate::auth::AuthConfig::default(),
+            max_pods: 1,
+            node_labels: std::collections::BTreeMap::new(),
+            image_gc: crate::images::GcPolicy::default(),
+            lease_renew_interval: std::time::Duration::from_secs(1),
+            status_report_interval: std::time::Duration::from_secs(1),
+            sync_frequency: std::time::Duration::from_secs(1),
+            event_qps: 50,
+            event_burst: 100,
+            eviction: crate::eviction::Settings::default(),
+        }
+    }
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path)
+            .expect("exists")
+            .permissions()
+            .mode()
+            & 0o777
+    }
+
+    #[test]
+    fn the_generated_key_is_0600_in_a_0700_directory() {
+        let data = tempfile::tempdir().expect("tempdir");
+        let (cert, key) = self_signed(&config(data.path())).expect("generated");
+        assert_eq!(mode(&key), 0o600);
+        assert_eq!(mode(&data.path().join("pki")), 0o700);
+        assert!(read_key(&key).is_ok() && !read_certs(&cert).expect("certs").is_empty());
+        assert!(!data.path().join("pki/kubelet.key.partial").exists());
+    }
+
+    #[test]
+    fn a_key_left_readable_by_an_older_version_is_narrowed() {
+        let data = tempfile::tempdir().expect("tempdir");
+        let (_, key) = self_signed(&config(data.path())).expect("generated");
+        let before = std::fs::read(&key).expect("key");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        std::fs::set_permissions(
+            data.path().join("pki"),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .expect("chmod");
+        let (_, again) = self_signed(&config(data.path())).expect("reused");
+        assert_eq!(
+            std::fs::read(&again).expect("key"),
+            before,
+            "the key is kept"
+        );
+        assert_eq!(mode(&again), 0o600);
+        assert_eq!(mode(&data.path().join("pki")), 0o700);
+    }
 }

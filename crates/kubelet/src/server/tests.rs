@@ -1,0 +1,292 @@
+//! Tests of the kubelet API's gate through the real router (bodies, unknown paths, no way
+//! around it by path tricks) and of the connection limits.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use hyper::service::Service as _;
+use proptest::prelude::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::*;
+use crate::auth::fake::FakeReviewer;
+use crate::auth::{AuthConfig, Subresource};
+
+const METRICS: &str = "METRICS-MARKER";
+
+fn app(fake: Arc<FakeReviewer>, config: AuthConfig, peer: Option<User>) -> Router {
+    let auth = Arc::new(Auth::new(config, "node-a", fake));
+    let metrics: Metrics = Arc::new(|| METRICS.to_owned());
+    router(Registry::default(), metrics, auth).layer(axum::Extension(Peer(peer.map(Arc::new))))
+}
+
+async fn call(app: Router, method: &str, uri: &str, token: Option<&str>) -> (StatusCode, String) {
+    let mut request = axum::http::Request::builder().method(method).uri(uri);
+    if let Some(t) = token {
+        request = request.header("authorization", format!("Bearer {t}"));
+    }
+    let request = request.body(Body::empty()).expect("request");
+    let response = TowerToHyperService::new(app)
+        .call(request)
+        .await
+        .expect("infallible");
+    let status = response.status();
+    let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .expect("body");
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+fn reviewer(allowed: &'static [Subresource]) -> Arc<FakeReviewer> {
+    Arc::new(FakeReviewer::new(&[("token", "sa", &[])], move |a| {
+        allowed.contains(&a.subresource)
+    }))
+}
+
+#[tokio::test]
+async fn anonymous_requests_get_401_everywhere_unknown_paths_included() {
+    for path in ["/healthz", "/metrics", "/containerLogs/a/b/c", "/nope", "/"] {
+        let app = app(reviewer(&[]), AuthConfig::default(), None);
+        assert_eq!(
+            call(app, "GET", path, None).await,
+            (StatusCode::UNAUTHORIZED, "Unauthorized".to_owned()),
+            "{path}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn forbidden_requests_get_403_with_the_kubelets_body() {
+    let app = app(reviewer(&[]), AuthConfig::default(), None);
+    assert_eq!(
+        call(
+            app.clone(),
+            "GET",
+            "/containerLogs/ns/p/c?follow=true",
+            Some("token")
+        )
+        .await,
+        (
+            StatusCode::FORBIDDEN,
+            "Forbidden (user=sa, verb=get, resource=nodes, subresource(s)=[proxy])".to_owned()
+        )
+    );
+    assert_eq!(
+        call(app.clone(), "GET", "/healthz", Some("token")).await,
+        (
+            StatusCode::FORBIDDEN,
+            "Forbidden (user=sa, verb=get, resource=nodes, subresource(s)=[healthz proxy])"
+                .to_owned()
+        )
+    );
+    assert_eq!(
+        call(app, "GET", "/metrics", Some("other")).await,
+        (StatusCode::UNAUTHORIZED, "Unauthorized".to_owned())
+    );
+}
+
+#[tokio::test]
+async fn allowed_requests_reach_their_handler() {
+    let sa = app(
+        reviewer(&[Subresource::Metrics, Subresource::Healthz]),
+        AuthConfig::default(),
+        None,
+    );
+    assert_eq!(
+        call(sa.clone(), "GET", "/metrics", Some("token")).await,
+        (StatusCode::OK, METRICS.to_owned())
+    );
+    assert_eq!(
+        call(sa.clone(), "GET", "/healthz", Some("token")).await,
+        (StatusCode::OK, "ok".to_owned())
+    );
+    assert_eq!(
+        call(sa, "GET", "/containerLogs/a/b/c", Some("token"))
+            .await
+            .0,
+        StatusCode::FORBIDDEN
+    );
+    // The API server's certificate, with nodes/proxy.
+    let apiserver = User {
+        name: "kube-apiserver-kubelet-client".to_owned(),
+        ..User::default()
+    };
+    let apiserver_app = app(
+        reviewer(&[Subresource::Proxy]),
+        AuthConfig::default(),
+        Some(apiserver),
+    );
+    let (status, body) = call(apiserver_app, "GET", "/containerLogs/ns/pod/c", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert!(body.contains("is not known on this node"), "{body}");
+}
+
+/// Which handler produced a response, if any did.
+fn handler_of(status: StatusCode, body: &str) -> Option<&'static str> {
+    if body.contains("is not known on this node") {
+        Some("containerLogs")
+    } else if body == METRICS {
+        Some("metrics")
+    } else if status == StatusCode::OK && body == "ok" {
+        Some("healthz")
+    } else {
+        None
+    }
+}
+
+fn segment() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just("containerLogs".to_owned()),
+        Just("metrics".to_owned()),
+        Just("healthz".to_owned()),
+        Just("..".to_owned()),
+        Just(".".to_owned()),
+        Just(String::new()),
+        Just("%2e%2e".to_owned()),
+        Just("%2F".to_owned()),
+        Just("%63ontainerLogs".to_owned()),
+        Just("ns".to_owned()),
+        "[a-z0-9%.]{1,6}",
+    ]
+}
+
+const ALL: [Subresource; 9] = [
+    Subresource::Stats,
+    Subresource::Metrics,
+    Subresource::Log,
+    Subresource::Checkpoint,
+    Subresource::Pods,
+    Subresource::Healthz,
+    Subresource::Configz,
+    Subresource::Statusz,
+    Subresource::Proxy,
+];
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 1024, ..ProptestConfig::default() })]
+
+    /// Whatever the path (dot segments, encodings, empty segments), a handler only runs
+    /// when a subresource that guards it is allowed.
+    #[test]
+    fn no_path_reaches_a_handler_its_subresource_does_not_allow(
+        before in proptest::collection::vec(segment(), 0..3),
+        target in prop_oneof![
+            Just(vec!["containerLogs", "ns", "pod", "c"]),
+            Just(vec!["metrics"]),
+            Just(vec!["healthz"]),
+        ],
+        after in proptest::collection::vec(segment(), 0..2),
+        allowed in proptest::sample::subsequence(ALL.to_vec(), 0..ALL.len()),
+        method in prop_oneof![4 => Just("GET"), 1 => Just("HEAD"), 1 => Just("POST")],
+    ) {
+        // Each handler's own path, behind and before arbitrary segments.
+        let segments: Vec<&str> = before
+            .iter()
+            .map(String::as_str)
+            .chain(target)
+            .chain(after.iter().map(String::as_str))
+            .collect();
+        let uri = format!("/{}", segments.join("/"));
+        prop_assume!(uri.parse::<axum::http::Uri>().is_ok());
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let allowed_here = allowed.clone();
+        let fake = Arc::new(FakeReviewer::new(&[("token", "sa", &[])], move |a| {
+            // HEAD has the empty verb: nothing but `*` would allow it, so nothing here.
+            !a.verb.is_empty() && allowed_here.contains(&a.subresource)
+        }));
+        let (status, body) = runtime.block_on(call(app(fake, AuthConfig::default(), None), method, &uri, Some("token")));
+        let guards: &[Subresource] = match handler_of(status, &body) {
+            Some("containerLogs") => &[Subresource::Proxy],
+            Some("metrics") => &[Subresource::Metrics],
+            Some("healthz") => &[Subresource::Healthz, Subresource::Proxy],
+            _ => return Ok(()),
+        };
+        prop_assert!(method != "HEAD", "{} {} ran a handler", method, uri);
+        prop_assert!(
+            guards.iter().any(|g| allowed.contains(g)),
+            "{} {} ran a handler guarded by {:?} with only {:?} allowed", method, uri, guards, allowed
+        );
+    }
+}
+
+/// A TLS acceptor with a fresh self-signed certificate.
+fn acceptor() -> TlsAcceptor {
+    let generated = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("cert");
+    let key = rustls::pki_types::PrivateKeyDer::try_from(generated.signing_key.serialize_der())
+        .expect("key");
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_no_client_auth()
+    .with_single_cert(vec![generated.cert.der().clone()], key)
+    .expect("config");
+    TlsAcceptor::from(Arc::new(config))
+}
+
+async fn start(
+    connections: usize,
+    handshake_timeout: Duration,
+) -> (std::net::SocketAddr, CancellationToken) {
+    let tcp = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = tcp.local_addr().expect("addr");
+    let listener = Listener {
+        tcp,
+        tls: acceptor(),
+        connections: Arc::new(Semaphore::new(connections)),
+        handshake_timeout,
+    };
+    let shutdown = CancellationToken::new();
+    let auth = Arc::new(Auth::new(AuthConfig::default(), "node-a", reviewer(&[])));
+    tokio::spawn(serve(
+        listener,
+        Registry::default(),
+        Arc::new(String::new),
+        auth,
+        shutdown.clone(),
+    ));
+    (addr, shutdown)
+}
+
+/// Whether the server closes `stream` within `within`.
+async fn closed_within(stream: &mut tokio::net::TcpStream, within: Duration) -> bool {
+    let mut buf = [0u8; 256];
+    let read = async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::time::timeout(within, read).await.is_ok()
+}
+
+#[tokio::test]
+async fn an_unfinished_handshake_is_dropped_after_the_timeout() {
+    let (addr, shutdown) = start(4, Duration::from_millis(300)).await;
+    let mut silent = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    // Without the timeout the server would wait for a ClientHello forever.
+    assert!(closed_within(&mut silent, Duration::from_secs(20)).await);
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn connections_beyond_the_cap_wait_until_a_place_frees() {
+    let (addr, shutdown) = start(2, Duration::from_secs(600)).await;
+    let first = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let _second = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    // Garbage ends a served connection at once (the handshake fails); this one is not
+    // served while the two silent ones hold both places.
+    let mut third = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    third
+        .write_all(b"not a TLS client hello\r\n\r\n")
+        .await
+        .expect("write");
+    assert!(!closed_within(&mut third, Duration::from_millis(500)).await);
+    drop(first);
+    assert!(closed_within(&mut third, Duration::from_secs(20)).await);
+    shutdown.cancel();
+}
