@@ -130,6 +130,44 @@ pub(crate) struct NodeArgs {
     /// start, for nodes without a registry.
     #[arg(long, env = "KRUSTLET_IMAGE_LAYOUT_DIR")]
     image_layout_dir: Option<PathBuf>,
+    /// Size past which a container's log file is rotated (the kubelet's
+    /// `containerLogMaxSize`): bytes, or a quantity such as `10Mi`, `500Ki`, `1G`.
+    #[arg(long, env = "KRUSTLET_CONTAINER_LOG_MAX_SIZE", default_value = "10Mi", value_parser = parse_log_size)]
+    container_log_max_size: u64,
+    /// Log files kept per container run, the one being written included
+    /// (`containerLogMaxFiles`, at least 2); older rotated files are removed.
+    #[arg(long, env = "KRUSTLET_CONTAINER_LOG_MAX_FILES", default_value_t = 5, value_parser = clap::value_parser!(u32).range(2..))]
+    container_log_max_files: u32,
+}
+
+// TODO(quantity): replace with the shared Kubernetes quantity parser (kubelet::quantity).
+/// A byte size as the kubelet's `containerLogMaxSize` takes it, in the part of the
+/// quantity grammar that makes sense for it: plain bytes, or an integer with a binary
+/// (`Ki`, `Mi`, `Gi`, `Ti`) or decimal (`k`, `M`, `G`, `T`) suffix. At least 1 byte.
+fn parse_log_size(text: &str) -> Result<u64, String> {
+    let bad = || format!("invalid size {text:?} (e.g. 10Mi, 512Ki, 1G, 1048576)");
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, suffix) = text.split_at(split);
+    let number: u64 = digits.parse().map_err(|_| bad())?;
+    let unit: u64 = match suffix {
+        "" => 1,
+        "k" => 1000,
+        "M" => 1000u64.pow(2),
+        "G" => 1000u64.pow(3),
+        "T" => 1000u64.pow(4),
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "Ti" => 1 << 40,
+        _ => return Err(bad()),
+    };
+    match number.checked_mul(unit) {
+        Some(0) => Err(format!("size {text:?} must be above 0")),
+        Some(n) => Ok(n),
+        None => Err(bad()),
+    }
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -194,6 +232,10 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
     let engine = wasi_runtime::Engine::new(&wasi_runtime::EngineConfig {
         cache_dir: Some(args.data_dir.join("compiled")),
+        log_rotation: wasi_runtime::LogRotation {
+            max_size: args.container_log_max_size,
+            max_files: usize::try_from(args.container_log_max_files).unwrap_or(usize::MAX),
+        },
     })?;
     if args.image_gc_low_threshold_percent > args.image_gc_high_threshold_percent {
         anyhow::bail!(

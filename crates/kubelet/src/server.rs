@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Extension, Path, Query, State};
+use axum::extract::{Extension, Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -17,7 +17,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use crate::logs::{self, LogOptions};
+use crate::logs::{self, LogOptions, QueryError};
 use crate::pods::Registry;
 use crate::{Config, Error, Result};
 
@@ -151,11 +151,32 @@ async fn container_logs(
     State(registry): State<Registry>,
     Extension(auth): Extension<Authenticated>,
     Path((namespace, pod, container)): Path<(String, String, String)>,
-    Query(opts): Query<LogOptions>,
+    RawQuery(query): RawQuery,
 ) -> Response {
     if !auth.0 {
         return (StatusCode::UNAUTHORIZED, "Unauthorized").into_response();
     }
+    // The kubelet's answers, word for word: 400 for a value that does not decode, 422
+    // for one out of range (a negative `limitBytes` or `tailLines`, ...).
+    let opts = match LogOptions::from_query(query.as_deref().unwrap_or_default()) {
+        Ok(opts) => opts,
+        Err(e @ QueryError::Decode { .. }) => {
+            tracing::debug!(error = %e, "container logs query refused");
+            return (
+                StatusCode::BAD_REQUEST,
+                r#"{"message": "Unable to decode query."}"#,
+            )
+                .into_response();
+        }
+        Err(e @ QueryError::Invalid(_)) => {
+            tracing::debug!(error = %e, "container logs query refused");
+            return (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                r#"{"message": "Invalid request."}"#,
+            )
+                .into_response();
+        }
+    };
     let Some(entry) = registry.container_logs(&namespace, &pod, &container) else {
         return (
             StatusCode::NOT_FOUND,

@@ -1,13 +1,21 @@
-//! Container log files in the CRI logging format, the format the kubelet reads.
+//! Container log files in the CRI logging format, the format the kubelet reads, rotated
+//! by size as the kubelet's container log manager rotates them.
 //!
 //! Each line of output becomes one record:
 //! `<RFC 3339 timestamp with nanoseconds> <stdout|stderr> <F|P> <content>\n`, where `P`
 //! marks a partial record (a line longer than [`MAX_RECORD`] bytes split in pieces) and
 //! `F` the record that ends a line.
+//!
+//! When a record would take the file past [`LogRotation::max_size`], the file
+//! (`<n>.log`) is renamed `<n>.log.<YYYYMMDD-hhmmss>` (the kubelet's names; more
+//! rotations within the same second add `.000001`, `.000002`, ... so that names still
+//! sort oldest first), a new `<n>.log` is started, and the oldest rotated files beyond
+//! `max_files - 1` are removed. Rotated files stay uncompressed (the kubelet gzips the
+//! older ones). No record is ever split between two files.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -20,6 +28,26 @@ use crate::{Error, Result};
 
 /// Longest record written before a line is split into partial records (as the CRI does).
 pub const MAX_RECORD: usize = 16 * 1024;
+
+/// When a container's log file is rotated and how many files are kept (the kubelet's
+/// `containerLogMaxSize` and `containerLogMaxFiles`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogRotation {
+    /// Size in bytes past which the file is rotated.
+    pub max_size: u64,
+    /// Files kept per container run, the one being written included (at least 2).
+    pub max_files: usize,
+}
+
+impl Default for LogRotation {
+    /// The kubelet's defaults: 10 MiB and 5 files.
+    fn default() -> Self {
+        Self {
+            max_size: 10 * 1024 * 1024,
+            max_files: 5,
+        }
+    }
+}
 
 /// Which output stream a record came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,25 +67,151 @@ impl Stream {
     }
 }
 
+/// The file being written and its rotation state.
+#[derive(Debug)]
+struct Writer {
+    path: PathBuf,
+    file: File,
+    /// Bytes in `file`.
+    size: u64,
+    rotation: LogRotation,
+    /// The last rotation's time stamp: a clock stepping back never makes a newer file
+    /// sort before an older one.
+    last_stamp: String,
+    /// Rotations before this one with the same time stamp (named `.000001`, ...).
+    same_stamp: u32,
+    /// Whether the last write failed (warned once, not per record).
+    failing: bool,
+}
+
+fn open_append(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new().create(true).append(true).open(path)
+}
+
+impl Writer {
+    fn write(&mut self, line: &[u8]) {
+        let len = line.len() as u64;
+        if self.size > 0 && self.size.saturating_add(len) > self.rotation.max_size {
+            self.rotate();
+        }
+        match self.file.write_all(line) {
+            Ok(()) => {
+                self.size += len;
+                if self.failing {
+                    tracing::info!(path = %self.path.display(), "container log writable again");
+                    self.failing = false;
+                }
+            }
+            Err(e) => {
+                if !self.failing {
+                    tracing::warn!(path = %self.path.display(), error = %e, "cannot write container log");
+                    self.failing = true;
+                }
+            }
+        }
+    }
+
+    /// Renames the current file aside, starts a new one and removes the oldest rotated
+    /// files beyond the limit. On failure the current file is kept (and written on).
+    fn rotate(&mut self) {
+        let now = Utc::now().format("%Y%m%d-%H%M%S").to_string();
+        if now > self.last_stamp {
+            self.last_stamp = now;
+            self.same_stamp = 0;
+        } else {
+            self.same_stamp += 1;
+        }
+        let base = self.path.as_os_str().to_string_lossy().into_owned();
+        let mut rotated;
+        loop {
+            rotated = PathBuf::from(match self.same_stamp {
+                0 => format!("{base}.{}", self.last_stamp),
+                n => format!("{base}.{}.{n:06}", self.last_stamp),
+            });
+            if !rotated.exists() || self.same_stamp >= 999_999 {
+                break;
+            }
+            self.same_stamp += 1;
+        }
+        if let Err(e) = std::fs::rename(&self.path, &rotated) {
+            tracing::warn!(path = %self.path.display(), error = %e, "cannot rotate container log");
+            self.size = 0;
+            return;
+        }
+        match open_append(&self.path) {
+            Ok(file) => {
+                self.file = file;
+                self.size = 0;
+            }
+            Err(e) => {
+                // Keep writing where we were rather than losing output; the next
+                // record tries again.
+                tracing::warn!(path = %self.path.display(), error = %e, "cannot reopen container log");
+                if std::fs::rename(&rotated, &self.path).is_err() {
+                    self.size = 0;
+                }
+            }
+        }
+        self.prune();
+    }
+
+    fn prune(&self) {
+        let keep = self.rotation.max_files.saturating_sub(1);
+        let mut rotated = rotated_files(&self.path);
+        if rotated.len() > keep {
+            let excess = rotated.len() - keep;
+            for old in rotated.drain(..excess) {
+                if let Err(e) = std::fs::remove_file(&old) {
+                    tracing::warn!(path = %old.display(), error = %e, "cannot remove rotated container log");
+                }
+            }
+        }
+    }
+}
+
+/// The rotated files of the log at `path` (`<name>.<stamp>...`), oldest first.
+#[must_use]
+pub fn rotated_files(path: &Path) -> Vec<PathBuf> {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return Vec::new();
+    };
+    let prefix = format!("{}.", name.to_string_lossy());
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = entries
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with(&prefix) && !n.ends_with(".gz") && !n.ends_with(".tmp"))
+        .collect();
+    names.sort();
+    names.into_iter().map(|n| dir.join(n)).collect()
+}
+
 /// One container's log file, shared by its stdout and stderr.
 #[derive(Debug, Clone)]
-pub struct LogFile(Arc<Mutex<File>>);
+pub struct LogFile(Arc<Mutex<Writer>>);
 
 impl LogFile {
-    /// Opens (creating, appending) the log file at `path`.
+    /// Opens (creating, appending) the log file at `path`, rotated by `rotation`.
     ///
     /// # Errors
     /// [`Error::Io`] when the file cannot be opened.
-    pub fn open(path: &Path) -> Result<Self> {
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(|source| Error::Io {
-                what: format!("opening log file {}", path.display()),
-                source,
-            })?;
-        Ok(Self(Arc::new(Mutex::new(file))))
+    pub fn open(path: &Path, rotation: LogRotation) -> Result<Self> {
+        let io = |source| Error::Io {
+            what: format!("opening log file {}", path.display()),
+            source,
+        };
+        let file = open_append(path).map_err(io)?;
+        let size = file.metadata().map_err(io)?.len();
+        Ok(Self(Arc::new(Mutex::new(Writer {
+            path: path.to_owned(),
+            file,
+            size,
+            rotation,
+            last_stamp: String::new(),
+            same_stamp: 0,
+            failing: false,
+        }))))
     }
 
     /// Appends one record. Errors are logged, never returned: a full disk must not kill
@@ -71,13 +225,10 @@ impl LogFile {
         line.extend_from_slice(if partial { b" P " } else { b" F " });
         line.extend_from_slice(content);
         line.push(b'\n');
-        let mut file = self
-            .0
+        self.0
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Err(e) = file.write_all(&line) {
-            tracing::warn!(error = %e, "cannot write container log");
-        }
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .write(&line);
     }
 
     /// A WASI output stream that writes records of `stream` to this file.
@@ -121,21 +272,30 @@ struct LineWriter {
 }
 
 impl LineWriter {
+    /// Takes `buf` in pieces of at most [`MAX_RECORD`] bytes, so that however much a
+    /// module writes at once, at most two records' worth is ever held here.
     fn push(&mut self, buf: &[u8]) {
-        self.pending.extend_from_slice(buf);
+        for piece in buf.chunks(MAX_RECORD) {
+            self.pending.extend_from_slice(piece);
+            self.write_records();
+        }
+    }
+
+    fn write_records(&mut self) {
         let mut start = 0;
         loop {
             let rest = &self.pending[start..];
-            match rest.iter().position(|&b| b == b'\n') {
-                Some(nl) if nl <= MAX_RECORD => {
+            let window = &rest[..rest.len().min(MAX_RECORD + 1)];
+            match window.iter().position(|&b| b == b'\n') {
+                Some(nl) => {
                     self.file.record(self.stream, false, &rest[..nl]);
                     start += nl + 1;
                 }
-                _ if rest.len() > MAX_RECORD => {
+                None if rest.len() > MAX_RECORD => {
                     self.file.record(self.stream, true, &rest[..MAX_RECORD]);
                     start += MAX_RECORD;
                 }
-                _ => break,
+                None => break,
             }
         }
         self.pending.drain(..start);
@@ -198,7 +358,7 @@ mod tests {
     fn splits_lines_and_keeps_partial_until_newline() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("0.log");
-        let log = LogFile::open(&path).expect("open");
+        let log = LogFile::open(&path, LogRotation::default()).expect("open");
         let mut w = LineWriter {
             file: log.clone(),
             stream: Stream::Stdout,
@@ -224,7 +384,7 @@ mod tests {
     fn long_lines_become_partial_records() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("0.log");
-        let log = LogFile::open(&path).expect("open");
+        let log = LogFile::open(&path, LogRotation::default()).expect("open");
         let mut w = log.stream(Stream::Stderr);
         let mut line = vec![b'x'; MAX_RECORD + 10];
         line.push(b'\n');
@@ -240,6 +400,110 @@ mod tests {
         assert_eq!(got.len(), 2);
         assert_eq!((got[0].1.as_str(), got[0].2.len()), ("P", MAX_RECORD));
         assert_eq!((got[1].1.as_str(), got[1].2.len()), ("F", 10));
+    }
+
+    fn writer(log: &LogFile) -> LineWriter {
+        LineWriter {
+            file: log.clone(),
+            stream: Stream::Stdout,
+            pending: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_flood_rotates_and_disk_use_stays_within_max_size_times_max_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("0.log");
+        let rotation = LogRotation {
+            max_size: 64 * 1024,
+            max_files: 3,
+        };
+        let log = LogFile::open(&path, rotation).expect("open");
+        let mut w = writer(&log);
+        // 8 MiB and more: numbered lines, written in odd-sized pieces, with long lines.
+        let mut text = Vec::new();
+        let mut n = 0u64;
+        while text.len() < 8 * 1024 * 1024 {
+            let filler = if n.is_multiple_of(97) { MAX_RECORD + 5 } else { 40 };
+            text.extend_from_slice(format!("line {n:08} {}\n", "x".repeat(filler)).as_bytes());
+            n += 1;
+        }
+        for piece in text.chunks(7919) {
+            w.push(piece);
+        }
+        drop(w);
+        let mut names: Vec<String> = std::fs::read_dir(dir.path())
+            .expect("dir")
+            .map(|e| e.expect("entry").file_name().into_string().expect("utf8"))
+            .collect();
+        names.sort_by_key(|n| (n == "0.log", n.clone()));
+        assert_eq!(names.len(), 3, "{names:?}");
+        assert_eq!(names[2], "0.log");
+        for rotated in &names[..2] {
+            let stamp = rotated.strip_prefix("0.log.").expect("kubelet name");
+            assert!(
+                chrono::NaiveDateTime::parse_from_str(&stamp[..15], "%Y%m%d-%H%M%S").is_ok(),
+                "{rotated}"
+            );
+        }
+        let mut total = 0;
+        let mut numbers = Vec::new();
+        for name in &names {
+            let file = dir.path().join(name);
+            let size = std::fs::metadata(&file).expect("meta").len();
+            assert!(size <= rotation.max_size, "{name}: {size}");
+            total += size;
+            for (_, _, content) in records(&file) {
+                // Each line's first record (full, or the first partial one) starts so.
+                if content.starts_with("line ") {
+                    numbers.push(content[5..13].parse::<u64>().expect("number"));
+                }
+            }
+        }
+        assert!(total <= rotation.max_size * 3, "{total}");
+        // What is kept is the end of the output, in order, with nothing missing.
+        assert_eq!(numbers.last(), Some(&(n - 1)));
+        assert!(numbers.windows(2).all(|p| p[1] == p[0] + 1), "{numbers:?}");
+        assert!(numbers.len() > 100);
+    }
+
+    #[test]
+    fn a_huge_write_without_newline_is_never_held_in_memory() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("0.log");
+        let log = LogFile::open(&path, LogRotation::default()).expect("open");
+        let mut w = writer(&log);
+        w.push(&vec![b'y'; 4 * 1024 * 1024 + 3]);
+        assert!(
+            w.pending.capacity() <= 4 * MAX_RECORD,
+            "{}",
+            w.pending.capacity()
+        );
+        assert_eq!(w.pending.len(), 3);
+        drop(w);
+        let got = records(&path);
+        assert_eq!(got.len(), 4 * 1024 * 1024 / MAX_RECORD + 1);
+        assert!(got[..got.len() - 1].iter().all(|r| r.1 == "P"));
+    }
+
+    #[test]
+    fn reopening_counts_what_the_file_already_holds() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("0.log");
+        std::fs::write(&path, vec![b'z'; 990]).expect("write");
+        let rotation = LogRotation {
+            max_size: 1000,
+            max_files: 2,
+        };
+        let log = LogFile::open(&path, rotation).expect("open");
+        log.record(Stream::Stdout, false, b"pushes it over");
+        assert_eq!(rotated_files(&path).len(), 1);
+        assert_eq!(records(&path).len(), 1);
+        for _ in 0..100 {
+            log.record(Stream::Stdout, false, &[b'a'; 300]);
+        }
+        // Many rotations within one second: names stay distinct and sorted.
+        assert_eq!(rotated_files(&path).len(), 1);
     }
 
     fn futures_noop() -> std::task::Waker {
