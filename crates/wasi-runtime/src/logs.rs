@@ -424,7 +424,11 @@ mod tests {
         let mut text = Vec::new();
         let mut n = 0u64;
         while text.len() < 8 * 1024 * 1024 {
-            let filler = if n.is_multiple_of(97) { MAX_RECORD + 5 } else { 40 };
+            let filler = if n.is_multiple_of(97) {
+                MAX_RECORD + 5
+            } else {
+                40
+            };
             text.extend_from_slice(format!("line {n:08} {}\n", "x".repeat(filler)).as_bytes());
             n += 1;
         }

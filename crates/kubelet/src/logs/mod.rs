@@ -329,5 +329,30 @@ fn tail_text_counted(path: &Path, lines: u64, max_bytes: usize) -> std::io::Resu
     Ok((String::from_utf8_lossy(&out[from..]).into_owned(), read))
 }
 
+/// Removes the log files (and their rotated files) of the runs in `dir` before run
+/// `keep_from`, as the kubelet's container garbage collection keeps only the last dead
+/// container of each: with the current run and the previous one (`--previous`), a
+/// crash-looping container holds at most twice its rotation bound. Returns how many
+/// files were removed.
+pub fn remove_old_runs(dir: &Path, keep_from: i32) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some((run, rest)) = name.to_str().and_then(|n| n.split_once('.')) else {
+            continue;
+        };
+        let is_log = rest == "log" || rest.starts_with("log.");
+        let old = run.parse::<i32>().is_ok_and(|r| r < keep_from);
+        let regular = entry.file_type().is_ok_and(|t| t.is_file());
+        if is_log && old && regular && std::fs::remove_file(entry.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
+
 #[cfg(test)]
 mod tests;

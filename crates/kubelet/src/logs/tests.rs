@@ -250,3 +250,27 @@ async fn follow_continues_when_an_old_rotated_file_is_removed() {
     running.store(false, Ordering::SeqCst);
     assert_eq!(collect(rx).await, lines(5, 7));
 }
+
+#[test]
+fn only_the_current_and_previous_runs_keep_their_logs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for name in [
+        "0.log",
+        "0.log.20260101-000000",
+        "1.log",
+        "1.log.20260101-000000.000001",
+        "2.log",
+        "3.log",
+        "1.termination",
+        "x.log",
+    ] {
+        std::fs::write(dir.path().join(name), "x").expect("write");
+    }
+    assert_eq!(remove_old_runs(dir.path(), 2), 4);
+    let mut left: Vec<String> = std::fs::read_dir(dir.path())
+        .expect("dir")
+        .map(|e| e.expect("entry").file_name().into_string().expect("utf8"))
+        .collect();
+    left.sort();
+    assert_eq!(left, ["1.termination", "2.log", "3.log", "x.log"]);
+}
