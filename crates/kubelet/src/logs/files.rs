@@ -243,7 +243,7 @@ pub fn tail_start(
                 let head_end = (head_from + HEADER.min(record_len)).min(buf.len());
                 let head = &buf[head_from.min(head_end)..head_end];
                 if let Some((partial, rendered)) = classify(head, end - start) {
-                    let needed = *needed.get_or_insert(lines + u64::from(!partial));
+                    let needed = *needed.get_or_insert(lines.saturating_add(u64::from(!partial)));
                     if !partial {
                         found += 1;
                         if found == needed {
