@@ -59,6 +59,17 @@ pub struct FileConfig {
     image_gc_period_seconds: Option<u64>,
     image_fs_capacity_bytes: Option<u64>,
     image_layout_dir: Option<PathBuf>,
+    #[serde(default, deserialize_with = "log_size")]
+    container_log_max_size: Option<u64>,
+    container_log_max_files: Option<u32>,
+}
+
+/// A size as the kubelet's configuration file writes `containerLogMaxSize` (`10Mi`).
+fn log_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    let text = String::deserialize(d)?;
+    crate::parse_log_size(&text)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
 }
 
 /// A Go duration string (`syncFrequency: 1m30s`), as the kubelet's configuration file
@@ -146,6 +157,8 @@ impl FileConfig {
             image_gc_period_seconds: std::convert::identity,
             image_fs_capacity_bytes: Some,
             image_layout_dir: Some,
+            container_log_max_size: std::convert::identity,
+            container_log_max_files: std::convert::identity,
         );
     }
 }
@@ -239,6 +252,34 @@ mod tests {
         assert!(
             Cli::command()
                 .try_get_matches_from(["krustlet", "--authorization-mode", "webhook"])
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn container_log_rotation_as_the_kubelet_configures_it() {
+        let args = parse(&["krustlet"], "");
+        assert_eq!(
+            (args.container_log_max_size, args.container_log_max_files),
+            (10 * 1024 * 1024, 5)
+        );
+        let yaml = "containerLogMaxSize: 200Ki\ncontainerLogMaxFiles: 3\n";
+        let args = parse(&["krustlet"], yaml);
+        assert_eq!(
+            (args.container_log_max_size, args.container_log_max_files),
+            (200 * 1024, 3)
+        );
+        let args = parse(&["krustlet", "--container-log-max-size", "1G"], yaml);
+        assert_eq!(args.container_log_max_size, 1_000_000_000);
+        assert!(serde_yaml::from_str::<FileConfig>("containerLogMaxSize: 10MB\n").is_err());
+        assert_eq!(crate::parse_log_size("1.5Mi"), Ok(1_572_864));
+        for bad in ["0", "-1", "10MB", "lots"] {
+            assert!(crate::parse_log_size(bad).is_err(), "{bad}");
+        }
+        assert_eq!(crate::parse_log_size("4096"), Ok(4096));
+        assert!(
+            Cli::command()
+                .try_get_matches_from(["krustlet", "--container-log-max-files", "1"])
                 .is_err()
         );
     }

@@ -170,6 +170,27 @@ pub(crate) struct NodeArgs {
     /// start, for nodes without a registry.
     #[arg(long, env = "KRUSTLET_IMAGE_LAYOUT_DIR")]
     image_layout_dir: Option<PathBuf>,
+    /// Size past which a container's log file is rotated (the kubelet's
+    /// `containerLogMaxSize`): bytes, or a quantity such as `10Mi`, `500Ki`, `1G`.
+    #[arg(long, env = "KRUSTLET_CONTAINER_LOG_MAX_SIZE", default_value = "10Mi", value_parser = parse_log_size)]
+    container_log_max_size: u64,
+    /// Log files kept per container run, the one being written included
+    /// (`containerLogMaxFiles`, at least 2); older rotated files are removed.
+    #[arg(long, env = "KRUSTLET_CONTAINER_LOG_MAX_FILES", default_value_t = 5, value_parser = clap::value_parser!(u32).range(2..))]
+    container_log_max_files: u32,
+}
+
+/// A byte size as the kubelet's `containerLogMaxSize` takes it: a Kubernetes quantity
+/// (`10Mi`, `512Ki`, `1G`, `1048576`), rounded up to whole bytes, at least 1 byte.
+fn parse_log_size(text: &str) -> Result<u64, String> {
+    let bad = |e: &dyn std::fmt::Display| {
+        format!("invalid size {text:?} (e.g. 10Mi, 512Ki, 1G, 1048576): {e}")
+    };
+    let quantity: kubelet::quantity::Quantity = text.parse().map_err(|e| bad(&e))?;
+    match quantity.bytes().map_err(|e| bad(&e))? {
+        0 => Err(format!("size {text:?} must be above 0")),
+        n => Ok(n),
+    }
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -234,6 +255,10 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
     let engine = wasi_runtime::Engine::new(&wasi_runtime::EngineConfig {
         cache_dir: Some(args.data_dir.join("compiled")),
+        log_rotation: wasi_runtime::LogRotation {
+            max_size: args.container_log_max_size,
+            max_files: usize::try_from(args.container_log_max_files).unwrap_or(usize::MAX),
+        },
     })?;
     if args.image_gc_low_threshold_percent > args.image_gc_high_threshold_percent {
         anyhow::bail!(

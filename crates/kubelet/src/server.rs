@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{Path, RawQuery, Request, State};
 use axum::http::StatusCode;
 use axum::http::header::AUTHORIZATION;
 use axum::middleware::Next;
@@ -24,7 +24,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{Auth, User};
-use crate::logs::{self, LogOptions};
+use crate::logs::{self, LogOptions, QueryError};
 use crate::pods::Registry;
 use crate::{Config, Error, Result};
 
@@ -208,8 +208,29 @@ pub async fn serve(
 async fn container_logs(
     State(registry): State<Registry>,
     Path((namespace, pod, container)): Path<(String, String, String)>,
-    Query(opts): Query<LogOptions>,
+    RawQuery(query): RawQuery,
 ) -> Response {
+    // The kubelet's answers, word for word: 400 for a value that does not decode, 422
+    // for one out of range (a negative `limitBytes` or `tailLines`, ...).
+    let opts = match LogOptions::from_query(query.as_deref().unwrap_or_default()) {
+        Ok(opts) => opts,
+        Err(e @ QueryError::Decode { .. }) => {
+            tracing::debug!(error = %e, "container logs query refused");
+            return (
+                StatusCode::BAD_REQUEST,
+                r#"{"message": "Unable to decode query."}"#,
+            )
+                .into_response();
+        }
+        Err(e @ QueryError::Invalid(_)) => {
+            tracing::debug!(error = %e, "container logs query refused");
+            return (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                r#"{"message": "Invalid request."}"#,
+            )
+                .into_response();
+        }
+    };
     let Some(entry) = registry.container_logs(&namespace, &pod, &container) else {
         return (
             StatusCode::NOT_FOUND,

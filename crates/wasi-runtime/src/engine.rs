@@ -28,6 +28,8 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 pub struct EngineConfig {
     /// Directory for compiled native code; `None` keeps compiled code in memory only.
     pub cache_dir: Option<PathBuf>,
+    /// Rotation of every container's log file.
+    pub log_rotation: crate::logs::LogRotation,
 }
 
 /// How often modules were compiled or loaded, since the engine started.
@@ -89,6 +91,8 @@ pub struct Engine {
     /// Starts, and the nanoseconds they took in all.
     pub(crate) starts: Arc<AtomicU64>,
     pub(crate) start_nanos: Arc<AtomicU64>,
+    /// Rotation of container log files.
+    pub(crate) log_rotation: crate::logs::LogRotation,
 }
 
 impl std::fmt::Debug for Engine {
@@ -101,9 +105,16 @@ impl Engine {
     /// Builds the engine and starts its epoch ticker thread.
     ///
     /// # Errors
-    /// [`Error::Config`] when wasmtime rejects the configuration, [`Error::Io`] when the
+    /// [`Error::Config`] when wasmtime rejects the configuration or the log rotation is
+    /// invalid (fewer than 2 files, size 0), [`Error::Io`] when the
     /// cache directory cannot be created.
     pub fn new(config: &EngineConfig) -> Result<Self> {
+        if config.log_rotation.max_files < 2 || config.log_rotation.max_size == 0 {
+            return Err(Error::Config(format!(
+                "container log rotation needs a max size above 0 and at least 2 files, not {:?}",
+                config.log_rotation
+            )));
+        }
         let mut wasm = Config::new();
         wasm.epoch_interruption(true);
         let disk_cache = match &config.cache_dir {
@@ -138,6 +149,7 @@ impl Engine {
             disk_cache,
             builds: Arc::default(),
             starts: Arc::default(),
+            log_rotation: config.log_rotation,
             start_nanos: Arc::default(),
         })
     }

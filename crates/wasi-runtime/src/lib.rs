@@ -14,6 +14,7 @@ pub mod logs;
 mod run;
 
 pub use engine::{Compiled, Engine, EngineConfig, EngineStats, is_component};
+pub use logs::LogRotation;
 pub use run::{ContainerSpec, Exit, Killer, Preopen, Running};
 
 /// Errors of this crate.

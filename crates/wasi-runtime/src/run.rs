@@ -227,7 +227,7 @@ impl Engine {
     pub async fn start(&self, spec: ContainerSpec) -> Result<Running> {
         let began = std::time::Instant::now();
         let compiled = self.module(&spec.module_key, spec.wasm.clone()).await?;
-        let log = LogFile::open(&spec.log_path)?;
+        let log = LogFile::open(&spec.log_path, self.log_rotation)?;
         let mut builder = WasiCtxBuilder::new();
         builder
             .args(&spec.args)

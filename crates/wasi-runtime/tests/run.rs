@@ -157,6 +157,7 @@ async fn one_module_is_compiled_once_and_loaded_from_disk_after_a_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = EngineConfig {
         cache_dir: Some(dir.path().join("compiled")),
+        ..Default::default()
     };
     let wasm: Arc<[u8]> = Arc::from(
         wat::parse_str(format!(r#"(module {WASI} (func (export "_start")))"#)).expect("wat"),
@@ -230,4 +231,59 @@ async fn a_spinning_component_is_killed_without_cooperating() {
         "{:?}",
         began.elapsed()
     );
+}
+
+#[tokio::test]
+async fn a_module_flooding_stdout_keeps_the_log_within_its_rotation_bounds() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // 60000 bytes of 99-byte lines at 1024, written 200 times: 12 MB of output.
+    let body = r#"(data (i32.const 0) "\00\04\00\00\60\ea\00\00")
+        (func (export "_start") (local $i i32) (local $n i32)
+          (loop $fill
+            (i32.store8 (i32.add (i32.const 1024) (local.get $i))
+              (select (i32.const 10) (i32.const 97)
+                (i32.eq (i32.rem_u (local.get $i) (i32.const 100)) (i32.const 99))))
+            (local.set $i (i32.add (local.get $i) (i32.const 1)))
+            (br_if $fill (i32.lt_u (local.get $i) (i32.const 60000))))
+          (loop $write
+            (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 16)))
+            (local.set $n (i32.add (local.get $n) (i32.const 1)))
+            (br_if $write (i32.lt_u (local.get $n) (i32.const 200)))))"#;
+    let rotation = wasi_runtime::LogRotation {
+        max_size: 256 * 1024,
+        max_files: 3,
+    };
+    let e = Engine::new(&EngineConfig {
+        log_rotation: rotation,
+        ..EngineConfig::default()
+    })
+    .expect("engine");
+    let run = e
+        .start(spec(&dir, "flood", body, None))
+        .await
+        .expect("start");
+    assert_eq!(run.wait().await, Exit::Code(0));
+    let files: Vec<_> = std::fs::read_dir(dir.path())
+        .expect("dir")
+        .map(|f| f.expect("entry"))
+        .collect();
+    let total: u64 = files
+        .iter()
+        .map(|f| f.metadata().expect("meta").len())
+        .sum();
+    assert_eq!(files.len(), 3, "{files:?}");
+    assert!(total <= 3 * rotation.max_size, "{total} bytes on disk");
+    assert!(total >= 2 * rotation.max_size, "{total} bytes on disk");
+}
+
+#[test]
+fn a_log_rotation_keeping_fewer_than_two_files_is_refused() {
+    let config = EngineConfig {
+        log_rotation: wasi_runtime::LogRotation {
+            max_size: 1024,
+            max_files: 1,
+        },
+        ..EngineConfig::default()
+    };
+    assert!(Engine::new(&config).is_err());
 }

@@ -545,6 +545,11 @@ impl<R: Runtime> Supervisor<R> {
         };
         mounts.push(term_mount);
         let log_path = dir.join(format!("{restart_count}.log"));
+        let old_runs = dir.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            crate::logs::remove_old_runs(&old_runs, restart_count - 1)
+        })
+        .await;
         let run = ContainerRun {
             image: image.clone(),
             args,

@@ -13,9 +13,11 @@ use crate::runtime::Mount;
 
 /// The kubelet's limit on a termination message.
 pub const MAX_MESSAGE: usize = 4096;
-/// `FallbackToLogsOnError` takes at most this many trailing log lines...
-pub const FALLBACK_LINES: i64 = 80;
-/// ...and at most this many bytes of them.
+/// `FallbackToLogsOnError` takes at most this many trailing log lines (the kubelet's
+/// `MaxContainerTerminationMessageLogLines`)...
+pub const FALLBACK_LINES: u64 = 80;
+/// ...and at most this many bytes of them, the last ones
+/// (`MaxContainerTerminationMessageLogLength`), read from the end of the log.
 pub const FALLBACK_BYTES: usize = 2048;
 
 /// Where one run's termination message is written on the host.
@@ -112,15 +114,14 @@ pub async fn message(
     }
     let fallback = spec.termination_message_policy.as_deref() == Some("FallbackToLogsOnError");
     if fallback && exit_code != 0 {
-        let data = tokio::fs::read(log).await.unwrap_or_default();
-        let tail = crate::logs::tail_text(&data, FALLBACK_LINES);
+        let log = log.to_owned();
+        let tail = tokio::task::spawn_blocking(move || {
+            crate::logs::tail_text(&log, FALLBACK_LINES, FALLBACK_BYTES)
+        })
+        .await
+        .unwrap_or_default();
         if !tail.is_empty() {
-            let start = tail.len().saturating_sub(FALLBACK_BYTES);
-            let mut start = start;
-            while !tail.is_char_boundary(start) {
-                start += 1;
-            }
-            return Some(tail[start..].to_owned());
+            return Some(tail);
         }
     }
     runtime_message.map(|m| truncate(m, MAX_MESSAGE))
@@ -166,6 +167,27 @@ mod tests {
         std::fs::remove_file(dir.path().join("t/termination-log")).expect("remove");
         std::os::unix::fs::symlink(&secret, dir.path().join("t/termination-log")).expect("symlink");
         assert_eq!(message(&spec, &file, &log, 0, None).await, None);
+        // A log of megabytes: the message is the end of its last 80 lines, at most 2 KiB.
+        let mut big = String::new();
+        for n in 0..40_000 {
+            big.push_str(&format!(
+                "2026-01-01T00:00:00Z stderr F line {n:05} of a long log\n"
+            ));
+        }
+        std::fs::write(&log, &big).expect("log");
+        let msg = message(&spec, &file, &log, 1, None).await.expect("message");
+        assert!(msg.len() <= FALLBACK_BYTES, "{}", msg.len());
+        assert!(msg.ends_with("line 39999 of a long log\n"), "{msg}");
+        assert!(!msg.contains("line 39919 "), "more than 80 lines: {msg}");
+        std::fs::write(
+            &log,
+            "2026-01-01T00:00:00Z stderr F a\n2026-01-01T00:00:00Z stderr F b\n",
+        )
+        .expect("log");
+        assert_eq!(
+            message(&spec, &file, &log, 1, None).await.as_deref(),
+            Some("a\nb\n")
+        );
         let custom = container(serde_json::json!({"name": "a", "terminationMessagePath": "/msg"}));
         let (mount, _) = prepare(&custom, &dir.path().join("u")).expect("prepare");
         assert_eq!(mount.container_path, "/");
