@@ -194,6 +194,7 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
     let engine = wasi_runtime::Engine::new(&wasi_runtime::EngineConfig {
         cache_dir: Some(args.data_dir.join("compiled")),
+        ..wasi_runtime::EngineConfig::default()
     })?;
     if args.image_gc_low_threshold_percent > args.image_gc_high_threshold_percent {
         anyhow::bail!(

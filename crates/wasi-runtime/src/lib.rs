@@ -9,11 +9,14 @@
 //! closed stdin, no network. Stdout and stderr go to the container's log file in the CRI
 //! logging format that the kubelet reads (see [`logs`]).
 
+mod compile;
 mod engine;
+mod limits;
 pub mod logs;
 mod run;
 
 pub use engine::{Compiled, Engine, EngineConfig, EngineStats, is_component};
+pub use limits::{StoreCaps, TABLE_ELEMENT_BYTES};
 pub use run::{ContainerSpec, Exit, Killer, Preopen, Running};
 
 /// Errors of this crate.
