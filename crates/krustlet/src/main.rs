@@ -130,6 +130,17 @@ pub(crate) struct NodeArgs {
     /// start, for nodes without a registry.
     #[arg(long, env = "KRUSTLET_IMAGE_LAYOUT_DIR")]
     image_layout_dir: Option<PathBuf>,
+    /// Handles (open files, directories, streams) one container may hold at once; the
+    /// module traps when it opens one more.
+    #[arg(
+        long,
+        env = "KRUSTLET_CONTAINER_MAX_OPEN_FILES",
+        default_value_t = 1024
+    )]
+    container_max_open_files: usize,
+    /// Longest a module may take to compile before its start fails (a Go duration).
+    #[arg(long, env = "KRUSTLET_MODULE_COMPILE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    module_compile_timeout: Duration,
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -194,6 +205,8 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
     let engine = wasi_runtime::Engine::new(&wasi_runtime::EngineConfig {
         cache_dir: Some(args.data_dir.join("compiled")),
+        max_open_handles: args.container_max_open_files,
+        compile_timeout: args.module_compile_timeout,
         ..wasi_runtime::EngineConfig::default()
     })?;
     if args.image_gc_low_threshold_percent > args.image_gc_high_threshold_percent {
