@@ -126,6 +126,12 @@ impl GuestRuntime {
     }
 }
 
+impl std::fmt::Debug for GuestRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GuestRuntime").finish_non_exhaustive()
+    }
+}
+
 impl Drop for GuestRuntime {
     fn drop(&mut self) {
         if let Some(rt) = self.runtime.take() {

@@ -99,6 +99,9 @@ impl Killer {
 pub struct Running {
     killer: Killer,
     task: JoinHandle<Exit>,
+    /// The runtime the run lives on, kept while the run is awaited even if the engine
+    /// goes first.
+    _guest: Arc<crate::engine::GuestRuntime>,
 }
 
 impl Running {
@@ -291,6 +294,7 @@ impl Engine {
         Ok(Running {
             killer: Killer(Arc::new(tx)),
             task,
+            _guest: self.guest.clone(),
         })
     }
 
