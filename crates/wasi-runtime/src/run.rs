@@ -88,7 +88,8 @@ pub struct Killer(Arc<watch::Sender<bool>>);
 
 impl Killer {
     /// Stops the module at its next epoch tick or pending host call, whether or not it
-    /// cooperates. Idempotent.
+    /// cooperates, also while it is still being instantiated (a start function that
+    /// never returns). Idempotent.
     pub fn kill(&self) {
         self.0.send_replace(true);
     }
