@@ -149,7 +149,7 @@ async fn main() {
             let cache = tempfile::tempdir().expect("tempdir");
             let config = wasi_runtime::EngineConfig {
                 cache_dir: Some(cache.path().to_owned()),
-                ..Default::default()
+                ..wasi_runtime::EngineConfig::default()
             };
             let engine = wasi_runtime::Engine::new(&config).expect("engine");
             let began = Instant::now();

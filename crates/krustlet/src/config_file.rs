@@ -59,6 +59,9 @@ pub struct FileConfig {
     image_gc_period_seconds: Option<u64>,
     image_fs_capacity_bytes: Option<u64>,
     image_layout_dir: Option<PathBuf>,
+    container_max_open_files: Option<usize>,
+    #[serde(default, deserialize_with = "go_duration")]
+    module_compile_timeout: Option<std::time::Duration>,
     #[serde(default, deserialize_with = "log_size")]
     container_log_max_size: Option<u64>,
     container_log_max_files: Option<u32>,
@@ -159,6 +162,8 @@ impl FileConfig {
             image_layout_dir: Some,
             container_log_max_size: std::convert::identity,
             container_log_max_files: std::convert::identity,
+            container_max_open_files: std::convert::identity,
+            module_compile_timeout: std::convert::identity,
         );
     }
 }
@@ -189,6 +194,25 @@ mod tests {
         assert_eq!(args.max_pods, Some(7));
         assert_eq!(args.insecure_registries, ["a:1"]);
         assert_eq!(args.sync_frequency, std::time::Duration::from_secs(90));
+    }
+
+    #[test]
+    fn the_runtime_limits_come_from_the_file() {
+        let args = parse(
+            &["krustlet"],
+            "containerMaxOpenFiles: 64\nmoduleCompileTimeout: 2m\n",
+        );
+        assert_eq!(args.container_max_open_files, 64);
+        assert_eq!(
+            args.module_compile_timeout,
+            std::time::Duration::from_secs(120)
+        );
+        let args = parse(&["krustlet"], "");
+        assert_eq!(args.container_max_open_files, 1024);
+        assert_eq!(
+            args.module_compile_timeout,
+            std::time::Duration::from_secs(60)
+        );
     }
 
     #[test]

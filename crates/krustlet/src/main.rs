@@ -170,6 +170,17 @@ pub(crate) struct NodeArgs {
     /// start, for nodes without a registry.
     #[arg(long, env = "KRUSTLET_IMAGE_LAYOUT_DIR")]
     image_layout_dir: Option<PathBuf>,
+    /// Handles (open files, directories, streams) one container may hold at once; the
+    /// module traps when it opens one more.
+    #[arg(
+        long,
+        env = "KRUSTLET_CONTAINER_MAX_OPEN_FILES",
+        default_value_t = 1024
+    )]
+    container_max_open_files: usize,
+    /// Longest a module may take to compile before its start fails (a Go duration).
+    #[arg(long, env = "KRUSTLET_MODULE_COMPILE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    module_compile_timeout: Duration,
     /// Size past which a container's log file is rotated (the kubelet's
     /// `containerLogMaxSize`): bytes, or a quantity such as `10Mi`, `500Ki`, `1G`.
     #[arg(long, env = "KRUSTLET_CONTAINER_LOG_MAX_SIZE", default_value = "10Mi", value_parser = parse_log_size)]
@@ -259,6 +270,9 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
             max_size: args.container_log_max_size,
             max_files: usize::try_from(args.container_log_max_files).unwrap_or(usize::MAX),
         },
+        max_open_handles: args.container_max_open_files,
+        compile_timeout: args.module_compile_timeout,
+        ..wasi_runtime::EngineConfig::default()
     })?;
     if args.image_gc_low_threshold_percent > args.image_gc_high_threshold_percent {
         anyhow::bail!(

@@ -7,16 +7,16 @@
 //! agent loads it instead of compiling again, and a new wasmtime never loads code made
 //! by another.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::OnceCell;
 use wasmtime::component::Component;
 use wasmtime::{Cache, CacheConfig, Config, Module};
 
+use crate::compile::{Bounds, Compiler};
+use crate::limits::StoreCaps;
 use crate::{Error, Result};
 
 /// How often the epoch advances. A running module yields to the scheduler at every tick
@@ -24,12 +24,42 @@ use crate::{Error, Result};
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// Settings of the shared engine.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct EngineConfig {
     /// Directory for compiled native code; `None` keeps compiled code in memory only.
     pub cache_dir: Option<PathBuf>,
     /// Rotation of every container's log file.
     pub log_rotation: crate::logs::LogRotation,
+    /// Longest one compilation may take before the start fails (default 60 s).
+    pub compile_timeout: Duration,
+    /// Largest module (or component) accepted for compilation, in bytes (default 128 MiB).
+    pub max_module_bytes: usize,
+    /// Compilations at once (default: one per core); more wait their turn.
+    pub compile_concurrency: usize,
+    /// Threads running guest code, apart from the caller's runtime (default: one per
+    /// core).
+    pub guest_threads: usize,
+    /// Handles (open files, directories, streams, sockets) one container may hold at once
+    /// (default 1024).
+    pub max_open_handles: usize,
+    /// Instances, memories and tables one container may create.
+    pub store_caps: StoreCaps,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        Self {
+            cache_dir: None,
+            log_rotation: crate::logs::LogRotation::default(),
+            compile_timeout: Duration::from_secs(60),
+            max_module_bytes: 128 << 20,
+            compile_concurrency: cores,
+            guest_threads: cores,
+            max_open_handles: 1024,
+            store_caps: StoreCaps::default(),
+        }
+    }
 }
 
 /// How often modules were compiled or loaded, since the engine started.
@@ -73,7 +103,45 @@ pub fn is_component(wasm: &[u8]) -> bool {
     wasm.len() >= 8 && wasm[..4] == *b"\0asm" && wasm[4..8] == [0x0d, 0x00, 0x01, 0x00]
 }
 
-type Slot = Arc<OnceCell<Compiled>>;
+/// The tokio runtime that runs guest code, shut down without waiting when the last
+/// clone of the engine goes (even from inside another runtime).
+pub(crate) struct GuestRuntime {
+    runtime: Option<tokio::runtime::Runtime>,
+    handle: tokio::runtime::Handle,
+}
+
+impl GuestRuntime {
+    fn new(threads: usize) -> Result<Self> {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads.max(1))
+            .thread_name("wasm-guest")
+            .enable_all()
+            .build()
+            .map(|rt| Self {
+                handle: rt.handle().clone(),
+                runtime: Some(rt),
+            })
+            .map_err(|e| Error::Config(format!("cannot start the guest runtime: {e}")))
+    }
+
+    pub(crate) fn handle(&self) -> &tokio::runtime::Handle {
+        &self.handle
+    }
+}
+
+impl std::fmt::Debug for GuestRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GuestRuntime").finish_non_exhaustive()
+    }
+}
+
+impl Drop for GuestRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
 
 /// A wasmtime engine shared by every container of the node.
 ///
@@ -83,11 +151,14 @@ pub struct Engine {
     pub(crate) inner: wasmtime::Engine,
     pub(crate) linker: Arc<wasmtime::Linker<crate::run::State>>,
     pub(crate) component_linker: Arc<wasmtime::component::Linker<crate::run::ComponentState>>,
-    modules: Arc<Mutex<HashMap<String, Slot>>>,
+    compiler: Arc<Compiler>,
+    /// Where guest code runs; the last clone shuts it down.
+    pub(crate) guest: Arc<GuestRuntime>,
+    /// Per-container caps.
+    pub(crate) max_open_handles: usize,
+    pub(crate) store_caps: StoreCaps,
     /// wasmtime's on-disk cache, whose hits and misses are counted.
     disk_cache: Option<Cache>,
-    /// Modules built (compiled, or loaded from the disk cache).
-    builds: Arc<AtomicU64>,
     /// Starts, and the nanoseconds they took in all.
     pub(crate) starts: Arc<AtomicU64>,
     pub(crate) start_nanos: Arc<AtomicU64>,
@@ -102,7 +173,7 @@ impl std::fmt::Debug for Engine {
 }
 
 impl Engine {
-    /// Builds the engine and starts its epoch ticker thread.
+    /// Builds the engine, starts its epoch ticker thread and the runtime for guest code.
     ///
     /// # Errors
     /// [`Error::Config`] when wasmtime rejects the configuration or the log rotation is
@@ -141,13 +212,25 @@ impl Engine {
             .map_err(|e| Error::Config(format!("cannot start epoch thread: {e}")))?;
         let linker = Arc::new(crate::run::linker(&inner)?);
         let component_linker = Arc::new(crate::run::component_linker(&inner)?);
+        let guest = Arc::new(GuestRuntime::new(config.guest_threads)?);
+        let compiler = Arc::new(Compiler::new(
+            inner.clone(),
+            guest.handle().clone(),
+            Bounds {
+                timeout: config.compile_timeout,
+                max_bytes: config.max_module_bytes,
+                concurrency: config.compile_concurrency,
+            },
+        ));
         Ok(Self {
             inner,
             linker,
             component_linker,
-            modules: Arc::default(),
+            compiler,
+            guest,
+            max_open_handles: config.max_open_handles,
+            store_caps: config.store_caps,
             disk_cache,
-            builds: Arc::default(),
             starts: Arc::default(),
             log_rotation: config.log_rotation,
             start_nanos: Arc::default(),
@@ -163,7 +246,7 @@ impl Engine {
     /// Compilations and cache loads so far.
     #[must_use]
     pub fn stats(&self) -> EngineStats {
-        let builds = self.builds.load(Ordering::Relaxed);
+        let builds = self.compiler.builds.load(Ordering::Relaxed);
         let (compiles, cache_loads) = match &self.disk_cache {
             Some(cache) => (cache.cache_misses() as u64, cache.cache_hits() as u64),
             None => (builds, 0),
@@ -177,49 +260,21 @@ impl Engine {
     }
 
     /// The module for `key` (its content digest, `sha256:<hex>`): from memory, else built
-    /// from `wasm` on a blocking thread (from the disk cache when it holds the native code).
-    /// Concurrent calls for one key share one build.
+    /// from `wasm` on a blocking thread of the guest runtime (from the disk cache when it
+    /// holds the native code). Concurrent calls for one key share one build; dropping the
+    /// future returns at once and leaves the build to finish for later calls.
     ///
     /// # Errors
-    /// [`Error::Compile`] when the bytes are not a valid module.
+    /// [`Error::Compile`] when the bytes are not a valid module, are larger than
+    /// [`EngineConfig::max_module_bytes`] or take longer than
+    /// [`EngineConfig::compile_timeout`] to compile.
     pub async fn module(&self, key: &str, wasm: Arc<[u8]>) -> Result<Compiled> {
-        let slot = self.lock().entry(key.to_owned()).or_default().clone();
-        let result = slot
-            .get_or_try_init(|| self.load_or_compile(wasm))
-            .await
-            .cloned();
-        if result.is_err() {
-            // Do not keep a failed slot: a later call may bring valid bytes.
-            self.lock().remove(key);
-        }
-        result
+        self.compiler.get(key, wasm).await
     }
 
     /// Forgets the compiled module for `key` (its image was removed). Its native code
     /// stays in the disk cache, which wasmtime trims by size and age.
     pub fn forget(&self, key: &str) {
-        self.lock().remove(key);
-    }
-
-    async fn load_or_compile(&self, wasm: Arc<[u8]>) -> Result<Compiled> {
-        let engine = self.inner.clone();
-        self.builds.fetch_add(1, Ordering::Relaxed);
-        tokio::task::spawn_blocking(move || {
-            if is_component(&wasm) {
-                Component::new(&engine, &wasm[..]).map(Compiled::Component)
-            } else {
-                Module::new(&engine, &wasm[..]).map(Compiled::Module)
-            }
-        })
-        .await
-        .map_err(|e| Error::Compile(format!("compiler task failed: {e}")))?
-        .map_err(|e| Error::Compile(format!("{e:#}")))
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Slot>> {
-        // A poisoned map still holds valid entries; keep using it.
-        self.modules
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.compiler.forget(key);
     }
 }

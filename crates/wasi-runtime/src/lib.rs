@@ -8,12 +8,21 @@
 //! Every sandbox is deny-by-default: no preopened directories, no inherited environment,
 //! closed stdin, no network. Stdout and stderr go to the container's log file in the CRI
 //! logging format that the kubelet reads (see [`logs`]).
+//!
+//! Guest code never runs on the caller's threads: compilation and every run live on a
+//! tokio runtime the engine owns, preempted at each epoch tick by a plain thread, so
+//! modules busy on every core cannot starve the node agent. Each container has one
+//! memory budget for all its memories and tables, caps on instances, memories and
+//! tables ([`StoreCaps`]), and a budget of open handles.
 
+mod compile;
 mod engine;
+mod limits;
 pub mod logs;
 mod run;
 
 pub use engine::{Compiled, Engine, EngineConfig, EngineStats, is_component};
+pub use limits::{StoreCaps, TABLE_ELEMENT_BYTES};
 pub use logs::LogRotation;
 pub use run::{ContainerSpec, Exit, Killer, Preopen, Running};
 

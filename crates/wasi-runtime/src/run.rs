@@ -6,13 +6,14 @@ use std::sync::atomic::Ordering;
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use wasmtime::component::ResourceTable;
-use wasmtime::{Linker, ResourceLimiter, Store, UpdateDeadline};
+use wasmtime::component::{ResourceTable, ResourceTableError};
+use wasmtime::{Linker, Store, UpdateDeadline};
 use wasmtime_wasi::p1::{self, WasiP1Ctx};
-use wasmtime_wasi::p2::bindings::Command;
+use wasmtime_wasi::p2::bindings::CommandPre;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::engine::Compiled;
+use crate::limits::Limits;
 
 use crate::logs::{LogFile, Stream};
 use crate::{Engine, Error, Result};
@@ -30,7 +31,8 @@ pub struct ContainerSpec {
     pub env: Vec<(String, String)>,
     /// Where stdout and stderr records are appended.
     pub log_path: PathBuf,
-    /// Upper bound of the module's linear memories, in bytes.
+    /// Upper bound of all the module's linear memories and tables together, in bytes
+    /// (a table element counts [`TABLE_ELEMENT_BYTES`](crate::TABLE_ELEMENT_BYTES)).
     pub memory_limit: Option<u64>,
     /// Host directories the module may see, and nothing else of the file system.
     pub preopens: Vec<Preopen>,
@@ -86,7 +88,8 @@ pub struct Killer(Arc<watch::Sender<bool>>);
 
 impl Killer {
     /// Stops the module at its next epoch tick or pending host call, whether or not it
-    /// cooperates. Idempotent.
+    /// cooperates, also while it is still being instantiated (a start function that
+    /// never returns). Idempotent.
     pub fn kill(&self) {
         self.0.send_replace(true);
     }
@@ -97,6 +100,9 @@ impl Killer {
 pub struct Running {
     killer: Killer,
     task: JoinHandle<Exit>,
+    /// The runtime the run lives on, kept while the run is awaited even if the engine
+    /// goes first.
+    _guest: Arc<crate::engine::GuestRuntime>,
 }
 
 impl Running {
@@ -110,18 +116,14 @@ impl Running {
     pub async fn wait(self) -> Exit {
         match self.task.await {
             Ok(exit) => exit,
+            // The engine was dropped (the node agent is stopping).
+            Err(e) if e.is_cancelled() => Exit::Killed,
             Err(e) => Exit::Trap {
                 kind: "Host".to_owned(),
                 message: format!("runtime task failed: {e}"),
             },
         }
     }
-}
-
-/// The memory limiter of one store: refuses growth beyond the limit and remembers it did.
-pub(crate) struct Limits {
-    memory_limit: Option<usize>,
-    memory_refused: bool,
 }
 
 /// Per-store state of a core module: the WASI preview 1 context and the limiter.
@@ -143,28 +145,6 @@ impl WasiView for ComponentState {
             ctx: &mut self.ctx,
             table: &mut self.table,
         }
-    }
-}
-
-impl ResourceLimiter for Limits {
-    fn memory_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        let allowed = self.memory_limit.is_none_or(|limit| desired <= limit);
-        self.memory_refused |= !allowed;
-        Ok(allowed)
-    }
-
-    fn table_growing(
-        &mut self,
-        _current: usize,
-        _desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        Ok(true)
     }
 }
 
@@ -208,6 +188,13 @@ fn outcome(result: Option<wasmtime::Result<i32>>, memory_refused: bool) -> Exit 
                 }
             } else if memory_refused {
                 Exit::OutOfMemory
+            } else if let Some(ResourceTableError::Full) = e.downcast_ref::<ResourceTableError>() {
+                Exit::Trap {
+                    kind: "TooManyOpenFiles".to_owned(),
+                    message: "the module holds as many open handles (files, directories, \
+                              streams) as a container may"
+                        .to_owned(),
+                }
             } else {
                 trap(&e)
             }
@@ -216,17 +203,104 @@ fn outcome(result: Option<wasmtime::Result<i32>>, memory_refused: bool) -> Exit 
 }
 
 impl Engine {
-    /// Compiles (or reuses) the binary, instantiates it in a fresh sandbox and starts it on
-    /// the tokio runtime: a core module's `_start` export, or a component's
-    /// `wasi:cli/run` (a WASI preview 2 command).
+    /// Compiles (or reuses) the binary, checks its imports and entry point, and starts it
+    /// in a fresh sandbox on the guest runtime: instantiation (which runs a core module's
+    /// start function, or a component's), then a core module's `_start` export or a
+    /// component's `wasi:cli/run` (a WASI preview 2 command). Instantiation and the entry
+    /// point both run under epoch interruption and race [`Killer::kill`].
+    ///
+    /// Dropping the future (a kill while the module compiles) returns at once; the
+    /// compilation finishes in the background for a later start.
     ///
     /// # Errors
-    /// [`Error::Compile`] for invalid wasm, [`Error::Io`] when the log file cannot be
-    /// opened, [`Error::Instantiate`] when the binary needs imports WASI does not
-    /// provide, has no entry point, or exceeds its memory limit at start.
+    /// [`Error::Compile`] for invalid, too large or too slow to compile wasm,
+    /// [`Error::Io`] when the log file cannot be opened, [`Error::Instantiate`] when the
+    /// binary needs imports WASI does not provide or has no entry point. A failure while
+    /// instantiating (a trap in a start function, memory beyond the limit) is the run's
+    /// [`Exit`].
     pub async fn start(&self, spec: ContainerSpec) -> Result<Running> {
         let began = std::time::Instant::now();
         let compiled = self.module(&spec.module_key, spec.wasm.clone()).await?;
+        let mut builder = self.wasi_builder(&spec)?;
+        let limits = Limits::new(spec.memory_limit, self.store_caps);
+        let (tx, mut killed) = watch::channel(false);
+        let (starts, start_nanos) = (self.starts.clone(), self.start_nanos.clone());
+        let count_start = move || {
+            let took = u64::try_from(began.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            starts.fetch_add(1, Ordering::Relaxed);
+            start_nanos.fetch_add(took, Ordering::Relaxed);
+        };
+        let task = match compiled {
+            Compiled::Module(module) => {
+                check_start(&module)?;
+                let pre = self
+                    .linker
+                    .instantiate_pre(&module)
+                    .map_err(|e| Error::Instantiate(format!("{e:#}")))?;
+                let mut wasi = builder.build_p1();
+                wasi.ctx().table.set_max_capacity(self.max_open_handles);
+                let mut store = Store::new(&self.inner, State { wasi, limits });
+                store.limiter(|s| &mut s.limits);
+                preempt(&mut store);
+                self.guest.handle().spawn(async move {
+                    let result = {
+                        let run = async {
+                            let instance = pre.instantiate_async(&mut store).await?;
+                            let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
+                            count_start();
+                            start.call_async(&mut store, ()).await.map(|()| 0)
+                        };
+                        tokio::select! {
+                            r = run => Some(r),
+                            _ = killed.wait_for(|k| *k) => None,
+                        }
+                    };
+                    outcome(result, store.data().limits.refused())
+                })
+            }
+            Compiled::Component(component) => {
+                let pre = self
+                    .component_linker
+                    .instantiate_pre(&component)
+                    .and_then(CommandPre::new)
+                    .map_err(|e| Error::Instantiate(format!("{e:#}")))?;
+                let mut table = ResourceTable::new();
+                table.set_max_capacity(self.max_open_handles);
+                let state = ComponentState {
+                    ctx: builder.build(),
+                    table,
+                    limits,
+                };
+                let mut store = Store::new(&self.inner, state);
+                store.limiter(|s| &mut s.limits);
+                preempt(&mut store);
+                self.guest.handle().spawn(async move {
+                    let result = {
+                        let run = async {
+                            let command = pre.instantiate_async(&mut store).await?;
+                            count_start();
+                            // `wasi:cli/run` returns `result`: an error is exit code 1.
+                            let ok = command.wasi_cli_run().call_run(&mut store).await?;
+                            Ok(i32::from(ok.is_err()))
+                        };
+                        tokio::select! {
+                            r = run => Some(r),
+                            _ = killed.wait_for(|k| *k) => None,
+                        }
+                    };
+                    outcome(result, store.data().limits.refused())
+                })
+            }
+        };
+        Ok(Running {
+            killer: Killer(Arc::new(tx)),
+            task,
+            _guest: self.guest.clone(),
+        })
+    }
+
+    /// The WASI context of `spec`: argv, environment, the log file, its preopens.
+    fn wasi_builder(&self, spec: &ContainerSpec) -> Result<WasiCtxBuilder> {
         let log = LogFile::open(&spec.log_path, self.log_rotation)?;
         let mut builder = WasiCtxBuilder::new();
         builder
@@ -250,74 +324,22 @@ impl Engine {
                     ))
                 })?;
         }
-        let limits = Limits {
-            memory_limit: spec
-                .memory_limit
-                .map(|m| usize::try_from(m).unwrap_or(usize::MAX)),
-            memory_refused: false,
-        };
-        let (tx, mut killed) = watch::channel(false);
-        let task = match compiled {
-            Compiled::Module(module) => {
-                let mut store = Store::new(
-                    &self.inner,
-                    State {
-                        wasi: builder.build_p1(),
-                        limits,
-                    },
-                );
-                store.limiter(|s| &mut s.limits);
-                preempt(&mut store);
-                let instance = self
-                    .linker
-                    .instantiate_async(&mut store, &module)
-                    .await
-                    .map_err(|e| Error::Instantiate(format!("{e:#}")))?;
-                let start = instance
-                    .get_typed_func::<(), ()>(&mut store, "_start")
-                    .map_err(|e| Error::Instantiate(format!("{e:#}")))?;
-                tokio::spawn(async move {
-                    let result = tokio::select! {
-                        r = start.call_async(&mut store, ()) => Some(r.map(|()| 0)),
-                        _ = killed.wait_for(|k| *k) => None,
-                    };
-                    outcome(result, store.data().limits.memory_refused)
-                })
-            }
-            Compiled::Component(component) => {
-                let mut store = Store::new(
-                    &self.inner,
-                    ComponentState {
-                        ctx: builder.build(),
-                        table: ResourceTable::new(),
-                        limits,
-                    },
-                );
-                store.limiter(|s| &mut s.limits);
-                preempt(&mut store);
-                let command =
-                    Command::instantiate_async(&mut store, &component, &self.component_linker)
-                        .await
-                        .map_err(|e| Error::Instantiate(format!("{e:#}")))?;
-                tokio::spawn(async move {
-                    let result = tokio::select! {
-                        // `wasi:cli/run` returns `result`: an error is exit code 1.
-                        r = command.wasi_cli_run().call_run(&mut store) => {
-                            Some(r.map(|ok| i32::from(ok.is_err())))
-                        }
-                        _ = killed.wait_for(|k| *k) => None,
-                    };
-                    outcome(result, store.data().limits.memory_refused)
-                })
-            }
-        };
-        let took = u64::try_from(began.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        self.starts.fetch_add(1, Ordering::Relaxed);
-        self.start_nanos.fetch_add(took, Ordering::Relaxed);
-        Ok(Running {
-            killer: Killer(Arc::new(tx)),
-            task,
-        })
+        Ok(builder)
+    }
+}
+
+/// A core module's entry point: an exported `_start` taking and returning nothing.
+fn check_start(module: &wasmtime::Module) -> Result<()> {
+    match module.get_export("_start") {
+        Some(wasmtime::ExternType::Func(f)) if f.params().len() == 0 && f.results().len() == 0 => {
+            Ok(())
+        }
+        Some(_) => Err(Error::Instantiate(
+            "the export `_start` is not a function without parameters and results".to_owned(),
+        )),
+        None => Err(Error::Instantiate(
+            "the module exports no `_start` function".to_owned(),
+        )),
     }
 }
 

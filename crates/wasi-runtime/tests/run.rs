@@ -157,7 +157,7 @@ async fn one_module_is_compiled_once_and_loaded_from_disk_after_a_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = EngineConfig {
         cache_dir: Some(dir.path().join("compiled")),
-        ..Default::default()
+        ..EngineConfig::default()
     };
     let wasm: Arc<[u8]> = Arc::from(
         wat::parse_str(format!(r#"(module {WASI} (func (export "_start")))"#)).expect("wat"),

@@ -562,7 +562,13 @@ impl<R: Runtime> Supervisor<R> {
             self.pod.namespace().unwrap_or_default(),
             self.pod.name_any(),
         );
-        let handle = match self.ctx.runtime.start_container(run).await {
+        // Deletion, a deadline or node shutdown wins over a start that does not end (a
+        // module that compiles for long): the runtime drops that start's work.
+        let started = tokio::select! {
+            started = self.ctx.runtime.start_container(run) => started,
+            () = self.kill.cancelled() => return Run::NotStarted,
+        };
+        let handle = match started {
             Ok(h) => h,
             Err(message) => {
                 self.record_pulled().await;

@@ -1,0 +1,158 @@
+//! Bounded compilation: one build per content digest, shared by every caller, run on a
+//! blocking thread of the guest runtime, at most `concurrency` at a time, each bounded
+//! in input size and in time.
+//!
+//! A build is a task of its own: a caller that stops waiting (its container was killed
+//! or deleted while the module compiled) returns at once and the build goes on without
+//! it, to be cached for the next start. A build nobody waits for any more when its turn
+//! comes is not started. Compilation itself cannot be interrupted inside wasmtime: a
+//! build past its timeout is reported as failed at once, and its thread finishes in the
+//! background still holding its slot, so the number of compiling threads stays bounded.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::runtime::Handle;
+use tokio::sync::{Semaphore, watch};
+use wasmtime::Module;
+use wasmtime::component::Component;
+
+use crate::engine::{Compiled, is_component};
+use crate::{Error, Result};
+
+/// The outcome of one build, once known.
+type Outcome = Option<Result<Compiled, String>>;
+type Slot = Arc<watch::Sender<Outcome>>;
+
+/// How builds are bounded.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Bounds {
+    pub timeout: Duration,
+    pub max_bytes: usize,
+    pub concurrency: usize,
+}
+
+/// Builds and caches compiled modules by key.
+pub(crate) struct Compiler {
+    engine: wasmtime::Engine,
+    guest: Handle,
+    bounds: Bounds,
+    slots: Arc<Mutex<HashMap<String, Slot>>>,
+    permits: Arc<Semaphore>,
+    /// Builds started (compiled, or loaded from the disk cache).
+    pub(crate) builds: Arc<AtomicU64>,
+}
+
+impl Compiler {
+    pub(crate) fn new(engine: wasmtime::Engine, guest: Handle, bounds: Bounds) -> Self {
+        Self {
+            engine,
+            guest,
+            bounds,
+            slots: Arc::default(),
+            permits: Arc::new(Semaphore::new(bounds.concurrency.max(1))),
+            builds: Arc::default(),
+        }
+    }
+
+    /// The compiled module for `key`, building it from `wasm` unless a build is cached
+    /// or under way. Dropping the future stops waiting, not the build.
+    pub(crate) async fn get(&self, key: &str, wasm: Arc<[u8]>) -> Result<Compiled> {
+        if wasm.len() > self.bounds.max_bytes {
+            return Err(Error::Compile(format!(
+                "the module is {} bytes, more than the {} bytes this node compiles",
+                wasm.len(),
+                self.bounds.max_bytes
+            )));
+        }
+        let mut outcome = {
+            let mut slots = lock(&self.slots);
+            if let Some(slot) = slots.get(key) {
+                slot.subscribe()
+            } else {
+                let (tx, rx) = watch::channel(None);
+                let tx = Arc::new(tx);
+                slots.insert(key.to_owned(), tx.clone());
+                self.guest.spawn(self.build(key.to_owned(), tx, wasm));
+                rx
+            }
+        };
+        let done = outcome
+            .wait_for(Option::is_some)
+            .await
+            .map_err(|_| Error::Compile("the compilation was abandoned".to_owned()))?;
+        match &*done {
+            Some(Ok(compiled)) => Ok(compiled.clone()),
+            Some(Err(message)) => Err(Error::Compile(message.clone())),
+            None => Err(Error::Compile("the compilation was abandoned".to_owned())),
+        }
+    }
+
+    /// Forgets the build for `key`.
+    pub(crate) fn forget(&self, key: &str) {
+        lock(&self.slots).remove(key);
+    }
+
+    /// The build of `key`, as a task: waits for a slot, compiles on a blocking thread
+    /// within the timeout, publishes the outcome; a failure is not kept.
+    fn build(
+        &self,
+        key: String,
+        tx: Slot,
+        wasm: Arc<[u8]>,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        let (engine, bounds, slots, permits, builds) = (
+            self.engine.clone(),
+            self.bounds,
+            self.slots.clone(),
+            self.permits.clone(),
+            self.builds.clone(),
+        );
+        async move {
+            let Ok(permit) = permits.acquire_owned().await else {
+                return;
+            };
+            {
+                let mut map = lock(&slots);
+                if tx.receiver_count() == 0 {
+                    // Every caller gave up while the build waited for its turn.
+                    if map.get(&key).is_some_and(|s| Arc::ptr_eq(s, &tx)) {
+                        map.remove(&key);
+                    }
+                    return;
+                }
+            }
+            builds.fetch_add(1, Ordering::Relaxed);
+            let compiling = tokio::task::spawn_blocking(move || {
+                let _permit = permit;
+                if is_component(&wasm) {
+                    Component::new(&engine, &wasm[..]).map(Compiled::Component)
+                } else {
+                    Module::new(&engine, &wasm[..]).map(Compiled::Module)
+                }
+            });
+            let outcome = match tokio::time::timeout(bounds.timeout, compiling).await {
+                Ok(Ok(Ok(compiled))) => Ok(compiled),
+                Ok(Ok(Err(e))) => Err(format!("{e:#}")),
+                Ok(Err(e)) => Err(format!("compiler task failed: {e}")),
+                Err(_) => Err(format!("compilation took longer than {:?}", bounds.timeout)),
+            };
+            let failed = outcome.is_err();
+            let mut map = lock(&slots);
+            if failed && map.get(&key).is_some_and(|s| Arc::ptr_eq(s, &tx)) {
+                // Do not keep a failure: a later start may bring valid bytes.
+                map.remove(&key);
+            }
+            tx.send_replace(Some(outcome));
+        }
+    }
+}
+
+fn lock(slots: &Mutex<HashMap<String, Slot>>) -> std::sync::MutexGuard<'_, HashMap<String, Slot>> {
+    // A poisoned map still holds valid entries; keep using it.
+    slots
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
