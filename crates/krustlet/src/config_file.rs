@@ -42,6 +42,7 @@ pub struct FileConfig {
     image_gc_period_seconds: Option<u64>,
     image_fs_capacity_bytes: Option<u64>,
     image_layout_dir: Option<PathBuf>,
+    max_image_size_bytes: Option<u64>,
 }
 
 /// A Go duration string (`syncFrequency: 1m30s`), as the kubelet's configuration file
@@ -102,6 +103,7 @@ impl FileConfig {
             image_gc_period_seconds: std::convert::identity,
             image_fs_capacity_bytes: Some,
             image_layout_dir: Some,
+            max_image_size_bytes: std::convert::identity,
         );
     }
 }
@@ -125,13 +127,16 @@ mod tests {
 
     #[test]
     fn the_file_fills_defaults_and_flags_win() {
-        let yaml = "nodeName: from-file\nport: 11000\nmaxPods: 7\ninsecureRegistries: [a:1]\nsyncFrequency: 1m30s\n";
+        let yaml = "nodeName: from-file\nport: 11000\nmaxPods: 7\ninsecureRegistries: [a:1]\nsyncFrequency: 1m30s\nmaxImageSizeBytes: 1048576\n";
         let args = parse(&["krustlet", "--port", "12000"], yaml);
         assert_eq!(args.node_name.as_deref(), Some("from-file"));
         assert_eq!(args.port, 12000);
         assert_eq!(args.max_pods, Some(7));
         assert_eq!(args.insecure_registries, ["a:1"]);
         assert_eq!(args.sync_frequency, std::time::Duration::from_secs(90));
+        assert_eq!(args.max_image_size_bytes, 1 << 20);
+        let defaults = parse(&["krustlet"], "{}\n");
+        assert_eq!(defaults.max_image_size_bytes, 256 << 20);
     }
 
     #[test]
