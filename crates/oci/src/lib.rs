@@ -9,6 +9,7 @@
 mod digest;
 mod layout;
 mod push;
+mod records;
 mod registry;
 mod store;
 

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
 use crate::digest::{Algorithm, Digest};
-use crate::registry::{self, TempFile, Timeouts, declared_size, is_wasm_platform, parse};
+use crate::registry::{self, Timeouts, declared_size, is_wasm_platform, parse};
 use crate::{Error, Result, WASM_LAYER_TYPES, io};
 
 /// A pulled image, as recorded in the store.
@@ -120,7 +120,7 @@ impl Default for StoreConfig {
 /// `blobs/<algorithm>/<hex>` for content, `refs/<sha256 of the reference>.json` for what
 /// each reference resolved to last, `tmp/` for downloads in progress.
 pub struct Store {
-    root: PathBuf,
+    pub(crate) root: PathBuf,
     config: StoreConfig,
     /// One registry client per credential: a client remembers the first credential it
     /// was given for a registry, so sharing one across pods would let one pod's secret
@@ -185,19 +185,6 @@ pub(crate) fn wasm_layer<'m>(
         })
 }
 
-/// The name of a reference's record: the SHA-256 of the normalised reference, so two
-/// distinct references never share one.
-fn ref_key(reference: &Reference) -> String {
-    sha256_hex(reference.whole().as_bytes())
-}
-
-fn is_ref_key(stem: &str) -> bool {
-    stem.len() == 64
-        && stem
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-}
-
 impl Store {
     /// Opens (creating) the store at `root` with default limits. Registries in
     /// `insecure_registries` (`host:port`) are reached over plain HTTP; all others over
@@ -250,39 +237,6 @@ impl Store {
         Ok(store)
     }
 
-    /// Moves each record of the earlier naming scheme to the name of the reference it
-    /// holds, unless that reference already has a record; drops unreadable ones.
-    fn migrate_records(&self) {
-        let Ok(entries) = std::fs::read_dir(self.root.join("refs")) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            let Some(stem) = path.file_stem().and_then(|s| s.to_str()) else {
-                continue;
-            };
-            if is_ref_key(stem) || path.extension().is_none_or(|e| e != "json") {
-                continue;
-            }
-            let image = std::fs::read(&path)
-                .ok()
-                .and_then(|json| serde_json::from_slice::<Image>(&json).ok());
-            let target = image.as_ref().and_then(|image| {
-                let parsed = parse(&image.reference).ok()?;
-                (parsed.whole() == image.reference).then(|| self.ref_path(&parsed))
-            });
-            if let Some(target) = target
-                && !target.exists()
-            {
-                tracing::info!(from = %path.display(), to = %target.display(), "image record migrated");
-                if let Err(e) = std::fs::rename(&path, &target) {
-                    tracing::warn!(path = %path.display(), "cannot migrate image record: {e}");
-                }
-            }
-            let _ = std::fs::remove_file(&path);
-        }
-    }
-
     /// The store's settings.
     #[must_use]
     pub fn config(&self) -> &StoreConfig {
@@ -318,34 +272,6 @@ impl Store {
 
     pub(crate) fn tmp_dir(&self) -> PathBuf {
         self.root.join("tmp")
-    }
-
-    fn ref_path(&self, reference: &Reference) -> PathBuf {
-        self.root
-            .join("refs")
-            .join(format!("{}.json", ref_key(reference)))
-    }
-
-    /// The record at `path` if it is `reference`'s and its content is present.
-    async fn read_record(&self, path: &Path, reference: &Reference) -> Option<Image> {
-        let json = tokio::fs::read(path).await.ok()?;
-        let image = serde_json::from_slice::<Image>(&json).ok()?;
-        if image.reference != reference.whole() {
-            return None;
-        }
-        let present = tokio::fs::try_exists(self.blob_path(&image.module_digest))
-            .await
-            .unwrap_or(false);
-        present.then_some(image)
-    }
-
-    /// What `reference` resolved to when last pulled, if its content is still present.
-    ///
-    /// # Errors
-    /// [`Error::InvalidReference`] when the reference does not parse.
-    pub async fn cached(&self, reference: &str) -> Result<Option<Image>> {
-        let parsed = parse(reference)?;
-        Ok(self.read_record(&self.ref_path(&parsed), &parsed).await)
     }
 
     /// Resolves `reference` at the registry and downloads its wasm layer unless the store
@@ -485,40 +411,6 @@ impl Store {
         Ok((image, downloaded))
     }
 
-    /// Every image the store holds: the last record of each reference whose content is
-    /// present.
-    pub async fn images(&self) -> Vec<Image> {
-        let mut out = Vec::new();
-        let Ok(mut dir) = tokio::fs::read_dir(self.root.join("refs")).await else {
-            return out;
-        };
-        while let Ok(Some(entry)) = dir.next_entry().await {
-            let path = entry.path();
-            let Some(stem) = path.file_stem().and_then(|s| s.to_str()) else {
-                continue;
-            };
-            if !is_ref_key(stem) || path.extension().is_none_or(|e| e != "json") {
-                continue;
-            }
-            let Ok(json) = tokio::fs::read(&path).await else {
-                continue;
-            };
-            let Ok(image) = serde_json::from_slice::<Image>(&json) else {
-                continue;
-            };
-            // Only a record under its own reference's name counts.
-            let Ok(parsed) = parse(&image.reference) else {
-                continue;
-            };
-            if ref_key(&parsed) == stem
-                && let Some(image) = self.read_record(&path, &parsed).await
-            {
-                out.push(image);
-            }
-        }
-        out
-    }
-
     /// Bytes of content the store holds.
     pub async fn usage(&self) -> u64 {
         let mut total = 0;
@@ -560,23 +452,6 @@ impl Store {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
             Err(e) => Err(io(format!("removing {}", blob.display()))(e)),
         }
-    }
-
-    /// Writes `image` as the record of `reference` (through a temporary file and a
-    /// rename, so a crash never leaves a torn record).
-    pub(crate) async fn record(&self, reference: &Reference, image: &Image) -> Result<()> {
-        let json = serde_json::to_vec(image).map_err(|e| Error::Io {
-            what: "encoding image record".into(),
-            source: std::io::Error::other(e),
-        })?;
-        let (temp, mut file) = TempFile::create(&self.tmp_dir()).await?;
-        tokio::io::AsyncWriteExt::write_all(&mut file, &json)
-            .await
-            .map_err(io("writing an image record"))?;
-        file.sync_all()
-            .await
-            .map_err(io("writing an image record"))?;
-        temp.persist(&self.ref_path(reference)).await
     }
 
     /// The module bytes with `digest` (an [`Image::module_digest`]), verified against their digest.

@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::WASM_CONFIG_TYPE;
+use crate::records::is_ref_key;
 
 fn sha256(data: &[u8]) -> String {
     Digest::of(Algorithm::Sha256, data).to_string()
