@@ -5,6 +5,7 @@
 
 mod auth;
 mod faults;
+mod hostile;
 mod images;
 mod lifecycle;
 mod node;

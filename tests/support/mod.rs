@@ -1,6 +1,8 @@
 //! Harness for the end-to-end tests: the real local cluster (started by `hack/test` or
 //! `hack/cluster up`), krustlet nodes run as child processes, and helpers on pods.
 
+pub mod hostile;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;

@@ -145,7 +145,10 @@ async fn main() {
                 .expect("curl");
             curls.push(began.elapsed());
             assert!(ok.success());
-            let bytes: Arc<[u8]> = store.module(&image.module_digest).await.expect("module");
+            let bytes: Arc<[u8]> = store
+                .module(image.module_digest.as_str())
+                .await
+                .expect("module");
             let cache = tempfile::tempdir().expect("tempdir");
             let config = wasi_runtime::EngineConfig {
                 cache_dir: Some(cache.path().to_owned()),
@@ -154,7 +157,7 @@ async fn main() {
             let engine = wasi_runtime::Engine::new(&config).expect("engine");
             let began = Instant::now();
             engine
-                .module(&image.module_digest, bytes.clone())
+                .module(image.module_digest.as_str(), bytes.clone())
                 .await
                 .expect("compile");
             compiles.push(began.elapsed());
@@ -162,7 +165,7 @@ async fn main() {
             let again = wasi_runtime::Engine::new(&config).expect("engine");
             let began = Instant::now();
             again
-                .module(&image.module_digest, bytes)
+                .module(image.module_digest.as_str(), bytes)
                 .await
                 .expect("load");
             loads.push(began.elapsed());

@@ -59,6 +59,7 @@ pub struct FileConfig {
     image_gc_period_seconds: Option<u64>,
     image_fs_capacity_bytes: Option<u64>,
     image_layout_dir: Option<PathBuf>,
+    max_image_size_bytes: Option<u64>,
     container_max_open_files: Option<usize>,
     #[serde(default, deserialize_with = "go_duration")]
     module_compile_timeout: Option<std::time::Duration>,
@@ -164,6 +165,7 @@ impl FileConfig {
             container_log_max_files: std::convert::identity,
             container_max_open_files: std::convert::identity,
             module_compile_timeout: std::convert::identity,
+            max_image_size_bytes: std::convert::identity,
         );
     }
 }
@@ -187,13 +189,16 @@ mod tests {
 
     #[test]
     fn the_file_fills_defaults_and_flags_win() {
-        let yaml = "nodeName: from-file\nport: 11000\nmaxPods: 7\ninsecureRegistries: [a:1]\nsyncFrequency: 1m30s\n";
+        let yaml = "nodeName: from-file\nport: 11000\nmaxPods: 7\ninsecureRegistries: [a:1]\nsyncFrequency: 1m30s\nmaxImageSizeBytes: 1048576\n";
         let args = parse(&["krustlet", "--port", "12000"], yaml);
         assert_eq!(args.node_name.as_deref(), Some("from-file"));
         assert_eq!(args.port, 12000);
         assert_eq!(args.max_pods, Some(7));
         assert_eq!(args.insecure_registries, ["a:1"]);
         assert_eq!(args.sync_frequency, std::time::Duration::from_secs(90));
+        assert_eq!(args.max_image_size_bytes, 1 << 20);
+        let defaults = parse(&["krustlet"], "{}\n");
+        assert_eq!(defaults.max_image_size_bytes, 256 << 20);
     }
 
     #[test]

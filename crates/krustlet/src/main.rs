@@ -170,6 +170,10 @@ pub(crate) struct NodeArgs {
     /// start, for nodes without a registry.
     #[arg(long, env = "KRUSTLET_IMAGE_LAYOUT_DIR")]
     image_layout_dir: Option<PathBuf>,
+    /// Largest wasm layer pulled or imported, in bytes: a layer declaring more is refused
+    /// before it is downloaded, one sending more than it declared is cut off.
+    #[arg(long, env = "KRUSTLET_MAX_IMAGE_SIZE_BYTES", default_value_t = oci::StoreConfig::DEFAULT_MAX_BLOB_SIZE)]
+    max_image_size_bytes: u64,
     /// Handles (open files, directories, streams) one container may hold at once; the
     /// module traps when it opens one more.
     #[arg(
@@ -280,7 +284,14 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         );
     }
     let image_dir = args.data_dir.join("images");
-    let store = oci::Store::open(&image_dir, &args.insecure_registries)?;
+    let store = oci::Store::open_with(
+        &image_dir,
+        oci::StoreConfig {
+            insecure_registries: args.insecure_registries.clone(),
+            max_blob_size: args.max_image_size_bytes,
+            ..oci::StoreConfig::default()
+        },
+    )?;
     if let Some(layout) = &args.image_layout_dir {
         let imported = store
             .import_layout(layout)

@@ -28,7 +28,7 @@ fn image(reference: &str, img: oci::Image, downloaded: bool) -> Image {
         image_id: img.image_id,
         downloaded,
         size: img.size,
-        handle: img.module_digest,
+        handle: img.module_digest.to_string(),
     }
 }
 
@@ -194,7 +194,7 @@ impl kubelet::Runtime for WasmRuntime {
             .map(|i| StoredImage {
                 reference: i.reference,
                 image_id: i.image_id,
-                handle: i.module_digest,
+                handle: i.module_digest.to_string(),
                 size: i.size,
             })
             .collect()

@@ -2,12 +2,28 @@
 //!
 //! The crate knows nothing of Kubernetes. [`Store::pull`] resolves a reference, checks that
 //! the artifact holds a wasm layer, downloads it, verifies it against its digest and keeps
-//! it under `blobs/sha256/<hex>`; [`push`] publishes a `.wasm` file as a Wasm OCI artifact.
+//! it under `blobs/<algorithm>/<hex>`; [`push`] publishes a `.wasm` file as a Wasm OCI
+//! artifact. Everything a registry or a layout sends is untrusted: digests are parsed
+//! ([`Digest`]) before they name a file, sizes and times are bounded ([`StoreConfig`]).
 
+mod digest;
+mod layout;
+mod push;
+mod records;
+mod registry;
 mod store;
 
+#[cfg(test)]
+#[allow(dead_code, missing_docs)]
+#[path = "../../../tests/support/hostile.rs"]
+mod hostile;
+#[cfg(test)]
+mod hostile_tests;
+
+pub use digest::{Algorithm, Digest, Hasher};
 pub use oci_client::secrets::RegistryAuth;
-pub use store::{Image, PushFormat, Store, StoreStats, credential_id, push, push_as};
+pub use push::{PushFormat, push, push_as};
+pub use store::{Image, Store, StoreConfig, StoreStats, credential_id};
 
 /// Layer media types that hold a wasm module or component.
 pub const WASM_LAYER_TYPES: &[&str] = &[
@@ -46,6 +62,39 @@ pub enum Error {
     DigestMismatch {
         /// The expected digest.
         digest: String,
+    },
+    /// A digest (from a manifest, an index, a layout or a caller) is not
+    /// `<algorithm>:<hex>` of a known algorithm; it never reaches the file system.
+    #[error("invalid digest {digest:?}: {reason}")]
+    InvalidDigest {
+        /// The digest as given (its first characters when long).
+        digest: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Content (a manifest or a layer) is larger than the store accepts.
+    #[error("{what} is larger than the limit of {limit} bytes")]
+    TooLarge {
+        /// What was refused, with its declared size when known.
+        what: String,
+        /// The limit in bytes.
+        limit: u64,
+    },
+    /// A registry sent a different number of bytes than the descriptor declared.
+    #[error("{what} does not have its declared size of {declared} bytes")]
+    SizeMismatch {
+        /// What was refused.
+        what: String,
+        /// The size the descriptor declared.
+        declared: u64,
+    },
+    /// A registry did not answer in time.
+    #[error("{what} timed out after {}s", after.as_secs())]
+    Timeout {
+        /// What was being done.
+        what: String,
+        /// The bound that was reached.
+        after: std::time::Duration,
     },
     /// The store on disk could not be read or written.
     #[error("{what}: {source}")]

@@ -1,19 +1,20 @@
-//! The on-disk image store and the registry client behind it.
+//! The on-disk image store: content by digest, one record per reference.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
-use oci_client::client::{ClientConfig, ClientProtocol, Config, ImageLayer};
-use oci_client::manifest::{ImageIndexEntry, OciImageManifest, OciManifest};
+use oci_client::manifest::{ImageIndexEntry, OciDescriptor, OciImageManifest, OciManifest};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use tokio::sync::Mutex;
 
-use crate::{Error, Result, WASM_CONFIG_TYPE, WASM_LAYER_TYPES, io};
+use crate::digest::{Algorithm, Digest};
+use crate::registry::{self, Timeouts, declared_size, is_wasm_platform, parse};
+use crate::{Error, Result, WASM_LAYER_TYPES, io};
 
 /// A pulled image, as recorded in the store.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -23,7 +24,7 @@ pub struct Image {
     /// `registry/repo@sha256:<manifest digest>`, the kubelet's `imageID`.
     pub image_id: String,
     /// Digest of the wasm layer.
-    pub module_digest: String,
+    pub module_digest: Digest,
     /// Size of the wasm layer in bytes.
     pub size: u64,
     /// [`credential_id`]s of the credentials the registry accepted for it; empty when it
@@ -34,15 +35,25 @@ pub struct Image {
     pub credentials: Vec<String>,
 }
 
+fn sha256_hex(data: &[u8]) -> String {
+    Digest::of(Algorithm::Sha256, data).hex().to_owned()
+}
+
 /// A stable, non-reversible identity of a credential (a SHA-256 of it).
 #[must_use]
 pub fn credential_id(auth: &RegistryAuth) -> String {
     match auth {
         RegistryAuth::Anonymous => "anonymous".to_owned(),
-        RegistryAuth::Basic(user, password) => {
-            sha256(format!("basic\0{user}\0{password}").as_bytes())
+        RegistryAuth::Basic(user, password) => format!(
+            "sha256:{}",
+            sha256_hex(format!("basic\0{user}\0{password}").as_bytes())
+        ),
+        RegistryAuth::Bearer(token) => {
+            format!(
+                "sha256:{}",
+                sha256_hex(format!("bearer\0{token}").as_bytes())
+            )
         }
-        RegistryAuth::Bearer(token) => sha256(format!("bearer\0{token}").as_bytes()),
     }
 }
 
@@ -55,12 +66,62 @@ pub struct StoreStats {
     pub downloads: u64,
 }
 
+/// The settings of a [`Store`]: which registries are plain HTTP, and the bounds on what a
+/// registry may send and how long it may take.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreConfig {
+    /// Registries (`host:port`) reached over plain HTTP; all others over HTTPS.
+    pub insecure_registries: Vec<String>,
+    /// Largest wasm layer accepted, in bytes (default 256 MiB). A layer declaring more
+    /// is refused before any byte is fetched.
+    pub max_blob_size: u64,
+    /// Largest manifest or index accepted, in bytes (default 4 MiB, the OCI
+    /// distribution spec's limit).
+    pub max_manifest_size: u64,
+    /// Bound on opening a connection to a registry (default 30 s).
+    pub connect_timeout: Duration,
+    /// Bound on a response that sends nothing (default 30 s).
+    pub read_timeout: Duration,
+    /// Bound on each manifest request, whatever the registry sends (default 60 s).
+    pub manifest_timeout: Duration,
+    /// Bound on a whole pull, manifests and layer (default 10 minutes).
+    pub pull_timeout: Duration,
+}
+
+impl StoreConfig {
+    /// Default [`StoreConfig::max_blob_size`]: 256 MiB.
+    pub const DEFAULT_MAX_BLOB_SIZE: u64 = 256 << 20;
+    /// Default [`StoreConfig::max_manifest_size`]: 4 MiB.
+    pub const DEFAULT_MAX_MANIFEST_SIZE: u64 = 4 << 20;
+
+    fn timeouts(&self) -> Timeouts {
+        Timeouts {
+            connect: self.connect_timeout,
+            read: self.read_timeout,
+        }
+    }
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            insecure_registries: Vec::new(),
+            max_blob_size: Self::DEFAULT_MAX_BLOB_SIZE,
+            max_manifest_size: Self::DEFAULT_MAX_MANIFEST_SIZE,
+            connect_timeout: Duration::from_secs(30),
+            read_timeout: Duration::from_secs(30),
+            manifest_timeout: Duration::from_secs(60),
+            pull_timeout: Duration::from_secs(600),
+        }
+    }
+}
+
 /// Content-addressed store of wasm artifacts under one directory:
-/// `blobs/sha256/<hex>` for content, `refs/<escaped reference>.json` for what each
-/// reference resolved to last.
+/// `blobs/<algorithm>/<hex>` for content, `refs/<sha256 of the reference>.json` for what
+/// each reference resolved to last, `tmp/` for downloads in progress.
 pub struct Store {
-    root: PathBuf,
-    insecure_registries: Vec<String>,
+    pub(crate) root: PathBuf,
+    config: StoreConfig,
     /// One registry client per credential: a client remembers the first credential it
     /// was given for a registry, so sharing one across pods would let one pod's secret
     /// (or a wrong one) serve another's pull.
@@ -75,33 +136,9 @@ impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store")
             .field("root", &self.root)
+            .field("config", &self.config)
             .finish_non_exhaustive()
     }
-}
-
-fn client(insecure_registries: &[String]) -> Client {
-    Client::new(ClientConfig {
-        protocol: ClientProtocol::HttpsExcept(insecure_registries.to_vec()),
-        platform_resolver: Some(Box::new(wasm_platform)),
-        ..ClientConfig::default()
-    })
-}
-
-/// Whether an image index entry is for wasm: OS `wasip1`, `wasip2` or `wasi`, or
-/// architecture `wasm` (the platforms `docker buildx`, `oras` and `wkg` write).
-fn is_wasm_platform(entry: &ImageIndexEntry) -> bool {
-    entry.platform.as_ref().is_some_and(|p| {
-        matches!(p.os.to_string().as_str(), "wasip1" | "wasip2" | "wasi")
-            || matches!(p.architecture.to_string().as_str(), "wasm" | "wasm32")
-    })
-}
-
-/// The wasm entry of an image index, as a platform resolver.
-fn wasm_platform(entries: &[ImageIndexEntry]) -> Option<String> {
-    entries
-        .iter()
-        .find(|e| is_wasm_platform(e))
-        .map(|e| e.digest.clone())
 }
 
 fn platforms(entries: &[ImageIndexEntry]) -> Vec<String> {
@@ -116,11 +153,21 @@ fn platforms(entries: &[ImageIndexEntry]) -> Vec<String> {
         .collect()
 }
 
+pub(crate) fn no_wasm_platform(reference: &str, entries: &[ImageIndexEntry]) -> Error {
+    Error::NotWasm {
+        reference: reference.to_owned(),
+        found: format!(
+            "its index has no wasm platform, only {:?}",
+            platforms(entries)
+        ),
+    }
+}
+
 /// The wasm layer of `manifest`, or why it has none.
-fn wasm_layer<'m>(
+pub(crate) fn wasm_layer<'m>(
     reference: &str,
     manifest: &'m OciImageManifest,
-) -> Result<&'m oci_client::manifest::OciDescriptor> {
+) -> Result<&'m OciDescriptor> {
     manifest
         .layers
         .iter()
@@ -138,67 +185,62 @@ fn wasm_layer<'m>(
         })
 }
 
-fn parse(reference: &str) -> Result<Reference> {
-    reference.parse().map_err(|e| Error::InvalidReference {
-        reference: reference.to_owned(),
-        reason: format!("{e}"),
-    })
-}
-
-fn registry_error(e: impl std::fmt::Display) -> Error {
-    Error::Registry(e.to_string())
-}
-
-fn sha256(data: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(data)))
-}
-
-/// Writes `data` to `path` through a temporary file and a rename, so a crash never leaves
-/// a half-written file under the final name.
-async fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    tokio::fs::create_dir_all(dir)
-        .await
-        .map_err(io(format!("creating {}", dir.display())))?;
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    tokio::fs::write(&tmp, data)
-        .await
-        .map_err(io(format!("writing {}", tmp.display())))?;
-    tokio::fs::rename(&tmp, path)
-        .await
-        .map_err(io(format!("renaming to {}", path.display())))
-}
-
 impl Store {
-    /// Opens (creating) the store at `root`. Registries in `insecure_registries`
-    /// (`host:port`) are reached over plain HTTP; all others over HTTPS.
+    /// Opens (creating) the store at `root` with default limits. Registries in
+    /// `insecure_registries` (`host:port`) are reached over plain HTTP; all others over
+    /// HTTPS.
     ///
     /// # Errors
     /// [`Error::Io`] when the directory cannot be created.
     pub fn open(root: &Path, insecure_registries: &[String]) -> Result<Self> {
-        std::fs::create_dir_all(root.join("blobs/sha256"))
-            .map_err(io(format!("creating {}", root.display())))?;
-        std::fs::create_dir_all(root.join("refs"))
-            .map_err(io(format!("creating {}", root.display())))?;
-        // Temporary files of writes a crash interrupted never became entries: drop them.
-        for dir in ["blobs/sha256", "refs"] {
+        Self::open_with(
+            root,
+            StoreConfig {
+                insecure_registries: insecure_registries.to_vec(),
+                ..StoreConfig::default()
+            },
+        )
+    }
+
+    /// Opens (creating) the store at `root` with `config`. Interrupted downloads are
+    /// dropped; records of the earlier naming scheme (the reference with `/`, `:`, `@`
+    /// and `_` all written `_`) are migrated to their reference's own name.
+    ///
+    /// # Errors
+    /// [`Error::Io`] when the directory cannot be created.
+    pub fn open_with(root: &Path, config: StoreConfig) -> Result<Self> {
+        for dir in ["blobs/sha256", "refs", "tmp"] {
+            std::fs::create_dir_all(root.join(dir))
+                .map_err(io(format!("creating {}", root.join(dir).display())))?;
+        }
+        // Temporary files of writes a crash interrupted never became entries: drop them
+        // (`tmp/`, and the `.tmp` names of earlier versions).
+        for dir in ["tmp", "blobs/sha256", "refs"] {
             if let Ok(entries) = std::fs::read_dir(root.join(dir)) {
                 for entry in entries.flatten() {
                     let name = entry.file_name();
-                    if name.to_string_lossy().contains(".tmp") {
+                    if dir == "tmp" || name.to_string_lossy().contains(".tmp") {
                         let _ = std::fs::remove_file(entry.path());
                     }
                 }
             }
         }
-        Ok(Self {
+        let store = Self {
             root: root.to_owned(),
-            insecure_registries: insecure_registries.to_vec(),
+            config,
             clients: std::sync::Mutex::default(),
             pulls: Mutex::default(),
             manifest_requests: AtomicU64::new(0),
             downloads: AtomicU64::new(0),
-        })
+        };
+        store.migrate_records();
+        Ok(store)
+    }
+
+    /// The store's settings.
+    #[must_use]
+    pub fn config(&self) -> &StoreConfig {
+        &self.config
     }
 
     /// Registry requests so far.
@@ -210,60 +252,38 @@ impl Store {
         }
     }
 
-    fn client(&self, auth: &RegistryAuth) -> Client {
+    fn client(&self, auth: &RegistryAuth) -> Result<Client> {
         let key = credential_id(auth);
-        self.clients
+        let mut clients = self
+            .clients
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .entry(key)
-            .or_insert_with(|| client(&self.insecure_registries))
-            .clone()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(client) = clients.get(&key) {
+            return Ok(client.clone());
+        }
+        let client = registry::client(&self.config.insecure_registries, self.config.timeouts())?;
+        clients.insert(key, client.clone());
+        Ok(client)
     }
 
-    fn blob_path(&self, digest: &str) -> PathBuf {
-        let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
-        self.root.join("blobs/sha256").join(hex)
+    pub(crate) fn blob_path(&self, digest: &Digest) -> PathBuf {
+        self.root.join("blobs").join(digest.relative_path())
     }
 
-    fn ref_path(&self, reference: &Reference) -> PathBuf {
-        let name: String = reference
-            .whole()
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        self.root.join("refs").join(format!("{name}.json"))
-    }
-
-    /// What `reference` resolved to when last pulled, if its content is still present.
-    ///
-    /// # Errors
-    /// [`Error::InvalidReference`] when the reference does not parse.
-    pub async fn cached(&self, reference: &str) -> Result<Option<Image>> {
-        let parsed = parse(reference)?;
-        let Ok(json) = tokio::fs::read(self.ref_path(&parsed)).await else {
-            return Ok(None);
-        };
-        let Ok(image) = serde_json::from_slice::<Image>(&json) else {
-            return Ok(None);
-        };
-        let present = tokio::fs::try_exists(self.blob_path(&image.module_digest))
-            .await
-            .unwrap_or(false);
-        Ok(present.then_some(image))
+    pub(crate) fn tmp_dir(&self) -> PathBuf {
+        self.root.join("tmp")
     }
 
     /// Resolves `reference` at the registry and downloads its wasm layer unless the store
-    /// already holds that digest, and says whether it downloaded. Concurrent pulls of one reference share one download.
+    /// already holds that digest, and says whether it downloaded. Concurrent pulls of one
+    /// reference share one download. The whole pull is bounded by
+    /// [`StoreConfig::pull_timeout`].
     ///
     /// # Errors
     /// [`Error::InvalidReference`], [`Error::Registry`] (unreachable, unauthorized, not
-    /// found), [`Error::NotWasm`], [`Error::DigestMismatch`], [`Error::Io`].
+    /// found), [`Error::NotWasm`], [`Error::InvalidDigest`], [`Error::TooLarge`],
+    /// [`Error::SizeMismatch`], [`Error::DigestMismatch`], [`Error::Timeout`],
+    /// [`Error::Io`].
     pub async fn pull(&self, reference: &str, auth: &RegistryAuth) -> Result<(Image, bool)> {
         let parsed = parse(reference)?;
         let lock = self
@@ -274,12 +294,40 @@ impl Store {
             .or_default()
             .clone();
         let _guard = lock.lock().await;
-        self.manifest_requests.fetch_add(1, Ordering::Relaxed);
-        let client = self.client(auth);
-        let (manifest, manifest_digest) = client
-            .pull_manifest(&parsed, auth)
+        let bound = self.config.pull_timeout;
+        tokio::time::timeout(bound, self.pull_locked(reference, &parsed, auth))
             .await
-            .map_err(registry_error)?;
+            .map_err(|_| Error::Timeout {
+                what: format!("pulling {reference}"),
+                after: bound,
+            })?
+    }
+
+    async fn manifest(
+        &self,
+        client: &Client,
+        reference: &Reference,
+        auth: &RegistryAuth,
+    ) -> Result<(OciManifest, Digest)> {
+        self.manifest_requests.fetch_add(1, Ordering::Relaxed);
+        registry::manifest(
+            client,
+            reference,
+            auth,
+            self.config.max_manifest_size,
+            self.config.manifest_timeout,
+        )
+        .await
+    }
+
+    async fn pull_locked(
+        &self,
+        reference: &str,
+        parsed: &Reference,
+        auth: &RegistryAuth,
+    ) -> Result<(Image, bool)> {
+        let client = self.client(auth)?;
+        let (manifest, manifest_digest) = self.manifest(&client, parsed, auth).await?;
         let manifest = match manifest {
             OciManifest::Image(m) => m,
             OciManifest::ImageIndex(index) => {
@@ -289,20 +337,15 @@ impl Store {
                     .manifests
                     .iter()
                     .find(|e| is_wasm_platform(e))
-                    .ok_or_else(|| Error::NotWasm {
-                        reference: reference.to_owned(),
-                        found: format!(
-                            "its index has no wasm platform, only {:?}",
-                            platforms(&index.manifests)
-                        ),
-                    })?;
-                let by_digest = parsed.clone_with_digest(entry.digest.clone());
-                self.manifest_requests.fetch_add(1, Ordering::Relaxed);
-                match client
-                    .pull_manifest(&by_digest, auth)
-                    .await
-                    .map_err(registry_error)?
-                {
+                    .ok_or_else(|| no_wasm_platform(reference, &index.manifests))?;
+                let digest = Digest::parse(&entry.digest)?;
+                declared_size(
+                    &format!("the wasm manifest {digest} of {reference}"),
+                    entry.size,
+                    self.config.max_manifest_size,
+                )?;
+                let by_digest = parsed.clone_with_digest(digest.to_string());
+                match self.manifest(&client, &by_digest, auth).await? {
                     (OciManifest::Image(m), _) => m,
                     (OciManifest::ImageIndex(_), _) => {
                         return Err(Error::Registry(format!(
@@ -313,21 +356,25 @@ impl Store {
             }
         };
         let layer = wasm_layer(reference, &manifest)?;
-        let path = self.blob_path(&layer.digest);
+        let module_digest = Digest::parse(&layer.digest)?;
+        let size = declared_size(
+            &format!("layer {module_digest} of {reference}"),
+            layer.size,
+            self.config.max_blob_size,
+        )?;
+        let path = self.blob_path(&module_digest);
         let downloaded = !tokio::fs::try_exists(&path).await.unwrap_or(false);
         if downloaded {
             self.downloads.fetch_add(1, Ordering::Relaxed);
-            let mut data = Vec::with_capacity(usize::try_from(layer.size).unwrap_or(0));
-            client
-                .pull_blob(&parsed, layer, &mut data)
-                .await
-                .map_err(registry_error)?;
-            if sha256(&data) != layer.digest {
-                return Err(Error::DigestMismatch {
-                    digest: layer.digest.clone(),
-                });
-            }
-            write_atomic(&path, &data).await?;
+            registry::download(
+                &client,
+                parsed,
+                &module_digest,
+                size,
+                &self.tmp_dir(),
+                &path,
+            )
+            .await?;
         }
         let image_id = format!(
             "{}/{}@{}",
@@ -356,46 +403,24 @@ impl Store {
         let image = Image {
             reference: parsed.whole(),
             image_id,
-            module_digest: layer.digest.clone(),
-            size: u64::try_from(layer.size).unwrap_or(0),
+            module_digest,
+            size,
             credentials,
         };
-        self.record(&parsed, &image).await?;
+        self.record(parsed, &image).await?;
         Ok((image, downloaded))
-    }
-
-    /// Every image the store holds: the last record of each reference whose content is
-    /// present.
-    pub async fn images(&self) -> Vec<Image> {
-        let mut out = Vec::new();
-        let Ok(mut dir) = tokio::fs::read_dir(self.root.join("refs")).await else {
-            return out;
-        };
-        while let Ok(Some(entry)) = dir.next_entry().await {
-            if entry.path().extension().is_none_or(|e| e != "json") {
-                continue;
-            }
-            let Ok(json) = tokio::fs::read(entry.path()).await else {
-                continue;
-            };
-            if let Ok(image) = serde_json::from_slice::<Image>(&json)
-                && tokio::fs::try_exists(self.blob_path(&image.module_digest))
-                    .await
-                    .unwrap_or(false)
-            {
-                out.push(image);
-            }
-        }
-        out
     }
 
     /// Bytes of content the store holds.
     pub async fn usage(&self) -> u64 {
         let mut total = 0;
-        if let Ok(mut dir) = tokio::fs::read_dir(self.root.join("blobs/sha256")).await {
-            while let Ok(Some(entry)) = dir.next_entry().await {
-                if let Ok(meta) = entry.metadata().await {
-                    total += meta.len();
+        for algorithm in Algorithm::ALL {
+            let dir = self.root.join("blobs").join(algorithm.name());
+            if let Ok(mut dir) = tokio::fs::read_dir(dir).await {
+                while let Ok(Some(entry)) = dir.next_entry().await {
+                    if let Ok(meta) = entry.metadata().await {
+                        total += meta.len();
+                    }
                 }
             }
         }
@@ -406,10 +431,12 @@ impl Store {
     /// bytes freed.
     ///
     /// # Errors
-    /// [`Error::Io`] when a file cannot be removed.
+    /// [`Error::InvalidDigest`] when `module_digest` is not a digest (nothing is
+    /// removed), [`Error::Io`] when a file cannot be removed.
     pub async fn remove(&self, module_digest: &str) -> Result<u64> {
+        let digest = Digest::parse(module_digest)?;
         for image in self.images().await {
-            if image.module_digest == module_digest {
+            if image.module_digest == digest {
                 let path = self.ref_path(&parse(&image.reference)?);
                 match tokio::fs::remove_file(&path).await {
                     Ok(()) => {}
@@ -418,7 +445,7 @@ impl Store {
                 }
             }
         }
-        let blob = self.blob_path(module_digest);
+        let blob = self.blob_path(&digest);
         let size = tokio::fs::metadata(&blob).await.map_or(0, |m| m.len());
         match tokio::fs::remove_file(&blob).await {
             Ok(()) => Ok(size),
@@ -427,339 +454,26 @@ impl Store {
         }
     }
 
-    /// Imports every image of the OCI image layout at `dir` whose index entry names a
-    /// full reference (annotation `org.opencontainers.image.ref.name` or
-    /// `io.containerd.image.name`, e.g. `registry.example/app:v1`), so that it runs
-    /// without a registry (`imagePullPolicy: Never` or `IfNotPresent`). Entries named by
-    /// a bare tag are skipped with a warning. Content is verified against its digest.
-    ///
-    /// # Errors
-    /// [`Error::Io`] when `index.json` cannot be read, [`Error::Registry`] when it does
-    /// not parse; a bad entry is an error too ([`Error::NotWasm`], [`Error::DigestMismatch`]).
-    pub async fn import_layout(&self, dir: &Path) -> Result<Vec<Image>> {
-        let read_blob = |digest: &str| read_layout_blob(dir, digest.to_owned());
-        let index_path = dir.join("index.json");
-        let index = tokio::fs::read(&index_path)
-            .await
-            .map_err(io(format!("reading {}", index_path.display())))?;
-        let index: oci_client::manifest::OciImageIndex = serde_json::from_slice(&index)
-            .map_err(|e| Error::Registry(format!("{}: {e}", index_path.display())))?;
-        let mut imported = Vec::new();
-        for entry in &index.manifests {
-            let annotations = entry.annotations.clone().unwrap_or_default();
-            let Some(name) = [
-                "io.containerd.image.name",
-                "org.opencontainers.image.ref.name",
-            ]
-            .iter()
-            .find_map(|k| annotations.get(*k))
-            .filter(|n| n.contains('/')) else {
-                tracing::warn!(digest = %entry.digest, "layout entry without a full reference name; skipped");
-                continue;
-            };
-            let parsed = parse(name)?;
-            let mut manifest: OciManifest =
-                serde_json::from_slice(&read_blob(&entry.digest).await?)
-                    .map_err(|e| Error::Registry(format!("{name}: {e}")))?;
-            if let OciManifest::ImageIndex(inner) = &manifest {
-                let wasm = wasm_platform(&inner.manifests).ok_or_else(|| Error::NotWasm {
-                    reference: name.clone(),
-                    found: format!(
-                        "its index has no wasm platform, only {:?}",
-                        platforms(&inner.manifests)
-                    ),
-                })?;
-                manifest = serde_json::from_slice(&read_blob(&wasm).await?)
-                    .map_err(|e| Error::Registry(format!("{name}: {e}")))?;
-            }
-            let OciManifest::Image(manifest) = manifest else {
-                return Err(Error::Registry(format!("{name}: nested image indexes")));
-            };
-            let layer = wasm_layer(name, &manifest)?;
-            let data = read_blob(&layer.digest).await?;
-            write_atomic(&self.blob_path(&layer.digest), &data).await?;
-            let image = Image {
-                reference: parsed.whole(),
-                image_id: format!(
-                    "{}/{}@{}",
-                    parsed.resolve_registry(),
-                    parsed.repository(),
-                    entry.digest
-                ),
-                module_digest: layer.digest.clone(),
-                size: data.len() as u64,
-                credentials: Vec::new(),
-            };
-            self.record(&parsed, &image).await?;
-            imported.push(image);
-        }
-        Ok(imported)
-    }
-
-    async fn record(&self, reference: &Reference, image: &Image) -> Result<()> {
-        let json = serde_json::to_vec(image).map_err(|e| Error::Io {
-            what: "encoding image record".into(),
-            source: std::io::Error::other(e),
-        })?;
-        write_atomic(&self.ref_path(reference), &json).await
-    }
-
     /// The module bytes with `digest` (an [`Image::module_digest`]), verified against their digest.
     ///
     /// # Errors
-    /// [`Error::Io`] when the blob is missing, [`Error::DigestMismatch`] when it is corrupt.
+    /// [`Error::InvalidDigest`] when `digest` is not a digest, [`Error::Io`] when the
+    /// blob is missing, [`Error::DigestMismatch`] when it is corrupt.
     pub async fn module(&self, digest: &str) -> Result<Arc<[u8]>> {
-        let path = self.blob_path(digest);
+        let digest = Digest::parse(digest)?;
+        let path = self.blob_path(&digest);
         let data = tokio::fs::read(&path)
             .await
             .map_err(io(format!("reading {}", path.display())))?;
-        if sha256(&data) != digest {
+        if Digest::of(digest.algorithm(), &data) != digest {
             return Err(Error::DigestMismatch {
-                digest: digest.to_owned(),
+                digest: digest.to_string(),
             });
         }
         Ok(data.into())
     }
 }
 
-/// A blob of an OCI image layout, verified against its digest.
-async fn read_layout_blob(dir: &Path, digest: String) -> Result<Vec<u8>> {
-    let path = dir
-        .join("blobs/sha256")
-        .join(digest.strip_prefix("sha256:").unwrap_or(&digest));
-    let data = tokio::fs::read(&path)
-        .await
-        .map_err(io(format!("reading {}", path.display())))?;
-    if sha256(&data) == digest {
-        Ok(data)
-    } else {
-        Err(Error::DigestMismatch { digest })
-    }
-}
-
-/// The media types a wasm file is published with.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PushFormat {
-    /// Media type of the one layer.
-    pub layer_media_type: String,
-    /// Media type of the config blob.
-    pub config_media_type: String,
-}
-
-impl PushFormat {
-    /// The CNCF Wasm OCI artifact layout (config `application/vnd.wasm.config.v0+json`,
-    /// layer `application/wasm`), as `wkg`, `oras` and this project push.
-    #[must_use]
-    pub fn cncf() -> Self {
-        Self {
-            layer_media_type: "application/wasm".to_owned(),
-            config_media_type: WASM_CONFIG_TYPE.to_owned(),
-        }
-    }
-
-    /// The older layout of `wasm-to-oci` and the original Krustlet (layer
-    /// `application/vnd.wasm.content.layer.v1+wasm`).
-    #[must_use]
-    pub fn wasm_to_oci() -> Self {
-        Self {
-            layer_media_type: "application/vnd.wasm.content.layer.v1+wasm".to_owned(),
-            config_media_type: "application/vnd.wasm.config.v1+json".to_owned(),
-        }
-    }
-}
-
-/// Publishes `wasm` as a CNCF Wasm OCI artifact (config
-/// `application/vnd.wasm.config.v0+json`, one `application/wasm` layer) and returns the
-/// manifest's URL.
-///
-/// # Errors
-/// [`Error::InvalidReference`] or [`Error::Registry`].
-pub async fn push(
-    wasm: Vec<u8>,
-    reference: &str,
-    auth: &RegistryAuth,
-    insecure_registries: &[String],
-) -> Result<String> {
-    push_as(
-        wasm,
-        reference,
-        auth,
-        insecure_registries,
-        &PushFormat::cncf(),
-    )
-    .await
-}
-
-/// Publishes `wasm` in `format` and returns the manifest's URL.
-///
-/// # Errors
-/// [`Error::InvalidReference`] or [`Error::Registry`].
-pub async fn push_as(
-    wasm: Vec<u8>,
-    reference: &str,
-    auth: &RegistryAuth,
-    insecure_registries: &[String],
-    format: &PushFormat,
-) -> Result<String> {
-    let parsed = parse(reference)?;
-    let layer_digest = sha256(&wasm);
-    let config = serde_json::json!({
-        "created": chrono::Utc::now().to_rfc3339(),
-        "architecture": "wasm",
-        "os": "wasip1",
-        "layerDigests": [layer_digest],
-    });
-    let config = Config::new(
-        config.to_string().into_bytes(),
-        format.config_media_type.clone(),
-        None,
-    );
-    let layer = ImageLayer::new(wasm, format.layer_media_type.clone(), None);
-    let response = client(insecure_registries)
-        .push(&parsed, &[layer], config, auth, None)
-        .await
-        .map_err(registry_error)?;
-    Ok(response.manifest_url)
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// An empty store (and the directory it lives in, removed on drop).
-    fn store() -> (tempfile::TempDir, Store) {
-        // The registry client needs a TLS provider even when it never connects.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let root = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(root.path(), &[]).expect("store");
-        (root, store)
-    }
-
-    /// Writes `data` as a blob of the layout at `dir`; returns its descriptor fields.
-    fn blob(dir: &Path, data: &[u8]) -> (String, usize) {
-        let digest = sha256(data);
-        let path = dir.join("blobs/sha256").join(&digest[7..]);
-        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
-        std::fs::write(path, data).expect("write");
-        (digest, data.len())
-    }
-
-    fn manifest(dir: &Path, wasm: &[u8], layer_type: &str) -> (String, usize) {
-        let (config, config_size) = blob(dir, b"{}");
-        let (layer, layer_size) = blob(dir, wasm);
-        let manifest = serde_json::json!({
-            "schemaVersion": 2,
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "config": { "mediaType": WASM_CONFIG_TYPE, "digest": config, "size": config_size },
-            "layers": [{ "mediaType": layer_type, "digest": layer, "size": layer_size }]
-        });
-        blob(dir, manifest.to_string().as_bytes())
-    }
-
-    #[tokio::test]
-    async fn an_image_layout_imports_and_the_store_lists_measures_and_removes() {
-        let layout = tempfile::tempdir().expect("tempdir");
-        let wasm = b"\0asm\x01\0\0\0".to_vec();
-        let (app, app_size) = manifest(layout.path(), &wasm, "application/wasm");
-        let (container, container_size) = manifest(
-            layout.path(),
-            b"not wasm",
-            "application/vnd.oci.image.layer.v1.tar+gzip",
-        );
-        // A multi-platform index whose wasm entry is `app`.
-        let multi = serde_json::json!({
-            "schemaVersion": 2,
-            "mediaType": "application/vnd.oci.image.index.v1+json",
-            "manifests": [
-                { "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": container,
-                  "size": container_size, "platform": { "os": "linux", "architecture": "amd64" } },
-                { "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": app,
-                  "size": app_size, "platform": { "os": "wasip1", "architecture": "wasm" } }
-            ]
-        });
-        let (multi, multi_size) = blob(layout.path(), multi.to_string().as_bytes());
-        let entry = |digest: &str, size: usize, media: &str, name: &str| {
-            serde_json::json!({ "mediaType": media, "digest": digest, "size": size,
-                "annotations": { "org.opencontainers.image.ref.name": name } })
-        };
-        let index = serde_json::json!({
-            "schemaVersion": 2,
-            "manifests": [
-                entry(&app, app_size, "application/vnd.oci.image.manifest.v1+json", "example.com/app:v1"),
-                entry(&multi, multi_size, "application/vnd.oci.image.index.v1+json", "example.com/multi:v1"),
-                entry(&app, app_size, "application/vnd.oci.image.manifest.v1+json", "v1"),
-            ]
-        });
-        std::fs::write(layout.path().join("index.json"), index.to_string()).expect("index");
-
-        let store = store();
-        let store = &store.1;
-        let imported = store.import_layout(layout.path()).await.expect("import");
-        let names: Vec<&str> = imported.iter().map(|i| i.reference.as_str()).collect();
-        assert_eq!(names, ["example.com/app:v1", "example.com/multi:v1"]);
-        assert_eq!(imported[0].image_id, format!("example.com/app@{app}"));
-        assert_eq!(imported[1].image_id, format!("example.com/multi@{multi}"));
-        assert_eq!(imported[1].module_digest, sha256(&wasm));
-        let cached = store.cached("example.com/multi:v1").await.expect("cached");
-        assert_eq!(cached.map(|i| i.module_digest), Some(sha256(&wasm)));
-        assert_eq!(
-            store.module(&sha256(&wasm)).await.expect("module").as_ref(),
-            wasm.as_slice()
-        );
-        assert_eq!(store.images().await.len(), 2);
-        assert_eq!(store.usage().await, wasm.len() as u64);
-
-        assert_eq!(
-            store.remove(&sha256(&wasm)).await.expect("remove"),
-            wasm.len() as u64
-        );
-        assert!(store.images().await.is_empty());
-        assert_eq!(store.usage().await, 0);
-        assert!(
-            store
-                .cached("example.com/app:v1")
-                .await
-                .expect("cached")
-                .is_none()
-        );
-    }
-
-    #[test]
-    fn a_write_a_crash_interrupted_is_dropped_when_the_store_opens() {
-        let root = tempfile::tempdir().expect("tempdir");
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        drop(Store::open(root.path(), &[]).expect("store"));
-        let torn = root.path().join("blobs/sha256/abc.tmp42");
-        std::fs::write(&torn, b"half").expect("write");
-        let kept = root.path().join("blobs/sha256/def");
-        std::fs::write(&kept, b"whole").expect("write");
-        drop(Store::open(root.path(), &[]).expect("store"));
-        assert!(!torn.exists());
-        assert!(kept.exists());
-    }
-
-    #[tokio::test]
-    async fn a_layout_entry_that_is_not_wasm_is_refused() {
-        let layout = tempfile::tempdir().expect("tempdir");
-        let (container, size) = manifest(
-            layout.path(),
-            b"layer",
-            "application/vnd.oci.image.layer.v1.tar+gzip",
-        );
-        let index = serde_json::json!({ "schemaVersion": 2, "manifests": [
-            { "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": container, "size": size,
-              "annotations": { "org.opencontainers.image.ref.name": "example.com/nginx:1" } }
-        ]});
-        std::fs::write(layout.path().join("index.json"), index.to_string()).expect("index");
-        let store = store();
-        let store = &store.1;
-        let err = store
-            .import_layout(layout.path())
-            .await
-            .expect_err("not wasm");
-        assert!(
-            err.to_string().contains("is not a wasm artifact: its layers are [\"application/vnd.oci.image.layer.v1.tar+gzip\"]"),
-            "{err}"
-        );
-    }
-}
+#[path = "store_tests.rs"]
+mod tests;

@@ -1,0 +1,324 @@
+//! The registry side of a pull: a client with timeouts, manifests read with a size cap,
+//! blobs streamed to a temporary file while they are counted and hashed.
+
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::manifest::{
+    IMAGE_MANIFEST_LIST_MEDIA_TYPE, IMAGE_MANIFEST_MEDIA_TYPE, ImageIndexEntry,
+    OCI_IMAGE_INDEX_MEDIA_TYPE, OCI_IMAGE_MEDIA_TYPE, OciManifest,
+};
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference};
+use tokio::io::AsyncWrite;
+
+use crate::digest::{Digest, Hasher};
+use crate::{Error, Result, io};
+
+/// Media types a manifest request accepts.
+const MANIFEST_TYPES: &[&str] = &[
+    OCI_IMAGE_MEDIA_TYPE,
+    OCI_IMAGE_INDEX_MEDIA_TYPE,
+    IMAGE_MANIFEST_MEDIA_TYPE,
+    IMAGE_MANIFEST_LIST_MEDIA_TYPE,
+];
+
+/// The time bounds of registry requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Timeouts {
+    pub connect: Duration,
+    pub read: Duration,
+}
+
+/// A registry client that reaches `insecure_registries` over plain HTTP and gives up on
+/// a connection after `timeouts.connect` and on a response that sends nothing for
+/// `timeouts.read`.
+pub(crate) fn client(insecure_registries: &[String], timeouts: Timeouts) -> Result<Client> {
+    // `Client::new` would fall back to a client without timeouts on a bad config.
+    Client::try_from(ClientConfig {
+        protocol: ClientProtocol::HttpsExcept(insecure_registries.to_vec()),
+        platform_resolver: Some(Box::new(wasm_platform)),
+        connect_timeout: Some(timeouts.connect),
+        read_timeout: Some(timeouts.read),
+        ..ClientConfig::default()
+    })
+    .map_err(registry_error)
+}
+
+/// Whether an image index entry is for wasm: OS `wasip1`, `wasip2` or `wasi`, or
+/// architecture `wasm` (the platforms `docker buildx`, `oras` and `wkg` write).
+pub(crate) fn is_wasm_platform(entry: &ImageIndexEntry) -> bool {
+    entry.platform.as_ref().is_some_and(|p| {
+        matches!(p.os.to_string().as_str(), "wasip1" | "wasip2" | "wasi")
+            || matches!(p.architecture.to_string().as_str(), "wasm" | "wasm32")
+    })
+}
+
+/// The wasm entry of an image index, as a platform resolver.
+pub(crate) fn wasm_platform(entries: &[ImageIndexEntry]) -> Option<String> {
+    entries
+        .iter()
+        .find(|e| is_wasm_platform(e))
+        .map(|e| e.digest.clone())
+}
+
+pub(crate) fn parse(reference: &str) -> Result<Reference> {
+    let parsed: Reference = reference.parse().map_err(|e| Error::InvalidReference {
+        reference: reference.to_owned(),
+        reason: format!("{e}"),
+    })?;
+    if let Some(digest) = parsed.digest() {
+        Digest::parse(digest)?;
+    }
+    Ok(parsed)
+}
+
+/// The error and its causes, `: `-separated (the client's own message often hides the
+/// cause, such as a timeout).
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+pub(crate) fn registry_error(e: oci_client::errors::OciDistributionError) -> Error {
+    Error::Registry(chain(&e))
+}
+
+/// A declared size (`i64` in descriptors) checked against `limit` before anything is
+/// fetched.
+pub(crate) fn declared_size(what: &str, size: i64, limit: u64) -> Result<u64> {
+    let Ok(size) = u64::try_from(size) else {
+        return Err(Error::Registry(format!(
+            "{what} declares a negative size ({size})"
+        )));
+    };
+    if size > limit {
+        return Err(Error::TooLarge {
+            what: format!("{what} (declared {size} bytes)"),
+            limit,
+        });
+    }
+    Ok(size)
+}
+
+/// Parses a manifest body of at most `limit` bytes.
+pub(crate) fn parse_manifest(what: &str, body: &[u8], limit: u64) -> Result<OciManifest> {
+    if body.len() as u64 > limit {
+        return Err(Error::TooLarge {
+            what: format!("the manifest of {what} ({} bytes)", body.len()),
+            limit,
+        });
+    }
+    let manifest: OciManifest = serde_json::from_slice(body)
+        .map_err(|e| Error::Registry(format!("{what}: invalid manifest: {e}")))?;
+    let version = match &manifest {
+        OciManifest::Image(m) => m.schema_version,
+        OciManifest::ImageIndex(i) => i.schema_version,
+    };
+    if version != 2 {
+        return Err(Error::Registry(format!(
+            "{what}: unsupported manifest schema version {version}"
+        )));
+    }
+    Ok(manifest)
+}
+
+/// The manifest `reference` names and its digest, within `timeout` and `limit` bytes.
+///
+/// The client reads the body whole before the size is checked: a body with a
+/// `Content-Length` is read only that far, but a chunked one is bounded only by the read
+/// and overall timeouts.
+pub(crate) async fn manifest(
+    client: &Client,
+    reference: &Reference,
+    auth: &RegistryAuth,
+    limit: u64,
+    timeout: Duration,
+) -> Result<(OciManifest, Digest)> {
+    let whole = reference.whole();
+    let (body, digest) = tokio::time::timeout(
+        timeout,
+        client.pull_manifest_raw(reference, auth, MANIFEST_TYPES),
+    )
+    .await
+    .map_err(|_| Error::Timeout {
+        what: format!("fetching the manifest of {whole}"),
+        after: timeout,
+    })?
+    .map_err(registry_error)?;
+    let manifest = parse_manifest(&whole, &body, limit)?;
+    Ok((manifest, Digest::parse(&digest)?))
+}
+
+/// Distinguishes temporary files of concurrent writes within this process.
+static TEMP_SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// A file under the store's `tmp/`, removed when dropped unless [`TempFile::persist`]ed:
+/// a failed, cancelled or timed-out write leaves nothing behind.
+#[derive(Debug)]
+pub(crate) struct TempFile {
+    path: PathBuf,
+    keep: bool,
+}
+
+impl TempFile {
+    /// A fresh name in `dir` (created if missing), and the file created there.
+    pub(crate) async fn create(dir: &Path) -> Result<(Self, tokio::fs::File)> {
+        tokio::fs::create_dir_all(dir)
+            .await
+            .map_err(io(format!("creating {}", dir.display())))?;
+        let seq = TEMP_SEQ.fetch_add(1, Ordering::Relaxed);
+        let path = dir.join(format!("{}-{seq}.tmp", std::process::id()));
+        let file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .await
+            .map_err(io(format!("creating {}", path.display())))?;
+        Ok((Self { path, keep: false }, file))
+    }
+
+    /// Renames the file to `dest` (creating its directory) and keeps it.
+    pub(crate) async fn persist(mut self, dest: &Path) -> Result<()> {
+        if let Some(dir) = dest.parent() {
+            tokio::fs::create_dir_all(dir)
+                .await
+                .map_err(io(format!("creating {}", dir.display())))?;
+        }
+        tokio::fs::rename(&self.path, dest)
+            .await
+            .map_err(io(format!("renaming to {}", dest.display())))?;
+        self.keep = true;
+        Ok(())
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if !self.keep {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Where a blob's bytes go while they arrive: a file, counted and hashed; a write past
+/// `limit` bytes fails, which aborts the download.
+pub(crate) struct BlobSink {
+    file: tokio::fs::File,
+    hasher: Hasher,
+    written: u64,
+    limit: u64,
+    overflowed: bool,
+}
+
+impl BlobSink {
+    pub(crate) fn new(file: tokio::fs::File, digest: &Digest, limit: u64) -> Self {
+        Self {
+            file,
+            hasher: Hasher::new(digest.algorithm()),
+            written: 0,
+            limit,
+            overflowed: false,
+        }
+    }
+
+    /// Flushes the file to disk and checks the content: exactly `declared` bytes
+    /// hashing to `digest`.
+    pub(crate) async fn finish(self, what: &str, digest: &Digest, declared: u64) -> Result<()> {
+        if self.overflowed || self.written != declared {
+            return Err(Error::SizeMismatch {
+                what: what.to_owned(),
+                declared,
+            });
+        }
+        self.file
+            .sync_all()
+            .await
+            .map_err(io(format!("writing {what}")))?;
+        if self.hasher.finish() != *digest {
+            return Err(Error::DigestMismatch {
+                digest: digest.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    pub(crate) fn overflowed(&self) -> bool {
+        self.overflowed
+    }
+}
+
+impl AsyncWrite for BlobSink {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        if this.written.saturating_add(buf.len() as u64) > this.limit {
+            this.overflowed = true;
+            return Poll::Ready(Err(std::io::Error::other(
+                "more bytes than the blob's declared size",
+            )));
+        }
+        let result = Pin::new(&mut this.file).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = &result {
+            this.hasher.update(&buf[..*n]);
+            this.written += *n as u64;
+        }
+        result
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().file).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().file).poll_shutdown(cx)
+    }
+}
+
+/// Downloads blob `digest` of `reference` (declared `declared` bytes, already checked
+/// against the store's limit) to `dest`, through a temporary file in `tmp_dir`: never
+/// more than `declared` bytes are accepted, and the file becomes `dest` only when its
+/// size and digest are right.
+pub(crate) async fn download(
+    client: &Client,
+    reference: &Reference,
+    digest: &Digest,
+    declared: u64,
+    tmp_dir: &Path,
+    dest: &Path,
+) -> Result<()> {
+    let what = format!("layer {digest} of {}", reference.whole());
+    let (temp, file) = TempFile::create(tmp_dir).await?;
+    let mut sink = BlobSink::new(file, digest, declared);
+    // By digest alone: a descriptor's `urls` would send the client to other hosts.
+    let pulled = client
+        .pull_blob(reference, digest.as_str(), &mut sink)
+        .await;
+    if sink.overflowed() {
+        return Err(Error::SizeMismatch { what, declared });
+    }
+    pulled.map_err(|e| match e {
+        oci_client::errors::OciDistributionError::DigestError(_) => Error::DigestMismatch {
+            digest: digest.to_string(),
+        },
+        e => Error::Registry(format!("{what}: {}", chain(&e))),
+    })?;
+    sink.finish(&what, digest, declared).await?;
+    temp.persist(dest).await
+}

@@ -1,0 +1,393 @@
+//! A hostile OCI registry for tests: a small HTTP/1.1 server on loopback that speaks
+//! just enough of the distribution API (`/v2/`, manifests, blobs) to serve one malformed
+//! answer per repository `hostile/<attack>` (see [`Attack`]), plus one well-formed image
+//! (`hostile/good`) so a test can show the server itself works.
+//!
+//! Shared by the `oci` crate's unit tests (included with `#[path]`) and the end-to-end
+//! tests; it uses only `tokio`, `sha2` and `serde_json`.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sha2::Digest as _;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+
+/// The module `hostile/good` serves: the smallest valid wasm module.
+pub const GOOD_WASM: &[u8] = b"\0asm\x01\0\0\0";
+
+/// Size a manifest of [`Attack::HugeManifest`] has: over the distribution spec's 4 MiB.
+pub const HUGE_MANIFEST_SIZE: usize = 5 << 20;
+
+/// What the registry answers for `hostile/<name>:<any tag>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attack {
+    /// A well-formed wasm image (the control).
+    Good,
+    /// A layer digest `sha256:<relative path>` that climbs out of the store to a sentinel.
+    TraversalDigest,
+    /// A layer digest `sha256:<absolute path>` of the sentinel.
+    AbsoluteDigest,
+    /// An image index whose wasm entry has a climbing digest.
+    TraversalIndex,
+    /// A layer declaring 2^62 bytes (its blob, if ever asked for, is endless).
+    HugeDeclaredSize,
+    /// A layer declaring 100 bytes whose blob is 64 KiB (and hashes to its digest).
+    LargerThanDeclared,
+    /// A layer declaring 1000 bytes whose blob never ends.
+    EndlessBlob,
+    /// A manifest response that sends one byte and then nothing.
+    SlowLorisManifest,
+    /// A blob response that sends its headers and one byte and then nothing.
+    SlowLorisBlob,
+    /// A manifest that arrives one byte every 100 ms, forever: never silent for long.
+    TrickleManifest,
+    /// A well-formed manifest of [`HUGE_MANIFEST_SIZE`] bytes.
+    HugeManifest,
+    /// A layer of 8 bytes whose bytes do not hash to its digest (but have its size).
+    WrongDigest,
+}
+
+impl Attack {
+    /// Every malformed answer (not [`Attack::Good`]).
+    pub const HOSTILE: [Self; 11] = [
+        Self::TraversalDigest,
+        Self::AbsoluteDigest,
+        Self::TraversalIndex,
+        Self::HugeDeclaredSize,
+        Self::LargerThanDeclared,
+        Self::EndlessBlob,
+        Self::SlowLorisManifest,
+        Self::SlowLorisBlob,
+        Self::TrickleManifest,
+        Self::HugeManifest,
+        Self::WrongDigest,
+    ];
+
+    /// Its repository name under `hostile/`.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Good => "good",
+            Self::TraversalDigest => "traversal-digest",
+            Self::AbsoluteDigest => "absolute-digest",
+            Self::TraversalIndex => "traversal-index",
+            Self::HugeDeclaredSize => "huge-declared-size",
+            Self::LargerThanDeclared => "larger-than-declared",
+            Self::EndlessBlob => "endless-blob",
+            Self::SlowLorisManifest => "slow-loris-manifest",
+            Self::SlowLorisBlob => "slow-loris-blob",
+            Self::TrickleManifest => "trickle-manifest",
+            Self::HugeManifest => "huge-manifest",
+            Self::WrongDigest => "wrong-digest",
+        }
+    }
+
+    fn from_name(name: &str) -> Option<Self> {
+        std::iter::once(Self::Good)
+            .chain(Self::HOSTILE)
+            .find(|a| a.name() == name)
+    }
+}
+
+/// The running registry; stopped (with every connection) when dropped.
+#[derive(Debug)]
+pub struct HostileRegistry {
+    /// `127.0.0.1:<port>`, to list in `--insecure-registries`.
+    pub addr: String,
+    requests: Arc<Mutex<Vec<String>>>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for HostileRegistry {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+/// What the attacks that climb out of the store point at.
+#[derive(Debug, Clone)]
+struct Targets {
+    relative: String,
+    absolute: String,
+}
+
+impl HostileRegistry {
+    /// Starts the registry on `127.0.0.1:0`. The traversal attacks name `relative` (as
+    /// `sha256:<relative>`, e.g. `../../../sentinel` to climb from `blobs/sha256/` three
+    /// levels) and `absolute` (as `sha256:<absolute path>`).
+    ///
+    /// # Errors
+    /// When it cannot listen.
+    pub async fn start(relative: &str, absolute: &Path) -> std::io::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr: SocketAddr = listener.local_addr()?;
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let targets = Targets {
+            relative: relative.to_owned(),
+            absolute: absolute.display().to_string(),
+        };
+        let log = requests.clone();
+        let server = tokio::spawn(async move {
+            // Dropped with this task: every connection ends with the server.
+            let mut connections = JoinSet::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                while connections.try_join_next().is_some() {}
+                connections.spawn(serve(stream, targets.clone(), log.clone()));
+            }
+        });
+        Ok(Self {
+            addr: addr.to_string(),
+            requests,
+            server,
+        })
+    }
+
+    /// The image reference of `attack`: `<addr>/hostile/<name>:v1`.
+    #[must_use]
+    pub fn image(&self, attack: Attack) -> String {
+        format!("{}/hostile/{}:v1", self.addr, attack.name())
+    }
+
+    /// Every request so far, as `METHOD /path`.
+    #[must_use]
+    pub fn requests(&self) -> Vec<String> {
+        self.requests
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
+fn sha256(data: &[u8]) -> String {
+    let mut hex = String::with_capacity(71);
+    hex.push_str("sha256:");
+    for b in sha2::Sha256::digest(data) {
+        let _ = write!(hex, "{b:02x}");
+    }
+    hex
+}
+
+/// A blob of `len` bytes of `byte`.
+fn filler(len: usize, byte: u8) -> Vec<u8> {
+    vec![byte; len]
+}
+
+/// An image manifest with one `application/wasm` layer.
+fn image_manifest(layer_digest: &str, layer_size: i64, padding: usize) -> Vec<u8> {
+    let mut manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {
+            "mediaType": "application/vnd.wasm.config.v0+json",
+            "digest": sha256(b"{}"),
+            "size": 2
+        },
+        "layers": [{ "mediaType": "application/wasm", "digest": layer_digest, "size": layer_size }]
+    });
+    if padding > 0 {
+        manifest["annotations"] = serde_json::json!({ "padding": "x".repeat(padding) });
+    }
+    manifest.to_string().into_bytes()
+}
+
+fn index_manifest(entry_digest: &str) -> Vec<u8> {
+    serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": entry_digest,
+            "size": 500,
+            "platform": { "os": "wasip1", "architecture": "wasm" }
+        }]
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// The head of a request (up to the blank line), at most 64 KiB.
+async fn read_head(stream: &mut TcpStream) -> Option<String> {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = stream.read(&mut buf).await.ok()?;
+        if n == 0 || head.len() > 64 << 10 {
+            return None;
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8(head).ok()
+}
+
+async fn respond(stream: &mut TcpStream, status: &str, content_type: &str, body: &[u8]) {
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let _ = stream.write_all(head.as_bytes()).await;
+    let _ = stream.write_all(body).await;
+    let _ = stream.shutdown().await;
+}
+
+/// Keeps the connection open and silent until the client hangs up.
+async fn silence(stream: &mut TcpStream) {
+    let mut buf = [0u8; 1024];
+    while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {}
+}
+
+/// A chunked body of zeros that never ends (until the client hangs up).
+async fn endless(stream: &mut TcpStream, content_type: &str) {
+    let head = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    );
+    if stream.write_all(head.as_bytes()).await.is_err() {
+        return;
+    }
+    let chunk = filler(64 << 10, 0);
+    loop {
+        let size = format!("{:x}\r\n", chunk.len());
+        if stream.write_all(size.as_bytes()).await.is_err()
+            || stream.write_all(&chunk).await.is_err()
+            || stream.write_all(b"\r\n").await.is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// One byte of a chunked body every 100 ms, forever.
+async fn trickle(stream: &mut TcpStream, content_type: &str) {
+    let head = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    );
+    if stream.write_all(head.as_bytes()).await.is_err() {
+        return;
+    }
+    while stream.write_all(b"1\r\n \r\n").await.is_ok() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+const MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+const INDEX: &str = "application/vnd.oci.image.index.v1+json";
+const OCTETS: &str = "application/octet-stream";
+
+async fn serve(mut stream: TcpStream, targets: Targets, log: Arc<Mutex<Vec<String>>>) {
+    let Some(head) = read_head(&mut stream).await else {
+        return;
+    };
+    let mut words = head.split_whitespace();
+    let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+    log.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .push(format!("{method} {path}"));
+    if path == "/v2/" || path == "/v2" {
+        return respond(&mut stream, "200 OK", "application/json", b"{}").await;
+    }
+    let route = path
+        .strip_prefix("/v2/hostile/")
+        .and_then(|rest| rest.split_once('/'))
+        .and_then(|(name, rest)| Some((Attack::from_name(name)?, rest.split_once('/')?)));
+    let Some((attack, (kind, _reference))) = route else {
+        return respond(&mut stream, "404 Not Found", "application/json", b"{}").await;
+    };
+    let good = sha256(GOOD_WASM);
+    let good_size = GOOD_WASM.len() as i64;
+    let larger = filler(64 << 10, b'L');
+    match (attack, kind) {
+        (Attack::Good, "manifests") => {
+            respond(
+                &mut stream,
+                "200 OK",
+                MANIFEST,
+                &image_manifest(&good, good_size, 0),
+            )
+            .await;
+        }
+        (Attack::SlowLorisBlob, "manifests") => {
+            let body = image_manifest(&sha256(b"slow loris"), 10, 0);
+            respond(&mut stream, "200 OK", MANIFEST, &body).await;
+        }
+        (Attack::WrongDigest, "manifests") => {
+            let body = image_manifest(&sha256(b"expected"), 8, 0);
+            respond(&mut stream, "200 OK", MANIFEST, &body).await;
+        }
+        (Attack::Good, "blobs") => respond(&mut stream, "200 OK", OCTETS, GOOD_WASM).await,
+        (Attack::TraversalDigest, "manifests") => {
+            let digest = format!("sha256:{}", targets.relative);
+            respond(
+                &mut stream,
+                "200 OK",
+                MANIFEST,
+                &image_manifest(&digest, 8, 0),
+            )
+            .await;
+        }
+        (Attack::AbsoluteDigest, "manifests") => {
+            let digest = format!("sha256:{}", targets.absolute);
+            respond(
+                &mut stream,
+                "200 OK",
+                MANIFEST,
+                &image_manifest(&digest, 8, 0),
+            )
+            .await;
+        }
+        (Attack::TraversalIndex, "manifests") => {
+            let digest = format!("sha256:{}", targets.relative);
+            respond(&mut stream, "200 OK", INDEX, &index_manifest(&digest)).await;
+        }
+        (Attack::HugeDeclaredSize, "manifests") => {
+            let body = image_manifest(&sha256(b"huge"), 1 << 62, 0);
+            respond(&mut stream, "200 OK", MANIFEST, &body).await;
+        }
+        (Attack::LargerThanDeclared, "manifests") => {
+            respond(
+                &mut stream,
+                "200 OK",
+                MANIFEST,
+                &image_manifest(&sha256(&larger), 100, 0),
+            )
+            .await;
+        }
+        (Attack::LargerThanDeclared, "blobs") => {
+            respond(&mut stream, "200 OK", OCTETS, &larger).await;
+        }
+        (Attack::EndlessBlob, "manifests") => {
+            respond(
+                &mut stream,
+                "200 OK",
+                MANIFEST,
+                &image_manifest(&sha256(b"endless"), 1000, 0),
+            )
+            .await;
+        }
+        (Attack::HugeDeclaredSize | Attack::EndlessBlob, "blobs") => {
+            endless(&mut stream, OCTETS).await;
+        }
+        (Attack::SlowLorisManifest, "manifests") => {
+            let _ = stream.write_all(b"H").await;
+            silence(&mut stream).await;
+        }
+        (Attack::SlowLorisBlob, "blobs") => {
+            let head =
+                format!("HTTP/1.1 200 OK\r\nContent-Type: {OCTETS}\r\nContent-Length: 10\r\n\r\ns");
+            let _ = stream.write_all(head.as_bytes()).await;
+            silence(&mut stream).await;
+        }
+        (Attack::TrickleManifest, "manifests") => trickle(&mut stream, MANIFEST).await,
+        (Attack::HugeManifest, "manifests") => {
+            let body = image_manifest(&good, good_size, HUGE_MANIFEST_SIZE);
+            respond(&mut stream, "200 OK", MANIFEST, &body).await;
+        }
+        (Attack::WrongDigest, "blobs") => {
+            respond(&mut stream, "200 OK", OCTETS, b"unexpect").await;
+        }
+        _ => respond(&mut stream, "404 Not Found", "application/json", b"{}").await,
+    }
+}
