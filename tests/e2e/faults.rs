@@ -82,7 +82,7 @@ async fn a_full_data_dir_gives_disk_pressure_eviction_and_recovery() -> Result<(
             "--eviction-monitoring-interval",
             "500ms",
             "--eviction-pressure-transition-period",
-            "20s",
+            "60s",
         ],
         fs.0.clone(),
     )?;
@@ -120,7 +120,13 @@ async fn a_full_data_dir_gives_disk_pressure_eviction_and_recovery() -> Result<(
         node_condition(n, "DiskPressure").as_deref() == Some("True")
     })
     .await?;
-    create_fresh(&pods, &filler("diskfull-refused", name, &image, 1)).await?;
+    // Bound by `nodeName`: the scheduler keeps pods off the node while the controller
+    // manager's disk-pressure taint is on it, so only a direct binding reaches admission.
+    let mut refused = filler("diskfull-refused", name, &image, 1);
+    if let Some(spec) = refused.spec.as_mut() {
+        spec.node_name = Some(name.to_owned());
+    }
+    create_fresh(&pods, &refused).await?;
     let refused = wait_pod(&pods, "diskfull-refused", 60, "rejected", |p| {
         e2e::phase(p) == "Failed"
     })
@@ -133,7 +139,7 @@ async fn a_full_data_dir_gives_disk_pressure_eviction_and_recovery() -> Result<(
     );
     // The evicted pod's volumes are removed, so the disk frees and the pressure ends
     // after the transition period; the node stayed Ready and the agent alive.
-    wait_node(&nodes, name, 120, "DiskPressure over", |n| {
+    wait_node(&nodes, name, 180, "DiskPressure over", |n| {
         node_condition(n, "DiskPressure").as_deref() == Some("False")
             && node_condition(n, "Ready").as_deref() == Some("True")
     })

@@ -26,7 +26,9 @@ fn expected(attack: Attack) -> &'static str {
         Attack::EndlessBlob => "does not have its declared size of 1000 bytes",
         Attack::SlowLorisManifest | Attack::SlowLorisBlob => "timed out",
         Attack::TrickleManifest => "timed out after 60s",
-        Attack::HugeManifest => "is larger than the limit of 4194304 bytes",
+        Attack::HugeManifest | Attack::EndlessManifest => {
+            "is larger than the limit of 4194304 bytes"
+        }
         Attack::WrongDigest => "does not match its digest",
     }
 }

@@ -48,13 +48,16 @@ pub enum Attack {
     TrickleManifest,
     /// A well-formed manifest of [`HUGE_MANIFEST_SIZE`] bytes.
     HugeManifest,
+    /// A manifest that never ends, sent as fast as the connection takes it (chunked, no
+    /// length): read whole, it would fill the node's memory.
+    EndlessManifest,
     /// A layer of 8 bytes whose bytes do not hash to its digest (but have its size).
     WrongDigest,
 }
 
 impl Attack {
     /// Every malformed answer (not [`Attack::Good`]).
-    pub const HOSTILE: [Self; 11] = [
+    pub const HOSTILE: [Self; 12] = [
         Self::TraversalDigest,
         Self::AbsoluteDigest,
         Self::TraversalIndex,
@@ -65,6 +68,7 @@ impl Attack {
         Self::SlowLorisBlob,
         Self::TrickleManifest,
         Self::HugeManifest,
+        Self::EndlessManifest,
         Self::WrongDigest,
     ];
 
@@ -83,6 +87,7 @@ impl Attack {
             Self::SlowLorisBlob => "slow-loris-blob",
             Self::TrickleManifest => "trickle-manifest",
             Self::HugeManifest => "huge-manifest",
+            Self::EndlessManifest => "endless-manifest",
             Self::WrongDigest => "wrong-digest",
         }
     }
@@ -385,6 +390,7 @@ async fn serve(mut stream: TcpStream, targets: Targets, log: Arc<Mutex<Vec<Strin
             let body = image_manifest(&good, good_size, HUGE_MANIFEST_SIZE);
             respond(&mut stream, "200 OK", MANIFEST, &body).await;
         }
+        (Attack::EndlessManifest, "manifests") => endless(&mut stream, MANIFEST).await,
         (Attack::WrongDigest, "blobs") => {
             respond(&mut stream, "200 OK", OCTETS, b"unexpect").await;
         }

@@ -244,6 +244,23 @@ async fn a_manifest_over_4_mib_is_refused() {
 }
 
 #[tokio::test]
+async fn a_manifest_that_never_ends_is_cut_off_at_4_mib() {
+    // Sent as fast as the connection takes it: oci-client would read it whole (memory
+    // without bound until the 60 s timeout); the store reads it chunk by chunk.
+    let started = std::time::Instant::now();
+    let (err, _f) = refused(Attack::EndlessManifest).await;
+    assert!(
+        matches!(err, Error::TooLarge { limit, .. } if limit == 4 << 20),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "cut off only after {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
 async fn a_blob_that_does_not_match_its_digest_is_refused() {
     let (err, _f) = refused(Attack::WrongDigest).await;
     assert!(matches!(err, Error::DigestMismatch { .. }), "{err}");

@@ -138,29 +138,146 @@ pub(crate) fn parse_manifest(what: &str, body: &[u8], limit: u64) -> Result<OciM
 
 /// The manifest `reference` names and its digest, within `timeout` and `limit` bytes.
 ///
-/// The client reads the body whole before the size is checked: a body with a
-/// `Content-Length` is read only that far, but a chunked one is bounded only by the read
-/// and overall timeouts.
+/// oci-client reads a manifest body whole before anything can check its size, so the
+/// request is made here with the client's credentials (its `auth` does the token dance)
+/// and the body read chunk by chunk: past `limit` bytes the request is dropped. An error
+/// body is read up to [`ERROR_BODY_LIMIT`].
 pub(crate) async fn manifest(
     client: &Client,
+    http: &reqwest::Client,
+    insecure_registries: &[String],
     reference: &Reference,
     auth: &RegistryAuth,
-    limit: u64,
-    timeout: Duration,
+    (limit, timeout): (u64, Duration),
 ) -> Result<(OciManifest, Digest)> {
     let whole = reference.whole();
-    let (body, digest) = tokio::time::timeout(
+    let (body, header) = tokio::time::timeout(
         timeout,
-        client.pull_manifest_raw(reference, auth, MANIFEST_TYPES),
+        fetch_manifest(client, http, insecure_registries, reference, auth, limit),
     )
     .await
     .map_err(|_| Error::Timeout {
         what: format!("fetching the manifest of {whole}"),
         after: timeout,
-    })?
-    .map_err(registry_error)?;
+    })??;
     let manifest = parse_manifest(&whole, &body, limit)?;
-    Ok((manifest, Digest::parse(&digest)?))
+    // A digest the reference or the registry names must be the content's; the image ID
+    // uses the reference's algorithm when it names one, else SHA-256.
+    let mut digest = Digest::of(crate::digest::Algorithm::Sha256, &body);
+    for (i, named) in [reference.digest(), header.as_deref()]
+        .into_iter()
+        .enumerate()
+    {
+        let Some(named) = named else { continue };
+        let named = Digest::parse(named)?;
+        if Digest::of(named.algorithm(), &body) != named {
+            return Err(Error::DigestMismatch {
+                digest: named.as_str().to_owned(),
+            });
+        }
+        if i == 0 {
+            digest = named;
+        }
+    }
+    Ok((manifest, digest))
+}
+
+/// Most bytes of a registry's error answer read (for its message).
+pub(crate) const ERROR_BODY_LIMIT: usize = 16 << 10;
+
+/// The manifest's body, at most `limit` bytes, and the `Docker-Content-Digest` header.
+async fn fetch_manifest(
+    client: &Client,
+    http: &reqwest::Client,
+    insecure_registries: &[String],
+    reference: &Reference,
+    auth: &RegistryAuth,
+    limit: u64,
+) -> Result<(Vec<u8>, Option<String>)> {
+    let whole = reference.whole();
+    let token = client
+        .auth(reference, auth, oci_client::RegistryOperation::Pull)
+        .await
+        .map_err(registry_error)?;
+    let registry = reference.resolve_registry();
+    let scheme = if insecure_registries.iter().any(|r| r == registry) {
+        "http"
+    } else {
+        "https"
+    };
+    let name = reference
+        .digest()
+        .or_else(|| reference.tag())
+        .unwrap_or("latest");
+    let url = format!(
+        "{scheme}://{registry}/v2/{}/manifests/{name}",
+        reference.repository()
+    );
+    let mut request = http
+        .get(&url)
+        .header(reqwest::header::ACCEPT, MANIFEST_TYPES.join(", "));
+    request = match (token, auth) {
+        (Some(token), _) => request.bearer_auth(token),
+        (None, RegistryAuth::Basic(user, password)) => request.basic_auth(user, Some(password)),
+        (None, _) => request,
+    };
+    let http_error = |e: reqwest::Error| Error::Registry(format!("{whole}: {}", chain(&e)));
+    let mut response = request.send().await.map_err(http_error)?;
+    let status = response.status();
+    let header = response
+        .headers()
+        .get("Docker-Content-Digest")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let cap = if status.is_success() {
+        usize::try_from(limit).unwrap_or(usize::MAX)
+    } else {
+        ERROR_BODY_LIMIT
+    };
+    let too_large = |n: u64| Error::TooLarge {
+        what: format!("the manifest of {whole} ({n} bytes)"),
+        limit,
+    };
+    if status.is_success()
+        && let Some(length) = response.content_length()
+        && length > limit
+    {
+        return Err(too_large(length));
+    }
+    let mut body: Vec<u8> = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(http_error)? {
+        if body.len() + chunk.len() > cap {
+            if status.is_success() {
+                return Err(too_large((body.len() + chunk.len()) as u64));
+            }
+            body.extend_from_slice(&chunk[..cap - body.len()]);
+            break;
+        }
+        body.extend_from_slice(&chunk);
+    }
+    if !status.is_success() {
+        let text = String::from_utf8_lossy(&body);
+        let text: String = text.chars().take(512).collect();
+        let what = match status.as_u16() {
+            401 | 403 => "Not authorized: ",
+            404 => "Not found: ",
+            _ => "",
+        };
+        return Err(Error::Registry(format!(
+            "{what}{whole}: the registry answered {status} for the manifest: {}",
+            text.trim()
+        )));
+    }
+    Ok((body, header))
+}
+
+/// An HTTP client for manifest requests with the store's timeouts.
+pub(crate) fn http_client(timeouts: Timeouts) -> Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .connect_timeout(timeouts.connect)
+        .read_timeout(timeouts.read)
+        .build()
+        .map_err(|e| Error::Registry(format!("building the HTTP client: {}", chain(&e))))
 }
 
 /// Distinguishes temporary files of concurrent writes within this process.

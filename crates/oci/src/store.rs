@@ -126,6 +126,8 @@ pub struct Store {
     /// was given for a registry, so sharing one across pods would let one pod's secret
     /// (or a wrong one) serve another's pull.
     clients: std::sync::Mutex<HashMap<String, Client>>,
+    /// Manifest requests (bodies read under a cap); its connections carry no credential.
+    http: reqwest::Client,
     /// One lock per reference, so concurrent pulls of one image download it once.
     pulls: Mutex<HashMap<String, Arc<Mutex<()>>>>,
     manifest_requests: AtomicU64,
@@ -225,8 +227,10 @@ impl Store {
                 }
             }
         }
+        let http = registry::http_client(config.timeouts())?;
         let store = Self {
             root: root.to_owned(),
+            http,
             config,
             clients: std::sync::Mutex::default(),
             pulls: Mutex::default(),
@@ -312,10 +316,11 @@ impl Store {
         self.manifest_requests.fetch_add(1, Ordering::Relaxed);
         registry::manifest(
             client,
+            &self.http,
+            &self.config.insecure_registries,
             reference,
             auth,
-            self.config.max_manifest_size,
-            self.config.manifest_timeout,
+            (self.config.max_manifest_size, self.config.manifest_timeout),
         )
         .await
     }
