@@ -167,3 +167,112 @@ async fn a_full_data_dir_gives_disk_pressure_eviction_and_recovery() -> Result<(
     drop(fs);
     Ok(())
 }
+
+/// The API server away for 60 s (the node's connections to it cut and refused by a proxy,
+/// while it keeps serving the other tests): the running pod keeps running and is neither
+/// restarted nor duplicated, a pod that finished meanwhile and a restart that happened
+/// meanwhile are reported once it is back, with their events, and the node is Ready
+/// again.
+#[tokio::test]
+async fn an_api_server_outage_loses_nothing() -> Result<()> {
+    use std::time::{Duration, Instant};
+    let name = "e2e-outage";
+    let cluster = Cluster::connect().await?;
+    let tool = cluster.push("tool", "v1").await?;
+    let env = e2e::cluster_env()?;
+    let apiserver = env
+        .get("APISERVER")
+        .cloned()
+        .unwrap_or_else(|| "127.0.0.1:16443".to_owned());
+    let proxy = e2e::outage::Proxy::start(&apiserver).await?;
+    cluster.forget_node(name).await?;
+    let mut node = KrustletNode::start_via(name, 10391, &[], &proxy.addr)?;
+    let nodes = cluster.nodes();
+    let ready = |n: &k8s_openapi::api::core::v1::Node| {
+        node_condition(n, "Ready").as_deref() == Some("True")
+    };
+    wait_node(&nodes, name, 60, "Ready", ready).await?;
+    let pods = cluster.pods();
+    let pod = |pod: &str, args: &[&str], policy: &str| {
+        pod_with_spec(
+            pod,
+            name,
+            serde_json::json!({
+                "restartPolicy": policy,
+                "containers": [{ "name": "main", "image": tool, "args": args }]
+            }),
+        )
+    };
+    create_fresh(
+        &pods,
+        &pod("outage-steady", &["print", "up", "sleep", "600"], "Never"),
+    )
+    .await?;
+    create_fresh(
+        &pods,
+        &pod(
+            "outage-finisher",
+            &["sleep", "15", "print", "finished"],
+            "Never",
+        ),
+    )
+    .await?;
+    create_fresh(
+        &pods,
+        &pod("outage-crasher", &["sleep", "15", "exit", "3"], "Always"),
+    )
+    .await?;
+    let mut before = Vec::new();
+    for p in ["outage-steady", "outage-finisher", "outage-crasher"] {
+        let running = wait_pod(&pods, p, 60, "Running", |p| e2e::phase(p) == "Running").await?;
+        before.push(running);
+    }
+    proxy.down();
+    let down_at = jiff::Timestamp::now();
+    let t0 = Instant::now();
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    proxy.up();
+    let up_at = jiff::Timestamp::now();
+    assert!(t0.elapsed() >= Duration::from_secs(60));
+    wait_node(&nodes, name, 120, "Ready again", ready).await?;
+    // The pod that finished during the outage is reported, exit code and all.
+    let finished = wait_pod(&pods, "outage-finisher", 120, "Succeeded", |p| {
+        e2e::phase(p) == "Succeeded"
+    })
+    .await?;
+    let t = e2e::terminated(&finished, "main").context("terminated")?;
+    assert_eq!(t.exit_code, 0);
+    // So is the restart during the outage, and its events carry the time they happened.
+    wait_pod(&pods, "outage-crasher", 120, "restarted", |p| {
+        e2e::container_status(p, "main").is_some_and(|s| s.restart_count >= 1)
+    })
+    .await?;
+    let during = |e: &k8s_openapi::api::core::v1::Event| {
+        e.first_timestamp
+            .as_ref()
+            .is_some_and(|t| t.0 > down_at && t.0 < up_at)
+    };
+    let events = cluster.events("outage-crasher").await?;
+    assert!(
+        events
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("Started") && during(e)),
+        "no Started event from the outage reached the API server: {events:?}"
+    );
+    // The steady pod ran on: same pod, same container run, never restarted.
+    let steady = pods.get("outage-steady").await?;
+    assert_eq!(e2e::phase(&steady), "Running");
+    assert_eq!(steady.metadata.uid, before[0].metadata.uid);
+    let status = e2e::container_status(&steady, "main").context("status")?;
+    assert_eq!(status.restart_count, 0);
+    assert_eq!(
+        status.container_id,
+        e2e::container_status(&before[0], "main").and_then(|s| s.container_id)
+    );
+    assert!(node.pid().is_some());
+    for p in ["outage-steady", "outage-finisher", "outage-crasher"] {
+        e2e::ensure_absent(&pods, p).await?;
+    }
+    node.stop()?;
+    Ok(())
+}

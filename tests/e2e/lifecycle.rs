@@ -256,14 +256,15 @@ async fn active_deadline_seconds_kills_the_pod_and_fails_it() -> anyhow::Result<
         &node,
         serde_json::json!({
             "restartPolicy": "Always",
-            "activeDeadlineSeconds": 10,
+            "activeDeadlineSeconds": 30,
             "containers": [{ "name": "main", "image": image }]
         }),
     )
     .await?;
-    // Running first, so that the deadline kills a running module.
-    wait_pod(&pods, name, 10, "Running", |p| phase(p) == "Running").await?;
-    let p = wait_pod(&pods, name, 30, "Failed", |p| phase(p) == "Failed").await?;
+    // Running first, so that the deadline kills a running module (generous bounds: CI
+    // shares 2 cores between 16 tests and the control plane).
+    wait_pod(&pods, name, 30, "Running", |p| phase(p) == "Running").await?;
+    let p = wait_pod(&pods, name, 90, "Failed", |p| phase(p) == "Failed").await?;
     let status = p.status.clone().unwrap_or_default();
     assert_eq!(status.reason.as_deref(), Some("DeadlineExceeded"));
     assert_eq!(
@@ -420,7 +421,7 @@ async fn a_native_sidecar_runs_beside_the_app_and_stops_after_it() -> anyhow::Re
         }),
     )
     .await?;
-    let p = wait_pod(&pods, name, 30, "both running", |p| {
+    let p = wait_pod(&pods, name, 90, "both running", |p| {
         ["logger", "main"]
             .iter()
             .all(|c| container_status(p, c).is_some_and(|s| s.ready))

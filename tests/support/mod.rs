@@ -2,6 +2,7 @@
 //! `hack/cluster up`), krustlet nodes run as child processes, and helpers on pods.
 
 pub mod hostile;
+pub mod outage;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -273,7 +274,45 @@ impl KrustletNode {
         Ok(())
     }
 
+    /// Starts node `name` (fresh data dir) reaching the API server through `server`
+    /// (`host:port`, e.g. an [`outage::Proxy`]) instead of directly.
+    ///
+    /// # Errors
+    /// As [`KrustletNode::start`].
+    pub fn start_via(name: &str, port: u16, flags: &[&str], server: &str) -> Result<Self> {
+        let data_dir = root().join("target/e2e").join(name);
+        let _ = std::fs::remove_dir_all(&data_dir);
+        let _ = std::fs::remove_file(data_dir.with_extension("log"));
+        std::fs::create_dir_all(&data_dir)?;
+        let creds = cluster_lines(&["node-credentials", name])?;
+        let kubeconfig = std::fs::read_to_string(value(&creds, "KUBECONFIG")?)?;
+        let apiserver = value(&cluster_lines(&["env"])?, "APISERVER")
+            .unwrap_or_else(|_| "127.0.0.1:16443".to_owned());
+        let via = kubeconfig.replace(
+            &format!("https://{apiserver}"),
+            &format!("https://{server}"),
+        );
+        if via == kubeconfig {
+            bail!("the node kubeconfig does not name https://{apiserver}");
+        }
+        let path = data_dir.with_extension("kubeconfig");
+        std::fs::write(&path, via)?;
+        let mut all = vec!["--kubeconfig", path.to_str().context("path")?];
+        all.extend_from_slice(flags);
+        Self::spawn_with(name, port, &all, data_dir, true)
+    }
+
     fn spawn(name: &str, port: u16, flags: &[&str], data_dir: PathBuf) -> Result<Self> {
+        Self::spawn_with(name, port, flags, data_dir, false)
+    }
+
+    fn spawn_with(
+        name: &str,
+        port: u16,
+        flags: &[&str],
+        data_dir: PathBuf,
+        own_kubeconfig: bool,
+    ) -> Result<Self> {
         let creds = cluster_lines(&["node-credentials", name])?;
         let registry = value(&cluster_lines(&["env"])?, "REGISTRY")?;
         // The benchmarks run the release build.
@@ -295,7 +334,11 @@ impl KrustletNode {
             .args(["--port", &port.to_string()])
             .arg("--data-dir")
             .arg(&data_dir)
-            .args(["--kubeconfig", &value(&creds, "KUBECONFIG")?])
+            .args(if own_kubeconfig {
+                Vec::new()
+            } else {
+                vec!["--kubeconfig".to_owned(), value(&creds, "KUBECONFIG")?]
+            })
             .args(["--cert-file", &value(&creds, "CERT_FILE")?])
             .args(["--private-key-file", &value(&creds, "KEY_FILE")?])
             .args(["--client-ca-file", &value(&creds, "CLIENT_CA_FILE")?])

@@ -9,8 +9,9 @@
 //! recorder of our own.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
@@ -66,7 +67,17 @@ pub struct Recorder {
     seen: Mutex<HashMap<Key, Seen>>,
     limits: Mutex<Limits>,
     dropped: AtomicU64,
+    /// Events waiting to be created again (the API server was away).
+    retrying: Arc<AtomicUsize>,
 }
+
+/// Tries of an event the API server could not be reached for.
+pub const RETRY_TRIES: u32 = 12;
+/// Wait between two of them.
+pub const RETRY_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+/// Events waiting to be retried at most, node-wide (client-go's broadcaster queue holds
+/// 1000).
+pub const MAX_RETRYING: usize = 1000;
 
 /// The kubelet's event rate limits: one bucket for the node (`eventRecordQPS`,
 /// `eventBurst`) and client-go's spam filter, one bucket per object (25 events, then one
@@ -116,6 +127,7 @@ impl Recorder {
             seen: Mutex::new(HashMap::new()),
             limits: Mutex::new(Limits::new(50, 100)),
             dropped: AtomicU64::new(0),
+            retrying: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -202,15 +214,95 @@ impl Recorder {
                 Err(e) => return Err(e),
             }
         }
+        let event = self.event(object, &namespace, type_, reason, message, now);
+        let name = event.metadata.name.clone().unwrap_or_default();
+        api.create(&PostParams::default(), &event).await?;
+        self.remember(
+            key,
+            Seen {
+                name,
+                count: 1,
+                last: now,
+            },
+        );
+        Ok(())
+    }
+
+    /// [`Recorder::publish`] for callers that carry on when the API server refuses the
+    /// event: the refusal is logged.
+    ///
+    /// When the API server cannot be reached, the event is created again in the
+    /// background, [`RETRY_TRIES`] times [`RETRY_EVERY`] apart (client-go's broadcaster
+    /// tries 12 times, 10 s apart), with at most [`MAX_RETRYING`] events waiting node-wide:
+    /// events of an API server outage shorter than two minutes are not lost.
+    pub async fn record(
+        &self,
+        object: &ObjectReference,
+        type_: EventType,
+        reason: &str,
+        message: &str,
+    ) {
+        let Err(e) = self.publish(object, type_, reason, message).await else {
+            return;
+        };
+        if matches!(e, kube::Error::Api(_)) {
+            tracing::warn!(error = %e, reason, "cannot record event");
+            return;
+        }
+        if self.retrying.fetch_add(1, Ordering::Relaxed) >= MAX_RETRYING {
+            self.retrying.fetch_sub(1, Ordering::Relaxed);
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(error = %e, reason, "cannot record event; too many waiting to be retried");
+            return;
+        }
+        tracing::debug!(error = %e, reason, "cannot record event; retrying");
+        let namespace = object
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".to_owned());
+        let event = self.event(
+            object,
+            &namespace,
+            type_,
+            reason,
+            message,
+            jiff::Timestamp::now(),
+        );
+        let api: Api<Event> = Api::namespaced(self.client.clone(), &namespace);
+        let retrying = self.retrying.clone();
+        tokio::spawn(async move {
+            for _ in 0..RETRY_TRIES {
+                tokio::time::sleep(RETRY_EVERY).await;
+                match api.create(&PostParams::default(), &event).await {
+                    // Created, or refused for good (e.g. created by a try whose answer
+                    // was lost): done.
+                    Ok(_) | Err(kube::Error::Api(_)) => break,
+                    Err(_) => {}
+                }
+            }
+            retrying.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+
+    /// A new `core/v1` event about `object` from this node's kubelet.
+    fn event(
+        &self,
+        object: &ObjectReference,
+        namespace: &str,
+        type_: EventType,
+        reason: &str,
+        message: &str,
+        now: jiff::Timestamp,
+    ) -> Event {
         let name = format!(
             "{}.{:x}",
             object.name.as_deref().unwrap_or("event"),
             now.as_nanosecond()
         );
-        let event = Event {
+        Event {
             metadata: ObjectMeta {
-                name: Some(name.clone()),
-                namespace: Some(namespace.clone()),
+                name: Some(name),
+                namespace: Some(namespace.to_owned()),
                 ..ObjectMeta::default()
             },
             involved_object: object.clone(),
@@ -227,30 +319,6 @@ impl Recorder {
             reporting_component: Some("kubelet".to_owned()),
             reporting_instance: Some(self.node_name.clone()),
             ..Event::default()
-        };
-        api.create(&PostParams::default(), &event).await?;
-        self.remember(
-            key,
-            Seen {
-                name,
-                count: 1,
-                last: now,
-            },
-        );
-        Ok(())
-    }
-
-    /// [`Recorder::publish`] for callers that carry on when the API server refuses the
-    /// event: the refusal is logged.
-    pub async fn record(
-        &self,
-        object: &ObjectReference,
-        type_: EventType,
-        reason: &str,
-        message: &str,
-    ) {
-        if let Err(e) = self.publish(object, type_, reason, message).await {
-            tracing::warn!(error = %e, reason, "cannot record event");
         }
     }
 

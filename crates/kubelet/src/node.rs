@@ -340,6 +340,11 @@ pub async fn heartbeat(
             _ = lease_tick.tick() => {
                 if let Err(e) = renew_lease(&client, &config.node_name).await {
                     tracing::warn!(error = %e, "cannot renew node lease");
+                    // The API server is away: the node controller may mark the node
+                    // NotReady meanwhile, so status is posted again at the first
+                    // renewal that works.
+                    posted_images = None;
+                    continue;
                 }
                 let images = registry.images();
                 if posted_images.as_ref() == Some(&images)

@@ -9,6 +9,7 @@ pub mod spec;
 pub mod status;
 mod termination;
 mod worker;
+mod writer;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::events::EventType;
 use k8s_openapi::api::core::v1::{HostIP, Pod, PodIP, PodStatus};
-use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
+use kube::api::{DeleteParams, Preconditions};
 use kube::{Api, Resource, ResourceExt};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -60,7 +60,7 @@ struct PodWorker<R> {
     pod: watch::Receiver<Pod>,
     api: Api<Pod>,
     name: String,
-    last_posted: Option<serde_json::Value>,
+    statuses: super::writer::StatusWriter,
 }
 
 impl<R: Runtime> PodWorker<R> {
@@ -68,19 +68,10 @@ impl<R: Runtime> PodWorker<R> {
         self.pod.borrow().clone()
     }
 
+    /// Reports `status`: the pod's status writer writes it, and writes it again until
+    /// it lands when the API server is away.
     async fn post(&mut self, status: PodStatus) {
-        let value = serde_json::json!({ "status": status });
-        if self.last_posted.as_ref() == Some(&value) {
-            return;
-        }
-        match self
-            .api
-            .patch_status(&self.name, &PatchParams::default(), &Patch::Merge(&value))
-            .await
-        {
-            Ok(_) => self.last_posted = Some(value),
-            Err(e) => tracing::warn!(pod = %self.name, error = %e, "cannot update pod status"),
-        }
+        self.statuses.post(serde_json::json!(status));
     }
 
     /// The status to post. `failure` is a pod-level reason and message (deadline).
@@ -143,8 +134,12 @@ impl<R: Runtime> PodWorker<R> {
             .await;
     }
 
-    /// Deletes the pod object for good once its workloads are stopped, as the kubelet does.
-    async fn finish_deletion(&self) {
+    /// Deletes the pod object for good once its workloads are stopped, as the kubelet does
+    /// (after its final status, within a bound).
+    async fn finish_deletion(&mut self) {
+        self.statuses
+            .flush(std::time::Duration::from_secs(10))
+            .await;
         let uid = self.current().uid();
         let params = DeleteParams {
             grace_period_seconds: Some(0),
@@ -236,12 +231,13 @@ pub(crate) async fn run<R: Runtime>(
 ) {
     let first = pod.borrow().clone();
     let api = Api::namespaced(ctx.client.clone(), &first.namespace().unwrap_or_default());
+    let statuses = super::writer::StatusWriter::start(api.clone(), first.name_any(), first.uid());
     let mut w = PodWorker {
         name: first.name_any(),
         ctx,
         pod,
         api,
-        last_posted: None,
+        statuses,
     };
     if status::is_terminal(&first) || deleting(&first) {
         // Known from before (a restart of the node agent), or deleted before it started.

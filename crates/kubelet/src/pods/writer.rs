@@ -1,0 +1,101 @@
+//! The status writer of one pod: what the worker last asked to report, written to the
+//! API server, and written again with back-off until it lands, so that a status reached
+//! while the API server is away (a container that finished, a restart) is reported once
+//! it is back instead of being lost. A newer status replaces a pending one.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+use kube::api::{Patch, PatchParams};
+use tokio::sync::watch;
+
+/// First wait after a failed write; it doubles up to [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_millis(500);
+/// Longest wait between two tries.
+const RETRY_MAX: Duration = Duration::from_secs(10);
+
+/// The worker's side: ask for a status to be reported, wait until it is.
+#[derive(Debug)]
+pub(crate) struct StatusWriter {
+    wanted: watch::Sender<Option<serde_json::Value>>,
+    written: watch::Receiver<Option<serde_json::Value>>,
+}
+
+impl StatusWriter {
+    /// Starts the writer of pod `name` (of UID `uid`, a precondition of every write, so
+    /// that a late write never lands on another pod of the same name).
+    pub(crate) fn start(api: Api<Pod>, name: String, uid: Option<String>) -> Self {
+        let (wanted, wanted_rx) = watch::channel(None);
+        let (written_tx, written) = watch::channel(None);
+        tokio::spawn(write(api, name, uid, wanted_rx, written_tx));
+        Self { wanted, written }
+    }
+
+    /// Asks for `status` (a `PodStatus` as JSON) to be reported; returns at once.
+    pub(crate) fn post(&self, status: serde_json::Value) {
+        self.wanted.send_if_modified(|v| {
+            let new = v.as_ref() != Some(&status);
+            if new {
+                *v = Some(status);
+            }
+            new
+        });
+    }
+
+    /// Waits up to `bound` until the last status asked for is written.
+    pub(crate) async fn flush(&mut self, bound: Duration) {
+        let wanted = self.wanted.borrow().clone();
+        let _ = tokio::time::timeout(bound, self.written.wait_for(|w| *w == wanted)).await;
+    }
+}
+
+async fn write(
+    api: Api<Pod>,
+    name: String,
+    uid: Option<String>,
+    mut wanted: watch::Receiver<Option<serde_json::Value>>,
+    written: watch::Sender<Option<serde_json::Value>>,
+) {
+    let mut backoff = RETRY_FIRST;
+    let mut open = true;
+    loop {
+        let value = wanted.borrow_and_update().clone();
+        if let Some(status) = value
+            .clone()
+            .filter(|v| *written.borrow() != Some(v.clone()))
+        {
+            let patch = match &uid {
+                Some(uid) => serde_json::json!({ "metadata": { "uid": uid }, "status": status }),
+                None => serde_json::json!({ "status": status }),
+            };
+            match api
+                .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(_) => {
+                    written.send_replace(value);
+                    backoff = RETRY_FIRST;
+                }
+                // Gone, or another pod of the same name: nothing left to report.
+                Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => return,
+                Err(e) => {
+                    tracing::warn!(pod = %name, error = %e, "cannot update pod status; retrying");
+                    if open {
+                        tokio::select! {
+                            () = tokio::time::sleep(backoff) => {}
+                            r = wanted.changed() => open = r.is_ok(),
+                        }
+                    } else {
+                        tokio::time::sleep(backoff).await;
+                    }
+                    backoff = (backoff * 2).min(RETRY_MAX);
+                    continue;
+                }
+            }
+        }
+        if !open || wanted.changed().await.is_err() {
+            return;
+        }
+    }
+}
