@@ -276,3 +276,135 @@ async fn an_api_server_outage_loses_nothing() -> Result<()> {
     node.stop()?;
     Ok(())
 }
+
+/// The registry goes away and comes back: a pull backs off while it is away and succeeds
+/// once it is back; a pod whose image is on the node starts meanwhile.
+#[tokio::test]
+async fn a_registry_away_and_back_delays_pulls_only() -> Result<()> {
+    let mut registry = e2e::OwnRegistry::new("away", 15013, None)?;
+    registry.start().await?;
+    let (cluster, node) = e2e::setup(
+        "e2e-registry-away",
+        10392,
+        &["--insecure-registries", &registry.addr],
+    )
+    .await?;
+    let image = e2e::push_as(
+        &registry.addr,
+        "tool",
+        "e2e/away:v1",
+        &oci::PushFormat::cncf(),
+        &oci::RegistryAuth::Anonymous,
+    )
+    .await?;
+    let pods = cluster.pods();
+    let pod = |name: &str, policy: &str| {
+        pod_with_spec(
+            name,
+            &node.name,
+            serde_json::json!({
+                "restartPolicy": "Never",
+                "containers": [{ "name": "main", "image": image, "imagePullPolicy": policy,
+                    "args": ["print", "up", "sleep", "600"] }]
+            }),
+        )
+    };
+    create_fresh(&pods, &pod("away-first", "IfNotPresent")).await?;
+    wait_pod(&pods, "away-first", 60, "Running", |p| {
+        e2e::phase(p) == "Running"
+    })
+    .await?;
+    registry.stop();
+    // A pull that must reach the registry backs off...
+    create_fresh(&pods, &pod("away-always", "Always")).await?;
+    wait_pod(&pods, "away-always", 120, "ImagePullBackOff", |p| {
+        e2e::waiting_reason(p, "main").as_deref() == Some("ImagePullBackOff")
+    })
+    .await?;
+    // ...while the image the node holds still starts pods, and the running one runs on.
+    create_fresh(&pods, &pod("away-cached", "IfNotPresent")).await?;
+    wait_pod(&pods, "away-cached", 60, "Running", |p| {
+        e2e::phase(p) == "Running"
+    })
+    .await?;
+    let first = pods.get("away-first").await?;
+    assert_eq!(e2e::phase(&first), "Running");
+    registry.start().await?;
+    // Back-off is at most 5 minutes; the first retries come after 10 s, 20 s, 40 s.
+    wait_pod(
+        &pods,
+        "away-always",
+        180,
+        "Running once the registry is back",
+        |p| e2e::phase(p) == "Running",
+    )
+    .await?;
+    for p in ["away-first", "away-always", "away-cached"] {
+        e2e::ensure_absent(&pods, p).await?;
+    }
+    drop(node);
+    Ok(())
+}
+
+/// Guest code cannot starve the agent: with twice as many CPU-bound modules as cores,
+/// the node lease is still renewed and the kubelet API still answers, both well within
+/// their periods (the bounds are generous: CI shares 2 cores among 16 tests and the
+/// control plane; `hack/bench` is where latency is measured).
+#[tokio::test]
+async fn busy_modules_on_every_core_do_not_starve_the_agent() -> Result<()> {
+    use std::time::{Duration, Instant};
+    let (cluster, node) = e2e::setup("e2e-busy", 10393, &[]).await?;
+    let image = cluster.push("hash", "v1").await?;
+    let pods = cluster.pods();
+    let cores = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
+    let names: Vec<String> = (0..2 * cores).map(|i| format!("busy-{i}")).collect();
+    for name in &names {
+        // About 30 s of hashing on a core of its own (8000 rounds take about 1.2 s), so a minute here where 2 modules share each core.
+        let pod = pod_with_spec(
+            name,
+            &node.name,
+            serde_json::json!({
+                "restartPolicy": "Never",
+                "containers": [{ "name": "main", "image": image, "args": ["200000"] }]
+            }),
+        );
+        create_fresh(&pods, &pod).await?;
+    }
+    for name in &names {
+        wait_pod(&pods, name, 60, "Running", |p| e2e::phase(p) == "Running").await?;
+    }
+    let leases: kube::Api<k8s_openapi::api::coordination::v1::Lease> =
+        kube::Api::namespaced(cluster.client.clone(), "kube-node-lease");
+    let mut slowest = Duration::ZERO;
+    let mut oldest_lease = jiff::SignedDuration::ZERO;
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(20) {
+        let asked = Instant::now();
+        node.metrics().await?;
+        slowest = slowest.max(asked.elapsed());
+        let lease = leases.get(&node.name).await?;
+        let renewed = lease
+            .spec
+            .and_then(|s| s.renew_time)
+            .context("lease never renewed")?;
+        oldest_lease = oldest_lease.max(jiff::Timestamp::now().duration_since(renewed.0));
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    // Still busy at the end, so the whole window was under load.
+    for name in &names {
+        assert_eq!(e2e::phase(&pods.get(name).await?), "Running", "{name}");
+    }
+    assert!(
+        slowest < Duration::from_secs(5),
+        "the kubelet API took {slowest:?}"
+    );
+    assert!(
+        oldest_lease < jiff::SignedDuration::from_secs(25),
+        "the lease went {oldest_lease} without renewal (renewed every 10 s)"
+    );
+    for name in &names {
+        e2e::ensure_absent(&pods, name).await?;
+    }
+    drop(node);
+    Ok(())
+}

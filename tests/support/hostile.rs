@@ -323,18 +323,13 @@ async fn serve(mut stream: TcpStream, targets: Targets, log: Arc<Mutex<Vec<Strin
             respond(&mut stream, "200 OK", MANIFEST, &body).await;
         }
         (Attack::Good, "blobs") => respond(&mut stream, "200 OK", OCTETS, GOOD_WASM).await,
-        (Attack::TraversalDigest, "manifests") => {
-            let digest = format!("sha256:{}", targets.relative);
-            respond(
-                &mut stream,
-                "200 OK",
-                MANIFEST,
-                &image_manifest(&digest, 8, 0),
-            )
-            .await;
-        }
-        (Attack::AbsoluteDigest, "manifests") => {
-            let digest = format!("sha256:{}", targets.absolute);
+        (Attack::TraversalDigest | Attack::AbsoluteDigest, "manifests") => {
+            let path = if attack == Attack::TraversalDigest {
+                &targets.relative
+            } else {
+                &targets.absolute
+            };
+            let digest = format!("sha256:{path}");
             respond(
                 &mut stream,
                 "200 OK",

@@ -877,6 +877,14 @@ impl OwnRegistry {
         bail!("registry on {} did not start", self.addr)
     }
 
+    /// Stops it (its content stays on disk for the next [`OwnRegistry::start`]).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// The credentials it requires, for pushing.
     #[must_use]
     pub fn auth(&self) -> oci::RegistryAuth {
