@@ -260,6 +260,12 @@ async fn config_maps_secrets_downward_api_and_env_sources_reach_the_module() -> 
     };
     assert_eq!(mode("sec/password")?, 0o400);
     assert_eq!(mode("all-cfg/colour")?, 0o644);
+    // As the kubelet: the secret volume is a tmpfs of its own (the secret never reaches
+    // the node's disk); the configMap volume is not.
+    let mounts = e2e::mounts_under(&pod_dir);
+    let volumes = pod_dir.join("_volumes").canonicalize()?;
+    assert!(mounts.contains(&volumes.join("sec")), "{mounts:?}");
+    assert!(!mounts.contains(&volumes.join("all-cfg")), "{mounts:?}");
     delete(&pods, "e2e-vol-files").await?;
     // The pod's volumes and logs go with it, once its workloads have stopped.
     let mut dirs = Vec::new();
@@ -275,6 +281,10 @@ async fn config_maps_secrets_downward_api_and_env_sources_reach_the_module() -> 
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(dirs.is_empty(), "left behind: {dirs:?}");
+    assert!(
+        e2e::mounts_under(&node.data_dir).is_empty(),
+        "mounts left behind"
+    );
     Ok(())
 }
 

@@ -244,6 +244,9 @@ impl KrustletNode {
     /// When credentials cannot be minted or the binary cannot start.
     pub fn start(name: &str, port: u16, flags: &[&str]) -> Result<Self> {
         let data_dir = root().join("target/e2e").join(name);
+        for mount in mounts_under(&data_dir) {
+            let _ = Command::new("umount").arg("-l").arg(&mount).status();
+        }
         let _ = std::fs::remove_dir_all(&data_dir);
         let _ = std::fs::remove_file(data_dir.with_extension("log"));
         std::fs::create_dir_all(&data_dir)?;
@@ -391,7 +394,29 @@ impl Drop for KrustletNode {
         if self.child.is_some() {
             let _ = self.stop();
         }
+        // The node keeps the memory-backed volumes (tmpfs) of pods still bound when it
+        // stops, as a restarted agent needs them; a test leaves none behind.
+        for mount in mounts_under(&self.data_dir) {
+            let _ = Command::new("umount").arg("-l").arg(&mount).status();
+        }
     }
+}
+
+/// Mount points at or below `dir` (from `/proc/self/mountinfo`), deepest first.
+#[must_use]
+pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    let Ok(dir) = dir.canonicalize() else {
+        return Vec::new();
+    };
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut found: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(PathBuf::from)
+        .filter(|p| p.starts_with(&dir))
+        .collect();
+    found.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    found
 }
 
 /// A row of `kubectl get pods`: `NAME READY STATUS RESTARTS AGE`.

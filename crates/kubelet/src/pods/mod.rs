@@ -383,6 +383,9 @@ fn gone<R: Runtime>(ctx: &Ctx<R>, pod: Pod, worker: Option<Worker>) {
 }
 
 pub(crate) async fn remove_pod_dir(dir: &std::path::Path) {
+    // Memory-backed volumes are mounts: unmounted first, or the removal stops at them.
+    let owned = dir.to_owned();
+    let _ = tokio::task::spawn_blocking(move || crate::volumes::memory::unmount_all(&owned)).await;
     match tokio::fs::remove_dir_all(dir).await {
         Ok(()) => tracing::debug!(dir = %dir.display(), "pod directory removed"),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

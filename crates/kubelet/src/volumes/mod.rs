@@ -20,6 +20,7 @@ pub mod atomic;
 pub mod downward;
 pub mod field_path;
 mod host;
+pub mod memory;
 mod sources;
 pub mod subpath;
 pub mod usage;
@@ -206,6 +207,22 @@ impl Volumes {
                     kind_name(volume)
                 )));
             };
+            // As the kubelet: secrets, tokens and `medium: Memory` never touch the disk.
+            let in_memory = volume.secret.is_some()
+                || volume.projected.is_some()
+                || volume
+                    .empty_dir
+                    .as_ref()
+                    .is_some_and(|e| e.medium.as_deref() == Some("Memory"));
+            if in_memory {
+                let size = match &prepared.kind {
+                    Kind::EmptyDir { limit } => limit.and_then(|q| q.bytes().ok()),
+                    _ => None,
+                };
+                memory::mount_tmpfs(&prepared.path, size).map_err(|e| {
+                    failed(format!("cannot create {}: {e}", prepared.path.display()))
+                })?;
+            }
             match &prepared.kind {
                 Kind::EmptyDir { .. } => std::fs::create_dir_all(&prepared.path).map_err(|e| {
                     failed(format!("cannot create {}: {e}", prepared.path.display()))
