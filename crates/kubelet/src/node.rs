@@ -189,6 +189,8 @@ fn status(
     transition: bool,
     (pressure, pressure_changed): (Pressure, bool),
 ) -> NodeStatus {
+    // Measured once (a statfs of the data dir): capacity and allocatable are the same.
+    let resources = resources(config);
     NodeStatus {
         addresses: Some(vec![
             NodeAddress {
@@ -200,8 +202,8 @@ fn status(
                 address: hostname(),
             },
         ]),
-        capacity: Some(resources(config)),
-        allocatable: Some(resources(config)),
+        capacity: Some(resources.clone()),
+        allocatable: Some(resources),
         conditions: Some(conditions(
             true,
             "krustlet is posting ready status",

@@ -186,6 +186,20 @@ impl<R: Runtime> PodWorker<R> {
         ))
     }
 
+    /// Fails the pod for `reason` (a deadline, an eviction): a Warning event, its
+    /// containers killed; the failure is reported once they have stopped.
+    async fn fail(
+        &self,
+        kill: &CancellationToken,
+        reason: &'static str,
+        message: String,
+    ) -> Option<(&'static str, String)> {
+        self.event(EventType::Warning, reason, message.clone(), None)
+            .await;
+        kill.cancel();
+        Some((reason, message))
+    }
+
     async fn reject(&mut self, reason: &str, message: String) {
         self.event(EventType::Warning, reason, message.clone(), None)
             .await;
@@ -309,26 +323,20 @@ pub(crate) async fn run<R: Runtime>(
             }
             () = sleep_until(deadline_at), if failure.is_none() && !driver_done => {
                 let message = "Pod was active on the node longer than the specified deadline";
-                w.event(EventType::Warning, "DeadlineExceeded", message.to_owned(), None).await;
-                failure = Some(("DeadlineExceeded", message.to_owned()));
-                kill.cancel();
+                failure = w.fail(&kill, "DeadlineExceeded", message.to_owned()).await;
             }
             r = evicted.changed(), if evict_open && failure.is_none() && !driver_done && !terminating => {
                 evict_open = r.is_ok();
                 let message = evicted.borrow_and_update().clone();
                 if let (true, Some(message)) = (evict_open, message) {
-                    w.event(EventType::Warning, "Evicted", message.clone(), None).await;
-                    failure = Some(("Evicted", message));
-                    kill.cancel();
+                    failure = w.fail(&kill, "Evicted", message).await;
                 }
             }
             _ = sync.tick(), if failure.is_none() && !driver_done && !terminating => {
                 if let Some(volumes) = shared.volumes.get()
                     && let Some(message) = w.sync_volumes(volumes).await
                 {
-                    w.event(EventType::Warning, "Evicted", message.clone(), None).await;
-                    failure = Some(("Evicted", message));
-                    kill.cancel();
+                    failure = w.fail(&kill, "Evicted", message).await;
                 }
             }
         }
