@@ -11,6 +11,7 @@
 //   env               "env NAME=VALUE" for every variable, sorted
 //   fill PATH MIB     writes up to MIB MiB to PATH: "fill PATH: N bytes, ok" or
 //                     "fill PATH: N bytes, REASON" (e.g. a full disk)
+//   flood MIB         writes MIB MiB of numbered 100-byte lines to stdout, as fast as it can
 // e.g. `tool print starting sleep 2 write /dev/termination-log bye exit 3`.
 #include <dirent.h>
 #include <errno.h>
@@ -104,6 +105,20 @@ static void fill(const char *path, long mib) {
     printf("fill %s: %lld bytes, %s\n", path, written, error ? error : "ok");
 }
 
+/* Floods stdout with `mib` MiB of numbered lines of 100 bytes each (a log flood). */
+static void flood(long mib) {
+    char line[101];
+    memset(line, 'x', sizeof line - 2);
+    line[sizeof line - 2] = '\n';
+    line[sizeof line - 1] = '\0';
+    for (long n = 0; n < mib * 10486; n++) {
+        int k = snprintf(line, 12, "%010ld", n);
+        line[k] = ' ';
+        fputs(line, stdout);
+    }
+    fflush(stdout);
+}
+
 static void env(void) {
     size_t n = 0;
     while (environ[n]) {
@@ -164,6 +179,8 @@ int main(int argc, char **argv) {
         } else if (!strcmp(step, "fill")) {
             const char *path = next(argc, argv, &i);
             fill(path, atol(next(argc, argv, &i)));
+        } else if (!strcmp(step, "flood")) {
+            flood(atol(next(argc, argv, &i)));
         } else if (!strcmp(step, "env")) {
             env();
         } else if (!strcmp(step, "trap")) {

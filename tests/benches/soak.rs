@@ -1,0 +1,293 @@
+//! The soak (issue 9): `hack/bench soak` runs one krustlet node (release build) on the local
+//! control plane for `SOAK_SECONDS` (1800) under a mix of work at once, and samples the
+//! agent's resident memory, open descriptors and threads once a minute:
+//!
+//! - churn: 4 workers create a run-to-completion pod, wait for `Succeeded`, delete it;
+//! - log floods: 2 workers run a pod that writes 40 MiB of log lines as fast as it can
+//!   (past the 10 MiB rotation size, so every flood rotates), read its last lines through
+//!   the kubelet API (`kubectl logs --tail`), delete it;
+//! - crash loops: 2 workers run a `restartPolicy: Always` pod that exits 1 or traps,
+//!   wait for its second restart (back-off 10 s, then 20 s), delete it.
+//!
+//! At the end it clears every pod, waits 30 s, samples again and counts what is left in
+//! the data dir's pod directories and partial downloads (should be nothing). "Flat" compares the last
+//! five samples with the five after a five-minute warm-up (caches fill first): memory
+//! within 10 % and descriptors within 16 is flat. Written to `bench-results/soak.json`.
+
+use std::time::{Duration, Instant};
+
+use e2e::{Cluster, KrustletNode, wasm_pod};
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+use kube::api::{DeleteParams, ListParams, LogParams, PostParams};
+
+const NODE: &str = "bench-soak";
+
+/// One minute's figures: seconds since the start, RSS in KiB, open descriptors, threads.
+#[derive(Clone, Copy, serde::Serialize)]
+struct Sample {
+    second: u64,
+    rss_kib: u64,
+    fds: usize,
+    threads: u64,
+}
+
+fn sample(pid: u32, began: Instant) -> Sample {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| -> u64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_default()
+    };
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count);
+    Sample {
+        second: began.elapsed().as_secs(),
+        rss_kib: field("VmRSS:"),
+        fds,
+        threads: field("Threads:"),
+    }
+}
+
+fn labelled(mut pod: Pod) -> Pod {
+    pod.metadata.labels = Some([("bench".to_owned(), "soak".to_owned())].into());
+    if let Some(spec) = pod.spec.as_mut() {
+        spec.termination_grace_period_seconds = Some(0);
+    }
+    pod
+}
+
+/// Polls `name` once a second until `done` holds, for at most `secs`.
+async fn wait_for(
+    pods: &Api<Pod>,
+    name: &str,
+    secs: u64,
+    done: impl Fn(&Pod) -> bool,
+) -> anyhow::Result<()> {
+    let give_up = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if pods.get_opt(name).await?.as_ref().is_some_and(&done) {
+            return Ok(());
+        }
+        anyhow::ensure!(Instant::now() < give_up, "{name}: not there in {secs} s");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+async fn remove(pods: &Api<Pod>, name: &str) -> anyhow::Result<()> {
+    pods.delete(name, &DeleteParams::default()).await?;
+    let give_up = Instant::now() + Duration::from_secs(120);
+    while pods.get_opt(name).await?.is_some() {
+        anyhow::ensure!(Instant::now() < give_up, "{name} never went away");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    Ok(())
+}
+
+fn succeeded(p: &Pod) -> bool {
+    e2e::phase(p) == "Succeeded"
+}
+
+fn restarted_twice(p: &Pod) -> bool {
+    e2e::container_status(p, "main").is_some_and(|s| s.restart_count >= 2)
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Churn,
+    Flood,
+    Crash,
+}
+
+/// One worker: runs its kind of pod over and over until `end`; returns how many.
+async fn worker(
+    pods: Api<Pod>,
+    node: String,
+    tool: String,
+    kind: Kind,
+    id: usize,
+    end: Instant,
+) -> anyhow::Result<u64> {
+    let mut rounds = 0u64;
+    while Instant::now() < end {
+        let name = format!("soak-{id}-{rounds}");
+        match kind {
+            Kind::Churn => {
+                let pod = wasm_pod(&name, &node, &tool, &["print", "done"], "Never");
+                pods.create(&PostParams::default(), &labelled(pod)).await?;
+                wait_for(&pods, &name, 120, succeeded).await?;
+            }
+            Kind::Flood => {
+                let pod = wasm_pod(&name, &node, &tool, &["flood", "40"], "Never");
+                pods.create(&PostParams::default(), &labelled(pod)).await?;
+                wait_for(&pods, &name, 300, succeeded).await?;
+                let params = LogParams {
+                    tail_lines: Some(3),
+                    ..LogParams::default()
+                };
+                let tail = pods.logs(&name, &params).await?;
+                anyhow::ensure!(
+                    tail.lines().count() == 3 && tail.contains("0000419439"),
+                    "{name}: the log's tail is not the flood's last lines: {tail:?}"
+                );
+            }
+            Kind::Crash => {
+                let args: &[&str] = if rounds.is_multiple_of(2) {
+                    &["print", "crashing", "exit", "1"]
+                } else {
+                    &["print", "trapping", "trap"]
+                };
+                let pod = wasm_pod(&name, &node, &tool, args, "Always");
+                pods.create(&PostParams::default(), &labelled(pod)).await?;
+                wait_for(&pods, &name, 300, restarted_twice).await?;
+            }
+        }
+        remove(&pods, &name).await?;
+        rounds += 1;
+    }
+    Ok(rounds)
+}
+
+/// Entries left under `dir` (0 when it does not exist).
+fn left_in(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir).map_or(0, Iterator::count)
+}
+
+fn median(mut v: Vec<u64>) -> u64 {
+    v.sort_unstable();
+    v.get(v.len() / 2).copied().unwrap_or_default()
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cluster = Cluster::connect().await?;
+    let node: KrustletNode = cluster
+        .ready_node(NODE, 10402, &["--max-pods", "200"])
+        .await?;
+    let pid = node
+        .pid()
+        .ok_or_else(|| anyhow::anyhow!("krustlet is not running"))?;
+    let pods = cluster.pods();
+    let tool = cluster.push("tool", "soak").await?;
+    let seconds: u64 = std::env::var("SOAK_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1800);
+    let began = Instant::now();
+    let end = began + Duration::from_secs(seconds);
+    let first = sample(pid, began);
+    let sampler = tokio::spawn(async move {
+        let mut out = vec![first];
+        while Instant::now() + Duration::from_secs(60) <= end {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            let s = sample(pid, began);
+            eprintln!(
+                "soak: {:>5} s  RSS {:.1} MiB  fds {}  threads {}",
+                s.second,
+                s.rss_kib as f64 / 1024.0,
+                s.fds,
+                s.threads
+            );
+            out.push(s);
+        }
+        out
+    });
+    let kinds = [
+        Kind::Churn,
+        Kind::Churn,
+        Kind::Churn,
+        Kind::Churn,
+        Kind::Flood,
+        Kind::Flood,
+        Kind::Crash,
+        Kind::Crash,
+    ];
+    let workers = kinds.iter().enumerate().map(|(id, kind)| {
+        worker(
+            pods.clone(),
+            node.name.clone(),
+            tool.clone(),
+            *kind,
+            id,
+            end,
+        )
+    });
+    let results = futures::future::join_all(workers).await;
+    let samples = sampler.await.unwrap_or_default();
+    let mut rounds = [0u64; 3];
+    for (kind, result) in kinds.iter().zip(results) {
+        rounds[*kind as usize] += result?;
+    }
+    let now = DeleteParams {
+        grace_period_seconds: Some(0),
+        ..DeleteParams::default()
+    };
+    pods.delete_collection(&now, &ListParams::default().labels("bench=soak"))
+        .await?;
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let after = sample(pid, began);
+    let pod_dirs = left_in(&node.data_dir.join("pods"));
+    let tmp_files = left_in(&node.data_dir.join("images").join("tmp"));
+
+    // Warm-up: the five samples from minute 5 (or the first five when the run is short).
+    let warm: Vec<Sample> = samples.iter().skip(5).take(5).copied().collect();
+    let warm = if warm.len() == 5 {
+        warm
+    } else {
+        samples.iter().take(5).copied().collect()
+    };
+    let last: Vec<Sample> = samples.iter().rev().take(5).copied().collect();
+    let rss_warm = median(warm.iter().map(|s| s.rss_kib).collect());
+    let rss_last = median(last.iter().map(|s| s.rss_kib).collect());
+    let fds_warm = median(warm.iter().map(|s| s.fds as u64).collect());
+    let fds_last = median(last.iter().map(|s| s.fds as u64).collect());
+    let growth = rss_last as f64 / rss_warm.max(1) as f64;
+    let flat = growth <= 1.10 && fds_last <= fds_warm + 16;
+    let mib = |k: u64| k as f64 / 1024.0;
+    println!(
+        "| seconds | churn pods | log floods (40 MiB) | crash loops | RSS after warm-up | RSS at the end | end / warm-up | fds after warm-up | fds at the end | threads at the end | flat |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    println!(
+        "| {seconds} | {} | {} | {} | {:.1} MiB | {:.1} MiB | {growth:.2} | {fds_warm} | {fds_last} | {} | {} |",
+        rounds[Kind::Churn as usize],
+        rounds[Kind::Flood as usize],
+        rounds[Kind::Crash as usize],
+        mib(rss_warm),
+        mib(rss_last),
+        samples.last().map_or(0, |s| s.threads),
+        if flat { "yes" } else { "no" }
+    );
+    println!(
+        "after clearing every pod and 30 s: RSS {:.1} MiB (at the start {:.1} MiB), fds {} (at the start {}), threads {}; pod dirs left {pod_dirs}, partial downloads left {tmp_files}",
+        mib(after.rss_kib),
+        mib(first.rss_kib),
+        after.fds,
+        first.fds,
+        after.threads
+    );
+    let trend: Vec<String> = samples
+        .iter()
+        .map(|s| format!("{:.0}/{}", mib(s.rss_kib), s.fds))
+        .collect();
+    println!("RSS MiB / fds each minute: {}", trend.join(", "));
+    let dir = e2e::root().join("bench-results");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(
+        dir.join("soak.json"),
+        serde_json::to_string_pretty(&serde_json::json!({
+            "seconds": seconds,
+            "churn_pods": rounds[Kind::Churn as usize],
+            "log_floods": rounds[Kind::Flood as usize],
+            "crash_loops": rounds[Kind::Crash as usize],
+            "rss_kib_warm": rss_warm, "rss_kib_last": rss_last, "rss_growth": growth,
+            "fds_warm": fds_warm, "fds_last": fds_last, "flat": flat,
+            "after_clear": after, "pod_dirs_left": pod_dirs, "tmp_files_left": tmp_files,
+            "samples": samples,
+        }))?,
+    )?;
+    println!("written: bench-results/soak.json");
+    Ok(())
+}
