@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 use kubelet::keyring::Credential;
 use kubelet::runtime::{
-    ContainerExit, ContainerHandle, ContainerRun, Counter, Image, ImageError, ImageFsUsage,
-    PullPolicy, StoredImage,
+    BoxFuture, ContainerExit, ContainerHandle, ContainerRun, Counter, Image, ImageError,
+    ImageFsUsage, PullPolicy, StoredImage,
 };
 use wasi_runtime::{ContainerSpec, Engine, Exit, Preopen};
 
@@ -62,12 +62,8 @@ fn exit(e: Exit) -> ContainerExit {
     }
 }
 
-impl kubelet::Runtime for WasmRuntime {
-    fn version(&self) -> String {
-        Engine::version()
-    }
-
-    async fn pull_image(
+impl WasmRuntime {
+    async fn pull(
         &self,
         reference: &str,
         policy: PullPolicy,
@@ -117,7 +113,7 @@ impl kubelet::Runtime for WasmRuntime {
         }))
     }
 
-    async fn start_container(&self, run: ContainerRun) -> Result<ContainerHandle, String> {
+    async fn start(&self, run: ContainerRun) -> Result<ContainerHandle, String> {
         let wasm = self
             .store
             .module(&run.image.handle)
@@ -147,6 +143,66 @@ impl kubelet::Runtime for WasmRuntime {
         Ok(ContainerHandle::new(move || killer.kill(), async move {
             exit(running.wait().await)
         }))
+    }
+
+    async fn stored_images(&self) -> Vec<StoredImage> {
+        self.store
+            .images()
+            .await
+            .into_iter()
+            .map(|i| StoredImage {
+                reference: i.reference,
+                image_id: i.image_id,
+                handle: i.module_digest.to_string(),
+                size: i.size,
+            })
+            .collect()
+    }
+
+    async fn remove(&self, handle: &str) -> Result<u64, String> {
+        self.engine.forget(handle);
+        self.store.remove(handle).await.map_err(|e| e.to_string())
+    }
+
+    async fn fs_usage(&self) -> ImageFsUsage {
+        if let Some(capacity) = self.image_fs_capacity {
+            return ImageFsUsage {
+                capacity,
+                used: self.store.usage().await,
+            };
+        }
+        match rustix::fs::statvfs(&self.image_dir) {
+            Ok(fs) => ImageFsUsage {
+                capacity: fs.f_blocks * fs.f_frsize,
+                used: (fs.f_blocks - fs.f_bfree) * fs.f_frsize,
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot measure the image filesystem");
+                ImageFsUsage {
+                    capacity: 1,
+                    used: 0,
+                }
+            }
+        }
+    }
+}
+
+impl kubelet::Runtime for WasmRuntime {
+    fn version(&self) -> String {
+        Engine::version()
+    }
+
+    fn pull_image<'a>(
+        &'a self,
+        reference: &'a str,
+        policy: PullPolicy,
+        credentials: &'a [Credential],
+    ) -> BoxFuture<'a, Result<Image, ImageError>> {
+        Box::pin(self.pull(reference, policy, credentials))
+    }
+
+    fn start_container(&self, run: ContainerRun) -> BoxFuture<'_, Result<ContainerHandle, String>> {
+        Box::pin(self.start(run))
     }
 
     fn counters(&self) -> Vec<Counter> {
@@ -186,44 +242,15 @@ impl kubelet::Runtime for WasmRuntime {
         ]
     }
 
-    async fn images(&self) -> Vec<StoredImage> {
-        self.store
-            .images()
-            .await
-            .into_iter()
-            .map(|i| StoredImage {
-                reference: i.reference,
-                image_id: i.image_id,
-                handle: i.module_digest.to_string(),
-                size: i.size,
-            })
-            .collect()
+    fn images(&self) -> BoxFuture<'_, Vec<StoredImage>> {
+        Box::pin(self.stored_images())
     }
 
-    async fn remove_image(&self, handle: &str) -> Result<u64, String> {
-        self.engine.forget(handle);
-        self.store.remove(handle).await.map_err(|e| e.to_string())
+    fn remove_image<'a>(&'a self, handle: &'a str) -> BoxFuture<'a, Result<u64, String>> {
+        Box::pin(self.remove(handle))
     }
 
-    async fn image_fs_usage(&self) -> ImageFsUsage {
-        if let Some(capacity) = self.image_fs_capacity {
-            return ImageFsUsage {
-                capacity,
-                used: self.store.usage().await,
-            };
-        }
-        match rustix::fs::statvfs(&self.image_dir) {
-            Ok(fs) => ImageFsUsage {
-                capacity: fs.f_blocks * fs.f_frsize,
-                used: (fs.f_blocks - fs.f_bfree) * fs.f_frsize,
-            },
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot measure the image filesystem");
-                ImageFsUsage {
-                    capacity: 1,
-                    used: 0,
-                }
-            }
-        }
+    fn image_fs_usage(&self) -> BoxFuture<'_, ImageFsUsage> {
+        Box::pin(self.fs_usage())
     }
 }

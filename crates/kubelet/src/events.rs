@@ -15,8 +15,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
-use kube::api::{Patch, PatchParams, PostParams};
-use kube::{Api, Client};
+
+use crate::api::ClusterApi;
 
 use crate::ratelimit::{KeyedBuckets, TokenBucket};
 
@@ -62,7 +62,7 @@ const MAX_REMEMBERED: usize = 4096;
 
 /// Records events for objects on behalf of one node.
 pub struct Recorder {
-    client: Client,
+    api: Arc<dyn ClusterApi>,
     node_name: String,
     seen: Mutex<HashMap<Key, Seen>>,
     limits: Mutex<Limits>,
@@ -120,9 +120,9 @@ impl Limits {
 impl Recorder {
     /// A recorder for node `node_name`.
     #[must_use]
-    pub fn new(client: Client, node_name: &str) -> Self {
+    pub fn new(api: Arc<dyn ClusterApi>, node_name: &str) -> Self {
         Self {
-            client,
+            api,
             node_name: node_name.to_owned(),
             seen: Mutex::new(HashMap::new()),
             limits: Mutex::new(Limits::new(50, 100)),
@@ -177,7 +177,6 @@ impl Recorder {
             .namespace
             .clone()
             .unwrap_or_else(|| "default".to_owned());
-        let api: Api<Event> = Api::namespaced(self.client.clone(), &namespace);
         let key = Key {
             uid: object.uid.clone().unwrap_or_default(),
             field_path: object.field_path.clone().unwrap_or_default(),
@@ -194,11 +193,8 @@ impl Recorder {
         if let Some(seen) = repeat {
             let count = seen.count + 1;
             let patch = serde_json::json!({ "count": count, "lastTimestamp": Time(now) });
-            match api
-                .patch(&seen.name, &PatchParams::default(), &Patch::Merge(&patch))
-                .await
-            {
-                Ok(_) => {
+            match self.api.patch_event(&namespace, &seen.name, patch).await {
+                Ok(()) => {
                     self.remember(
                         key,
                         Seen {
@@ -216,7 +212,7 @@ impl Recorder {
         }
         let event = self.event(object, &namespace, type_, reason, message, now);
         let name = event.metadata.name.clone().unwrap_or_default();
-        api.create(&PostParams::default(), &event).await?;
+        self.api.create_event(&namespace, event).await?;
         self.remember(
             key,
             Seen {
@@ -268,15 +264,15 @@ impl Recorder {
             message,
             jiff::Timestamp::now(),
         );
-        let api: Api<Event> = Api::namespaced(self.client.clone(), &namespace);
+        let api = self.api.clone();
         let retrying = self.retrying.clone();
         tokio::spawn(async move {
             for _ in 0..RETRY_TRIES {
                 tokio::time::sleep(RETRY_EVERY).await;
-                match api.create(&PostParams::default(), &event).await {
+                match api.create_event(&namespace, event.clone()).await {
                     // Created, or refused for good (e.g. created by a try whose answer
                     // was lost): done.
-                    Ok(_) | Err(kube::Error::Api(_)) => break,
+                    Ok(()) | Err(kube::Error::Api(_)) => break,
                     Err(_) => {}
                 }
             }

@@ -92,7 +92,7 @@ pub fn plan(
 }
 
 /// One GC pass: removes what [`plan`] says and forgets it in `registry`. Returns the plan.
-pub async fn collect<R: Runtime>(runtime: &R, registry: &Registry, policy: &GcPolicy) -> Plan {
+pub async fn collect(runtime: &dyn Runtime, registry: &Registry, policy: &GcPolicy) -> Plan {
     let usage = runtime.image_fs_usage().await;
     let in_use: HashSet<String> = registry.images_in_use();
     // One candidate per content handle, last used when any of its names was.
@@ -125,8 +125,8 @@ pub async fn collect<R: Runtime>(runtime: &R, registry: &Registry, policy: &GcPo
 
 /// Runs [`collect`] every `policy.period` until `shutdown`; records the kubelet's
 /// `ImageGCFailed` event on the node when not enough could be freed.
-pub async fn run<R: Runtime>(
-    runtime: Arc<R>,
+pub async fn run(
+    runtime: Arc<dyn Runtime>,
     registry: Registry,
     policy: GcPolicy,
     recorder: Arc<Recorder>,

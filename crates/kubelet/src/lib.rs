@@ -8,6 +8,7 @@
 //!
 //! [`Kubelet::run`] wires them together.
 
+pub mod api;
 pub mod auth;
 pub mod events;
 pub mod eviction;
@@ -113,10 +114,10 @@ impl Kubelet {
     ///
     /// # Errors
     /// When the node cannot be registered or the API port cannot be bound.
-    pub async fn run<R: Runtime>(
+    pub async fn run(
         config: Config,
         client: Client,
-        runtime: Arc<R>,
+        runtime: Arc<dyn Runtime>,
         shutdown: CancellationToken,
     ) -> Result<()> {
         let config = Arc::new(config);
@@ -135,8 +136,9 @@ impl Kubelet {
         for image in runtime.images().await {
             registry.add_image(&image.reference, &image.image_id, image.size, &image.handle);
         }
+        let cluster: Arc<dyn api::ClusterApi> = Arc::new(api::KubeApi::new(client.clone()));
         let recorder = Arc::new(
-            events::Recorder::new(client.clone(), &config.node_name)
+            events::Recorder::new(cluster.clone(), &config.node_name)
                 .with_limits(config.event_qps, config.event_burst),
         );
         let gc = tokio::spawn(images::run(
@@ -172,6 +174,7 @@ impl Kubelet {
         ));
         pods::run(
             client.clone(),
+            cluster,
             config.clone(),
             runtime,
             registry.clone(),

@@ -10,6 +10,8 @@ use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 
+pub use crate::api::BoxFuture;
+
 /// `imagePullPolicy`, resolved (the `:latest` default already applied).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PullPolicy {
@@ -169,30 +171,27 @@ pub trait Runtime: Send + Sync + 'static {
     /// Makes `reference` available locally according to `policy`. `credentials` are the
     /// pod's pull secrets that match the image, to be tried in order; empty means an
     /// anonymous pull.
-    fn pull_image(
-        &self,
-        reference: &str,
+    fn pull_image<'a>(
+        &'a self,
+        reference: &'a str,
         policy: PullPolicy,
-        credentials: &[crate::keyring::Credential],
-    ) -> impl Future<Output = Result<Image, ImageError>> + Send;
+        credentials: &'a [crate::keyring::Credential],
+    ) -> BoxFuture<'a, Result<Image, ImageError>>;
 
     /// Starts one container run. An error is a failure to create or start it
     /// (`CreateContainerError` / `StartError`), not a failure of the workload.
-    fn start_container(
-        &self,
-        run: ContainerRun,
-    ) -> impl Future<Output = Result<ContainerHandle, String>> + Send;
+    fn start_container(&self, run: ContainerRun) -> BoxFuture<'_, Result<ContainerHandle, String>>;
 
     /// The runtime's counters, for `/metrics`.
     fn counters(&self) -> Vec<Counter>;
 
     /// Every image held on disk.
-    fn images(&self) -> impl Future<Output = Vec<StoredImage>> + Send;
+    fn images(&self) -> BoxFuture<'_, Vec<StoredImage>>;
 
     /// Removes the image content with `handle` (every reference to it); returns the
     /// bytes freed.
-    fn remove_image(&self, handle: &str) -> impl Future<Output = Result<u64, String>> + Send;
+    fn remove_image<'a>(&'a self, handle: &'a str) -> BoxFuture<'a, Result<u64, String>>;
 
     /// How full the image filesystem is.
-    fn image_fs_usage(&self) -> impl Future<Output = ImageFsUsage> + Send;
+    fn image_fs_usage(&self) -> BoxFuture<'_, ImageFsUsage>;
 }

@@ -191,8 +191,8 @@ fn disk_victim(pods: Vec<(Pod, PathBuf)>) -> Option<Pod> {
 }
 
 /// Runs the eviction manager until `shutdown`.
-pub async fn run<R: Runtime>(
-    runtime: Arc<R>,
+pub async fn run(
+    runtime: Arc<dyn Runtime>,
     registry: Registry,
     data_dir: PathBuf,
     settings: Settings,

@@ -1,12 +1,12 @@
 //! One container's life inside a pod worker: pull, start, wait, restart with back-off.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{
-    Container, ContainerStateTerminated, ObjectReference, Pod, Secret,
-};
-use kube::{Api, ResourceExt};
+use tokio::time::Instant;
+
+use k8s_openapi::api::core::v1::{Container, ContainerStateTerminated, ObjectReference, Pod};
+use kube::ResourceExt;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -17,7 +17,7 @@ use super::termination;
 use crate::events::EventType;
 use crate::keyring::{Credential, Keyring};
 use crate::now;
-use crate::runtime::{ContainerExit, ContainerRun, Image, ImageError, PullPolicy, Runtime};
+use crate::runtime::{ContainerExit, ContainerRun, Image, ImageError, PullPolicy};
 
 /// First back-off delay (image pulls and crash loops), doubled up to [`MAX_BACKOFF`].
 pub const INITIAL_BACKOFF: Duration = Duration::from_secs(10);
@@ -146,8 +146,8 @@ pub(crate) fn pod_dir_name(pod: &Pod) -> String {
 
 /// Runs the container in `slot` under `restart_policy` until it will not run again or
 /// `kill` fires.
-pub(crate) async fn supervise<R: Runtime>(
-    ctx: Arc<Ctx<R>>,
+pub(crate) async fn supervise(
+    ctx: Arc<Ctx>,
     pod: Arc<Pod>,
     slot: Slot,
     spec: Container,
@@ -224,8 +224,8 @@ pub(crate) async fn supervise<R: Runtime>(
     sup.shared.update(slot, |r| r.done = true);
 }
 
-struct Supervisor<R> {
-    ctx: Arc<Ctx<R>>,
+struct Supervisor {
+    ctx: Arc<Ctx>,
     pod: Arc<Pod>,
     slot: Slot,
     shared: Arc<Shared>,
@@ -237,7 +237,7 @@ struct Supervisor<R> {
     pulled: std::sync::Mutex<Option<String>>,
 }
 
-impl<R: Runtime> Supervisor<R> {
+impl Supervisor {
     fn defer_pulled(&self, note: String) {
         *self
             .pulled
@@ -307,19 +307,20 @@ impl<R: Runtime> Supervisor<R> {
         if names.is_empty() {
             return Vec::new();
         }
-        let api: Api<Secret> = Api::namespaced(
-            self.ctx.client.clone(),
-            &self.pod.namespace().unwrap_or_default(),
-        );
+        let ns = self.pod.namespace().unwrap_or_default();
         let mut ring = Keyring::default();
         let mut missing = Vec::new();
         for name in names {
-            match api.get(&name).await {
-                Ok(secret) => {
+            match self.ctx.api.secret(&ns, &name).await {
+                Ok(Some(secret)) => {
                     if let Err(e) = ring.add_secret(&secret) {
                         tracing::warn!(error = %e, "unusable pull secret");
                         missing.push(name);
                     }
+                }
+                Ok(None) => {
+                    tracing::warn!(secret = %name, "pull secret not found");
+                    missing.push(name);
                 }
                 Err(e) => {
                     tracing::warn!(secret = %name, error = %e, "cannot read pull secret");
@@ -480,7 +481,7 @@ impl<R: Runtime> Supervisor<R> {
     /// argv and the environment; the kubelet's message when a source is missing.
     async fn argv_env(&self) -> Result<(Vec<String>, Vec<(String, String)>), String> {
         let (env, invalid) =
-            super::env::resolve(&self.ctx.client, &self.pod, &self.spec, &self.ctx.facts).await?;
+            super::env::resolve(&*self.ctx.api, &self.pod, &self.spec, &self.ctx.facts).await?;
         for message in invalid {
             self.event(
                 EventType::Warning,

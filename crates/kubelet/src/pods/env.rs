@@ -6,7 +6,9 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret};
-use kube::{Client, ResourceExt};
+use kube::ResourceExt;
+
+use crate::api::ClusterApi;
 
 use super::spec::expand;
 use crate::volumes::downward::{self, NodeFacts};
@@ -58,7 +60,7 @@ type Data = BTreeMap<String, Vec<u8>>;
 
 /// The data of the ConfigMaps and Secrets one container refers to, each read once.
 struct Lookup<'a> {
-    client: &'a Client,
+    api: &'a dyn ClusterApi,
     ns: String,
     read: BTreeMap<(Source, String), Option<Data>>,
 }
@@ -68,12 +70,12 @@ impl Lookup<'_> {
     async fn data(&mut self, source: Source, name: &str) -> Result<Option<&Data>, String> {
         let key = (source, name.to_owned());
         if !self.read.contains_key(&key) {
-            let (client, ns, kind) = (self.client, self.ns.as_str(), source.lower());
+            let (api, ns, kind) = (self.api, self.ns.as_str(), source.lower());
             let got = match source {
-                Source::ConfigMap => read::<ConfigMap>(client, kind, ns, name)
+                Source::ConfigMap => read::<ConfigMap>(api, kind, ns, name)
                     .await?
                     .map(|cm| config_map_data(&cm)),
-                Source::Secret => read::<Secret>(client, kind, ns, name)
+                Source::Secret => read::<Secret>(api, kind, ns, name)
                     .await?
                     .map(|s| secret_data(&s)),
             };
@@ -97,14 +99,14 @@ fn set(env: &mut Vec<(String, String)>, name: String, value: String) {
 /// The kubelet's message for a missing, non-optional source: the container then waits
 /// as `CreateContainerConfigError` and is tried again.
 pub(crate) async fn resolve(
-    client: &Client,
+    api: &dyn ClusterApi,
     pod: &Pod,
     container: &Container,
     facts: &NodeFacts,
 ) -> Result<(Vec<(String, String)>, Vec<String>), String> {
     let ns = pod.namespace().unwrap_or_default();
     let mut lookup = Lookup {
-        client,
+        api,
         ns: ns.clone(),
         read: BTreeMap::new(),
     };

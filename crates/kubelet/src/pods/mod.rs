@@ -4,10 +4,14 @@
 pub mod admission;
 mod container;
 mod env;
+#[cfg(test)]
+mod machine_tests;
 mod sequence;
 pub mod spec;
 pub mod status;
 mod termination;
+#[cfg(test)]
+mod testing;
 mod worker;
 mod writer;
 
@@ -251,10 +255,11 @@ fn status_images(mut entries: Vec<ImageEntry>) -> Vec<ContainerImage> {
 }
 
 /// What every worker of this node shares.
-pub(crate) struct Ctx<R> {
-    pub client: Client,
+pub(crate) struct Ctx {
+    /// What the pod machinery reads and writes in the API.
+    pub api: Arc<dyn crate::api::ClusterApi>,
     pub config: Arc<Config>,
-    pub runtime: Arc<R>,
+    pub runtime: Arc<dyn Runtime>,
     pub registry: Registry,
     pub recorder: Arc<crate::events::Recorder>,
     /// ConfigMaps and Secrets lately read for volumes.
@@ -263,12 +268,12 @@ pub(crate) struct Ctx<R> {
     pub facts: crate::volumes::downward::NodeFacts,
 }
 
-impl<R> Ctx<R> {
+impl Ctx {
     /// What volumes read their content through; objects cached up to `max_age` are used
     /// (zero: read everything afresh).
     pub fn volume_context(&self, max_age: std::time::Duration) -> crate::volumes::Context<'_> {
         crate::volumes::Context {
-            client: &self.client,
+            api: &*self.api,
             facts: self.facts,
             cache: &self.objects,
             max_age,
@@ -285,17 +290,18 @@ impl<R> Ctx<R> {
 }
 
 /// Watches the pods bound to this node and keeps one worker per pod, until `shutdown`.
-pub async fn run<R: Runtime>(
+pub async fn run(
     client: Client,
+    api: Arc<dyn crate::api::ClusterApi>,
     config: Arc<Config>,
-    runtime: Arc<R>,
+    runtime: Arc<dyn Runtime>,
     registry: Registry,
     recorder: Arc<crate::events::Recorder>,
     shutdown: CancellationToken,
 ) {
     let ctx = Arc::new(Ctx {
         recorder,
-        client: client.clone(),
+        api,
         config: config.clone(),
         runtime,
         registry: registry.clone(),
@@ -368,7 +374,7 @@ pub async fn run<R: Runtime>(
 
 /// A pod that is gone from the API: its workloads stop, then its records, logs and
 /// volumes go (a container stopping records its logs one last time).
-fn gone<R: Runtime>(ctx: &Ctx<R>, pod: Pod, worker: Option<Worker>) {
+fn gone(ctx: &Ctx, pod: Pod, worker: Option<Worker>) {
     let dir = ctx.pod_dir(&pod);
     let registry = ctx.registry.clone();
     tokio::spawn(async move {
@@ -396,7 +402,7 @@ pub(crate) async fn remove_pod_dir(dir: &std::path::Path) {
 /// Removes the directories (logs, volumes) of pods this node no longer has: those
 /// deleted while the node agent was down. Those of pods it still has are kept, so a
 /// running pod's `emptyDir` survives a restart of the agent.
-async fn remove_orphans<R: Runtime>(ctx: &Ctx<R>) {
+async fn remove_orphans(ctx: &Ctx) {
     let live: HashSet<String> = ctx
         .registry
         .workers
@@ -418,7 +424,7 @@ async fn remove_orphans<R: Runtime>(ctx: &Ctx<R>) {
     }
 }
 
-async fn dispatch<R: Runtime>(ctx: &Arc<Ctx<R>>, pod: Pod) {
+async fn dispatch(ctx: &Arc<Ctx>, pod: Pod) {
     let uid = pod.uid().unwrap_or_default();
     if let Some(w) = ctx.registry.workers.lock().await.get(&uid) {
         w.pod.send_replace(pod);

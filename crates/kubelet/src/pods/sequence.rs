@@ -12,7 +12,6 @@ use super::Ctx;
 use super::container::{Shared, Slot, supervise};
 use super::spec::restart_policy;
 use super::status::{self, ContainerRecord, Records};
-use crate::Runtime;
 use crate::events::EventType;
 use kube::Resource;
 
@@ -103,8 +102,8 @@ pub(crate) fn adopted(pod: &Pod) -> Records {
 }
 
 /// Runs the containers of `pod` in order until they are all done or `kill` fires.
-pub(crate) async fn drive<R: Runtime>(
-    ctx: Arc<Ctx<R>>,
+pub(crate) async fn drive(
+    ctx: Arc<Ctx>,
     pod: Arc<Pod>,
     shared: Arc<Shared>,
     kill: CancellationToken,
@@ -178,12 +177,7 @@ pub(crate) async fn drive<R: Runtime>(
 /// Sets up the pod's volumes, retrying with back-off (each failure a `FailedMount`
 /// event, the containers still `ContainerCreating`) until they are or `kill` fires;
 /// false when killed.
-async fn mount_volumes<R: Runtime>(
-    ctx: &Ctx<R>,
-    pod: &Pod,
-    shared: &Shared,
-    kill: &CancellationToken,
-) -> bool {
+async fn mount_volumes(ctx: &Ctx, pod: &Pod, shared: &Shared, kill: &CancellationToken) -> bool {
     let mut backoff = MOUNT_BACKOFF;
     loop {
         let context = ctx.volume_context(std::time::Duration::ZERO);

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use crate::events::EventType;
 use k8s_openapi::api::core::v1::{HostIP, Pod, PodIP, PodStatus};
 use kube::api::{DeleteParams, Preconditions};
-use kube::{Api, Resource, ResourceExt};
+use kube::{Resource, ResourceExt};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -15,7 +15,7 @@ use super::container::Shared;
 use super::spec::restart_policy;
 use super::status::{self, ContainerRecord, Records};
 use super::{admission, sequence};
-use crate::{Runtime, now};
+use crate::now;
 
 fn deleting(pod: &Pod) -> bool {
     pod.metadata.deletion_timestamp.is_some()
@@ -55,15 +55,15 @@ pub(crate) fn qos_class(pod: &Pod) -> &'static str {
     }
 }
 
-struct PodWorker<R> {
-    ctx: Arc<Ctx<R>>,
+struct PodWorker {
+    ctx: Arc<Ctx>,
     pod: watch::Receiver<Pod>,
-    api: Api<Pod>,
+    ns: String,
     name: String,
     statuses: super::writer::StatusWriter,
 }
 
-impl<R: Runtime> PodWorker<R> {
+impl PodWorker {
     fn current(&self) -> Pod {
         self.pod.borrow().clone()
     }
@@ -149,8 +149,8 @@ impl<R: Runtime> PodWorker<R> {
             }),
             ..DeleteParams::default()
         };
-        match self.api.delete(&self.name, &params).await {
-            Ok(_) => tracing::info!(pod = %self.name, "pod deleted"),
+        match self.ctx.api.delete_pod(&self.ns, &self.name, params).await {
+            Ok(()) => tracing::info!(pod = %self.name, "pod deleted"),
             Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
             Err(e) => tracing::warn!(pod = %self.name, error = %e, "cannot delete pod"),
         }
@@ -236,21 +236,26 @@ fn deadline(pod: &Pod) -> Option<tokio::time::Instant> {
 }
 
 /// Drives one pod from admission to the removal of its object.
-pub(crate) async fn run<R: Runtime>(
-    ctx: Arc<Ctx<R>>,
+pub(crate) async fn run(
+    ctx: Arc<Ctx>,
     pod: watch::Receiver<Pod>,
     stop: CancellationToken,
     mut evicted: watch::Receiver<Option<String>>,
     misfit: Option<(&'static str, String)>,
 ) {
     let first = pod.borrow().clone();
-    let api = Api::namespaced(ctx.client.clone(), &first.namespace().unwrap_or_default());
-    let statuses = super::writer::StatusWriter::start(api.clone(), first.name_any(), first.uid());
+    let ns = first.namespace().unwrap_or_default();
+    let statuses = super::writer::StatusWriter::start(
+        ctx.api.clone(),
+        ns.clone(),
+        first.name_any(),
+        first.uid(),
+    );
     let mut w = PodWorker {
         name: first.name_any(),
+        ns,
         ctx,
         pod,
-        api,
         statuses,
     };
     if status::is_terminal(&first) || deleting(&first) {

@@ -5,10 +5,11 @@
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Pod;
-use kube::Api;
-use kube::api::{Patch, PatchParams};
+use std::sync::Arc;
+
 use tokio::sync::watch;
+
+use crate::api::ClusterApi;
 
 /// First wait after a failed write; it doubles up to [`RETRY_MAX`].
 const RETRY_FIRST: Duration = Duration::from_millis(500);
@@ -23,12 +24,17 @@ pub(crate) struct StatusWriter {
 }
 
 impl StatusWriter {
-    /// Starts the writer of pod `name` (of UID `uid`, a precondition of every write, so
-    /// that a late write never lands on another pod of the same name).
-    pub(crate) fn start(api: Api<Pod>, name: String, uid: Option<String>) -> Self {
+    /// Starts the writer of pod `ns/name` (of UID `uid`, a precondition of every write,
+    /// so that a late write never lands on another pod of the same name).
+    pub(crate) fn start(
+        api: Arc<dyn ClusterApi>,
+        ns: String,
+        name: String,
+        uid: Option<String>,
+    ) -> Self {
         let (wanted, wanted_rx) = watch::channel(None);
         let (written_tx, written) = watch::channel(None);
-        tokio::spawn(write(api, name, uid, wanted_rx, written_tx));
+        tokio::spawn(write(api, ns, name, uid, wanted_rx, written_tx));
         Self { wanted, written }
     }
 
@@ -51,7 +57,8 @@ impl StatusWriter {
 }
 
 async fn write(
-    api: Api<Pod>,
+    api: Arc<dyn ClusterApi>,
+    ns: String,
     name: String,
     uid: Option<String>,
     mut wanted: watch::Receiver<Option<serde_json::Value>>,
@@ -69,11 +76,8 @@ async fn write(
                 Some(uid) => serde_json::json!({ "metadata": { "uid": uid }, "status": status }),
                 None => serde_json::json!({ "status": status }),
             };
-            match api
-                .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
-                .await
-            {
-                Ok(_) => {
+            match api.patch_pod_status(&ns, &name, patch).await {
+                Ok(()) => {
                     written.send_replace(value);
                     backoff = RETRY_FIRST;
                 }

@@ -9,11 +9,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{
-    ConfigMap, DownwardAPIVolumeFile, KeyToPath, PersistentVolume, PersistentVolumeClaim, Pod,
-    Secret, ServiceAccount, ServiceAccountTokenProjection,
+    ConfigMap, DownwardAPIVolumeFile, KeyToPath, Pod, Secret, ServiceAccountTokenProjection,
 };
-use kube::api::PostParams;
-use kube::{Api, Client, ResourceExt};
+use kube::ResourceExt;
+
+use crate::api::{BoxFuture, ClusterApi};
 
 use super::atomic::{self, File, Files};
 use super::downward::{self, NodeFacts};
@@ -99,7 +99,7 @@ fn remember<T>(map: &Entries<T>, key: (String, String), value: Option<T>) {
 pub struct Context<'a> {
     /// The API client (the node's identity: the Node authorizer lets it read what its
     /// pods reference, and nothing else).
-    pub client: &'a Client,
+    pub api: &'a dyn ClusterApi,
     /// The node's address and allocatable resources.
     pub facts: NodeFacts,
     /// Objects read lately.
@@ -109,23 +109,45 @@ pub struct Context<'a> {
     pub max_age: Duration,
 }
 
+/// Kinds read by name for volumes and the environment.
+pub(crate) trait Named: Clone + std::fmt::Debug + Send + 'static {
+    /// Object `ns/name`, `None` when it does not exist.
+    fn get<'a>(
+        api: &'a dyn ClusterApi,
+        ns: &'a str,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Self>, kube::Error>>;
+}
+
+impl Named for ConfigMap {
+    fn get<'a>(
+        api: &'a dyn ClusterApi,
+        ns: &'a str,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Self>, kube::Error>> {
+        api.config_map(ns, name)
+    }
+}
+
+impl Named for Secret {
+    fn get<'a>(
+        api: &'a dyn ClusterApi,
+        ns: &'a str,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Self>, kube::Error>> {
+        api.secret(ns, name)
+    }
+}
+
 /// Namespaced object `ns/name` of kind `K`, `None` when it does not exist; the error
 /// names it as `kind` (`configmap`, `secret`).
-pub(crate) async fn read<K>(
-    client: &Client,
+pub(crate) async fn read<K: Named>(
+    api: &dyn ClusterApi,
     kind: &str,
     ns: &str,
     name: &str,
-) -> Result<Option<K>, String>
-where
-    K: kube::Resource<Scope = kube::core::NamespaceResourceScope>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug,
-    K::DynamicType: Default,
-{
-    Api::<K>::namespaced(client.clone(), ns)
-        .get_opt(name)
+) -> Result<Option<K>, String> {
+    K::get(api, ns, name)
         .await
         .map_err(|e| format!("failed to get {kind} {ns}/{name}: {e}"))
 }
@@ -210,25 +232,18 @@ pub(crate) fn secret_data(secret: &Secret) -> BTreeMap<String, Vec<u8>> {
 impl Context<'_> {
     /// `ns/name` of kind `K` from `entries` when read lately enough, else from the API
     /// server (and remembered).
-    async fn cached_read<K>(
+    async fn cached_read<K: Named>(
         &self,
         entries: &Entries<K>,
         kind: &str,
         ns: &str,
         name: &str,
-    ) -> Result<Option<K>, String>
-    where
-        K: kube::Resource<Scope = kube::core::NamespaceResourceScope>
-            + Clone
-            + serde::de::DeserializeOwned
-            + std::fmt::Debug,
-        K::DynamicType: Default,
-    {
+    ) -> Result<Option<K>, String> {
         let key = (ns.to_owned(), name.to_owned());
         if let Some(hit) = cached(entries, &key, self.max_age) {
             return Ok(hit);
         }
-        let got = read::<K>(self.client, kind, ns, name).await?;
+        let got = read::<K>(self.api, kind, ns, name).await?;
         remember(entries, key, got.clone());
         Ok(got)
     }
@@ -254,7 +269,6 @@ impl Context<'_> {
             .as_ref()
             .and_then(|s| s.service_account_name.clone())
             .unwrap_or_else(|| "default".to_owned());
-        let api: Api<ServiceAccount> = Api::namespaced(self.client.clone(), &ns);
         let request = TokenRequest {
             spec: Some(TokenRequestSpec {
                 audiences: Some(projection.audience.iter().cloned().collect()),
@@ -273,8 +287,9 @@ impl Context<'_> {
             ..TokenRequest::default()
         };
         let issued = SystemTime::now();
-        let answer = api
-            .create_token_request(&account, &PostParams::default(), &request)
+        let answer = self
+            .api
+            .request_token(&ns, &account, request)
             .await
             .map_err(|e| format!("failed to fetch token: {e}"))?;
         let status = answer.status.unwrap_or_default();
@@ -394,8 +409,7 @@ impl Context<'_> {
 
     /// The node path of claim `claim`: its bound volume's `local` or `hostPath` path.
     pub(super) async fn claim_path(&self, ns: &str, claim: &str) -> Result<PathBuf, String> {
-        let claims: Api<PersistentVolumeClaim> = Api::namespaced(self.client.clone(), ns);
-        let pvc = match claims.get_opt(claim).await {
+        let pvc = match self.api.claim(ns, claim).await {
             Ok(Some(pvc)) => pvc,
             Ok(None) => return Err(format!("persistentvolumeclaim {claim:?} not found")),
             Err(e) => return Err(format!("failed to get persistentvolumeclaim {claim}: {e}")),
@@ -411,9 +425,9 @@ impl Context<'_> {
                 "PVC {ns}/{claim} has non-bound phase ({phase:?}) or empty pvc.Spec.VolumeName"
             ));
         };
-        let pvs: Api<PersistentVolume> = Api::all(self.client.clone());
-        let pv = pvs
-            .get(&pv_name)
+        let pv = self
+            .api
+            .volume(&pv_name)
             .await
             .map_err(|e| format!("failed to get persistentvolume {pv_name}: {e}"))?;
         let spec = pv.spec.unwrap_or_default();

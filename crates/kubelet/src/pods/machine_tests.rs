@@ -1,0 +1,706 @@
+//! The pod state machine without a cluster: one worker over the in-memory API and the
+//! scripted runtime of [`super::testing`], in paused time (minutes of back-off pass in
+//! microseconds). The end-to-end tests check what the real control plane sees; these
+//! check the timing and the order of things.
+
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::time::Instant;
+
+use super::testing::{Did, Harness, Pull, Script, container, pod};
+
+const SEC: Duration = Duration::from_secs(1);
+
+/// Polls `done` every 100 ms of test time for at most `bound` (test time: no real
+/// waiting while the runtime idles).
+async fn eventually(bound: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let waited = tokio::time::timeout(bound, async {
+        while !done() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(waited.is_ok(), "not within {bound:?}: {what}");
+}
+
+fn gaps(times: &[Instant]) -> Vec<Duration> {
+    times.windows(2).map(|w| w[1] - w[0]).collect()
+}
+
+/// `got` is `want`, each within a second over (the worker's own small steps).
+fn assert_about(got: &[Duration], want: &[u64]) {
+    assert_eq!(got.len(), want.len(), "{got:?} against {want:?} s");
+    for (g, w) in got.iter().zip(want) {
+        let w = Duration::from_secs(*w);
+        assert!(*g >= w && *g <= w + SEC, "{got:?} against {want:?} s");
+    }
+}
+
+fn phase(status: &serde_json::Value) -> &str {
+    status["phase"].as_str().unwrap_or_default()
+}
+
+fn waiting_reason<'a>(status: &'a serde_json::Value, name: &str) -> &'a str {
+    container(status, name)["state"]["waiting"]["reason"]
+        .as_str()
+        .unwrap_or_default()
+}
+
+fn one(name: &str, policy: &str) -> serde_json::Value {
+    json!({ "restartPolicy": policy, "containers": [{ "name": name, "image": "r/img:1" }] })
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_crash_loop_restarts_at_once_then_backs_off_from_ten_seconds_to_five_minutes() {
+    let h = Harness::new();
+    h.runtime.script("c", &[Script::Exit(Duration::ZERO, 1)]);
+    let _w = h.start(pod(one("c", "Always")), None);
+    eventually(Duration::from_secs(3600), "nine runs", || {
+        h.runtime.starts("c").len() >= 9
+    })
+    .await;
+    let starts = h.runtime.starts("c");
+    assert_about(&gaps(&starts[..9]), &[0, 10, 20, 40, 80, 160, 300, 300]);
+    // While it waits: CrashLoopBackOff, the last run in lastState, the restarts counted.
+    let message = "back-off 20s restarting failed container=c pod=p_default(uid-p)";
+    let statuses = h.api.statuses();
+    let s = statuses
+        .iter()
+        .find(|s| container(s, "c")["state"]["waiting"]["message"] == message)
+        .expect("the second back-off reported");
+    let c = container(s, "c");
+    assert_eq!(c["state"]["waiting"]["reason"], "CrashLoopBackOff");
+    assert_eq!(c["lastState"]["terminated"]["exitCode"], 1);
+    assert_eq!(c["restartCount"], 2);
+    assert_eq!(phase(s), "Running");
+    assert!(!h.api.events("BackOff").is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_run_of_ten_minutes_forgets_the_crash_loop_back_off() {
+    let h = Harness::new();
+    let quick = Script::Exit(Duration::ZERO, 1);
+    h.runtime.script(
+        "c",
+        &[
+            quick,
+            quick,
+            quick,
+            Script::Exit(Duration::from_secs(600), 1),
+            quick,
+        ],
+    );
+    let _w = h.start(pod(one("c", "Always")), None);
+    eventually(Duration::from_secs(3600), "seven runs", || {
+        h.runtime.starts("c").len() >= 7
+    })
+    .await;
+    // At once, 10 s, 20 s of back-off; a run of 600 s, after which the next restart is
+    // at once (the back-off forgotten), then 10 s and 20 s again.
+    assert_about(
+        &gaps(&h.runtime.starts("c")[..7]),
+        &[0, 10, 20, 600, 10, 20],
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_pull_backs_off_as_image_pull_back_off_then_succeeds() {
+    let h = Harness::new();
+    h.runtime.pulls(
+        "r/img:1",
+        &[Pull::Fails, Pull::Fails, Pull::Fails, Pull::Ok(2 * SEC)],
+    );
+    h.runtime.script("c", &[Script::Hang]);
+    let _w = h.start(pod(one("c", "Always")), None);
+    eventually(Duration::from_secs(3600), "a start", || {
+        !h.runtime.starts("c").is_empty()
+    })
+    .await;
+    let pulls: Vec<Instant> = h
+        .runtime
+        .did()
+        .into_iter()
+        .filter(|(_, d)| matches!(d, Did::Pulled(_)))
+        .map(|(at, _)| at)
+        .collect();
+    // Each failure shows for a second as ErrImagePull, then the back-off: 10, 20, 40 s.
+    assert_about(&gaps(&pulls), &[11, 21, 41]);
+    let reasons: Vec<String> = h
+        .api
+        .statuses()
+        .iter()
+        .map(|s| waiting_reason(s, "c").to_owned())
+        .filter(|r| !r.is_empty())
+        .collect();
+    assert!(reasons.contains(&"ErrImagePull".to_owned()), "{reasons:?}");
+    let backoff = h
+        .api
+        .statuses()
+        .into_iter()
+        .find(|s| waiting_reason(s, "c") == "ImagePullBackOff")
+        .expect("ImagePullBackOff reported");
+    let message = container(&backoff, "c")["state"]["waiting"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        message.starts_with("Back-off pulling image \"r/img:1\": ErrImagePull: "),
+        "{message}"
+    );
+    let reasons = h.api.reasons();
+    let order: Vec<&str> = [
+        "Pulling", "Failed", "BackOff", "Pulled", "Created", "Started",
+    ]
+    .into_iter()
+    .filter(|r| reasons.iter().any(|x| x == r))
+    .collect();
+    assert_eq!(order.len(), 6, "{reasons:?}");
+    let pulled = reasons.iter().position(|r| r == "Pulled");
+    let created = reasons.iter().position(|r| r == "Created");
+    assert!(pulled < created, "{reasons:?}");
+    eventually(Duration::from_secs(60), "Running", || {
+        phase(&h.api.last_status()) == "Running"
+            && container(&h.api.last_status(), "c")["state"]["running"].is_object()
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_active_deadline_fails_the_pod_and_kills_its_containers() {
+    let h = Harness::new();
+    h.runtime.script("c", &[Script::Hang]);
+    let mut spec = one("c", "Always");
+    spec["activeDeadlineSeconds"] = json!(30);
+    let began = Instant::now();
+    let w = h.start(pod(spec), None);
+    h.api
+        .until(Duration::from_secs(120), "Failed", |w| {
+            w.statuses.last().is_some_and(|(_, s)| phase(s) == "Failed")
+        })
+        .await;
+    let last = h.api.last_status();
+    assert_eq!(last["reason"], "DeadlineExceeded");
+    assert_eq!(
+        last["message"],
+        "Pod was active on the node longer than the specified deadline"
+    );
+    let failed_at = h.api.with(|w| w.statuses.last().map(|(at, _)| *at));
+    let failed_after = failed_at.map(|at| at - began).unwrap_or_default();
+    assert!(
+        failed_after >= Duration::from_secs(30) && failed_after <= Duration::from_secs(31),
+        "{failed_after:?}"
+    );
+    assert!(
+        h.runtime
+            .did()
+            .iter()
+            .any(|(_, d)| *d == Did::Killed("c".to_owned()))
+    );
+    let reasons = h.api.reasons();
+    assert!(
+        reasons.contains(&"DeadlineExceeded".to_owned()),
+        "{reasons:?}"
+    );
+    assert!(reasons.contains(&"Killing".to_owned()), "{reasons:?}");
+    assert_eq!(
+        container(&last, "c")["state"]["terminated"]["exitCode"],
+        137
+    );
+    // The object stays until it is deleted; then the worker finishes the deletion.
+    assert!(h.api.with(|w| w.deleted.is_empty()));
+    w.delete();
+    h.api
+        .until(Duration::from_secs(60), "deleted", |w| {
+            !w.deleted.is_empty()
+        })
+        .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn init_containers_run_one_at_a_time_before_the_app_containers() {
+    let h = Harness::new();
+    h.runtime.script("i1", &[Script::Exit(5 * SEC, 0)]);
+    h.runtime.script("i2", &[Script::Exit(5 * SEC, 0)]);
+    h.runtime.script("a", &[Script::Hang]);
+    h.runtime.script("b", &[Script::Hang]);
+    let spec = json!({
+        "initContainers": [{ "name": "i1", "image": "r/i:1" }, { "name": "i2", "image": "r/i:1" }],
+        "containers": [{ "name": "a", "image": "r/a:1" }, { "name": "b", "image": "r/a:1" }]
+    });
+    let _w = h.start(pod(spec), None);
+    eventually(Duration::from_secs(120), "both app containers", || {
+        h.runtime.starts("a").len() == 1 && h.runtime.starts("b").len() == 1
+    })
+    .await;
+    let (i1, i2, a) = (
+        h.runtime.starts("i1")[0],
+        h.runtime.starts("i2")[0],
+        h.runtime.starts("a")[0],
+    );
+    assert_about(&[i2 - i1, a - i2], &[5, 5]);
+    // Pending (PodInitializing) while the init containers run.
+    let statuses = h.api.statuses();
+    let first = statuses.first().expect("a status");
+    assert_eq!(phase(first), "Pending");
+    assert_eq!(waiting_reason(first, "a"), "PodInitializing");
+    eventually(Duration::from_secs(60), "Running", || {
+        phase(&h.api.last_status()) == "Running"
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_init_container_fails_a_pod_that_never_restarts() {
+    let h = Harness::new();
+    h.runtime.script("i", &[Script::Exit(SEC, 3)]);
+    let spec = json!({
+        "restartPolicy": "Never",
+        "initContainers": [{ "name": "i", "image": "r/i:1" }],
+        "containers": [{ "name": "a", "image": "r/a:1" }]
+    });
+    let _w = h.start(pod(spec), None);
+    h.api
+        .until(Duration::from_secs(120), "Failed", |w| {
+            w.statuses.last().is_some_and(|(_, s)| phase(s) == "Failed")
+        })
+        .await;
+    let last = h.api.last_status();
+    assert_eq!(container(&last, "i")["state"]["terminated"]["exitCode"], 3);
+    assert!(h.runtime.starts("a").is_empty());
+    assert_eq!(h.runtime.starts("i").len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_init_container_is_retried_under_on_failure() {
+    let h = Harness::new();
+    h.runtime.script(
+        "i",
+        &[
+            Script::Exit(SEC, 1),
+            Script::Exit(SEC, 1),
+            Script::Exit(SEC, 0),
+        ],
+    );
+    h.runtime.script("a", &[Script::Exit(SEC, 0)]);
+    let spec = json!({
+        "restartPolicy": "OnFailure",
+        "initContainers": [{ "name": "i", "image": "r/i:1" }],
+        "containers": [{ "name": "a", "image": "r/a:1" }]
+    });
+    let _w = h.start(pod(spec), None);
+    h.api
+        .until(Duration::from_secs(300), "Succeeded", |w| {
+            w.statuses
+                .last()
+                .is_some_and(|(_, s)| phase(s) == "Succeeded")
+        })
+        .await;
+    // Runs of a second each: at once, then after 10 s of back-off.
+    assert_about(&gaps(&h.runtime.starts("i")), &[1, 11]);
+    assert_eq!(h.runtime.starts("a").len(), 1);
+    assert_eq!(container(&h.api.last_status(), "i")["restartCount"], 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_sidecar_starts_before_the_app_containers_and_stops_after_them() {
+    let h = Harness::new();
+    h.runtime.script("s", &[Script::Hang]);
+    h.runtime.script("a", &[Script::Exit(5 * SEC, 0)]);
+    let spec = json!({
+        "restartPolicy": "Never",
+        "initContainers": [{ "name": "s", "image": "r/s:1", "restartPolicy": "Always" }],
+        "containers": [{ "name": "a", "image": "r/a:1" }]
+    });
+    let _w = h.start(pod(spec), None);
+    h.api
+        .until(Duration::from_secs(120), "Succeeded", |w| {
+            w.statuses
+                .last()
+                .is_some_and(|(_, s)| phase(s) == "Succeeded")
+        })
+        .await;
+    let did: Vec<Did> = h.runtime.did().into_iter().map(|(_, d)| d).collect();
+    let at = |d: Did| did.iter().position(|x| *x == d).expect("happened");
+    assert!(at(Did::Started("s".into())) < at(Did::Started("a".into())));
+    assert!(at(Did::Exited("a".into())) < at(Did::Killed("s".into())));
+    // While the app ran, the pod was Running with the sidecar running beside it.
+    assert!(
+        h.api
+            .statuses()
+            .iter()
+            .any(|s| phase(s) == "Running" && container(s, "s")["state"]["running"].is_object())
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn restart_policies_decide_what_runs_again() {
+    // (policy, exit codes of the runs, runs expected, final phase or None for Running)
+    let cases: [(&str, &[i32], usize, Option<&str>); 5] = [
+        ("Never", &[1], 1, Some("Failed")),
+        ("Never", &[0], 1, Some("Succeeded")),
+        ("OnFailure", &[1, 0], 2, Some("Succeeded")),
+        ("OnFailure", &[2, 2, 0], 3, Some("Succeeded")),
+        ("Always", &[0], 3, None),
+    ];
+    for (policy, codes, runs, end) in cases {
+        let h = Harness::new();
+        let scripts: Vec<Script> = codes.iter().map(|c| Script::Exit(SEC, *c)).collect();
+        h.runtime.script("c", &scripts);
+        let _w = h.start(pod(one("c", policy)), None);
+        let what = format!("{policy} {codes:?}");
+        match end {
+            Some(end) => {
+                h.api
+                    .until(Duration::from_secs(600), &what, |w| {
+                        w.statuses.last().is_some_and(|(_, s)| phase(s) == end)
+                    })
+                    .await;
+                // Nothing runs after the pod finished.
+                tokio::time::sleep(Duration::from_secs(600)).await;
+            }
+            None => {
+                eventually(Duration::from_secs(600), &what, || {
+                    h.runtime.starts("c").len() >= runs
+                })
+                .await;
+                assert_eq!(phase(&h.api.last_status()), "Running", "{what}");
+            }
+        }
+        assert_eq!(h.runtime.starts("c").len().min(runs), runs, "{what}");
+        if end.is_some() {
+            assert_eq!(h.runtime.starts("c").len(), runs, "{what}");
+        }
+    }
+}
+
+/// A pod as the node reported it before the agent restarted: container `c` running,
+/// restarted twice.
+fn reported(policy: &str) -> k8s_openapi::api::core::v1::Pod {
+    let mut p = pod(one("c", policy));
+    p.status = serde_json::from_value(json!({
+        "phase": "Running",
+        "startTime": "2026-11-27T10:00:00Z",
+        "containerStatuses": [{ "name": "c", "image": "r/img:1", "imageID": "r/img@sha256:1",
+            "ready": true, "restartCount": 2, "containerID": "wasmtime://uid-p-c-2",
+            "state": { "running": { "startedAt": "2026-11-27T10:00:00Z" } } }]
+    }))
+    .expect("status");
+    p
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_adopted_pod_runs_again_by_its_policy_and_counts_on() {
+    let h = Harness::new();
+    h.runtime.script("c", &[Script::Hang]);
+    let _w = h.start(reported("Always"), None);
+    eventually(Duration::from_secs(60), "a run", || {
+        !h.runtime.starts("c").is_empty()
+    })
+    .await;
+    h.api
+        .until(Duration::from_secs(60), "running again", |w| {
+            w.statuses
+                .last()
+                .is_some_and(|(_, s)| container(s, "c")["state"]["running"].is_object())
+        })
+        .await;
+    let c = container(&h.api.last_status(), "c").clone();
+    assert_eq!(c["restartCount"], 3);
+    assert_eq!(
+        c["lastState"]["terminated"]["reason"],
+        "ContainerStatusUnknown"
+    );
+    assert_eq!(c["lastState"]["terminated"]["exitCode"], 137);
+
+    let h = Harness::new();
+    let _w = h.start(reported("Never"), None);
+    h.api
+        .until(Duration::from_secs(60), "Failed", |w| {
+            w.statuses.last().is_some_and(|(_, s)| phase(s) == "Failed")
+        })
+        .await;
+    assert!(h.runtime.starts("c").is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pod_deleted_during_its_pull_never_starts_and_is_removed() {
+    let h = Harness::new();
+    h.runtime.pulls("r/img:1", &[Pull::Hangs]);
+    let w = h.start(pod(one("c", "Always")), None);
+    eventually(Duration::from_secs(60), "pulling", || {
+        h.runtime
+            .did()
+            .iter()
+            .any(|(_, d)| matches!(d, Did::Pulled(_)))
+    })
+    .await;
+    w.delete();
+    h.api
+        .until(Duration::from_secs(60), "deleted", |w| {
+            !w.deleted.is_empty()
+        })
+        .await;
+    assert!(h.runtime.starts("c").is_empty());
+    let reasons = h.api.reasons();
+    assert!(!reasons.contains(&"Pulled".to_owned()), "{reasons:?}");
+    assert!(
+        tokio::time::timeout(Duration::from_secs(60), w.task)
+            .await
+            .is_ok()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pod_deleted_during_a_start_that_never_ends_is_removed() {
+    let h = Harness::new();
+    h.runtime.script("c", &[Script::StartHangs]);
+    let w = h.start(pod(one("c", "Always")), None);
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    w.delete();
+    h.api
+        .until(Duration::from_secs(60), "deleted", |w| {
+            !w.deleted.is_empty()
+        })
+        .await;
+    assert!(!h.api.reasons().contains(&"Started".to_owned()));
+    assert!(
+        tokio::time::timeout(Duration::from_secs(60), w.task)
+            .await
+            .is_ok()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_running_pod_deleted_is_killed_reported_and_removed() {
+    let h = Harness::new();
+    h.runtime.script("c", &[Script::Hang]);
+    let w = h.start(pod(one("c", "Always")), None);
+    eventually(Duration::from_secs(60), "running", || {
+        !h.runtime.starts("c").is_empty()
+    })
+    .await;
+    w.delete();
+    h.api
+        .until(Duration::from_secs(60), "deleted", |w| {
+            !w.deleted.is_empty()
+        })
+        .await;
+    assert!(
+        h.runtime
+            .did()
+            .iter()
+            .any(|(_, d)| *d == Did::Killed("c".to_owned()))
+    );
+    let killing = h.api.events("Killing");
+    assert_eq!(killing.len(), 1);
+    assert_eq!(killing[0].message, "Stopping container c");
+    assert_eq!(killing[0].field_path, "spec.containers{c}");
+    // The final status, written before the deletion: the run ended, not restarted.
+    let last = h.api.last_status();
+    assert_eq!(
+        container(&last, "c")["state"]["terminated"]["exitCode"],
+        137
+    );
+    assert_eq!(h.runtime.starts("c").len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_start_that_fails_waits_as_create_container_error_and_is_tried_again() {
+    let h = Harness::new();
+    h.runtime
+        .script("c", &[Script::StartFails, Script::StartFails, Script::Hang]);
+    let _w = h.start(pod(one("c", "Always")), None);
+    eventually(Duration::from_secs(60), "a run", || {
+        !h.runtime.starts("c").is_empty()
+    })
+    .await;
+    assert!(
+        h.api
+            .statuses()
+            .iter()
+            .any(|s| waiting_reason(s, "c") == "CreateContainerError")
+    );
+    // The sync retry: 1 s, then 2 s.
+    let started = h.runtime.starts("c")[0];
+    let first = h.api.with(|w| w.statuses.first().map(|(at, _)| *at));
+    let waited = first.map(|at| started - at).unwrap_or_default();
+    assert!(waited >= 3 * SEC && waited <= 4 * SEC, "{waited:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rejected_pod_fails_with_the_reason_and_never_runs() {
+    let h = Harness::new();
+    let misfit = Some((
+        "OutOfpods",
+        "Node didn't have enough resource: pods".to_owned(),
+    ));
+    let _w = h.start(pod(one("c", "Always")), misfit);
+    h.api
+        .until(Duration::from_secs(60), "Failed", |w| {
+            w.statuses.last().is_some_and(|(_, s)| phase(s) == "Failed")
+        })
+        .await;
+    let last = h.api.last_status();
+    assert_eq!(last["reason"], "OutOfpods");
+    assert_eq!(
+        last["message"],
+        "Pod was rejected: Node didn't have enough resource: pods"
+    );
+    assert_eq!(h.api.events("OutOfpods").len(), 1);
+    assert!(h.runtime.starts("c").is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn statuses_reached_while_the_api_server_is_away_land_when_it_is_back() {
+    let h = Harness::new();
+    h.runtime.script("c", &[Script::Exit(20 * SEC, 0)]);
+    let _w = h.start(pod(one("c", "Never")), None);
+    eventually(Duration::from_secs(60), "running", || {
+        !h.runtime.starts("c").is_empty()
+    })
+    .await;
+    h.api.down.store(true, std::sync::atomic::Ordering::Relaxed);
+    eventually(Duration::from_secs(60), "exited", || {
+        h.runtime
+            .did()
+            .iter()
+            .any(|(_, d)| *d == Did::Exited("c".to_owned()))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_ne!(phase(&h.api.last_status()), "Succeeded");
+    h.api
+        .down
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    // The writer's back-off is at most 10 s.
+    h.api
+        .until(Duration::from_secs(11), "Succeeded", |w| {
+            w.statuses
+                .last()
+                .is_some_and(|(_, s)| phase(s) == "Succeeded")
+        })
+        .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_evicted_pod_fails_as_evicted_once_its_containers_are_killed() {
+    let h = Harness::new();
+    h.runtime.script("c", &[Script::Hang]);
+    let w = h.start(pod(one("c", "Always")), None);
+    eventually(Duration::from_secs(60), "running", || {
+        !h.runtime.starts("c").is_empty()
+    })
+    .await;
+    let message = "The node was low on resource: ephemeral-storage. ";
+    w.evict.send_replace(Some(message.to_owned()));
+    h.api
+        .until(Duration::from_secs(60), "Failed", |w| {
+            w.statuses.last().is_some_and(|(_, s)| phase(s) == "Failed")
+        })
+        .await;
+    let last = h.api.last_status();
+    assert_eq!(
+        (&last["reason"], &last["message"]),
+        (&json!("Evicted"), &json!(message))
+    );
+    let evicted = h.api.events("Evicted");
+    assert_eq!(evicted.len(), 1);
+    assert_eq!(evicted[0].type_, "Warning");
+    // The status is written after the kill, never before.
+    let killed_at = h
+        .runtime
+        .did()
+        .into_iter()
+        .find(|(_, d)| *d == Did::Killed("c".to_owned()))
+        .map(|(at, _)| at)
+        .expect("killed");
+    assert!(
+        h.api
+            .with(|w| w.statuses.last().is_some_and(|(at, _)| *at >= killed_at))
+    );
+    assert!(evicted[0].at <= killed_at);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_node_shutdown_stops_the_worker_and_its_containers_without_a_report() {
+    let h = Harness::new();
+    h.runtime.script("c", &[Script::Hang]);
+    let w = h.start(pod(one("c", "Always")), None);
+    eventually(Duration::from_secs(60), "running", || {
+        !h.runtime.starts("c").is_empty()
+    })
+    .await;
+    let written = h.api.with(|w| w.statuses.len());
+    w.stop.cancel();
+    assert!(
+        tokio::time::timeout(Duration::from_secs(60), w.task)
+            .await
+            .is_ok()
+    );
+    assert!(
+        h.runtime
+            .did()
+            .iter()
+            .any(|(_, d)| *d == Did::Killed("c".to_owned()))
+    );
+    // Nothing reported: the pod runs on in the API until another agent decides.
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(h.api.with(|w| w.statuses.len()), written);
+    assert!(h.api.with(|w| w.deleted.is_empty()));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_missing_config_map_holds_the_container_until_it_appears() {
+    let h = Harness::new();
+    h.runtime.script("c", &[Script::Hang]);
+    let spec = json!({ "containers": [{ "name": "c", "image": "r/img:1", "env": [{
+        "name": "GREETING",
+        "valueFrom": { "configMapKeyRef": { "name": "settings", "key": "greeting" } }
+    }] }] });
+    let _w = h.start(pod(spec), None);
+    h.api
+        .until(Duration::from_secs(60), "CreateContainerConfigError", |w| {
+            w.statuses
+                .last()
+                .is_some_and(|(_, s)| waiting_reason(s, "c") == "CreateContainerConfigError")
+        })
+        .await;
+    let last = h.api.last_status();
+    assert_eq!(
+        container(&last, "c")["state"]["waiting"]["message"],
+        "configmap \"settings\" not found"
+    );
+    assert!(h.runtime.starts("c").is_empty());
+    h.api.put_config_map(
+        serde_json::from_value(json!({
+            "metadata": { "name": "settings", "namespace": "default" },
+            "data": { "greeting": "hello" }
+        }))
+        .expect("config map"),
+    );
+    // Tried again at the sync retry: at most 10 s apart.
+    eventually(Duration::from_secs(11), "a run", || {
+        !h.runtime.starts("c").is_empty()
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_trap_ends_the_run_with_its_reason_and_message() {
+    let h = Harness::new();
+    h.runtime.script("c", &[Script::Trap(SEC)]);
+    let _w = h.start(pod(one("c", "Never")), None);
+    h.api
+        .until(Duration::from_secs(60), "Failed", |w| {
+            w.statuses.last().is_some_and(|(_, s)| phase(s) == "Failed")
+        })
+        .await;
+    let t = container(&h.api.last_status(), "c")["state"]["terminated"].clone();
+    assert_eq!(t["reason"], "TrapUnreachableCodeReached");
+    assert_eq!(t["exitCode"], 134);
+    assert_eq!(
+        t["message"],
+        "wasm trap: wasm `unreachable` instruction executed"
+    );
+}
