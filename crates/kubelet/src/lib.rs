@@ -9,6 +9,7 @@
 //! [`Kubelet::run`] wires them together.
 
 pub mod auth;
+mod blocking;
 pub mod events;
 pub mod eviction;
 pub mod images;
