@@ -10,6 +10,7 @@
 
 pub mod api;
 pub mod auth;
+mod blocking;
 pub mod events;
 pub mod eviction;
 pub mod images;
@@ -123,6 +124,8 @@ impl Kubelet {
         let config = Arc::new(config);
         let registry = pods::Registry::default();
         let listener = server::bind(&config).await?;
+        // Read once, off the async threads, for the node status and the pods' downward API.
+        node::load_host_facts().await;
         node::register(&client, &config, &runtime.version()).await?;
         tracing::info!(node = %config.node_name, "node registered");
         let heartbeat = tokio::spawn(node::heartbeat(

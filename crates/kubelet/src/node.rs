@@ -1,5 +1,7 @@
 //! The `Node` object, its status and its `Lease`, kept the way the kubelet keeps them.
 
+mod facts;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -17,6 +19,8 @@ use tokio_util::sync::CancellationToken;
 use crate::eviction::Pressure;
 use crate::pods::Registry;
 use crate::{Config, KUBE_VERSION, Result, now};
+pub(crate) use facts::memory_bytes;
+pub use facts::{Host, HostFacts, host_facts, load_host_facts};
 
 /// The architecture label value, and the key of the taints that keep other pods off.
 pub const ARCH: &str = "wasm32-wasi";
@@ -26,19 +30,6 @@ pub const OS: &str = "wasip1";
 pub const LEASE_NAMESPACE: &str = "kube-node-lease";
 /// Lease duration, as the kubelet's default `nodeLeaseDurationSeconds`.
 pub const LEASE_DURATION_SECONDS: i32 = 40;
-
-fn read_trimmed(path: &str) -> String {
-    std::fs::read_to_string(path)
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_default()
-}
-
-fn os_image() -> String {
-    read_trimmed("/etc/os-release")
-        .lines()
-        .find_map(|l| l.strip_prefix("PRETTY_NAME="))
-        .map_or_else(|| "unknown".to_owned(), |v| v.trim_matches('"').to_owned())
-}
 
 /// The largest number of pods one node has been measured to hold (`hack/bench density`
 /// on the 2-core, 24 GiB machine: 8000 idle pods Ready in 53 s, 143 KiB of krustlet
@@ -76,34 +67,19 @@ pub fn default_max_pods(open_files: u64) -> u32 {
     max_pods_for(memory_bytes(), open_files)
 }
 
-pub(crate) fn memory_bytes() -> u64 {
-    read_trimmed("/proc/meminfo")
-        .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
-}
-
-fn hostname() -> String {
-    read_trimmed("/proc/sys/kernel/hostname")
-}
-
-/// Capacity and allocatable: the host's CPUs and memory, and `max_pods`.
-fn resources(config: &Config) -> BTreeMap<String, Quantity> {
-    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+/// Capacity and allocatable: the host's CPUs and memory, `max_pods`, and the data dir's
+/// filesystem.
+fn resources(config: &Config, host: Host<'_>) -> BTreeMap<String, Quantity> {
     BTreeMap::from([
-        ("cpu".to_owned(), Quantity(cpus.to_string())),
+        ("cpu".to_owned(), Quantity(host.facts.cpus.to_string())),
         (
             "memory".to_owned(),
-            Quantity(format!("{}Ki", memory_bytes() / 1024)),
+            Quantity(format!("{}Ki", host.facts.memory / 1024)),
         ),
         ("pods".to_owned(), Quantity(config.max_pods.to_string())),
         (
             "ephemeral-storage".to_owned(),
-            Quantity(format!(
-                "{}Ki",
-                crate::eviction::filesystem_capacity(&config.data_dir) / 1024
-            )),
+            Quantity(format!("{}Ki", host.data_fs_bytes / 1024)),
         ),
     ])
 }
@@ -184,13 +160,14 @@ fn conditions(
 
 fn status(
     config: &Config,
+    host: Host<'_>,
     runtime_version: &str,
     images: Vec<k8s_openapi::api::core::v1::ContainerImage>,
     transition: bool,
     (pressure, pressure_changed): (Pressure, bool),
 ) -> NodeStatus {
-    // Measured once (a statfs of the data dir): capacity and allocatable are the same.
-    let resources = resources(config);
+    // One measurement of the host: capacity and allocatable are the same.
+    let resources = resources(config, host);
     NodeStatus {
         addresses: Some(vec![
             NodeAddress {
@@ -199,7 +176,7 @@ fn status(
             },
             NodeAddress {
                 type_: "Hostname".to_owned(),
-                address: hostname(),
+                address: host.facts.hostname.clone(),
             },
         ]),
         capacity: Some(resources.clone()),
@@ -219,11 +196,11 @@ fn status(
         node_info: Some(NodeSystemInfo {
             architecture: ARCH.to_owned(),
             operating_system: OS.to_owned(),
-            boot_id: read_trimmed("/proc/sys/kernel/random/boot_id"),
-            machine_id: read_trimmed("/etc/machine-id"),
-            system_uuid: read_trimmed("/etc/machine-id"),
-            kernel_version: read_trimmed("/proc/sys/kernel/osrelease"),
-            os_image: os_image(),
+            boot_id: host.facts.boot_id.clone(),
+            machine_id: host.facts.machine_id.clone(),
+            system_uuid: host.facts.machine_id.clone(),
+            kernel_version: host.facts.kernel_version.clone(),
+            os_image: host.facts.os_image.clone(),
             container_runtime_version: runtime_version.to_owned(),
             kubelet_version: format!("{KUBE_VERSION}-krustlet.{}", env!("CARGO_PKG_VERSION")),
             ..NodeSystemInfo::default()
@@ -245,9 +222,9 @@ pub fn reference(name: &str) -> k8s_openapi::api::core::v1::ObjectReference {
     }
 }
 
-/// The `Node` object this agent registers.
+/// The `Node` object this agent registers, on `host`.
 #[must_use]
-pub fn node_object(config: &Config, runtime_version: &str) -> Node {
+pub fn node_object(config: &Config, host: Host<'_>, runtime_version: &str) -> Node {
     let mut labels = config.node_labels.clone();
     labels.extend([
         ("kubernetes.io/arch".to_owned(), ARCH.to_owned()),
@@ -284,6 +261,7 @@ pub fn node_object(config: &Config, runtime_version: &str) -> Node {
         }),
         status: Some(status(
             config,
+            host,
             runtime_version,
             Vec::new(),
             true,
@@ -298,7 +276,11 @@ pub fn node_object(config: &Config, runtime_version: &str) -> Node {
 /// When the API server refuses both.
 pub async fn register(client: &Client, config: &Config, runtime_version: &str) -> Result<()> {
     let nodes: Api<Node> = Api::all(client.clone());
-    let node = node_object(config, runtime_version);
+    let node = node_object(
+        config,
+        Host::measure(&config.data_dir).await,
+        runtime_version,
+    );
     match nodes.create(&PostParams::default(), &node).await {
         Ok(_) => {}
         Err(kube::Error::Api(e)) if e.code == 409 => {
@@ -366,8 +348,9 @@ pub async fn heartbeat(
         };
         let pressure = *pressure_changes.borrow_and_update();
         let changed = pressure != posted_pressure;
+        let host = Host::measure(&config.data_dir).await;
         let nodes: Api<Node> = Api::all(client.clone());
-        let patch = serde_json::json!({ "status": status(&config, &runtime_version, images.clone(), false, (pressure, changed)) });
+        let patch = serde_json::json!({ "status": status(&config, host, &runtime_version, images.clone(), false, (pressure, changed)) });
         match nodes
             .patch_status(
                 &config.node_name,
@@ -451,5 +434,61 @@ mod tests {
         // A small host still gets the kubelet's 110; a large one stops at what was measured.
         assert_eq!(max_pods_for(GIB, 1024), 110);
         assert_eq!(max_pods_for(512 * GIB, 1 << 20), MEASURED_MAX_PODS);
+    }
+
+    #[test]
+    fn status_reports_the_facts_given_and_reads_nothing_itself() {
+        let facts = HostFacts {
+            cpus: 3,
+            memory: 4 * GIB,
+            hostname: "host-a".to_owned(),
+            boot_id: "boot".to_owned(),
+            machine_id: "machine".to_owned(),
+            kernel_version: "6.12.0".to_owned(),
+            os_image: "Debian GNU/Linux 13 (trixie)".to_owned(),
+        };
+        let host = Host {
+            facts: &facts,
+            data_fs_bytes: 10 * GIB,
+        };
+        // A data dir that does not exist: a status that measured anything would say 0.
+        let config = crate::tls::tests::config(std::path::Path::new("/nonexistent/krustlet"));
+        let status = status(
+            &config,
+            host,
+            "wasmtime",
+            Vec::new(),
+            false,
+            (Pressure::default(), false),
+        );
+        let capacity = status.capacity.unwrap_or_default();
+        let quantity = |name: &str| capacity.get(name).map(|q| q.0.as_str());
+        assert_eq!(quantity("cpu"), Some("3"));
+        assert_eq!(quantity("memory"), Some("4194304Ki"));
+        assert_eq!(quantity("ephemeral-storage"), Some("10485760Ki"));
+        assert_eq!(status.allocatable.unwrap_or_default(), capacity);
+        let addresses = status.addresses.unwrap_or_default();
+        assert!(
+            addresses
+                .iter()
+                .any(|a| a.type_ == "Hostname" && a.address == "host-a")
+        );
+        let info = status.node_info.unwrap_or_default();
+        assert_eq!(
+            (
+                info.boot_id.as_str(),
+                info.machine_id.as_str(),
+                info.system_uuid.as_str(),
+                info.kernel_version.as_str(),
+                info.os_image.as_str(),
+            ),
+            (
+                "boot",
+                "machine",
+                "machine",
+                "6.12.0",
+                "Debian GNU/Linux 13 (trixie)"
+            )
+        );
     }
 }

@@ -54,7 +54,14 @@ impl std::fmt::Debug for Listener {
 /// # Errors
 /// When the port is taken or the certificates cannot be loaded or generated.
 pub async fn bind(config: &Config) -> Result<Listener> {
-    let tls = crate::tls::acceptor(config)?;
+    // Reads (or generates and writes) the certificates: on a blocking thread.
+    let tls_config = config.clone();
+    let tls = crate::blocking::run(move || crate::tls::acceptor(&tls_config))
+        .await
+        .map_err(|source| Error::Io {
+            what: "loading the kubelet API's certificates".to_owned(),
+            source,
+        })??;
     let addr = std::net::SocketAddr::new(config.bind_address, config.port);
     let tcp = TcpListener::bind(addr).await.map_err(|source| Error::Io {
         what: format!("binding the kubelet API on {addr}"),
@@ -245,7 +252,7 @@ async fn container_logs(
         )
             .into_response();
     };
-    if !path.exists() {
+    if !tokio::fs::try_exists(&path).await.unwrap_or(false) {
         return (
             StatusCode::BAD_REQUEST,
             format!("container {container:?} in pod {pod:?} has no logs yet"),

@@ -109,12 +109,13 @@ pub(crate) fn acceptor(config: &Config) -> Result<TlsAcceptor> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     use super::*;
 
-    fn config(data_dir: &Path) -> Config {
+    /// A configuration for tests, with its data in `data_dir`.
+    pub(crate) fn config(data_dir: &Path) -> Config {
         Config {
             node_name: "node-a".to_owned(),
             node_ip: std::net::IpAddr::from([127, 0, 0, 1]),

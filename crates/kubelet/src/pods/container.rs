@@ -533,7 +533,7 @@ impl Supervisor {
             None => Vec::new(),
         };
         let term_dir = dir.join(format!("{restart_count}.termination"));
-        let (term_mount, term_file) = match termination::prepare(&self.spec, &term_dir) {
+        let (term_mount, term_file) = match termination::prepare(&self.spec, &term_dir).await {
             Ok(t) => t,
             Err(e) => {
                 self.record_pulled().await;

@@ -26,11 +26,15 @@ pub struct TerminationFile {
     host_file: PathBuf,
 }
 
-/// Prepares `run_dir` and the mount for a container's termination message file.
+/// Prepares `run_dir` (created off the async threads) and the mount for a container's
+/// termination message file.
 ///
 /// # Errors
 /// When the directory cannot be created.
-pub fn prepare(spec: &Container, run_dir: &Path) -> std::io::Result<(Mount, TerminationFile)> {
+pub async fn prepare(
+    spec: &Container,
+    run_dir: &Path,
+) -> std::io::Result<(Mount, TerminationFile)> {
     let path = spec
         .termination_message_path
         .as_deref()
@@ -40,7 +44,7 @@ pub fn prepare(spec: &Container, run_dir: &Path) -> std::io::Result<(Mount, Term
         Some((parent, name)) => (parent, name),
         None => ("/", path),
     };
-    std::fs::create_dir_all(run_dir)?;
+    tokio::fs::create_dir_all(run_dir).await?;
     let mount = Mount {
         host_path: run_dir.to_owned(),
         container_path: parent.to_owned(),
@@ -143,7 +147,9 @@ mod tests {
         let spec = container(
             serde_json::json!({"name": "a", "terminationMessagePolicy": "FallbackToLogsOnError"}),
         );
-        let (mount, file) = prepare(&spec, &dir.path().join("t")).expect("prepare");
+        let (mount, file) = prepare(&spec, &dir.path().join("t"))
+            .await
+            .expect("prepare");
         assert_eq!(mount.container_path, "/dev");
         assert_eq!(
             message(&spec, &file, &log, 1, None).await.as_deref(),
@@ -189,7 +195,9 @@ mod tests {
             Some("a\nb\n")
         );
         let custom = container(serde_json::json!({"name": "a", "terminationMessagePath": "/msg"}));
-        let (mount, _) = prepare(&custom, &dir.path().join("u")).expect("prepare");
+        let (mount, _) = prepare(&custom, &dir.path().join("u"))
+            .await
+            .expect("prepare");
         assert_eq!(mount.container_path, "/");
     }
 }

@@ -21,6 +21,7 @@ pub mod downward;
 pub mod field_path;
 mod host;
 pub mod memory;
+mod on_node;
 mod sources;
 pub mod subpath;
 pub mod usage;
@@ -32,9 +33,10 @@ use std::sync::Mutex;
 use k8s_openapi::api::core::v1::{Container, EmptyDirVolumeSource, Pod, Volume};
 use kube::ResourceExt;
 
+use crate::blocking;
 use crate::quantity::Quantity;
 use crate::runtime::Mount;
-use host::host_path;
+use on_node::{NodeWork, Tmpfs, write_files};
 pub use sources::{Context, ObjectCache};
 use sources::{Part, Token, mode};
 pub(crate) use sources::{read, secret_data};
@@ -85,6 +87,16 @@ pub struct Prepared {
     /// Whether every mount of it is read-only whatever the mount asks.
     pub read_only: bool,
     kind: Kind,
+}
+
+impl Prepared {
+    fn new(path: PathBuf, read_only: bool, kind: Kind) -> Self {
+        Self {
+            path,
+            read_only,
+            kind,
+        }
+    }
 }
 
 /// The volumes of one pod, set up.
@@ -166,47 +178,6 @@ impl Volumes {
                 message,
             };
             let own_dir = pod_dir.join(VOLUMES_DIR).join(&volume.name);
-            let prepared = if let Some(e) = &volume.empty_dir {
-                Prepared {
-                    path: own_dir,
-                    read_only: false,
-                    kind: Kind::EmptyDir {
-                        limit: size_limit(e).map_err(failed)?,
-                    },
-                }
-            } else if let Some(kind) = projection(volume) {
-                Prepared {
-                    path: own_dir,
-                    read_only: true,
-                    kind,
-                }
-            } else if let Some(h) = &volume.host_path {
-                let path = PathBuf::from(&h.path);
-                host_path(&path, h.type_.as_deref().unwrap_or_default()).map_err(failed)?;
-                Prepared {
-                    path,
-                    read_only: false,
-                    kind: Kind::Node,
-                }
-            } else if let Some(c) = &volume.persistent_volume_claim {
-                let path = ctx.claim_path(&ns, &c.claim_name).await.map_err(failed)?;
-                if !path.is_dir() {
-                    return Err(failed(format!(
-                        "the claim's volume path {} is not a directory on this node",
-                        path.display()
-                    )));
-                }
-                Prepared {
-                    path,
-                    read_only: c.read_only.unwrap_or(false),
-                    kind: Kind::Node,
-                }
-            } else {
-                return Err(failed(format!(
-                    "{} volumes are not supported by krustlet: a wasm pod is given directories of this node (emptyDir, configMap, secret, downwardAPI, projected, hostPath, persistentVolumeClaim of a local or hostPath volume)",
-                    kind_name(volume)
-                )));
-            };
             // As the kubelet: secrets, tokens and `medium: Memory` never touch the disk.
             let in_memory = volume.secret.is_some()
                 || volume.projected.is_some()
@@ -214,28 +185,56 @@ impl Volumes {
                     .empty_dir
                     .as_ref()
                     .is_some_and(|e| e.medium.as_deref() == Some("Memory"));
-            if in_memory {
-                let size = match &prepared.kind {
-                    Kind::EmptyDir { limit } => limit.and_then(|q| q.bytes().ok()),
-                    _ => None,
+            let (prepared, work) = if let Some(e) = &volume.empty_dir {
+                let limit = size_limit(e).map_err(failed)?;
+                let work = NodeWork::OwnDir {
+                    tmpfs: in_memory.then(|| Tmpfs {
+                        size: limit.and_then(|q| q.bytes().ok()),
+                    }),
+                    create: true,
                 };
-                memory::mount_tmpfs(&prepared.path, size).map_err(|e| {
-                    failed(format!("cannot create {}: {e}", prepared.path.display()))
-                })?;
+                let kind = Kind::EmptyDir { limit };
+                (Prepared::new(own_dir, false, kind), work)
+            } else if let Some(kind) = projection(volume) {
+                let work = NodeWork::OwnDir {
+                    tmpfs: in_memory.then_some(Tmpfs { size: None }),
+                    create: false,
+                };
+                (Prepared::new(own_dir, true, kind), work)
+            } else if let Some(h) = &volume.host_path {
+                let work = NodeWork::HostPath(h.type_.clone().unwrap_or_default());
+                (
+                    Prepared::new(PathBuf::from(&h.path), false, Kind::Node),
+                    work,
+                )
+            } else if let Some(c) = &volume.persistent_volume_claim {
+                let path = ctx.claim_path(&ns, &c.claim_name).await.map_err(failed)?;
+                let read_only = c.read_only.unwrap_or(false);
+                (
+                    Prepared::new(path, read_only, Kind::Node),
+                    NodeWork::ClaimDir,
+                )
+            } else {
+                return Err(failed(format!(
+                    "{} volumes are not supported by krustlet: a wasm pod is given directories of this node (emptyDir, configMap, secret, downwardAPI, projected, hostPath, persistentVolumeClaim of a local or hostPath volume)",
+                    kind_name(volume)
+                )));
+            };
+            if !work.is_nothing() {
+                let path = prepared.path.clone();
+                blocking::run(move || work.apply(&path))
+                    .await
+                    .unwrap_or_else(|e| Err(e.to_string()))
+                    .map_err(failed)?;
             }
-            match &prepared.kind {
-                Kind::EmptyDir { .. } => std::fs::create_dir_all(&prepared.path).map_err(|e| {
-                    failed(format!("cannot create {}: {e}", prepared.path.display()))
-                })?,
-                Kind::Projected { parts, mode } => {
-                    let files = ctx
-                        .project(pod, &volume.name, parts, *mode, &this.tokens)
-                        .await
-                        .map_err(failed)?;
-                    atomic::write(&prepared.path, &files)
-                        .map_err(|e| failed(format!("cannot write files: {e}")))?;
-                }
-                Kind::Node => {}
+            if let Kind::Projected { parts, mode } = &prepared.kind {
+                let files = ctx
+                    .project(pod, &volume.name, parts, *mode, &this.tokens)
+                    .await
+                    .map_err(failed)?;
+                write_files(&prepared.path, files)
+                    .await
+                    .map_err(|e| failed(format!("cannot write files: {e}")))?;
             }
             volumes.insert(volume.name.clone(), prepared);
         }
@@ -261,7 +260,9 @@ impl Volumes {
             };
             // One volume failing leaves the others to be refreshed.
             let written = match ctx.project(pod, name, parts, *mode, &self.tokens).await {
-                Ok(files) => atomic::write(&v.path, &files).map_err(|e| failed(e.to_string())),
+                Ok(files) => write_files(&v.path, files)
+                    .await
+                    .map_err(|e| failed(e.to_string())),
                 Err(message) => Err(failed(message)),
             };
             match written {
@@ -320,6 +321,18 @@ impl Volumes {
     /// # Errors
     /// The kubelet's message for a bad subPath (`CreateContainerConfigError`).
     pub fn mounts(
+        &self,
+        container: &Container,
+        env: &[(String, String)],
+    ) -> Result<Vec<Mount>, String> {
+        // Opening subPaths and linking (or copying) single files block; the caller
+        // cannot await yet (pods/container.rs), so the worker's other tasks are handed
+        // to another thread meanwhile.
+        blocking::in_place(|| self.open_mounts(container, env))
+    }
+
+    /// [`Volumes::mounts`], on the calling thread.
+    fn open_mounts(
         &self,
         container: &Container,
         env: &[(String, String)],
