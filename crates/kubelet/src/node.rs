@@ -84,8 +84,12 @@ pub(crate) fn memory_bytes() -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
-fn hostname() -> String {
-    read_trimmed("/proc/sys/kernel/hostname")
+/// This host's name (`/proc/sys/kernel/hostname`, trimmed); `None` when it cannot be read.
+#[must_use]
+pub fn hostname() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
 }
 
 /// Capacity and allocatable: the host's CPUs and memory, and `max_pods`.
@@ -199,7 +203,7 @@ fn status(
             },
             NodeAddress {
                 type_: "Hostname".to_owned(),
-                address: hostname(),
+                address: hostname().unwrap_or_default(),
             },
         ]),
         capacity: Some(resources.clone()),
