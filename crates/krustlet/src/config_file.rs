@@ -110,7 +110,7 @@ impl FileConfig {
     pub fn read(path: &std::path::Path) -> anyhow::Result<Self> {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        serde_yaml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+        yaml_serde::from_str(&text).with_context(|| format!("parsing {}", path.display()))
     }
 
     /// Fills every setting of `args` that neither the command line nor the environment set.
@@ -182,7 +182,7 @@ mod tests {
             .try_get_matches_from(args)
             .expect("valid flags");
         let mut cli = Cli::from_arg_matches(&matches).expect("valid flags");
-        let file: FileConfig = serde_yaml::from_str(yaml).expect("valid yaml");
+        let file: FileConfig = yaml_serde::from_str(yaml).expect("valid yaml");
         file.apply(&mut cli.node, &matches);
         cli.node
     }
@@ -300,7 +300,7 @@ mod tests {
         );
         let args = parse(&["krustlet", "--container-log-max-size", "1G"], yaml);
         assert_eq!(args.container_log_max_size, 1_000_000_000);
-        assert!(serde_yaml::from_str::<FileConfig>("containerLogMaxSize: 10MB\n").is_err());
+        assert!(yaml_serde::from_str::<FileConfig>("containerLogMaxSize: 10MB\n").is_err());
         assert_eq!(crate::parse_log_size("1.5Mi"), Ok(1_572_864));
         for bad in ["0", "-1", "10MB", "lots"] {
             assert!(crate::parse_log_size(bad).is_err(), "{bad}");
@@ -319,6 +319,6 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_rejected() {
-        assert!(serde_yaml::from_str::<FileConfig>("nodeNmae: typo\n").is_err());
+        assert!(yaml_serde::from_str::<FileConfig>("nodeNmae: typo\n").is_err());
     }
 }
