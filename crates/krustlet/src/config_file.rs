@@ -4,8 +4,10 @@
 //! Precedence, highest first: a flag on the command line, its `KRUSTLET_*` environment
 //! variable, the config file, the built-in default.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::ArgMatches;
@@ -14,58 +16,102 @@ use serde::Deserialize;
 
 use crate::NodeArgs;
 
-/// Every setting the file may hold; unknown keys are an error, not silently ignored.
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct FileConfig {
-    kubeconfig: Option<PathBuf>,
-    node_name: Option<String>,
-    node_ip: Option<IpAddr>,
-    address: Option<IpAddr>,
-    port: Option<u16>,
-    data_dir: Option<PathBuf>,
-    cert_file: Option<PathBuf>,
-    private_key_file: Option<PathBuf>,
-    client_ca_file: Option<PathBuf>,
-    anonymous_auth: Option<bool>,
-    authorization_mode: Option<kubelet::auth::AuthorizationMode>,
+/// Declares the file's settings once: each becomes an optional field of [`FileConfig`]
+/// (with its serde attributes) and a line of [`FileConfig::apply`], which moves the value
+/// into the `NodeArgs` field of the same name with `Into` (`T` into `T` or `Option<T>`).
+macro_rules! file_config {
+    ($($(#[$attr:meta])* $field:ident: $ty:ty,)*) => {
+        /// Every setting the file may hold; unknown keys are an error, not silently ignored.
+        #[derive(Debug, Default, Deserialize)]
+        #[serde(rename_all = "camelCase", deny_unknown_fields)]
+        pub struct FileConfig {
+            $($(#[$attr])* $field: Option<$ty>,)*
+        }
+
+        impl FileConfig {
+            /// The settings, by their `NodeArgs` field (and clap argument) names.
+            #[cfg(test)]
+            const FIELDS: &[&str] = &[$(stringify!($field)),*];
+
+            /// Fills every setting of `args` that neither the command line nor the
+            /// environment set.
+            pub fn apply(self, args: &mut NodeArgs, matches: &ArgMatches) {
+                let unset = |id: &str| {
+                    !matches!(
+                        matches.value_source(id),
+                        Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+                    )
+                };
+                $(if let Some(v) = self.$field {
+                    if unset(stringify!($field)) {
+                        args.$field = v.into();
+                    }
+                })*
+            }
+        }
+    };
+}
+
+file_config! {
+    kubeconfig: PathBuf,
+    node_name: String,
+    node_ip: IpAddr,
+    address: IpAddr,
+    port: u16,
+    data_dir: PathBuf,
+    cert_file: PathBuf,
+    private_key_file: PathBuf,
+    client_ca_file: PathBuf,
+    anonymous_auth: bool,
+    authorization_mode: kubelet::auth::AuthorizationMode,
     #[serde(default, deserialize_with = "go_duration")]
-    authentication_token_webhook_cache_ttl: Option<std::time::Duration>,
+    authentication_token_webhook_cache_ttl: Duration,
     #[serde(default, deserialize_with = "go_duration")]
-    authorization_webhook_cache_authorized_ttl: Option<std::time::Duration>,
+    authorization_webhook_cache_authorized_ttl: Duration,
     #[serde(default, deserialize_with = "go_duration")]
-    authorization_webhook_cache_unauthorized_ttl: Option<std::time::Duration>,
-    max_pods: Option<u32>,
-    insecure_registries: Option<Vec<String>>,
-    node_labels: Option<std::collections::BTreeMap<String, String>>,
-    node_lease_renew_seconds: Option<u64>,
-    node_status_report_seconds: Option<u64>,
+    authorization_webhook_cache_unauthorized_ttl: Duration,
+    max_pods: u32,
+    insecure_registries: Vec<String>,
+    node_labels: Labels,
+    node_lease_renew_seconds: u64,
+    node_status_report_seconds: u64,
     #[serde(default, deserialize_with = "go_duration")]
-    sync_frequency: Option<std::time::Duration>,
+    sync_frequency: Duration,
     /// `memory.available<100Mi,...`, or the kubelet file's map form
     /// (`evictionHard: {memory.available: 100Mi}`).
     #[serde(default, deserialize_with = "thresholds")]
-    eviction_hard: Option<String>,
+    eviction_hard: String,
     #[serde(default, deserialize_with = "go_duration")]
-    eviction_pressure_transition_period: Option<std::time::Duration>,
+    eviction_pressure_transition_period: Duration,
     #[serde(alias = "eventRecordQPS")]
-    event_qps: Option<u32>,
-    event_burst: Option<u32>,
+    event_qps: u32,
+    event_burst: u32,
     #[serde(alias = "imageGCHighThresholdPercent")]
-    image_gc_high_threshold_percent: Option<u8>,
+    image_gc_high_threshold_percent: u8,
     #[serde(alias = "imageGCLowThresholdPercent")]
-    image_gc_low_threshold_percent: Option<u8>,
-    image_minimum_gc_age_seconds: Option<u64>,
-    image_gc_period_seconds: Option<u64>,
-    image_fs_capacity_bytes: Option<u64>,
-    image_layout_dir: Option<PathBuf>,
-    max_image_size_bytes: Option<u64>,
-    container_max_open_files: Option<usize>,
+    image_gc_low_threshold_percent: u8,
+    image_minimum_gc_age_seconds: u64,
+    image_gc_period_seconds: u64,
+    image_fs_capacity_bytes: u64,
+    image_layout_dir: PathBuf,
+    max_image_size_bytes: u64,
+    container_max_open_files: usize,
     #[serde(default, deserialize_with = "go_duration")]
-    module_compile_timeout: Option<std::time::Duration>,
+    module_compile_timeout: Duration,
     #[serde(default, deserialize_with = "log_size")]
-    container_log_max_size: Option<u64>,
-    container_log_max_files: Option<u32>,
+    container_log_max_size: u64,
+    container_log_max_files: u32,
+}
+
+/// `nodeLabels` as the file writes them, a map; the flag's `key=value` pairs in key order.
+#[derive(Debug, Deserialize)]
+#[serde(transparent)]
+struct Labels(BTreeMap<String, String>);
+
+impl From<Labels> for Vec<(String, String)> {
+    fn from(labels: Labels) -> Self {
+        labels.0.into_iter().collect()
+    }
 }
 
 /// A size as the kubelet's configuration file writes `containerLogMaxSize` (`10Mi`).
@@ -78,9 +124,7 @@ fn log_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Er
 
 /// A Go duration string (`syncFrequency: 1m30s`), as the kubelet's configuration file
 /// writes durations.
-fn go_duration<'de, D: serde::Deserializer<'de>>(
-    d: D,
-) -> Result<Option<std::time::Duration>, D::Error> {
+fn go_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
     let text = String::deserialize(d)?;
     crate::parse_duration(&text)
         .map(Some)
@@ -93,7 +137,7 @@ fn thresholds<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, 
     #[serde(untagged)]
     enum Form {
         Text(String),
-        Map(std::collections::BTreeMap<String, String>),
+        Map(BTreeMap<String, String>),
     }
     Ok(Some(match Form::deserialize(d)? {
         Form::Text(text) => text,
@@ -110,63 +154,7 @@ impl FileConfig {
     pub fn read(path: &std::path::Path) -> anyhow::Result<Self> {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        serde_yaml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
-    }
-
-    /// Fills every setting of `args` that neither the command line nor the environment set.
-    pub fn apply(self, args: &mut NodeArgs, matches: &ArgMatches) {
-        let unset = |id: &str| {
-            !matches!(
-                matches.value_source(id),
-                Some(ValueSource::CommandLine | ValueSource::EnvVariable)
-            )
-        };
-        macro_rules! fill {
-            ($($field:ident: $wrap:expr),* $(,)?) => {
-                $(if let Some(v) = self.$field {
-                    if unset(stringify!($field)) {
-                        args.$field = $wrap(v);
-                    }
-                })*
-            };
-        }
-        fill!(
-            kubeconfig: Some,
-            node_name: Some,
-            node_ip: Some,
-            address: std::convert::identity,
-            port: std::convert::identity,
-            data_dir: std::convert::identity,
-            cert_file: Some,
-            private_key_file: Some,
-            client_ca_file: Some,
-            anonymous_auth: std::convert::identity,
-            authorization_mode: std::convert::identity,
-            authentication_token_webhook_cache_ttl: std::convert::identity,
-            authorization_webhook_cache_authorized_ttl: std::convert::identity,
-            authorization_webhook_cache_unauthorized_ttl: std::convert::identity,
-            max_pods: Some,
-            insecure_registries: std::convert::identity,
-            node_labels: |m: std::collections::BTreeMap<String, String>| m.into_iter().collect(),
-            node_lease_renew_seconds: std::convert::identity,
-            node_status_report_seconds: std::convert::identity,
-            sync_frequency: std::convert::identity,
-            eviction_hard: std::convert::identity,
-            eviction_pressure_transition_period: std::convert::identity,
-            event_qps: std::convert::identity,
-            event_burst: std::convert::identity,
-            image_gc_high_threshold_percent: std::convert::identity,
-            image_gc_low_threshold_percent: std::convert::identity,
-            image_minimum_gc_age_seconds: std::convert::identity,
-            image_gc_period_seconds: std::convert::identity,
-            image_fs_capacity_bytes: Some,
-            image_layout_dir: Some,
-            container_log_max_size: std::convert::identity,
-            container_log_max_files: std::convert::identity,
-            container_max_open_files: std::convert::identity,
-            module_compile_timeout: std::convert::identity,
-            max_image_size_bytes: std::convert::identity,
-        );
+        yaml_serde::from_str(&text).with_context(|| format!("parsing {}", path.display()))
     }
 }
 
@@ -182,7 +170,7 @@ mod tests {
             .try_get_matches_from(args)
             .expect("valid flags");
         let mut cli = Cli::from_arg_matches(&matches).expect("valid flags");
-        let file: FileConfig = serde_yaml::from_str(yaml).expect("valid yaml");
+        let file: FileConfig = yaml_serde::from_str(yaml).expect("valid yaml");
         file.apply(&mut cli.node, &matches);
         cli.node
     }
@@ -300,7 +288,7 @@ mod tests {
         );
         let args = parse(&["krustlet", "--container-log-max-size", "1G"], yaml);
         assert_eq!(args.container_log_max_size, 1_000_000_000);
-        assert!(serde_yaml::from_str::<FileConfig>("containerLogMaxSize: 10MB\n").is_err());
+        assert!(yaml_serde::from_str::<FileConfig>("containerLogMaxSize: 10MB\n").is_err());
         assert_eq!(crate::parse_log_size("1.5Mi"), Ok(1_572_864));
         for bad in ["0", "-1", "10MB", "lots"] {
             assert!(crate::parse_log_size(bad).is_err(), "{bad}");
@@ -319,6 +307,34 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_rejected() {
-        assert!(serde_yaml::from_str::<FileConfig>("nodeNmae: typo\n").is_err());
+        assert!(yaml_serde::from_str::<FileConfig>("nodeNmae: typo\n").is_err());
+    }
+
+    #[test]
+    fn node_labels_from_the_file_are_pairs_in_key_order() {
+        let args = parse(&["krustlet"], "nodeLabels: {zone: b, tier: edge}\n");
+        let pairs = [("tier", "edge"), ("zone", "b")].map(|(k, v)| (k.to_owned(), v.to_owned()));
+        assert_eq!(args.node_labels, pairs);
+        let args = parse(
+            &["krustlet", "--node-labels", "a=1"],
+            "nodeLabels: {b: '2'}\n",
+        );
+        assert_eq!(args.node_labels, [("a".to_owned(), "1".to_owned())]);
+    }
+
+    #[test]
+    fn every_flag_has_a_file_key_but_the_flag_only_ones() {
+        // The file's own path; the eviction monitoring interval was never a file key.
+        let flag_only = ["config", "eviction_monitoring_interval", "help", "version"];
+        for arg in Cli::command().get_arguments() {
+            let id = arg.get_id().as_str();
+            assert!(
+                FileConfig::FIELDS.contains(&id) || flag_only.contains(&id),
+                "--{id} has no key in the config file"
+            );
+        }
+        for id in FileConfig::FIELDS {
+            assert!(!flag_only.contains(id), "{id}");
+        }
     }
 }

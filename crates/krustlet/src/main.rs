@@ -215,11 +215,6 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
     }
 }
 
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map_or_else(|_| "localhost".to_owned(), |h| h.trim().to_owned())
-}
-
 fn default_ip(host: &str) -> IpAddr {
     (host, 0)
         .to_socket_addrs()
@@ -264,8 +259,12 @@ fn shutdown_on_signal() -> CancellationToken {
 
 async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
     let open_files = raise_open_file_limit();
-    let node_name = args.node_name.unwrap_or_else(hostname);
-    let node_ip = args.node_ip.unwrap_or_else(|| default_ip(&hostname()));
+    let host = match kubelet::node::host_facts().hostname.as_str() {
+        "" => "localhost".to_owned(),
+        name => name.to_owned(),
+    };
+    let node_name = args.node_name.unwrap_or_else(|| host.clone());
+    let node_ip = args.node_ip.unwrap_or_else(|| default_ip(&host));
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
     let engine = wasi_runtime::Engine::new(&wasi_runtime::EngineConfig {

@@ -12,17 +12,7 @@ use crate::api::ClusterApi;
 
 use super::spec::expand;
 use crate::volumes::downward::{self, NodeFacts};
-use crate::volumes::{read, secret_data};
-
-/// A ConfigMap's `data`: environment variables come from it alone, not `binaryData`, as
-/// the kubelet reads them.
-fn config_map_data(cm: &ConfigMap) -> Data {
-    cm.data
-        .iter()
-        .flatten()
-        .map(|(k, v)| (k.clone(), v.clone().into_bytes()))
-        .collect()
-}
+use crate::volumes::{config_map_data, read, secret_data};
 
 /// Names the kubelet accepts for variables (`C_IDENTIFIER`-like, but it allows any
 /// printable ASCII except `=`).
@@ -74,7 +64,7 @@ impl Lookup<'_> {
             let got = match source {
                 Source::ConfigMap => read::<ConfigMap>(api, kind, ns, name)
                     .await?
-                    .map(|cm| config_map_data(&cm)),
+                    .map(|cm| config_map_data(&cm, false)),
                 Source::Secret => read::<Secret>(api, kind, ns, name)
                     .await?
                     .map(|s| secret_data(&s)),

@@ -39,7 +39,7 @@ use crate::runtime::Mount;
 use on_node::{NodeWork, Tmpfs, write_files};
 pub use sources::{Context, ObjectCache};
 use sources::{Part, Token, mode};
-pub(crate) use sources::{read, secret_data};
+pub(crate) use sources::{config_map_data, read, secret_data};
 
 /// Directory, under a pod's directory, that holds its volumes.
 pub const VOLUMES_DIR: &str = "_volumes";

@@ -201,16 +201,19 @@ fn keyed(
     Ok(files)
 }
 
-/// A ConfigMap's `data` and `binaryData` as bytes by key.
-pub(crate) fn config_map_data(cm: &ConfigMap) -> BTreeMap<String, Vec<u8>> {
+/// A ConfigMap's `data` as bytes by key, and its `binaryData` when `binary`: a volume
+/// holds both, environment variables come from `data` alone (as the kubelet reads them).
+pub(crate) fn config_map_data(cm: &ConfigMap, binary: bool) -> BTreeMap<String, Vec<u8>> {
     let mut data: BTreeMap<String, Vec<u8>> = cm
         .data
         .iter()
         .flatten()
         .map(|(k, v)| (k.clone(), v.clone().into_bytes()))
         .collect();
-    for (k, v) in cm.binary_data.iter().flatten() {
-        data.insert(k.clone(), v.0.clone());
+    if binary {
+        for (k, v) in cm.binary_data.iter().flatten() {
+            data.insert(k.clone(), v.0.clone());
+        }
     }
     data
 }
@@ -326,7 +329,7 @@ impl Context<'_> {
                     optional,
                 } => match self.config_map(&ns, name).await? {
                     Some(cm) => files.extend(keyed(
-                        &config_map_data(&cm),
+                        &config_map_data(&cm, true),
                         items.as_deref(),
                         default_mode,
                         *optional,

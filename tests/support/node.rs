@@ -1,0 +1,270 @@
+//! krustlet nodes run as child processes (each with its own port, data dir and log), and
+//! waits on `Node` objects.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use k8s_openapi::api::core::v1::Node;
+use kube::Api;
+use kube::runtime::wait::await_condition;
+
+use crate::cluster::{cluster_lines, value};
+use crate::root;
+
+/// A krustlet node run as a child process; stopped (SIGTERM) when dropped.
+pub struct KrustletNode {
+    /// Node name.
+    pub name: String,
+    /// Kubelet API port.
+    pub port: u16,
+    child: Option<Child>,
+    /// Data directory.
+    pub data_dir: PathBuf,
+}
+
+impl KrustletNode {
+    /// Starts `target/debug/krustlet` as node `name` with its own port and data dir.
+    ///
+    /// # Errors
+    /// When credentials cannot be minted or the binary cannot start.
+    pub fn start(name: &str, port: u16, flags: &[&str]) -> Result<Self> {
+        let data_dir = root().join("target/e2e").join(name);
+        for mount in mounts_under(&data_dir) {
+            let _ = Command::new("umount").arg("-l").arg(&mount).status();
+        }
+        let _ = std::fs::remove_dir_all(&data_dir);
+        let _ = std::fs::remove_file(data_dir.with_extension("log"));
+        std::fs::create_dir_all(&data_dir)?;
+        Self::spawn(name, port, flags, data_dir)
+    }
+
+    /// Starts `target/debug/krustlet` as node `name` on the data dir `data_dir` as it is
+    /// (e.g. a small filesystem the test mounted there).
+    ///
+    /// # Errors
+    /// As [`KrustletNode::start`].
+    pub fn start_in(name: &str, port: u16, flags: &[&str], data_dir: PathBuf) -> Result<Self> {
+        let _ = std::fs::remove_file(data_dir.with_extension("log"));
+        Self::spawn(name, port, flags, data_dir)
+    }
+
+    /// Stops the process and starts it again with `flags`, keeping its data dir, as an
+    /// operator restarting the node agent would.
+    ///
+    /// # Errors
+    /// As [`KrustletNode::stop`] and [`KrustletNode::start`].
+    pub fn restart(&mut self, flags: &[&str]) -> Result<()> {
+        if self.child.is_some() {
+            self.stop()?;
+        }
+        let again = Self::spawn(&self.name, self.port, flags, self.data_dir.clone())?;
+        *self = again;
+        Ok(())
+    }
+
+    /// Starts node `name` (fresh data dir) reaching the API server through `server`
+    /// (`host:port`, e.g. an [`crate::outage::Proxy`]) instead of directly.
+    ///
+    /// # Errors
+    /// As [`KrustletNode::start`].
+    pub fn start_via(name: &str, port: u16, flags: &[&str], server: &str) -> Result<Self> {
+        let data_dir = root().join("target/e2e").join(name);
+        let _ = std::fs::remove_dir_all(&data_dir);
+        let _ = std::fs::remove_file(data_dir.with_extension("log"));
+        std::fs::create_dir_all(&data_dir)?;
+        let creds = cluster_lines(&["node-credentials", name])?;
+        let kubeconfig = std::fs::read_to_string(value(&creds, "KUBECONFIG")?)?;
+        let apiserver = value(&cluster_lines(&["env"])?, "APISERVER")
+            .unwrap_or_else(|_| "127.0.0.1:16443".to_owned());
+        let via = kubeconfig.replace(
+            &format!("https://{apiserver}"),
+            &format!("https://{server}"),
+        );
+        if via == kubeconfig {
+            bail!("the node kubeconfig does not name https://{apiserver}");
+        }
+        let path = data_dir.with_extension("kubeconfig");
+        std::fs::write(&path, via)?;
+        let mut all = vec!["--kubeconfig", path.to_str().context("path")?];
+        all.extend_from_slice(flags);
+        Self::spawn_with(name, port, &all, data_dir, true)
+    }
+
+    fn spawn(name: &str, port: u16, flags: &[&str], data_dir: PathBuf) -> Result<Self> {
+        Self::spawn_with(name, port, flags, data_dir, false)
+    }
+
+    fn spawn_with(
+        name: &str,
+        port: u16,
+        flags: &[&str],
+        data_dir: PathBuf,
+        own_kubeconfig: bool,
+    ) -> Result<Self> {
+        let creds = cluster_lines(&["node-credentials", name])?;
+        let registry = value(&cluster_lines(&["env"])?, "REGISTRY")?;
+        // The benchmarks run the release build.
+        let bin = std::env::var_os("KRUSTLET_BIN")
+            .map_or_else(|| root().join("target/debug/krustlet"), PathBuf::from);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(data_dir.with_extension("log"))?;
+        let child = Command::new(&bin)
+            .args([
+                "--node-name",
+                name,
+                "--node-ip",
+                "127.0.0.1",
+                "--address",
+                "127.0.0.1",
+            ])
+            .args(["--port", &port.to_string()])
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .args(if own_kubeconfig {
+                Vec::new()
+            } else {
+                vec!["--kubeconfig".to_owned(), value(&creds, "KUBECONFIG")?]
+            })
+            .args(["--cert-file", &value(&creds, "CERT_FILE")?])
+            .args(["--private-key-file", &value(&creds, "KEY_FILE")?])
+            .args(["--client-ca-file", &value(&creds, "CLIENT_CA_FILE")?])
+            .args(["--insecure-registries", &registry])
+            .args(flags)
+            .env("RUST_LOG", "info,kube=warn")
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {} (cargo build -p krustlet)", bin.display()))?;
+        Ok(Self {
+            name: name.to_owned(),
+            port,
+            child: Some(child),
+            data_dir,
+        })
+    }
+
+    /// The process ID, while it runs.
+    #[must_use]
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Sends SIGTERM and waits for the process to exit.
+    ///
+    /// # Errors
+    /// When the process cannot be signalled.
+    pub fn stop(&mut self) -> Result<std::process::ExitStatus> {
+        let mut child = self.child.take().context("already stopped")?;
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()?;
+        if !status.success() {
+            bail!("kill failed");
+        }
+        for _ in 0..100 {
+            if let Some(s) = child.try_wait()? {
+                return Ok(s);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        child.kill()?;
+        Ok(child.wait()?)
+    }
+
+    /// The counters and gauges of this node's `/metrics`, read from its kubelet API with
+    /// the API server's kubelet client certificate.
+    ///
+    /// # Errors
+    /// When the request fails.
+    pub async fn metrics(&self) -> Result<std::collections::HashMap<String, f64>> {
+        let env = cluster_lines(&["env"])?;
+        let out = tokio::process::Command::new("curl")
+            .args(["-sf", "--insecure", "--cert"])
+            .arg(value(&env, "KUBELET_CLIENT_CERT")?)
+            .arg("--key")
+            .arg(value(&env, "KUBELET_CLIENT_KEY")?)
+            .arg(format!("https://127.0.0.1:{}/metrics", self.port))
+            .output()
+            .await
+            .context("running curl")?;
+        if !out.status.success() {
+            bail!("GET /metrics of {} failed: {:?}", self.name, out.status);
+        }
+        Ok(String::from_utf8(out.stdout)?
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| {
+                let (k, v) = l.rsplit_once(' ')?;
+                Some((k.to_owned(), v.parse().ok()?))
+            })
+            .collect())
+    }
+}
+
+impl Drop for KrustletNode {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            let _ = self.stop();
+        }
+        // The node keeps the memory-backed volumes (tmpfs) of pods still bound when it
+        // stops, as a restarted agent needs them; a test leaves none behind.
+        for mount in mounts_under(&self.data_dir) {
+            let _ = Command::new("umount").arg("-l").arg(&mount).status();
+        }
+    }
+}
+
+/// Mount points at or below `dir` (from `/proc/self/mountinfo`), deepest first.
+#[must_use]
+pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    let Ok(dir) = dir.canonicalize() else {
+        return Vec::new();
+    };
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut found: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(PathBuf::from)
+        .filter(|p| p.starts_with(&dir))
+        .collect();
+    found.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    found
+}
+
+/// Waits up to `secs` for `cond` to hold on node `name`.
+///
+/// # Errors
+/// On timeout.
+pub async fn wait_node(
+    nodes: &Api<Node>,
+    name: &str,
+    secs: u64,
+    what: &str,
+    cond: impl Fn(&Node) -> bool,
+) -> Result<Node> {
+    let fut = await_condition(nodes.clone(), name, move |n: Option<&Node>| {
+        n.is_some_and(&cond)
+    });
+    match tokio::time::timeout(Duration::from_secs(secs), fut).await {
+        Ok(Ok(Some(n))) => Ok(n),
+        Ok(Ok(None)) => bail!("node {name} vanished waiting for {what}"),
+        Ok(Err(e)) => bail!("watching node {name}: {e}"),
+        Err(_) => bail!("node {name}: timed out after {secs}s waiting for {what}"),
+    }
+}
+
+/// Node condition `type_`'s status.
+#[must_use]
+pub fn node_condition(node: &Node, type_: &str) -> Option<String> {
+    node.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| c.status.clone())
+}
