@@ -111,7 +111,7 @@ pub fn warnings(pod: &Pod) -> Vec<(String, String)> {
         for (kind, probe) in probes(c) {
             if probe.is_some() {
                 out.push((
-                    super::container::field_path(init, &c.name),
+                    super::spec::field_path(init, &c.name),
                     format!("{kind} is not run on wasm nodes yet (no networking); readiness follows the container state"),
                 ));
             }

@@ -28,7 +28,6 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::{Config, Runtime};
-pub(crate) use container::pod_dir_name;
 pub(crate) use worker::qos_class;
 
 /// Where one container's logs are and whether it is running now.
@@ -254,6 +253,16 @@ fn status_images(mut entries: Vec<ImageEntry>) -> Vec<ContainerImage> {
         .collect()
 }
 
+/// `namespace_name_uid`, the kubelet's directory name for a pod.
+pub(crate) fn pod_dir_name(pod: &Pod) -> String {
+    format!(
+        "{}_{}_{}",
+        pod.namespace().unwrap_or_default(),
+        pod.name_any(),
+        pod.uid().unwrap_or_default()
+    )
+}
+
 /// What every worker of this node shares.
 pub(crate) struct Ctx {
     /// What the pod machinery reads and writes in the API.
@@ -282,10 +291,7 @@ impl Ctx {
 
     /// The directory of `pod`'s logs and volumes on this node.
     pub fn pod_dir(&self, pod: &Pod) -> PathBuf {
-        self.config
-            .data_dir
-            .join("pods")
-            .join(container::pod_dir_name(pod))
+        self.config.data_dir.join("pods").join(pod_dir_name(pod))
     }
 }
 
@@ -409,7 +415,7 @@ async fn remove_orphans(ctx: &Ctx) {
         .lock()
         .await
         .values()
-        .map(|w| container::pod_dir_name(&w.pod.borrow()))
+        .map(|w| pod_dir_name(&w.pod.borrow()))
         .collect();
     let root = ctx.config.data_dir.join("pods");
     let Ok(mut entries) = tokio::fs::read_dir(&root).await else {

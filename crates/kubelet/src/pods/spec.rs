@@ -115,6 +115,13 @@ pub fn memory_limit(container: &Container) -> Result<Option<u64>, String> {
     Ok((bytes != 0).then_some(bytes))
 }
 
+/// The field path of a container in events: `spec.containers{name}` or
+/// `spec.initContainers{name}`.
+pub(crate) fn field_path(init: bool, name: &str) -> String {
+    let list = if init { "initContainers" } else { "containers" };
+    format!("spec.{list}{{{name}}}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

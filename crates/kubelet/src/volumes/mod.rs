@@ -320,15 +320,16 @@ impl Volumes {
     ///
     /// # Errors
     /// The kubelet's message for a bad subPath (`CreateContainerConfigError`).
-    pub fn mounts(
-        &self,
+    pub async fn mounts(
+        self: &std::sync::Arc<Self>,
         container: &Container,
         env: &[(String, String)],
     ) -> Result<Vec<Mount>, String> {
-        // Opening subPaths and linking (or copying) single files block; the caller
-        // cannot await yet (pods/container.rs), so the worker's other tasks are handed
-        // to another thread meanwhile.
-        blocking::in_place(|| self.open_mounts(container, env))
+        // Opening subPaths and linking (or copying) single files block.
+        let (volumes, container, env) = (self.clone(), container.clone(), env.to_vec());
+        blocking::run(move || volumes.open_mounts(&container, &env))
+            .await
+            .map_err(|e| e.to_string())?
     }
 
     /// [`Volumes::mounts`], on the calling thread.

@@ -1,0 +1,228 @@
+//! Making a container's image available, as the kubelet's image manager does.
+
+use std::time::Duration;
+
+use kube::ResourceExt;
+use tokio::time::Instant;
+
+use super::{INITIAL_BACKOFF, MAX_BACKOFF, Supervisor};
+use crate::events::EventType;
+use crate::keyring::{Credential, Keyring};
+use crate::pods::spec::pull_policy;
+use crate::runtime::{Image, ImageError, PullPolicy};
+
+/// A duration as Go prints it, truncated to milliseconds: `523ms`, `1.5s`, `1m2.25s`.
+#[must_use]
+pub fn go_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms == 0 {
+        return "0s".to_owned();
+    }
+    if ms < 1000 {
+        return format!("{ms}ms");
+    }
+    let (minutes, rest) = (ms / 60_000, ms % 60_000);
+    let secs = format!("{}.{:03}", rest / 1000, rest % 1000);
+    let secs = secs.trim_end_matches('0').trim_end_matches('.');
+    if minutes > 0 {
+        format!("{minutes}m{secs}s")
+    } else {
+        format!("{secs}s")
+    }
+}
+
+impl Supervisor {
+    /// The pod's pull credentials that match the image, from its `imagePullSecrets`
+    /// (which the API server's ServiceAccount admission fills from the service account).
+    async fn credentials(&self, reference: &str) -> Vec<Credential> {
+        let names: Vec<String> = self
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.image_pull_secrets.as_ref())
+            .into_iter()
+            .flatten()
+            .map(|r| r.name.clone())
+            .filter(|n| !n.is_empty())
+            .collect();
+        if names.is_empty() {
+            return Vec::new();
+        }
+        let ns = self.pod.namespace().unwrap_or_default();
+        let mut ring = Keyring::default();
+        let mut missing = Vec::new();
+        for name in names {
+            match self.ctx.api.secret(&ns, &name).await {
+                Ok(Some(secret)) => {
+                    if let Err(e) = ring.add_secret(&secret) {
+                        tracing::warn!(error = %e, "unusable pull secret");
+                        missing.push(name);
+                    }
+                }
+                Ok(None) => {
+                    tracing::warn!(secret = %name, "pull secret not found");
+                    missing.push(name);
+                }
+                Err(e) => {
+                    tracing::warn!(secret = %name, error = %e, "cannot read pull secret");
+                    missing.push(name);
+                }
+            }
+        }
+        if !missing.is_empty() {
+            let note = format!(
+                "Unable to retrieve some image pull secrets ({}); attempting to pull the image may not succeed.",
+                missing.join(", ")
+            );
+            self.pod_event(EventType::Warning, "FailedToRetrieveImagePullSecret", note)
+                .await;
+        }
+        ring.lookup(reference)
+    }
+
+    /// Records a pulled or present image and returns it.
+    fn took(&self, reference: &str, image: Image) -> Image {
+        self.ctx
+            .registry
+            .add_image(reference, &image.image_id, image.size, &image.handle);
+        self.ctx
+            .registry
+            .use_image(&self.pod.uid().unwrap_or_default(), &image.handle);
+        let id = image.image_id.clone();
+        self.shared.update(self.slot, |r| r.image_id = id);
+        image
+    }
+
+    /// Makes the image available as the kubelet's image manager does, retrying with
+    /// back-off; `None` when killed. A present image is used unless the policy is
+    /// `Always`; `Never` waits (as `ErrImageNeverPull`) until the image appears.
+    pub(super) async fn pull(&self) -> Option<Image> {
+        let reference = self.spec.image.clone().unwrap_or_default();
+        let policy = pull_policy(&self.spec);
+        let mut backoff = INITIAL_BACKOFF;
+        loop {
+            let credentials = self.credentials(&reference).await;
+            if policy != PullPolicy::Always {
+                let present = tokio::select! {
+                    () = self.kill.cancelled() => return None,
+                    r = self.ctx.runtime.pull_image(&reference, PullPolicy::Never, &credentials) => r,
+                };
+                match present {
+                    Ok(image) => {
+                        let note =
+                            format!("Container image \"{reference}\" already present on machine");
+                        self.defer_pulled(note);
+                        return Some(self.took(&reference, image));
+                    }
+                    Err(ImageError::InvalidName(m)) => {
+                        if !self
+                            .fail_and_wait("InspectFailed", "InvalidImageName", m, &mut backoff)
+                            .await
+                        {
+                            return None;
+                        }
+                        continue;
+                    }
+                    Err(_) if policy == PullPolicy::Never => {
+                        let m = format!(
+                            "Container image \"{reference}\" is not present with pull policy of Never"
+                        );
+                        let reason = "ErrImageNeverPull";
+                        if !self.fail_and_wait(reason, reason, m, &mut backoff).await {
+                            return None;
+                        }
+                        continue;
+                    }
+                    Err(_) => {}
+                }
+            }
+            self.event(
+                EventType::Normal,
+                "Pulling",
+                format!("Pulling image \"{reference}\""),
+            )
+            .await;
+            let began = Instant::now();
+            let result = tokio::select! {
+                () = self.kill.cancelled() => return None,
+                r = self.ctx.runtime.pull_image(&reference, PullPolicy::Always, &credentials) => r,
+            };
+            let message = match result {
+                Ok(image) => {
+                    let took = go_duration(began.elapsed());
+                    let note = format!(
+                        "Successfully pulled image \"{reference}\" in {took} ({took} including waiting). Image size: {} bytes.",
+                        image.size
+                    );
+                    self.defer_pulled(note);
+                    return Some(self.took(&reference, image));
+                }
+                Err(
+                    ImageError::InvalidName(m) | ImageError::NeverPull(m) | ImageError::Pull(m),
+                ) => m,
+            };
+            self.event(
+                EventType::Warning,
+                "Failed",
+                format!("Failed to pull image \"{reference}\": {message}"),
+            )
+            .await;
+            self.event(
+                EventType::Warning,
+                "Failed",
+                "Error: ErrImagePull".to_owned(),
+            )
+            .await;
+            self.set_waiting("ErrImagePull", Some(message.clone()));
+            // The kubelet shows the failure, then ImagePullBackOff while it waits.
+            if !self.sleep(Duration::from_secs(1)).await {
+                return None;
+            }
+            let msg = format!("Back-off pulling image \"{reference}\"");
+            self.event(EventType::Normal, "BackOff", msg.clone()).await;
+            self.set_waiting(
+                "ImagePullBackOff",
+                Some(format!("{msg}: ErrImagePull: {message}")),
+            );
+            if !self.sleep(backoff).await {
+                return None;
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    /// Records a Warning `event` with `message`, shows the container waiting with
+    /// `reason` and the kubelet's `Error: <reason>` event, and waits out the back-off
+    /// (doubling it); false when killed.
+    async fn fail_and_wait(
+        &self,
+        event: &str,
+        reason: &str,
+        message: String,
+        backoff: &mut Duration,
+    ) -> bool {
+        self.event(EventType::Warning, event, message.clone()).await;
+        self.event(EventType::Warning, "Failed", format!("Error: {reason}"))
+            .await;
+        self.set_waiting(reason, Some(message));
+        let waited = self.sleep(*backoff).await;
+        *backoff = (*backoff * 2).min(MAX_BACKOFF);
+        waited
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_print_as_go_prints_them() {
+        let ms = Duration::from_millis;
+        assert_eq!(go_duration(ms(0)), "0s");
+        assert_eq!(go_duration(ms(523)), "523ms");
+        assert_eq!(go_duration(Duration::from_micros(1_500_900)), "1.5s");
+        assert_eq!(go_duration(ms(2000)), "2s");
+        assert_eq!(go_duration(ms(62_250)), "1m2.25s");
+        assert_eq!(go_duration(ms(120_000)), "2m0s");
+    }
+}

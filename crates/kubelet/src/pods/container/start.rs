@@ -1,0 +1,214 @@
+//! One run of a container: its environment, mounts and termination file, the start,
+//! the wait, and the terminated state.
+
+use k8s_openapi::api::core::v1::ContainerStateTerminated;
+use kube::ResourceExt;
+
+use super::{Run, Supervisor};
+use crate::events::EventType;
+use crate::now;
+use crate::pods::spec::{expand, memory_limit};
+use crate::pods::status;
+use crate::pods::termination;
+use crate::runtime::{ContainerRun, Image};
+
+impl Supervisor {
+    /// The kubelet's `CreateContainerConfigError`: the event, the waiting reason.
+    async fn config_error(&self, message: String) -> Run {
+        self.record_pulled().await;
+        self.event(EventType::Warning, "Failed", format!("Error: {message}"))
+            .await;
+        self.set_waiting("CreateContainerConfigError", Some(message));
+        Run::NotStarted
+    }
+
+    /// argv and the environment; the kubelet's message when a source is missing.
+    async fn argv_env(&self) -> Result<(Vec<String>, Vec<(String, String)>), String> {
+        let (env, invalid) =
+            crate::pods::env::resolve(&*self.ctx.api, &self.pod, &self.spec, &self.ctx.facts)
+                .await?;
+        for message in invalid {
+            self.event(
+                EventType::Warning,
+                "InvalidEnvironmentVariableNames",
+                message,
+            )
+            .await;
+        }
+        let mut argv: Vec<String> = self.spec.command.clone().unwrap_or_default();
+        if argv.is_empty() {
+            argv.push(self.spec.name.clone());
+        }
+        argv.extend(self.spec.args.iter().flatten().cloned());
+        let argv = argv.iter().map(|a| expand(a, &env)).collect();
+        Ok((argv, env))
+    }
+
+    /// One run; `None` when the container could not be started (it is then waiting
+    /// with the reason and the pod worker decides) or was killed before starting. A
+    /// `restarting` run counts as a restart once it runs, as the kubelet counts them.
+    pub(super) async fn run_once(&self, image: &Image, restarting: bool) -> Run {
+        let restart_count =
+            self.shared.get(self.slot).map_or(0, |r| r.restart_count) + i32::from(restarting);
+        let dir = self.ctx.pod_dir(&self.pod).join(&self.spec.name);
+        if let Err(e) = tokio::fs::create_dir_all(&dir).await {
+            self.record_pulled().await;
+            self.set_waiting(
+                "CreateContainerError",
+                Some(format!("cannot create log directory: {e}")),
+            );
+            return Run::NotStarted;
+        }
+        let (args, env) = match self.argv_env().await {
+            Ok(found) => found,
+            Err(message) => return self.config_error(message).await,
+        };
+        let memory_limit = match memory_limit(&self.spec) {
+            Ok(limit) => limit,
+            Err(message) => return self.config_error(message).await,
+        };
+        let volumes = self.shared.volumes.get().cloned();
+        let mounts = match &volumes {
+            Some(v) => v.mounts(&self.spec, &env).await,
+            None => Ok(Vec::new()),
+        };
+        let mut mounts = match mounts {
+            Ok(mounts) => mounts,
+            Err(message) => return self.config_error(message).await,
+        };
+        let term_dir = dir.join(format!("{restart_count}.termination"));
+        let (term_mount, term_file) = match termination::prepare(&self.spec, &term_dir).await {
+            Ok(t) => t,
+            Err(e) => {
+                self.record_pulled().await;
+                self.set_waiting(
+                    "CreateContainerError",
+                    Some(format!("cannot prepare the termination message file: {e}")),
+                );
+                return Run::NotStarted;
+            }
+        };
+        mounts.push(term_mount);
+        let log_path = dir.join(format!("{restart_count}.log"));
+        let old_runs = dir.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            crate::logs::remove_old_runs(&old_runs, restart_count - 1)
+        })
+        .await;
+        let run = ContainerRun {
+            image: image.clone(),
+            args,
+            env,
+            log_path: log_path.clone(),
+            mounts,
+            memory_limit,
+        };
+        let (ns, pod_name) = (
+            self.pod.namespace().unwrap_or_default(),
+            self.pod.name_any(),
+        );
+        // Deletion, a deadline or node shutdown wins over a start that does not end (a
+        // module that compiles for long): the runtime drops that start's work.
+        let started = tokio::select! {
+            started = self.ctx.runtime.start_container(run) => started,
+            () = self.kill.cancelled() => return Run::NotStarted,
+        };
+        let handle = match started {
+            Ok(h) => h,
+            Err(message) => {
+                self.record_pulled().await;
+                self.event(EventType::Warning, "Failed", format!("Error: {message}"))
+                    .await;
+                self.set_waiting("CreateContainerError", Some(message));
+                return Run::NotStarted;
+            }
+        };
+        let container_id = format!(
+            "wasmtime://{}-{}-{restart_count}",
+            self.pod.uid().unwrap_or_default(),
+            self.spec.name
+        );
+        let started_at = now();
+        self.ctx.registry.set_container_logs(
+            &ns,
+            &pod_name,
+            &self.spec.name,
+            crate::pods::ContainerLogs {
+                dir: dir.clone(),
+                restart_count,
+                running: true,
+            },
+        );
+        let cid = container_id.clone();
+        let at = started_at.clone();
+        self.shared.update(self.slot, |r| {
+            let previous = std::mem::replace(&mut r.state, status::running(at));
+            if previous.terminated.is_some() {
+                r.last_state = Some(previous);
+            }
+            r.restart_count = restart_count;
+            r.container_id = Some(cid);
+        });
+        self.record_pulled().await;
+        self.event(
+            EventType::Normal,
+            "Created",
+            format!("Created container: {}", self.spec.name),
+        )
+        .await;
+        self.event(
+            EventType::Normal,
+            "Started",
+            format!("Started container {}", self.spec.name),
+        )
+        .await;
+        // Stopped by deletion, a deadline, node shutdown or (for a sidecar) the end of the
+        // app containers: the kubelet's Killing event, then the kill.
+        let killer = handle.killer();
+        let wait = handle.wait();
+        tokio::pin!(wait);
+        let exit = tokio::select! {
+            exit = &mut wait => exit,
+            () = self.kill.cancelled() => {
+                self.event(
+                    EventType::Normal,
+                    "Killing",
+                    format!("Stopping container {}", self.spec.name),
+                )
+                .await;
+                killer();
+                wait.await
+            }
+        };
+        let message = termination::message(
+            &self.spec,
+            &term_file,
+            &log_path,
+            exit.code,
+            exit.message.clone(),
+        )
+        .await;
+        let terminated = ContainerStateTerminated {
+            exit_code: exit.code,
+            reason: Some(exit.reason.clone()),
+            message,
+            started_at: Some(started_at),
+            finished_at: Some(now()),
+            container_id: Some(container_id),
+            signal: None,
+        };
+        self.ctx.registry.set_container_logs(
+            &ns,
+            &pod_name,
+            &self.spec.name,
+            crate::pods::ContainerLogs {
+                dir,
+                restart_count,
+                running: false,
+            },
+        );
+        self.shared
+            .update(self.slot, |r| r.state = status::terminated(terminated));
+        Run::Exited(exit)
+    }
+}
