@@ -1,12 +1,13 @@
 //! The wasm runtime behind the node agent: OCI store + wasmtime engine, adapted to
 //! [`kubelet::Runtime`].
 
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 
 use kubelet::keyring::Credential;
 use kubelet::runtime::{
     BoxFuture, ContainerExit, ContainerHandle, ContainerRun, Counter, Image, ImageError,
-    ImageFsUsage, PullPolicy, StoredImage,
+    ImageFsUsage, ImageStatus, SandboxConfig, StoredImage,
 };
 use wasi_runtime::{ContainerSpec, Engine, Exit, Preopen};
 
@@ -63,54 +64,30 @@ fn exit(e: Exit) -> ContainerExit {
 }
 
 impl WasmRuntime {
+    async fn status(&self, reference: &str) -> Result<Option<ImageStatus>, ImageError> {
+        let cached = self.store.cached(reference).await.map_err(image_error)?;
+        Ok(cached.map(|img| {
+            // The store names credentials as the kubelet does (`Credential::id`).
+            let pulled_with = img.credentials.clone();
+            ImageStatus {
+                image: image(reference, img, false),
+                pulled_with,
+            }
+        }))
+    }
+
     async fn pull(
         &self,
         reference: &str,
-        policy: PullPolicy,
-        credentials: &[Credential],
+        credential: Option<&Credential>,
     ) -> Result<Image, ImageError> {
-        if policy != PullPolicy::Always {
-            let cached = self.store.cached(reference).await.map_err(image_error)?;
-            // A private image on the node is this pod's only with a credential that
-            // pulled it; otherwise it is pulled again, so the registry decides.
-            let allowed = |img: &oci::Image| {
-                img.credentials.is_empty()
-                    || credentials.iter().any(|c| {
-                        img.credentials
-                            .contains(&oci::credential_id(&basic_auth(c)))
-                    })
-            };
-            if let Some(img) = cached.filter(allowed) {
-                return Ok(image(reference, img, false));
-            }
-            if policy == PullPolicy::Never {
-                return Err(ImageError::NeverPull(format!(
-                    "Container image \"{reference}\" is not present with pull policy of Never"
-                )));
-            }
-        }
-        if credentials.is_empty() {
-            let (img, downloaded) = self
-                .store
-                .pull(reference, &oci::RegistryAuth::Anonymous)
-                .await
-                .map_err(image_error)?;
-            return Ok(image(reference, img, downloaded));
-        }
-        // Each matching credential in turn, as the kubelet does; all errors if none works.
-        let mut errors = Vec::new();
-        for c in credentials {
-            match self.store.pull(reference, &basic_auth(c)).await {
-                Ok((img, downloaded)) => return Ok(image(reference, img, downloaded)),
-                Err(e @ oci::Error::InvalidReference { .. }) => return Err(image_error(e)),
-                Err(e) => errors.push(e.to_string()),
-            }
-        }
-        Err(ImageError::Pull(if errors.len() == 1 {
-            errors.remove(0)
-        } else {
-            format!("[{}]", errors.join(", "))
-        }))
+        let auth = credential.map_or(oci::RegistryAuth::Anonymous, basic_auth);
+        let (img, downloaded) = self
+            .store
+            .pull(reference, &auth)
+            .await
+            .map_err(image_error)?;
+        Ok(image(reference, img, downloaded))
     }
 
     async fn start(&self, run: ContainerRun) -> Result<ContainerHandle, String> {
@@ -119,8 +96,10 @@ impl WasmRuntime {
             .module(&run.image.handle)
             .await
             .map_err(|e| e.to_string())?;
-        // Descriptors the mounts' paths name: open until the sandbox has its own.
-        let _keep_open: Vec<_> = run.mounts.iter().map(|m| m.keep_open.clone()).collect();
+        // The mounts' descriptors, named by path for wasmtime, open until the sandbox
+        // has opened its own.
+        let keep_open: Vec<_> = run.mounts.iter().map(|m| m.dir.clone()).collect();
+        let id = format!("wasmtime://{}-{}-{}", run.sandbox_id, run.name, run.attempt);
         let spec = ContainerSpec {
             module_key: run.image.handle.clone(),
             wasm,
@@ -132,17 +111,20 @@ impl WasmRuntime {
                 .mounts
                 .into_iter()
                 .map(|m| Preopen {
-                    host: m.host_path,
+                    host: PathBuf::from(format!("/proc/self/fd/{}", m.dir.as_raw_fd())),
                     guest: m.container_path,
                     read_only: m.read_only,
                 })
                 .collect(),
         };
         let running = self.engine.start(spec).await.map_err(|e| e.to_string())?;
+        drop(keep_open);
         let killer = running.killer();
-        Ok(ContainerHandle::new(move || killer.kill(), async move {
-            exit(running.wait().await)
-        }))
+        Ok(ContainerHandle::new(
+            id,
+            move || killer.kill(),
+            async move { exit(running.wait().await) },
+        ))
     }
 
     async fn stored_images(&self) -> Vec<StoredImage> {
@@ -192,13 +174,29 @@ impl kubelet::Runtime for WasmRuntime {
         Engine::version()
     }
 
+    fn image_status<'a>(
+        &'a self,
+        reference: &'a str,
+    ) -> BoxFuture<'a, Result<Option<ImageStatus>, ImageError>> {
+        Box::pin(self.status(reference))
+    }
+
     fn pull_image<'a>(
         &'a self,
         reference: &'a str,
-        policy: PullPolicy,
-        credentials: &'a [Credential],
+        credential: Option<&'a Credential>,
     ) -> BoxFuture<'a, Result<Image, ImageError>> {
-        Box::pin(self.pull(reference, policy, credentials))
+        Box::pin(self.pull(reference, credential))
+    }
+
+    // A wasm pod's sandbox holds nothing of its own yet: its ID is the pod's UID. It is
+    // where a pod's network namespace will live (issue 11).
+    fn run_pod_sandbox(&self, config: SandboxConfig) -> BoxFuture<'_, Result<String, String>> {
+        Box::pin(std::future::ready(Ok(config.uid)))
+    }
+
+    fn remove_pod_sandbox<'a>(&'a self, _id: &'a str) -> BoxFuture<'a, ()> {
+        Box::pin(std::future::ready(()))
     }
 
     fn start_container(&self, run: ContainerRun) -> BoxFuture<'_, Result<ContainerHandle, String>> {
@@ -252,5 +250,23 @@ impl kubelet::Runtime for WasmRuntime {
 
     fn image_fs_usage(&self) -> BoxFuture<'_, ImageFsUsage> {
         Box::pin(self.fs_usage())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_store_names_a_credential_as_the_kubelet_does() {
+        // The image manager (kubelet) compares the IDs the store recorded at a pull with
+        // the pod's credentials' IDs: both sides must name a credential alike.
+        for (username, password) in [("u", "p"), ("", ""), ("robot$ci", "tok:en\0x")] {
+            let c = Credential {
+                username: username.to_owned(),
+                password: password.to_owned(),
+            };
+            assert_eq!(c.id(), oci::credential_id(&basic_auth(&c)));
+        }
     }
 }

@@ -30,6 +30,20 @@ pub struct Credential {
     pub password: String,
 }
 
+impl Credential {
+    /// What identifies this credential without revealing it: `sha256:<hex>` of
+    /// `basic\0<user>\0<password>`. A runtime records the IDs of the credentials that
+    /// pulled an image ([`ImageStatus::pulled_with`](crate::runtime::ImageStatus)), the
+    /// same way, so that the image manager can tell whether a pod may use it.
+    #[must_use]
+    pub fn id(&self) -> String {
+        use sha2::Digest as _;
+        let hash = sha2::Sha256::digest(format!("basic\0{}\0{}", self.username, self.password));
+        let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+        format!("sha256:{hex}")
+    }
+}
+
 impl std::fmt::Debug for Credential {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Credential")

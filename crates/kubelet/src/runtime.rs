@@ -1,12 +1,17 @@
-//! The boundary between the node agent and the runtime that runs containers.
-//!
-//! The node agent needs exactly two things from a runtime: an image made available
-//! locally ([`Runtime::pull_image`]) and a container started from it
-//! ([`Runtime::start_container`]). Everything Kubernetes-specific (policies, backoff,
-//! status, events) stays on this side.
+//! The boundary between the node agent and the runtime that runs containers, shaped as
+//! the CRI is: images ([`Runtime::image_status`], [`Runtime::pull_image`] with one
+//! credential, [`Runtime::images`], [`Runtime::remove_image`],
+//! [`Runtime::image_fs_usage`]), pod sandboxes ([`Runtime::run_pod_sandbox`],
+//! [`Runtime::remove_pod_sandbox`]: a pod's shared context, which will own its network
+//! namespace), and containers ([`Runtime::start_container`], whose handle carries the
+//! runtime's container ID and a kill). Everything Kubernetes-specific stays on this
+//! side: pull policies and the rule that a private image is a pod's only with a
+//! credential that pulled it (the kubelet's image manager, `pods/container/pull.rs`),
+//! back-off, status and events.
 
 use std::future::Future;
-use std::path::PathBuf;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -44,17 +49,43 @@ pub enum ImageError {
     /// The reference does not parse (`InvalidImageName`).
     #[error("{0}")]
     InvalidName(String),
-    /// Policy `Never` and no local copy (`ErrImageNeverPull`).
-    #[error("{0}")]
-    NeverPull(String),
     /// The pull failed (`ErrImagePull`).
     #[error("{0}")]
     Pull(String),
 }
 
+/// What the runtime holds of an image (the CRI's `ImageStatus`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageStatus {
+    /// The image (`downloaded` false).
+    pub image: Image,
+    /// [`Credential::id`](crate::keyring::Credential::id)s of the credentials a registry
+    /// accepted for it; empty when it was pulled anonymously (public).
+    pub pulled_with: Vec<String>,
+}
+
+/// A pod's sandbox as the runtime is asked for it (the CRI's `PodSandboxConfig`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxConfig {
+    /// The pod's UID.
+    pub uid: String,
+    /// The pod's namespace.
+    pub namespace: String,
+    /// The pod's name.
+    pub name: String,
+    /// How many sandboxes this pod had before on this node (0 for the first).
+    pub attempt: u32,
+}
+
 /// One run of one container.
 #[derive(Debug, Clone)]
 pub struct ContainerRun {
+    /// The sandbox it runs in ([`Runtime::run_pod_sandbox`]).
+    pub sandbox_id: String,
+    /// The container's name in the pod.
+    pub name: String,
+    /// Which run of this container this is (its restart count).
+    pub attempt: u32,
     /// The image to run.
     pub image: Image,
     /// `argv`, including `argv[0]`.
@@ -69,18 +100,34 @@ pub struct ContainerRun {
     pub mounts: Vec<Mount>,
 }
 
-/// A host directory exposed to a container.
+/// A host directory exposed to a container, as an open descriptor: the runtime exposes
+/// exactly the directory the node agent opened (checked, never re-resolved by path).
 #[derive(Debug, Clone)]
 pub struct Mount {
-    /// The directory on the host.
-    pub host_path: PathBuf,
+    /// The directory, opened.
+    pub dir: Arc<OwnedFd>,
     /// Where the container sees it.
     pub container_path: String,
     /// Mounted read-only.
     pub read_only: bool,
-    /// A descriptor `host_path` names (`/proc/self/fd/<n>`), to keep open until the
-    /// runtime has opened the directory.
-    pub keep_open: Option<std::sync::Arc<std::os::fd::OwnedFd>>,
+}
+
+impl Mount {
+    /// Opens directory `path` of the node agent's own (never following a symlink at
+    /// its end) as a mount at `container_path`.
+    ///
+    /// # Errors
+    /// When `path` is not a directory that can be opened.
+    pub fn open(path: &Path, container_path: String, read_only: bool) -> std::io::Result<Self> {
+        use rustix::fs::{Mode, OFlags};
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let dir = rustix::fs::open(path, flags, Mode::empty())?;
+        Ok(Self {
+            dir: Arc::new(dir),
+            container_path,
+            read_only,
+        })
+    }
 }
 
 /// How a container run ended.
@@ -96,6 +143,7 @@ pub struct ContainerExit {
 
 /// A started container: await [`ContainerHandle::wait`], or [`ContainerHandle::kill`] it.
 pub struct ContainerHandle {
+    id: String,
     kill: Arc<dyn Fn() + Send + Sync>,
     exit: Pin<Box<dyn Future<Output = ContainerExit> + Send>>,
 }
@@ -107,15 +155,24 @@ impl std::fmt::Debug for ContainerHandle {
 }
 
 impl ContainerHandle {
-    /// Wraps a runtime's kill function and exit future.
+    /// Wraps the runtime's ID of a container (`<runtime>://<id>`, the status's
+    /// `containerID`), its kill function and exit future.
     pub fn new(
+        id: String,
         kill: impl Fn() + Send + Sync + 'static,
         exit: impl Future<Output = ContainerExit> + Send + 'static,
     ) -> Self {
         Self {
+            id,
             kill: Arc::new(kill),
             exit: Box::pin(exit),
         }
+    }
+
+    /// The runtime's ID of the container, `<runtime>://<id>`.
+    #[must_use]
+    pub fn id(&self) -> &str {
+        &self.id
     }
 
     /// A function that stops the container without cooperation; idempotent.
@@ -168,18 +225,29 @@ pub trait Runtime: Send + Sync + 'static {
     /// Runtime name and version for `nodeInfo.containerRuntimeVersion`.
     fn version(&self) -> String;
 
-    /// Makes `reference` available locally according to `policy`. `credentials` are the
-    /// pod's pull secrets that match the image, to be tried in order; empty means an
-    /// anonymous pull.
+    /// What the runtime holds for `reference`, `None` when it holds nothing (an
+    /// `InvalidName` error when the reference does not parse).
+    fn image_status<'a>(
+        &'a self,
+        reference: &'a str,
+    ) -> BoxFuture<'a, Result<Option<ImageStatus>, ImageError>>;
+
+    /// Pulls `reference` from its registry, with `credential` or anonymously.
     fn pull_image<'a>(
         &'a self,
         reference: &'a str,
-        policy: PullPolicy,
-        credentials: &'a [crate::keyring::Credential],
+        credential: Option<&'a crate::keyring::Credential>,
     ) -> BoxFuture<'a, Result<Image, ImageError>>;
 
-    /// Starts one container run. An error is a failure to create or start it
-    /// (`CreateContainerError` / `StartError`), not a failure of the workload.
+    /// Sets up a pod's sandbox, the context its containers share; returns its ID. An
+    /// error keeps the pod's containers from starting (`FailedCreatePodSandBox`).
+    fn run_pod_sandbox(&self, config: SandboxConfig) -> BoxFuture<'_, Result<String, String>>;
+
+    /// Tears a pod's sandbox down once none of its containers runs; idempotent.
+    fn remove_pod_sandbox<'a>(&'a self, id: &'a str) -> BoxFuture<'a, ()>;
+
+    /// Starts one container run in its sandbox. An error is a failure to create or start
+    /// it (`CreateContainerError` / `StartError`), not a failure of the workload.
     fn start_container(&self, run: ContainerRun) -> BoxFuture<'_, Result<ContainerHandle, String>>;
 
     /// The runtime's counters, for `/metrics`.

@@ -704,3 +704,148 @@ async fn a_trap_ends_the_run_with_its_reason_and_message() {
         "wasm trap: wasm `unreachable` instruction executed"
     );
 }
+
+const PRIVATE: &str = "registry.test:5000/team/img:1";
+
+fn credential(username: &str) -> crate::keyring::Credential {
+    crate::keyring::Credential {
+        username: username.to_owned(),
+        password: "secret".to_owned(),
+    }
+}
+
+/// A pod running [`PRIVATE`] with a pull secret holding `username`'s credential.
+fn private_pod(h: &Harness, username: &str) -> k8s_openapi::api::core::v1::Pod {
+    use base64::Engine as _;
+    let config = json!({ "auths": { "registry.test:5000": {
+        "username": username, "password": "secret"
+    } } });
+    let encoded = base64::engine::general_purpose::STANDARD.encode(config.to_string());
+    h.api.put_secret(
+        serde_json::from_value(json!({
+            "metadata": { "name": "pull", "namespace": "default" },
+            "type": "kubernetes.io/dockerconfigjson",
+            "data": { ".dockerconfigjson": encoded }
+        }))
+        .expect("secret"),
+    );
+    pod(json!({
+        "imagePullSecrets": [{ "name": "pull" }],
+        "containers": [{ "name": "c", "image": PRIVATE }]
+    }))
+}
+
+fn pulls(h: &Harness) -> usize {
+    h.runtime
+        .did()
+        .iter()
+        .filter(|(_, d)| matches!(d, Did::Pulled(_)))
+        .count()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_private_image_on_the_node_is_used_only_by_a_pod_with_a_credential_that_pulled_it() {
+    // Pulled before with alice's credential: alice's pod uses it as it is.
+    let h = Harness::new();
+    h.runtime.hold(PRIVATE, Some(&credential("alice")));
+    h.runtime.script("c", &[Script::Hang]);
+    let _w = h.start(private_pod(&h, "alice"), None);
+    eventually(Duration::from_secs(60), "a run", || {
+        !h.runtime.starts("c").is_empty()
+    })
+    .await;
+    assert_eq!(pulls(&h), 0);
+    let pulled = h.api.events("Pulled");
+    assert!(pulled[0].message.contains("already present on machine"));
+
+    // Bob's pod, and a pod with no credential at all, pull again: the registry decides.
+    for bob in [true, false] {
+        let h = Harness::new();
+        h.runtime.hold(PRIVATE, Some(&credential("alice")));
+        h.runtime.script("c", &[Script::Hang]);
+        let p = if bob {
+            private_pod(&h, "bob")
+        } else {
+            pod(json!({ "containers": [{ "name": "c", "image": PRIVATE }] }))
+        };
+        let _w = h.start(p, None);
+        eventually(Duration::from_secs(60), "a run", || {
+            !h.runtime.starts("c").is_empty()
+        })
+        .await;
+        assert_eq!(pulls(&h), 1, "bob: {bob}");
+    }
+
+    // A public image (pulled anonymously) is everyone's.
+    let h = Harness::new();
+    h.runtime.hold(PRIVATE, None);
+    h.runtime.script("c", &[Script::Hang]);
+    let _w = h.start(
+        pod(json!({ "containers": [{ "name": "c", "image": PRIVATE }] })),
+        None,
+    );
+    eventually(Duration::from_secs(60), "a run", || {
+        !h.runtime.starts("c").is_empty()
+    })
+    .await;
+    assert_eq!(pulls(&h), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pod_never_pulling_an_image_it_may_not_use_waits_as_err_image_never_pull() {
+    let h = Harness::new();
+    h.runtime.hold(PRIVATE, Some(&credential("alice")));
+    let p = pod(json!({ "containers": [{
+        "name": "c", "image": PRIVATE, "imagePullPolicy": "Never"
+    }] }));
+    let _w = h.start(p, None);
+    h.api
+        .until(Duration::from_secs(60), "ErrImageNeverPull", |w| {
+            w.statuses
+                .last()
+                .is_some_and(|(_, s)| waiting_reason(s, "c") == "ErrImageNeverPull")
+        })
+        .await;
+    assert_eq!(pulls(&h), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_sandbox_comes_before_the_containers_and_goes_after_them() {
+    let h = Harness::new();
+    h.runtime
+        .sandbox_failures
+        .store(2, std::sync::atomic::Ordering::Relaxed);
+    h.runtime.script("c", &[Script::Exit(SEC, 0)]);
+    let _w = h.start(pod(one("c", "Never")), None);
+    h.api
+        .until(Duration::from_secs(120), "Succeeded", |w| {
+            w.statuses
+                .last()
+                .is_some_and(|(_, s)| phase(s) == "Succeeded")
+        })
+        .await;
+    eventually(Duration::from_secs(10), "the sandbox removed", || {
+        h.runtime
+            .did()
+            .iter()
+            .any(|(_, d)| *d == Did::SandboxDown("uid-p".into()))
+    })
+    .await;
+    let did: Vec<Did> = h.runtime.did().into_iter().map(|(_, d)| d).collect();
+    let at = |d: Did| did.iter().position(|x| *x == d).expect("happened");
+    assert!(at(Did::SandboxUp("uid-p".into())) < at(Did::Started("c".into())));
+    assert!(at(Did::Exited("c".into())) < at(Did::SandboxDown("uid-p".into())));
+    // Two failures, each a FailedCreatePodSandBox event, retried.
+    let failed = h.api.events("FailedCreatePodSandBox");
+    assert_eq!(failed.len(), 2);
+    assert_eq!(
+        failed[0].message,
+        "Failed to create pod sandbox: scripted failure"
+    );
+    // The runtime's container ID is the one reported.
+    let last = h.api.last_status();
+    assert_eq!(
+        container(&last, "c")["containerID"],
+        "fake://sandbox-uid-p-c-0"
+    );
+}

@@ -101,7 +101,9 @@ pub(crate) fn adopted(pod: &Pod) -> Records {
     records
 }
 
-/// Runs the containers of `pod` in order until they are all done or `kill` fires.
+/// Runs the containers of `pod` in order until they are all done or `kill` fires: its
+/// volumes first, then its sandbox, then the containers; the sandbox goes once every
+/// container has stopped.
 pub(crate) async fn drive(
     ctx: Arc<Ctx>,
     pod: Arc<Pod>,
@@ -111,8 +113,60 @@ pub(crate) async fn drive(
     if !mount_volumes(&ctx, &pod, &shared, &kill).await {
         return;
     }
+    let Some(sandbox) = run_sandbox(&ctx, &pod, &kill).await else {
+        return;
+    };
+    let _ = shared.sandbox.set(sandbox.clone());
+    run_containers(&ctx, &pod, &shared, &kill).await;
+    ctx.runtime.remove_pod_sandbox(&sandbox).await;
+}
+
+/// Sets up the pod's sandbox, retrying with back-off (each failure a
+/// `FailedCreatePodSandBox` event, as the kubelet's) until it is or `kill` fires.
+async fn run_sandbox(ctx: &Ctx, pod: &Pod, kill: &CancellationToken) -> Option<String> {
+    let config = crate::runtime::SandboxConfig {
+        uid: pod.metadata.uid.clone().unwrap_or_default(),
+        namespace: pod.metadata.namespace.clone().unwrap_or_default(),
+        name: pod.metadata.name.clone().unwrap_or_default(),
+        attempt: 0,
+    };
+    let mut backoff = MOUNT_BACKOFF;
+    loop {
+        let attempt = tokio::select! {
+            () = kill.cancelled() => return None,
+            r = ctx.runtime.run_pod_sandbox(config.clone()) => r,
+        };
+        match attempt {
+            Ok(id) => return Some(id),
+            Err(e) => {
+                let note = format!("Failed to create pod sandbox: {e}");
+                ctx.recorder
+                    .record(
+                        &pod.object_ref(&()),
+                        EventType::Warning,
+                        "FailedCreatePodSandBox",
+                        &note,
+                    )
+                    .await;
+                tokio::select! {
+                    () = kill.cancelled() => return None,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(MAX_MOUNT_BACKOFF);
+            }
+        }
+    }
+}
+
+/// The init containers in order, then the app containers, then the sidecars stopped.
+async fn run_containers(
+    ctx: &Arc<Ctx>,
+    pod: &Arc<Pod>,
+    shared: &Arc<Shared>,
+    kill: &CancellationToken,
+) {
     let spec = pod.spec.clone().unwrap_or_default();
-    let restart_policy = restart_policy(&pod);
+    let restart_policy = restart_policy(pod);
     // A failed init container is retried unless the pod never restarts anything.
     let init_policy = if restart_policy == "Never" {
         "Never"
@@ -133,7 +187,7 @@ pub(crate) async fn drive(
                 shared.clone(),
                 sidecar_kill.clone(),
             ));
-            if !wait_started(&shared, slot, &kill).await {
+            if !wait_started(shared, slot, kill).await {
                 break;
             }
             continue;

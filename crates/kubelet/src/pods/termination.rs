@@ -30,7 +30,7 @@ pub struct TerminationFile {
 /// termination message file.
 ///
 /// # Errors
-/// When the directory cannot be created.
+/// When the directory cannot be created or opened.
 pub async fn prepare(
     spec: &Container,
     run_dir: &Path,
@@ -44,13 +44,12 @@ pub async fn prepare(
         Some((parent, name)) => (parent, name),
         None => ("/", path),
     };
-    tokio::fs::create_dir_all(run_dir).await?;
-    let mount = Mount {
-        host_path: run_dir.to_owned(),
-        container_path: parent.to_owned(),
-        read_only: false,
-        keep_open: None,
-    };
+    let (dir, guest) = (run_dir.to_owned(), parent.to_owned());
+    let mount = crate::blocking::run(move || {
+        std::fs::create_dir_all(&dir)?;
+        Mount::open(&dir, guest, false)
+    })
+    .await??;
     Ok((
         mount,
         TerminationFile {

@@ -24,7 +24,7 @@ use crate::api::{BoxFuture, ClusterApi, not_found};
 use crate::keyring::Credential;
 use crate::runtime::{
     ContainerExit, ContainerHandle, ContainerRun, Counter, Image, ImageError, ImageFsUsage,
-    PullPolicy, Runtime, StoredImage,
+    ImageStatus, Runtime, SandboxConfig, StoredImage,
 };
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -87,6 +87,12 @@ impl MemoryApi {
     pub fn put_config_map(&self, cm: ConfigMap) {
         let name = cm.metadata.name.clone().unwrap_or_default();
         lock(&self.config_maps).insert(name, cm);
+    }
+
+    /// Stores a Secret (by its name) for the worker to read.
+    pub fn put_secret(&self, secret: Secret) {
+        let name = secret.metadata.name.clone().unwrap_or_default();
+        lock(&self.secrets).insert(name, secret);
     }
 
     /// Runs `f` on what was written so far.
@@ -278,6 +284,10 @@ pub(crate) enum Did {
     Killed(String),
     /// A run of the container ended by itself.
     Exited(String),
+    /// A sandbox was set up for the pod of this UID.
+    SandboxUp(String),
+    /// The sandbox of the pod of this UID was removed.
+    SandboxDown(String),
 }
 
 /// A [`Runtime`] that runs scripts instead of modules.
@@ -288,8 +298,10 @@ pub(crate) struct FakeRuntime {
     /// Reference → the outcome of each pull in turn; the last one repeats. An image
     /// without a script pulls at once.
     pulls: Mutex<HashMap<String, VecDeque<Pull>>>,
-    /// References held locally.
-    present: Mutex<std::collections::HashSet<String>>,
+    /// References held locally → the IDs of the credentials that pulled them.
+    present: Mutex<HashMap<String, Vec<String>>>,
+    /// Sandboxes that fail to be set up before one succeeds.
+    pub sandbox_failures: std::sync::atomic::AtomicU32,
     did: Mutex<Vec<(Instant, Did)>>,
 }
 
@@ -341,24 +353,29 @@ impl FakeRuntime {
         }
     }
 
-    async fn pull(
-        self: Arc<Self>,
-        reference: String,
-        policy: PullPolicy,
-    ) -> Result<Image, ImageError> {
+    /// Puts `reference` on the node as pulled with `credential` (`None`: public).
+    pub fn hold(&self, reference: &str, credential: Option<&Credential>) {
+        let ids = credential.map(Credential::id).into_iter().collect();
+        lock(&self.present).insert(reference.to_owned(), ids);
+    }
+
+    fn status(&self, reference: &str) -> Result<Option<ImageStatus>, ImageError> {
         if reference.is_empty() || reference.contains(' ') {
             return Err(ImageError::InvalidName(format!(
                 "invalid reference format: {reference:?}"
             )));
         }
-        if policy != PullPolicy::Always && lock(&self.present).contains(&reference) {
-            return Ok(Self::image(&reference, false));
-        }
-        if policy == PullPolicy::Never {
-            return Err(ImageError::NeverPull(format!(
-                "Container image \"{reference}\" is not present with pull policy of Never"
-            )));
-        }
+        Ok(lock(&self.present).get(reference).map(|ids| ImageStatus {
+            image: Self::image(reference, false),
+            pulled_with: ids.clone(),
+        }))
+    }
+
+    async fn pull(
+        self: Arc<Self>,
+        reference: String,
+        credential: Option<Credential>,
+    ) -> Result<Image, ImageError> {
         self.log(Did::Pulled(reference.clone()));
         let outcome = lock(&self.pulls)
             .get_mut(&reference)
@@ -367,7 +384,7 @@ impl FakeRuntime {
         match outcome {
             Pull::Ok(took) => {
                 tokio::time::sleep(took).await;
-                lock(&self.present).insert(reference.clone());
+                self.hold(&reference, credential.as_ref());
                 Ok(Self::image(&reference, true))
             }
             Pull::Fails => Err(ImageError::Pull(format!(
@@ -378,15 +395,6 @@ impl FakeRuntime {
     }
 }
 
-/// The container name of a run: its log lives in `<pod dir>/<container>/<n>.log`.
-fn container_name(run: &ContainerRun) -> String {
-    run.log_path
-        .parent()
-        .and_then(|p| p.file_name())
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default()
-}
-
 /// [`Runtime`] for an `Arc` of the fake, so that a test keeps its own handle.
 pub(crate) struct Shared(pub Arc<FakeRuntime>);
 
@@ -395,19 +403,48 @@ impl Runtime for Shared {
         "fake://0.0.0".to_owned()
     }
 
+    fn image_status<'a>(
+        &'a self,
+        reference: &'a str,
+    ) -> BoxFuture<'a, Result<Option<ImageStatus>, ImageError>> {
+        Box::pin(std::future::ready(self.0.status(reference)))
+    }
+
     fn pull_image<'a>(
         &'a self,
         reference: &'a str,
-        policy: PullPolicy,
-        _credentials: &'a [Credential],
+        credential: Option<&'a Credential>,
     ) -> BoxFuture<'a, Result<Image, ImageError>> {
-        Box::pin(self.0.clone().pull(reference.to_owned(), policy))
+        Box::pin(
+            self.0
+                .clone()
+                .pull(reference.to_owned(), credential.cloned()),
+        )
+    }
+
+    fn run_pod_sandbox(&self, config: SandboxConfig) -> BoxFuture<'_, Result<String, String>> {
+        let failures = &self.0.sandbox_failures;
+        let failed = failures
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok();
+        if failed {
+            return Box::pin(std::future::ready(Err("scripted failure".to_owned())));
+        }
+        self.0.log(Did::SandboxUp(config.uid.clone()));
+        Box::pin(std::future::ready(Ok(format!("sandbox-{}", config.uid))))
+    }
+
+    fn remove_pod_sandbox<'a>(&'a self, id: &'a str) -> BoxFuture<'a, ()> {
+        let uid = id.strip_prefix("sandbox-").unwrap_or(id).to_owned();
+        self.0.log(Did::SandboxDown(uid));
+        Box::pin(std::future::ready(()))
     }
 
     fn start_container(&self, run: ContainerRun) -> BoxFuture<'_, Result<ContainerHandle, String>> {
         let fake = self.0.clone();
         Box::pin(async move {
-            let name = container_name(&run);
+            let name = run.name.clone();
+            let id = format!("fake://{}-{}-{}", run.sandbox_id, run.name, run.attempt);
             let script = lock(&fake.scripts)
                 .get_mut(&name)
                 .and_then(next)
@@ -466,7 +503,7 @@ impl Runtime for Shared {
                     }
                 }
             };
-            Ok(ContainerHandle::new(move || kill.cancel(), exit))
+            Ok(ContainerHandle::new(id, move || kill.cancel(), exit))
         })
     }
 

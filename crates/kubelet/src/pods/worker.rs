@@ -282,6 +282,7 @@ pub(crate) async fn run(
         records: Mutex::new(sequence::adopted(&first)),
         changed,
         volumes: std::sync::OnceLock::new(),
+        sandbox: std::sync::OnceLock::new(),
     });
     let kill = stop.child_token();
     let mut driver = tokio::spawn(sequence::drive(

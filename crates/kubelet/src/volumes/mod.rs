@@ -383,10 +383,9 @@ impl Volumes {
             };
             if opened.is_dir {
                 mounts.push(Mount {
-                    host_path: opened.proc_path(),
+                    dir: std::sync::Arc::new(opened.into_fd()),
                     container_path: m.mount_path.clone(),
                     read_only,
-                    keep_open: Some(std::sync::Arc::new(opened.into_fd())),
                 });
                 continue;
             }
@@ -404,13 +403,11 @@ impl Volumes {
             std::fs::create_dir_all(&dir).map_err(|e| bad(e.to_string()))?;
             let copied = subpath::link_or_copy(&opened, &dir.join(file_name))
                 .map_err(|e| bad(e.to_string()))?;
-            mounts.push(Mount {
-                host_path: dir,
-                container_path: parent.to_string_lossy().into_owned(),
-                // A copy cannot carry writes back: it is read-only.
-                read_only: read_only || copied,
-                keep_open: None,
-            });
+            // A copy cannot carry writes back: it is read-only.
+            let guest = parent.to_string_lossy().into_owned();
+            mounts.push(
+                Mount::open(&dir, guest, read_only || copied).map_err(|e| bad(e.to_string()))?,
+            );
         }
         Ok(mounts)
     }

@@ -9,7 +9,7 @@ use super::{INITIAL_BACKOFF, MAX_BACKOFF, Supervisor};
 use crate::events::EventType;
 use crate::keyring::{Credential, Keyring};
 use crate::pods::spec::pull_policy;
-use crate::runtime::{Image, ImageError, PullPolicy};
+use crate::runtime::{Image, ImageError, ImageStatus, PullPolicy};
 
 /// A duration as Go prints it, truncated to milliseconds: `523ms`, `1.5s`, `1m2.25s`.
 #[must_use]
@@ -95,7 +95,9 @@ impl Supervisor {
 
     /// Makes the image available as the kubelet's image manager does, retrying with
     /// back-off; `None` when killed. A present image is used unless the policy is
-    /// `Always`; `Never` waits (as `ErrImageNeverPull`) until the image appears.
+    /// `Always`, and a private one (pulled with credentials) only by a pod holding one of
+    /// those credentials, else it is pulled again so that the registry decides; `Never`
+    /// waits (as `ErrImageNeverPull`) until the image appears.
     pub(super) async fn pull(&self) -> Option<Image> {
         let reference = self.spec.image.clone().unwrap_or_default();
         let policy = pull_policy(&self.spec);
@@ -105,14 +107,18 @@ impl Supervisor {
             if policy != PullPolicy::Always {
                 let present = tokio::select! {
                     () = self.kill.cancelled() => return None,
-                    r = self.ctx.runtime.pull_image(&reference, PullPolicy::Never, &credentials) => r,
+                    r = self.ctx.runtime.image_status(&reference) => r,
+                };
+                let usable = |s: &ImageStatus| {
+                    s.pulled_with.is_empty()
+                        || credentials.iter().any(|c| s.pulled_with.contains(&c.id()))
                 };
                 match present {
-                    Ok(image) => {
+                    Ok(Some(status)) if usable(&status) => {
                         let note =
                             format!("Container image \"{reference}\" already present on machine");
                         self.defer_pulled(note);
-                        return Some(self.took(&reference, image));
+                        return Some(self.took(&reference, status.image));
                     }
                     Err(ImageError::InvalidName(m)) => {
                         if !self
@@ -123,7 +129,7 @@ impl Supervisor {
                         }
                         continue;
                     }
-                    Err(_) if policy == PullPolicy::Never => {
+                    Ok(_) | Err(_) if policy == PullPolicy::Never => {
                         let m = format!(
                             "Container image \"{reference}\" is not present with pull policy of Never"
                         );
@@ -133,7 +139,7 @@ impl Supervisor {
                         }
                         continue;
                     }
-                    Err(_) => {}
+                    Ok(_) | Err(_) => {}
                 }
             }
             self.event(
@@ -145,7 +151,7 @@ impl Supervisor {
             let began = Instant::now();
             let result = tokio::select! {
                 () = self.kill.cancelled() => return None,
-                r = self.ctx.runtime.pull_image(&reference, PullPolicy::Always, &credentials) => r,
+                r = self.pull_with(&reference, &credentials) => r,
             };
             let message = match result {
                 Ok(image) => {
@@ -157,9 +163,7 @@ impl Supervisor {
                     self.defer_pulled(note);
                     return Some(self.took(&reference, image));
                 }
-                Err(
-                    ImageError::InvalidName(m) | ImageError::NeverPull(m) | ImageError::Pull(m),
-                ) => m,
+                Err(ImageError::InvalidName(m) | ImageError::Pull(m)) => m,
             };
             self.event(
                 EventType::Warning,
@@ -189,6 +193,31 @@ impl Supervisor {
             }
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
+    }
+
+    /// One pull: anonymous without credentials, else with each in turn, as the kubelet
+    /// tries them, until one works; every error when none does.
+    async fn pull_with(
+        &self,
+        reference: &str,
+        credentials: &[Credential],
+    ) -> Result<Image, ImageError> {
+        if credentials.is_empty() {
+            return self.ctx.runtime.pull_image(reference, None).await;
+        }
+        let mut errors = Vec::new();
+        for c in credentials {
+            match self.ctx.runtime.pull_image(reference, Some(c)).await {
+                Ok(image) => return Ok(image),
+                Err(e @ ImageError::InvalidName(_)) => return Err(e),
+                Err(ImageError::Pull(m)) => errors.push(m),
+            }
+        }
+        Err(ImageError::Pull(if errors.len() == 1 {
+            errors.remove(0)
+        } else {
+            format!("[{}]", errors.join(", "))
+        }))
     }
 
     /// Records a Warning `event` with `message`, shows the container waiting with

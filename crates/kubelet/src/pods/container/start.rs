@@ -95,7 +95,13 @@ impl Supervisor {
             crate::logs::remove_old_runs(&old_runs, restart_count - 1)
         })
         .await;
+        let Some(sandbox_id) = self.shared.sandbox.get().cloned() else {
+            return Run::NotStarted;
+        };
         let run = ContainerRun {
+            sandbox_id,
+            name: self.spec.name.clone(),
+            attempt: u32::try_from(restart_count).unwrap_or_default(),
             image: image.clone(),
             args,
             env,
@@ -123,11 +129,7 @@ impl Supervisor {
                 return Run::NotStarted;
             }
         };
-        let container_id = format!(
-            "wasmtime://{}-{}-{restart_count}",
-            self.pod.uid().unwrap_or_default(),
-            self.spec.name
-        );
+        let container_id = handle.id().to_owned();
         let started_at = now();
         self.ctx.registry.set_container_logs(
             &ns,
