@@ -387,7 +387,12 @@ async fn volumes_that_cannot_be_mounted_fail_the_mount_and_the_pod_waits() -> an
     }
     for (name, _, message) in &cases {
         wait_event(&cluster, name, "FailedMount", message).await?;
-        let p = pods.get(name).await?;
+        // The event can be seen before the first status lands (it waits briefly for
+        // the containers): wait for the status, then check it.
+        let p = wait_pod(&pods, name, 30, "a container status", |p| {
+            waiting_reason(p, "main").is_some()
+        })
+        .await?;
         assert_eq!(phase(&p), "Pending");
         assert_eq!(
             waiting_reason(&p, "main").as_deref(),
