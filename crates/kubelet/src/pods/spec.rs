@@ -6,13 +6,64 @@ use k8s_openapi::api::core::v1::{Container, Pod};
 use crate::quantity::Quantity;
 use crate::runtime::PullPolicy;
 
+/// A `restartPolicy`: of the pod, or `Always` on an init container (a sidecar).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestartPolicy {
+    /// Restart after every exit (the API server's default).
+    Always,
+    /// Restart after a non-zero exit.
+    OnFailure,
+    /// Never restart.
+    Never,
+}
+
+impl RestartPolicy {
+    /// The policy named `name`; anything else (the API server accepts nothing else) is
+    /// the default, `Always`.
+    #[must_use]
+    pub fn parse(name: &str) -> Self {
+        match name {
+            "OnFailure" => Self::OnFailure,
+            "Never" => Self::Never,
+            _ => Self::Always,
+        }
+    }
+
+    /// Whether a container that exited with `exit_code` runs again.
+    #[must_use]
+    pub fn restarts_after(self, exit_code: i32) -> bool {
+        match self {
+            Self::Always => true,
+            Self::OnFailure => exit_code != 0,
+            Self::Never => false,
+        }
+    }
+
+    /// The policy of a pod's regular init containers: a failed one is retried unless the
+    /// pod never restarts anything.
+    #[must_use]
+    pub fn for_init_containers(self) -> Self {
+        match self {
+            Self::Never => Self::Never,
+            Self::Always | Self::OnFailure => Self::OnFailure,
+        }
+    }
+}
+
 /// The pod's `restartPolicy`, `Always` when unset (the API server's default).
 #[must_use]
-pub fn restart_policy(pod: &Pod) -> String {
+pub fn restart_policy(pod: &Pod) -> RestartPolicy {
     pod.spec
         .as_ref()
-        .and_then(|s| s.restart_policy.clone())
-        .unwrap_or_else(|| "Always".to_owned())
+        .and_then(|s| s.restart_policy.as_deref())
+        .map_or(RestartPolicy::Always, RestartPolicy::parse)
+}
+
+/// Whether `container` is a sidecar: an init container with `restartPolicy: Always`
+/// (the only value the API server accepts on a container).
+#[must_use]
+pub fn is_sidecar(container: &Container) -> bool {
+    container.restart_policy.as_deref() == Some("Always")
 }
 
 /// The kubelet's default pull policy: `Always` for `:latest` or no tag, else `IfNotPresent`.
@@ -197,6 +248,18 @@ mod tests {
             let env = vec![("A".to_owned(), "$(A)".to_owned())];
             let _ = expand(&input, &env);
         }
+    }
+
+    #[test]
+    fn restart_policies_decide_on_the_exit_code() {
+        use RestartPolicy::{Always, Never, OnFailure};
+        let decide = |p: RestartPolicy| (p.restarts_after(0), p.restarts_after(1));
+        assert_eq!(decide(Always), (true, true));
+        assert_eq!(decide(OnFailure), (false, true));
+        assert_eq!(decide(Never), (false, false));
+        assert_eq!(Always.for_init_containers(), OnFailure);
+        assert_eq!(Never.for_init_containers(), Never);
+        assert_eq!(restart_policy(&Pod::default()), Always);
     }
 
     #[test]
