@@ -3,7 +3,7 @@
 
 use k8s_openapi::api::core::v1::{Container, Pod};
 
-use crate::quantity::Quantity;
+use crate::quantity::{Quantity, QuantityError};
 use crate::runtime::PullPolicy;
 
 /// A `restartPolicy`: of the pod, or `Always` on an init container (a sidecar).
@@ -144,14 +144,25 @@ pub fn expand(input: &str, env: &[(String, String)]) -> String {
     out
 }
 
+/// A `limits.memory` the container cannot run with.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid memory limit {value:?}: {error}")]
+pub struct InvalidMemoryLimit {
+    /// The limit as the pod wrote it.
+    pub value: String,
+    /// Why it is refused.
+    #[source]
+    pub error: QuantityError,
+}
+
 /// The container's memory limit in bytes, rounded up as the kubelet's `Value()` does;
 /// `None` when unset or zero (the kubelet passes 0 to the runtime, which sets no limit).
 ///
 /// # Errors
 /// A limit that does not parse, is negative or exceeds `u64` bytes (the API server
 /// refuses the first two): the container is not run unlimited, it gets
-/// `CreateContainerConfigError` with this message.
-pub fn memory_limit(container: &Container) -> Result<Option<u64>, String> {
+/// `CreateContainerConfigError` with this error's message.
+pub fn memory_limit(container: &Container) -> Result<Option<u64>, InvalidMemoryLimit> {
     let Some(q) = container
         .resources
         .as_ref()
@@ -162,7 +173,10 @@ pub fn memory_limit(container: &Container) -> Result<Option<u64>, String> {
     };
     let bytes = Quantity::from_api(q)
         .and_then(Quantity::bytes)
-        .map_err(|e| format!("invalid memory limit {:?}: {e}", q.0))?;
+        .map_err(|error| InvalidMemoryLimit {
+            value: q.0.clone(),
+            error,
+        })?;
     Ok((bytes != 0).then_some(bytes))
 }
 
@@ -217,8 +231,11 @@ mod tests {
         assert_eq!(limit(Some("64e6")), Ok(Some(64_000_000)));
         assert_eq!(limit(Some("0")), Ok(None));
         for bad in ["lots", "-1Mi", "100E"] {
-            let err = limit(Some(bad)).expect_err(bad);
-            assert!(err.contains("invalid memory limit"), "{err}");
+            let err = limit(Some(bad)).expect_err(bad).to_string();
+            assert!(
+                err.starts_with(&format!("invalid memory limit {bad:?}: ")),
+                "{err}"
+            );
         }
     }
 

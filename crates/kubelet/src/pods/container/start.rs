@@ -21,8 +21,10 @@ impl Supervisor {
         Run::NotStarted
     }
 
-    /// argv and the environment; the kubelet's message when a source is missing.
-    async fn argv_env(&self) -> Result<(Vec<String>, Vec<(String, String)>), String> {
+    /// argv and the environment; the kubelet's error when a source is missing.
+    async fn argv_env(
+        &self,
+    ) -> Result<(Vec<String>, Vec<(String, String)>), crate::pods::env::EnvError> {
         let (env, invalid) =
             crate::pods::env::resolve(&*self.ctx.api, &self.pod, &self.spec, &self.ctx.facts)
                 .await?;
@@ -60,11 +62,11 @@ impl Supervisor {
         }
         let (args, env) = match self.argv_env().await {
             Ok(found) => found,
-            Err(message) => return self.config_error(message).await,
+            Err(e) => return self.config_error(e.to_string()).await,
         };
         let memory_limit = match memory_limit(&self.spec) {
             Ok(limit) => limit,
-            Err(message) => return self.config_error(message).await,
+            Err(e) => return self.config_error(e.to_string()).await,
         };
         let volumes = self.shared.volumes.get().cloned();
         let mounts = match &volumes {
