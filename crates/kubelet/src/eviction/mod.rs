@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::Runtime;
 use crate::pods::Registry;
+use crate::pods::admission::Rejection;
 pub use thresholds::{Crossed, Observation, Signal, Threshold};
 
 /// The eviction manager's settings.
@@ -113,9 +114,9 @@ impl Hysteresis {
 
 /// The kubelet's eviction admission: under disk pressure no pod is admitted, under
 /// memory pressure no `BestEffort` pod, except critical pods (priority at least
-/// 2000000000). Returns the rejection reason and message.
+/// 2000000000). Returns the rejection, reason `Evicted`.
 #[must_use]
-pub fn admit(pod: &Pod, pressure: Pressure) -> Option<(&'static str, String)> {
+pub fn admit(pod: &Pod, pressure: Pressure) -> Option<Rejection> {
     const CRITICAL: i32 = 2_000_000_000;
     if !pressure.memory && !pressure.disk {
         return None;
@@ -135,7 +136,7 @@ pub fn admit(pod: &Pod, pressure: Pressure) -> Option<(&'static str, String)> {
     if pressure.disk {
         conditions.push("DiskPressure");
     }
-    Some((
+    Some(Rejection::new(
         "Evicted",
         format!("The node had condition: [{}]. ", conditions.join(" ")),
     ))
@@ -330,17 +331,17 @@ mod tests {
         assert_eq!(admit(&best_effort, Pressure::default()), None);
         assert_eq!(
             admit(&best_effort, memory),
-            Some((
+            Some(Rejection::new(
                 "Evicted",
-                "The node had condition: [MemoryPressure]. ".to_owned()
+                "The node had condition: [MemoryPressure]. "
             ))
         );
         assert_eq!(admit(&burstable, memory), None);
         assert_eq!(
             admit(&burstable, disk),
-            Some((
+            Some(Rejection::new(
                 "Evicted",
-                "The node had condition: [DiskPressure]. ".to_owned()
+                "The node had condition: [DiskPressure]. "
             ))
         );
         assert_eq!(admit(&critical, disk), None);
@@ -349,7 +350,7 @@ mod tests {
             disk: true,
         };
         assert_eq!(
-            admit(&best_effort, both).map(|(_, m)| m),
+            admit(&best_effort, both).map(|r| r.message),
             Some("The node had condition: [MemoryPressure DiskPressure]. ".to_owned())
         );
     }

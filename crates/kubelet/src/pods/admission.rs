@@ -3,6 +3,27 @@
 
 use k8s_openapi::api::core::v1::{Container, Pod, Probe};
 
+/// Why a pod is not admitted: it is then `Failed` with this reason, its message in a
+/// Warning event and (as "Pod was rejected: <message>") in its status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// The kubelet's reason (`OutOfpods`, `NodePorts`, `Evicted`, ...).
+    pub reason: &'static str,
+    /// What the node lacks or refuses.
+    pub message: String,
+}
+
+impl Rejection {
+    /// A rejection for `reason` with `message`.
+    #[must_use]
+    pub fn new(reason: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
 fn containers(pod: &Pod) -> impl Iterator<Item = (bool, &Container)> {
     let spec = pod.spec.as_ref();
     let init = spec
@@ -35,10 +56,10 @@ fn probes(c: &Container) -> [(&'static str, Option<&Probe>); 3] {
 /// - privileges (`privileged`, added capabilities, privilege escalation, host PID or IPC
 ///   namespaces): a wasm sandbox has none to give (`UnsupportedSecurityContext`).
 #[must_use]
-pub fn check(pod: &Pod) -> Option<(&'static str, String)> {
+pub fn check(pod: &Pod) -> Option<Rejection> {
     let spec = pod.spec.as_ref()?;
     if let Some(os) = &spec.os {
-        return Some((
+        return Some(Rejection::new(
             "PodOSNotSupported",
             format!(
                 "Pod attempted to run on a wasip1 node but requested {}",
@@ -47,7 +68,7 @@ pub fn check(pod: &Pod) -> Option<(&'static str, String)> {
         ));
     }
     if spec.host_pid == Some(true) || spec.host_ipc == Some(true) {
-        return Some((
+        return Some(Rejection::new(
             "UnsupportedSecurityContext",
             "hostPID and hostIPC are not supported on a wasm node".to_owned(),
         ));
@@ -55,7 +76,7 @@ pub fn check(pod: &Pod) -> Option<(&'static str, String)> {
     for (_, c) in containers(pod) {
         for (kind, probe) in probes(c) {
             if probe.is_some_and(|p| p.exec.is_some()) {
-                return Some((
+                return Some(Rejection::new(
                     "UnsupportedProbe",
                     format!(
                         "container {:?}: {kind} uses exec, which a wasm sandbox cannot run",
@@ -73,7 +94,7 @@ pub fn check(pod: &Pod) -> Option<(&'static str, String)> {
         .flatten()
         .any(|h| h.exec.is_some());
         if exec_hook {
-            return Some((
+            return Some(Rejection::new(
                 "UnsupportedProbe",
                 format!(
                     "container {:?}: exec lifecycle hooks cannot run in a wasm sandbox",
@@ -88,7 +109,7 @@ pub fn check(pod: &Pod) -> Option<(&'static str, String)> {
                 .and_then(|c| c.add.as_ref())
                 .is_some_and(|a| !a.is_empty());
             if sc.privileged == Some(true) || sc.allow_privilege_escalation == Some(true) || caps {
-                return Some((
+                return Some(Rejection::new(
                     "UnsupportedSecurityContext",
                     format!(
                         "container {:?} asks for privileges (privileged, capabilities or privilege escalation), which a wasm sandbox does not have",
@@ -144,9 +165,9 @@ fn ports_collide(a: &(String, String, i32), b: &(String, String, i32)) -> bool {
 /// decides before admitting a pod: at most `max_pods` pods (`OutOfpods`) and no host port
 /// taken twice (`NodePorts`).
 #[must_use]
-pub fn fit(pod: &Pod, others: &[&Pod], max_pods: usize) -> Option<(&'static str, String)> {
+pub fn fit(pod: &Pod, others: &[&Pod], max_pods: usize) -> Option<Rejection> {
     if others.len() >= max_pods {
-        return Some((
+        return Some(Rejection::new(
             "OutOfpods",
             format!(
                 "Node didn't have enough resource: pods, requested: 1, used: {}, capacity: {max_pods}",
@@ -163,10 +184,9 @@ pub fn fit(pod: &Pod, others: &[&Pod], max_pods: usize) -> Option<(&'static str,
             .any(|t| ports_collide(w, t))
     });
     clash.then(|| {
-        (
+        Rejection::new(
             "NodePorts",
-            "Predicate NodePorts failed: node(s) didn't have free ports for the requested pod ports"
-                .to_owned(),
+            "Predicate NodePorts failed: node(s) didn't have free ports for the requested pod ports",
         )
     })
 }
@@ -185,17 +205,17 @@ mod tests {
         let exec = pod(
             serde_json::json!({"containers": [{"name": "a", "livenessProbe": {"exec": {"command": ["x"]}}}]}),
         );
-        assert_eq!(check(&exec).map(|r| r.0), Some("UnsupportedProbe"));
+        assert_eq!(check(&exec).map(|r| r.reason), Some("UnsupportedProbe"));
         let privileged = pod(
             serde_json::json!({"containers": [{"name": "a", "securityContext": {"privileged": true}}]}),
         );
         assert_eq!(
-            check(&privileged).map(|r| r.0),
+            check(&privileged).map(|r| r.reason),
             Some("UnsupportedSecurityContext")
         );
         let linux =
             pod(serde_json::json!({"os": {"name": "linux"}, "containers": [{"name": "a"}]}));
-        assert_eq!(check(&linux).map(|r| r.0), Some("PodOSNotSupported"));
+        assert_eq!(check(&linux).map(|r| r.reason), Some("PodOSNotSupported"));
         let plain = pod(
             serde_json::json!({"containers": [{"name": "a", "securityContext": {"runAsNonRoot": true}}]}),
         );
@@ -222,8 +242,8 @@ mod tests {
         };
         let (a, b, c) = (port(8080), port(8080), port(9090));
         assert_eq!(fit(&a, &[], 1), None);
-        assert_eq!(fit(&b, &[&a], 1).map(|r| r.0), Some("OutOfpods"));
-        assert_eq!(fit(&b, &[&a], 10).map(|r| r.0), Some("NodePorts"));
+        assert_eq!(fit(&b, &[&a], 1).map(|r| r.reason), Some("OutOfpods"));
+        assert_eq!(fit(&b, &[&a], 10).map(|r| r.reason), Some("NodePorts"));
         assert_eq!(fit(&c, &[&a], 10), None);
         let udp = pod(
             serde_json::json!({"containers": [{"name": "a", "ports": [{"containerPort": 80, "hostPort": 8080, "protocol": "UDP"}]}]}),
@@ -232,6 +252,6 @@ mod tests {
         let twice = pod(serde_json::json!({"containers": [
             {"name": "a", "ports": [{"containerPort": 80, "hostPort": 7070}]},
             {"name": "b", "ports": [{"containerPort": 81, "hostPort": 7070}]}]}));
-        assert_eq!(fit(&twice, &[], 10).map(|r| r.0), Some("NodePorts"));
+        assert_eq!(fit(&twice, &[], 10).map(|r| r.reason), Some("NodePorts"));
     }
 }

@@ -22,7 +22,7 @@ fn valid_name(name: &str) -> bool {
 
 /// Where a variable's value comes from: a ConfigMap or a Secret.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Source {
+pub(crate) enum Source {
     ConfigMap,
     Secret,
 }
@@ -45,6 +45,29 @@ impl Source {
     }
 }
 
+/// Why a container's environment cannot be built: the kubelet's messages, shown with
+/// `CreateContainerConfigError`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum EnvError {
+    /// A source that is not optional does not exist (`configmap "x" not found`).
+    #[error("{} {name:?} not found", .kind.lower())]
+    NotFound { kind: Source, name: String },
+    /// A key that is not optional is missing from its source.
+    #[error("couldn't find key {key} in {} {ns}/{name}", .kind.title())]
+    MissingKey {
+        kind: Source,
+        key: String,
+        ns: String,
+        name: String,
+    },
+    /// A source could not be read.
+    #[error("{0}")]
+    Read(String),
+    /// A `fieldRef` or `resourceFieldRef` the kubelet does not resolve.
+    #[error("{0}")]
+    Field(String),
+}
+
 /// An object's data: bytes by key.
 type Data = BTreeMap<String, Vec<u8>>;
 
@@ -57,16 +80,18 @@ struct Lookup<'a> {
 
 impl Lookup<'_> {
     /// The data of `source` `name`; `None` when it does not exist.
-    async fn data(&mut self, source: Source, name: &str) -> Result<Option<&Data>, String> {
+    async fn data(&mut self, source: Source, name: &str) -> Result<Option<&Data>, EnvError> {
         let key = (source, name.to_owned());
         if !self.read.contains_key(&key) {
             let (api, ns, kind) = (self.api, self.ns.as_str(), source.lower());
             let got = match source {
                 Source::ConfigMap => read::<ConfigMap>(api, kind, ns, name)
-                    .await?
+                    .await
+                    .map_err(EnvError::Read)?
                     .map(|cm| config_map_data(&cm, false)),
                 Source::Secret => read::<Secret>(api, kind, ns, name)
-                    .await?
+                    .await
+                    .map_err(EnvError::Read)?
                     .map(|s| secret_data(&s)),
             };
             self.read.insert(key.clone(), got);
@@ -86,14 +111,14 @@ fn set(env: &mut Vec<(String, String)>, name: String, value: String) {
 /// keys were skipped as invalid names.
 ///
 /// # Errors
-/// The kubelet's message for a missing, non-optional source: the container then waits
-/// as `CreateContainerConfigError` and is tried again.
+/// A missing, non-optional source or key, an unreadable source, an unsupported field:
+/// the container then waits as `CreateContainerConfigError` and is tried again.
 pub(crate) async fn resolve(
     api: &dyn ClusterApi,
     pod: &Pod,
     container: &Container,
     facts: &NodeFacts,
-) -> Result<(Vec<(String, String)>, Vec<String>), String> {
+) -> Result<(Vec<(String, String)>, Vec<String>), EnvError> {
     let ns = pod.namespace().unwrap_or_default();
     let mut lookup = Lookup {
         api,
@@ -114,7 +139,12 @@ pub(crate) async fn resolve(
         let data = match lookup.data(from, name).await? {
             Some(data) => data,
             None if optional == Some(true) => continue,
-            None => return Err(format!("{} {name:?} not found", from.lower())),
+            None => {
+                return Err(EnvError::NotFound {
+                    kind: from,
+                    name: name.clone(),
+                });
+            }
         };
         let mut skipped = Vec::new();
         for (key, value) in data {
@@ -150,19 +180,26 @@ pub(crate) async fn resolve(
                         Some(v) => String::from_utf8_lossy(v).into_owned(),
                         None if optional => continue,
                         None => {
-                            return Err(format!(
-                                "couldn't find key {key} in {} {ns}/{name}",
-                                source.title()
-                            ));
+                            return Err(EnvError::MissingKey {
+                                kind: source,
+                                key: key.clone(),
+                                ns,
+                                name: name.clone(),
+                            });
                         }
                     },
                     None if optional => continue,
-                    None => return Err(format!("{} {name:?} not found", source.lower())),
+                    None => {
+                        return Err(EnvError::NotFound {
+                            kind: source,
+                            name: name.clone(),
+                        });
+                    }
                 }
             } else if let Some(f) = &from.field_ref {
-                downward::field(pod, f, facts, false)?
+                downward::field(pod, f, facts, false).map_err(EnvError::Field)?
             } else if let Some(r) = &from.resource_field_ref {
-                downward::resource(pod, &container.name, r, facts)?
+                downward::resource(pod, &container.name, r, facts).map_err(EnvError::Field)?
             } else {
                 String::new()
             }
@@ -172,4 +209,25 @@ pub(crate) async fn resolve(
         set(&mut env, var.name.clone(), value);
     }
     Ok((env, invalid))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_read_as_the_kubelets_messages() {
+        let missing = EnvError::NotFound {
+            kind: Source::ConfigMap,
+            name: "cm".to_owned(),
+        };
+        assert_eq!(missing.to_string(), r#"configmap "cm" not found"#);
+        let key = EnvError::MissingKey {
+            kind: Source::Secret,
+            key: "k".to_owned(),
+            ns: "ns".to_owned(),
+            name: "s".to_owned(),
+        };
+        assert_eq!(key.to_string(), "couldn't find key k in Secret ns/s");
+    }
 }

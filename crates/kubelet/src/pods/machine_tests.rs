@@ -531,9 +531,9 @@ async fn a_start_that_fails_waits_as_create_container_error_and_is_tried_again()
 #[tokio::test(start_paused = true)]
 async fn a_rejected_pod_fails_with_the_reason_and_never_runs() {
     let h = Harness::new();
-    let misfit = Some((
+    let misfit = Some(super::admission::Rejection::new(
         "OutOfpods",
-        "Node didn't have enough resource: pods".to_owned(),
+        "Node didn't have enough resource: pods",
     ));
     let _w = h.start(pod(one("c", "Always")), misfit);
     h.api

@@ -6,6 +6,7 @@ mod container;
 mod env;
 #[cfg(test)]
 mod machine_tests;
+pub mod record;
 mod sequence;
 pub mod spec;
 pub mod status;

@@ -4,20 +4,16 @@
 
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{ContainerStateTerminated, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::Ctx;
 use super::container::{Shared, Slot, supervise};
-use super::spec::restart_policy;
-use super::status::{self, ContainerRecord, Records};
+use super::record::{ContainerRecord, Reason, Records, State, Terminated};
+use super::spec::{RestartPolicy, is_sidecar, restart_policy};
 use crate::events::EventType;
 use kube::Resource;
-
-fn is_sidecar(c: &k8s_openapi::api::core::v1::Container) -> bool {
-    c.restart_policy.as_deref() == Some("Always")
-}
 
 /// Fresh records for every container of `pod`. As with the kubelet, a container that
 /// has not been created yet waits as `ContainerCreating`, or `PodInitializing` when the
@@ -45,7 +41,7 @@ pub(crate) fn records(pod: &Pod) -> Records {
     };
     if !records.init.is_empty() {
         for r in records.init.iter_mut().chain(records.app.iter_mut()) {
-            r.state = status::waiting("PodInitializing", None);
+            r.state = State::waiting(Reason::PodInitializing);
         }
     }
     records
@@ -73,7 +69,7 @@ pub(crate) fn adopted(pod: &Pod) -> Records {
             };
             let state = s.state.clone().unwrap_or_default();
             let last = if let Some(running) = state.running {
-                ContainerStateTerminated {
+                Terminated {
                     exit_code: 137,
                     reason: Some("ContainerStatusUnknown".to_owned()),
                     message: Some(
@@ -82,17 +78,16 @@ pub(crate) fn adopted(pod: &Pod) -> Records {
                     started_at: running.started_at,
                     finished_at: Some(crate::now()),
                     container_id: s.container_id.clone(),
-                    signal: None,
                 }
             } else if let Some(t) = state.terminated {
-                t
+                Terminated::from_api(t)
             } else if let Some(t) = s.last_state.as_ref().and_then(|l| l.terminated.clone()) {
                 // Waiting to restart (crash-loop back-off) when the agent stopped.
-                t
+                Terminated::from_api(t)
             } else {
                 continue;
             };
-            r.state = status::terminated(last);
+            r.state = State::Terminated(last);
             r.restart_count = s.restart_count;
             r.container_id.clone_from(&s.container_id);
             r.image_id.clone_from(&s.image_id);
@@ -167,12 +162,7 @@ async fn run_containers(
 ) {
     let spec = pod.spec.clone().unwrap_or_default();
     let restart_policy = restart_policy(pod);
-    // A failed init container is retried unless the pod never restarts anything.
-    let init_policy = if restart_policy == "Never" {
-        "Never"
-    } else {
-        "OnFailure"
-    };
+    let init_policy = restart_policy.for_init_containers();
     let sidecar_kill = kill.child_token();
     let mut sidecars = JoinSet::new();
     for (index, c) in spec.init_containers.iter().flatten().enumerate() {
@@ -183,7 +173,7 @@ async fn run_containers(
                 pod.clone(),
                 slot,
                 c.clone(),
-                "Always".to_owned(),
+                RestartPolicy::Always,
                 shared.clone(),
                 sidecar_kill.clone(),
             ));
@@ -197,7 +187,7 @@ async fn run_containers(
             pod.clone(),
             slot,
             c.clone(),
-            init_policy.to_owned(),
+            init_policy,
             shared.clone(),
             kill.clone(),
         )
@@ -217,7 +207,7 @@ async fn run_containers(
                 pod.clone(),
                 slot,
                 c.clone(),
-                restart_policy.clone(),
+                restart_policy,
                 shared.clone(),
                 kill.clone(),
             ));
@@ -289,12 +279,9 @@ mod tests {
 
     fn reasons(list: &[ContainerRecord]) -> Vec<String> {
         list.iter()
-            .map(|r| {
-                r.state
-                    .waiting
-                    .as_ref()
-                    .and_then(|w| w.reason.clone())
-                    .unwrap_or_default()
+            .map(|r| match &r.state {
+                State::Waiting { reason, .. } => reason.to_string(),
+                _ => String::new(),
             })
             .collect()
     }
@@ -318,7 +305,7 @@ mod tests {
         .expect("pod");
         let r = adopted(&p);
         assert!(r.init[0].succeeded());
-        let a = r.app[0].state.terminated.clone().expect("the lost run");
+        let a = r.app[0].state.terminated().cloned().expect("the lost run");
         assert_eq!(
             (a.exit_code, a.reason.as_deref()),
             (137, Some("ContainerStatusUnknown"))

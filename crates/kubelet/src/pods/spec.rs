@@ -3,16 +3,67 @@
 
 use k8s_openapi::api::core::v1::{Container, Pod};
 
-use crate::quantity::Quantity;
+use crate::quantity::{Quantity, QuantityError};
 use crate::runtime::PullPolicy;
+
+/// A `restartPolicy`: of the pod, or `Always` on an init container (a sidecar).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestartPolicy {
+    /// Restart after every exit (the API server's default).
+    Always,
+    /// Restart after a non-zero exit.
+    OnFailure,
+    /// Never restart.
+    Never,
+}
+
+impl RestartPolicy {
+    /// The policy named `name`; anything else (the API server accepts nothing else) is
+    /// the default, `Always`.
+    #[must_use]
+    pub fn parse(name: &str) -> Self {
+        match name {
+            "OnFailure" => Self::OnFailure,
+            "Never" => Self::Never,
+            _ => Self::Always,
+        }
+    }
+
+    /// Whether a container that exited with `exit_code` runs again.
+    #[must_use]
+    pub fn restarts_after(self, exit_code: i32) -> bool {
+        match self {
+            Self::Always => true,
+            Self::OnFailure => exit_code != 0,
+            Self::Never => false,
+        }
+    }
+
+    /// The policy of a pod's regular init containers: a failed one is retried unless the
+    /// pod never restarts anything.
+    #[must_use]
+    pub fn for_init_containers(self) -> Self {
+        match self {
+            Self::Never => Self::Never,
+            Self::Always | Self::OnFailure => Self::OnFailure,
+        }
+    }
+}
 
 /// The pod's `restartPolicy`, `Always` when unset (the API server's default).
 #[must_use]
-pub fn restart_policy(pod: &Pod) -> String {
+pub fn restart_policy(pod: &Pod) -> RestartPolicy {
     pod.spec
         .as_ref()
-        .and_then(|s| s.restart_policy.clone())
-        .unwrap_or_else(|| "Always".to_owned())
+        .and_then(|s| s.restart_policy.as_deref())
+        .map_or(RestartPolicy::Always, RestartPolicy::parse)
+}
+
+/// Whether `container` is a sidecar: an init container with `restartPolicy: Always`
+/// (the only value the API server accepts on a container).
+#[must_use]
+pub fn is_sidecar(container: &Container) -> bool {
+    container.restart_policy.as_deref() == Some("Always")
 }
 
 /// The kubelet's default pull policy: `Always` for `:latest` or no tag, else `IfNotPresent`.
@@ -93,14 +144,25 @@ pub fn expand(input: &str, env: &[(String, String)]) -> String {
     out
 }
 
+/// A `limits.memory` the container cannot run with.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid memory limit {value:?}: {error}")]
+pub struct InvalidMemoryLimit {
+    /// The limit as the pod wrote it.
+    pub value: String,
+    /// Why it is refused.
+    #[source]
+    pub error: QuantityError,
+}
+
 /// The container's memory limit in bytes, rounded up as the kubelet's `Value()` does;
 /// `None` when unset or zero (the kubelet passes 0 to the runtime, which sets no limit).
 ///
 /// # Errors
 /// A limit that does not parse, is negative or exceeds `u64` bytes (the API server
 /// refuses the first two): the container is not run unlimited, it gets
-/// `CreateContainerConfigError` with this message.
-pub fn memory_limit(container: &Container) -> Result<Option<u64>, String> {
+/// `CreateContainerConfigError` with this error's message.
+pub fn memory_limit(container: &Container) -> Result<Option<u64>, InvalidMemoryLimit> {
     let Some(q) = container
         .resources
         .as_ref()
@@ -111,7 +173,10 @@ pub fn memory_limit(container: &Container) -> Result<Option<u64>, String> {
     };
     let bytes = Quantity::from_api(q)
         .and_then(Quantity::bytes)
-        .map_err(|e| format!("invalid memory limit {:?}: {e}", q.0))?;
+        .map_err(|error| InvalidMemoryLimit {
+            value: q.0.clone(),
+            error,
+        })?;
     Ok((bytes != 0).then_some(bytes))
 }
 
@@ -166,8 +231,11 @@ mod tests {
         assert_eq!(limit(Some("64e6")), Ok(Some(64_000_000)));
         assert_eq!(limit(Some("0")), Ok(None));
         for bad in ["lots", "-1Mi", "100E"] {
-            let err = limit(Some(bad)).expect_err(bad);
-            assert!(err.contains("invalid memory limit"), "{err}");
+            let err = limit(Some(bad)).expect_err(bad).to_string();
+            assert!(
+                err.starts_with(&format!("invalid memory limit {bad:?}: ")),
+                "{err}"
+            );
         }
     }
 
@@ -197,6 +265,18 @@ mod tests {
             let env = vec![("A".to_owned(), "$(A)".to_owned())];
             let _ = expand(&input, &env);
         }
+    }
+
+    #[test]
+    fn restart_policies_decide_on_the_exit_code() {
+        use RestartPolicy::{Always, Never, OnFailure};
+        let decide = |p: RestartPolicy| (p.restarts_after(0), p.restarts_after(1));
+        assert_eq!(decide(Always), (true, true));
+        assert_eq!(decide(OnFailure), (false, true));
+        assert_eq!(decide(Never), (false, false));
+        assert_eq!(Always.for_init_containers(), OnFailure);
+        assert_eq!(Never.for_init_containers(), Never);
+        assert_eq!(restart_policy(&Pod::default()), Always);
     }
 
     #[test]

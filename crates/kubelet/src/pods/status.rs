@@ -1,6 +1,7 @@
 //! Pod status as the kubelet computes it: phase, conditions, container statuses.
 //!
-//! Pure functions of the worker's view of its containers, so they are unit-tested here.
+//! Pure functions of the worker's view of its containers (`record.rs`), so they are
+//! unit-tested here; the API's container states are built here and nowhere else.
 
 use k8s_openapi::api::core::v1::{
     ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting,
@@ -8,89 +9,57 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-/// What a worker knows about one container.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ContainerRecord {
-    /// Container name.
-    pub name: String,
-    /// The image as the pod gave it.
-    pub image: String,
-    /// `repo@sha256:...` once pulled.
-    pub image_id: String,
-    /// `wasmtime://<id>` of the current or last run.
-    pub container_id: Option<String>,
-    /// Restarts so far.
-    pub restart_count: i32,
-    /// Current state.
-    pub state: ContainerState,
-    /// State of the previous run, once there was one.
-    pub last_state: Option<ContainerState>,
-    /// The container will not run again (policy says so, or the pod is stopping).
-    pub done: bool,
-    /// An init container (reported in `initContainerStatuses`).
-    pub init: bool,
-    /// An init container with `restartPolicy: Always`: a sidecar that keeps running.
-    pub sidecar: bool,
+use super::record::{ContainerRecord, Records, State, Terminated};
+use super::spec::RestartPolicy;
+
+/// A pod phase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Accepted, but some container has not run yet.
+    Pending,
+    /// Some container runs or will run again.
+    Running,
+    /// Every container succeeded and none will run again.
+    Succeeded,
+    /// Every container stopped, some failed; or the pod was failed (rejected, evicted,
+    /// past its deadline).
+    Failed,
 }
 
-/// The records of a pod's init and app containers.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Records {
-    /// `spec.initContainers`, in order.
-    pub init: Vec<ContainerRecord>,
-    /// `spec.containers`, in order.
-    pub app: Vec<ContainerRecord>,
+impl Phase {
+    /// The phase as the API writes it.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "Pending",
+            Self::Running => "Running",
+            Self::Succeeded => "Succeeded",
+            Self::Failed => "Failed",
+        }
+    }
+
+    /// `Succeeded` or `Failed`: nothing of the pod runs again.
+    #[must_use]
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed)
+    }
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl Records {
-    /// Regular init containers that have not succeeded yet and sidecars that have not
-    /// started: what keeps the pod from being `Initialized`.
-    #[must_use]
-    pub fn uninitialized(&self) -> Vec<&str> {
-        self.init
-            .iter()
-            .filter(|c| {
-                if c.sidecar {
-                    !c.running() && !c.ever_ran()
-                } else {
-                    !c.succeeded()
-                }
-            })
-            .map(|c| c.name.as_str())
-            .collect()
-    }
-
-    /// Something to report beyond "not started yet": a container runs or ran, or waits
-    /// for a reason other than being created.
-    #[must_use]
-    pub fn started_or_failed(&self) -> bool {
-        self.init.iter().chain(&self.app).any(|c| {
-            c.state.running.is_some()
-                || c.state.terminated.is_some()
-                || c.state
-                    .waiting
-                    .as_ref()
-                    .and_then(|w| w.reason.as_deref())
-                    .is_some_and(|r| !matches!(r, "ContainerCreating" | "PodInitializing"))
-        })
-    }
-
-    /// A regular init container failed and will not be retried.
-    #[must_use]
-    pub fn init_failed(&self) -> bool {
-        self.init
-            .iter()
-            .any(|c| !c.sidecar && c.done && !c.succeeded())
-    }
-
     /// The pod phase: init containers first, then the app containers by [`phase`];
     /// sidecars do not count towards completion.
     #[must_use]
-    pub fn phase(&self, restart_policy: &str) -> &'static str {
+    pub fn phase(&self, restart_policy: RestartPolicy) -> Phase {
         if self.init_failed() {
-            "Failed"
+            Phase::Failed
         } else if !self.uninitialized().is_empty() {
-            "Pending"
+            Phase::Pending
         } else {
             phase(&self.app, restart_policy)
         }
@@ -98,52 +67,6 @@ impl Records {
 }
 
 impl ContainerRecord {
-    /// A container that has not started yet.
-    #[must_use]
-    pub fn new(name: &str, image: &str) -> Self {
-        Self {
-            name: name.to_owned(),
-            image: image.to_owned(),
-            image_id: String::new(),
-            container_id: None,
-            restart_count: 0,
-            state: waiting("ContainerCreating", None),
-            last_state: None,
-            done: false,
-            init: false,
-            sidecar: false,
-        }
-    }
-
-    /// An init container's record (`sidecar` for `restartPolicy: Always`).
-    #[must_use]
-    pub fn new_init(name: &str, image: &str, sidecar: bool) -> Self {
-        Self {
-            init: true,
-            sidecar,
-            ..Self::new(name, image)
-        }
-    }
-
-    /// Running now.
-    #[must_use]
-    pub fn running(&self) -> bool {
-        self.state.running.is_some()
-    }
-
-    fn ever_ran(&self) -> bool {
-        self.state.terminated.is_some() || self.last_state.is_some()
-    }
-
-    /// Terminated with exit code 0.
-    #[must_use]
-    pub fn succeeded(&self) -> bool {
-        self.state
-            .terminated
-            .as_ref()
-            .is_some_and(|t| t.exit_code == 0)
-    }
-
     /// The `containerStatuses` entry.
     #[must_use]
     pub fn status(&self) -> ContainerStatus {
@@ -160,42 +83,70 @@ impl ContainerRecord {
                 self.running()
             },
             started: Some(self.running()),
-            state: Some(self.state.clone()),
-            last_state: Some(self.last_state.clone().unwrap_or_default()),
+            state: Some(self.state.to_api()),
+            last_state: Some(
+                self.last_state
+                    .as_ref()
+                    .map(Terminated::to_api_state)
+                    .unwrap_or_default(),
+            ),
             ..ContainerStatus::default()
         }
     }
 }
 
-/// A `waiting` state with `reason` and `message`.
-#[must_use]
-pub fn waiting(reason: &str, message: Option<String>) -> ContainerState {
-    ContainerState {
-        waiting: Some(ContainerStateWaiting {
-            reason: Some(reason.to_owned()),
-            message,
-        }),
-        ..ContainerState::default()
+impl State {
+    /// The API's `ContainerState`.
+    #[must_use]
+    pub fn to_api(&self) -> ContainerState {
+        match self {
+            Self::Waiting { reason, message } => ContainerState {
+                waiting: Some(ContainerStateWaiting {
+                    reason: Some(reason.to_string()),
+                    message: message.clone(),
+                }),
+                ..ContainerState::default()
+            },
+            Self::Running { started_at } => ContainerState {
+                running: Some(ContainerStateRunning {
+                    started_at: Some(started_at.clone()),
+                }),
+                ..ContainerState::default()
+            },
+            Self::Terminated(t) => t.to_api_state(),
+        }
     }
 }
 
-/// A `running` state started at `at`.
-#[must_use]
-pub fn running(at: Time) -> ContainerState {
-    ContainerState {
-        running: Some(ContainerStateRunning {
-            started_at: Some(at),
-        }),
-        ..ContainerState::default()
+impl Terminated {
+    /// The API's `ContainerState` of this ended run.
+    #[must_use]
+    pub fn to_api_state(&self) -> ContainerState {
+        ContainerState {
+            terminated: Some(ContainerStateTerminated {
+                exit_code: self.exit_code,
+                reason: self.reason.clone(),
+                message: self.message.clone(),
+                started_at: self.started_at.clone(),
+                finished_at: self.finished_at.clone(),
+                container_id: self.container_id.clone(),
+                signal: None,
+            }),
+            ..ContainerState::default()
+        }
     }
-}
 
-/// A `terminated` state.
-#[must_use]
-pub fn terminated(t: ContainerStateTerminated) -> ContainerState {
-    ContainerState {
-        terminated: Some(t),
-        ..ContainerState::default()
+    /// A run as a status reported it (the node agent never reports a signal).
+    #[must_use]
+    pub fn from_api(t: ContainerStateTerminated) -> Self {
+        Self {
+            exit_code: t.exit_code,
+            reason: t.reason,
+            message: t.message,
+            started_at: t.started_at,
+            finished_at: t.finished_at,
+            container_id: t.container_id,
+        }
     }
 }
 
@@ -207,27 +158,29 @@ impl Records {
     #[must_use]
     pub fn finalized(mut self) -> Self {
         let unknown = || {
-            terminated(ContainerStateTerminated {
+            State::Terminated(Terminated {
                 exit_code: 137,
                 reason: Some("ContainerStatusUnknown".to_owned()),
                 message: Some(
                     "The container could not be located when the pod was terminated".to_owned(),
                 ),
-                ..ContainerStateTerminated::default()
+                ..Terminated::default()
             })
         };
-        let started = |c: &ContainerRecord| c.state.waiting.is_none() || c.last_state.is_some();
+        let started = |c: &ContainerRecord| {
+            !matches!(c.state, State::Waiting { .. }) || c.last_state.is_some()
+        };
         let initialized = self.uninitialized().is_empty() || self.app.iter().any(started);
         if initialized {
             for c in &mut self.app {
-                if c.state.terminated.is_none() {
+                if c.state.terminated().is_none() {
                     c.state = unknown();
                 }
             }
         }
         if let Some(last) = self.init.iter().rposition(started) {
             for c in &mut self.init[..last] {
-                if c.state.terminated.is_none() {
+                if c.state.terminated().is_none() {
                     c.state = unknown();
                 }
             }
@@ -248,23 +201,18 @@ pub fn is_terminal(pod: &Pod) -> bool {
 /// The pod phase, by the kubelet's rules: `Pending` while a container has not run yet,
 /// `Running` while one runs or will run again, then `Succeeded` or `Failed`.
 #[must_use]
-pub fn phase(containers: &[ContainerRecord], restart_policy: &str) -> &'static str {
+pub fn phase(containers: &[ContainerRecord], restart_policy: RestartPolicy) -> Phase {
     let mut running = 0;
     let mut waiting = 0;
     let mut stopped = 0;
     let mut succeeded = 0;
     for c in containers {
+        // Waiting to restart counts as stopped with its last exit.
         if c.running() {
             running += 1;
-        } else if let Some(t) = &c.state.terminated {
+        } else if let Some(t) = c.state.terminated().or(c.last_state.as_ref()) {
             stopped += 1;
             if t.exit_code == 0 {
-                succeeded += 1;
-            }
-        } else if let Some(last) = c.last_state.as_ref().and_then(|s| s.terminated.as_ref()) {
-            // Waiting to restart: counts as stopped with its last exit.
-            stopped += 1;
-            if last.exit_code == 0 {
                 succeeded += 1;
             }
         } else {
@@ -273,16 +221,16 @@ pub fn phase(containers: &[ContainerRecord], restart_policy: &str) -> &'static s
     }
     let all_done = containers.iter().all(|c| c.done);
     match () {
-        () if waiting > 0 => "Pending",
-        () if running > 0 => "Running",
+        () if waiting > 0 => Phase::Pending,
+        () if running > 0 => Phase::Running,
         () if stopped > 0 => match restart_policy {
-            "Always" => "Running",
-            "OnFailure" if succeeded < stopped || !all_done => "Running",
-            _ if !all_done => "Running",
-            _ if succeeded == stopped => "Succeeded",
-            _ => "Failed",
+            RestartPolicy::Always => Phase::Running,
+            RestartPolicy::OnFailure if succeeded < stopped || !all_done => Phase::Running,
+            _ if !all_done => Phase::Running,
+            _ if succeeded == stopped => Phase::Succeeded,
+            _ => Phase::Failed,
         },
-        () => "Pending",
+        () => Phase::Pending,
     }
 }
 
@@ -303,7 +251,7 @@ fn condition(type_: &str, ok: bool, reason: Option<&str>, message: Option<String
 pub fn conditions(
     existing: &[PodCondition],
     records: &Records,
-    phase: &str,
+    phase: Phase,
     now: &Time,
 ) -> Vec<PodCondition> {
     let sidecars = records.init.iter().filter(|c| c.sidecar);
@@ -320,7 +268,7 @@ pub fn conditions(
         .filter(|c| !c.running())
         .map(|c| c.name.as_str())
         .collect();
-    let terminal = matches!(phase, "Succeeded" | "Failed");
+    let terminal = phase.is_terminal();
     let (ready_reason, ready_message) = if terminal {
         (Some("PodCompleted"), None)
     } else if not_ready.is_empty() {
@@ -384,7 +332,16 @@ pub fn conditions(
 
 #[cfg(test)]
 mod tests {
+    use super::super::record::Reason;
     use super::*;
+    use RestartPolicy::{Always, Never, OnFailure};
+
+    fn ended(exit_code: i32) -> Terminated {
+        Terminated {
+            exit_code,
+            ..Terminated::default()
+        }
+    }
 
     #[test]
     fn an_ended_pod_reports_unfinished_containers_as_status_unknown() {
@@ -397,31 +354,22 @@ mod tests {
         };
         // Not initialized: nothing changes.
         assert_eq!(records.clone().finalized(), records);
-        records.init[0].state = terminated(ContainerStateTerminated {
-            exit_code: 0,
-            ..ContainerStateTerminated::default()
-        });
-        records.app[0].state = running(Time(jiff::Timestamp::now()));
+        records.init[0].state = State::Terminated(ended(0));
+        records.app[0].state = State::Running { started_at: now() };
         let done = records.finalized();
         for c in &done.app {
-            let t = c.state.terminated.as_ref().expect("terminated");
+            let t = c.state.terminated().expect("terminated");
             assert_eq!(
                 (t.exit_code, t.reason.as_deref()),
                 (137, Some("ContainerStatusUnknown"))
             );
         }
-        assert_eq!(
-            done.init[0].state.terminated.as_ref().map(|t| t.exit_code),
-            Some(0)
-        );
+        assert_eq!(done.init[0].state.exit_code(), Some(0));
     }
 
     fn exited(name: &str, code: i32, done: bool) -> ContainerRecord {
         let mut c = ContainerRecord::new(name, "img");
-        c.state = terminated(ContainerStateTerminated {
-            exit_code: code,
-            ..Default::default()
-        });
+        c.state = State::Terminated(ended(code));
         c.done = done;
         c
     }
@@ -434,35 +382,62 @@ mod tests {
     fn phase_follows_the_kubelet() {
         let creating = ContainerRecord::new("a", "img");
         let mut up = ContainerRecord::new("b", "img");
-        up.state = running(now());
-        assert_eq!(phase(std::slice::from_ref(&creating), "Never"), "Pending");
-        assert_eq!(phase(&[creating, up.clone()], "Never"), "Pending");
+        up.state = State::Running { started_at: now() };
         assert_eq!(
-            phase(&[up.clone(), exited("c", 0, true)], "Never"),
-            "Running"
+            phase(std::slice::from_ref(&creating), Never),
+            Phase::Pending
+        );
+        assert_eq!(phase(&[creating, up.clone()], Never), Phase::Pending);
+        assert_eq!(
+            phase(&[up.clone(), exited("c", 0, true)], Never),
+            Phase::Running
         );
         assert_eq!(
-            phase(&[exited("a", 0, true), exited("b", 0, true)], "Never"),
-            "Succeeded"
+            phase(&[exited("a", 0, true), exited("b", 0, true)], Never),
+            Phase::Succeeded
         );
         assert_eq!(
-            phase(&[exited("a", 0, true), exited("b", 2, true)], "Never"),
-            "Failed"
+            phase(&[exited("a", 0, true), exited("b", 2, true)], Never),
+            Phase::Failed
         );
-        assert_eq!(phase(&[exited("a", 2, true)], "Always"), "Running");
-        assert_eq!(phase(&[exited("a", 2, false)], "OnFailure"), "Running");
-        assert_eq!(phase(&[exited("a", 0, true)], "OnFailure"), "Succeeded");
+        assert_eq!(phase(&[exited("a", 2, true)], Always), Phase::Running);
+        assert_eq!(phase(&[exited("a", 2, false)], OnFailure), Phase::Running);
+        assert_eq!(phase(&[exited("a", 0, true)], OnFailure), Phase::Succeeded);
+        assert_eq!(Phase::Succeeded.to_string(), "Succeeded");
     }
 
     #[test]
     fn waiting_after_a_run_is_not_pending() {
         let mut c = ContainerRecord::new("a", "img");
-        c.last_state = Some(terminated(ContainerStateTerminated {
-            exit_code: 1,
-            ..Default::default()
-        }));
-        c.state = waiting("CrashLoopBackOff", None);
-        assert_eq!(phase(&[c], "Always"), "Running");
+        c.state = State::Terminated(ended(1));
+        c.enter(State::Waiting {
+            reason: Reason::CrashLoopBackOff,
+            message: None,
+        });
+        assert_eq!(c.last_state.as_ref().map(|t| t.exit_code), Some(1));
+        assert_eq!(phase(&[c], Always), Phase::Running);
+    }
+
+    #[test]
+    fn container_statuses_show_the_api_states() {
+        let mut c = ContainerRecord::new("a", "img");
+        c.state = State::Terminated(ended(2));
+        c.enter(State::Waiting {
+            reason: Reason::CrashLoopBackOff,
+            message: Some("back-off".to_owned()),
+        });
+        let status = c.status();
+        let waiting = status.state.and_then(|s| s.waiting).expect("waiting");
+        assert_eq!(waiting.reason.as_deref(), Some("CrashLoopBackOff"));
+        assert_eq!(waiting.message.as_deref(), Some("back-off"));
+        let last = status.last_state.and_then(|s| s.terminated).expect("last");
+        assert_eq!(last.exit_code, 2);
+        let fresh = ContainerRecord::new("b", "img").status();
+        assert_eq!(fresh.last_state, Some(ContainerState::default()));
+        assert_eq!(
+            fresh.state.and_then(|s| s.waiting).and_then(|w| w.reason),
+            Some("ContainerCreating".to_owned())
+        );
     }
 
     #[test]
@@ -494,7 +469,7 @@ mod tests {
                 init: vec![],
                 app: vec![ContainerRecord::new("a", "img")],
             },
-            "Pending",
+            Phase::Pending,
             &t1,
         );
         let find = |t: &str| got.iter().find(|c| c.type_ == t).expect(t).clone();
@@ -516,7 +491,7 @@ mod tests {
                 init: vec![],
                 app: vec![exited("a", 0, true)],
             },
-            "Succeeded",
+            Phase::Succeeded,
             &now(),
         );
         let ready = done.iter().find(|c| c.type_ == "Ready").expect("Ready");

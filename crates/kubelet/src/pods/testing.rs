@@ -600,7 +600,7 @@ impl Harness {
     }
 
     /// Starts the worker of `pod` (admitted unless `misfit`).
-    pub fn start(&self, pod: Pod, misfit: Option<(&'static str, String)>) -> Running {
+    pub fn start(&self, pod: Pod, misfit: Option<super::admission::Rejection>) -> Running {
         let (tx, rx) = watch::channel(pod);
         let (evict, evicted) = watch::channel(None);
         let stop = CancellationToken::new();

@@ -11,10 +11,12 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::Ctx;
+use super::admission::{self, Rejection};
 use super::container::Shared;
+use super::record::{ContainerRecord, Records};
+use super::sequence;
 use super::spec::restart_policy;
-use super::status::{self, ContainerRecord, Records};
-use super::{admission, sequence};
+use super::status::{self, Phase};
 use crate::now;
 
 fn deleting(pod: &Pod) -> bool {
@@ -55,6 +57,33 @@ pub(crate) fn qos_class(pod: &Pod) -> &'static str {
     }
 }
 
+/// Why the worker fails a pod that runs: reported once its containers have stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Failure {
+    /// `activeDeadlineSeconds` ran out.
+    DeadlineExceeded,
+    /// Evicted (node pressure, an `emptyDir` over its limit), with the kubelet's message.
+    Evicted(String),
+}
+
+impl Failure {
+    fn reason(&self) -> &'static str {
+        match self {
+            Self::DeadlineExceeded => "DeadlineExceeded",
+            Self::Evicted(_) => "Evicted",
+        }
+    }
+
+    fn message(&self) -> &str {
+        match self {
+            Self::DeadlineExceeded => {
+                "Pod was active on the node longer than the specified deadline"
+            }
+            Self::Evicted(message) => message,
+        }
+    }
+}
+
 struct PodWorker {
     ctx: Arc<Ctx>,
     pod: watch::Receiver<Pod>,
@@ -74,15 +103,14 @@ impl PodWorker {
         self.statuses.post(serde_json::json!(status));
     }
 
-    /// The status to post. `failure` is a pod-level reason and message (deadline).
+    /// The status to post; a `failure` fails the pod with its reason and message.
     /// Until every container has stopped (`settled`), a pod is not reported finished:
     /// sidecars still run when the app containers are done.
-    fn status(&self, records: &Records, failure: Option<(&str, &str)>, settled: bool) -> PodStatus {
+    fn status(&self, records: &Records, failure: Option<&Failure>, settled: bool) -> PodStatus {
         let pod = self.current();
-        let restart_policy = restart_policy(&pod);
-        let phase = match (failure, records.phase(&restart_policy)) {
-            (Some(_), _) => "Failed",
-            (None, "Succeeded" | "Failed") if !settled => "Running",
+        let phase = match (failure, records.phase(restart_policy(&pod))) {
+            (Some(_), _) => Phase::Failed,
+            (None, phase) if phase.is_terminal() && !settled => Phase::Running,
             (None, phase) => phase,
         };
         let existing = pod.status.clone().unwrap_or_default();
@@ -94,7 +122,7 @@ impl PodWorker {
             &now(),
         );
         let finalized;
-        let records = if matches!(phase, "Succeeded" | "Failed") {
+        let records = if phase.is_terminal() {
             finalized = records.clone().finalized();
             &finalized
         } else {
@@ -103,9 +131,9 @@ impl PodWorker {
         let statuses =
             |list: &[ContainerRecord]| list.iter().map(ContainerRecord::status).collect();
         PodStatus {
-            phase: Some(phase.to_owned()),
-            reason: failure.map(|(r, _)| r.to_owned()),
-            message: failure.map(|(_, m)| m.to_owned()),
+            phase: Some(phase.to_string()),
+            reason: failure.map(|f| f.reason().to_owned()),
+            message: failure.map(|f| f.message().to_owned()),
             conditions: Some(conditions),
             host_ip: Some(ip.clone()),
             host_ips: Some(vec![HostIP { ip: ip.clone() }]),
@@ -186,27 +214,23 @@ impl PodWorker {
         ))
     }
 
-    /// Fails the pod for `reason` (a deadline, an eviction): a Warning event, its
-    /// containers killed; the failure is reported once they have stopped.
-    async fn fail(
-        &self,
-        kill: &CancellationToken,
-        reason: &'static str,
-        message: String,
-    ) -> Option<(&'static str, String)> {
-        self.event(EventType::Warning, reason, message.clone(), None)
+    /// Fails the pod (a deadline, an eviction): a Warning event, its containers killed;
+    /// the failure is reported once they have stopped.
+    async fn fail(&self, kill: &CancellationToken, failure: Failure) -> Option<Failure> {
+        let message = failure.message().to_owned();
+        self.event(EventType::Warning, failure.reason(), message, None)
             .await;
         kill.cancel();
-        Some((reason, message))
+        Some(failure)
     }
 
-    async fn reject(&mut self, reason: &str, message: String) {
+    async fn reject(&mut self, Rejection { reason, message }: Rejection) {
         self.event(EventType::Warning, reason, message.clone(), None)
             .await;
         // As the kubelet's rejectPod: the event has the bare message, the status says
         // the pod was rejected and keeps its QoS class.
         let status = PodStatus {
-            phase: Some("Failed".to_owned()),
+            phase: Some(Phase::Failed.to_string()),
             reason: Some(reason.to_owned()),
             message: Some(format!("Pod was rejected: {message}")),
             qos_class: Some(qos_class(&self.current()).to_owned()),
@@ -241,7 +265,7 @@ pub(crate) async fn run(
     pod: watch::Receiver<Pod>,
     stop: CancellationToken,
     mut evicted: watch::Receiver<Option<String>>,
-    misfit: Option<(&'static str, String)>,
+    misfit: Option<Rejection>,
 ) {
     let first = pod.borrow().clone();
     let ns = first.namespace().unwrap_or_default();
@@ -265,9 +289,8 @@ pub(crate) async fn run(
         }
         return;
     }
-    let rejection = misfit.or_else(|| admission::check(&first));
-    if let Some((reason, message)) = rejection {
-        w.reject(reason, message).await;
+    if let Some(rejection) = misfit.or_else(|| admission::check(&first)) {
+        w.reject(rejection).await;
         if w.wait_for_deletion(&stop).await {
             w.finish_deletion().await;
         }
@@ -307,7 +330,7 @@ pub(crate) async fn run(
     let mut sync = tokio::time::interval(w.ctx.config.sync_frequency);
     sync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     sync.tick().await;
-    let mut failure: Option<(&str, String)> = None;
+    let mut failure: Option<Failure> = None;
     let mut terminating = false;
     let mut driver_done = false;
     let mut evict_open = true;
@@ -328,21 +351,20 @@ pub(crate) async fn run(
                 }
             }
             () = sleep_until(deadline_at), if failure.is_none() && !driver_done => {
-                let message = "Pod was active on the node longer than the specified deadline";
-                failure = w.fail(&kill, "DeadlineExceeded", message.to_owned()).await;
+                failure = w.fail(&kill, Failure::DeadlineExceeded).await;
             }
             r = evicted.changed(), if evict_open && failure.is_none() && !driver_done && !terminating => {
                 evict_open = r.is_ok();
                 let message = evicted.borrow_and_update().clone();
                 if let (true, Some(message)) = (evict_open, message) {
-                    failure = w.fail(&kill, "Evicted", message).await;
+                    failure = w.fail(&kill, Failure::Evicted(message)).await;
                 }
             }
             _ = sync.tick(), if failure.is_none() && !driver_done && !terminating => {
                 if let Some(volumes) = shared.volumes.get()
                     && let Some(message) = w.sync_volumes(volumes).await
                 {
-                    failure = w.fail(&kill, "Evicted", message).await;
+                    failure = w.fail(&kill, Failure::Evicted(message)).await;
                 }
             }
         }
@@ -354,20 +376,13 @@ pub(crate) async fn run(
             // Failed by the deadline: reported once its containers are stopped.
             continue;
         }
-        let status = w.status(
-            &shared.snapshot(),
-            failure.as_ref().map(|(r, m)| (*r, m.as_str())),
-            driver_done,
-        );
+        let status = w.status(&shared.snapshot(), failure.as_ref(), driver_done);
         w.post(status).await;
         if driver_done {
             break;
         }
     }
-    if failure
-        .as_ref()
-        .is_some_and(|(reason, _)| *reason == "Evicted")
-    {
+    if matches!(failure, Some(Failure::Evicted(_))) {
         // As the kubelet: an evicted pod's volumes go at once (its logs stay for
         // `kubectl logs` until the pod is deleted), which is what frees the disk.
         let volumes = w

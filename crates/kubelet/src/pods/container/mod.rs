@@ -18,8 +18,8 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::Ctx;
-use super::spec::field_path;
-use super::status::{self, ContainerRecord, Records};
+use super::record::{ContainerRecord, Reason, Records, State};
+use super::spec::{RestartPolicy, field_path};
 use crate::events::EventType;
 use crate::runtime::ContainerExit;
 
@@ -120,7 +120,7 @@ pub(crate) async fn supervise(
     pod: Arc<Pod>,
     slot: Slot,
     spec: Container,
-    restart_policy: String,
+    restart_policy: RestartPolicy,
     shared: Arc<Shared>,
     kill: CancellationToken,
 ) {
@@ -139,18 +139,13 @@ pub(crate) async fn supervise(
     let mut create_backoff = CREATE_BACKOFF;
     // A container that ran under the node agent before a restart of it (see
     // `sequence::adopted`): its policy decides on that run's exit as on any other.
-    let before = sup.shared.get(slot).and_then(|r| r.state.terminated);
+    let before = sup.shared.get(slot).and_then(|r| r.state.exit_code());
     let mut restarting = before.is_some();
-    if let Some(t) = before {
-        let again = match restart_policy.as_str() {
-            "Never" => false,
-            "OnFailure" => t.exit_code != 0,
-            _ => true,
-        };
-        if !again || sup.kill.is_cancelled() {
-            sup.shared.update(slot, |r| r.done = true);
-            return;
-        }
+    if let Some(code) = before
+        && (!restart_policy.restarts_after(code) || sup.kill.is_cancelled())
+    {
+        sup.shared.update(slot, |r| r.done = true);
+        return;
     }
     loop {
         let Some(image) = sup.pull().await else { break };
@@ -168,12 +163,7 @@ pub(crate) async fn supervise(
             }
         };
         create_backoff = CREATE_BACKOFF;
-        let restart = match restart_policy.as_str() {
-            "Never" => false,
-            "OnFailure" => exit.code != 0,
-            _ => true,
-        };
-        if !restart || sup.kill.is_cancelled() {
+        if !restart_policy.restarts_after(exit.code) || sup.kill.is_cancelled() {
             break;
         }
         if started.elapsed() >= BACKOFF_RESET {
@@ -243,13 +233,9 @@ impl Supervisor {
     }
 
     /// Shows the container waiting; a finished run moves to `lastState`.
-    fn set_waiting(&self, reason: &str, message: Option<String>) {
-        self.shared.update(self.slot, |r| {
-            let previous = std::mem::replace(&mut r.state, status::waiting(reason, message));
-            if previous.terminated.is_some() {
-                r.last_state = Some(previous);
-            }
-        });
+    fn set_waiting(&self, reason: Reason, message: Option<String>) {
+        self.shared
+            .update(self.slot, |r| r.enter(State::Waiting { reason, message }));
     }
 
     /// Sleeps unless killed; returns false when killed.
@@ -274,12 +260,7 @@ impl Supervisor {
             "back-off {}s restarting failed container={name} pod={pod}",
             delay.as_secs()
         );
-        self.shared.update(self.slot, |r| {
-            r.last_state = Some(std::mem::replace(
-                &mut r.state,
-                status::waiting("CrashLoopBackOff", Some(message)),
-            ));
-        });
+        self.set_waiting(Reason::CrashLoopBackOff, Some(message));
         self.event(
             EventType::Warning,
             "BackOff",

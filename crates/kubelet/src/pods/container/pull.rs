@@ -8,6 +8,7 @@ use tokio::time::Instant;
 use super::{INITIAL_BACKOFF, MAX_BACKOFF, Supervisor};
 use crate::events::EventType;
 use crate::keyring::{Credential, Keyring};
+use crate::pods::record::Reason;
 use crate::pods::spec::pull_policy;
 use crate::runtime::{Image, ImageError, ImageStatus, PullPolicy};
 
@@ -122,7 +123,12 @@ impl Supervisor {
                     }
                     Err(ImageError::InvalidName(m)) => {
                         if !self
-                            .fail_and_wait("InspectFailed", "InvalidImageName", m, &mut backoff)
+                            .fail_and_wait(
+                                "InspectFailed",
+                                Reason::InvalidImageName,
+                                m,
+                                &mut backoff,
+                            )
                             .await
                         {
                             return None;
@@ -133,8 +139,11 @@ impl Supervisor {
                         let m = format!(
                             "Container image \"{reference}\" is not present with pull policy of Never"
                         );
-                        let reason = "ErrImageNeverPull";
-                        if !self.fail_and_wait(reason, reason, m, &mut backoff).await {
+                        let reason = Reason::ErrImageNeverPull;
+                        if !self
+                            .fail_and_wait(reason.as_str(), reason, m, &mut backoff)
+                            .await
+                        {
                             return None;
                         }
                         continue;
@@ -177,7 +186,7 @@ impl Supervisor {
                 "Error: ErrImagePull".to_owned(),
             )
             .await;
-            self.set_waiting("ErrImagePull", Some(message.clone()));
+            self.set_waiting(Reason::ErrImagePull, Some(message.clone()));
             // The kubelet shows the failure, then ImagePullBackOff while it waits.
             if !self.sleep(Duration::from_secs(1)).await {
                 return None;
@@ -185,7 +194,7 @@ impl Supervisor {
             let msg = format!("Back-off pulling image \"{reference}\"");
             self.event(EventType::Normal, "BackOff", msg.clone()).await;
             self.set_waiting(
-                "ImagePullBackOff",
+                Reason::ImagePullBackOff,
                 Some(format!("{msg}: ErrImagePull: {message}")),
             );
             if !self.sleep(backoff).await {
@@ -226,7 +235,7 @@ impl Supervisor {
     async fn fail_and_wait(
         &self,
         event: &str,
-        reason: &str,
+        reason: Reason,
         message: String,
         backoff: &mut Duration,
     ) -> bool {

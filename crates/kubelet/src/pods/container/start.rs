@@ -1,14 +1,13 @@
 //! One run of a container: its environment, mounts and termination file, the start,
 //! the wait, and the terminated state.
 
-use k8s_openapi::api::core::v1::ContainerStateTerminated;
 use kube::ResourceExt;
 
 use super::{Run, Supervisor};
 use crate::events::EventType;
 use crate::now;
+use crate::pods::record::{Reason, State, Terminated};
 use crate::pods::spec::{expand, memory_limit};
-use crate::pods::status;
 use crate::pods::termination;
 use crate::runtime::{ContainerRun, Image};
 
@@ -18,12 +17,14 @@ impl Supervisor {
         self.record_pulled().await;
         self.event(EventType::Warning, "Failed", format!("Error: {message}"))
             .await;
-        self.set_waiting("CreateContainerConfigError", Some(message));
+        self.set_waiting(Reason::CreateContainerConfigError, Some(message));
         Run::NotStarted
     }
 
-    /// argv and the environment; the kubelet's message when a source is missing.
-    async fn argv_env(&self) -> Result<(Vec<String>, Vec<(String, String)>), String> {
+    /// argv and the environment; the kubelet's error when a source is missing.
+    async fn argv_env(
+        &self,
+    ) -> Result<(Vec<String>, Vec<(String, String)>), crate::pods::env::EnvError> {
         let (env, invalid) =
             crate::pods::env::resolve(&*self.ctx.api, &self.pod, &self.spec, &self.ctx.facts)
                 .await?;
@@ -54,18 +55,18 @@ impl Supervisor {
         if let Err(e) = tokio::fs::create_dir_all(&dir).await {
             self.record_pulled().await;
             self.set_waiting(
-                "CreateContainerError",
+                Reason::CreateContainerError,
                 Some(format!("cannot create log directory: {e}")),
             );
             return Run::NotStarted;
         }
         let (args, env) = match self.argv_env().await {
             Ok(found) => found,
-            Err(message) => return self.config_error(message).await,
+            Err(e) => return self.config_error(e.to_string()).await,
         };
         let memory_limit = match memory_limit(&self.spec) {
             Ok(limit) => limit,
-            Err(message) => return self.config_error(message).await,
+            Err(e) => return self.config_error(e.to_string()).await,
         };
         let volumes = self.shared.volumes.get().cloned();
         let mounts = match &volumes {
@@ -82,7 +83,7 @@ impl Supervisor {
             Err(e) => {
                 self.record_pulled().await;
                 self.set_waiting(
-                    "CreateContainerError",
+                    Reason::CreateContainerError,
                     Some(format!("cannot prepare the termination message file: {e}")),
                 );
                 return Run::NotStarted;
@@ -125,7 +126,7 @@ impl Supervisor {
                 self.record_pulled().await;
                 self.event(EventType::Warning, "Failed", format!("Error: {message}"))
                     .await;
-                self.set_waiting("CreateContainerError", Some(message));
+                self.set_waiting(Reason::CreateContainerError, Some(message));
                 return Run::NotStarted;
             }
         };
@@ -144,10 +145,7 @@ impl Supervisor {
         let cid = container_id.clone();
         let at = started_at.clone();
         self.shared.update(self.slot, |r| {
-            let previous = std::mem::replace(&mut r.state, status::running(at));
-            if previous.terminated.is_some() {
-                r.last_state = Some(previous);
-            }
+            r.enter(State::Running { started_at: at });
             r.restart_count = restart_count;
             r.container_id = Some(cid);
         });
@@ -190,14 +188,13 @@ impl Supervisor {
             exit.message.clone(),
         )
         .await;
-        let terminated = ContainerStateTerminated {
+        let terminated = Terminated {
             exit_code: exit.code,
             reason: Some(exit.reason.clone()),
             message,
             started_at: Some(started_at),
             finished_at: Some(now()),
             container_id: Some(container_id),
-            signal: None,
         };
         self.ctx.registry.set_container_logs(
             &ns,
@@ -210,7 +207,7 @@ impl Supervisor {
             },
         );
         self.shared
-            .update(self.slot, |r| r.state = status::terminated(terminated));
+            .update(self.slot, |r| r.state = State::Terminated(terminated));
         Run::Exited(exit)
     }
 }
