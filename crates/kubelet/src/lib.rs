@@ -122,7 +122,11 @@ impl Kubelet {
         shutdown: CancellationToken,
     ) -> Result<()> {
         let config = Arc::new(config);
-        let registry = pods::Registry::default();
+        // What the parts share: the node's images, where each container logs, the
+        // pressure conditions; the pod watch loop alone holds the workers.
+        let (images, logs) = (images::ImageIndex::default(), logs::LogIndex::default());
+        let pressure = eviction::PressureHandle::default();
+        let (pods_handle, commands) = pods::PodsHandle::new();
         let listener = server::bind(&config).await?;
         // Read once, off the async threads, for the node status and the pods' downward API.
         node::load_host_facts().await;
@@ -132,12 +136,12 @@ impl Kubelet {
             client.clone(),
             config.clone(),
             runtime.version(),
-            registry.clone(),
+            (images.clone(), pressure.clone()),
             shutdown.clone(),
         ));
         // Images left by an earlier run are the node's too (status, GC).
         for image in runtime.images().await {
-            registry.add_image(&image.reference, &image.image_id, image.size, &image.handle);
+            images.add(&image.reference, &image.image_id, image.size, &image.handle);
         }
         let cluster: Arc<dyn api::ClusterApi> = Arc::new(api::KubeApi::new(client.clone()));
         let recorder = Arc::new(
@@ -146,22 +150,26 @@ impl Kubelet {
         );
         let gc = tokio::spawn(images::run(
             runtime.clone(),
-            registry.clone(),
+            images.clone(),
             config.image_gc,
             recorder.clone(),
             node::reference(&config.node_name),
             shutdown.clone(),
         ));
         let eviction = tokio::spawn(eviction::run(
-            runtime.clone(),
-            registry.clone(),
-            config.data_dir.clone(),
+            eviction::Parts {
+                runtime: runtime.clone(),
+                images: images.clone(),
+                pods: pods_handle,
+                pressure: pressure.clone(),
+                data_dir: config.data_dir.clone(),
+            },
             config.eviction.clone(),
             shutdown.clone(),
         ));
         let metrics = {
-            let (runtime, registry) = (runtime.clone(), registry.clone());
-            Arc::new(move || server::render_metrics(&runtime.counters(), &registry))
+            let (runtime, images) = (runtime.clone(), images.clone());
+            Arc::new(move || server::render_metrics(&runtime.counters(), &images))
         };
         let auth = Arc::new(auth::Auth::new(
             config.auth,
@@ -170,22 +178,27 @@ impl Kubelet {
         ));
         let api = tokio::spawn(server::serve(
             listener,
-            registry.clone(),
+            logs.clone(),
             metrics,
             auth,
             shutdown.clone(),
         ));
+        // Returns at shutdown once every pod's workloads are killed.
         pods::run(
-            client.clone(),
-            cluster,
-            config.clone(),
-            runtime,
-            registry.clone(),
-            recorder,
+            pods::Parts {
+                client: client.clone(),
+                api: cluster,
+                config: config.clone(),
+                runtime,
+                images,
+                logs,
+                pressure,
+                recorder,
+            },
+            commands,
             shutdown.clone(),
         )
         .await;
-        registry.kill_all().await;
         let _ = heartbeat.await;
         let _ = api.await;
         let _ = gc.await;

@@ -16,8 +16,8 @@ use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use tokio_util::sync::CancellationToken;
 
-use crate::eviction::Pressure;
-use crate::pods::Registry;
+use crate::eviction::{Pressure, PressureHandle};
+use crate::images::ImageIndex;
 use crate::{Config, KUBE_VERSION, Result, now};
 pub(crate) use facts::memory_bytes;
 pub use facts::{Host, HostFacts, host_facts, load_host_facts};
@@ -307,13 +307,13 @@ pub async fn heartbeat(
     client: Client,
     config: Arc<Config>,
     runtime_version: String,
-    registry: Registry,
+    (images, pressure): (ImageIndex, PressureHandle),
     shutdown: CancellationToken,
 ) {
     let mut lease_tick = tokio::time::interval(config.lease_renew_interval);
     let mut status_tick = tokio::time::interval(config.status_report_interval);
     let mut posted_images = None;
-    let mut pressure_changes = registry.pressure.subscribe();
+    let mut pressure_changes = pressure.subscribe();
     let mut posted_pressure = Pressure::default();
     loop {
         // As the kubelet: status at least every report interval, and at once (checked at
@@ -330,7 +330,7 @@ pub async fn heartbeat(
                     posted_images = None;
                     continue;
                 }
-                let images = registry.images();
+                let images = images.status_images();
                 if posted_images.as_ref() == Some(&images)
                     && *pressure_changes.borrow() == posted_pressure
                 {
@@ -338,12 +338,12 @@ pub async fn heartbeat(
                 }
                 images
             }
-            _ = status_tick.tick() => registry.images(),
+            _ = status_tick.tick() => images.status_images(),
             r = pressure_changes.changed() => {
                 if r.is_err() {
                     return;
                 }
-                registry.images()
+                images.status_images()
             }
         };
         let pressure = *pressure_changes.borrow_and_update();

@@ -24,8 +24,9 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{Auth, User};
+use crate::images::ImageIndex;
+use crate::logs::LogIndex;
 use crate::logs::{self, LogOptions, QueryError};
-use crate::pods::Registry;
 use crate::{Config, Error, Result};
 
 /// How long a client has to complete its TLS handshake.
@@ -84,14 +85,14 @@ struct Peer(Option<Arc<User>>);
 /// Renders the metrics page.
 pub type Metrics = Arc<dyn Fn() -> String + Send + Sync>;
 
-fn router(registry: Registry, metrics: Metrics, auth: Arc<Auth>) -> Router {
+fn router(logs: LogIndex, metrics: Metrics, auth: Arc<Auth>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route(
             "/containerLogs/{namespace}/{pod}/{container}",
             get(container_logs),
         )
-        .with_state(registry)
+        .with_state(logs)
         .route(
             "/metrics",
             get(move || {
@@ -126,9 +127,9 @@ async fn guard(State(auth): State<Arc<Auth>>, request: Request, next: Next) -> R
     }
 }
 
-/// The Prometheus text page for `counters` and the pods of `registry`.
+/// The Prometheus text page for `counters` and the node's `images`.
 #[must_use]
-pub fn render_metrics(counters: &[crate::runtime::Counter], registry: &Registry) -> String {
+pub fn render_metrics(counters: &[crate::runtime::Counter], images: &ImageIndex) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
     for c in counters {
@@ -136,7 +137,7 @@ pub fn render_metrics(counters: &[crate::runtime::Counter], registry: &Registry)
         let _ = writeln!(out, "# TYPE {} counter", c.name);
         let _ = writeln!(out, "{} {}", c.name, c.value);
     }
-    let images = registry.image_entries().len();
+    let images = images.entries().len();
     let _ = writeln!(out, "# HELP krustlet_images Images the node holds.");
     let _ = writeln!(out, "# TYPE krustlet_images gauge");
     let _ = writeln!(out, "krustlet_images {images}");
@@ -146,12 +147,12 @@ pub fn render_metrics(counters: &[crate::runtime::Counter], registry: &Registry)
 /// Serves until `shutdown`, every request through `auth`.
 pub async fn serve(
     listener: Listener,
-    registry: Registry,
+    logs: LogIndex,
     metrics: Metrics,
     auth: Arc<Auth>,
     shutdown: CancellationToken,
 ) {
-    let app = router(registry, metrics, auth);
+    let app = router(logs, metrics, auth);
     loop {
         // A connection is only accepted with a free place: at most MAX_CONNECTIONS
         // (handshaking or served) at once.
@@ -213,7 +214,7 @@ pub async fn serve(
 }
 
 async fn container_logs(
-    State(registry): State<Registry>,
+    State(index): State<LogIndex>,
     Path((namespace, pod, container)): Path<(String, String, String)>,
     RawQuery(query): RawQuery,
 ) -> Response {
@@ -238,7 +239,7 @@ async fn container_logs(
                 .into_response();
         }
     };
-    let Some(entry) = registry.container_logs(&namespace, &pod, &container) else {
+    let Some(entry) = index.get(&namespace, &pod, &container) else {
         return (
             StatusCode::NOT_FOUND,
             format!("container {container:?} in pod {namespace}/{pod} is not known on this node"),
@@ -260,11 +261,10 @@ async fn container_logs(
             .into_response();
     }
     let follow_current = !opts.previous;
-    let registry = Arc::new(registry);
     let running = move || {
         follow_current
-            && registry
-                .container_logs(&namespace, &pod, &container)
+            && index
+                .get(&namespace, &pod, &container)
                 .is_some_and(|c| c.running && c.restart_count == entry.restart_count)
     };
     let rx = logs::stream(path, opts, running);

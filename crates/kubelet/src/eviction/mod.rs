@@ -20,7 +20,8 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::Runtime;
-use crate::pods::Registry;
+use crate::images::ImageIndex;
+use crate::pods::PodsHandle;
 use crate::pods::admission::Rejection;
 pub use thresholds::{Crossed, Observation, Signal, Threshold};
 
@@ -191,11 +192,24 @@ fn disk_victim(pods: Vec<(Pod, PathBuf)>) -> Option<Pod> {
         .map(|(_, pod)| pod)
 }
 
+/// What the eviction manager works with.
+pub(crate) struct Parts {
+    pub runtime: Arc<dyn Runtime>,
+    pub images: ImageIndex,
+    pub pods: PodsHandle,
+    pub pressure: PressureHandle,
+    pub data_dir: PathBuf,
+}
+
 /// Runs the eviction manager until `shutdown`.
-pub async fn run(
-    runtime: Arc<dyn Runtime>,
-    registry: Registry,
-    data_dir: PathBuf,
+pub(crate) async fn run(
+    Parts {
+        runtime,
+        images,
+        pods: workers,
+        pressure: shared,
+        data_dir,
+    }: Parts,
     settings: Settings,
     shutdown: CancellationToken,
 ) {
@@ -215,7 +229,7 @@ pub async fn run(
             continue;
         };
         let pressure = hysteresis.update(&crossed, Instant::now(), settings.transition);
-        registry.pressure.set(pressure);
+        shared.set(pressure);
         if !crossed.iter().any(|c| c.threshold.signal.is_disk()) {
             if !crossed.is_empty() {
                 tracing::warn!(message = %crossed[0].message(), "memory pressure");
@@ -229,7 +243,7 @@ pub async fn run(
             minimum_age: Duration::ZERO,
             period: settings.interval,
         };
-        let plan = crate::images::collect(&*runtime, &registry, &reclaim).await;
+        let plan = crate::images::collect(&*runtime, &images, &reclaim).await;
         if !plan.remove.is_empty() {
             match measure().await {
                 Ok(again) => crossed = again,
@@ -239,7 +253,7 @@ pub async fn run(
         let Some(reason) = crossed.into_iter().find(|c| c.threshold.signal.is_disk()) else {
             continue;
         };
-        let pods: Vec<(Pod, PathBuf)> = registry
+        let pods: Vec<(Pod, PathBuf)> = workers
             .active_pods()
             .await
             .into_iter()
@@ -256,7 +270,7 @@ pub async fn run(
             Some(pod) => {
                 let message = reason.message();
                 tracing::warn!(pod = ?pod.metadata.name, %message, "evicting pod");
-                registry.evict(&pod, message).await;
+                workers.evict(&pod, message).await;
             }
             None => tracing::warn!(message = %reason.message(), "disk pressure, no pod to evict"),
         }

@@ -3,6 +3,7 @@
 //! bounded chunks, `follow` carried over rotations.
 
 mod files;
+mod index;
 mod query;
 
 use std::path::{Path, PathBuf};
@@ -12,6 +13,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use files::{FileId, OpenLog, Position};
+pub use index::{ContainerLogs, LogIndex};
 pub use query::{LogOptions, QueryError, Since};
 
 /// How often a `follow` looks for new output.

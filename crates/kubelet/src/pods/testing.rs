@@ -582,7 +582,9 @@ impl Harness {
             api: cluster.clone(),
             config: Arc::new(config),
             runtime: Arc::new(Shared(runtime.clone())),
-            registry: super::Registry::default(),
+            images: crate::images::ImageIndex::default(),
+            logs: crate::logs::LogIndex::default(),
+            pressure: crate::eviction::PressureHandle::default(),
             recorder: Arc::new(crate::events::Recorder::new(cluster, "node-a").with_limits(0, 0)),
             objects: crate::volumes::ObjectCache::default(),
             facts: crate::volumes::downward::NodeFacts {

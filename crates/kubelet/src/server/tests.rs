@@ -18,7 +18,7 @@ const METRICS: &str = "METRICS-MARKER";
 fn app(fake: Arc<FakeReviewer>, config: AuthConfig, peer: Option<User>) -> Router {
     let auth = Arc::new(Auth::new(config, "node-a", fake));
     let metrics: Metrics = Arc::new(|| METRICS.to_owned());
-    router(Registry::default(), metrics, auth).layer(axum::Extension(Peer(peer.map(Arc::new))))
+    router(LogIndex::default(), metrics, auth).layer(axum::Extension(Peer(peer.map(Arc::new))))
 }
 
 async fn call(app: Router, method: &str, uri: &str, token: Option<&str>) -> (StatusCode, String) {
@@ -242,7 +242,7 @@ async fn start(
     let auth = Arc::new(Auth::new(AuthConfig::default(), "node-a", reviewer(&[])));
     tokio::spawn(serve(
         listener,
-        Registry::default(),
+        LogIndex::default(),
         Arc::new(String::new),
         auth,
         shutdown.clone(),

@@ -84,10 +84,10 @@ impl Supervisor {
     /// Records a pulled or present image and returns it.
     fn took(&self, reference: &str, image: Image) -> Image {
         self.ctx
-            .registry
-            .add_image(reference, &image.image_id, image.size, &image.handle);
+            .images
+            .add(reference, &image.image_id, image.size, &image.handle);
         self.ctx
-            .registry
+            .images
             .use_image(&self.pod.uid().unwrap_or_default(), &image.handle);
         let id = image.image_id.clone();
         self.shared.update(self.slot, |r| r.image_id = id);

@@ -132,11 +132,11 @@ impl Supervisor {
         };
         let container_id = handle.id().to_owned();
         let started_at = now();
-        self.ctx.registry.set_container_logs(
+        self.ctx.logs.set(
             &ns,
             &pod_name,
             &self.spec.name,
-            crate::pods::ContainerLogs {
+            crate::logs::ContainerLogs {
                 dir: dir.clone(),
                 restart_count,
                 running: true,
@@ -196,11 +196,11 @@ impl Supervisor {
             finished_at: Some(now()),
             container_id: Some(container_id),
         };
-        self.ctx.registry.set_container_logs(
+        self.ctx.logs.set(
             &ns,
             &pod_name,
             &self.spec.name,
-            crate::pods::ContainerLogs {
+            crate::logs::ContainerLogs {
                 dir,
                 restart_count,
                 running: false,

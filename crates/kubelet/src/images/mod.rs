@@ -11,8 +11,10 @@ use k8s_openapi::api::core::v1::ObjectReference;
 use tokio_util::sync::CancellationToken;
 
 use crate::events::{EventType, Recorder};
-use crate::pods::Registry;
+mod index;
+
 use crate::runtime::{ImageFsUsage, Runtime};
+pub use index::{ImageEntry, ImageIndex, MAX_NAMES_PER_IMAGE, MAX_STATUS_IMAGES};
 
 /// The image GC's settings (`imageGCHighThresholdPercent` and friends).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,12 +94,12 @@ pub fn plan(
 }
 
 /// One GC pass: removes what [`plan`] says and forgets it in `registry`. Returns the plan.
-pub async fn collect(runtime: &dyn Runtime, registry: &Registry, policy: &GcPolicy) -> Plan {
+pub async fn collect(runtime: &dyn Runtime, images: &ImageIndex, policy: &GcPolicy) -> Plan {
     let usage = runtime.image_fs_usage().await;
-    let in_use: HashSet<String> = registry.images_in_use();
+    let in_use: HashSet<String> = images.in_use();
     // One candidate per content handle, last used when any of its names was.
     let mut candidates: Vec<Candidate> = Vec::new();
-    for entry in registry.image_entries() {
+    for entry in images.entries() {
         if in_use.contains(&entry.handle) {
             continue;
         }
@@ -114,7 +116,7 @@ pub async fn collect(runtime: &dyn Runtime, registry: &Registry, policy: &GcPoli
     for handle in &plan.remove {
         match runtime.remove_image(handle).await {
             Ok(bytes) => {
-                registry.remove_images(handle);
+                images.remove(handle);
                 tracing::info!(image = %handle, bytes, "image garbage-collected");
             }
             Err(e) => tracing::warn!(image = %handle, error = %e, "cannot remove image"),
@@ -127,7 +129,7 @@ pub async fn collect(runtime: &dyn Runtime, registry: &Registry, policy: &GcPoli
 /// `ImageGCFailed` event on the node when not enough could be freed.
 pub async fn run(
     runtime: Arc<dyn Runtime>,
-    registry: Registry,
+    images: ImageIndex,
     policy: GcPolicy,
     recorder: Arc<Recorder>,
     node: ObjectReference,
@@ -138,7 +140,7 @@ pub async fn run(
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(policy.period) => {}
         }
-        let plan = collect(runtime.as_ref(), &registry, &policy).await;
+        let plan = collect(runtime.as_ref(), &images, &policy).await;
         if plan.freed < plan.to_free {
             let note = format!(
                 "Failed to garbage collect required amount of images. Attempted to free {} bytes, but only found {} bytes eligible to free.",
