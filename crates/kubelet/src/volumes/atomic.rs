@@ -105,15 +105,25 @@ fn fill(dir: &Path, files: &Files) -> io::Result<()> {
 }
 
 /// Makes `dir` hold exactly `files`; does nothing when it already does. Returns whether
-/// it changed anything.
+/// it changed the content. A write cut short (the agent killed) is completed by the next
+/// one: the links are made to match and whatever the cut write left is removed, even when
+/// the content is already in place.
 ///
 /// # Errors
 /// When a file cannot be written; the previous content then stays in place.
 pub fn write(dir: &Path, files: &Files) -> io::Result<bool> {
     std::fs::create_dir_all(dir)?;
-    if read_current(dir)?.as_ref() == Some(files) {
-        return Ok(false);
+    let changed = read_current(dir)?.as_ref() != Some(files);
+    if changed {
+        swap(dir, files)?;
     }
+    reconcile(dir, files)?;
+    Ok(changed)
+}
+
+/// Writes `files` into a new timestamped directory and points `..data` at it with one
+/// `rename`.
+fn swap(dir: &Path, files: &Files) -> io::Result<()> {
     let stamp = jiff::Zoned::now()
         .strftime("%Y_%m_%d_%H_%M_%S.%f")
         .to_string();
@@ -125,18 +135,34 @@ pub fn write(dir: &Path, files: &Files) -> io::Result<bool> {
         let _ = std::fs::remove_dir_all(&fresh_dir);
         return Err(e);
     }
-    let old = std::fs::read_link(dir.join(DATA)).ok();
     let tmp = dir.join(DATA_TMP);
     let _ = std::fs::remove_file(&tmp);
     symlink(&fresh, &tmp)?;
-    std::fs::rename(&tmp, dir.join(DATA))?;
-    // Top-level names: a link for each new one, none for those that went away.
+    std::fs::rename(&tmp, dir.join(DATA))
+}
+
+/// One link per top-level name of `files` and none other; of the `..` entries only
+/// `..data` and the directory it points at.
+fn reconcile(dir: &Path, files: &Files) -> io::Result<()> {
     let top: std::collections::BTreeSet<&str> =
         files.keys().filter_map(|k| k.split('/').next()).collect();
+    let current = std::fs::read_link(dir.join(DATA))?;
     for entry in std::fs::read_dir(dir)? {
-        let name = entry?.file_name().to_string_lossy().into_owned();
-        if !name.starts_with("..") && !top.contains(name.as_str()) {
-            std::fs::remove_file(dir.join(&name))?;
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let keep = if name.starts_with("..") {
+            name == DATA || Path::new(&name) == current
+        } else {
+            top.contains(name.as_str())
+        };
+        if keep {
+            continue;
+        }
+        // Never followed: a link is removed as a link.
+        if entry.file_type()?.is_dir() {
+            std::fs::remove_dir_all(entry.path())?;
+        } else {
+            std::fs::remove_file(entry.path())?;
         }
     }
     for name in top {
@@ -145,12 +171,7 @@ pub fn write(dir: &Path, files: &Files) -> io::Result<bool> {
             symlink(Path::new(DATA).join(name), &link)?;
         }
     }
-    if let Some(old) = old
-        && old != Path::new(&fresh)
-    {
-        std::fs::remove_dir_all(dir.join(old))?;
-    }
-    Ok(true)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -193,6 +214,61 @@ mod tests {
             .collect();
         assert_eq!(stamped.len(), 1, "{stamped:?}");
         assert_eq!(std::fs::read_link(v.join(DATA))?, Path::new(&stamped[0]));
+        Ok(())
+    }
+
+    /// The names beside `..data` in `v`: timestamped directories and stray links.
+    fn dotted(v: &Path) -> io::Result<Vec<String>> {
+        let mut names: Vec<String> = std::fs::read_dir(v)?
+            .filter_map(Result::ok)
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("..") && n != DATA)
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    #[test]
+    fn a_write_cut_short_by_a_kill_is_completed_by_the_next_one() -> io::Result<()> {
+        // The agent killed (-9) at each step of an update from {a} to {a, b}, then the
+        // same update done again at the restart (the volume set up anew): each key reads
+        // its new content through its link, and nothing of the cut write stays behind.
+        let old = files(&[("a", "1")]);
+        let new = files(&[("a", "2"), ("b", "3")]);
+        type Crash = fn(&Path) -> io::Result<()>;
+        let crashes: [(&str, Crash); 3] = [
+            ("while filling the new directory", |v| {
+                std::fs::create_dir(v.join("..2026_01_01_00_00_00.000000001"))?;
+                std::fs::write(v.join("..2026_01_01_00_00_00.000000001/a"), "2")
+            }),
+            ("after the temporary link, before the swap", |v| {
+                symlink("..2026_01_01_00_00_00.000000001", v.join(DATA_TMP))
+            }),
+            ("after the swap, before the links and the removal", |v| {
+                let fresh = "..2026_01_01_00_00_00.000000002";
+                std::fs::create_dir(v.join(fresh))?;
+                std::fs::write(v.join(fresh).join("a"), "2")?;
+                std::fs::write(v.join(fresh).join("b"), "3")?;
+                symlink(fresh, v.join(DATA_TMP))?;
+                std::fs::rename(v.join(DATA_TMP), v.join(DATA))
+            }),
+        ];
+        for (when, crash) in crashes {
+            let dir = tempfile::tempdir()?;
+            let v = dir.path().join("vol");
+            write(&v, &old)?;
+            crash(&v)?;
+            write(&v, &new)?;
+            assert_eq!(std::fs::read_to_string(v.join("a"))?, "2", "{when}");
+            assert_eq!(std::fs::read_to_string(v.join("b"))?, "3", "{when}");
+            let left = dotted(&v)?;
+            assert_eq!(left.len(), 1, "{when}: {left:?}");
+            assert_eq!(
+                std::fs::read_link(v.join(DATA))?,
+                Path::new(&left[0]),
+                "{when}"
+            );
+        }
         Ok(())
     }
 
