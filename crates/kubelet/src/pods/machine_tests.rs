@@ -631,6 +631,9 @@ async fn a_node_shutdown_stops_the_worker_and_its_containers_without_a_report() 
         !h.runtime.starts("c").is_empty()
     })
     .await;
+    // Every status asked for so far written first (the writer runs on its own), so
+    // that any later write is the shutdown's.
+    tokio::time::sleep(Duration::from_secs(30)).await;
     let written = h.api.with(|w| w.statuses.len());
     w.stop.cancel();
     assert!(

@@ -336,6 +336,9 @@ pub(crate) async fn run(
     let mut evict_open = true;
     loop {
         tokio::select! {
+            // Stop first: the kill it makes (`kill` is its child) also wakes the other
+            // branches, and none of them may report a status after a stop.
+            biased;
             () = stop.cancelled() => {
                 // The pod object is gone or the node is shutting down: stop, report nothing.
                 kill.cancel();
