@@ -8,7 +8,6 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use k8s_openapi::api::core::v1::Node;
 use kube::Api;
-use kube::runtime::wait::await_condition;
 
 use crate::cluster::{cluster_lines, value};
 use crate::root;
@@ -246,15 +245,7 @@ pub async fn wait_node(
     what: &str,
     cond: impl Fn(&Node) -> bool,
 ) -> Result<Node> {
-    let fut = await_condition(nodes.clone(), name, move |n: Option<&Node>| {
-        n.is_some_and(&cond)
-    });
-    match tokio::time::timeout(Duration::from_secs(secs), fut).await {
-        Ok(Ok(Some(n))) => Ok(n),
-        Ok(Ok(None)) => bail!("node {name} vanished waiting for {what}"),
-        Ok(Err(e)) => bail!("watching node {name}: {e}"),
-        Err(_) => bail!("node {name}: timed out after {secs}s waiting for {what}"),
-    }
+    crate::pods::wait_object(nodes, "node", name, secs, what, cond).await
 }
 
 /// Node condition `type_`'s status.

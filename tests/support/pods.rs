@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use k8s_openapi::api::core::v1::{ContainerStateTerminated, ContainerStatus, Pod};
 use kube::Api;
 use kube::runtime::wait::await_condition;
@@ -48,21 +48,39 @@ pub async fn wait_pod(
     what: &str,
     cond: impl Fn(&Pod) -> bool,
 ) -> Result<Pod> {
-    let fut = await_condition(pods.clone(), name, move |p: Option<&Pod>| {
-        p.is_some_and(&cond)
-    });
+    let waited = wait_object(pods, "pod", name, secs, what, cond).await;
+    if waited.is_err() {
+        let status = pods
+            .get(name)
+            .await
+            .map(|p| serde_json::to_string_pretty(&p.status))
+            .ok();
+        return waited.with_context(|| format!("status: {status:?}"));
+    }
+    waited
+}
+
+/// Watches `kind` `name` until `cond` holds of it, for at most `secs`.
+///
+/// # Errors
+/// On timeout, when it vanishes, or when the watch fails.
+pub async fn wait_object<K>(
+    api: &Api<K>,
+    kind: &str,
+    name: &str,
+    secs: u64,
+    what: &str,
+    cond: impl Fn(&K) -> bool,
+) -> Result<K>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    let fut = await_condition(api.clone(), name, move |o: Option<&K>| o.is_some_and(&cond));
     match tokio::time::timeout(Duration::from_secs(secs), fut).await {
-        Ok(Ok(Some(p))) => Ok(p),
-        Ok(Ok(None)) => bail!("pod {name} vanished waiting for {what}"),
-        Ok(Err(e)) => bail!("watching pod {name}: {e}"),
-        Err(_) => {
-            let status = pods
-                .get(name)
-                .await
-                .map(|p| serde_json::to_string_pretty(&p.status))
-                .ok();
-            bail!("pod {name}: timed out after {secs}s waiting for {what}; status: {status:?}")
-        }
+        Ok(Ok(Some(o))) => Ok(o),
+        Ok(Ok(None)) => bail!("{kind} {name} vanished waiting for {what}"),
+        Ok(Err(e)) => bail!("watching {kind} {name}: {e}"),
+        Err(_) => bail!("{kind} {name}: timed out after {secs}s waiting for {what}"),
     }
 }
 

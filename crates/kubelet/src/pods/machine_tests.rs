@@ -37,6 +37,16 @@ fn assert_about(got: &[Duration], want: &[u64]) {
     }
 }
 
+/// Waits until the last status written has phase `want`, for at most `secs` of test
+/// time.
+async fn phase_reported(h: &Harness, secs: u64, want: &str) {
+    h.api
+        .until(Duration::from_secs(secs), want, |w| {
+            w.statuses.last().is_some_and(|(_, s)| phase(s) == want)
+        })
+        .await;
+}
+
 fn phase(status: &serde_json::Value) -> &str {
     status["phase"].as_str().unwrap_or_default()
 }
@@ -174,11 +184,7 @@ async fn the_active_deadline_fails_the_pod_and_kills_its_containers() {
     spec["activeDeadlineSeconds"] = json!(30);
     let began = Instant::now();
     let w = h.start(pod(spec), None);
-    h.api
-        .until(Duration::from_secs(120), "Failed", |w| {
-            w.statuses.last().is_some_and(|(_, s)| phase(s) == "Failed")
-        })
-        .await;
+    phase_reported(&h, 120, "Failed").await;
     let last = h.api.last_status();
     assert_eq!(last["reason"], "DeadlineExceeded");
     assert_eq!(
@@ -260,11 +266,7 @@ async fn a_failed_init_container_fails_a_pod_that_never_restarts() {
         "containers": [{ "name": "a", "image": "r/a:1" }]
     });
     let _w = h.start(pod(spec), None);
-    h.api
-        .until(Duration::from_secs(120), "Failed", |w| {
-            w.statuses.last().is_some_and(|(_, s)| phase(s) == "Failed")
-        })
-        .await;
+    phase_reported(&h, 120, "Failed").await;
     let last = h.api.last_status();
     assert_eq!(container(&last, "i")["state"]["terminated"]["exitCode"], 3);
     assert!(h.runtime.starts("a").is_empty());
@@ -351,11 +353,7 @@ async fn restart_policies_decide_what_runs_again() {
         let what = format!("{policy} {codes:?}");
         match end {
             Some(end) => {
-                h.api
-                    .until(Duration::from_secs(600), &what, |w| {
-                        w.statuses.last().is_some_and(|(_, s)| phase(s) == end)
-                    })
-                    .await;
+                phase_reported(&h, 600, end).await;
                 // Nothing runs after the pod finished.
                 tokio::time::sleep(Duration::from_secs(600)).await;
             }
@@ -415,11 +413,7 @@ async fn an_adopted_pod_runs_again_by_its_policy_and_counts_on() {
 
     let h = Harness::new();
     let _w = h.start(reported("Never"), None);
-    h.api
-        .until(Duration::from_secs(60), "Failed", |w| {
-            w.statuses.last().is_some_and(|(_, s)| phase(s) == "Failed")
-        })
-        .await;
+    phase_reported(&h, 60, "Failed").await;
     assert!(h.runtime.starts("c").is_empty());
 }
 
@@ -536,11 +530,7 @@ async fn a_rejected_pod_fails_with_the_reason_and_never_runs() {
         "Node didn't have enough resource: pods",
     ));
     let _w = h.start(pod(one("c", "Always")), misfit);
-    h.api
-        .until(Duration::from_secs(60), "Failed", |w| {
-            w.statuses.last().is_some_and(|(_, s)| phase(s) == "Failed")
-        })
-        .await;
+    phase_reported(&h, 60, "Failed").await;
     let last = h.api.last_status();
     assert_eq!(last["reason"], "OutOfpods");
     assert_eq!(
@@ -594,11 +584,7 @@ async fn an_evicted_pod_fails_as_evicted_once_its_containers_are_killed() {
     .await;
     let message = "The node was low on resource: ephemeral-storage. ";
     w.evict.send_replace(Some(message.to_owned()));
-    h.api
-        .until(Duration::from_secs(60), "Failed", |w| {
-            w.statuses.last().is_some_and(|(_, s)| phase(s) == "Failed")
-        })
-        .await;
+    phase_reported(&h, 60, "Failed").await;
     let last = h.api.last_status();
     assert_eq!(
         (&last["reason"], &last["message"]),
@@ -694,11 +680,7 @@ async fn a_trap_ends_the_run_with_its_reason_and_message() {
     let h = Harness::new();
     h.runtime.script("c", &[Script::Trap(SEC)]);
     let _w = h.start(pod(one("c", "Never")), None);
-    h.api
-        .until(Duration::from_secs(60), "Failed", |w| {
-            w.statuses.last().is_some_and(|(_, s)| phase(s) == "Failed")
-        })
-        .await;
+    phase_reported(&h, 60, "Failed").await;
     let t = container(&h.api.last_status(), "c")["state"]["terminated"].clone();
     assert_eq!(t["reason"], "TrapUnreachableCodeReached");
     assert_eq!(t["exitCode"], 134);
