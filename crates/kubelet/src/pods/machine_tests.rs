@@ -47,6 +47,29 @@ async fn phase_reported(h: &Harness, secs: u64, want: &str) {
         .await;
 }
 
+/// Waits until container `c` has started once, for at most `secs` of test time.
+async fn started(h: &Harness, secs: u64) {
+    eventually(Duration::from_secs(secs), "c started", || {
+        !h.runtime.starts("c").is_empty()
+    })
+    .await;
+}
+
+/// Waits until the worker deleted the pod, for at most `secs` of test time.
+async fn deleted(h: &Harness, secs: u64) {
+    h.api
+        .until(Duration::from_secs(secs), "deleted", |w| {
+            !w.deleted.is_empty()
+        })
+        .await;
+}
+
+/// Asserts the worker's task ends within a minute of test time.
+async fn ended(task: tokio::task::JoinHandle<()>) {
+    let ended = tokio::time::timeout(Duration::from_secs(60), task).await;
+    assert!(ended.is_ok(), "the worker did not end");
+}
+
 fn phase(status: &serde_json::Value) -> &str {
     status["phase"].as_str().unwrap_or_default()
 }
@@ -123,10 +146,7 @@ async fn a_failing_pull_backs_off_as_image_pull_back_off_then_succeeds() {
     );
     h.runtime.script("c", &[Script::Hang]);
     let _w = h.start(pod(one("c", "Always")), None);
-    eventually(Duration::from_secs(3600), "a start", || {
-        !h.runtime.starts("c").is_empty()
-    })
-    .await;
+    started(&h, 3600).await;
     let pulls: Vec<Instant> = h
         .runtime
         .did()
@@ -216,11 +236,7 @@ async fn the_active_deadline_fails_the_pod_and_kills_its_containers() {
     // The object stays until it is deleted; then the worker finishes the deletion.
     assert!(h.api.with(|w| w.deleted.is_empty()));
     w.delete();
-    h.api
-        .until(Duration::from_secs(60), "deleted", |w| {
-            !w.deleted.is_empty()
-        })
-        .await;
+    deleted(&h, 60).await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -392,10 +408,7 @@ async fn an_adopted_pod_runs_again_by_its_policy_and_counts_on() {
     let h = Harness::new();
     h.runtime.script("c", &[Script::Hang]);
     let _w = h.start(reported("Always"), None);
-    eventually(Duration::from_secs(60), "a run", || {
-        !h.runtime.starts("c").is_empty()
-    })
-    .await;
+    started(&h, 60).await;
     h.api
         .until(Duration::from_secs(60), "running again", |w| {
             w.statuses
@@ -430,19 +443,11 @@ async fn a_pod_deleted_during_its_pull_never_starts_and_is_removed() {
     })
     .await;
     w.delete();
-    h.api
-        .until(Duration::from_secs(60), "deleted", |w| {
-            !w.deleted.is_empty()
-        })
-        .await;
+    deleted(&h, 60).await;
     assert!(h.runtime.starts("c").is_empty());
     let reasons = h.api.reasons();
     assert!(!reasons.contains(&"Pulled".to_owned()), "{reasons:?}");
-    assert!(
-        tokio::time::timeout(Duration::from_secs(60), w.task)
-            .await
-            .is_ok()
-    );
+    ended(w.task).await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -452,17 +457,9 @@ async fn a_pod_deleted_during_a_start_that_never_ends_is_removed() {
     let w = h.start(pod(one("c", "Always")), None);
     tokio::time::sleep(Duration::from_secs(30)).await;
     w.delete();
-    h.api
-        .until(Duration::from_secs(60), "deleted", |w| {
-            !w.deleted.is_empty()
-        })
-        .await;
+    deleted(&h, 60).await;
     assert!(!h.api.reasons().contains(&"Started".to_owned()));
-    assert!(
-        tokio::time::timeout(Duration::from_secs(60), w.task)
-            .await
-            .is_ok()
-    );
+    ended(w.task).await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -470,16 +467,9 @@ async fn a_running_pod_deleted_is_killed_reported_and_removed() {
     let h = Harness::new();
     h.runtime.script("c", &[Script::Hang]);
     let w = h.start(pod(one("c", "Always")), None);
-    eventually(Duration::from_secs(60), "running", || {
-        !h.runtime.starts("c").is_empty()
-    })
-    .await;
+    started(&h, 60).await;
     w.delete();
-    h.api
-        .until(Duration::from_secs(60), "deleted", |w| {
-            !w.deleted.is_empty()
-        })
-        .await;
+    deleted(&h, 60).await;
     assert!(
         h.runtime
             .did()
@@ -505,10 +495,7 @@ async fn a_start_that_fails_waits_as_create_container_error_and_is_tried_again()
     h.runtime
         .script("c", &[Script::StartFails, Script::StartFails, Script::Hang]);
     let _w = h.start(pod(one("c", "Always")), None);
-    eventually(Duration::from_secs(60), "a run", || {
-        !h.runtime.starts("c").is_empty()
-    })
-    .await;
+    started(&h, 60).await;
     assert!(
         h.api
             .statuses()
@@ -546,10 +533,7 @@ async fn statuses_reached_while_the_api_server_is_away_land_when_it_is_back() {
     let h = Harness::new();
     h.runtime.script("c", &[Script::Exit(20 * SEC, 0)]);
     let _w = h.start(pod(one("c", "Never")), None);
-    eventually(Duration::from_secs(60), "running", || {
-        !h.runtime.starts("c").is_empty()
-    })
-    .await;
+    started(&h, 60).await;
     h.api.down.store(true, std::sync::atomic::Ordering::Relaxed);
     eventually(Duration::from_secs(60), "exited", || {
         h.runtime
@@ -578,10 +562,7 @@ async fn an_evicted_pod_fails_as_evicted_once_its_containers_are_killed() {
     let h = Harness::new();
     h.runtime.script("c", &[Script::Hang]);
     let w = h.start(pod(one("c", "Always")), None);
-    eventually(Duration::from_secs(60), "running", || {
-        !h.runtime.starts("c").is_empty()
-    })
-    .await;
+    started(&h, 60).await;
     let message = "The node was low on resource: ephemeral-storage. ";
     w.evict.send_replace(Some(message.to_owned()));
     phase_reported(&h, 60, "Failed").await;
@@ -613,20 +594,13 @@ async fn a_node_shutdown_stops_the_worker_and_its_containers_without_a_report() 
     let h = Harness::new();
     h.runtime.script("c", &[Script::Hang]);
     let w = h.start(pod(one("c", "Always")), None);
-    eventually(Duration::from_secs(60), "running", || {
-        !h.runtime.starts("c").is_empty()
-    })
-    .await;
+    started(&h, 60).await;
     // Every status asked for so far written first (the writer runs on its own), so
     // that any later write is the shutdown's.
     tokio::time::sleep(Duration::from_secs(30)).await;
     let written = h.api.with(|w| w.statuses.len());
     w.stop.cancel();
-    assert!(
-        tokio::time::timeout(Duration::from_secs(60), w.task)
-            .await
-            .is_ok()
-    );
+    ended(w.task).await;
     assert!(
         h.runtime
             .did()
@@ -669,10 +643,7 @@ async fn a_missing_config_map_holds_the_container_until_it_appears() {
         .expect("config map"),
     );
     // Tried again at the sync retry: at most 10 s apart.
-    eventually(Duration::from_secs(11), "a run", || {
-        !h.runtime.starts("c").is_empty()
-    })
-    .await;
+    started(&h, 11).await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -735,10 +706,7 @@ async fn a_private_image_on_the_node_is_used_only_by_a_pod_with_a_credential_tha
     h.runtime.hold(PRIVATE, Some(&credential("alice")));
     h.runtime.script("c", &[Script::Hang]);
     let _w = h.start(private_pod(&h, "alice"), None);
-    eventually(Duration::from_secs(60), "a run", || {
-        !h.runtime.starts("c").is_empty()
-    })
-    .await;
+    started(&h, 60).await;
     assert_eq!(pulls(&h), 0);
     let pulled = h.api.events("Pulled");
     assert!(pulled[0].message.contains("already present on machine"));
@@ -754,10 +722,7 @@ async fn a_private_image_on_the_node_is_used_only_by_a_pod_with_a_credential_tha
             pod(json!({ "containers": [{ "name": "c", "image": PRIVATE }] }))
         };
         let _w = h.start(p, None);
-        eventually(Duration::from_secs(60), "a run", || {
-            !h.runtime.starts("c").is_empty()
-        })
-        .await;
+        started(&h, 60).await;
         assert_eq!(pulls(&h), 1, "bob: {bob}");
     }
 
@@ -769,10 +734,7 @@ async fn a_private_image_on_the_node_is_used_only_by_a_pod_with_a_credential_tha
         pod(json!({ "containers": [{ "name": "c", "image": PRIVATE }] })),
         None,
     );
-    eventually(Duration::from_secs(60), "a run", || {
-        !h.runtime.starts("c").is_empty()
-    })
-    .await;
+    started(&h, 60).await;
     assert_eq!(pulls(&h), 0);
 }
 
