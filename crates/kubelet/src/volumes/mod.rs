@@ -21,21 +21,24 @@ pub mod downward;
 pub mod field_path;
 mod host;
 pub mod memory;
+mod mounts;
 mod on_node;
 mod sources;
 pub mod subpath;
 pub mod usage;
 
 use std::collections::HashMap;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use k8s_openapi::api::core::v1::{Container, EmptyDirVolumeSource, Pod, Volume};
+use k8s_openapi::api::core::v1::{EmptyDirVolumeSource, Pod, Volume};
 use kube::ResourceExt;
 
 use crate::blocking;
 use crate::quantity::Quantity;
-use crate::runtime::Mount;
+pub use mounts::MountsError;
+#[cfg(test)]
+use mounts::{missing_references, plain_relative};
 use on_node::{NodeWork, Tmpfs, write_files};
 pub use sources::{Context, ObjectCache};
 use sources::{Part, Token, mode};
@@ -120,20 +123,6 @@ fn kind_name(volume: &Volume) -> String {
         .unwrap_or_else(|| "unknown".to_owned())
 }
 
-/// The variables `expr` references (`$(NAME)`, not the escaped `$$(NAME)`) that `env`
-/// does not set or sets empty, sorted, each once.
-fn missing_references(expr: &str, env: &[(String, String)]) -> Vec<String> {
-    let mut missing = std::collections::BTreeSet::new();
-    crate::pods::spec::pieces(expr, |piece| {
-        if let crate::pods::spec::Piece::Var(name) = piece
-            && !env.iter().any(|(n, v)| n == name && !v.is_empty())
-        {
-            missing.insert(name.to_owned());
-        }
-    });
-    missing.into_iter().collect()
-}
-
 /// The positive `sizeLimit` of an `emptyDir`, `None` when unset or zero.
 ///
 /// # Errors
@@ -149,13 +138,6 @@ fn size_limit(e: &EmptyDirVolumeSource) -> Result<Option<Quantity>, String> {
         return Err(format!("emptyDir sizeLimit {:?} must not be negative", q.0));
     }
     Ok((!limit.is_zero()).then_some(limit))
-}
-
-/// Whether `path` is relative and has no `..`: the kubelet's subPath rule.
-fn plain_relative(path: &str) -> bool {
-    Path::new(path)
-        .components()
-        .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
 }
 
 impl Volumes {
@@ -313,103 +295,6 @@ impl Volumes {
             .map(|q| q.0)
             .unwrap_or_default();
         Some((over, written))
-    }
-
-    /// The preopens of `container`: one per `volumeMount`, `subPath` and `subPathExpr`
-    /// (expanded with `env`) resolved inside the volume.
-    ///
-    /// # Errors
-    /// The kubelet's message for a bad subPath (`CreateContainerConfigError`).
-    pub async fn mounts(
-        self: &std::sync::Arc<Self>,
-        container: &Container,
-        env: &[(String, String)],
-    ) -> Result<Vec<Mount>, String> {
-        // Opening subPaths and linking (or copying) single files block.
-        let (volumes, container, env) = (self.clone(), container.clone(), env.to_vec());
-        blocking::run(move || volumes.open_mounts(&container, &env))
-            .await
-            .map_err(|e| e.to_string())?
-    }
-
-    /// [`Volumes::mounts`], on the calling thread.
-    fn open_mounts(
-        &self,
-        container: &Container,
-        env: &[(String, String)],
-    ) -> Result<Vec<Mount>, String> {
-        let mut mounts = Vec::new();
-        for (i, m) in container.volume_mounts.iter().flatten().enumerate() {
-            let bad = |why: String| {
-                format!(
-                    "failed to prepare subPath for volumeMount {:?} of container {:?}: {why}",
-                    m.name, container.name
-                )
-            };
-            let volume = self.volumes.get(&m.name).ok_or_else(|| {
-                format!(
-                    "cannot find volume {:?} to mount into container {:?}",
-                    m.name, container.name
-                )
-            })?;
-            let read_only = volume.read_only || m.read_only.unwrap_or(false);
-            let sub = match (&m.sub_path, &m.sub_path_expr) {
-                (Some(s), _) if !s.is_empty() => Some(s.clone()),
-                (_, Some(e)) if !e.is_empty() => {
-                    // The kubelet refuses a reference to a variable unset or empty.
-                    let missing = missing_references(e, env);
-                    if !missing.is_empty() {
-                        return Err(bad(format!("missing value for {}", missing.join(", "))));
-                    }
-                    Some(crate::pods::spec::expand(e, env))
-                }
-                _ => None,
-            };
-            let opened = match sub {
-                Some(sub) => {
-                    if !plain_relative(&sub) {
-                        return Err(bad(format!(
-                            "subPath {sub:?} must be a relative path without '..'"
-                        )));
-                    }
-                    subpath::open_beneath(&volume.path, &sub).map_err(|e| bad(e.to_string()))?
-                }
-                None => subpath::open_whole(&volume.path).map_err(|e| {
-                    format!(
-                        "cannot mount volume {:?} into container {:?}: {e}",
-                        m.name, container.name
-                    )
-                })?,
-            };
-            if opened.is_dir {
-                mounts.push(Mount {
-                    dir: std::sync::Arc::new(opened.into_fd()),
-                    container_path: m.mount_path.clone(),
-                    read_only,
-                });
-                continue;
-            }
-            // A single file: a directory of its own holding just that file.
-            let guest = Path::new(&m.mount_path);
-            let (Some(parent), Some(file_name)) = (guest.parent(), guest.file_name()) else {
-                return Err(bad(format!("cannot mount a file at {:?}", m.mount_path)));
-            };
-            let dir = self
-                .pod_dir
-                .join(FILES_DIR)
-                .join(&container.name)
-                .join(i.to_string());
-            let _ = std::fs::remove_dir_all(&dir);
-            std::fs::create_dir_all(&dir).map_err(|e| bad(e.to_string()))?;
-            let copied = subpath::link_or_copy(&opened, &dir.join(file_name))
-                .map_err(|e| bad(e.to_string()))?;
-            // A copy cannot carry writes back: it is read-only.
-            let guest = parent.to_string_lossy().into_owned();
-            mounts.push(
-                Mount::open(&dir, guest, read_only || copied).map_err(|e| bad(e.to_string()))?,
-            );
-        }
-        Ok(mounts)
     }
 }
 

@@ -75,7 +75,7 @@ impl Supervisor {
         };
         let mut mounts = match mounts {
             Ok(mounts) => mounts,
-            Err(message) => return self.config_error(message).await,
+            Err(e) => return self.config_error(e.to_string()).await,
         };
         let term_dir = dir.join(format!("{restart_count}.termination"));
         let (term_mount, term_file) = match termination::prepare(&self.spec, &term_dir).await {
