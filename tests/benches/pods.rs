@@ -247,14 +247,7 @@ async fn kwok_node(cluster: &Cluster) -> anyhow::Result<std::process::Child> {
 
 /// `VmRSS` of process `pid`, in KiB.
 fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
+    e2e::proc_status(pid, "VmRSS")
 }
 
 /// User plus system CPU time of process `pid`, in clock ticks (1/100 s).

@@ -16,7 +16,7 @@
 
 use std::time::{Duration, Instant};
 
-use e2e::{Cluster, KrustletNode, wasm_pod};
+use e2e::{Cluster, KrustletNode, delete_and_wait, proc_status, wait_pod, wasm_pod};
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::{DeleteParams, ListParams, LogParams, PostParams};
@@ -33,21 +33,12 @@ struct Sample {
 }
 
 fn sample(pid: u32, began: Instant) -> Sample {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| -> u64 {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_default()
-    };
     let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count);
     Sample {
         second: began.elapsed().as_secs(),
-        rss_kib: field("VmRSS:"),
+        rss_kib: proc_status(pid, "VmRSS").unwrap_or_default(),
         fds,
-        threads: field("Threads:"),
+        threads: proc_status(pid, "Threads").unwrap_or_default(),
     }
 }
 
@@ -57,33 +48,6 @@ fn labelled(mut pod: Pod) -> Pod {
         spec.termination_grace_period_seconds = Some(0);
     }
     pod
-}
-
-/// Polls `name` once a second until `done` holds, for at most `secs`.
-async fn wait_for(
-    pods: &Api<Pod>,
-    name: &str,
-    secs: u64,
-    done: impl Fn(&Pod) -> bool,
-) -> anyhow::Result<()> {
-    let give_up = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if pods.get_opt(name).await?.as_ref().is_some_and(&done) {
-            return Ok(());
-        }
-        anyhow::ensure!(Instant::now() < give_up, "{name}: not there in {secs} s");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
-async fn remove(pods: &Api<Pod>, name: &str) -> anyhow::Result<()> {
-    pods.delete(name, &DeleteParams::default()).await?;
-    let give_up = Instant::now() + Duration::from_secs(120);
-    while pods.get_opt(name).await?.is_some() {
-        anyhow::ensure!(Instant::now() < give_up, "{name} never went away");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    Ok(())
 }
 
 fn succeeded(p: &Pod) -> bool {
@@ -117,12 +81,12 @@ async fn worker(
             Kind::Churn => {
                 let pod = wasm_pod(&name, &node, &tool, &["print", "done"], "Never");
                 pods.create(&PostParams::default(), &labelled(pod)).await?;
-                wait_for(&pods, &name, 120, succeeded).await?;
+                wait_pod(&pods, &name, 120, "Succeeded", succeeded).await?;
             }
             Kind::Flood => {
                 let pod = wasm_pod(&name, &node, &tool, &["flood", "40"], "Never");
                 pods.create(&PostParams::default(), &labelled(pod)).await?;
-                wait_for(&pods, &name, 300, succeeded).await?;
+                wait_pod(&pods, &name, 300, "Succeeded", succeeded).await?;
                 let params = LogParams {
                     tail_lines: Some(3),
                     ..LogParams::default()
@@ -141,10 +105,10 @@ async fn worker(
                 };
                 let pod = wasm_pod(&name, &node, &tool, args, "Always");
                 pods.create(&PostParams::default(), &labelled(pod)).await?;
-                wait_for(&pods, &name, 300, restarted_twice).await?;
+                wait_pod(&pods, &name, 300, "a second restart", restarted_twice).await?;
             }
         }
-        remove(&pods, &name).await?;
+        delete_and_wait(&pods, &name, 120).await?;
         rounds += 1;
     }
     Ok(rounds)

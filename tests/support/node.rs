@@ -248,6 +248,19 @@ pub async fn wait_node(
     crate::pods::wait_object(nodes, "node", name, secs, what, cond).await
 }
 
+/// The number after `field:` in `/proc/<pid>/status` (`VmRSS` in KiB, `Threads`).
+#[must_use]
+pub fn proc_status(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// Node condition `type_`'s status.
 #[must_use]
 pub fn node_condition(node: &Node, type_: &str) -> Option<String> {
