@@ -4,9 +4,12 @@ K8S_VERSION=v1.36.3
 K8S_VERSION_MAJOR=1
 K8S_VERSION_MINOR=36
 ETCD_VERSION=v3.6.8
+# The CNI reference plugins (bridge, host-local, loopback, portmap) of the pod network.
+CNI_VERSION=v1.10.0
 
 KRUSTLET_CACHE="${KRUSTLET_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/krustlet}"
 K8S_BIN="$KRUSTLET_CACHE/bin/$K8S_VERSION"
+CNI_BIN="$KRUSTLET_CACHE/bin/cni-$CNI_VERSION"
 
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
