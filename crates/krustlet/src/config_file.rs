@@ -94,6 +94,10 @@ file_config! {
     image_gc_period_seconds: u64,
     image_fs_capacity_bytes: u64,
     image_layout_dir: PathBuf,
+    cni_conf_dir: PathBuf,
+    cni_bin_dir: Vec<PathBuf>,
+    cni_cache_dir: PathBuf,
+    netns_dir: PathBuf,
     max_image_size_bytes: u64,
     container_max_open_files: usize,
     #[serde(default, deserialize_with = "go_duration")]

@@ -2,6 +2,7 @@
 
 mod config_file;
 mod runtime;
+mod sandbox;
 
 use std::net::{IpAddr, Ipv4Addr, ToSocketAddrs};
 use std::path::PathBuf;
@@ -170,6 +171,20 @@ pub(crate) struct NodeArgs {
     /// start, for nodes without a registry.
     #[arg(long, env = "KRUSTLET_IMAGE_LAYOUT_DIR")]
     image_layout_dir: Option<PathBuf>,
+    /// Directory of CNI network configurations (the first `*.conflist`, `*.conf` or
+    /// `*.json` in lexical order is the pod network). Unset: pods have no network of
+    /// their own (they report the node's address and cannot open sockets).
+    #[arg(long, env = "KRUSTLET_CNI_CONF_DIR")]
+    cni_conf_dir: Option<PathBuf>,
+    /// Directories of CNI plugin binaries, comma-separated.
+    #[arg(long, env = "KRUSTLET_CNI_BIN_DIR", value_delimiter = ',', default_value = "/opt/cni/bin")]
+    cni_bin_dir: Vec<PathBuf>,
+    /// Where CNI results are cached (default: `<data-dir>/cni`).
+    #[arg(long, env = "KRUSTLET_CNI_CACHE_DIR")]
+    cni_cache_dir: Option<PathBuf>,
+    /// Where pods' network namespaces are pinned, as `krustlet-<pod UID>`.
+    #[arg(long, env = "KRUSTLET_NETNS_DIR", default_value = "/run/netns")]
+    netns_dir: PathBuf,
     /// Largest wasm layer pulled or imported, in bytes: a layer declaring more is refused
     /// before it is downloaded, one sending more than it declared is cut off.
     #[arg(long, env = "KRUSTLET_MAX_IMAGE_SIZE_BYTES", default_value_t = oci::StoreConfig::DEFAULT_MAX_BLOB_SIZE)]
@@ -300,11 +315,26 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
             tracing::info!(image = %image.reference, id = %image.image_id, "image imported");
         }
     }
+    let network = args.cni_conf_dir.clone().map(|conf_dir| {
+        sandbox::PodNetwork::new(
+            network::cni::Cni {
+                conf_dir,
+                bin_dirs: args.cni_bin_dir.clone(),
+                cache_dir: args
+                    .cni_cache_dir
+                    .clone()
+                    .unwrap_or_else(|| args.data_dir.join("cni")),
+                timeout: std::time::Duration::from_secs(60),
+            },
+            args.netns_dir.clone(),
+        )
+    });
     let runtime = Arc::new(runtime::WasmRuntime {
         engine,
         store,
         image_dir,
         image_fs_capacity: args.image_fs_capacity_bytes,
+        network,
     });
     let config = kubelet::Config {
         node_name,

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use kubelet::keyring::Credential;
 use kubelet::runtime::{
     BoxFuture, ContainerExit, ContainerHandle, ContainerRun, Counter, Image, ImageError,
-    ImageFsUsage, ImageStatus, SandboxConfig, StoredImage,
+    ImageFsUsage, ImageStatus, Sandbox, SandboxConfig, StoredImage,
 };
 use wasi_runtime::{ContainerSpec, Engine, Exit, Preopen};
 
@@ -21,6 +21,9 @@ pub struct WasmRuntime {
     /// Treat the image store as a filesystem of this size (`--image-fs-capacity-bytes`)
     /// instead of measuring the real one.
     pub image_fs_capacity: Option<u64>,
+    /// The pod network (`--cni-conf-dir`); `None`: pods share the node's address and
+    /// have no sockets.
+    pub network: Option<crate::sandbox::PodNetwork>,
 }
 
 fn image(reference: &str, img: oci::Image, downloaded: bool) -> Image {
@@ -107,6 +110,8 @@ impl WasmRuntime {
             env: run.env,
             log_path: run.log_path,
             memory_limit: run.memory_limit,
+            network: self.network.as_ref().and_then(|n| n.netns(&run.sandbox_id)),
+            http_port: run.ports.first().copied().unwrap_or(wasi_runtime::DEFAULT_HTTP_PORT),
             preopens: run
                 .mounts
                 .into_iter()
@@ -191,12 +196,36 @@ impl kubelet::Runtime for WasmRuntime {
 
     // A wasm pod's sandbox holds nothing of its own yet: its ID is the pod's UID. It is
     // where a pod's network namespace will live (issue 11).
-    fn run_pod_sandbox(&self, config: SandboxConfig) -> BoxFuture<'_, Result<String, String>> {
-        Box::pin(std::future::ready(Ok(config.uid)))
+    fn run_pod_sandbox(&self, config: SandboxConfig) -> BoxFuture<'_, Result<Sandbox, String>> {
+        Box::pin(async move {
+            match &self.network {
+                Some(net) if !config.host_network => net.up(&config).await,
+                _ => Ok(Sandbox {
+                    id: config.uid,
+                    ips: Vec::new(),
+                }),
+            }
+        })
     }
 
-    fn remove_pod_sandbox<'a>(&'a self, _id: &'a str) -> BoxFuture<'a, ()> {
-        Box::pin(std::future::ready(()))
+    fn remove_pod_sandbox<'a>(&'a self, id: &'a str) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            if let Some(net) = &self.network {
+                net.down(id, "", "").await;
+            }
+        })
+    }
+
+    fn update_pod_cidrs(&self, cidrs: Vec<String>) {
+        if let Some(net) = &self.network {
+            net.set_pod_cidrs(cidrs);
+        }
+    }
+
+    fn list_pod_sandboxes(&self) -> BoxFuture<'_, Vec<String>> {
+        Box::pin(std::future::ready(
+            self.network.as_ref().map(crate::sandbox::PodNetwork::list).unwrap_or_default(),
+        ))
     }
 
     fn start_container(&self, run: ContainerRun) -> BoxFuture<'_, Result<ContainerHandle, String>> {

@@ -132,6 +132,12 @@ impl Kubelet {
         node::load_host_facts().await;
         node::register(&client, &config, &runtime.version()).await?;
         tracing::info!(node = %config.node_name, "node registered");
+        let pod_cidrs = tokio::spawn(node::follow_pod_cidrs(
+            client.clone(),
+            config.node_name.clone(),
+            runtime.clone(),
+            shutdown.clone(),
+        ));
         let heartbeat = tokio::spawn(node::heartbeat(
             client.clone(),
             config.clone(),
@@ -200,6 +206,7 @@ impl Kubelet {
         )
         .await;
         let _ = heartbeat.await;
+        let _ = pod_cidrs.await;
         let _ = api.await;
         let _ = gc.await;
         let _ = eviction.await;

@@ -300,6 +300,50 @@ pub async fn register(client: &Client, config: &Config, runtime_version: &str) -
     Ok(())
 }
 
+/// Gives the runtime the node's pod CIDRs (`spec.podCIDRs`, which the controller
+/// manager assigns after registration) and every change of them, as the kubelet's
+/// `UpdateRuntimeConfig`, until `shutdown`.
+pub async fn follow_pod_cidrs(
+    client: Client,
+    node_name: String,
+    runtime: Arc<dyn crate::Runtime>,
+    shutdown: CancellationToken,
+) {
+    use futures::StreamExt;
+    use kube::runtime::{WatchStreamExt, watcher};
+    let nodes: Api<Node> = Api::all(client);
+    let selector = format!("metadata.name={node_name}");
+    let mut events = watcher(nodes, watcher::Config::default().fields(&selector))
+        .default_backoff()
+        .applied_objects()
+        .boxed();
+    let mut given: Option<Vec<String>> = None;
+    loop {
+        let node = tokio::select! {
+            () = shutdown.cancelled() => return,
+            n = events.next() => match n {
+                Some(Ok(node)) => node,
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "node watch failed; retrying");
+                    continue;
+                }
+                None => return,
+            },
+        };
+        let spec = node.spec.unwrap_or_default();
+        let cidrs = spec
+            .pod_cidrs
+            .filter(|c| !c.is_empty())
+            .or_else(|| spec.pod_cidr.map(|c| vec![c]))
+            .unwrap_or_default();
+        if given.as_ref() != Some(&cidrs) {
+            tracing::info!(?cidrs, "pod CIDRs");
+            runtime.update_pod_cidrs(cidrs.clone());
+            given = Some(cidrs);
+        }
+    }
+}
+
 /// Renews the lease every `lease_renew_interval` and posts node status every
 /// `status_report_interval`, until `shutdown`. Failures are logged and retried on the
 /// next tick, never fatal.

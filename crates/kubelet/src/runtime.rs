@@ -75,6 +75,33 @@ pub struct SandboxConfig {
     pub name: String,
     /// How many sandboxes this pod had before on this node (0 for the first).
     pub attempt: u32,
+    /// `hostNetwork: true`: the pod uses the node's network, no namespace of its own.
+    pub host_network: bool,
+    /// The containers' ports that ask for a `hostPort`.
+    pub port_mappings: Vec<PortMapping>,
+}
+
+/// A container port published on the node (`hostPort`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortMapping {
+    /// The port on the node.
+    pub host_port: u16,
+    /// The container's port.
+    pub container_port: u16,
+    /// `tcp`, `udp` or `sctp`.
+    pub protocol: String,
+    /// The node address it is limited to, if any.
+    pub host_ip: Option<String>,
+}
+
+/// A pod's sandbox as the runtime set it up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sandbox {
+    /// The runtime's ID for it.
+    pub id: String,
+    /// The pod's own addresses (`status.podIPs`); empty when the pod uses the node's
+    /// network (hostNetwork, or a runtime without a pod network).
+    pub ips: Vec<std::net::IpAddr>,
 }
 
 /// One run of one container.
@@ -98,6 +125,8 @@ pub struct ContainerRun {
     pub memory_limit: Option<u64>,
     /// Host directories to expose, and nothing else.
     pub mounts: Vec<Mount>,
+    /// The container's TCP `containerPort`s, in order.
+    pub ports: Vec<u16>,
 }
 
 /// A host directory exposed to a container, as an open descriptor: the runtime exposes
@@ -241,7 +270,15 @@ pub trait Runtime: Send + Sync + 'static {
 
     /// Sets up a pod's sandbox, the context its containers share; returns its ID. An
     /// error keeps the pod's containers from starting (`FailedCreatePodSandBox`).
-    fn run_pod_sandbox(&self, config: SandboxConfig) -> BoxFuture<'_, Result<String, String>>;
+    fn run_pod_sandbox(&self, config: SandboxConfig) -> BoxFuture<'_, Result<Sandbox, String>>;
+
+    /// The node's pod CIDRs (`spec.podCIDRs`) changed, as the CRI's
+    /// `UpdateRuntimeConfig`: new sandboxes take their addresses from them.
+    fn update_pod_cidrs(&self, cidrs: Vec<String>);
+
+    /// The sandboxes the runtime holds (also from before the agent restarted), as the
+    /// CRI's `ListPodSandbox`: the pod UIDs they were made for.
+    fn list_pod_sandboxes(&self) -> BoxFuture<'_, Vec<String>>;
 
     /// Tears a pod's sandbox down once none of its containers runs; idempotent.
     fn remove_pod_sandbox<'a>(&'a self, id: &'a str) -> BoxFuture<'a, ()>;

@@ -151,6 +151,8 @@ pub struct Engine {
     pub(crate) inner: wasmtime::Engine,
     pub(crate) linker: Arc<wasmtime::Linker<crate::run::State>>,
     pub(crate) component_linker: Arc<wasmtime::component::Linker<crate::run::ComponentState>>,
+    /// Links `wasi:http/proxy` components (WASI and `wasi:http`).
+    pub(crate) http_linker: Arc<wasmtime::component::Linker<crate::serve::HttpState>>,
     compiler: Arc<Compiler>,
     /// Where guest code runs; the last clone shuts it down.
     pub(crate) guest: Arc<GuestRuntime>,
@@ -212,6 +214,7 @@ impl Engine {
             .map_err(|e| Error::Config(format!("cannot start epoch thread: {e}")))?;
         let linker = Arc::new(crate::run::linker(&inner)?);
         let component_linker = Arc::new(crate::run::component_linker(&inner)?);
+        let http_linker = Arc::new(crate::serve::linker(&inner)?);
         let guest = Arc::new(GuestRuntime::new(config.guest_threads)?);
         let compiler = Arc::new(Compiler::new(
             inner.clone(),
@@ -226,6 +229,7 @@ impl Engine {
             inner,
             linker,
             component_linker,
+            http_linker,
             compiler,
             guest,
             max_open_handles: config.max_open_handles,

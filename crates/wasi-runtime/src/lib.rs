@@ -19,12 +19,15 @@ mod compile;
 mod engine;
 mod limits;
 pub mod logs;
+mod outgoing;
 mod run;
+mod serve;
 
 pub use engine::{Compiled, Engine, EngineConfig, EngineStats, is_component};
 pub use limits::{StoreCaps, TABLE_ELEMENT_BYTES};
 pub use logs::LogRotation;
-pub use run::{ContainerSpec, Exit, Killer, Preopen, Running};
+pub use run::{ContainerSpec, DEFAULT_HTTP_PORT, Exit, Killer, Preopen, Running};
+pub use serve::MAX_CONNECTIONS;
 
 /// Errors of this crate.
 #[derive(Debug, thiserror::Error)]

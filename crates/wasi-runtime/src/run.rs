@@ -36,7 +36,16 @@ pub struct ContainerSpec {
     pub memory_limit: Option<u64>,
     /// Host directories the module may see, and nothing else of the file system.
     pub preopens: Vec<Preopen>,
+    /// The pod's network namespace; `None`: no network at all (no sockets, no
+    /// outgoing requests, and a `wasi:http` component cannot be served).
+    pub network: Option<Arc<network::NetNs>>,
+    /// Where a `wasi:http/proxy` component is served, in the pod's namespace (the
+    /// container's first TCP `containerPort`, else [`DEFAULT_HTTP_PORT`]).
+    pub http_port: u16,
 }
+
+/// The port a `wasi:http` component is served on when its container declares none.
+pub const DEFAULT_HTTP_PORT: u16 = 8080;
 
 /// A host directory made visible to the module at `guest`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,16 +91,42 @@ impl Exit {
     }
 }
 
+/// What a run was told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stop {
+    /// Nothing yet.
+    Run,
+    /// Stop, giving work in flight until then (a served component's requests); a
+    /// module that serves nothing stops at once.
+    Drain(std::time::Instant),
+    /// Stop now.
+    Kill,
+}
+
 /// Stops a run from anywhere; cloning is cheap.
 #[derive(Debug, Clone)]
-pub struct Killer(Arc<watch::Sender<bool>>);
+pub struct Killer(Arc<watch::Sender<Stop>>);
 
 impl Killer {
     /// Stops the module at its next epoch tick or pending host call, whether or not it
     /// cooperates, also while it is still being instantiated (a start function that
     /// never returns). Idempotent.
     pub fn kill(&self) {
-        self.0.send_replace(true);
+        self.0.send_replace(Stop::Kill);
+    }
+
+    /// Stops with a grace period: a served component stops accepting and its requests
+    /// in flight get until `grace` has passed, then are cut; anything else stops at
+    /// once, as with [`Killer::kill`] (WASI has no signal to ask a module to exit).
+    pub fn stop(&self, grace: std::time::Duration) {
+        let deadline = std::time::Instant::now() + grace;
+        self.0.send_if_modified(|s| match s {
+            Stop::Run => {
+                *s = Stop::Drain(deadline);
+                true
+            }
+            Stop::Drain(_) | Stop::Kill => false,
+        });
     }
 }
 
@@ -167,7 +202,7 @@ pub(crate) fn component_linker(
 }
 
 /// Every store interrupts its module at each epoch tick and yields to the scheduler.
-fn preempt<T>(store: &mut Store<T>) {
+pub(crate) fn preempt<T>(store: &mut Store<T>) {
     store.set_epoch_deadline(1);
     store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Yield(1)));
 }
@@ -223,7 +258,7 @@ impl Engine {
         let compiled = self.module(&spec.module_key, spec.wasm.clone()).await?;
         let mut builder = self.wasi_builder(&spec)?;
         let limits = Limits::new(spec.memory_limit, self.store_caps);
-        let (tx, mut killed) = watch::channel(false);
+        let (tx, mut killed) = watch::channel(Stop::Run);
         let (starts, start_nanos) = (self.starts.clone(), self.start_nanos.clone());
         let count_start = move || {
             let took = u64::try_from(began.elapsed().as_nanos()).unwrap_or(u64::MAX);
@@ -252,11 +287,14 @@ impl Engine {
                         };
                         tokio::select! {
                             r = run => Some(r),
-                            _ = killed.wait_for(|k| *k) => None,
+                            _ = killed.wait_for(|k| *k != Stop::Run) => None,
                         }
                     };
                     outcome(result, store.data().limits.refused())
                 })
+            }
+            Compiled::Component(component) if crate::serve::is_proxy(&self.inner, &component) => {
+                self.serve(&spec, &component, killed, count_start).await?
             }
             Compiled::Component(component) => {
                 let pre = self
@@ -266,6 +304,16 @@ impl Engine {
                     .map_err(|e| Error::Instantiate(format!("{e:#}")))?;
                 let mut table = ResourceTable::new();
                 table.set_max_capacity(self.max_open_handles);
+                // With a pod network, the component gets sockets (`wasi:sockets`, name
+                // lookups) and runs on the thread inside the pod's namespace, where every
+                // socket it makes belongs.
+                let runtime = match &spec.network {
+                    Some(net) => {
+                        builder.inherit_network().allow_ip_name_lookup(true);
+                        net.handle().clone()
+                    }
+                    None => self.guest.handle().clone(),
+                };
                 let state = ComponentState {
                     ctx: builder.build(),
                     table,
@@ -274,7 +322,7 @@ impl Engine {
                 let mut store = Store::new(&self.inner, state);
                 store.limiter(|s| &mut s.limits);
                 preempt(&mut store);
-                self.guest.handle().spawn(async move {
+                runtime.spawn(async move {
                     let result = {
                         let run = async {
                             let command = pre.instantiate_async(&mut store).await?;
@@ -285,7 +333,7 @@ impl Engine {
                         };
                         tokio::select! {
                             r = run => Some(r),
-                            _ = killed.wait_for(|k| *k) => None,
+                            _ = killed.wait_for(|k| *k != Stop::Run) => None,
                         }
                     };
                     outcome(result, store.data().limits.refused())
@@ -302,30 +350,35 @@ impl Engine {
     /// The WASI context of `spec`: argv, environment, the log file, its preopens.
     fn wasi_builder(&self, spec: &ContainerSpec) -> Result<WasiCtxBuilder> {
         let log = LogFile::open(&spec.log_path, self.log_rotation)?;
-        let mut builder = WasiCtxBuilder::new();
-        builder
-            .args(&spec.args)
-            .envs(&spec.env)
-            .stdout(log.stream(Stream::Stdout))
-            .stderr(log.stream(Stream::Stderr));
-        for p in &spec.preopens {
-            let perms = if p.read_only {
-                FsPerms::ReadOnly
-            } else {
-                FsPerms::ReadWrite
-            };
-            builder
-                .preopened_dir(&p.host, &p.guest, perms)
-                .map_err(|e| {
-                    Error::Instantiate(format!(
-                        "cannot preopen {} as {}: {e:#}",
-                        p.host.display(),
-                        p.guest
-                    ))
-                })?;
-        }
-        Ok(builder)
+        wasi_builder(spec, &log)
     }
+}
+
+/// The WASI context of `spec` writing to `log`: argv, environment, its preopens.
+pub(crate) fn wasi_builder(spec: &ContainerSpec, log: &LogFile) -> Result<WasiCtxBuilder> {
+    let mut builder = WasiCtxBuilder::new();
+    builder
+        .args(&spec.args)
+        .envs(&spec.env)
+        .stdout(log.stream(Stream::Stdout))
+        .stderr(log.stream(Stream::Stderr));
+    for p in &spec.preopens {
+        let perms = if p.read_only {
+            FsPerms::ReadOnly
+        } else {
+            FsPerms::ReadWrite
+        };
+        builder
+            .preopened_dir(&p.host, &p.guest, perms)
+            .map_err(|e| {
+                Error::Instantiate(format!(
+                    "cannot preopen {} as {}: {e:#}",
+                    p.host.display(),
+                    p.guest
+                ))
+            })?;
+    }
+    Ok(builder)
 }
 
 /// A core module's entry point: an exported `_start` taking and returning nothing.

@@ -23,6 +23,8 @@ fn spec_of(dir: &tempfile::TempDir, key: &str, wasm: Vec<u8>, limit: Option<u64>
         log_path: dir.path().join(format!("{key}.log")),
         memory_limit: limit,
         preopens: Vec::new(),
+        network: None,
+        http_port: wasi_runtime::DEFAULT_HTTP_PORT,
     }
 }
 

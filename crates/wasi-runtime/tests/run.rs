@@ -27,6 +27,8 @@ fn spec(
         log_path: dir.path().join(format!("{key}.log")),
         memory_limit,
         preopens: Vec::new(),
+        network: None,
+        http_port: wasi_runtime::DEFAULT_HTTP_PORT,
     }
 }
 

@@ -18,6 +18,8 @@ fn spin(dir: &tempfile::TempDir, i: usize) -> ContainerSpec {
         log_path: dir.path().join(format!("spin-{i}.log")),
         memory_limit: None,
         preopens: Vec::new(),
+        network: None,
+        http_port: wasi_runtime::DEFAULT_HTTP_PORT,
     }
 }
 

@@ -173,6 +173,7 @@ pub(crate) async fn run(
         objects: crate::volumes::ObjectCache::default(),
         facts: crate::volumes::downward::NodeFacts {
             ip: config.node_ip,
+            pod_ip: None,
             cpus: facts.cpus,
             memory: facts.memory,
         },
@@ -305,6 +306,13 @@ pub(crate) async fn remove_pod_dir(dir: &std::path::Path) {
 /// deleted while the node agent was down. Those of pods it still has are kept, so a
 /// running pod's `emptyDir` survives a restart of the agent.
 async fn remove_orphans(ctx: &Ctx, workers: &HashMap<String, Worker>) {
+    // Sandboxes (pod networks) of pods that are gone, also from before a restart.
+    for uid in ctx.runtime.list_pod_sandboxes().await {
+        if !workers.contains_key(&uid) {
+            tracing::info!(pod = %uid, "removing the sandbox of a pod that is gone");
+            ctx.runtime.remove_pod_sandbox(&uid).await;
+        }
+    }
     let live: HashSet<String> = workers
         .values()
         .map(|w| pod_dir_name(&w.pod.borrow()))

@@ -113,17 +113,38 @@ pub(crate) async fn drive(
     };
     let _ = shared.sandbox.set(sandbox.clone());
     run_containers(&ctx, &pod, &shared, &kill).await;
-    ctx.runtime.remove_pod_sandbox(&sandbox).await;
+    ctx.runtime.remove_pod_sandbox(&sandbox.id).await;
 }
 
 /// Sets up the pod's sandbox, retrying with back-off (each failure a
 /// `FailedCreatePodSandBox` event, as the kubelet's) until it is or `kill` fires.
-async fn run_sandbox(ctx: &Ctx, pod: &Pod, kill: &CancellationToken) -> Option<String> {
+async fn run_sandbox(
+    ctx: &Ctx,
+    pod: &Pod,
+    kill: &CancellationToken,
+) -> Option<crate::runtime::Sandbox> {
+    let spec = pod.spec.clone().unwrap_or_default();
+    let port_mappings = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .flat_map(|c| c.ports.iter().flatten())
+        .filter_map(|p| {
+            Some(crate::runtime::PortMapping {
+                host_port: u16::try_from(p.host_port?).ok().filter(|p| *p > 0)?,
+                container_port: u16::try_from(p.container_port).ok()?,
+                protocol: p.protocol.as_deref().unwrap_or("TCP").to_ascii_lowercase(),
+                host_ip: p.host_ip.clone().filter(|ip| !ip.is_empty()),
+            })
+        })
+        .collect();
     let config = crate::runtime::SandboxConfig {
         uid: pod.metadata.uid.clone().unwrap_or_default(),
         namespace: pod.metadata.namespace.clone().unwrap_or_default(),
         name: pod.metadata.name.clone().unwrap_or_default(),
         attempt: 0,
+        host_network: spec.host_network == Some(true),
+        port_mappings,
     };
     let mut backoff = MOUNT_BACKOFF;
     loop {
@@ -132,7 +153,7 @@ async fn run_sandbox(ctx: &Ctx, pod: &Pod, kill: &CancellationToken) -> Option<S
             r = ctx.runtime.run_pod_sandbox(config.clone()) => r,
         };
         match attempt {
-            Ok(id) => return Some(id),
+            Ok(sandbox) => return Some(sandbox),
             Err(e) => {
                 let note = format!("Failed to create pod sandbox: {e}");
                 ctx.recorder

@@ -106,7 +106,13 @@ impl PodWorker {
     /// The status to post; a `failure` fails the pod with its reason and message.
     /// Until every container has stopped (`settled`), a pod is not reported finished:
     /// sidecars still run when the app containers are done.
-    fn status(&self, records: &Records, failure: Option<&Failure>, settled: bool) -> PodStatus {
+    fn status(
+        &self,
+        records: &Records,
+        sandbox: Option<&crate::runtime::Sandbox>,
+        failure: Option<&Failure>,
+        settled: bool,
+    ) -> PodStatus {
         let pod = self.current();
         let phase = match (failure, records.phase(restart_policy(&pod))) {
             (Some(_), _) => Phase::Failed,
@@ -115,6 +121,17 @@ impl PodWorker {
         };
         let existing = pod.status.clone().unwrap_or_default();
         let ip = self.ctx.config.node_ip.to_string();
+        // The sandbox's addresses; the node's for a pod on the node's network; none
+        // before the sandbox (kept from an earlier status across an agent restart).
+        let pod_ips: Vec<PodIP> = match sandbox {
+            Some(s) if !s.ips.is_empty() => s
+                .ips
+                .iter()
+                .map(|a| PodIP { ip: a.to_string() })
+                .collect(),
+            Some(_) => vec![PodIP { ip: ip.clone() }],
+            None => existing.pod_ips.clone().unwrap_or_default(),
+        };
         let conditions = status::conditions(
             existing.conditions.as_deref().unwrap_or_default(),
             records,
@@ -137,8 +154,8 @@ impl PodWorker {
             conditions: Some(conditions),
             host_ip: Some(ip.clone()),
             host_ips: Some(vec![HostIP { ip: ip.clone() }]),
-            pod_ip: Some(ip.clone()),
-            pod_ips: Some(vec![PodIP { ip }]),
+            pod_ip: pod_ips.first().map(|p| p.ip.clone()),
+            pod_ips: (!pod_ips.is_empty()).then_some(pod_ips),
             start_time: existing.start_time.or_else(|| Some(now())),
             init_container_statuses: (!records.init.is_empty()).then(|| statuses(&records.init)),
             container_statuses: Some(statuses(&records.app)),
@@ -324,7 +341,7 @@ pub(crate) async fn run(
         }
     })
     .await;
-    let initial = w.status(&shared.snapshot(), None, false);
+    let initial = w.status(&shared.snapshot(), shared.sandbox.get(), None, false);
     w.post(initial).await;
     let deadline_at = deadline(&w.current());
     let mut sync = tokio::time::interval(w.ctx.config.sync_frequency);
@@ -379,7 +396,12 @@ pub(crate) async fn run(
             // Failed by the deadline: reported once its containers are stopped.
             continue;
         }
-        let status = w.status(&shared.snapshot(), failure.as_ref(), driver_done);
+        let status = w.status(
+            &shared.snapshot(),
+            shared.sandbox.get(),
+            failure.as_ref(),
+            driver_done,
+        );
         w.post(status).await;
         if driver_done {
             break;

@@ -14,8 +14,11 @@ use crate::quantity::Quantity;
 /// What the node knows that the pod's fields refer to.
 #[derive(Debug, Clone, Copy)]
 pub struct NodeFacts {
-    /// The node's address: `status.hostIP`, and `status.podIP` (pods share it).
+    /// The node's address: `status.hostIP`, and `status.podIP` when the pod has none
+    /// of its own.
     pub ip: IpAddr,
+    /// The pod's own address (`status.podIP`), once its sandbox has one.
+    pub pod_ip: Option<IpAddr>,
     /// The node's allocatable CPU cores, the value of an unset `limits.cpu`.
     pub cpus: u64,
     /// The node's allocatable memory in bytes, the value of an unset `limits.memory`.
@@ -65,9 +68,8 @@ pub fn field(
         FieldPath::ServiceAccountName => spec
             .and_then(|s| s.service_account_name.clone())
             .unwrap_or_default(),
-        FieldPath::HostIp | FieldPath::HostIps | FieldPath::PodIp | FieldPath::PodIps => {
-            facts.ip.to_string()
-        }
+        FieldPath::HostIp | FieldPath::HostIps => facts.ip.to_string(),
+        FieldPath::PodIp | FieldPath::PodIps => facts.pod_ip.unwrap_or(facts.ip).to_string(),
     })
 }
 
@@ -160,6 +162,7 @@ mod tests {
     fn facts() -> NodeFacts {
         NodeFacts {
             ip: IpAddr::from([10, 0, 0, 7]),
+            pod_ip: None,
             cpus: 2,
             memory: 8 << 30,
         }

@@ -77,7 +77,7 @@ pub struct Attachment {
 }
 
 /// A host port of the pod, for the `portMappings` capability.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PortMapping {
     /// The port on the node.
     pub host_port: u16,
@@ -89,8 +89,10 @@ pub struct PortMapping {
     pub host_ip: Option<String>,
 }
 
-/// Runtime settings offered to plugins that declare the matching capability.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// Runtime settings offered to plugins that declare the matching capability. DEL gets
+/// the ones ADD got (host-local needs its ranges to release, portmap its mappings to
+/// remove its rules).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RuntimeSettings {
     /// The node's pod CIDRs (`ipRanges`, one range set per CIDR).
     pub pod_cidrs: Vec<String>,
@@ -173,7 +175,7 @@ struct Cached {
     result: Value,
     netns: PathBuf,
     args: Vec<(String, String)>,
-    settings_ranges: Vec<String>,
+    settings: RuntimeSettings,
 }
 
 impl Cni {
@@ -218,7 +220,7 @@ impl Cni {
             result: result.clone(),
             netns: att.netns.clone(),
             args: att.args.clone(),
-            settings_ranges: settings.pod_cidrs.clone(),
+            settings: settings.clone(),
         };
         self.write_cache(&list.name, &att.container_id, &cached)?;
         Attached::from_result(result)
@@ -269,13 +271,10 @@ impl Cni {
                 Err(e) => return Err(e),
             },
         };
-        let settings = RuntimeSettings {
-            pod_cidrs: cached
-                .as_ref()
-                .map(|c| c.settings_ranges.clone())
-                .unwrap_or_default(),
-            port_mappings: Vec::new(),
-        };
+        let settings = cached
+            .as_ref()
+            .map(|c| c.settings.clone())
+            .unwrap_or_default();
         self.del_list(att, &list, &settings, cached.as_ref().map(|c| &c.result))
             .await?;
         match std::fs::remove_file(self.cache_path(&list.name, &att.container_id)) {

@@ -111,6 +111,9 @@ async fn add_chains_results_and_del_undoes_in_reverse_with_the_cached_result() {
     assert_eq!(log.len(), 5, "{log:#?}");
     assert!(log[3].starts_with("second DEL eth0 ") && log[4].starts_with("first DEL eth0 "));
     assert!(log[4].contains(r#""prevResult":{"cniVersion":"1.0.0","ips""#));
+    // DEL gets the runtime settings ADD got: the ranges to release, the ports to unmap.
+    assert!(log[4].contains(r#""ipRanges":[[{"subnet":"10.244.3.0/24"}]]"#), "{}", log[4]);
+    assert!(log[3].contains(r#""hostPort":8081"#), "{}", log[3]);
     assert!(s.cni.attached_ids().is_empty());
     assert!(s.cni.cached("uid-1").unwrap().is_none());
     // Again: nothing cached, the current list is asked (and "other" is missing, so

@@ -57,8 +57,8 @@ pub(crate) struct Shared {
     pub changed: watch::Sender<u64>,
     /// The pod's volumes, once set up (before any container starts).
     pub volumes: std::sync::OnceLock<Arc<crate::volumes::Volumes>>,
-    /// The pod's sandbox ID, once the runtime set it up (before any container starts).
-    pub sandbox: std::sync::OnceLock<String>,
+    /// The pod's sandbox, once the runtime set it up (before any container starts).
+    pub sandbox: std::sync::OnceLock<crate::runtime::Sandbox>,
 }
 
 impl Shared {

@@ -25,8 +25,15 @@ impl Supervisor {
     async fn argv_env(
         &self,
     ) -> Result<(Vec<String>, Vec<(String, String)>), crate::pods::env::EnvError> {
+        // `status.podIP` is the sandbox's address.
+        let mut facts = self.ctx.facts;
+        facts.pod_ip = self
+            .shared
+            .sandbox
+            .get()
+            .and_then(|s| s.ips.first().copied());
         let (env, invalid) =
-            crate::pods::env::resolve(&*self.ctx.api, &self.pod, &self.spec, &self.ctx.facts)
+            crate::pods::env::resolve(&*self.ctx.api, &self.pod, &self.spec, &facts)
                 .await?;
         for message in invalid {
             self.event(
@@ -96,11 +103,20 @@ impl Supervisor {
             crate::logs::remove_old_runs(&old_runs, restart_count - 1)
         })
         .await;
-        let Some(sandbox_id) = self.shared.sandbox.get().cloned() else {
+        let Some(sandbox) = self.shared.sandbox.get() else {
             return Run::NotStarted;
         };
+        let ports = self
+            .spec
+            .ports
+            .iter()
+            .flatten()
+            .filter(|p| p.protocol.as_deref().unwrap_or("TCP") == "TCP")
+            .filter_map(|p| u16::try_from(p.container_port).ok())
+            .collect();
         let run = ContainerRun {
-            sandbox_id,
+            sandbox_id: sandbox.id.clone(),
+            ports,
             name: self.spec.name.clone(),
             attempt: u32::try_from(restart_count).unwrap_or_default(),
             image: image.clone(),

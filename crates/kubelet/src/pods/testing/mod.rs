@@ -86,6 +86,7 @@ impl Harness {
             objects: crate::volumes::ObjectCache::default(),
             facts: crate::volumes::downward::NodeFacts {
                 ip: std::net::Ipv4Addr::new(10, 0, 0, 7).into(),
+                pod_ip: None,
                 cpus: 2,
                 memory: 1 << 30,
             },

@@ -15,7 +15,7 @@ use crate::api::BoxFuture;
 use crate::keyring::Credential;
 use crate::runtime::{
     ContainerExit, ContainerHandle, ContainerRun, Counter, Image, ImageError, ImageFsUsage,
-    ImageStatus, Runtime, SandboxConfig, StoredImage,
+    ImageStatus, Runtime, Sandbox, SandboxConfig, StoredImage,
 };
 
 /// What one run of a scripted container does.
@@ -59,6 +59,8 @@ pub(crate) enum Did {
     SandboxUp(String),
     /// The sandbox of the pod of this UID was removed.
     SandboxDown(String),
+    /// The node's pod CIDRs were given.
+    PodCidrs(Vec<String>),
 }
 
 /// A [`Runtime`] that runs scripts instead of modules.
@@ -73,6 +75,8 @@ pub(crate) struct FakeRuntime {
     present: Mutex<HashMap<String, Vec<String>>>,
     /// Sandboxes that fail to be set up before one succeeds.
     pub sandbox_failures: std::sync::atomic::AtomicU32,
+    /// The address each sandbox gets; `None`: the pod is on the node's network.
+    pub pod_ip: Mutex<Option<std::net::IpAddr>>,
     did: Mutex<Vec<(Instant, Did)>>,
 }
 
@@ -193,7 +197,7 @@ impl Runtime for Shared {
         )
     }
 
-    fn run_pod_sandbox(&self, config: SandboxConfig) -> BoxFuture<'_, Result<String, String>> {
+    fn run_pod_sandbox(&self, config: SandboxConfig) -> BoxFuture<'_, Result<Sandbox, String>> {
         let failures = &self.0.sandbox_failures;
         let failed = failures
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
@@ -202,7 +206,19 @@ impl Runtime for Shared {
             return Box::pin(std::future::ready(Err("scripted failure".to_owned())));
         }
         self.0.log(Did::SandboxUp(config.uid.clone()));
-        Box::pin(std::future::ready(Ok(format!("sandbox-{}", config.uid))))
+        let ips = self.0.pod_ip.lock().map(|ip| ip.iter().copied().collect()).unwrap_or_default();
+        Box::pin(std::future::ready(Ok(Sandbox {
+            id: format!("sandbox-{}", config.uid),
+            ips,
+        })))
+    }
+
+    fn update_pod_cidrs(&self, cidrs: Vec<String>) {
+        self.0.log(Did::PodCidrs(cidrs));
+    }
+
+    fn list_pod_sandboxes(&self) -> BoxFuture<'_, Vec<String>> {
+        Box::pin(std::future::ready(Vec::new()))
     }
 
     fn remove_pod_sandbox<'a>(&'a self, id: &'a str) -> BoxFuture<'a, ()> {

@@ -1,0 +1,61 @@
+//! Outgoing `wasi:http` requests of a pod: sent from inside the pod's network namespace
+//! (the connection's socket is made on the namespace's thread), and only to the hosts
+//! the pod may reach. A pod without a network namespace sends nothing.
+
+use std::sync::Arc;
+
+use network::NetNs;
+use wasmtime_wasi_http::{Error, RequestOptions, WasiHttpHooks};
+
+/// The send hook of every store of one container.
+#[derive(Clone, Default)]
+pub struct Outgoing {
+    /// The pod's namespace; `None`: every request is refused.
+    pub net: Option<Arc<NetNs>>,
+}
+
+type WasiBody = wasmtime_wasi_http::WasiBody;
+type Sent = Box<
+    dyn Future<
+            Output = Result<
+                (
+                    hyper::Response<WasiBody>,
+                    Box<dyn Future<Output = Result<(), Error>> + Send>,
+                ),
+                Error,
+            >,
+        > + Send,
+>;
+
+impl WasiHttpHooks for Outgoing {
+    fn send_request(
+        &mut self,
+        request: hyper::Request<WasiBody>,
+        options: Option<RequestOptions>,
+        _response_error: Box<dyn Future<Output = Result<(), Error>> + Send>,
+    ) -> Sent {
+        let net = self.net.clone();
+        Box::new(async move {
+            let Some(net) = net else {
+                return Err(Error::HttpRequestDenied);
+            };
+            // Connected (name lookup, socket, TLS) on the namespace's thread; the
+            // response streams from wherever the guest reads it.
+            let sent = net
+                .spawn(async move {
+                    wasmtime_wasi_http::default_send_request(request, options)
+                        .await
+                        .map(|(resp, io)| {
+                            use http_body_util::BodyExt;
+                            let resp: hyper::Response<WasiBody> = resp.map(BodyExt::boxed_unsync);
+                            let io: Box<dyn Future<Output = Result<(), Error>> + Send> =
+                                Box::new(io);
+                            (resp, io)
+                        })
+                })
+                .await
+                .map_err(|e| Error::InternalError(Some(e.to_string())))?;
+            sent
+        })
+    }
+}

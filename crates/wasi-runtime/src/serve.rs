@@ -1,0 +1,372 @@
+//! Serving a `wasi:http/proxy` component: a listener in the pod's network namespace,
+//! HTTP/1.1 with keep-alive, and a fresh instance of the component for every request
+//! (as `wasmtime serve` does), each in its own store with the container's memory limit,
+//! under epoch preemption. Request bodies stream into the guest and response bodies out
+//! of it. Each request leaves an access log line in the container's log.
+//!
+//! Stopping: [`crate::Killer::stop`] closes the listener and lets in-flight requests
+//! finish within the grace period; [`crate::Killer::kill`] (or the end of the grace)
+//! cuts them.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::sync::{Semaphore, oneshot, watch};
+use tokio::task::JoinSet;
+use wasmtime::Store;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+use crate::limits::Limits;
+use crate::logs::{LogFile, Stream};
+use crate::outgoing::Outgoing;
+use crate::run::{ContainerSpec, Exit, Stop, preempt, wasi_builder};
+use crate::{Engine, Error, Result};
+
+/// Connections one pod serves at once; more wait in the listen backlog.
+pub const MAX_CONNECTIONS: usize = 1024;
+
+/// Longest a client may take to send a request's headers.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Per-store state of one request's instance.
+pub(crate) struct HttpState {
+    pub(crate) ctx: WasiCtx,
+    pub(crate) table: ResourceTable,
+    pub(crate) http: WasiHttpCtx,
+    pub(crate) outgoing: Outgoing,
+    pub(crate) limits: Limits,
+}
+
+impl WasiView for HttpState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.ctx,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for HttpState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.outgoing,
+        }
+    }
+}
+
+/// What every request's instance is made from.
+pub(crate) struct Server {
+    pub(crate) engine: wasmtime::Engine,
+    pub(crate) pre: ProxyPre<HttpState>,
+    /// A fresh WASI context (argv, env, preopens, the log) per instance.
+    pub(crate) wasi: Box<dyn Fn() -> Result<WasiCtx, String> + Send + Sync>,
+    pub(crate) outgoing: Outgoing,
+    pub(crate) memory_limit: Option<u64>,
+    pub(crate) store_caps: crate::limits::StoreCaps,
+    pub(crate) max_open_handles: usize,
+    pub(crate) log: LogFile,
+    /// Set when in-flight requests are to be cut (a kill, or the end of the grace).
+    pub(crate) cut: watch::Sender<bool>,
+}
+
+/// The linker of served components: all of WASI 0.2 (sockets stay denied: each
+/// request's context grants none) and `wasi:http`.
+pub(crate) fn linker(
+    engine: &wasmtime::Engine,
+) -> Result<wasmtime::component::Linker<HttpState>> {
+    let mut linker = wasmtime::component::Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+        .and_then(|()| wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker))
+        .map_err(|e| Error::Config(format!("{e:#}")))?;
+    Ok(linker)
+}
+
+/// Whether a component exports `wasi:http/incoming-handler` (0.2): it is served, not run.
+pub(crate) fn is_proxy(engine: &wasmtime::Engine, component: &wasmtime::component::Component) -> bool {
+    component
+        .component_type()
+        .exports(engine)
+        .any(|(name, _)| name.starts_with("wasi:http/incoming-handler@0.2"))
+}
+
+impl Engine {
+    /// Serves `component` on the container's port in the pod's namespace, on the guest
+    /// runtime (the listener is made inside the namespace, then driven from here).
+    pub(crate) async fn serve(
+        &self,
+        spec: &ContainerSpec,
+        component: &wasmtime::component::Component,
+        stop: watch::Receiver<Stop>,
+        count_start: impl FnOnce() + Send + 'static,
+    ) -> Result<tokio::task::JoinHandle<Exit>> {
+        let Some(net) = spec.network.clone() else {
+            return Err(Error::Instantiate(
+                "a wasi:http component is served at its pod's IP, and this pod has no pod \
+                 network (hostNetwork, or no CNI network on the node)"
+                    .to_owned(),
+            ));
+        };
+        let pre = self
+            .http_linker
+            .instantiate_pre(component)
+            .and_then(ProxyPre::new)
+            .map_err(|e| Error::Instantiate(format!("{e:#}")))?;
+        let log = LogFile::open(&spec.log_path, self.log_rotation)?;
+        // The preopens are checked once here; each request opens them again.
+        drop(wasi_builder(spec, &log)?);
+        let port = spec.http_port;
+        let listener = net
+            .tcp_listener((std::net::Ipv4Addr::UNSPECIFIED, port).into())
+            .await
+            .map_err(|source| Error::Io {
+                what: format!("cannot listen on port {port} in the pod's network"),
+                source,
+            })?;
+        let (for_ctx, log_for_ctx) = (spec.clone(), log.clone());
+        let server = Arc::new(Server {
+            engine: self.inner.clone(),
+            pre,
+            wasi: Box::new(move || {
+                wasi_builder(&for_ctx, &log_for_ctx)
+                    .map(|mut b| b.build())
+                    .map_err(|e| e.to_string())
+            }),
+            outgoing: Outgoing { net: Some(net) },
+            memory_limit: spec.memory_limit,
+            store_caps: self.store_caps,
+            max_open_handles: self.max_open_handles,
+            log,
+            cut: watch::channel(false).0,
+        });
+        count_start();
+        Ok(self.guest.handle().spawn(run(server, listener, stop)))
+    }
+}
+
+/// Accepts on `listener` until stopped, then drains; the run's exit.
+pub(crate) async fn run(
+    server: Arc<Server>,
+    listener: std::net::TcpListener,
+    mut stop: watch::Receiver<Stop>,
+) -> Exit {
+    let listener = match tokio::net::TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            return Exit::Trap {
+                kind: "Host".to_owned(),
+                message: format!("cannot serve: {e}"),
+            };
+        }
+    };
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut connections = JoinSet::new();
+    // Each connection's graceful-shutdown signal.
+    let (drain_tx, drain_rx) = watch::channel(false);
+    loop {
+        let slot = tokio::select! {
+            biased;
+            () = until(&mut stop, |s| *s != Stop::Run) => break,
+            slot = slots.clone().acquire_owned() => slot,
+        };
+        let Ok(slot) = slot else { break };
+        let (stream, peer) = tokio::select! {
+            biased;
+            () = until(&mut stop, |s| *s != Stop::Run) => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                // Out of descriptors, a reset before accept: try the next one.
+                Err(e) => {
+                    tracing::debug!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+        };
+        let server = server.clone();
+        let mut drain = drain_rx.clone();
+        connections.spawn(async move {
+            let _slot = slot;
+            let service = hyper::service::service_fn(move |req| {
+                let server = server.clone();
+                async move { Ok::<_, std::convert::Infallible>(server.handle(req, peer).await) }
+            });
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .keep_alive(true);
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                () = until(&mut drain, |d| *d) => {
+                    // Finish the request in flight, then close.
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        });
+        // Reap finished connections as we go.
+        while connections.try_join_next().is_some() {}
+    }
+    drop(listener);
+    let _ = drain_tx.send(true);
+    let deadline = match *stop.borrow() {
+        Stop::Drain(deadline) => Some(deadline),
+        _ => None,
+    };
+    let drained = async {
+        while connections.join_next().await.is_some() {}
+    };
+    let killed = async {
+        match deadline {
+            Some(d) => {
+                tokio::select! {
+                    () = tokio::time::sleep_until(d.into()) => {}
+                    () = until(&mut stop, |s| *s == Stop::Kill) => {}
+                }
+            }
+            None => {}
+        }
+    };
+    let exit = tokio::select! {
+        () = drained => Exit::Code(0),
+        () = killed => {
+            connections.abort_all();
+            Exit::Killed
+        }
+    };
+    // Whatever instance still runs (a response body still being written) stops now.
+    server.cut.send_replace(true);
+    exit
+}
+
+impl Server {
+    /// One request: a fresh instance, its response (or 500 when it traps or answers
+    /// with an error), and an access log line.
+    async fn handle(
+        self: Arc<Self>,
+        req: hyper::Request<Incoming>,
+        peer: SocketAddr,
+    ) -> hyper::Response<HyperOutgoingBody> {
+        let began = Instant::now();
+        let line = format!("{} {} {:?}", req.method(), req.uri(), req.version());
+        let response = match self.clone().instance(req).await {
+            Ok(r) => r,
+            Err(message) => {
+                self.log.record(
+                    Stream::Stderr,
+                    false,
+                    format!("request {line} failed: {message}").as_bytes(),
+                );
+                error_response(500, "internal server error\n")
+            }
+        };
+        self.log.record(
+            Stream::Stdout,
+            false,
+            format!(
+                "{peer} \"{line}\" {} {}us",
+                response.status().as_u16(),
+                began.elapsed().as_micros()
+            )
+            .as_bytes(),
+        );
+        response
+    }
+
+    async fn instance(
+        self: Arc<Self>,
+        req: hyper::Request<Incoming>,
+    ) -> std::result::Result<hyper::Response<HyperOutgoingBody>, String> {
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(self.max_open_handles);
+        let state = HttpState {
+            ctx: (self.wasi)()?,
+            table,
+            http: WasiHttpCtx::new(),
+            outgoing: self.outgoing.clone(),
+            limits: Limits::new(self.memory_limit, self.store_caps),
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limits);
+        preempt(&mut store);
+        let (tx, rx) = oneshot::channel();
+        let req = req.map(|body| {
+            use http_body_util::BodyExt;
+            body.map_err(wasmtime_wasi_http::Error::from).boxed_unsync()
+        });
+        let data = store.data_mut();
+        let req = data
+            .http()
+            .new_incoming_request(Scheme::Http, req)
+            .map_err(|e| format!("{e:#}"))?;
+        let out = data
+            .http()
+            .new_response_outparam(tx)
+            .map_err(|e| format!("{e:#}"))?;
+        let pre = self.pre.clone();
+        let mut cut = self.cut.subscribe();
+        // The instance runs on as its own task while the response body streams out,
+        // until it returns or the server cuts it.
+        let task = tokio::spawn(async move {
+            let guest = async {
+                let proxy = pre.instantiate_async(&mut store).await?;
+                proxy
+                    .wasi_http_incoming_handler()
+                    .call_handle(&mut store, req, out)
+                    .await
+            };
+            let result = tokio::select! {
+                r = guest => r,
+                () = until(&mut cut, |c| *c) => Err(wasmtime::format_err!("cut by the container's stop")),
+            };
+            result.map_err(|e| {
+                if store.data().limits.refused() {
+                    e.context("the instance was refused memory beyond its limit")
+                } else {
+                    e
+                }
+            })
+        });
+        match rx.await {
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(code)) => Err(error_code(&code)),
+            // The guest returned or trapped without answering.
+            Err(_) => match task.await {
+                Ok(Ok(())) => Err("the handler returned without a response".to_owned()),
+                Ok(Err(e)) => Err(format!("{e:?}")),
+                Err(e) => Err(format!("the instance's task failed: {e}")),
+            },
+        }
+    }
+}
+
+/// Waits until the watched value satisfies `f` (or its sender is gone).
+async fn until<T>(rx: &mut watch::Receiver<T>, f: impl FnMut(&T) -> bool) {
+    let _ = rx.wait_for(f).await;
+}
+
+fn error_code(code: &ErrorCode) -> String {
+    format!("the handler answered with an error: {code:?}")
+}
+
+fn error_response(status: u16, body: &'static str) -> hyper::Response<HyperOutgoingBody> {
+    use http_body_util::BodyExt;
+    let body = http_body_util::Full::new(bytes::Bytes::from_static(body.as_bytes()))
+        .map_err(|never| match never {})
+        .boxed_unsync();
+    let mut r = hyper::Response::new(body);
+    *r.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
+    r
+}
