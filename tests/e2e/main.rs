@@ -8,6 +8,7 @@ mod faults;
 mod hostile;
 mod images;
 mod lifecycle;
+mod network;
 mod node;
 mod pods;
 mod volumes;

@@ -5,16 +5,19 @@
 //! - `node`: krustlet node processes, waits on `Node` objects.
 //! - `pods`: pod manifests, waits on pods, their status, `kubectl get pod` rows.
 //! - `registry`: pushes of workloads and images, a registry process of a test's own.
+//! - `network`: a pod network (bridge, CNI configuration, namespaces) of a test node's own.
 //! - [`hostile`] and [`outage`]: a hostile registry and an API server that goes away.
 
 mod cluster;
 pub mod hostile;
+mod network;
 mod node;
 pub mod outage;
 mod pods;
 mod registry;
 
 pub use cluster::{Cluster, client, cluster_env, node_credentials, root, setup};
+pub use network::PodNet;
 pub use node::{KrustletNode, mounts_under, node_condition, proc_status, wait_node};
 pub use pods::{
     PodRow, container_status, create_fresh, delete_and_wait, ensure_absent, phase, pod_condition,

@@ -111,6 +111,9 @@ pub(crate) struct Ctx {
     pub objects: crate::volumes::ObjectCache,
     /// What the downward API reads of the node, read once at start.
     pub facts: crate::volumes::downward::NodeFacts,
+    /// The agent is stopping: pods' workloads are killed but their sandboxes stay (a
+    /// restarted agent takes them up again, addresses and all).
+    pub stopping: CancellationToken,
 }
 
 impl Ctx {
@@ -177,6 +180,7 @@ pub(crate) async fn run(
             cpus: facts.cpus,
             memory: facts.memory,
         },
+        stopping: shutdown.clone(),
     });
     // Pods' logs and volumes (their secrets and tokens too) are for this agent alone.
     let root = config.data_dir.join("pods");

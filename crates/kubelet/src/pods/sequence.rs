@@ -113,7 +113,9 @@ pub(crate) async fn drive(
     };
     let _ = shared.sandbox.set(sandbox.clone());
     run_containers(&ctx, &pod, &shared, &kill).await;
-    ctx.runtime.remove_pod_sandbox(&sandbox.id).await;
+    if !ctx.stopping.is_cancelled() {
+        ctx.runtime.remove_pod_sandbox(&sandbox.id).await;
+    }
 }
 
 /// Sets up the pod's sandbox, retrying with back-off (each failure a

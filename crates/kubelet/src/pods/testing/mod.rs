@@ -90,6 +90,7 @@ impl Harness {
                 cpus: 2,
                 memory: 1 << 30,
             },
+            stopping: CancellationToken::new(),
         });
         Self {
             api,
