@@ -122,25 +122,6 @@ pub fn check(pod: &Pod) -> Option<Rejection> {
     None
 }
 
-/// Probes that are accepted but not run yet (`httpGet`, `tcpSocket`, `grpc`): one
-/// `(fieldPath, message)` per probe, for a warning event. Readiness then follows the
-/// container state.
-#[must_use]
-pub fn warnings(pod: &Pod) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    for (init, c) in containers(pod) {
-        for (kind, probe) in probes(c) {
-            if probe.is_some() {
-                out.push((
-                    super::spec::field_path(init, &c.name),
-                    format!("{kind} is not run on wasm nodes yet (no networking); readiness follows the container state"),
-                ));
-            }
-        }
-    }
-    out
-}
-
 /// `(protocol, hostIP, hostPort)` of every port `pod` asks for on the host.
 fn host_ports(pod: &Pod) -> Vec<(String, String, i32)> {
     containers(pod)
@@ -220,17 +201,6 @@ mod tests {
             serde_json::json!({"containers": [{"name": "a", "securityContext": {"runAsNonRoot": true}}]}),
         );
         assert_eq!(check(&plain), None);
-    }
-
-    #[test]
-    fn network_probes_are_warnings() {
-        let p = pod(
-            serde_json::json!({"containers": [{"name": "a", "readinessProbe": {"httpGet": {"port": 80}}}]}),
-        );
-        assert_eq!(check(&p), None);
-        let w = warnings(&p);
-        assert_eq!(w.len(), 1);
-        assert_eq!(w[0].0, "spec.containers{a}");
     }
 
     #[test]

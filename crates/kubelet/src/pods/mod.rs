@@ -4,8 +4,10 @@
 pub mod admission;
 mod container;
 mod env;
+mod grpc_health;
 #[cfg(test)]
 mod machine_tests;
+pub mod probe;
 pub mod record;
 mod sequence;
 pub mod spec;

@@ -141,6 +141,11 @@ pub struct ContainerRecord {
     pub init: bool,
     /// An init container with `restartPolicy: Always`: a sidecar that keeps running.
     pub sidecar: bool,
+    /// The readiness probe's verdict on this run (`None`: no readiness probe, readiness
+    /// follows the state).
+    pub probe_ready: Option<bool>,
+    /// The startup probe's verdict on this run (`None`: no startup probe).
+    pub probe_started: Option<bool>,
 }
 
 impl ContainerRecord {
@@ -158,7 +163,15 @@ impl ContainerRecord {
             done: false,
             init: false,
             sidecar: false,
+            probe_ready: None,
+            probe_started: None,
         }
+    }
+
+    /// Running, past its startup probe and not failing its readiness probe.
+    #[must_use]
+    pub fn ready(&self) -> bool {
+        self.running() && self.probe_started != Some(false) && self.probe_ready != Some(false)
     }
 
     /// An init container's record (`sidecar` for `restartPolicy: Always`).

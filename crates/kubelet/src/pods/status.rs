@@ -80,9 +80,9 @@ impl ContainerRecord {
             ready: if self.init && !self.sidecar {
                 self.succeeded()
             } else {
-                self.running()
+                self.ready()
             },
-            started: Some(self.running()),
+            started: Some(self.running() && self.probe_started != Some(false)),
             state: Some(self.state.to_api()),
             last_state: Some(
                 self.last_state
@@ -265,7 +265,7 @@ pub fn conditions(
     ];
     let not_ready: Vec<&str> = containers
         .into_iter()
-        .filter(|c| !c.running())
+        .filter(|c| !c.ready())
         .map(|c| c.name.as_str())
         .collect();
     let terminal = phase.is_terminal();

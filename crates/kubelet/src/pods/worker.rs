@@ -313,10 +313,6 @@ pub(crate) async fn run(
         }
         return;
     }
-    for (field, warning) in admission::warnings(&first) {
-        w.event(EventType::Warning, "UnsupportedProbe", warning, Some(field))
-            .await;
-    }
     let (changed, mut changes) = watch::channel(0u64);
     let shared = Arc::new(Shared {
         records: Mutex::new(sequence::adopted(&first)),

@@ -4,6 +4,7 @@
 //! secrets); `start.rs`: one run (environment, mounts, start, wait, the terminated state);
 //! this file: the restart loop and its back-off.
 
+mod probe;
 mod pull;
 mod start;
 

@@ -183,8 +183,31 @@ impl Supervisor {
         let killer = handle.killer();
         let wait = handle.wait();
         tokio::pin!(wait);
+        // Probes run against the pod's own address (the node's when it has none).
+        let ip = self
+            .shared
+            .sandbox
+            .get()
+            .and_then(|s| s.ips.first().copied())
+            .unwrap_or(self.ctx.config.node_ip);
+        let probing = self.probe(ip);
+        tokio::pin!(probing);
         let exit = tokio::select! {
             exit = &mut wait => exit,
+            kind = &mut probing => {
+                self.event(
+                    EventType::Normal,
+                    "Killing",
+                    format!(
+                        "Container {} failed {} probe, will be restarted",
+                        self.spec.name,
+                        kind.lower()
+                    ),
+                )
+                .await;
+                killer();
+                wait.await
+            }
             () = self.kill.cancelled() => {
                 self.event(
                     EventType::Normal,

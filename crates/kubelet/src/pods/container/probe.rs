@@ -1,0 +1,87 @@
+//! A container's probes beside its run, as the kubelet's prober runs them: the startup
+//! probe first (the container is not `started` until it succeeds), then liveness and
+//! readiness side by side. Every failure is an `Unhealthy` event with the kubelet's
+//! message; readiness moves the container's `ready`; a startup or liveness probe that
+//! reaches its failure threshold ends the run so that it is restarted.
+
+use std::net::IpAddr;
+
+use super::Supervisor;
+use crate::events::EventType;
+use crate::pods::probe::{self, Kind, Spec, Thresholds};
+
+impl Supervisor {
+    /// The probes of this run against `ip`; returns only when a startup or liveness
+    /// probe failed for good (the run is to be killed and restarted).
+    pub(super) async fn probe(&self, ip: IpAddr) -> Kind {
+        let c = &self.spec;
+        // Regular init containers are not probed; sidecars are.
+        if self.slot.init && c.restart_policy.as_deref() != Some("Always") {
+            return std::future::pending().await;
+        }
+        let spec = |p: Option<&k8s_openapi::api::core::v1::Probe>| p.and_then(|p| probe::spec(p, c));
+        let (startup, liveness, readiness) = (
+            spec(c.startup_probe.as_ref()),
+            spec(c.liveness_probe.as_ref()),
+            spec(c.readiness_probe.as_ref()),
+        );
+        let slot = self.slot;
+        self.shared.update(slot, |r| {
+            r.probe_started = startup.as_ref().map(|_| false);
+            r.probe_ready = readiness.as_ref().map(|_| false);
+        });
+        if let Some(s) = startup {
+            if !self.run_probe(Kind::Startup, &s, ip).await {
+                return Kind::Startup;
+            }
+            self.shared.update(slot, |r| r.probe_started = Some(true));
+        }
+        let live = async {
+            match &liveness {
+                Some(s) => {
+                    self.run_probe(Kind::Liveness, s, ip).await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        let ready = async {
+            match &readiness {
+                Some(s) => {
+                    self.run_probe(Kind::Readiness, s, ip).await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            () = live => Kind::Liveness,
+            () = ready => std::future::pending().await,
+        }
+    }
+
+    /// One probe's loop: false when a startup or liveness probe fails for good, true when
+    /// a startup probe succeeds; a readiness probe never returns.
+    async fn run_probe(&self, kind: Kind, spec: &Spec, ip: IpAddr) -> bool {
+        tokio::time::sleep(spec.initial_delay).await;
+        let mut thresholds = Thresholds::default();
+        loop {
+            let result = probe::run(&spec.check, ip, spec.timeout).await;
+            if let Err(message) = &result {
+                self.event(
+                    EventType::Warning,
+                    "Unhealthy",
+                    format!("{} probe failed: {message}", kind.as_str()),
+                )
+                .await;
+            }
+            match (kind, thresholds.observe(spec, result.is_ok())) {
+                (Kind::Startup, Some(true)) => return true,
+                (Kind::Startup | Kind::Liveness, Some(false)) => return false,
+                (Kind::Readiness, Some(v)) => {
+                    self.shared.update(self.slot, |r| r.probe_ready = Some(v));
+                }
+                _ => {}
+            }
+            tokio::time::sleep(spec.period).await;
+        }
+    }
+}
