@@ -13,7 +13,8 @@ use std::pin::Pin;
 
 use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Event, PersistentVolume, PersistentVolumeClaim, Pod, Secret, ServiceAccount,
+    ConfigMap, Event, PersistentVolume, PersistentVolumeClaim, Pod, Secret, Service,
+    ServiceAccount,
 };
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
@@ -86,12 +87,19 @@ pub trait ClusterApi: Send + Sync + 'static {
 
     /// PersistentVolume `name`.
     fn volume<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<PersistentVolume, kube::Error>>;
+
+    /// The Services of namespace `ns` and of `default` (for the containers' Service
+    /// environment variables), from a cache the API keeps current.
+    fn services<'a>(&'a self, ns: &'a str) -> BoxFuture<'a, Result<Vec<Service>, kube::Error>>;
 }
 
 /// [`ClusterApi`] over the API server.
 #[derive(Clone)]
 pub struct KubeApi {
     client: Client,
+    /// Every Service of the cluster, watched from the first time they are asked for
+    /// (as the kubelet's service informer).
+    services: std::sync::Arc<tokio::sync::OnceCell<kube::runtime::reflector::Store<Service>>>,
 }
 
 impl std::fmt::Debug for KubeApi {
@@ -104,7 +112,39 @@ impl KubeApi {
     /// The API through `client` (the node's identity).
     #[must_use]
     pub fn new(client: Client) -> Self {
-        Self { client }
+        Self {
+            client,
+            services: std::sync::Arc::default(),
+        }
+    }
+
+    /// The Service cache, started (and listed once) on first use.
+    async fn service_store(&self) -> Result<&kube::runtime::reflector::Store<Service>, kube::Error> {
+        use futures::StreamExt;
+        use kube::runtime::{WatchStreamExt, reflector, watcher};
+        self.services
+            .get_or_try_init(|| async {
+                let (reader, writer) = reflector::store();
+                let api = Api::<Service>::all(self.client.clone());
+                let stream = reflector(writer, watcher(api, watcher::Config::default()))
+                    .default_backoff()
+                    .touched_objects()
+                    .for_each(|r| async move {
+                        if let Err(e) = r {
+                            tracing::warn!(error = %e, "service watch failed; retrying");
+                        }
+                    });
+                tokio::spawn(stream);
+                // As the kubelet: no Service variables before the Services were read once.
+                match tokio::time::timeout(std::time::Duration::from_secs(60), reader.wait_until_ready()).await {
+                    Ok(Ok(())) => Ok(reader),
+                    _ => Err(kube::Error::Service(
+                        "services have not yet been read at least once, cannot construct envvars"
+                            .into(),
+                    )),
+                }
+            })
+            .await
     }
 
     fn ns<K>(&self, ns: &str) -> Api<K>
@@ -209,6 +249,18 @@ impl ClusterApi for KubeApi {
             Api::<PersistentVolume>::all(self.client.clone())
                 .get(name)
                 .await
+        })
+    }
+
+    fn services<'a>(&'a self, ns: &'a str) -> BoxFuture<'a, Result<Vec<Service>, kube::Error>> {
+        Box::pin(async move {
+            let store = self.service_store().await?;
+            Ok(store
+                .state()
+                .iter()
+                .filter(|s| matches!(s.metadata.namespace.as_deref(), Some(n) if n == ns || n == "default"))
+                .map(|s| Service::clone(s))
+                .collect())
         })
     }
 }

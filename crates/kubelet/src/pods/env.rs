@@ -66,6 +66,9 @@ pub(crate) enum EnvError {
     /// A `fieldRef` or `resourceFieldRef` the kubelet does not resolve.
     #[error("{0}")]
     Field(String),
+    /// The Services could not be read for their variables.
+    #[error("{0}")]
+    Services(String),
 }
 
 /// An object's data: bytes by key.
@@ -207,6 +210,16 @@ pub(crate) async fn resolve(
             String::new()
         };
         set(&mut env, var.name.clone(), value);
+    }
+    // The Service variables, where the container defines none of the same name.
+    let services = api
+        .services(&ns)
+        .await
+        .map_err(|e| EnvError::Services(e.to_string()))?;
+    for (k, v) in super::service_env::vars(pod, &services) {
+        if !env.iter().any(|(name, _)| *name == k) {
+            env.push((k, v));
+        }
     }
     Ok((env, invalid))
 }

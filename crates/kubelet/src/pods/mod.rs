@@ -5,6 +5,7 @@ pub mod admission;
 mod container;
 mod env;
 mod grpc_health;
+pub mod service_env;
 #[cfg(test)]
 mod machine_tests;
 pub mod probe;

@@ -231,4 +231,11 @@ impl ClusterApi for MemoryApi {
     fn volume<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<PersistentVolume, kube::Error>> {
         ok(Err(not_found("persistentvolumes", name)))
     }
+
+    fn services<'a>(
+        &'a self,
+        _ns: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<k8s_openapi::api::core::v1::Service>, kube::Error>> {
+        ok(Ok(Vec::new()))
+    }
 }
