@@ -112,6 +112,12 @@ impl WasmRuntime {
             memory_limit: run.memory_limit,
             network: self.network.as_ref().and_then(|n| n.netns(&run.sandbox_id)),
             http_port: run.ports.first().copied().unwrap_or(wasi_runtime::DEFAULT_HTTP_PORT),
+            allowed_outbound: run
+                .allowed_outbound
+                .as_deref()
+                .map(wasi_runtime::AllowList::parse)
+                .transpose()
+                .map_err(|e| format!("annotation {}: {e}", kubelet::runtime::ALLOWED_OUTBOUND_HOSTS))?,
             preopens: run
                 .mounts
                 .into_iter()
@@ -245,6 +251,11 @@ impl kubelet::Runtime for WasmRuntime {
                 name: "krustlet_image_downloads_total",
                 help: "Wasm layers downloaded from registries.",
                 value: store.downloads as f64,
+            },
+            Counter {
+                name: "krustlet_outbound_refused_total",
+                help: "Outgoing connections and requests of pods refused by their allowed outbound hosts.",
+                value: wasi_runtime::refused_total() as f64,
             },
             Counter {
                 name: "krustlet_module_compiles_total",

@@ -64,6 +64,10 @@ pub struct ImageStatus {
     pub pulled_with: Vec<String>,
 }
 
+/// The pod annotation that narrows where its containers may connect to: patterns
+/// `[scheme://]host[:port]` (`*` for any part), separated by commas.
+pub const ALLOWED_OUTBOUND_HOSTS: &str = "wasm.krustlet.dev/allowed-outbound-hosts";
+
 /// A pod's sandbox as the runtime is asked for it (the CRI's `PodSandboxConfig`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SandboxConfig {
@@ -127,6 +131,9 @@ pub struct ContainerRun {
     pub mounts: Vec<Mount>,
     /// The container's TCP `containerPort`s, in order.
     pub ports: Vec<u16>,
+    /// The pod's [`ALLOWED_OUTBOUND_HOSTS`] annotation, as written: where it may
+    /// connect to (`None`: anywhere its network reaches).
+    pub allowed_outbound: Option<String>,
 }
 
 /// A host directory exposed to a container, as an open descriptor: the runtime exposes

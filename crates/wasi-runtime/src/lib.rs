@@ -15,6 +15,7 @@
 //! memory budget for all its memories and tables, caps on instances, memories and
 //! tables ([`StoreCaps`]), and a budget of open handles.
 
+mod allow;
 mod compile;
 mod engine;
 mod limits;
@@ -23,6 +24,7 @@ mod outgoing;
 mod run;
 mod serve;
 
+pub use allow::{AllowList, refused_total};
 pub use engine::{Compiled, Engine, EngineConfig, EngineStats, is_component};
 pub use limits::{StoreCaps, TABLE_ELEMENT_BYTES};
 pub use logs::LogRotation;

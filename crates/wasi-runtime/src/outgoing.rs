@@ -12,6 +12,10 @@ use wasmtime_wasi_http::{Error, RequestOptions, WasiHttpHooks};
 pub struct Outgoing {
     /// The pod's namespace; `None`: every request is refused.
     pub net: Option<Arc<NetNs>>,
+    /// Where requests may go; `None`: anywhere the pod's network reaches.
+    pub allow: Option<Arc<crate::AllowList>>,
+    /// The container's log, for refusals.
+    pub log: Option<crate::logs::LogFile>,
 }
 
 type WasiBody = wasmtime_wasi_http::WasiBody;
@@ -35,10 +39,25 @@ impl WasiHttpHooks for Outgoing {
         _response_error: Box<dyn Future<Output = Result<(), Error>> + Send>,
     ) -> Sent {
         let net = self.net.clone();
+        let refused = self.allow.as_ref().and_then(|allow| {
+            let uri = request.uri();
+            let scheme = uri.scheme_str().unwrap_or("http");
+            let host = uri.host().unwrap_or_default();
+            let port = uri
+                .port_u16()
+                .unwrap_or(if scheme == "https" { 443 } else { 80 });
+            (!allow.allows(scheme, host, port)).then(|| format!("{scheme}://{host}:{port}"))
+        });
+        if let Some(what) = &refused {
+            crate::allow::refuse(self.log.as_ref(), what);
+        }
         Box::new(async move {
             let Some(net) = net else {
                 return Err(Error::HttpRequestDenied);
             };
+            if refused.is_some() {
+                return Err(Error::HttpRequestDenied);
+            }
             // Connected (name lookup, socket, TLS) on the namespace's thread; the
             // response streams from wherever the guest reads it.
             let sent = net

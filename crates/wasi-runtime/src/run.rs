@@ -39,6 +39,8 @@ pub struct ContainerSpec {
     /// The pod's network namespace; `None`: no network at all (no sockets, no
     /// outgoing requests, and a `wasi:http` component cannot be served).
     pub network: Option<Arc<network::NetNs>>,
+    /// Where the pod may connect to (`None`: anywhere its network reaches).
+    pub allowed_outbound: Option<crate::AllowList>,
     /// Where a `wasi:http/proxy` component is served, in the pod's namespace (the
     /// container's first TCP `containerPort`, else [`DEFAULT_HTTP_PORT`]).
     pub http_port: u16,
@@ -310,6 +312,18 @@ impl Engine {
                 let runtime = match &spec.network {
                     Some(net) => {
                         builder.inherit_network().allow_ip_name_lookup(true);
+                        if let Some(allow) = spec.allowed_outbound.clone() {
+                            let log = LogFile::open(&spec.log_path, self.log_rotation)?;
+                            builder.socket_addr_check(move |addr, use_| {
+                                use wasmtime_wasi::sockets::SocketAddrUse;
+                                let ok = matches!(use_, SocketAddrUse::TcpBind | SocketAddrUse::UdpBind)
+                                    || allow.allows_addr(addr);
+                                if !ok {
+                                    crate::allow::refuse(Some(&log), &addr.to_string());
+                                }
+                                Box::pin(std::future::ready(ok))
+                            });
+                        }
                         net.handle().clone()
                     }
                     None => self.guest.handle().clone(),

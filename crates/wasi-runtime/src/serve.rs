@@ -141,7 +141,11 @@ impl Engine {
                     .map(|mut b| b.build())
                     .map_err(|e| e.to_string())
             }),
-            outgoing: Outgoing { net: Some(net) },
+            outgoing: Outgoing {
+                net: Some(net),
+                allow: spec.allowed_outbound.clone().map(Arc::new),
+                log: Some(log.clone()),
+            },
             memory_limit: spec.memory_limit,
             store_caps: self.store_caps,
             max_open_handles: self.max_open_handles,

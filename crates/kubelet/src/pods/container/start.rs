@@ -117,6 +117,11 @@ impl Supervisor {
         let run = ContainerRun {
             sandbox_id: sandbox.id.clone(),
             ports,
+            allowed_outbound: self
+                .pod
+                .annotations()
+                .get(crate::runtime::ALLOWED_OUTBOUND_HOSTS)
+                .cloned(),
             name: self.spec.name.clone(),
             attempt: u32::try_from(restart_count).unwrap_or_default(),
             image: image.clone(),
