@@ -133,7 +133,7 @@ impl WasmRuntime {
         let killer = running.killer();
         Ok(ContainerHandle::new(
             id,
-            move || killer.kill(),
+            move |grace| killer.stop(grace),
             async move { exit(running.wait().await) },
         ))
     }

@@ -180,7 +180,7 @@ pub struct ContainerExit {
 /// A started container: await [`ContainerHandle::wait`], or [`ContainerHandle::kill`] it.
 pub struct ContainerHandle {
     id: String,
-    kill: Arc<dyn Fn() + Send + Sync>,
+    kill: Arc<dyn Fn(std::time::Duration) + Send + Sync>,
     exit: Pin<Box<dyn Future<Output = ContainerExit> + Send>>,
 }
 
@@ -195,7 +195,7 @@ impl ContainerHandle {
     /// `containerID`), its kill function and exit future.
     pub fn new(
         id: String,
-        kill: impl Fn() + Send + Sync + 'static,
+        kill: impl Fn(std::time::Duration) + Send + Sync + 'static,
         exit: impl Future<Output = ContainerExit> + Send + 'static,
     ) -> Self {
         Self {
@@ -211,9 +211,10 @@ impl ContainerHandle {
         &self.id
     }
 
-    /// A function that stops the container without cooperation; idempotent.
+    /// A function that stops the container: a served component gets the grace period
+    /// for its requests in flight, anything else stops at once; idempotent.
     #[must_use]
-    pub fn killer(&self) -> Arc<dyn Fn() + Send + Sync> {
+    pub fn killer(&self) -> Arc<dyn Fn(std::time::Duration) + Send + Sync> {
         self.kill.clone()
     }
 

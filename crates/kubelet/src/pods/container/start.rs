@@ -195,6 +195,15 @@ impl Supervisor {
             .get()
             .and_then(|s| s.ips.first().copied())
             .unwrap_or(self.ctx.config.node_ip);
+        // The grace a stopping run gets (a served component's requests in flight).
+        let grace = std::time::Duration::from_secs(
+            self.pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.termination_grace_period_seconds)
+                .and_then(|s| u64::try_from(s).ok())
+                .unwrap_or(30),
+        );
         let probing = self.probe(ip);
         tokio::pin!(probing);
         let exit = tokio::select! {
@@ -210,7 +219,7 @@ impl Supervisor {
                     ),
                 )
                 .await;
-                killer();
+                killer(grace);
                 wait.await
             }
             () = self.kill.cancelled() => {
@@ -220,7 +229,7 @@ impl Supervisor {
                     format!("Stopping container {}", self.spec.name),
                 )
                 .await;
-                killer();
+                killer(grace);
                 wait.await
             }
         };

@@ -290,7 +290,7 @@ impl Runtime for Shared {
                     }
                 }
             };
-            Ok(ContainerHandle::new(id, move || kill.cancel(), exit))
+            Ok(ContainerHandle::new(id, move |_grace| kill.cancel(), exit))
         })
     }
 
