@@ -1,27 +1,43 @@
-//! Turns a WASI preview 1 command module into a WASI preview 2 command component, with
-//! wasmtime's preview 1 adapter (as `wasm-tools component new --adapt` does):
-//! `componentize IN.wasm OUT.wasm`. `hack/build-wasm` uses it to build the component
-//! test workloads from the C ones.
+//! Turns a WASI preview 1 core module into a WASI preview 2 component with one of
+//! wasmtime's preview 1 adapters (as `wasm-tools component new --adapt` does):
+//! `componentize [--adapter command|reactor|proxy] IN.wasm OUT.wasm`, the command adapter
+//! by default. `hack/build-wasm` uses it to build the component test workloads from the C
+//! ones: commands with the command adapter, and the workloads that export their own WIT
+//! interfaces (workloads/http) with the reactor adapter.
 
 use anyhow::Context;
 use wasi_preview1_component_adapter_provider::{
     WASI_SNAPSHOT_PREVIEW1_ADAPTER_NAME, WASI_SNAPSHOT_PREVIEW1_COMMAND_ADAPTER,
+    WASI_SNAPSHOT_PREVIEW1_PROXY_ADAPTER, WASI_SNAPSHOT_PREVIEW1_REACTOR_ADAPTER,
 };
 
+const USAGE: &str = "usage: componentize [--adapter command|reactor|proxy] IN.wasm OUT.wasm";
+
 fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().collect();
-    let [_, input, output] = args.as_slice() else {
-        anyhow::bail!("usage: componentize IN.wasm OUT.wasm");
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (adapter, rest) = match args.as_slice() {
+        [flag, kind, rest @ ..] if flag == "--adapter" => (adapter(kind)?, rest),
+        rest => (WASI_SNAPSHOT_PREVIEW1_COMMAND_ADAPTER, rest),
+    };
+    let [input, output] = rest else {
+        anyhow::bail!(USAGE);
     };
     let module = std::fs::read(input).with_context(|| format!("reading {input}"))?;
     let component = wit_component::ComponentEncoder::default()
         .module(&module)?
-        .adapter(
-            WASI_SNAPSHOT_PREVIEW1_ADAPTER_NAME,
-            WASI_SNAPSHOT_PREVIEW1_COMMAND_ADAPTER,
-        )?
+        .adapter(WASI_SNAPSHOT_PREVIEW1_ADAPTER_NAME, adapter)?
         .validate(true)
         .encode()?;
     std::fs::write(output, component).with_context(|| format!("writing {output}"))?;
     Ok(())
+}
+
+/// The adapter named on the command line.
+fn adapter(kind: &str) -> anyhow::Result<&'static [u8]> {
+    match kind {
+        "command" => Ok(WASI_SNAPSHOT_PREVIEW1_COMMAND_ADAPTER),
+        "reactor" => Ok(WASI_SNAPSHOT_PREVIEW1_REACTOR_ADAPTER),
+        "proxy" => Ok(WASI_SNAPSHOT_PREVIEW1_PROXY_ADAPTER),
+        other => anyhow::bail!("unknown adapter {other:?}; {USAGE}"),
+    }
 }

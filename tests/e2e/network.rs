@@ -137,6 +137,11 @@ async fn a_wasi_http_pod_serves_at_its_own_address_and_gives_it_back_when_delete
     let logs = cluster.kubectl(&["logs", "web-a"]).await?;
     assert!(logs.contains("\"GET /hello?x=1 HTTP/1.1\" 200"), "{logs}");
 
+    // There is no process to exec into: kubectl says so.
+    let exec = cluster.kubectl(&["exec", "web-a", "--", "ls"]).await;
+    let said = format!("{exec:?}");
+    assert!(exec.is_err() && said.contains("exec is not supported on krustlet nodes"), "{said}");
+
     // An agent restart: the pod keeps its address and serves again from it.
     node.restart(&net.flags().iter().map(String::as_str).collect::<Vec<_>>())?;
     let (code, _) = http_get_ready(addr, "/again", &[], 120).await?;

@@ -100,7 +100,30 @@ fn router(logs: LogIndex, metrics: Metrics, auth: Arc<Auth>) -> Router {
                 async move { ([("content-type", "text/plain; version=0.0.4")], metrics()) }
             }),
         )
+        // No process runs in a wasm container: exec and attach get a clear answer
+        // (kubectl shows it) instead of a 404.
+        .route("/exec/{namespace}/{pod}/{container}", axum::routing::any(no_process))
+        .route("/exec/{namespace}/{pod}/{uid}/{container}", axum::routing::any(no_process))
+        .route("/attach/{namespace}/{pod}/{container}", axum::routing::any(no_process))
+        .route("/attach/{namespace}/{pod}/{uid}/{container}", axum::routing::any(no_process))
         .layer(axum::middleware::from_fn_with_state(auth, guard))
+}
+
+/// The answer to `exec` and `attach`.
+async fn no_process(uri: axum::http::Uri) -> Response {
+    let what = if uri.path().starts_with("/attach/") {
+        "attach"
+    } else {
+        "exec"
+    };
+    (
+        axum::http::StatusCode::BAD_REQUEST,
+        format!(
+            "{what} is not supported on krustlet nodes: a wasm container has no process to \
+             {what} to (read its output with kubectl logs)\n"
+        ),
+    )
+        .into_response()
 }
 
 /// Authenticates and authorizes every request (the kubelet's auth filter): the handler
