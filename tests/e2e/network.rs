@@ -164,3 +164,158 @@ async fn a_wasi_http_pod_serves_at_its_own_address_and_gives_it_back_when_delete
     drop(net);
     Ok(())
 }
+
+/// A pod of the readiness component (`/healthz` answers 200 only while `<dir>/ready`
+/// exists), with `probes` on that path and `dir` mounted at `/data`.
+fn ready_pod(name: &str, node: &str, image: &str, dir: &std::path::Path, probes: serde_json::Value) -> Pod {
+    let mut container = serde_json::json!({
+        "name": "web",
+        "image": image,
+        "ports": [{ "containerPort": 8080, "name": "http" }],
+        "volumeMounts": [{ "name": "data", "mountPath": "/data" }]
+    });
+    if let (Some(c), Some(p)) = (container.as_object_mut(), probes.as_object()) {
+        c.extend(p.clone());
+    }
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": { "name": name, "labels": { "app": name } },
+        "spec": {
+            "nodeSelector": { "kubernetes.io/arch": "wasm32-wasi", "kubernetes.io/hostname": node },
+            "tolerations": [{ "key": "kubernetes.io/arch", "operator": "Equal", "value": "wasm32-wasi" }],
+            "automountServiceAccountToken": false,
+            "terminationGracePeriodSeconds": 2,
+            "containers": [container],
+            "volumes": [{ "name": "data", "hostPath": { "path": dir, "type": "DirectoryOrCreate" } }]
+        }
+    }))
+    .expect("valid pod manifest")
+}
+
+/// The ready flags of the endpoints of Service `svc`'s EndpointSlices.
+async fn endpoint_readiness(cluster: &Cluster, svc: &str) -> anyhow::Result<Vec<(String, bool)>> {
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    let slices: kube::Api<EndpointSlice> = kube::Api::namespaced(cluster.client.clone(), "default");
+    let list = slices
+        .list(&kube::api::ListParams::default().labels(&format!("kubernetes.io/service-name={svc}")))
+        .await?;
+    Ok(list
+        .items
+        .iter()
+        .flat_map(|s| s.endpoints.iter().flatten())
+        .map(|e| {
+            (
+                e.addresses.first().cloned().unwrap_or_default(),
+                e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(false),
+            )
+        })
+        .collect())
+}
+
+#[tokio::test]
+async fn readiness_probes_move_the_pod_in_and_out_of_its_services_endpoints() -> anyhow::Result<()> {
+    let cluster = Cluster::connect().await?;
+    let (net, node, _) = networked_node(&cluster, "net-ready", 10402).await?;
+    let image = cluster.push("http-ready.component", "v1").await?;
+    let dir = e2e::root().join("target/e2e/net-ready.data");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let pods = cluster.pods();
+    let services: kube::Api<k8s_openapi::api::core::v1::Service> = kube::Api::namespaced(cluster.client.clone(), "default");
+    let _ = delete_and_wait(&pods, "ready-a", 60).await;
+    let _ = services.delete("ready-a", &Default::default()).await;
+    services
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(serde_json::json!({
+                "metadata": { "name": "ready-a" },
+                "spec": { "selector": { "app": "ready-a" }, "ports": [{ "port": 80, "targetPort": 8080 }] }
+            }))?,
+        )
+        .await?;
+    let probes = serde_json::json!({
+        "readinessProbe": { "httpGet": { "path": "/healthz", "port": "http" }, "periodSeconds": 1, "failureThreshold": 1 }
+    });
+    pods.create(&PostParams::default(), &ready_pod("ready-a", "net-ready", &image, &dir, probes)).await?;
+    // Running, serving, and not ready: the probe fails (503) until the file exists.
+    let pod = wait_pod(&pods, "ready-a", 120, "Running", |p| phase(p) == "Running").await?;
+    let ip = pod.status.and_then(|s| s.pod_ip).unwrap_or_default();
+    let (code, _) = http_get_ready(SocketAddr::new(ip.parse()?, 8080), "/app", &[], 60).await?;
+    assert_eq!(code, 200);
+    let unready = wait_pod(&pods, "ready-a", 60, "Ready False with a probe event", |p| {
+        pod_condition(p, "Ready").as_deref() == Some("False")
+    })
+    .await?;
+    assert_eq!(pod_condition(&unready, "ContainersReady").as_deref(), Some("False"));
+    let events = cluster.events("ready-a").await?;
+    assert!(
+        events.iter().any(|e| e.reason.as_deref() == Some("Unhealthy")
+            && e.message.as_deref() == Some("Readiness probe failed: HTTP probe failed with statuscode: 503")),
+        "{events:#?}"
+    );
+    let wait_endpoint = |want: bool| {
+        let (cluster, ip) = (&cluster, ip.clone());
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+            loop {
+                let eps = endpoint_readiness(cluster, "ready-a").await?;
+                if eps.iter().any(|(a, r)| *a == ip && *r == want) {
+                    return anyhow::Ok(());
+                }
+                anyhow::ensure!(tokio::time::Instant::now() < deadline, "endpoint {ip} never ready={want}: {eps:?}");
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        }
+    };
+    wait_endpoint(false).await?;
+    // The file appears: ready, and the endpoint with it.
+    std::fs::write(dir.join("ready"), "")?;
+    wait_pod(&pods, "ready-a", 60, "Ready", |p| pod_condition(p, "Ready").as_deref() == Some("True")).await?;
+    wait_endpoint(true).await?;
+    // And goes: out again.
+    std::fs::remove_file(dir.join("ready"))?;
+    wait_pod(&pods, "ready-a", 60, "not Ready", |p| pod_condition(p, "Ready").as_deref() == Some("False")).await?;
+    wait_endpoint(false).await?;
+    delete_and_wait(&pods, "ready-a", 60).await?;
+    services.delete("ready-a", &Default::default()).await?;
+    drop(node);
+    drop(net);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_failing_liveness_probe_restarts_the_container_with_the_kubelets_events() -> anyhow::Result<()> {
+    let cluster = Cluster::connect().await?;
+    let (net, node, _) = networked_node(&cluster, "net-live", 10403).await?;
+    let image = cluster.push("http-ready.component", "v1").await?;
+    let dir = e2e::root().join("target/e2e/net-live.data");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let pods = cluster.pods();
+    let _ = delete_and_wait(&pods, "live-a", 60).await;
+    let probes = serde_json::json!({
+        "livenessProbe": { "httpGet": { "path": "/healthz", "port": 8080 }, "periodSeconds": 1, "failureThreshold": 2 }
+    });
+    pods.create(&PostParams::default(), &ready_pod("live-a", "net-live", &image, &dir, probes)).await?;
+    let restarted = wait_pod(&pods, "live-a", 180, "a restart", |p| {
+        e2e::container_status(p, "web").is_some_and(|s| s.restart_count >= 1)
+    })
+    .await?;
+    let last = e2e::container_status(&restarted, "web")
+        .and_then(|s| s.last_state)
+        .and_then(|s| s.terminated);
+    assert_eq!(last.map(|t| t.exit_code), Some(137));
+    let events = cluster.events("live-a").await?;
+    let has = |reason: &str, message: &str| {
+        events
+            .iter()
+            .any(|e| e.reason.as_deref() == Some(reason) && e.message.as_deref() == Some(message))
+    };
+    assert!(has("Unhealthy", "Liveness probe failed: HTTP probe failed with statuscode: 503"), "{events:#?}");
+    assert!(has("Killing", "Container web failed liveness probe, will be restarted"), "{events:#?}");
+    delete_and_wait(&pods, "live-a", 60).await?;
+    drop(node);
+    drop(net);
+    Ok(())
+}
