@@ -1,11 +1,12 @@
 //go:build tools
 
-// Package tools pins the upstream commands that hack/build-k8s builds.
+// Package tools pins the upstream commands that hack/build-tools builds.
 package tools
 
 import (
 	_ "k8s.io/kubernetes/cmd/kube-apiserver"
 	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
+	_ "k8s.io/kubernetes/cmd/kube-proxy"
 	_ "k8s.io/kubernetes/cmd/kube-scheduler"
 	_ "k8s.io/kubernetes/cmd/kubectl"
 )
