@@ -319,3 +319,160 @@ async fn a_failing_liveness_probe_restarts_the_container_with_the_kubelets_event
     drop(net);
     Ok(())
 }
+
+/// The value of line `key: value` in a hello component's answer.
+fn line<'a>(body: &'a str, key: &str) -> Option<&'a str> {
+    body.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix(": "))
+}
+
+fn forward_pod(name: &str, node: &str, image: &str, target: &str, allowed: Option<&str>) -> Pod {
+    let mut pod = http_pod(name, node, image);
+    if let Some(spec) = pod.spec.as_mut() {
+        spec.containers[0].env.get_or_insert_with(Vec::new).push(serde_json::from_value(
+            serde_json::json!({ "name": "TARGET_URL", "value": target }),
+        ).expect("env var"));
+    }
+    if let Some(a) = allowed {
+        pod.metadata.annotations = Some([("wasm.krustlet.dev/allowed-outbound-hosts".to_owned(), a.to_owned())].into());
+    }
+    pod
+}
+
+#[tokio::test]
+async fn a_cluster_ip_service_balances_over_wasm_pods_which_reach_it_by_address_and_variables() -> anyhow::Result<()> {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::core::v1::Service;
+    let cluster = Cluster::connect().await?;
+    let (net, node, _) = networked_node(&cluster, "net-svc", 10404).await?;
+    let hello = cluster.push("http-hello.component", "v1").await?;
+    let forward = cluster.push("http-forward.component", "v1").await?;
+    let pods = cluster.pods();
+    let deployments: kube::Api<Deployment> = kube::Api::namespaced(cluster.client.clone(), "default");
+    let services: kube::Api<Service> = kube::Api::namespaced(cluster.client.clone(), "default");
+    for p in ["fwd-env", "fwd-ip", "fwd-denied"] {
+        let _ = delete_and_wait(&pods, p, 60).await;
+    }
+    let _ = deployments.delete("hello-svc", &Default::default()).await;
+    let _ = services.delete("hello-svc", &Default::default()).await;
+    let mut template = http_pod("hello-svc", "net-svc", &hello);
+    template.metadata.labels = Some([("app".to_owned(), "hello-svc".to_owned())].into());
+    if let Some(spec) = template.spec.as_mut() {
+        spec.containers[0].readiness_probe = Some(serde_json::from_value(serde_json::json!({
+            "httpGet": { "path": "/healthz", "port": 8080 }, "periodSeconds": 1
+        }))?);
+    }
+    let deployment: Deployment = serde_json::from_value(serde_json::json!({
+        "metadata": { "name": "hello-svc" },
+        "spec": {
+            "replicas": 3,
+            "selector": { "matchLabels": { "app": "hello-svc" } },
+            "template": { "metadata": template.metadata, "spec": template.spec }
+        }
+    }))?;
+    deployments.create(&PostParams::default(), &deployment).await?;
+    let svc = services
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(serde_json::json!({
+                "metadata": { "name": "hello-svc" },
+                "spec": { "selector": { "app": "hello-svc" }, "ports": [{ "name": "http", "port": 80, "targetPort": 8080 }] }
+            }))?,
+        )
+        .await?;
+    let cluster_ip = svc.spec.and_then(|s| s.cluster_ip).unwrap_or_default();
+    // Three ready endpoints.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
+    loop {
+        let eps = endpoint_readiness(&cluster, "hello-svc").await?;
+        if eps.iter().filter(|(_, r)| *r).count() == 3 {
+            break;
+        }
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "endpoints never 3 ready: {eps:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // The ClusterIP answers from every pod (a fresh connection per request, at most 60).
+    let vip = SocketAddr::new(cluster_ip.parse()?, 80);
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..60 {
+        let (code, body) = http_get_ready(vip, "/via-service", &[], 30).await?;
+        assert_eq!(code, 200, "{body}");
+        seen.insert(line(&body, "pod").unwrap_or_default().to_owned());
+        if seen.len() == 3 {
+            break;
+        }
+    }
+    assert_eq!(seen.len(), 3, "answers came from {seen:?}");
+    assert!(seen.iter().all(|p| p.starts_with("hello-svc-")), "{seen:?}");
+
+    // A pod reaches the Service by its variables and by its address, and an allow-list
+    // that names only the Service lets that through and refuses the rest.
+    let by_env = forward_pod("fwd-env", "net-svc", &forward, "http://$(HELLO_SVC_SERVICE_HOST):$(HELLO_SVC_SERVICE_PORT)/by-env", None);
+    let by_ip = forward_pod(
+        "fwd-ip",
+        "net-svc",
+        &forward,
+        &format!("http://{cluster_ip}:80/by-ip"),
+        Some(&format!("http://{cluster_ip}:80")),
+    );
+    let some_pod = pods
+        .list(&kube::api::ListParams::default().labels("app=hello-svc"))
+        .await?
+        .items
+        .into_iter()
+        .find_map(|p| p.status.and_then(|s| s.pod_ip))
+        .unwrap_or_default();
+    let denied = forward_pod(
+        "fwd-denied",
+        "net-svc",
+        &forward,
+        &format!("http://{some_pod}:8080/direct"),
+        Some(&format!("http://{cluster_ip}:80")),
+    );
+    for p in [&by_env, &by_ip, &denied] {
+        pods.create(&PostParams::default(), p).await?;
+    }
+    let ip_of = |name: &'static str| {
+        let pods = pods.clone();
+        async move {
+            let p = wait_pod(&pods, name, 120, "Running", |p| phase(p) == "Running").await?;
+            anyhow::Ok(SocketAddr::new(p.status.and_then(|s| s.pod_ip).unwrap_or_default().parse()?, 8080))
+        }
+    };
+    let (code, body) = http_get_ready(ip_of("fwd-env").await?, "/", &[], 60).await?;
+    assert_eq!(code, 200, "{body}");
+    assert!(body.starts_with("forwarded: 200\n"), "{body}");
+    assert_eq!(line(&body, "path"), Some("/by-env"), "{body}");
+    let env = cluster.kubectl(&["get", "pod", "fwd-env", "-o", "jsonpath={.spec.containers[0].env}"]).await?;
+    assert!(env.contains("$(HELLO_SVC_SERVICE_HOST)"), "the manifest names the variables: {env}");
+    let (code, body) = http_get_ready(ip_of("fwd-ip").await?, "/", &[], 60).await?;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(line(&body, "path"), Some("/by-ip"), "{body}");
+    let (code, body) = http_get_ready(ip_of("fwd-denied").await?, "/", &[], 60).await?;
+    assert_eq!(code, 502, "{body}");
+    assert!(body.contains("HTTP-request-denied"), "{body}");
+    let logs = cluster.kubectl(&["logs", "fwd-denied"]).await?;
+    assert!(
+        logs.contains(&format!("refused by the pod's allowed outbound hosts: http://{some_pod}:8080")),
+        "{logs}"
+    );
+
+    for p in ["fwd-env", "fwd-ip", "fwd-denied"] {
+        delete_and_wait(&pods, p, 60).await?;
+    }
+    deployments.delete("hello-svc", &Default::default()).await?;
+    services.delete("hello-svc", &Default::default()).await?;
+    let gone = tokio::time::timeout(Duration::from_secs(120), async {
+        loop {
+            let left = pods.list(&kube::api::ListParams::default().labels("app=hello-svc")).await?.items.len();
+            if left == 0 {
+                return anyhow::Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    })
+    .await;
+    assert!(gone.is_ok(), "the Deployment's pods were not removed");
+    drop(node);
+    drop(net);
+    Ok(())
+}

@@ -128,6 +128,13 @@ pub(crate) async fn resolve(
         ns: ns.clone(),
         read: BTreeMap::new(),
     };
+    // The Service variables: `$(VAR)` may name them, and they are set where the
+    // container defines no variable of the same name.
+    let services = api
+        .services(&ns)
+        .await
+        .map_err(|e| EnvError::Services(e.to_string()))?;
+    let service_vars = super::service_env::vars(pod, &services);
     let mut env: Vec<(String, String)> = Vec::new();
     let mut invalid = Vec::new();
     for source in container.env_from.iter().flatten() {
@@ -168,7 +175,14 @@ pub(crate) async fn resolve(
     }
     for var in container.env.iter().flatten() {
         let value = if let Some(v) = &var.value {
-            expand(v, &env)
+            let mut known = env.clone();
+            known.extend(
+                service_vars
+                    .iter()
+                    .filter(|(k, _)| !env.iter().any(|(n, _)| n == k))
+                    .cloned(),
+            );
+            expand(v, &known)
         } else if let Some(from) = &var.value_from {
             let by_key = if let Some(r) = &from.config_map_key_ref {
                 Some((Source::ConfigMap, &r.name, &r.key, r.optional == Some(true)))
@@ -211,12 +225,7 @@ pub(crate) async fn resolve(
         };
         set(&mut env, var.name.clone(), value);
     }
-    // The Service variables, where the container defines none of the same name.
-    let services = api
-        .services(&ns)
-        .await
-        .map_err(|e| EnvError::Services(e.to_string()))?;
-    for (k, v) in super::service_env::vars(pod, &services) {
+    for (k, v) in service_vars {
         if !env.iter().any(|(name, _)| *name == k) {
             env.push((k, v));
         }
