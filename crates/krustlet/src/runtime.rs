@@ -99,8 +99,8 @@ impl WasmRuntime {
             .module(&run.image.handle)
             .await
             .map_err(|e| e.to_string())?;
-        // The mounts' descriptors, named by path for wasmtime, open until the sandbox
-        // has opened its own.
+        // The mounts' descriptors, named by path for wasmtime, open while the container
+        // runs.
         let keep_open: Vec<_> = run.mounts.iter().map(|m| m.dir.clone()).collect();
         let id = format!("wasmtime://{}-{}-{}", run.sandbox_id, run.name, run.attempt);
         let spec = ContainerSpec {
@@ -129,12 +129,16 @@ impl WasmRuntime {
                 .collect(),
         };
         let running = self.engine.start(spec).await.map_err(|e| e.to_string())?;
-        drop(keep_open);
         let killer = running.killer();
         Ok(ContainerHandle::new(
             id,
             move |grace| killer.stop(grace),
-            async move { exit(running.wait().await) },
+            async move {
+                let exit = exit(running.wait().await);
+                // A served component opens its preopens again for every request.
+                drop(keep_open);
+                exit
+            },
         ))
     }
 
