@@ -221,6 +221,8 @@ async fn readiness_probes_move_the_pod_in_and_out_of_its_services_endpoints() ->
     let dir = e2e::root().join("target/e2e/net-ready.data");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
+    // The API server refuses a hostPath with `..` in it.
+    let dir = dir.canonicalize()?;
     let pods = cluster.pods();
     let services: kube::Api<k8s_openapi::api::core::v1::Service> = kube::Api::namespaced(cluster.client.clone(), "default");
     let _ = delete_and_wait(&pods, "ready-a", 60).await;
@@ -292,6 +294,8 @@ async fn a_failing_liveness_probe_restarts_the_container_with_the_kubelets_event
     let dir = e2e::root().join("target/e2e/net-live.data");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
+    // The API server refuses a hostPath with `..` in it.
+    let dir = dir.canonicalize()?;
     let pods = cluster.pods();
     let _ = delete_and_wait(&pods, "live-a", 60).await;
     let probes = serde_json::json!({
@@ -305,7 +309,9 @@ async fn a_failing_liveness_probe_restarts_the_container_with_the_kubelets_event
     let last = e2e::container_status(&restarted, "web")
         .and_then(|s| s.last_state)
         .and_then(|s| s.terminated);
-    assert_eq!(last.map(|t| t.exit_code), Some(137));
+    // The server had no request in flight: it stopped cleanly within the grace period.
+    let last = last.expect("the first run's terminated state");
+    assert_eq!((last.exit_code, last.reason.as_deref()), (0, Some("Completed")));
     let events = cluster.events("live-a").await?;
     let has = |reason: &str, message: &str| {
         events
@@ -390,16 +396,18 @@ async fn a_cluster_ip_service_balances_over_wasm_pods_which_reach_it_by_address_
         anyhow::ensure!(tokio::time::Instant::now() < deadline, "endpoints never 3 ready: {eps:?}");
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    // The ClusterIP answers from every pod (a fresh connection per request, at most 60).
+    // The ClusterIP answers from every pod (a fresh connection per request, 10 a second
+    // at most, for up to 60 s: kube-proxy takes up new endpoints within its sync period).
     let vip = SocketAddr::new(cluster_ip.parse()?, 80);
     let mut seen = std::collections::BTreeSet::new();
-    for _ in 0..60 {
+    for _ in 0..600 {
         let (code, body) = http_get_ready(vip, "/via-service", &[], 30).await?;
         assert_eq!(code, 200, "{body}");
         seen.insert(line(&body, "pod").unwrap_or_default().to_owned());
         if seen.len() == 3 {
             break;
         }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(seen.len(), 3, "answers came from {seen:?}");
     assert!(seen.iter().all(|p| p.starts_with("hello-svc-")), "{seen:?}");
