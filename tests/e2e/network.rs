@@ -484,3 +484,50 @@ async fn a_cluster_ip_service_balances_over_wasm_pods_which_reach_it_by_address_
     drop(net);
     Ok(())
 }
+
+#[tokio::test]
+async fn a_wasi_sockets_echo_server_answers_at_its_pod_address() -> anyhow::Result<()> {
+    let cluster = Cluster::connect().await?;
+    let (net, node, _) = networked_node(&cluster, "net-echo", 10405).await?;
+    let image = cluster.push("http-echo.component", "v1").await?;
+    let pods = cluster.pods();
+    let _ = delete_and_wait(&pods, "echo-a", 60).await;
+    let mut pod = http_pod("echo-a", "net-echo", &image);
+    if let Some(spec) = pod.spec.as_mut() {
+        spec.containers[0].ports = Some(vec![serde_json::from_value(serde_json::json!({ "containerPort": 7000 }))?]);
+        spec.containers[0].env = Some(vec![serde_json::from_value(serde_json::json!({ "name": "ECHO_PORT", "value": "7000" }))?]);
+    }
+    pods.create(&PostParams::default(), &pod).await?;
+    let pod = wait_pod(&pods, "echo-a", 120, "Running", |p| phase(p) == "Running").await?;
+    let ip: IpAddr = pod.status.and_then(|s| s.pod_ip).unwrap_or_default().parse()?;
+    let addr = SocketAddr::new(ip, 7000);
+    // The server may still be binding: a few tries, each bounded.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let echoed = loop {
+        let attempt = tokio::task::spawn_blocking(move || -> anyhow::Result<String> {
+            let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+            s.set_read_timeout(Some(Duration::from_secs(10)))?;
+            s.write_all(b"hello from the node\n")?;
+            s.shutdown(std::net::Shutdown::Write)?;
+            let mut back = String::new();
+            s.take(4096).read_to_string(&mut back)?;
+            Ok(back)
+        })
+        .await?;
+        match attempt {
+            Ok(back) => break back,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    assert_eq!(echoed, "hello from the node\n");
+    // Not on the node's own loopback: the socket lives in the pod's namespace.
+    assert!(TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], 7000)), Duration::from_secs(2)).is_err());
+    delete_and_wait(&pods, "echo-a", 60).await?;
+    drop(node);
+    drop(net);
+    Ok(())
+}

@@ -311,7 +311,11 @@ impl Engine {
                 // socket it makes belongs.
                 let runtime = match &spec.network {
                     Some(net) => {
-                        builder.inherit_network().allow_ip_name_lookup(true);
+                        builder
+                            .inherit_network()
+                            .allow_tcp(true)
+                            .allow_udp(true)
+                            .allow_ip_name_lookup(true);
                         if let Some(allow) = spec.allowed_outbound.clone() {
                             let log = LogFile::open(&spec.log_path, self.log_rotation)?;
                             builder.socket_addr_check(move |addr, use_| {
