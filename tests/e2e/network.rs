@@ -8,12 +8,18 @@ use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::time::Duration;
 
-use e2e::{Cluster, KrustletNode, PodNet, delete_and_wait, phase, pod_condition, wait_node, wait_pod};
+use e2e::{
+    Cluster, KrustletNode, PodNet, delete_and_wait, phase, pod_condition, wait_node, wait_pod,
+};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::PostParams;
 
 /// A networked node `name`, ready, with its pod CIDR assigned.
-async fn networked_node(cluster: &Cluster, name: &str, port: u16) -> anyhow::Result<(PodNet, KrustletNode, String)> {
+async fn networked_node(
+    cluster: &Cluster,
+    name: &str,
+    port: u16,
+) -> anyhow::Result<(PodNet, KrustletNode, String)> {
     let net = PodNet::for_node(name)?;
     let flags = net.flags();
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
@@ -29,7 +35,9 @@ async fn networked_node(cluster: &Cluster, name: &str, port: u16) -> anyhow::Res
 /// Whether `ip` is in `cidr` (IPv4).
 fn within(ip: IpAddr, cidr: &str) -> bool {
     let (base, bits) = cidr.split_once('/').expect("a CIDR");
-    let (IpAddr::V4(ip), Ok(IpAddr::V4(base)), Ok(bits)) = (ip, base.parse::<IpAddr>(), bits.parse::<u32>()) else {
+    let (IpAddr::V4(ip), Ok(IpAddr::V4(base)), Ok(bits)) =
+        (ip, base.parse::<IpAddr>(), bits.parse::<u32>())
+    else {
         return false;
     };
     let mask = u32::MAX.checked_shl(32 - bits).unwrap_or(0);
@@ -38,7 +46,11 @@ fn within(ip: IpAddr, cidr: &str) -> bool {
 
 /// One HTTP/1.1 request over a fresh connection (closed after it), bounded in time;
 /// the status code and the body.
-fn http_get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> anyhow::Result<(u16, String)> {
+fn http_get(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> anyhow::Result<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
     s.set_read_timeout(Some(Duration::from_secs(30)))?;
     let mut req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
@@ -55,18 +67,32 @@ fn http_get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> anyhow::R
         .nth(1)
         .and_then(|c| c.parse().ok())
         .ok_or_else(|| anyhow::anyhow!("not an HTTP response: {text:?}"))?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     Ok((status, body))
 }
 
 /// Retries `http_get` (a server that has only just started) for up to `secs`.
-async fn http_get_ready(addr: SocketAddr, path: &str, headers: &[(&str, &str)], secs: u64) -> anyhow::Result<(u16, String)> {
+async fn http_get_ready(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    secs: u64,
+) -> anyhow::Result<(u16, String)> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
     loop {
-        let headers: Vec<(String, String)> = headers.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        let headers: Vec<(String, String)> = headers
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
         let path = path.to_owned();
         let got = tokio::task::spawn_blocking(move || {
-            let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            let h: Vec<(&str, &str)> = headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
             http_get(addr, &path, &h)
         })
         .await?;
@@ -105,33 +131,49 @@ fn http_pod(name: &str, node: &str, image: &str) -> Pod {
 }
 
 #[tokio::test]
-async fn a_wasi_http_pod_serves_at_its_own_address_and_gives_it_back_when_deleted() -> anyhow::Result<()> {
+async fn a_wasi_http_pod_serves_at_its_own_address_and_gives_it_back_when_deleted()
+-> anyhow::Result<()> {
     let cluster = Cluster::connect().await?;
     let (net, mut node, cidr) = networked_node(&cluster, "net-serve", 10401).await?;
     let image = cluster.push("http-hello.component", "v1").await?;
     let pods = cluster.pods();
     let _ = delete_and_wait(&pods, "web-a", 60).await;
-    pods.create(&PostParams::default(), &http_pod("web-a", "net-serve", &image)).await?;
+    pods.create(
+        &PostParams::default(),
+        &http_pod("web-a", "net-serve", &image),
+    )
+    .await?;
     let pod = wait_pod(&pods, "web-a", 120, "Running and Ready", |p| {
         phase(p) == "Running" && pod_condition(p, "Ready").as_deref() == Some("True")
     })
     .await?;
     let status = pod.status.clone().unwrap_or_default();
     let ip: IpAddr = status.pod_ip.clone().unwrap_or_default().parse()?;
-    assert!(within(ip, &cidr), "pod IP {ip} is not in the node's pod CIDR {cidr}");
+    assert!(
+        within(ip, &cidr),
+        "pod IP {ip} is not in the node's pod CIDR {cidr}"
+    );
     assert_eq!(status.host_ip.as_deref(), Some("127.0.0.1"));
     let uid = pod.metadata.uid.clone().unwrap_or_default();
     assert!(net.netns(&uid).exists(), "the pod's namespace is pinned");
-    assert!(net.leased().contains(&ip.to_string()), "host-local holds {ip}: {:?}", net.leased());
+    assert!(
+        net.leased().contains(&ip.to_string()),
+        "host-local holds {ip}: {:?}",
+        net.leased()
+    );
 
     // Served at the pod's address on its containerPort: method, path, headers and the
     // pod's name (from the downward API) come back.
     let addr = SocketAddr::new(ip, 8080);
-    let (code, body) = http_get_ready(addr, "/hello?x=1", &[("X-Krustlet-Test", "yes")], 60).await?;
+    let (code, body) =
+        http_get_ready(addr, "/hello?x=1", &[("X-Krustlet-Test", "yes")], 60).await?;
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("GET"), "{body}");
     assert!(body.contains("/hello?x=1"), "{body}");
-    assert!(body.to_ascii_lowercase().contains("x-krustlet-test: yes"), "{body}");
+    assert!(
+        body.to_ascii_lowercase().contains("x-krustlet-test: yes"),
+        "{body}"
+    );
     assert!(body.contains("web-a"), "{body}");
     // Each request an access log line in the container's log.
     let logs = cluster.kubectl(&["logs", "web-a"]).await?;
@@ -140,7 +182,10 @@ async fn a_wasi_http_pod_serves_at_its_own_address_and_gives_it_back_when_delete
     // There is no process to exec into: kubectl says so.
     let exec = cluster.kubectl(&["exec", "web-a", "--", "ls"]).await;
     let said = format!("{exec:?}");
-    assert!(exec.is_err() && said.contains("exec is not supported on krustlet nodes"), "{said}");
+    assert!(
+        exec.is_err() && said.contains("exec is not supported on krustlet nodes"),
+        "{said}"
+    );
 
     // An agent restart: the pod keeps its address and serves again from it.
     node.restart(&net.flags().iter().map(String::as_str).collect::<Vec<_>>())?;
@@ -167,7 +212,13 @@ async fn a_wasi_http_pod_serves_at_its_own_address_and_gives_it_back_when_delete
 
 /// A pod of the readiness component (`/healthz` answers 200 only while `<dir>/ready`
 /// exists), with `probes` on that path and `dir` mounted at `/data`.
-fn ready_pod(name: &str, node: &str, image: &str, dir: &std::path::Path, probes: serde_json::Value) -> Pod {
+fn ready_pod(
+    name: &str,
+    node: &str,
+    image: &str,
+    dir: &std::path::Path,
+    probes: serde_json::Value,
+) -> Pod {
     let mut container = serde_json::json!({
         "name": "web",
         "image": image,
@@ -198,7 +249,9 @@ async fn endpoint_readiness(cluster: &Cluster, svc: &str) -> anyhow::Result<Vec<
     use k8s_openapi::api::discovery::v1::EndpointSlice;
     let slices: kube::Api<EndpointSlice> = kube::Api::namespaced(cluster.client.clone(), "default");
     let list = slices
-        .list(&kube::api::ListParams::default().labels(&format!("kubernetes.io/service-name={svc}")))
+        .list(
+            &kube::api::ListParams::default().labels(&format!("kubernetes.io/service-name={svc}")),
+        )
         .await?;
     Ok(list
         .items
@@ -214,7 +267,8 @@ async fn endpoint_readiness(cluster: &Cluster, svc: &str) -> anyhow::Result<Vec<
 }
 
 #[tokio::test]
-async fn readiness_probes_move_the_pod_in_and_out_of_its_services_endpoints() -> anyhow::Result<()> {
+async fn readiness_probes_move_the_pod_in_and_out_of_its_services_endpoints() -> anyhow::Result<()>
+{
     let cluster = Cluster::connect().await?;
     let (net, node, _) = networked_node(&cluster, "net-ready", 10402).await?;
     let image = cluster.push("http-ready.component", "v1").await?;
@@ -224,7 +278,8 @@ async fn readiness_probes_move_the_pod_in_and_out_of_its_services_endpoints() ->
     // The API server refuses a hostPath with `..` in it.
     let dir = dir.canonicalize()?;
     let pods = cluster.pods();
-    let services: kube::Api<k8s_openapi::api::core::v1::Service> = kube::Api::namespaced(cluster.client.clone(), "default");
+    let services: kube::Api<k8s_openapi::api::core::v1::Service> =
+        kube::Api::namespaced(cluster.client.clone(), "default");
     let _ = delete_and_wait(&pods, "ready-a", 60).await;
     let _ = services.delete("ready-a", &Default::default()).await;
     services
@@ -239,21 +294,35 @@ async fn readiness_probes_move_the_pod_in_and_out_of_its_services_endpoints() ->
     let probes = serde_json::json!({
         "readinessProbe": { "httpGet": { "path": "/healthz", "port": "http" }, "periodSeconds": 1, "failureThreshold": 1 }
     });
-    pods.create(&PostParams::default(), &ready_pod("ready-a", "net-ready", &image, &dir, probes)).await?;
+    pods.create(
+        &PostParams::default(),
+        &ready_pod("ready-a", "net-ready", &image, &dir, probes),
+    )
+    .await?;
     // Running, serving, and not ready: the probe fails (503) until the file exists.
     let pod = wait_pod(&pods, "ready-a", 120, "Running", |p| phase(p) == "Running").await?;
     let ip = pod.status.and_then(|s| s.pod_ip).unwrap_or_default();
     let (code, _) = http_get_ready(SocketAddr::new(ip.parse()?, 8080), "/app", &[], 60).await?;
     assert_eq!(code, 200);
-    let unready = wait_pod(&pods, "ready-a", 60, "Ready False with a probe event", |p| {
-        pod_condition(p, "Ready").as_deref() == Some("False")
-    })
+    let unready = wait_pod(
+        &pods,
+        "ready-a",
+        60,
+        "Ready False with a probe event",
+        |p| pod_condition(p, "Ready").as_deref() == Some("False"),
+    )
     .await?;
-    assert_eq!(pod_condition(&unready, "ContainersReady").as_deref(), Some("False"));
+    assert_eq!(
+        pod_condition(&unready, "ContainersReady").as_deref(),
+        Some("False")
+    );
     let events = cluster.events("ready-a").await?;
     assert!(
-        events.iter().any(|e| e.reason.as_deref() == Some("Unhealthy")
-            && e.message.as_deref() == Some("Readiness probe failed: HTTP probe failed with statuscode: 503")),
+        events
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("Unhealthy")
+                && e.message.as_deref()
+                    == Some("Readiness probe failed: HTTP probe failed with statuscode: 503")),
         "{events:#?}"
     );
     let wait_endpoint = |want: bool| {
@@ -265,7 +334,10 @@ async fn readiness_probes_move_the_pod_in_and_out_of_its_services_endpoints() ->
                 if eps.iter().any(|(a, r)| *a == ip && *r == want) {
                     return anyhow::Ok(());
                 }
-                anyhow::ensure!(tokio::time::Instant::now() < deadline, "endpoint {ip} never ready={want}: {eps:?}");
+                anyhow::ensure!(
+                    tokio::time::Instant::now() < deadline,
+                    "endpoint {ip} never ready={want}: {eps:?}"
+                );
                 tokio::time::sleep(Duration::from_millis(300)).await;
             }
         }
@@ -273,11 +345,17 @@ async fn readiness_probes_move_the_pod_in_and_out_of_its_services_endpoints() ->
     wait_endpoint(false).await?;
     // The file appears: ready, and the endpoint with it.
     std::fs::write(dir.join("ready"), "")?;
-    wait_pod(&pods, "ready-a", 60, "Ready", |p| pod_condition(p, "Ready").as_deref() == Some("True")).await?;
+    wait_pod(&pods, "ready-a", 60, "Ready", |p| {
+        pod_condition(p, "Ready").as_deref() == Some("True")
+    })
+    .await?;
     wait_endpoint(true).await?;
     // And goes: out again.
     std::fs::remove_file(dir.join("ready"))?;
-    wait_pod(&pods, "ready-a", 60, "not Ready", |p| pod_condition(p, "Ready").as_deref() == Some("False")).await?;
+    wait_pod(&pods, "ready-a", 60, "not Ready", |p| {
+        pod_condition(p, "Ready").as_deref() == Some("False")
+    })
+    .await?;
     wait_endpoint(false).await?;
     delete_and_wait(&pods, "ready-a", 60).await?;
     services.delete("ready-a", &Default::default()).await?;
@@ -287,7 +365,8 @@ async fn readiness_probes_move_the_pod_in_and_out_of_its_services_endpoints() ->
 }
 
 #[tokio::test]
-async fn a_failing_liveness_probe_restarts_the_container_with_the_kubelets_events() -> anyhow::Result<()> {
+async fn a_failing_liveness_probe_restarts_the_container_with_the_kubelets_events()
+-> anyhow::Result<()> {
     let cluster = Cluster::connect().await?;
     let (net, node, _) = networked_node(&cluster, "net-live", 10403).await?;
     let image = cluster.push("http-ready.component", "v1").await?;
@@ -301,7 +380,11 @@ async fn a_failing_liveness_probe_restarts_the_container_with_the_kubelets_event
     let probes = serde_json::json!({
         "livenessProbe": { "httpGet": { "path": "/healthz", "port": 8080 }, "periodSeconds": 1, "failureThreshold": 2 }
     });
-    pods.create(&PostParams::default(), &ready_pod("live-a", "net-live", &image, &dir, probes)).await?;
+    pods.create(
+        &PostParams::default(),
+        &ready_pod("live-a", "net-live", &image, &dir, probes),
+    )
+    .await?;
     let restarted = wait_pod(&pods, "live-a", 180, "a restart", |p| {
         e2e::container_status(p, "web").is_some_and(|s| s.restart_count >= 1)
     })
@@ -311,15 +394,30 @@ async fn a_failing_liveness_probe_restarts_the_container_with_the_kubelets_event
         .and_then(|s| s.terminated);
     // The server had no request in flight: it stopped cleanly within the grace period.
     let last = last.expect("the first run's terminated state");
-    assert_eq!((last.exit_code, last.reason.as_deref()), (0, Some("Completed")));
+    assert_eq!(
+        (last.exit_code, last.reason.as_deref()),
+        (0, Some("Completed"))
+    );
     let events = cluster.events("live-a").await?;
     let has = |reason: &str, message: &str| {
         events
             .iter()
             .any(|e| e.reason.as_deref() == Some(reason) && e.message.as_deref() == Some(message))
     };
-    assert!(has("Unhealthy", "Liveness probe failed: HTTP probe failed with statuscode: 503"), "{events:#?}");
-    assert!(has("Killing", "Container web failed liveness probe, will be restarted"), "{events:#?}");
+    assert!(
+        has(
+            "Unhealthy",
+            "Liveness probe failed: HTTP probe failed with statuscode: 503"
+        ),
+        "{events:#?}"
+    );
+    assert!(
+        has(
+            "Killing",
+            "Container web failed liveness probe, will be restarted"
+        ),
+        "{events:#?}"
+    );
     delete_and_wait(&pods, "live-a", 60).await?;
     drop(node);
     drop(net);
@@ -328,24 +426,33 @@ async fn a_failing_liveness_probe_restarts_the_container_with_the_kubelets_event
 
 /// The value of line `key: value` in a hello component's answer.
 fn line<'a>(body: &'a str, key: &str) -> Option<&'a str> {
-    body.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix(": "))
+    body.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(": "))
 }
 
 fn forward_pod(name: &str, node: &str, image: &str, target: &str, allowed: Option<&str>) -> Pod {
     let mut pod = http_pod(name, node, image);
     if let Some(spec) = pod.spec.as_mut() {
-        spec.containers[0].env.get_or_insert_with(Vec::new).push(serde_json::from_value(
-            serde_json::json!({ "name": "TARGET_URL", "value": target }),
-        ).expect("env var"));
+        spec.containers[0].env.get_or_insert_with(Vec::new).push(
+            serde_json::from_value(serde_json::json!({ "name": "TARGET_URL", "value": target }))
+                .expect("env var"),
+        );
     }
     if let Some(a) = allowed {
-        pod.metadata.annotations = Some([("wasm.krustlet.dev/allowed-outbound-hosts".to_owned(), a.to_owned())].into());
+        pod.metadata.annotations = Some(
+            [(
+                "wasm.krustlet.dev/allowed-outbound-hosts".to_owned(),
+                a.to_owned(),
+            )]
+            .into(),
+        );
     }
     pod
 }
 
 #[tokio::test]
-async fn a_cluster_ip_service_balances_over_wasm_pods_which_reach_it_by_address_and_variables() -> anyhow::Result<()> {
+async fn a_cluster_ip_service_balances_over_wasm_pods_which_reach_it_by_address_and_variables()
+-> anyhow::Result<()> {
     use k8s_openapi::api::apps::v1::Deployment;
     use k8s_openapi::api::core::v1::Service;
     let cluster = Cluster::connect().await?;
@@ -353,7 +460,8 @@ async fn a_cluster_ip_service_balances_over_wasm_pods_which_reach_it_by_address_
     let hello = cluster.push("http-hello.component", "v1").await?;
     let forward = cluster.push("http-forward.component", "v1").await?;
     let pods = cluster.pods();
-    let deployments: kube::Api<Deployment> = kube::Api::namespaced(cluster.client.clone(), "default");
+    let deployments: kube::Api<Deployment> =
+        kube::Api::namespaced(cluster.client.clone(), "default");
     let services: kube::Api<Service> = kube::Api::namespaced(cluster.client.clone(), "default");
     for p in ["fwd-env", "fwd-ip", "fwd-denied"] {
         let _ = delete_and_wait(&pods, p, 60).await;
@@ -375,7 +483,9 @@ async fn a_cluster_ip_service_balances_over_wasm_pods_which_reach_it_by_address_
             "template": { "metadata": template.metadata, "spec": template.spec }
         }
     }))?;
-    deployments.create(&PostParams::default(), &deployment).await?;
+    deployments
+        .create(&PostParams::default(), &deployment)
+        .await?;
     let svc = services
         .create(
             &PostParams::default(),
@@ -393,7 +503,10 @@ async fn a_cluster_ip_service_balances_over_wasm_pods_which_reach_it_by_address_
         if eps.iter().filter(|(_, r)| *r).count() == 3 {
             break;
         }
-        anyhow::ensure!(tokio::time::Instant::now() < deadline, "endpoints never 3 ready: {eps:?}");
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "endpoints never 3 ready: {eps:?}"
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     // The ClusterIP answers from every pod (a fresh connection per request, 10 a second
@@ -414,7 +527,13 @@ async fn a_cluster_ip_service_balances_over_wasm_pods_which_reach_it_by_address_
 
     // A pod reaches the Service by its variables and by its address, and an allow-list
     // that names only the Service lets that through and refuses the rest.
-    let by_env = forward_pod("fwd-env", "net-svc", &forward, "http://$(HELLO_SVC_SERVICE_HOST):$(HELLO_SVC_SERVICE_PORT)/by-env", None);
+    let by_env = forward_pod(
+        "fwd-env",
+        "net-svc",
+        &forward,
+        "http://$(HELLO_SVC_SERVICE_HOST):$(HELLO_SVC_SERVICE_PORT)/by-env",
+        None,
+    );
     let by_ip = forward_pod(
         "fwd-ip",
         "net-svc",
@@ -443,15 +562,32 @@ async fn a_cluster_ip_service_balances_over_wasm_pods_which_reach_it_by_address_
         let pods = pods.clone();
         async move {
             let p = wait_pod(&pods, name, 120, "Running", |p| phase(p) == "Running").await?;
-            anyhow::Ok(SocketAddr::new(p.status.and_then(|s| s.pod_ip).unwrap_or_default().parse()?, 8080))
+            anyhow::Ok(SocketAddr::new(
+                p.status
+                    .and_then(|s| s.pod_ip)
+                    .unwrap_or_default()
+                    .parse()?,
+                8080,
+            ))
         }
     };
     let (code, body) = http_get_ready(ip_of("fwd-env").await?, "/", &[], 60).await?;
     assert_eq!(code, 200, "{body}");
     assert!(body.starts_with("forwarded: 200\n"), "{body}");
     assert_eq!(line(&body, "path"), Some("/by-env"), "{body}");
-    let env = cluster.kubectl(&["get", "pod", "fwd-env", "-o", "jsonpath={.spec.containers[0].env}"]).await?;
-    assert!(env.contains("$(HELLO_SVC_SERVICE_HOST)"), "the manifest names the variables: {env}");
+    let env = cluster
+        .kubectl(&[
+            "get",
+            "pod",
+            "fwd-env",
+            "-o",
+            "jsonpath={.spec.containers[0].env}",
+        ])
+        .await?;
+    assert!(
+        env.contains("$(HELLO_SVC_SERVICE_HOST)"),
+        "the manifest names the variables: {env}"
+    );
     let (code, body) = http_get_ready(ip_of("fwd-ip").await?, "/", &[], 60).await?;
     assert_eq!(code, 200, "{body}");
     assert_eq!(line(&body, "path"), Some("/by-ip"), "{body}");
@@ -460,7 +596,9 @@ async fn a_cluster_ip_service_balances_over_wasm_pods_which_reach_it_by_address_
     assert!(body.contains("HTTP-request-denied"), "{body}");
     let logs = cluster.kubectl(&["logs", "fwd-denied"]).await?;
     assert!(
-        logs.contains(&format!("refused by the pod's allowed outbound hosts: http://{some_pod}:8080")),
+        logs.contains(&format!(
+            "refused by the pod's allowed outbound hosts: http://{some_pod}:8080"
+        )),
         "{logs}"
     );
 
@@ -471,7 +609,11 @@ async fn a_cluster_ip_service_balances_over_wasm_pods_which_reach_it_by_address_
     services.delete("hello-svc", &Default::default()).await?;
     let gone = tokio::time::timeout(Duration::from_secs(120), async {
         loop {
-            let left = pods.list(&kube::api::ListParams::default().labels("app=hello-svc")).await?.items.len();
+            let left = pods
+                .list(&kube::api::ListParams::default().labels("app=hello-svc"))
+                .await?
+                .items
+                .len();
             if left == 0 {
                 return anyhow::Ok(());
             }
@@ -494,12 +636,20 @@ async fn a_wasi_sockets_echo_server_answers_at_its_pod_address() -> anyhow::Resu
     let _ = delete_and_wait(&pods, "echo-a", 60).await;
     let mut pod = http_pod("echo-a", "net-echo", &image);
     if let Some(spec) = pod.spec.as_mut() {
-        spec.containers[0].ports = Some(vec![serde_json::from_value(serde_json::json!({ "containerPort": 7000 }))?]);
-        spec.containers[0].env = Some(vec![serde_json::from_value(serde_json::json!({ "name": "ECHO_PORT", "value": "7000" }))?]);
+        spec.containers[0].ports = Some(vec![serde_json::from_value(
+            serde_json::json!({ "containerPort": 7000 }),
+        )?]);
+        spec.containers[0].env = Some(vec![serde_json::from_value(
+            serde_json::json!({ "name": "ECHO_PORT", "value": "7000" }),
+        )?]);
     }
     pods.create(&PostParams::default(), &pod).await?;
     let pod = wait_pod(&pods, "echo-a", 120, "Running", |p| phase(p) == "Running").await?;
-    let ip: IpAddr = pod.status.and_then(|s| s.pod_ip).unwrap_or_default().parse()?;
+    let ip: IpAddr = pod
+        .status
+        .and_then(|s| s.pod_ip)
+        .unwrap_or_default()
+        .parse()?;
     let addr = SocketAddr::new(ip, 7000);
     // The server may still be binding: a few tries, each bounded.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
@@ -525,7 +675,13 @@ async fn a_wasi_sockets_echo_server_answers_at_its_pod_address() -> anyhow::Resu
     };
     assert_eq!(echoed, "hello from the node\n");
     // Not on the node's own loopback: the socket lives in the pod's namespace.
-    assert!(TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], 7000)), Duration::from_secs(2)).is_err());
+    assert!(
+        TcpStream::connect_timeout(
+            &SocketAddr::from(([127, 0, 0, 1], 7000)),
+            Duration::from_secs(2)
+        )
+        .is_err()
+    );
     delete_and_wait(&pods, "echo-a", 60).await?;
     drop(node);
     drop(net);

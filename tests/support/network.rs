@@ -32,8 +32,14 @@ impl PodNet {
             .get("CNI_BIN_DIR")
             .cloned()
             .context("hack/cluster env names no CNI_BIN_DIR (run hack/build-tools)")?;
-        let cluster_cidr = env.get("CLUSTER_CIDR").cloned().unwrap_or_else(|| "10.244.0.0/16".into());
-        let service_cidr = env.get("SERVICE_CIDR").cloned().unwrap_or_else(|| "10.0.0.0/24".into());
+        let cluster_cidr = env
+            .get("CLUSTER_CIDR")
+            .cloned()
+            .unwrap_or_else(|| "10.244.0.0/16".into());
+        let service_cidr = env
+            .get("SERVICE_CIDR")
+            .cloned()
+            .unwrap_or_else(|| "10.0.0.0/24".into());
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
         node.hash(&mut h);

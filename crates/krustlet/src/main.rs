@@ -177,7 +177,12 @@ pub(crate) struct NodeArgs {
     #[arg(long, env = "KRUSTLET_CNI_CONF_DIR")]
     cni_conf_dir: Option<PathBuf>,
     /// Directories of CNI plugin binaries, comma-separated.
-    #[arg(long, env = "KRUSTLET_CNI_BIN_DIR", value_delimiter = ',', default_value = "/opt/cni/bin")]
+    #[arg(
+        long,
+        env = "KRUSTLET_CNI_BIN_DIR",
+        value_delimiter = ',',
+        default_value = "/opt/cni/bin"
+    )]
     cni_bin_dir: Vec<PathBuf>,
     /// Where CNI results are cached (default: `<data-dir>/cni`).
     #[arg(long, env = "KRUSTLET_CNI_CACHE_DIR")]

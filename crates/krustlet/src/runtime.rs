@@ -111,13 +111,22 @@ impl WasmRuntime {
             log_path: run.log_path,
             memory_limit: run.memory_limit,
             network: self.network.as_ref().and_then(|n| n.netns(&run.sandbox_id)),
-            http_port: run.ports.first().copied().unwrap_or(wasi_runtime::DEFAULT_HTTP_PORT),
+            http_port: run
+                .ports
+                .first()
+                .copied()
+                .unwrap_or(wasi_runtime::DEFAULT_HTTP_PORT),
             allowed_outbound: run
                 .allowed_outbound
                 .as_deref()
                 .map(wasi_runtime::AllowList::parse)
                 .transpose()
-                .map_err(|e| format!("annotation {}: {e}", kubelet::runtime::ALLOWED_OUTBOUND_HOSTS))?,
+                .map_err(|e| {
+                    format!(
+                        "annotation {}: {e}",
+                        kubelet::runtime::ALLOWED_OUTBOUND_HOSTS
+                    )
+                })?,
             preopens: run
                 .mounts
                 .into_iter()
@@ -234,7 +243,10 @@ impl kubelet::Runtime for WasmRuntime {
 
     fn list_pod_sandboxes(&self) -> BoxFuture<'_, Vec<String>> {
         Box::pin(std::future::ready(
-            self.network.as_ref().map(crate::sandbox::PodNetwork::list).unwrap_or_default(),
+            self.network
+                .as_ref()
+                .map(crate::sandbox::PodNetwork::list)
+                .unwrap_or_default(),
         ))
     }
 

@@ -51,7 +51,9 @@ impl PodNetwork {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<NetNs>>> {
-        self.live.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.live
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn path(&self, uid: &str) -> PathBuf {
@@ -99,7 +101,10 @@ impl PodNetwork {
         }
         let live = self.lock().contains_key(uid);
         if live && let Some(ips) = self.cached_ips(uid) {
-            return Ok(Sandbox { id: uid.clone(), ips });
+            return Ok(Sandbox {
+                id: uid.clone(),
+                ips,
+            });
         }
         let path = self.path(uid);
         // An agent restart: the pinned namespace and its cached result are still here.
@@ -109,13 +114,19 @@ impl PodNetwork {
             match NetNs::open(&path).await {
                 Ok(ns) => {
                     self.lock().insert(uid.clone(), Arc::new(ns));
-                    return Ok(Sandbox { id: uid.clone(), ips });
+                    return Ok(Sandbox {
+                        id: uid.clone(),
+                        ips,
+                    });
                 }
-                Err(e) => tracing::warn!(pod = %uid, error = %e, "cannot enter the pod's namespace again; making a new one"),
+                Err(e) => {
+                    tracing::warn!(pod = %uid, error = %e, "cannot enter the pod's namespace again; making a new one")
+                }
             }
         }
         // Half-made leftovers: detach and unpin before starting over.
-        self.down(config.uid.as_str(), &config.namespace, &config.name).await;
+        self.down(config.uid.as_str(), &config.namespace, &config.name)
+            .await;
         let pod_cidrs = self.wait_for_cidrs().await?;
         let ns = NetNs::create(&path)
             .await
@@ -181,11 +192,11 @@ impl PodNetwork {
         let ns = self.lock().remove(uid);
         let att = self.attachment(uid, namespace, name);
         let path = self.path(uid);
-        if network::netns::is_pinned(&path) || self.cached_ips(uid).is_some() {
-            if let Err(e) = self.cni.del(&att).await {
-                tracing::warn!(pod = %uid, error = %e, "CNI DEL failed; the sandbox is removed at the next start");
-                return;
-            }
+        if (network::netns::is_pinned(&path) || self.cached_ips(uid).is_some())
+            && let Err(e) = self.cni.del(&att).await
+        {
+            tracing::warn!(pod = %uid, error = %e, "CNI DEL failed; the sandbox is removed at the next start");
+            return;
         }
         drop(ns);
         if let Err(e) = network::netns::remove(&path) {

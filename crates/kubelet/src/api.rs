@@ -13,8 +13,7 @@ use std::pin::Pin;
 
 use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Event, PersistentVolume, PersistentVolumeClaim, Pod, Secret, Service,
-    ServiceAccount,
+    ConfigMap, Event, PersistentVolume, PersistentVolumeClaim, Pod, Secret, Service, ServiceAccount,
 };
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
@@ -119,7 +118,9 @@ impl KubeApi {
     }
 
     /// The Service cache, started (and listed once) on first use.
-    async fn service_store(&self) -> Result<&kube::runtime::reflector::Store<Service>, kube::Error> {
+    async fn service_store(
+        &self,
+    ) -> Result<&kube::runtime::reflector::Store<Service>, kube::Error> {
         use futures::StreamExt;
         use kube::runtime::{WatchStreamExt, reflector, watcher};
         self.services
@@ -136,7 +137,12 @@ impl KubeApi {
                     });
                 tokio::spawn(stream);
                 // As the kubelet: no Service variables before the Services were read once.
-                match tokio::time::timeout(std::time::Duration::from_secs(60), reader.wait_until_ready()).await {
+                match tokio::time::timeout(
+                    std::time::Duration::from_secs(60),
+                    reader.wait_until_ready(),
+                )
+                .await
+                {
                     Ok(Ok(())) => Ok(reader),
                     _ => Err(kube::Error::Service(
                         "services have not yet been read at least once, cannot construct envvars"

@@ -102,10 +102,22 @@ fn router(logs: LogIndex, metrics: Metrics, auth: Arc<Auth>) -> Router {
         )
         // No process runs in a wasm container: exec and attach get a clear answer
         // (kubectl shows it) instead of a 404.
-        .route("/exec/{namespace}/{pod}/{container}", axum::routing::any(no_process))
-        .route("/exec/{namespace}/{pod}/{uid}/{container}", axum::routing::any(no_process))
-        .route("/attach/{namespace}/{pod}/{container}", axum::routing::any(no_process))
-        .route("/attach/{namespace}/{pod}/{uid}/{container}", axum::routing::any(no_process))
+        .route(
+            "/exec/{namespace}/{pod}/{container}",
+            axum::routing::any(no_process),
+        )
+        .route(
+            "/exec/{namespace}/{pod}/{uid}/{container}",
+            axum::routing::any(no_process),
+        )
+        .route(
+            "/attach/{namespace}/{pod}/{container}",
+            axum::routing::any(no_process),
+        )
+        .route(
+            "/attach/{namespace}/{pod}/{uid}/{container}",
+            axum::routing::any(no_process),
+        )
         .layer(axum::middleware::from_fn_with_state(auth, guard))
 }
 

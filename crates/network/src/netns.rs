@@ -74,7 +74,10 @@ impl NetNs {
         let (ready_tx, ready_rx) = oneshot::channel::<io::Result<tokio::runtime::Handle>>();
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         std::thread::Builder::new()
-            .name(format!("netns-{}", name.chars().take(8).collect::<String>()))
+            .name(format!(
+                "netns-{}",
+                name.chars().take(8).collect::<String>()
+            ))
             // The thread only makes sockets and runs small host tasks; guest code on it
             // runs on wasmtime's own stacks.
             .stack_size(256 << 10)
@@ -156,7 +159,10 @@ impl NetNs {
     ///
     /// # Errors
     /// The address is in use or not on any interface of the namespace.
-    pub async fn tcp_listener(&self, addr: std::net::SocketAddr) -> io::Result<std::net::TcpListener> {
+    pub async fn tcp_listener(
+        &self,
+        addr: std::net::SocketAddr,
+    ) -> io::Result<std::net::TcpListener> {
         self.run(move || {
             let listener = std::net::TcpListener::bind(addr)?;
             listener.set_nonblocking(true)?;
@@ -170,7 +176,10 @@ impl NetNs {
     ///
     /// # Errors
     /// The socket cannot be made (descriptor limits).
-    pub async fn tcp_socket(&self, addr: std::net::SocketAddr) -> io::Result<tokio::net::TcpSocket> {
+    pub async fn tcp_socket(
+        &self,
+        addr: std::net::SocketAddr,
+    ) -> io::Result<tokio::net::TcpSocket> {
         let fd: OwnedFd = self
             .run(move || {
                 let family = if addr.is_ipv4() {
@@ -187,7 +196,9 @@ impl NetNs {
                 .map_err(io::Error::from)
             })
             .await??;
-        Ok(tokio::net::TcpSocket::from_std_stream(std::net::TcpStream::from(fd)))
+        Ok(tokio::net::TcpSocket::from_std_stream(
+            std::net::TcpStream::from(fd),
+        ))
     }
 }
 
@@ -203,7 +214,10 @@ fn enter_namespace(enter: &Enter) -> io::Result<()> {
             drop(rustix::fs::open(path, flags, Mode::from_raw_mode(0o444))?);
             // Only CLONE_NEWNET, which changes nothing but this thread's network
             // namespace (the unsafety of `unshare` is about CLONE_FILES).
-            #[allow(deprecated, reason = "unshare_unsafe needs unsafe code; NEWNET alone is sound")]
+            #[allow(
+                deprecated,
+                reason = "unshare_unsafe needs unsafe code; NEWNET alone is sound"
+            )]
             let unshared = rustix::thread::unshare(UnshareFlags::NEWNET);
             let pinned = unshared.and_then(|()| {
                 rustix::mount::mount_bind("/proc/thread-self/ns/net", path.as_path())
@@ -216,7 +230,10 @@ fn enter_namespace(enter: &Enter) -> io::Result<()> {
         }
         Enter::Open(path) => {
             let fd = open_pinned(path)?;
-            rustix::thread::move_into_link_name_space(fd.as_fd(), Some(LinkNameSpaceType::Network))?;
+            rustix::thread::move_into_link_name_space(
+                fd.as_fd(),
+                Some(LinkNameSpaceType::Network),
+            )?;
             Ok(())
         }
     }
@@ -228,7 +245,7 @@ fn open_pinned(path: &Path) -> io::Result<OwnedFd> {
     let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     let fd = rustix::fs::open(path, flags, Mode::empty())?;
     let magic = rustix::fs::fstatfs(&fd)?.f_type;
-    if i64::from(magic) != NSFS_MAGIC {
+    if magic != NSFS_MAGIC {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!("{} is not a pinned network namespace", path.display()),
@@ -277,56 +294,70 @@ mod tests {
     #[tokio::test]
     async fn a_created_namespace_is_apart_from_the_agents_and_survives_its_thread() {
         assert!(privileged(), "these tests need root (network namespaces)");
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().expect("test");
         let path = dir.path().join("pod-a");
-        let ns = NetNs::create(&path).await.unwrap();
+        let ns = NetNs::create(&path).await.expect("test");
         assert!(is_pinned(&path));
         // A listener on a port the host may use too: the namespaces are apart, so the
         // same port binds in both.
-        let host = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = host.local_addr().unwrap().port();
-        let ino = |p: &str| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).unwrap());
-        let inside = ns.run(move || ino("/proc/thread-self/ns/net")).await.unwrap();
+        let host = std::net::TcpListener::bind("127.0.0.1:0").expect("test");
+        let port = host.local_addr().expect("test").port();
+        let ino =
+            |p: &str| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).expect("test"));
+        let inside = ns
+            .run(move || ino("/proc/thread-self/ns/net"))
+            .await
+            .expect("test");
         assert_ne!(inside, ino("/proc/thread-self/ns/net"));
-        let any = ns.tcp_listener(([0, 0, 0, 0], port).into()).await.unwrap();
+        let any = ns
+            .tcp_listener(([0, 0, 0, 0], port).into())
+            .await
+            .expect("test");
         // Connecting from the host's namespace to that port reaches the host listener,
         // never the pod's.
-        let stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-        host.set_nonblocking(true).unwrap();
-        any.set_nonblocking(true).unwrap();
+        let stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("test");
+        host.set_nonblocking(true).expect("test");
+        any.set_nonblocking(true).expect("test");
         std::thread::sleep(std::time::Duration::from_millis(50));
         assert!(host.accept().is_ok());
         assert!(any.accept().is_err());
         drop(stream);
         drop((ns, any));
         // Pinned still: a second thread enters it again.
-        let again = NetNs::open(&path).await.unwrap();
+        let again = NetNs::open(&path).await.expect("test");
         let inode_a = again
-            .run(|| std::fs::metadata("/proc/thread-self/ns/net").map(|m| std::os::unix::fs::MetadataExt::ino(&m)))
+            .run(|| {
+                std::fs::metadata("/proc/thread-self/ns/net")
+                    .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+            })
             .await
-            .unwrap()
-            .unwrap();
-        let inode_pin = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&path).unwrap());
-        assert_eq!(inode_a, inode_pin, "the opened thread is in the pinned namespace");
+            .expect("test")
+            .expect("test");
+        let inode_pin =
+            std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&path).expect("test"));
+        assert_eq!(
+            inode_a, inode_pin,
+            "the opened thread is in the pinned namespace"
+        );
         drop(again);
-        remove(&path).unwrap();
+        remove(&path).expect("test");
         assert!(!path.exists());
-        remove(&path).unwrap();
+        remove(&path).expect("test");
     }
 
     #[tokio::test]
     async fn a_planted_file_or_symlink_is_never_entered_or_overwritten() {
         assert!(privileged(), "these tests need root (network namespaces)");
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().expect("test");
         let plain = dir.path().join("plain");
-        std::fs::write(&plain, "x").unwrap();
+        std::fs::write(&plain, "x").expect("test");
         assert!(NetNs::open(&plain).await.is_err());
         // Create refuses an existing path and leaves it as it was.
         assert!(NetNs::create(&plain).await.is_err());
-        assert_eq!(std::fs::read(&plain).unwrap(), b"x");
+        assert_eq!(std::fs::read(&plain).expect("test"), b"x");
         // A symlink to the agent's own namespace is refused.
         let link = dir.path().join("link");
-        std::os::unix::fs::symlink("/proc/self/ns/net", &link).unwrap();
+        std::os::unix::fs::symlink("/proc/self/ns/net", &link).expect("test");
         assert!(NetNs::open(&link).await.is_err());
         assert!(NetNs::open(&dir.path().join("missing")).await.is_err());
     }

@@ -51,9 +51,14 @@ impl AllowList {
     /// Whether a request to `scheme://host:port` is allowed.
     #[must_use]
     pub fn allows(&self, scheme: &str, host: &str, port: u16) -> bool {
-        let host = host.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_ascii_lowercase();
         self.patterns.iter().any(|p| {
-            p.scheme.as_deref().is_none_or(|s| s.eq_ignore_ascii_case(scheme))
+            p.scheme
+                .as_deref()
+                .is_none_or(|s| s.eq_ignore_ascii_case(scheme))
                 && p.port.is_none_or(|pp| pp == port)
                 && host_matches(&p.host, &host)
         })
@@ -63,9 +68,9 @@ impl AllowList {
     #[must_use]
     pub fn allows_addr(&self, addr: SocketAddr) -> bool {
         let host = addr.ip().to_string();
-        self.patterns.iter().any(|p| {
-            p.port.is_none_or(|pp| pp == addr.port()) && (p.host == "*" || p.host == host)
-        })
+        self.patterns
+            .iter()
+            .any(|p| p.port.is_none_or(|pp| pp == addr.port()) && (p.host == "*" || p.host == host))
     }
 }
 
@@ -85,7 +90,12 @@ fn parse_one(s: &str) -> Result<Pattern, String> {
     let bad = |why: &str| format!("allowed outbound host {s:?}: {why}");
     let (scheme, rest) = match s.split_once("://") {
         Some(("*", rest)) => (None, rest),
-        Some((scheme, rest)) if !scheme.is_empty() && scheme.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'-' || b == b'.') => {
+        Some((scheme, rest))
+            if !scheme.is_empty()
+                && scheme
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'-' || b == b'.') =>
+        {
             (Some(scheme.to_ascii_lowercase()), rest)
         }
         Some(_) => return Err(bad("invalid scheme")),
@@ -125,7 +135,10 @@ pub(crate) fn refuse(log: Option<&crate::logs::LogFile>, what: &str) {
         log.record(
             crate::logs::Stream::Stderr,
             false,
-            format!("krustlet: outbound connection refused by the pod's allowed outbound hosts: {what}").as_bytes(),
+            format!(
+                "krustlet: outbound connection refused by the pod's allowed outbound hosts: {what}"
+            )
+            .as_bytes(),
         );
     }
 }
@@ -136,28 +149,47 @@ mod tests {
 
     #[test]
     fn patterns_match_scheme_host_and_port() {
-        let a = AllowList::parse("http://10.0.0.12:80, *://api.example.com:*\n*.svc.local https://[::1]:8443").unwrap();
+        let a = AllowList::parse(
+            "http://10.0.0.12:80, *://api.example.com:*\n*.svc.local https://[::1]:8443",
+        )
+        .expect("test");
         assert!(a.allows("http", "10.0.0.12", 80));
         assert!(!a.allows("https", "10.0.0.12", 80));
         assert!(!a.allows("http", "10.0.0.12", 81));
         assert!(!a.allows("http", "10.0.0.13", 80));
         assert!(a.allows("https", "API.example.com", 9));
         assert!(a.allows("http", "web.svc.local", 80));
-        assert!(!a.allows("http", "svc.local", 80), "the wildcard needs a label");
+        assert!(
+            !a.allows("http", "svc.local", 80),
+            "the wildcard needs a label"
+        );
         assert!(!a.allows("http", "evilsvc.local", 80));
         assert!(a.allows("https", "[::1]", 8443));
-        assert!(a.allows_addr("10.0.0.12:80".parse().unwrap()));
-        assert!(!a.allows_addr("10.0.0.12:81".parse().unwrap()));
-        assert!(!a.allows_addr("10.0.0.99:80".parse().unwrap()), "names never match addresses");
-        let any = AllowList::parse("*://*:*").unwrap();
-        assert!(any.allows("http", "x", 1) && any.allows_addr("1.2.3.4:5".parse().unwrap()));
-        let none = AllowList::parse("").unwrap();
-        assert!(!none.allows("http", "x", 80) && !none.allows_addr("1.2.3.4:5".parse().unwrap()));
+        assert!(a.allows_addr("10.0.0.12:80".parse().expect("test")));
+        assert!(!a.allows_addr("10.0.0.12:81".parse().expect("test")));
+        assert!(
+            !a.allows_addr("10.0.0.99:80".parse().expect("test")),
+            "names never match addresses"
+        );
+        let any = AllowList::parse("*://*:*").expect("test");
+        assert!(any.allows("http", "x", 1) && any.allows_addr("1.2.3.4:5".parse().expect("test")));
+        let none = AllowList::parse("").expect("test");
+        assert!(
+            !none.allows("http", "x", 80) && !none.allows_addr("1.2.3.4:5".parse().expect("test"))
+        );
     }
 
     #[test]
     fn bad_patterns_are_refused() {
-        for bad in ["http://", "http://x:99999", "http://x/path", "h_t://x", "[::1", "://x", "x:port"] {
+        for bad in [
+            "http://",
+            "http://x:99999",
+            "http://x/path",
+            "h_t://x",
+            "[::1",
+            "://x",
+            "x:port",
+        ] {
             assert!(AllowList::parse(bad).is_err(), "{bad}");
         }
     }

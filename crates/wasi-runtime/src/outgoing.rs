@@ -60,21 +60,18 @@ impl WasiHttpHooks for Outgoing {
             }
             // Connected (name lookup, socket, TLS) on the namespace's thread; the
             // response streams from wherever the guest reads it.
-            let sent = net
-                .spawn(async move {
-                    wasmtime_wasi_http::default_send_request(request, options)
-                        .await
-                        .map(|(resp, io)| {
-                            use http_body_util::BodyExt;
-                            let resp: hyper::Response<WasiBody> = resp.map(BodyExt::boxed_unsync);
-                            let io: Box<dyn Future<Output = Result<(), Error>> + Send> =
-                                Box::new(io);
-                            (resp, io)
-                        })
-                })
-                .await
-                .map_err(|e| Error::InternalError(Some(e.to_string())))?;
-            sent
+            net.spawn(async move {
+                wasmtime_wasi_http::default_send_request(request, options)
+                    .await
+                    .map(|(resp, io)| {
+                        use http_body_util::BodyExt;
+                        let resp: hyper::Response<WasiBody> = resp.map(BodyExt::boxed_unsync);
+                        let io: Box<dyn Future<Output = Result<(), Error>> + Send> = Box::new(io);
+                        (resp, io)
+                    })
+            })
+            .await
+            .map_err(|e| Error::InternalError(Some(e.to_string())))?
         })
     }
 }

@@ -320,8 +320,9 @@ impl Engine {
                             let log = LogFile::open(&spec.log_path, self.log_rotation)?;
                             builder.socket_addr_check(move |addr, use_| {
                                 use wasmtime_wasi::sockets::SocketAddrUse;
-                                let ok = matches!(use_, SocketAddrUse::TcpBind | SocketAddrUse::UdpBind)
-                                    || allow.allows_addr(addr);
+                                let ok =
+                                    matches!(use_, SocketAddrUse::TcpBind | SocketAddrUse::UdpBind)
+                                        || allow.allows_addr(addr);
                                 if !ok {
                                     crate::allow::refuse(Some(&log), &addr.to_string());
                                 }

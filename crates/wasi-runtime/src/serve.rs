@@ -81,9 +81,7 @@ pub(crate) struct Server {
 
 /// The linker of served components: all of WASI 0.2 (sockets stay denied: each
 /// request's context grants none) and `wasi:http`.
-pub(crate) fn linker(
-    engine: &wasmtime::Engine,
-) -> Result<wasmtime::component::Linker<HttpState>> {
+pub(crate) fn linker(engine: &wasmtime::Engine) -> Result<wasmtime::component::Linker<HttpState>> {
     let mut linker = wasmtime::component::Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)
         .and_then(|()| wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker))
@@ -92,7 +90,10 @@ pub(crate) fn linker(
 }
 
 /// Whether a component exports `wasi:http/incoming-handler` (0.2): it is served, not run.
-pub(crate) fn is_proxy(engine: &wasmtime::Engine, component: &wasmtime::component::Component) -> bool {
+pub(crate) fn is_proxy(
+    engine: &wasmtime::Engine,
+    component: &wasmtime::component::Component,
+) -> bool {
     component
         .component_type()
         .exports(engine)
@@ -229,18 +230,13 @@ pub(crate) async fn run(
         Stop::Drain(deadline) => Some(deadline),
         _ => None,
     };
-    let drained = async {
-        while connections.join_next().await.is_some() {}
-    };
+    let drained = async { while connections.join_next().await.is_some() {} };
     let killed = async {
-        match deadline {
-            Some(d) => {
-                tokio::select! {
-                    () = tokio::time::sleep_until(d.into()) => {}
-                    () = until(&mut stop, |s| *s == Stop::Kill) => {}
-                }
+        if let Some(d) = deadline {
+            tokio::select! {
+                () = tokio::time::sleep_until(d.into()) => {}
+                () = until(&mut stop, |s| *s == Stop::Kill) => {}
             }
-            None => {}
         }
     };
     let exit = tokio::select! {
@@ -371,6 +367,7 @@ fn error_response(status: u16, body: &'static str) -> hyper::Response<HyperOutgo
         .map_err(|never| match never {})
         .boxed_unsync();
     let mut r = hyper::Response::new(body);
-    *r.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
+    *r.status_mut() =
+        hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
     r
 }

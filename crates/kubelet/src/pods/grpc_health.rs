@@ -98,12 +98,13 @@ pub async fn check(ip: IpAddr, port: u16, service: &str) -> Result<(), String> {
     let stream = tokio::net::TcpStream::connect(addr)
         .await
         .map_err(|e| fail(e.to_string()))?;
-    let (mut sender, conn) = hyper::client::conn::http2::handshake::<_, _, http_body_util::Full<Bytes>>(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(stream),
-    )
-    .await
-    .map_err(|e| fail(e.to_string()))?;
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake::<_, _, http_body_util::Full<Bytes>>(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(stream),
+        )
+        .await
+        .map_err(|e| fail(e.to_string()))?;
     let driver = tokio::spawn(conn);
     let req = hyper::Request::post(format!("http://{addr}/grpc.health.v1.Health/Check"))
         .header("content-type", "application/grpc")
@@ -142,7 +143,10 @@ pub async fn check(ip: IpAddr, port: u16, service: &str) -> Result<(), String> {
         if status == 1 {
             Ok(())
         } else {
-            Err(format!("service unhealthy (responded with \"{}\")", status_name(status)))
+            Err(format!(
+                "service unhealthy (responded with \"{}\")",
+                status_name(status)
+            ))
         }
     }
     .await;
@@ -161,11 +165,20 @@ mod tests {
         assert_eq!(parse_response(&[0, 0, 0, 0, 2, 0x08, 1]), Some(1));
         assert_eq!(parse_response(&[0, 0, 0, 0, 0]), Some(0));
         // An unknown length-delimited field is skipped.
-        assert_eq!(parse_response(&[0, 0, 0, 0, 5, 0x12, 1, b'x', 0x08, 2]), Some(2));
+        assert_eq!(
+            parse_response(&[0, 0, 0, 0, 5, 0x12, 1, b'x', 0x08, 2]),
+            Some(2)
+        );
         for bad in [&[0u8, 0, 0][..], &[1, 0, 0, 0, 0], &[0, 0, 0, 0, 9, 0x08]] {
             assert_eq!(parse_response(bad), None, "{bad:?}");
         }
-        let mut buf: &[u8] = &[0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x01];
-        assert_eq!(read_varint(&mut buf), None, "an over-long varint is refused");
+        let mut buf: &[u8] = &[
+            0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x01,
+        ];
+        assert_eq!(
+            read_varint(&mut buf),
+            None,
+            "an over-long varint is refused"
+        );
     }
 }

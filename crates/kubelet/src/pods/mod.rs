@@ -5,12 +5,12 @@ pub mod admission;
 mod container;
 mod env;
 mod grpc_health;
-pub mod service_env;
 #[cfg(test)]
 mod machine_tests;
 pub mod probe;
 pub mod record;
 mod sequence;
+pub mod service_env;
 pub mod spec;
 pub mod status;
 mod termination;

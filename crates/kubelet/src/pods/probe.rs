@@ -94,11 +94,17 @@ pub struct Spec {
 }
 
 fn seconds(v: Option<i32>, default: u64, min: u64) -> Duration {
-    Duration::from_secs(v.and_then(|s| u64::try_from(s).ok()).unwrap_or(default).max(min))
+    Duration::from_secs(
+        v.and_then(|s| u64::try_from(s).ok())
+            .unwrap_or(default)
+            .max(min),
+    )
 }
 
 fn count(v: Option<i32>, default: u32) -> u32 {
-    v.and_then(|s| u32::try_from(s).ok()).filter(|n| *n > 0).unwrap_or(default)
+    v.and_then(|s| u32::try_from(s).ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(default)
 }
 
 /// A port by number or by the name of one of the container's ports.
@@ -224,7 +230,10 @@ pub async fn run(check: &Check, pod_ip: IpAddr, timeout: Duration) -> Result<(),
                 url(check, pod_ip)
             ),
             Check::Tcp { host, port } => {
-                format!("dial tcp {}: i/o timeout", target(host.as_deref(), pod_ip, *port))
+                format!(
+                    "dial tcp {}: i/o timeout",
+                    target(host.as_deref(), pod_ip, *port)
+                )
             }
             Check::Grpc { .. } => format!(
                 "timeout: health rpc did not complete within {}s",
@@ -259,7 +268,11 @@ fn url(check: &Check, pod_ip: IpAddr) -> String {
     }
 }
 
-async fn connect(host: Option<&str>, pod_ip: IpAddr, port: u16) -> Result<tokio::net::TcpStream, String> {
+async fn connect(
+    host: Option<&str>,
+    pod_ip: IpAddr,
+    port: u16,
+) -> Result<tokio::net::TcpStream, String> {
     let addr = target(host, pod_ip, port);
     tokio::net::TcpStream::connect(&addr)
         .await
@@ -288,23 +301,32 @@ async fn run_untimed(check: &Check, pod_ip: IpAddr) -> Result<(), String> {
         } => {
             let url = url(check, pod_ip);
             if *https {
-                return Err(format!("Get \"{url}\": HTTPS probes are not supported on wasm nodes yet"));
+                return Err(format!(
+                    "Get \"{url}\": HTTPS probes are not supported on wasm nodes yet"
+                ));
             }
             let stream = connect(host.as_deref(), pod_ip, *port)
                 .await
                 .map_err(|e| format!("Get \"{url}\": {e}"))?;
-            http_get(stream, &target(host.as_deref(), pod_ip, *port), path, headers)
-                .await
-                .map_err(|e| format!("Get \"{url}\": {e}"))
-                .and_then(|status| {
-                    if (200..400).contains(&status) {
-                        Ok(())
-                    } else {
-                        Err(format!("HTTP probe failed with statuscode: {status}"))
-                    }
-                })
+            http_get(
+                stream,
+                &target(host.as_deref(), pod_ip, *port),
+                path,
+                headers,
+            )
+            .await
+            .map_err(|e| format!("Get \"{url}\": {e}"))
+            .and_then(|status| {
+                if (200..400).contains(&status) {
+                    Ok(())
+                } else {
+                    Err(format!("HTTP probe failed with statuscode: {status}"))
+                }
+            })
         }
-        Check::Grpc { port, service } => crate::pods::grpc_health::check(pod_ip, *port, service).await,
+        Check::Grpc { port, service } => {
+            crate::pods::grpc_health::check(pod_ip, *port, service).await
+        }
         Check::Invalid(e) => Err(e.clone()),
     }
 }
@@ -318,9 +340,10 @@ async fn http_get(
 ) -> Result<u16, String> {
     use http_body_util::BodyExt;
     let io = hyper_util::rt::TokioIo::new(stream);
-    let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, http_body_util::Empty<bytes::Bytes>>(io)
-        .await
-        .map_err(|e| e.to_string())?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake::<_, http_body_util::Empty<bytes::Bytes>>(io)
+            .await
+            .map_err(|e| e.to_string())?;
     let driver = tokio::spawn(conn);
     let mut req = hyper::Request::get(path)
         .header(hyper::header::HOST, authority)
@@ -362,17 +385,20 @@ mod tests {
             "name": "web",
             "ports": [{ "name": "http", "containerPort": 8080 }]
         }))
-        .unwrap()
+        .expect("test")
     }
 
     fn probe(v: serde_json::Value) -> Probe {
-        serde_json::from_value(v).unwrap()
+        serde_json::from_value(v).expect("test")
     }
 
     #[test]
     fn specs_take_the_kubelets_defaults_and_named_ports() {
-        let s = spec(&probe(serde_json::json!({ "httpGet": { "port": "http", "path": "healthz" } })), &container())
-            .unwrap();
+        let s = spec(
+            &probe(serde_json::json!({ "httpGet": { "port": "http", "path": "healthz" } })),
+            &container(),
+        )
+        .expect("test");
         assert_eq!(
             s,
             Spec {
@@ -390,11 +416,24 @@ mod tests {
                 failure_threshold: 3,
             }
         );
-        let bad = spec(&probe(serde_json::json!({ "tcpSocket": { "port": "nope" } })), &container()).unwrap();
-        assert_eq!(bad.check, Check::Invalid("couldn't find port: nope in web".to_owned()));
-        assert!(spec(&probe(serde_json::json!({ "exec": { "command": ["x"] } })), &container()).is_none());
+        let bad = spec(
+            &probe(serde_json::json!({ "tcpSocket": { "port": "nope" } })),
+            &container(),
+        )
+        .expect("test");
+        assert_eq!(
+            bad.check,
+            Check::Invalid("couldn't find port: nope in web".to_owned())
+        );
+        assert!(
+            spec(
+                &probe(serde_json::json!({ "exec": { "command": ["x"] } })),
+                &container()
+            )
+            .is_none()
+        );
         let g = spec(&probe(serde_json::json!({ "grpc": { "port": 9000 }, "periodSeconds": 0, "failureThreshold": 0 })), &container())
-            .unwrap();
+            .expect("test");
         assert_eq!(g.period, Duration::from_secs(1));
         assert_eq!(g.failure_threshold, 3);
     }
@@ -402,7 +441,10 @@ mod tests {
     #[test]
     fn thresholds_need_consecutive_results() {
         let s = Spec {
-            check: Check::Tcp { host: None, port: 1 },
+            check: Check::Tcp {
+                host: None,
+                port: 1,
+            },
             initial_delay: Duration::ZERO,
             period: Duration::from_secs(1),
             timeout: Duration::from_secs(1),
@@ -426,22 +468,27 @@ mod tests {
     #[tokio::test]
     async fn http_and_tcp_checks_give_the_kubelets_messages() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("test");
+        let port = listener.local_addr().expect("test").port();
         let server = tokio::spawn(async move {
             for status in [200, 503, 302] {
-                let (mut s, _) = listener.accept().await.unwrap();
+                let (mut s, _) = listener.accept().await.expect("test");
                 let mut buf = vec![0; 4096];
-                let n = s.read(&mut buf).await.unwrap();
+                let n = s.read(&mut buf).await.expect("test");
                 let req = String::from_utf8_lossy(&buf[..n]).to_string();
                 assert!(req.starts_with("GET /healthz HTTP/1.1\r\n"), "{req}");
-                assert!(req.to_ascii_lowercase().contains("user-agent: kube-probe/"), "{req}");
+                assert!(
+                    req.to_ascii_lowercase().contains("user-agent: kube-probe/"),
+                    "{req}"
+                );
                 assert!(req.to_ascii_lowercase().contains("x-check: 1"), "{req}");
                 let reply = format!("HTTP/1.1 {status} X\r\ncontent-length: 2\r\n\r\nok");
-                s.write_all(reply.as_bytes()).await.unwrap();
+                s.write_all(reply.as_bytes()).await.expect("test");
             }
         });
-        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let ip: IpAddr = "127.0.0.1".parse().expect("test");
         let check = Check::Http {
             host: None,
             port,
@@ -451,24 +498,39 @@ mod tests {
         };
         let t = Duration::from_secs(5);
         assert_eq!(run(&check, ip, t).await, Ok(()));
-        assert_eq!(run(&check, ip, t).await, Err("HTTP probe failed with statuscode: 503".into()));
+        assert_eq!(
+            run(&check, ip, t).await,
+            Err("HTTP probe failed with statuscode: 503".into())
+        );
         assert_eq!(run(&check, ip, t).await, Ok(()), "3xx is a success");
-        server.await.unwrap();
+        server.await.expect("test");
         // Nothing listens any more.
-        let refused = run(&Check::Tcp { host: None, port }, ip, t).await.unwrap_err();
-        assert_eq!(refused, format!("dial tcp 127.0.0.1:{port}: connect: connection refused"));
-        let refused = run(&check, ip, t).await.unwrap_err();
-        assert!(refused.starts_with(&format!("Get \"http://127.0.0.1:{port}/healthz\": dial tcp")), "{refused}");
+        let refused = run(&Check::Tcp { host: None, port }, ip, t)
+            .await
+            .expect_err("test");
+        assert_eq!(
+            refused,
+            format!("dial tcp 127.0.0.1:{port}: connect: connection refused")
+        );
+        let refused = run(&check, ip, t).await.expect_err("test");
+        assert!(
+            refused.starts_with(&format!(
+                "Get \"http://127.0.0.1:{port}/healthz\": dial tcp"
+            )),
+            "{refused}"
+        );
         // A server that accepts and never answers: the timeout.
-        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("test");
         let check = Check::Http {
             host: None,
-            port: silent.local_addr().unwrap().port(),
+            port: silent.local_addr().expect("test").port(),
             path: "/".into(),
             headers: vec![],
             https: false,
         };
-        let slow = run(&check, ip, Duration::from_millis(300)).await.unwrap_err();
+        let slow = run(&check, ip, Duration::from_millis(300))
+            .await
+            .expect_err("test");
         assert!(slow.contains("context deadline exceeded"), "{slow}");
     }
 }

@@ -28,7 +28,9 @@ pub fn vars(pod: &Pod, services: &[Service]) -> Vec<(String, String)> {
         .unwrap_or(true);
     let mut chosen: BTreeMap<&str, &Service> = BTreeMap::new();
     for s in services {
-        let Some(name) = s.metadata.name.as_deref() else { continue };
+        let Some(name) = s.metadata.name.as_deref() else {
+            continue;
+        };
         let svc_ns = s.metadata.namespace.as_deref().unwrap_or_default();
         if svc_ns == "default" && MASTER_SERVICES.contains(&name) {
             chosen.entry(name).or_insert(s);
@@ -38,8 +40,14 @@ pub fn vars(pod: &Pod, services: &[Service]) -> Vec<(String, String)> {
     }
     let mut out = BTreeMap::new();
     for (name, s) in chosen {
-        let Some(spec) = s.spec.as_ref() else { continue };
-        let Some(ip) = spec.cluster_ip.as_deref().filter(|ip| !ip.is_empty() && *ip != "None") else {
+        let Some(spec) = s.spec.as_ref() else {
+            continue;
+        };
+        let Some(ip) = spec
+            .cluster_ip
+            .as_deref()
+            .filter(|ip| !ip.is_empty() && *ip != "None")
+        else {
             continue;
         };
         let ports = spec.ports.as_deref().unwrap_or_default();
@@ -49,7 +57,10 @@ pub fn vars(pod: &Pod, services: &[Service]) -> Vec<(String, String)> {
         out.insert(format!("{prefix}_SERVICE_PORT"), first.port.to_string());
         for p in ports {
             if let Some(pn) = p.name.as_deref().filter(|n| !n.is_empty()) {
-                out.insert(format!("{prefix}_SERVICE_PORT_{}", env_name(pn)), p.port.to_string());
+                out.insert(
+                    format!("{prefix}_SERVICE_PORT_{}", env_name(pn)),
+                    p.port.to_string(),
+                );
             }
         }
         let proto = |p: &k8s_openapi::api::core::v1::ServicePort| {
@@ -57,12 +68,19 @@ pub fn vars(pod: &Pod, services: &[Service]) -> Vec<(String, String)> {
         };
         out.insert(
             format!("{prefix}_PORT"),
-            format!("{}://{ip}:{}", proto(first).to_ascii_lowercase(), first.port),
+            format!(
+                "{}://{ip}:{}",
+                proto(first).to_ascii_lowercase(),
+                first.port
+            ),
         );
         for p in ports {
             let proto = proto(p);
             let base = format!("{prefix}_PORT_{}_{}", p.port, proto.to_ascii_uppercase());
-            out.insert(base.clone(), format!("{}://{ip}:{}", proto.to_ascii_lowercase(), p.port));
+            out.insert(
+                base.clone(),
+                format!("{}://{ip}:{}", proto.to_ascii_lowercase(), p.port),
+            );
             out.insert(format!("{base}_PROTO"), proto.to_ascii_lowercase());
             out.insert(format!("{base}_PORT"), p.port.to_string());
             out.insert(format!("{base}_ADDR"), ip.to_owned());
@@ -80,7 +98,7 @@ mod tests {
             "metadata": { "name": name, "namespace": ns },
             "spec": { "clusterIP": ip, "ports": ports }
         }))
-        .unwrap()
+        .expect("test")
     }
 
     fn pod(ns: &str, links: Option<bool>) -> Pod {
@@ -88,18 +106,39 @@ mod tests {
             "metadata": { "name": "p", "namespace": ns },
             "spec": { "containers": [], "enableServiceLinks": links }
         }))
-        .unwrap()
+        .expect("test")
     }
 
     #[test]
     fn the_kubelets_variables_for_the_namespace_and_the_master_service() {
         let services = [
-            svc("default", "kubernetes", "10.0.0.1", serde_json::json!([{ "name": "https", "port": 443, "protocol": "TCP" }])),
-            svc("apps", "web-api", "10.0.0.20", serde_json::json!([{ "name": "http", "port": 80 }, { "name": "dns", "port": 53, "protocol": "UDP" }])),
-            svc("apps", "headless", "None", serde_json::json!([{ "port": 80 }])),
-            svc("other", "elsewhere", "10.0.0.30", serde_json::json!([{ "port": 80 }])),
+            svc(
+                "default",
+                "kubernetes",
+                "10.0.0.1",
+                serde_json::json!([{ "name": "https", "port": 443, "protocol": "TCP" }]),
+            ),
+            svc(
+                "apps",
+                "web-api",
+                "10.0.0.20",
+                serde_json::json!([{ "name": "http", "port": 80 }, { "name": "dns", "port": 53, "protocol": "UDP" }]),
+            ),
+            svc(
+                "apps",
+                "headless",
+                "None",
+                serde_json::json!([{ "port": 80 }]),
+            ),
+            svc(
+                "other",
+                "elsewhere",
+                "10.0.0.30",
+                serde_json::json!([{ "port": 80 }]),
+            ),
         ];
-        let got: BTreeMap<String, String> = vars(&pod("apps", None), &services).into_iter().collect();
+        let got: BTreeMap<String, String> =
+            vars(&pod("apps", None), &services).into_iter().collect();
         let want = [
             ("KUBERNETES_SERVICE_HOST", "10.0.0.1"),
             ("KUBERNETES_SERVICE_PORT", "443"),
@@ -123,11 +162,17 @@ mod tests {
             ("WEB_API_PORT_53_UDP_PORT", "53"),
             ("WEB_API_PORT_53_UDP_ADDR", "10.0.0.20"),
         ];
-        let want: BTreeMap<String, String> = want.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        let want: BTreeMap<String, String> = want
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
         assert_eq!(got, want);
         // enableServiceLinks: false keeps only the master service's.
         let off = vars(&pod("apps", Some(false)), &services);
-        assert!(off.iter().all(|(k, _)| k.starts_with("KUBERNETES_")), "{off:?}");
+        assert!(
+            off.iter().all(|(k, _)| k.starts_with("KUBERNETES_")),
+            "{off:?}"
+        );
         assert_eq!(off.len(), 8);
     }
 }

@@ -124,11 +124,9 @@ impl PodWorker {
         // The sandbox's addresses; the node's for a pod on the node's network; none
         // before the sandbox (kept from an earlier status across an agent restart).
         let pod_ips: Vec<PodIP> = match sandbox {
-            Some(s) if !s.ips.is_empty() => s
-                .ips
-                .iter()
-                .map(|a| PodIP { ip: a.to_string() })
-                .collect(),
+            Some(s) if !s.ips.is_empty() => {
+                s.ips.iter().map(|a| PodIP { ip: a.to_string() }).collect()
+            }
             Some(_) => vec![PodIP { ip: ip.clone() }],
             None => existing.pod_ips.clone().unwrap_or_default(),
         };

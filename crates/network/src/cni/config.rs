@@ -59,7 +59,9 @@ impl NetworkList {
         };
         let name = text("name")?;
         if !valid_name(&name) {
-            return Err(bad(format!("network name {name:?} has characters other than letters, digits, `.`, `_`, `-`")));
+            return Err(bad(format!(
+                "network name {name:?} has characters other than letters, digits, `.`, `_`, `-`"
+            )));
         }
         let cni_version = text("cniVersion")?;
         let confs: Vec<Map<String, Value>> = match top.get("plugins") {
@@ -167,8 +169,7 @@ fn read_bounded(path: &Path) -> Result<Vec<u8>> {
 pub fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 253
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
@@ -187,11 +188,14 @@ mod tests {
                 {"type":"bridge","capabilities":{"ipRanges":true,"x":false}},
                 {"type":"portmap","capabilities":{"portMappings":true}}]}"#,
         )
-        .unwrap();
+        .expect("test");
         assert_eq!(list.name, "k");
         assert_eq!(list.plugins.len(), 2);
-        assert_eq!(list.plugins[0].capabilities, BTreeSet::from(["ipRanges".to_owned()]));
-        let one = parse(r#"{"cniVersion":"0.4.0","name":"k","type":"bridge"}"#).unwrap();
+        assert_eq!(
+            list.plugins[0].capabilities,
+            BTreeSet::from(["ipRanges".to_owned()])
+        );
+        let one = parse(r#"{"cniVersion":"0.4.0","name":"k","type":"bridge"}"#).expect("test");
         assert_eq!(one.plugins[0].kind, "bridge");
     }
 
@@ -213,27 +217,33 @@ mod tests {
 
     #[test]
     fn load_takes_the_first_valid_file_and_skips_broken_and_oversized_ones() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("00-broken.conflist"), "{").unwrap();
+        let dir = tempfile::tempdir().expect("test");
+        std::fs::write(dir.path().join("00-broken.conflist"), "{").expect("test");
         std::fs::write(
             dir.path().join("05-huge.conflist"),
             vec![b' '; (MAX_CONFIG_BYTES + 10) as usize],
         )
-        .unwrap();
+        .expect("test");
         std::fs::write(
             dir.path().join("10-good.conflist"),
             r#"{"cniVersion":"1.0.0","name":"good","plugins":[{"type":"bridge"}]}"#,
         )
-        .unwrap();
+        .expect("test");
         std::fs::write(
             dir.path().join("20-later.conf"),
             r#"{"cniVersion":"1.0.0","name":"later","type":"bridge"}"#,
         )
-        .unwrap();
-        std::os::unix::fs::symlink(dir.path().join("10-good.conflist"), dir.path().join("01-link.conflist"))
-            .unwrap();
-        assert_eq!(NetworkList::load(dir.path()).unwrap().name, "good");
-        let empty = tempfile::tempdir().unwrap();
-        assert!(matches!(NetworkList::load(empty.path()), Err(Error::NoConfig(_))));
+        .expect("test");
+        std::os::unix::fs::symlink(
+            dir.path().join("10-good.conflist"),
+            dir.path().join("01-link.conflist"),
+        )
+        .expect("test");
+        assert_eq!(NetworkList::load(dir.path()).expect("test").name, "good");
+        let empty = tempfile::tempdir().expect("test");
+        assert!(matches!(
+            NetworkList::load(empty.path()),
+            Err(Error::NoConfig(_))
+        ));
     }
 }

@@ -58,7 +58,10 @@ pub(super) async fn call(
     let mut child = tokio::process::Command::new(&binary)
         .env_clear()
         // Plugins run helpers (iptables, nft) found on the agent's PATH.
-        .env("PATH", std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into()))
+        .env(
+            "PATH",
+            std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into()),
+        )
         .env("CNI_COMMAND", command)
         .env("CNI_CONTAINERID", &att.container_id)
         .env("CNI_NETNS", &att.netns)

@@ -235,7 +235,8 @@ impl Cni {
         let Ok(list) = self.cached_list(container_id) else {
             return Ok(None);
         };
-        list.map(|(_, c)| Attached::from_result(c.result)).transpose()
+        list.map(|(_, c)| Attached::from_result(c.result))
+            .transpose()
     }
 
     /// Checks the attachment (CHECK of the list, with the cached result), for plugins
@@ -278,9 +279,7 @@ impl Cni {
         self.del_list(att, &list, &settings, cached.as_ref().map(|c| &c.result))
             .await?;
         match std::fs::remove_file(self.cache_path(&list.name, &att.container_id)) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                Err(Error::Cache(e.to_string()))
-            }
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::Cache(e.to_string())),
             _ => Ok(()),
         }
     }
@@ -316,7 +315,8 @@ impl Cni {
         let mut first_error = None;
         for plugin in list.plugins.iter().rev() {
             let stdin = plugin_config(list, plugin, settings, prev);
-            if let Err(e) = exec::call(self, att, list, plugin, "DEL", POD_INTERFACE, &stdin).await {
+            if let Err(e) = exec::call(self, att, list, plugin, "DEL", POD_INTERFACE, &stdin).await
+            {
                 first_error.get_or_insert(e);
             }
         }
@@ -349,7 +349,8 @@ impl Cni {
             let bytes = std::fs::read(entry.path()).map_err(|e| Error::Cache(e.to_string()))?;
             let cached: Cached = serde_json::from_slice(&bytes)
                 .map_err(|e| Error::Cache(format!("{}: {e}", entry.path().display())))?;
-            let raw = serde_json::to_vec(&cached.network).map_err(|e| Error::Cache(e.to_string()))?;
+            let raw =
+                serde_json::to_vec(&cached.network).map_err(|e| Error::Cache(e.to_string()))?;
             let list = NetworkList::parse(&raw, &entry.path())?;
             if name == format!("{}{suffix}", list.name) {
                 return Ok(Some((list, cached)));
@@ -374,7 +375,9 @@ fn check_id(id: &str) -> Result<()> {
     if config::valid_name(id) {
         Ok(())
     } else {
-        Err(Error::Config(format!("container ID {id:?} is not a plain name")))
+        Err(Error::Config(format!(
+            "container ID {id:?} is not a plain name"
+        )))
     }
 }
 

@@ -19,7 +19,8 @@ impl Supervisor {
         if self.slot.init && c.restart_policy.as_deref() != Some("Always") {
             return std::future::pending().await;
         }
-        let spec = |p: Option<&k8s_openapi::api::core::v1::Probe>| p.and_then(|p| probe::spec(p, c));
+        let spec =
+            |p: Option<&k8s_openapi::api::core::v1::Probe>| p.and_then(|p| probe::spec(p, c));
         let (startup, liveness, readiness) = (
             spec(c.startup_probe.as_ref()),
             spec(c.liveness_probe.as_ref()),

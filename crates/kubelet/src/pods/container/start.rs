@@ -33,8 +33,7 @@ impl Supervisor {
             .get()
             .and_then(|s| s.ips.first().copied());
         let (env, invalid) =
-            crate::pods::env::resolve(&*self.ctx.api, &self.pod, &self.spec, &facts)
-                .await?;
+            crate::pods::env::resolve(&*self.ctx.api, &self.pod, &self.spec, &facts).await?;
         for message in invalid {
             self.event(
                 EventType::Warning,

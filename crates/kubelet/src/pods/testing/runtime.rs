@@ -206,7 +206,12 @@ impl Runtime for Shared {
             return Box::pin(std::future::ready(Err("scripted failure".to_owned())));
         }
         self.0.log(Did::SandboxUp(config.uid.clone()));
-        let ips = self.0.pod_ip.lock().map(|ip| ip.iter().copied().collect()).unwrap_or_default();
+        let ips = self
+            .0
+            .pod_ip
+            .lock()
+            .map(|ip| ip.iter().copied().collect())
+            .unwrap_or_default();
         Box::pin(std::future::ready(Ok(Sandbox {
             id: format!("sandbox-{}", config.uid),
             ips,
