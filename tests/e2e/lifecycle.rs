@@ -519,10 +519,11 @@ async fn pods_the_node_cannot_run_are_rejected_as_the_kubelet_rejects_them() -> 
     create_fresh(&pods, &exec).await?;
     assert_eq!(rejected("e2e-admit-exec").await?.0, "UnsupportedProbe");
 
-    // A network probe is accepted with a warning; readiness follows the container.
+    // A network probe is admitted and run: the module serves nothing, so the readiness
+    // probe fails (an Unhealthy event) and the pod runs but is not Ready.
     let http = bound(
         "e2e-admit-http",
-        serde_json::json!({ "readinessProbe": { "httpGet": { "port": 8080 } } }),
+        serde_json::json!({ "readinessProbe": { "tcpSocket": { "port": 1 }, "periodSeconds": 1 } }),
     );
     create_fresh(&pods, &http).await?;
     let p = running("e2e-admit-http").await?;
@@ -530,8 +531,21 @@ async fn pods_the_node_cannot_run_are_rejected_as_the_kubelet_rejects_them() -> 
         p.status.and_then(|s| s.qos_class).as_deref(),
         Some("BestEffort")
     );
-    let evs = events(&cluster, "e2e-admit-http").await?;
-    assert!(evs.iter().any(|e| e.0 == "UnsupportedProbe"), "{evs:?}");
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let evs = events(&cluster, "e2e-admit-http").await?;
+        if evs.iter().any(|e| {
+            e.0 == "Unhealthy"
+                && e.1
+                    == "Readiness probe failed: dial tcp 127.0.0.1:1: connect: connection refused"
+        }) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{evs:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+    let p = pods.get("e2e-admit-http").await?;
+    assert_eq!(e2e::pod_condition(&p, "Ready").as_deref(), Some("False"));
 
     let port = |name: &str| {
         bound(

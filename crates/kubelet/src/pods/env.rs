@@ -225,12 +225,13 @@ pub(crate) async fn resolve(
         };
         set(&mut env, var.name.clone(), value);
     }
-    for (k, v) in service_vars {
-        if !env.iter().any(|(name, _)| *name == k) {
-            env.push((k, v));
-        }
-    }
-    Ok((env, invalid))
+    // First, so that the container's own variables come last, as the manifest has them.
+    let mut all: Vec<(String, String)> = service_vars
+        .into_iter()
+        .filter(|(k, _)| !env.iter().any(|(name, _)| name == k))
+        .collect();
+    all.extend(env);
+    Ok((all, invalid))
 }
 
 #[cfg(test)]
