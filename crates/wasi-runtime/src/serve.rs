@@ -226,6 +226,7 @@ pub(crate) async fn run(
     }
     drop(listener);
     let _ = drain_tx.send(true);
+    let killed_now = *stop.borrow() == Stop::Kill;
     let deadline = match *stop.borrow() {
         Stop::Drain(deadline) => Some(deadline),
         _ => None,
@@ -240,6 +241,11 @@ pub(crate) async fn run(
         }
     };
     let exit = tokio::select! {
+        biased;
+        () = std::future::ready(()), if killed_now => {
+            connections.abort_all();
+            Exit::Killed
+        }
         () = drained => Exit::Code(0),
         () = killed => {
             connections.abort_all();
