@@ -219,29 +219,26 @@ fn ready_pod(
     dir: &std::path::Path,
     probes: serde_json::Value,
 ) -> Pod {
-    let mut container = serde_json::json!({
-        "name": "web",
-        "image": image,
-        "ports": [{ "containerPort": 8080, "name": "http" }],
-        "volumeMounts": [{ "name": "data", "mountPath": "/data" }]
-    });
+    let mut pod = serde_json::to_value(http_pod(name, node, image)).expect("a pod as JSON");
+    let container = &mut pod["spec"]["containers"][0];
+    container["volumeMounts"] = serde_json::json!([{ "name": "data", "mountPath": "/data" }]);
     if let (Some(c), Some(p)) = (container.as_object_mut(), probes.as_object()) {
         c.extend(p.clone());
     }
-    serde_json::from_value(serde_json::json!({
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": { "name": name, "labels": { "app": name } },
-        "spec": {
-            "nodeSelector": { "kubernetes.io/arch": "wasm32-wasi", "kubernetes.io/hostname": node },
-            "tolerations": [{ "key": "kubernetes.io/arch", "operator": "Equal", "value": "wasm32-wasi" }],
-            "automountServiceAccountToken": false,
-            "terminationGracePeriodSeconds": 2,
-            "containers": [container],
-            "volumes": [{ "name": "data", "hostPath": { "path": dir, "type": "DirectoryOrCreate" } }]
-        }
-    }))
-    .expect("valid pod manifest")
+    pod["spec"]["terminationGracePeriodSeconds"] = serde_json::json!(2);
+    pod["spec"]["volumes"] = serde_json::json!([
+        { "name": "data", "hostPath": { "path": dir, "type": "DirectoryOrCreate" } }
+    ]);
+    serde_json::from_value(pod).expect("valid pod manifest")
+}
+
+/// An empty directory `target/e2e/<name>` for a hostPath volume, by its canonical path
+/// (the API server refuses a hostPath with `..` in it).
+fn fresh_dir(name: &str) -> anyhow::Result<std::path::PathBuf> {
+    let dir = e2e::root().join("target/e2e").join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir.canonicalize()?)
 }
 
 /// The ready flags of the endpoints of Service `svc`'s EndpointSlices.
@@ -272,11 +269,7 @@ async fn readiness_probes_move_the_pod_in_and_out_of_its_services_endpoints() ->
     let cluster = Cluster::connect().await?;
     let (net, node, _) = networked_node(&cluster, "net-ready", 10402).await?;
     let image = cluster.push("http-ready.component", "v1").await?;
-    let dir = e2e::root().join("target/e2e/net-ready.data");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir)?;
-    // The API server refuses a hostPath with `..` in it.
-    let dir = dir.canonicalize()?;
+    let dir = fresh_dir("net-ready.data")?;
     let pods = cluster.pods();
     let services: kube::Api<k8s_openapi::api::core::v1::Service> =
         kube::Api::namespaced(cluster.client.clone(), "default");
@@ -370,11 +363,7 @@ async fn a_failing_liveness_probe_restarts_the_container_with_the_kubelets_event
     let cluster = Cluster::connect().await?;
     let (net, node, _) = networked_node(&cluster, "net-live", 10403).await?;
     let image = cluster.push("http-ready.component", "v1").await?;
-    let dir = e2e::root().join("target/e2e/net-live.data");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir)?;
-    // The API server refuses a hostPath with `..` in it.
-    let dir = dir.canonicalize()?;
+    let dir = fresh_dir("net-live.data")?;
     let pods = cluster.pods();
     let _ = delete_and_wait(&pods, "live-a", 60).await;
     let probes = serde_json::json!({
