@@ -14,7 +14,10 @@
 //! module blocked in `sleep`) on the krustlet node for N = 100, 500, 1000 (and the sizes in
 //! `DENSITY_SIZES`, e.g. `100,500,1000,2000`): time until all are Ready, krustlet's
 //! resident memory and its CPU use over 10 idle seconds, the node lease's age, and whether
-//! the node stays Ready; written to `bench-results/density.{json,csv}`.
+//! the node stays Ready; written to `bench-results/density.{json,csv}`. With
+//! `DENSITY_NETWORK=1` every pod also gets a network namespace and an address through
+//! the CNI plugins (a bridge of the bench's own), and the kernel's slab memory per pod is
+//! printed beside the table.
 //!
 //! With `churn` (`hack/bench churn`) it creates, runs to completion and deletes pods
 //! continuously for `CHURN_SECONDS` (120), 10 at a time, and reports the pods per second
@@ -274,6 +277,7 @@ async fn density(cluster: &Cluster, node: &KrustletNode) -> anyhow::Result<()> {
     clear(&pods).await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let baseline = rss_kib(pid).unwrap_or_default();
+    let slab0 = meminfo_kib("Slab").unwrap_or_default();
     println!(
         "krustlet RSS with no pods: {:.1} MiB",
         baseline as f64 / 1024.0
@@ -319,6 +323,10 @@ async fn density(cluster: &Cluster, node: &KrustletNode) -> anyhow::Result<()> {
         let idle_cpu = (cpu_ticks(pid).unwrap_or_default() - cpu0) as f64 / 10.0;
         let rss = rss_kib(pid).unwrap_or_default();
         let per_pod = rss.saturating_sub(baseline) as f64 / n as f64;
+        // The kernel's own memory (slab: namespaces, veths, sockets), machine-wide.
+        let slab_per_pod =
+            (meminfo_kib("Slab").unwrap_or_default() as f64 - slab0 as f64) / n as f64;
+        println!("  kernel slab over the empty node: {slab_per_pod:.0} KiB per pod");
         let lease = leases.get(KRUSTLET_NODE).await?;
         let renewed = lease.spec.and_then(|s| s.renew_time).map(|t| t.0);
         let lease_age = renewed.map_or(f64::NAN, |t| {
@@ -336,7 +344,7 @@ async fn density(cluster: &Cluster, node: &KrustletNode) -> anyhow::Result<()> {
         ));
         json.push(serde_json::json!({
             "pods": n, "seconds_to_ready": to_ready, "rss_kib": rss, "baseline_rss_kib": baseline,
-            "kib_per_pod": per_pod, "idle_cpu_percent": idle_cpu, "lease_age_seconds": lease_age,
+            "kib_per_pod": per_pod, "kernel_slab_kib_per_pod": slab_per_pod, "idle_cpu_percent": idle_cpu, "lease_age_seconds": lease_age,
             "node_ready": ready
         }));
     }
@@ -350,6 +358,18 @@ async fn density(cluster: &Cluster, node: &KrustletNode) -> anyhow::Result<()> {
     std::fs::write(dir.join("density.csv"), csv)?;
     println!("written: bench-results/density.json, density.csv");
     Ok(())
+}
+
+/// A `/proc/meminfo` field, in KiB.
+fn meminfo_kib(field: &str) -> Option<u64> {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 async fn churn(cluster: &Cluster, node: &KrustletNode) -> anyhow::Result<()> {
@@ -457,10 +477,20 @@ async fn main() -> anyhow::Result<()> {
         return churn(&cluster, &node).await;
     }
     if std::env::args().any(|a| a == "density") {
-        let node = cluster
-            .ready_node(KRUSTLET_NODE, 10401, &["--max-pods", "20000"])
-            .await?;
-        return density(&cluster, &node).await;
+        // DENSITY_NETWORK=1: every pod in a network namespace of its own, wired by the
+        // CNI plugins (a bridge of the bench's own, addresses from a /20).
+        let net = match std::env::var("DENSITY_NETWORK").as_deref() {
+            Ok("1") => Some(e2e::PodNet::for_node_in(KRUSTLET_NODE, "10.244.240.0/20")?),
+            _ => None,
+        };
+        let mut flags = vec!["--max-pods".to_owned(), "20000".to_owned()];
+        flags.extend(net.iter().flat_map(e2e::PodNet::flags));
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        let node = cluster.ready_node(KRUSTLET_NODE, 10401, &flags).await?;
+        let result = density(&cluster, &node).await;
+        drop(node);
+        drop(net);
+        return result;
     }
     let node: KrustletNode = cluster
         .ready_node(KRUSTLET_NODE, 10401, &["--max-pods", "1000"])

@@ -27,6 +27,19 @@ impl PodNet {
     /// # Errors
     /// When the cluster (its CNI plugins) is not set up or the files cannot be written.
     pub fn for_node(node: &str) -> Result<Self> {
+        Self::make(node, None)
+    }
+
+    /// [`PodNet::for_node`] with the pods' addresses from `subnet` instead of the node's
+    /// pod CIDR (a `/24`, 254 pods), for the density benchmark's thousands of pods.
+    ///
+    /// # Errors
+    /// As [`PodNet::for_node`].
+    pub fn for_node_in(node: &str, subnet: &str) -> Result<Self> {
+        Self::make(node, Some(subnet))
+    }
+
+    fn make(node: &str, subnet: Option<&str>) -> Result<Self> {
         let env = cluster_env()?;
         let cni_bin = env
             .get("CNI_BIN_DIR")
@@ -65,10 +78,11 @@ impl PodNet {
                     "isDefaultGateway": false,
                     "ipMasq": false,
                     "hairpinMode": true,
-                    "capabilities": { "ipRanges": true },
+                    "capabilities": { "ipRanges": subnet.is_none() },
                     "ipam": {
                         "type": "host-local",
                         "dataDir": dir.join("ipam"),
+                        "ranges": subnet.map(|s| vec![vec![serde_json::json!({ "subnet": s })]]),
                         "routes": [{ "dst": cluster_cidr }, { "dst": service_cidr }],
                     },
                 },
