@@ -1,27 +1,32 @@
 //! wasi:http serving against `wasmtime serve`, run with `hack/bench http`, which builds
 //! krustlet in release mode and `target/wasm/http-hello.component.wasm`, installs the
-//! `wasmtime` CLI of the release krustlet links and Debian's `wrk` when missing, and sets
-//! `KRUSTLET_BIN` and `WASMTIME_BIN`.
+//! `wasmtime` CLI of the release krustlet links and the `oha` load generator from
+//! crates.io when missing, and sets `KRUSTLET_BIN`, `WASMTIME_BIN` and `OHA_BIN`.
 //!
 //! **Throughput and latency.** The hello component served by a pod of a networked
 //! krustlet node (its pod IP, port 8080, over the node's bridge) and by `wasmtime serve
-//! -Scli` on a free loopback port, in one run, both loaded by `wrk` with the same
-//! settings: a warm-up of each, then for each load (2 threads and 16 connections for
-//! 15 s; 1 connection for 10 s) four measured runs in the order krustlet, wasmtime,
-//! wasmtime, krustlet. Of each side's two runs the one with more requests per second
-//! counts (both are in the JSON). Requests per second, p50 and p99 are wrk's; the CPU
-//! time each server process used over the run (from `/proc`) per request is beside them.
-//! With more than 2 CPUs, both servers are pinned to the first two and wrk to the rest;
-//! with 2, everything (and the control plane) shares them.
+//! -Scli` on a free loopback port, in one run, all loaded by `oha` with the same settings
+//! (keep-alive connections, each sending its next request when the last answer is in).
+//! A third server, `wasmtime serve -O pooling-allocator=n`, has the on-demand instance
+//! allocator krustlet's engine uses, which tells that cost apart from the rest. A warm-up
+//! of each, then for each load (16 connections on 2 client threads for 15 s; 1 connection
+//! on 1 thread for 10 s) three rounds of one run each, the middle round in reverse order;
+//! of each server's three runs the median by requests per second counts (all are in the
+//! JSON). The percentiles are those of the
+//! requests made: oha corrects nothing by default, where wrk 4 adds samples for requests
+//! a fixed-rate client would have sent during a stall, which turns a few 40 ms stalls
+//! into the p99. Beside them, the CPU time each server process used over the run (from
+//! `/proc`) per request. With more than 2 CPUs, both servers are pinned to the first two
+//! and the client to the rest; with 2, everything (and the control plane) shares them.
 //!
 //! **First request.** `FRESH_PODS` new pods of the same (cached) image, one at a time,
 //! bound with `spec.nodeName`: from just before the create request to the first 200
 //! from the pod's IP, which the client learns from a watch on the pod's status and then
 //! asks every 2 ms.
 //!
-//! `HTTP_PERF=1` adds a flat `perf` profile of each server under the 16-connection load
-//! (`target/bench-http-<side>.perf.txt`). Prints a table and writes
-//! `bench-results/http.json`.
+//! `HTTP_PERF=1` adds a `perf` profile of each server under the 16-connection load
+//! (`target/bench-http-<side>.perf.{data,txt}`; the text lists the symbols with 3 % or
+//! more of the samples, counting what they call). Prints a table and writes `bench-results/http.json`.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -45,7 +50,7 @@ const COMPONENT: &str = "http-hello.component";
 const FRESH_PODS: usize = 10;
 const WARMUP_SECONDS: u64 = 5;
 
-/// One wrk setting, the same for both sides.
+/// One load setting, the same for both sides.
 #[derive(Clone, Copy, serde::Serialize)]
 struct Load {
     threads: usize,
@@ -70,7 +75,11 @@ impl Load {
 #[serde(rename_all = "snake_case")]
 enum Side {
     Krustlet,
+    /// `wasmtime serve` with its defaults: the peer of the comparison.
     Wasmtime,
+    /// `wasmtime serve -O pooling-allocator=n`: the on-demand instance allocator krustlet's
+    /// engine uses, to tell that cost apart from the rest.
+    WasmtimeOnDemand,
 }
 
 impl Side {
@@ -78,6 +87,7 @@ impl Side {
         match self {
             Self::Krustlet => "krustlet pod",
             Self::Wasmtime => "wasmtime serve",
+            Self::WasmtimeOnDemand => "wasmtime serve, on-demand allocator",
         }
     }
 }
@@ -89,7 +99,7 @@ struct Target {
     pid: u32,
 }
 
-/// What one wrk run measured.
+/// What one run of the load measured.
 #[derive(Clone, serde::Serialize)]
 struct Measured {
     side: Side,
@@ -98,7 +108,9 @@ struct Measured {
     requests_per_second: f64,
     p50_ms: f64,
     p99_ms: f64,
-    /// Socket errors and non-2xx answers, as wrk counts them.
+    p999_ms: f64,
+    max_ms: f64,
+    /// Answers other than 200 and failed requests (those cut by the run's end aside).
     errors: u64,
     /// User and system CPU time of the server process over the run, per request.
     cpu_us_per_request: f64,
@@ -158,71 +170,59 @@ fn cpu_ticks(pid: u32) -> u64 {
     field(11).unwrap_or_default() + field(12).unwrap_or_default()
 }
 
-/// A wrk duration (`287.00us`, `2.16ms`, `1.02s`, `1.00m`) in milliseconds.
-fn wrk_ms(text: &str) -> Option<f64> {
-    let at = text.find(|c: char| c.is_ascii_alphabetic())?;
-    let (number, unit) = text.split_at(at);
-    let n: f64 = number.parse().ok()?;
-    Some(match unit {
-        "us" => n / 1000.0,
-        "ms" => n,
-        "s" => n * 1000.0,
-        "m" => n * 60_000.0,
-        _ => return None,
-    })
-}
-
-/// Requests, requests per second, p50 and p99 (ms) and errors from wrk's `--latency`
-/// output.
-fn parse_wrk(out: &str) -> anyhow::Result<(u64, f64, f64, f64, u64)> {
-    let (mut requests, mut rps, mut p50, mut p99, mut errors) = (None, None, None, None, 0);
-    for line in out.lines().map(str::trim) {
-        let words: Vec<&str> = line.split_whitespace().collect();
-        match words.as_slice() {
-            ["50%", v] => p50 = wrk_ms(v),
-            ["99%", v] => p99 = wrk_ms(v),
-            ["Requests/sec:", v] => rps = v.parse().ok(),
-            [n, "requests", "in", ..] => requests = n.parse().ok(),
-            ["Non-2xx", "or", "3xx", "responses:", n] => errors += n.parse::<u64>()?,
-            ["Socket", "errors:", rest @ ..] => {
-                errors += rest
-                    .iter()
-                    .filter_map(|w| w.trim_end_matches(',').parse::<u64>().ok())
-                    .sum::<u64>();
-            }
-            _ => {}
-        }
-    }
-    match (requests, rps, p50, p99) {
-        (Some(n), Some(r), Some(a), Some(b)) => Ok((n, r, a, b, errors)),
-        _ => bail!("cannot read wrk's output:\n{out}"),
-    }
-}
-
-/// One wrk run of `load` against `target`, pinned to `cpus` when given.
-fn wrk(target: &Target, load: Load, cpus: Option<&str>) -> anyhow::Result<Measured> {
-    let bin = std::env::var("WRK_BIN").unwrap_or_else(|_| "wrk".to_owned());
+/// One `oha` run of `load` against `target`, the client pinned to `cpus` when given.
+fn run_load(target: &Target, load: Load, cpus: Option<&str>) -> anyhow::Result<Measured> {
+    let bin = std::env::var("OHA_BIN").unwrap_or_else(|_| "oha".to_owned());
     let mut cmd = pinned(Path::new(&bin), cpus);
-    cmd.arg(format!("-t{}", load.threads))
-        .arg(format!("-c{}", load.connections))
-        .arg(format!("-d{}s", load.seconds))
-        .arg("--latency")
+    cmd.args(["--no-tui", "--output-format", "json"])
+        .args(["-c", &load.connections.to_string()])
+        .args(["--worker-threads", &load.threads.to_string()])
+        .args(["-z", &format!("{}s", load.seconds)])
         .arg(format!("http://{}/bench", target.addr));
     let cpu0 = cpu_ticks(target.pid);
     let out = cmd.output().with_context(|| format!("running {bin}"))?;
     let cpu = cpu_ticks(target.pid) - cpu0;
     if !out.status.success() {
-        bail!("wrk failed: {}", String::from_utf8_lossy(&out.stderr));
+        bail!("oha failed: {}", String::from_utf8_lossy(&out.stderr));
     }
-    let (requests, rps, p50, p99, errors) = parse_wrk(&String::from_utf8_lossy(&out.stdout))?;
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("oha printed {}", String::from_utf8_lossy(&out.stdout)))?;
+    let seconds = |v: &serde_json::Value| v.as_f64().map(|s| s * 1000.0);
+    let field = |path: &str| {
+        report
+            .pointer(path)
+            .and_then(seconds)
+            .with_context(|| format!("no {path} in oha's report"))
+    };
+    let counts = |path: &str, skip: &str| -> u64 {
+        report
+            .pointer(path)
+            .and_then(serde_json::Value::as_object)
+            .map_or(0, |m| {
+                m.iter()
+                    .filter(|(k, _)| *k != skip)
+                    .filter_map(|(_, n)| n.as_u64())
+                    .sum()
+            })
+    };
+    let ok = report
+        .pointer("/statusCodeDistribution/200")
+        .and_then(serde_json::Value::as_u64)
+        .unwrap_or(0);
+    let requests = counts("/statusCodeDistribution", "");
     Ok(Measured {
         side: target.side,
         load,
         requests,
-        requests_per_second: rps,
-        p50_ms: p50,
-        p99_ms: p99,
-        errors,
+        requests_per_second: report
+            .pointer("/summary/requestsPerSec")
+            .and_then(serde_json::Value::as_f64)
+            .context("no requests per second in oha's report")?,
+        p50_ms: field("/latencyPercentiles/p50")?,
+        p99_ms: field("/latencyPercentiles/p99")?,
+        p999_ms: field("/latencyPercentiles/p99.9")?,
+        max_ms: field("/summary/slowest")?,
+        errors: requests - ok + counts("/errorDistribution", "aborted due to deadline"),
         cpu_us_per_request: cpu as f64 * 10_000.0 / requests.max(1) as f64,
     })
 }
@@ -352,9 +352,9 @@ async fn address_of(
     }
 }
 
-/// With `HTTP_PERF=1`: a flat `perf` profile of `target` under `load` for 10 s, written
+/// With `HTTP_PERF=1`: a `perf` profile of `target` under `load` for 10 s, written
 /// to `target/bench-http-<side>.perf.txt`; its top lines.
-fn profile(target: &Target, load: Load, wrk_cpus: Option<&str>) -> anyhow::Result<String> {
+fn profile(target: &Target, load: Load, client_cpus: Option<&str>) -> anyhow::Result<String> {
     let dir = e2e::root().join("target");
     let side = format!("{:?}", target.side).to_lowercase();
     let data = dir.join(format!("bench-http-{side}.perf.data"));
@@ -366,57 +366,70 @@ fn profile(target: &Target, load: Load, wrk_cpus: Option<&str>) -> anyhow::Resul
         .stderr(Stdio::null())
         .spawn()
         .context("running perf")?;
-    wrk(
+    run_load(
         target,
         Load {
             seconds: 10,
             ..load
         },
-        wrk_cpus,
+        client_cpus,
     )?;
     record.wait()?;
     let report = Command::new("perf")
-        .args([
-            "report",
-            "--stdio",
-            "--no-children",
-            "-g",
-            "none",
-            "--percent-limit",
-            "1",
-        ])
-        .args(["--sort", "dso,sym", "-i"])
+        .args(["report", "--stdio", "--children", "-g", "none"])
+        .args(["--percent-limit", "3", "--sort", "sym", "-i"])
         .arg(&data)
         .output()?;
     let text: String = String::from_utf8_lossy(&report.stdout)
         .lines()
         .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-        .take(30)
+        .take(60)
         .map(|l| format!("{l}\n"))
         .collect();
     std::fs::write(dir.join(format!("bench-http-{side}.perf.txt")), &text)?;
     Ok(text)
 }
 
-fn start_peer(bin: &Path, component: &Path, port: u16, cpus: Option<&str>) -> anyhow::Result<Peer> {
-    let log = std::fs::File::create(e2e::root().join("target/bench-http-wasmtime.log"))?;
-    let child = pinned(bin, cpus)
-        .args(["serve", "-Scli", "--addr", &format!("127.0.0.1:{port}")])
-        .args(["--env", "POD_NAME=peer"])
+fn start_peer(
+    bin: &Path,
+    component: &Path,
+    cpus: Option<&str>,
+    side: Side,
+) -> anyhow::Result<(Peer, Target)> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let name = format!("target/bench-http-{side:?}.log").to_lowercase();
+    let log = std::fs::File::create(e2e::root().join(name))?;
+    let mut cmd = pinned(bin, cpus);
+    cmd.args(["serve", "-Scli", "--addr", &format!("127.0.0.1:{port}")])
+        .args(["--env", "POD_NAME=peer"]);
+    if side == Side::WasmtimeOnDemand {
+        cmd.args(["-O", "pooling-allocator=n"]);
+    }
+    let child = cmd
         .arg(component)
         .stdout(log.try_clone()?)
         .stderr(log)
         .spawn()
         .with_context(|| format!("starting {}", bin.display()))?;
-    Ok(Peer(child))
+    let target = Target {
+        side,
+        addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        pid: child.id(),
+    };
+    Ok((Peer(child), target))
 }
 
-/// The better (more requests per second) of `side`'s runs under `load`.
-fn best(runs: &[Measured], side: Side, load: Load) -> anyhow::Result<Measured> {
-    runs.iter()
+/// The median (by requests per second) of `side`'s runs under `load`.
+fn median_run(runs: &[Measured], side: Side, load: Load) -> anyhow::Result<Measured> {
+    let mut mine: Vec<&Measured> = runs
+        .iter()
         .filter(|m| m.side == side && m.load.connections == load.connections)
-        .max_by(|a, b| a.requests_per_second.total_cmp(&b.requests_per_second))
-        .cloned()
+        .collect();
+    mine.sort_by(|a, b| a.requests_per_second.total_cmp(&b.requests_per_second));
+    mine.get(mine.len() / 2)
+        .map(|m| (*m).clone())
         .context("no run")
 }
 
@@ -426,7 +439,7 @@ fn median(sorted: &[f64]) -> f64 {
     (sorted[(n - 1) / 2] + sorted[n / 2]) / 2.0
 }
 
-/// The measurements, with the node, its pod network and the peer already up.
+/// The measurements, with the node and its pod network up.
 async fn measure(
     cluster: &Cluster,
     node: &KrustletNode,
@@ -436,7 +449,7 @@ async fn measure(
     let pods = cluster.pods();
     let image = cluster.push(COMPONENT, "bench").await?;
     let component = e2e::root().join(format!("target/wasm/{COMPONENT}.wasm"));
-    let (server_cpus, wrk_cpus) = if cpus.len() > 2 {
+    let (server_cpus, client_cpus) = if cpus.len() > 2 {
         (Some(cpu_list(&cpus[..2])), Some(cpu_list(&cpus[2..])))
     } else {
         (None, None)
@@ -448,15 +461,10 @@ async fn measure(
             .stdout(Stdio::null())
             .status()?;
     }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let peer = start_peer(wasmtime, &component, port, server_cpus.as_deref())?;
-    let peer_target = Target {
-        side: Side::Wasmtime,
-        addr: SocketAddr::from(([127, 0, 0, 1], port)),
-        pid: peer.0.id(),
-    };
+    let server_cpus = server_cpus.as_deref();
+    let (peer, peer_target) = start_peer(wasmtime, &component, server_cpus, Side::Wasmtime)?;
+    let (on_demand, on_demand_target) =
+        start_peer(wasmtime, &component, server_cpus, Side::WasmtimeOnDemand)?;
 
     clear(&pods, "http").await?;
     clear(&pods, "http-fresh").await?;
@@ -472,40 +480,51 @@ async fn measure(
         addr: SocketAddr::new(ip, 8080),
         pid: krustlet_pid,
     };
-    first_ok(pod_target.addr, 60).await?;
-    first_ok(peer_target.addr, 60).await?;
+    let targets = [&pod_target, &peer_target, &on_demand_target];
+    for t in targets {
+        first_ok(t.addr, 60).await?;
+    }
 
-    let wrk_cpus = wrk_cpus.as_deref();
+    let client_cpus = client_cpus.as_deref();
     let warmup = Load {
         seconds: WARMUP_SECONDS,
         ..LOADS[0]
     };
-    for t in [&pod_target, &peer_target] {
-        wrk(t, warmup, wrk_cpus)?;
+    for t in targets {
+        run_load(t, warmup, client_cpus)?;
     }
+    // Three rounds, the order turned around in the middle one.
+    let [k, w, d] = targets;
+    let order = [k, w, d, d, w, k, k, w, d];
     let mut runs = Vec::new();
     for load in LOADS {
-        for t in [&pod_target, &peer_target, &peer_target, &pod_target] {
-            let m = wrk(t, load, wrk_cpus)?;
+        for t in order {
+            let m = run_load(t, load, client_cpus)?;
             eprintln!(
-                "{:?} c{}: {:.0} req/s, p50 {:.3} ms, p99 {:.3} ms, {} errors",
-                m.side, load.connections, m.requests_per_second, m.p50_ms, m.p99_ms, m.errors
+                "{} c{}: {:.0} req/s, p50 {:.3} ms, p99 {:.3} ms, {} errors",
+                m.side.label(),
+                load.connections,
+                m.requests_per_second,
+                m.p50_ms,
+                m.p99_ms,
+                m.errors
             );
             runs.push(m);
         }
     }
     if std::env::var("HTTP_PERF").is_ok_and(|v| v == "1") {
-        for t in [&pod_target, &peer_target] {
+        for t in [k, w] {
+            let top = profile(t, LOADS[0], client_cpus)?;
             println!(
-                "perf, {:?}, c{}:\n{}",
-                t.side,
-                LOADS[0].connections,
-                profile(t, LOADS[0], wrk_cpus)?
+                "perf, {}, c{}:\n{top}",
+                t.side.label(),
+                LOADS[0].connections
             );
         }
     }
     clear(&pods, "http").await?;
     drop(peer);
+    drop(on_demand);
 
     // First requests of fresh pods, one at a time.
     let fresh = watch_addresses(pods.clone(), "http-fresh");
@@ -527,7 +546,43 @@ async fn measure(
     to_ip.sort_by(f64::total_cmp);
     to_ok.sort_by(f64::total_cmp);
 
-    report(&runs, &to_ip, &to_ok, cpus, &pod_target, &peer_target)
+    report(&runs, &to_ip, &to_ok, cpus, &targets)
+}
+
+/// The table row of `m`.
+fn row(m: &Measured) -> String {
+    format!(
+        "| {} | {} | {:.0} | {:.3} | {:.3} | {:.2} | {:.1} | {:.0} |",
+        m.side.label(),
+        m.load.connections,
+        m.requests_per_second,
+        m.p50_ms,
+        m.p99_ms,
+        m.p999_ms,
+        m.max_ms,
+        m.cpu_us_per_request
+    )
+}
+
+/// `a` over `b` in throughput, p50, p99 and CPU per request; its row and its JSON.
+fn ratios(a: &Measured, b: &Measured) -> (String, serde_json::Value) {
+    let (rps, p50, p99, cpu) = (
+        a.requests_per_second / b.requests_per_second,
+        a.p50_ms / b.p50_ms,
+        a.p99_ms / b.p99_ms,
+        a.cpu_us_per_request / b.cpu_us_per_request,
+    );
+    let label = format!("{} / {}", a.side.label(), b.side.label());
+    (
+        format!(
+            "| {label} | {} | {rps:.2}x | {p50:.2}x | {p99:.2}x | | | {cpu:.2}x |",
+            a.load.connections
+        ),
+        serde_json::json!({
+            "of": label, "throughput_ratio": rps, "p50_ratio": p50, "p99_ratio": p99,
+            "cpu_per_request_ratio": cpu
+        }),
+    )
 }
 
 /// Prints the table; the JSON to write.
@@ -536,76 +591,72 @@ fn report(
     to_ip: &[f64],
     to_ok: &[f64],
     cpus: &[usize],
-    pod: &Target,
-    peer: &Target,
+    targets: &[&Target; 3],
 ) -> anyhow::Result<serde_json::Value> {
     let pinning = if cpus.len() > 2 {
         format!(
-            "both servers pinned to CPUs {}, wrk to {}",
+            "the servers pinned to CPUs {}, the client to {}",
             cpu_list(&cpus[..2]),
             cpu_list(&cpus[2..])
         )
     } else {
         format!(
-            "{} CPUs in all: both servers, wrk and the control plane share them",
+            "{} CPUs in all: the servers, the client (oha) and the control plane share them",
             cpus.len()
         )
     };
-    let krustlet = format!(
-        "krustlet pod at {} (one agent process, release build; the server on its guest runtime of \
-         one worker thread per CPU at its start, a fresh instance per request, an access log line per request)",
-        pod.addr
-    );
-    let wasmtime = format!(
-        "wasmtime serve -Scli at {} (its defaults: a tokio runtime of one worker per CPU, a fresh \
-         instance per request, the pooling allocator where the address space allows it)",
-        peer.addr
-    );
-    println!("krustlet: {krustlet}\nwasmtime: {wasmtime}\n{pinning}");
+    let [k, w, d] = targets;
+    let sides = [
+        format!(
+            "krustlet pod at {}: one agent process (release build); the server on its guest \
+             runtime (one worker thread per CPU at its start), a fresh instance per request \
+             (on-demand allocator, epoch preemption), an access log line per request",
+            k.addr
+        ),
+        format!(
+            "wasmtime serve -Scli at {}: its defaults (a tokio runtime of one worker per CPU, a \
+             fresh instance per request, the pooling allocator where the address space allows it)",
+            w.addr
+        ),
+        format!(
+            "wasmtime serve -Scli -O pooling-allocator=n at {}: the same with the on-demand allocator",
+            d.addr
+        ),
+    ];
+    println!("{}\n{pinning}", sides.join("\n"));
     println!(
-        "wrk {WARMUP_SECONDS} s warm-up of each, then krustlet, wasmtime, wasmtime, krustlet per load; the better run of each side counts\n"
+        "oha, keep-alive; a {WARMUP_SECONDS} s warm-up of each, then per load three rounds \
+         (the middle one in reverse order); the median run of each counts\n"
     );
-    println!("| server | connections | requests/s | p50 ms | p99 ms | server CPU µs per request |");
-    println!("| --- | --- | --- | --- | --- | --- |");
+    println!(
+        "| server | connections | requests/s | p50 ms | p99 ms | p99.9 ms | max ms | server CPU µs per request |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
     let mut compared = Vec::new();
     for load in LOADS {
-        let (k, w) = (
-            best(runs, Side::Krustlet, load)?,
-            best(runs, Side::Wasmtime, load)?,
-        );
-        for m in [&k, &w] {
-            println!(
-                "| {} | {} | {:.0} | {:.3} | {:.3} | {:.0} |",
-                m.side.label(),
-                load.connections,
-                m.requests_per_second,
-                m.p50_ms,
-                m.p99_ms,
-                m.cpu_us_per_request
-            );
+        let medians = [
+            median_run(runs, Side::Krustlet, load)?,
+            median_run(runs, Side::Wasmtime, load)?,
+            median_run(runs, Side::WasmtimeOnDemand, load)?,
+        ];
+        for m in &medians {
+            println!("{}", row(m));
         }
-        let ratio = |a: f64, b: f64| a / b;
-        let (rps, p50, p99, cpu) = (
-            ratio(k.requests_per_second, w.requests_per_second),
-            ratio(k.p50_ms, w.p50_ms),
-            ratio(k.p99_ms, w.p99_ms),
-            ratio(k.cpu_us_per_request, w.cpu_us_per_request),
-        );
-        println!(
-            "| krustlet / wasmtime | {} | {rps:.2}x | {p50:.2}x | {p99:.2}x | {cpu:.2}x |",
-            load.connections
-        );
+        let (peer_row, peer) = ratios(&medians[0], &medians[1]);
+        let (on_demand_row, on_demand) = ratios(&medians[0], &medians[2]);
+        println!("{peer_row}\n{on_demand_row}");
         compared.push(serde_json::json!({
-            "load": load, "krustlet": k, "wasmtime": w,
-            "throughput_ratio": rps, "p50_ratio": p50, "p99_ratio": p99, "cpu_per_request_ratio": cpu
+            "load": load, "medians": medians, "krustlet_over_wasmtime": peer,
+            "krustlet_over_wasmtime_on_demand": on_demand
         }));
     }
-    let main = &compared[0];
+    let main = &compared[0]["krustlet_over_wasmtime"];
     let throughput_met = main["throughput_ratio"].as_f64().unwrap_or(0.0) >= 0.9;
     let p99_met = main["p99_ratio"].as_f64().unwrap_or(f64::MAX) <= 1.2;
     let said = |met: bool| if met { "met" } else { "missed" };
     println!(
-        "\ntargets at {} connections: throughput at least 0.9x: {}; p99 within 1.2x: {}",
+        "\ntargets against wasmtime serve at {} connections: throughput at least 0.9x: {}; \
+         p99 within 1.2x: {}",
         LOADS[0].connections,
         said(throughput_met),
         said(p99_met)
@@ -621,14 +672,14 @@ fn report(
     );
     let errors: u64 = runs.iter().map(|m| m.errors).sum();
     if errors > 0 {
-        println!(
-            "warning: wrk counted {errors} errors (socket errors or non-2xx answers) over all runs"
-        );
+        println!("warning: {errors} requests failed or were not answered 200 over all runs");
     }
     Ok(serde_json::json!({
         "when": jiff::Timestamp::now().to_string(),
-        "cpus": cpus.len(), "pinning": pinning, "krustlet": krustlet, "wasmtime": wasmtime,
-        "warmup_seconds": WARMUP_SECONDS, "order": "krustlet, wasmtime, wasmtime, krustlet; the better run counts",
+        "cpus": cpus.len(), "pinning": pinning, "sides": sides,
+        "client": "oha 1.16.0, keep-alive, no latency correction",
+        "warmup_seconds": WARMUP_SECONDS,
+        "order": "per load: krustlet, wasmtime, on-demand, on-demand, wasmtime, krustlet, krustlet, wasmtime, on-demand; the median run of each counts",
         "compared": compared, "runs": runs,
         "targets": { "throughput_at_least": 0.9, "p99_at_most": 1.2, "throughput_met": throughput_met, "p99_met": p99_met },
         "first_request": {
