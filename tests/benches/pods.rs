@@ -277,7 +277,7 @@ async fn density(cluster: &Cluster, node: &KrustletNode) -> anyhow::Result<()> {
     clear(&pods).await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let baseline = rss_kib(pid).unwrap_or_default();
-    let slab0 = meminfo_kib("Slab").unwrap_or_default();
+    let slab0 = e2e::proc_field("/proc/meminfo", "Slab").unwrap_or_default();
     println!(
         "krustlet RSS with no pods: {:.1} MiB",
         baseline as f64 / 1024.0
@@ -324,8 +324,9 @@ async fn density(cluster: &Cluster, node: &KrustletNode) -> anyhow::Result<()> {
         let rss = rss_kib(pid).unwrap_or_default();
         let per_pod = rss.saturating_sub(baseline) as f64 / n as f64;
         // The kernel's own memory (slab: namespaces, veths, sockets), machine-wide.
-        let slab_per_pod =
-            (meminfo_kib("Slab").unwrap_or_default() as f64 - slab0 as f64) / n as f64;
+        let slab_per_pod = (e2e::proc_field("/proc/meminfo", "Slab").unwrap_or_default() as f64
+            - slab0 as f64)
+            / n as f64;
         println!("  kernel slab over the empty node: {slab_per_pod:.0} KiB per pod");
         let lease = leases.get(KRUSTLET_NODE).await?;
         let renewed = lease.spec.and_then(|s| s.renew_time).map(|t| t.0);
@@ -358,18 +359,6 @@ async fn density(cluster: &Cluster, node: &KrustletNode) -> anyhow::Result<()> {
     std::fs::write(dir.join("density.csv"), csv)?;
     println!("written: bench-results/density.json, density.csv");
     Ok(())
-}
-
-/// A `/proc/meminfo` field, in KiB.
-fn meminfo_kib(field: &str) -> Option<u64> {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()?
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
 }
 
 async fn churn(cluster: &Cluster, node: &KrustletNode) -> anyhow::Result<()> {

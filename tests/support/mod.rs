@@ -18,7 +18,7 @@ mod registry;
 
 pub use cluster::{Cluster, client, cluster_env, node_credentials, root, setup};
 pub use network::PodNet;
-pub use node::{KrustletNode, mounts_under, node_condition, proc_status, wait_node};
+pub use node::{KrustletNode, mounts_under, node_condition, proc_field, proc_status, wait_node};
 pub use pods::{
     PodRow, container_status, create_fresh, delete_and_wait, ensure_absent, phase, pod_condition,
     pod_with_spec, terminated, wait_gone, wait_pod, wait_row, waiting_message, waiting_reason,

@@ -251,8 +251,15 @@ pub async fn wait_node(
 /// The number after `field:` in `/proc/<pid>/status` (`VmRSS` in KiB, `Threads`).
 #[must_use]
 pub fn proc_status(pid: u32, field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
+    proc_field(&format!("/proc/{pid}/status"), field)
+}
+
+/// The number after `field:` in a `/proc` file of `Field: value [unit]` lines
+/// (`/proc/<pid>/status`, `/proc/meminfo`).
+#[must_use]
+pub fn proc_field(path: &str, field: &str) -> Option<u64> {
+    std::fs::read_to_string(path)
+        .ok()?
         .lines()
         .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))?
         .split_whitespace()

@@ -170,36 +170,6 @@ impl NetNs {
         })
         .await?
     }
-
-    /// An unconnected TCP socket of `addr`'s family inside the namespace, to connect
-    /// from any runtime.
-    ///
-    /// # Errors
-    /// The socket cannot be made (descriptor limits).
-    pub async fn tcp_socket(
-        &self,
-        addr: std::net::SocketAddr,
-    ) -> io::Result<tokio::net::TcpSocket> {
-        let fd: OwnedFd = self
-            .run(move || {
-                let family = if addr.is_ipv4() {
-                    rustix::net::AddressFamily::INET
-                } else {
-                    rustix::net::AddressFamily::INET6
-                };
-                rustix::net::socket_with(
-                    family,
-                    rustix::net::SocketType::STREAM,
-                    rustix::net::SocketFlags::NONBLOCK | rustix::net::SocketFlags::CLOEXEC,
-                    None,
-                )
-                .map_err(io::Error::from)
-            })
-            .await??;
-        Ok(tokio::net::TcpSocket::from_std_stream(
-            std::net::TcpStream::from(fd),
-        ))
-    }
 }
 
 /// Moves the calling thread into the namespace of `enter`.
@@ -266,10 +236,6 @@ pub fn is_pinned(path: &Path) -> bool {
 /// # Errors
 /// The unmount or the removal fail for another reason than absence.
 pub fn remove(path: &Path) -> io::Result<()> {
-    unpin(path)
-}
-
-fn unpin(path: &Path) -> io::Result<()> {
     match rustix::mount::unmount(path, rustix::mount::UnmountFlags::DETACH) {
         // EINVAL: not a mount point (a half-made pin, or already unmounted).
         Ok(()) | Err(rustix::io::Errno::INVAL) => {}
