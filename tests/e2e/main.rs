@@ -11,5 +11,6 @@ mod lifecycle;
 mod network;
 mod node;
 mod pods;
+mod port_forward;
 mod volumes;
 mod workloads;

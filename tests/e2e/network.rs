@@ -15,7 +15,7 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::PostParams;
 
 /// A networked node `name`, ready, with its pod CIDR assigned.
-async fn networked_node(
+pub(crate) async fn networked_node(
     cluster: &Cluster,
     name: &str,
     port: u16,
@@ -46,7 +46,7 @@ fn within(ip: IpAddr, cidr: &str) -> bool {
 
 /// One HTTP/1.1 request over a fresh connection (closed after it), bounded in time;
 /// the status code and the body.
-fn http_get(
+pub(crate) fn http_get(
     addr: SocketAddr,
     path: &str,
     headers: &[(&str, &str)],
@@ -75,7 +75,7 @@ fn http_get(
 }
 
 /// Retries `http_get` (a server that has only just started) for up to `secs`.
-async fn http_get_ready(
+pub(crate) async fn http_get_ready(
     addr: SocketAddr,
     path: &str,
     headers: &[(&str, &str)],
@@ -107,7 +107,7 @@ async fn http_get_ready(
     }
 }
 
-fn http_pod(name: &str, node: &str, image: &str) -> Pod {
+pub(crate) fn http_pod(name: &str, node: &str, image: &str) -> Pod {
     serde_json::from_value(serde_json::json!({
         "apiVersion": "v1",
         "kind": "Pod",

@@ -78,6 +78,18 @@ impl Cluster {
         })
     }
 
+    /// The cluster's `kubectl` with the admin kubeconfig and `args`, not yet started (for
+    /// commands that run on, such as `port-forward`); killed when dropped.
+    #[must_use]
+    pub fn kubectl_command(&self, args: &[&str]) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(&self.kubectl);
+        cmd.arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(args)
+            .kill_on_drop(true);
+        cmd
+    }
+
     /// Runs the cluster's `kubectl` with the admin kubeconfig; its stdout on success.
     ///
     /// # Errors

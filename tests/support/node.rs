@@ -133,6 +133,15 @@ impl KrustletNode {
             .args(["--client-ca-file", &value(&creds, "CLIENT_CA_FILE")?])
             .args(["--insecure-registries", &registry])
             .args(flags)
+            // Test nodes share the machine's disk with the build: the kubelet's defaults
+            // (imagefs.available<15%, GC above 85% used) would evict or unpull for reasons
+            // of the machine, not of the test. The tests of eviction and image GC pass
+            // their own flags, which win over these.
+            .env(
+                "KRUSTLET_EVICTION_HARD",
+                "memory.available<100Mi,nodefs.available<2%,nodefs.inodesFree<2%,imagefs.available<2%,imagefs.inodesFree<2%",
+            )
+            .env("KRUSTLET_IMAGE_GC_HIGH_THRESHOLD_PERCENT", "99")
             .env("RUST_LOG", "info,kube=warn")
             .stdout(log.try_clone()?)
             .stderr(log)

@@ -11,6 +11,9 @@ use kubelet::runtime::{
 };
 use wasi_runtime::{ContainerSpec, Engine, Exit, Preopen};
 
+/// How long connecting to a pod's port for `kubectl port-forward` may take.
+const PORT_FORWARD_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Images from [`oci::Store`], run by [`wasi_runtime::Engine`].
 #[derive(Debug)]
 pub struct WasmRuntime {
@@ -232,6 +235,28 @@ impl kubelet::Runtime for WasmRuntime {
             if let Some(net) = &self.network {
                 net.down(id, "", "").await;
             }
+        })
+    }
+
+    fn port_forward<'a>(
+        &'a self,
+        id: &'a str,
+        port: u16,
+    ) -> BoxFuture<'a, Result<tokio::net::TcpStream, String>> {
+        Box::pin(async move {
+            let ns = self
+                .network
+                .as_ref()
+                .and_then(|net| net.netns(id))
+                .ok_or_else(|| {
+                    "the pod has no network of its own (hostNetwork, or a node without \
+                     --cni-conf-dir): nothing in it can listen"
+                        .to_owned()
+                })?;
+            let addr = std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port));
+            ns.tcp_connect(addr, PORT_FORWARD_CONNECT_TIMEOUT)
+                .await
+                .map_err(|e| format!("failed to connect to localhost:{port} inside the pod's network namespace: {e}"))
         })
     }
 

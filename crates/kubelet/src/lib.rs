@@ -21,6 +21,7 @@ pub mod pods;
 pub mod quantity;
 pub mod ratelimit;
 pub mod runtime;
+pub mod sandboxes;
 pub mod server;
 mod tls;
 pub mod volumes;
@@ -125,6 +126,7 @@ impl Kubelet {
         // What the parts share: the node's images, where each container logs, the
         // pressure conditions; the pod watch loop alone holds the workers.
         let (images, logs) = (images::ImageIndex::default(), logs::LogIndex::default());
+        let sandboxes = sandboxes::SandboxIndex::default();
         let pressure = eviction::PressureHandle::default();
         let (pods_handle, commands) = pods::PodsHandle::new();
         let listener = server::bind(&config).await?;
@@ -184,9 +186,13 @@ impl Kubelet {
         ));
         let api = tokio::spawn(server::serve(
             listener,
-            logs.clone(),
-            metrics,
-            auth,
+            server::Parts {
+                logs: logs.clone(),
+                sandboxes: sandboxes.clone(),
+                runtime: runtime.clone(),
+                metrics,
+                auth,
+            },
             shutdown.clone(),
         ));
         // Returns at shutdown once every pod's workloads are killed.
@@ -198,6 +204,7 @@ impl Kubelet {
                 runtime,
                 images,
                 logs,
+                sandboxes,
                 pressure,
                 recorder,
             },

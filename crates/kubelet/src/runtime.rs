@@ -291,6 +291,16 @@ pub trait Runtime: Send + Sync + 'static {
     /// Tears a pod's sandbox down once none of its containers runs; idempotent.
     fn remove_pod_sandbox<'a>(&'a self, id: &'a str) -> BoxFuture<'a, ()>;
 
+    /// A TCP connection to `port` on the loopback address of the sandbox `id`'s own
+    /// network, as the CRI's `PortForward` makes one: what `kubectl port-forward` is
+    /// copied to and from. An error (no such sandbox, no network of its own, nothing
+    /// listening) is shown to the client.
+    fn port_forward<'a>(
+        &'a self,
+        id: &'a str,
+        port: u16,
+    ) -> BoxFuture<'a, Result<tokio::net::TcpStream, String>>;
+
     /// Starts one container run in its sandbox. An error is a failure to create or start
     /// it (`CreateContainerError` / `StartError`), not a failure of the workload.
     fn start_container(&self, run: ContainerRun) -> BoxFuture<'_, Result<ContainerHandle, String>>;

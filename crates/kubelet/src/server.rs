@@ -1,5 +1,6 @@
 //! The kubelet HTTPS API: `/healthz`, `/containerLogs/{namespace}/{pod}/{container}`
-//! (what `kubectl logs` reaches through the API server) and `/metrics` (Prometheus text:
+//! (what `kubectl logs` reaches through the API server), `/portForward/{namespace}/{pod}`
+//! (`kubectl port-forward`, see [`port_forward`]) and `/metrics` (Prometheus text:
 //! the runtime's counters and the node's pods). Every request, unknown paths included,
 //! passes [`crate::auth`] first; TLS handshakes are bounded in time and connections in
 //! number.
@@ -27,6 +28,8 @@ use crate::auth::{Auth, User};
 use crate::images::ImageIndex;
 use crate::logs::LogIndex;
 use crate::logs::{self, LogOptions, QueryError};
+use crate::runtime::Runtime;
+use crate::sandboxes::SandboxIndex;
 use crate::{Config, Error, Result};
 
 /// How long a client has to complete its TLS handshake.
@@ -85,8 +88,43 @@ struct Peer(Option<Arc<User>>);
 /// Renders the metrics page.
 pub type Metrics = Arc<dyn Fn() -> String + Send + Sync>;
 
-fn router(logs: LogIndex, metrics: Metrics, auth: Arc<Auth>) -> Router {
+/// What the API serves from.
+pub struct Parts {
+    /// Where each container logs (`/containerLogs`).
+    pub logs: LogIndex,
+    /// The pods' sandboxes (`/portForward`).
+    pub sandboxes: SandboxIndex,
+    /// The runtime that reaches into them.
+    pub runtime: Arc<dyn Runtime>,
+    /// The `/metrics` page.
+    pub metrics: Metrics,
+    /// Who may do what.
+    pub auth: Arc<Auth>,
+}
+
+fn router(parts: Parts) -> Router {
+    let Parts {
+        logs,
+        sandboxes,
+        runtime,
+        metrics,
+        auth,
+    } = parts;
+    let forwarder = port_forward::Forwarder {
+        sandboxes,
+        runtime,
+        pair_timeout: port_forward::PAIR_TIMEOUT,
+    };
     Router::new()
+        .route(
+            "/portForward/{namespace}/{pod}",
+            get(port_forward::by_name).post(port_forward::by_name),
+        )
+        .route(
+            "/portForward/{namespace}/{pod}/{uid}",
+            get(port_forward::by_uid).post(port_forward::by_uid),
+        )
+        .with_state(forwarder)
         .route("/healthz", get(|| async { "ok" }))
         .route(
             "/containerLogs/{namespace}/{pod}/{container}",
@@ -180,14 +218,8 @@ pub fn render_metrics(counters: &[crate::runtime::Counter], images: &ImageIndex)
 }
 
 /// Serves until `shutdown`, every request through `auth`.
-pub async fn serve(
-    listener: Listener,
-    logs: LogIndex,
-    metrics: Metrics,
-    auth: Arc<Auth>,
-    shutdown: CancellationToken,
-) {
-    let app = router(logs, metrics, auth);
+pub async fn serve(listener: Listener, parts: Parts, shutdown: CancellationToken) {
+    let app = router(parts);
     loop {
         // A connection is only accepted with a free place: at most MAX_CONNECTIONS
         // (handshaking or served) at once.
@@ -313,3 +345,6 @@ async fn container_logs(
 
 #[cfg(test)]
 mod tests;
+
+mod port_forward;
+mod spdy;

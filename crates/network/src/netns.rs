@@ -170,6 +170,28 @@ impl NetNs {
         })
         .await?
     }
+
+    /// A TCP connection made inside the namespace to `addr`, within `timeout`; it is
+    /// handed out of the namespace's runtime, ready for any other.
+    ///
+    /// # Errors
+    /// Nothing listens there, the address is not reachable from the namespace, or the
+    /// connection took longer than `timeout`.
+    pub async fn tcp_connect(
+        &self,
+        addr: std::net::SocketAddr,
+        timeout: std::time::Duration,
+    ) -> io::Result<tokio::net::TcpStream> {
+        let std = self
+            .spawn(async move {
+                let conn = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr))
+                    .await
+                    .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+                conn.into_std()
+            })
+            .await??;
+        tokio::net::TcpStream::from_std(std)
+    }
 }
 
 /// Moves the calling thread into the namespace of `enter`.

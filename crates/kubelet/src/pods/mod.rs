@@ -15,7 +15,7 @@ pub mod spec;
 pub mod status;
 mod termination;
 #[cfg(test)]
-mod testing;
+pub(crate) mod testing;
 mod worker;
 mod writer;
 
@@ -107,6 +107,8 @@ pub(crate) struct Ctx {
     pub images: ImageIndex,
     /// Where each container logs.
     pub logs: LogIndex,
+    /// The pods' sandboxes while they are up (for port forwarding).
+    pub sandboxes: crate::sandboxes::SandboxIndex,
     /// The node's pressure conditions, set by the eviction manager (admission).
     pub pressure: PressureHandle,
     pub recorder: Arc<crate::events::Recorder>,
@@ -145,6 +147,7 @@ pub(crate) struct Parts {
     pub runtime: Arc<dyn Runtime>,
     pub images: ImageIndex,
     pub logs: LogIndex,
+    pub sandboxes: crate::sandboxes::SandboxIndex,
     pub pressure: PressureHandle,
     pub recorder: Arc<crate::events::Recorder>,
 }
@@ -164,6 +167,7 @@ pub(crate) async fn run(
         runtime,
         images,
         logs,
+        sandboxes,
         pressure,
         recorder,
     } = parts;
@@ -175,6 +179,7 @@ pub(crate) async fn run(
         runtime,
         images,
         logs,
+        sandboxes,
         pressure,
         objects: crate::volumes::ObjectCache::default(),
         facts: crate::volumes::downward::NodeFacts {
@@ -287,12 +292,15 @@ fn answer(workers: &HashMap<String, Worker>, command: Command) {
 fn gone(ctx: &Ctx, pod: Pod, worker: Option<Worker>) {
     let dir = ctx.pod_dir(&pod);
     let (images, logs) = (ctx.images.clone(), ctx.logs.clone());
+    let sandboxes = ctx.sandboxes.clone();
     tokio::spawn(async move {
         if let Some(w) = worker {
             w.stop.cancel();
             let _ = w.task.await;
         }
-        logs.forget(&pod.namespace().unwrap_or_default(), &pod.name_any());
+        let namespace = pod.namespace().unwrap_or_default();
+        sandboxes.forget(&namespace, &pod.name_any(), &pod.uid().unwrap_or_default());
+        logs.forget(&namespace, &pod.name_any());
         images.forget_pod(&pod.uid().unwrap_or_default());
         remove_pod_dir(&dir).await;
     });

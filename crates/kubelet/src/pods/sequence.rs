@@ -112,7 +112,21 @@ pub(crate) async fn drive(
         return;
     };
     let _ = shared.sandbox.set(sandbox.clone());
+    let (namespace, name) = (
+        pod.metadata.namespace.clone().unwrap_or_default(),
+        pod.metadata.name.clone().unwrap_or_default(),
+    );
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    ctx.sandboxes.set(
+        &namespace,
+        &name,
+        crate::sandboxes::PodSandbox {
+            uid: uid.clone(),
+            id: sandbox.id.clone(),
+        },
+    );
     run_containers(&ctx, &pod, &shared, &kill).await;
+    ctx.sandboxes.forget(&namespace, &name, &uid);
     if !ctx.stopping.is_cancelled() {
         ctx.runtime.remove_pod_sandbox(&sandbox.id).await;
     }

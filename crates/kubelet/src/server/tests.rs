@@ -15,10 +15,21 @@ use crate::auth::{AuthConfig, Subresource};
 
 const METRICS: &str = "METRICS-MARKER";
 
+/// The API's parts around `auth`, with a fake runtime and no pods.
+fn parts(auth: Arc<Auth>, metrics: Metrics) -> Parts {
+    Parts {
+        logs: LogIndex::default(),
+        sandboxes: SandboxIndex::default(),
+        runtime: Arc::new(crate::pods::testing::Shared(Arc::default())),
+        metrics,
+        auth,
+    }
+}
+
 fn app(fake: Arc<FakeReviewer>, config: AuthConfig, peer: Option<User>) -> Router {
     let auth = Arc::new(Auth::new(config, "node-a", fake));
     let metrics: Metrics = Arc::new(|| METRICS.to_owned());
-    router(LogIndex::default(), metrics, auth).layer(axum::Extension(Peer(peer.map(Arc::new))))
+    router(parts(auth, metrics)).layer(axum::Extension(Peer(peer.map(Arc::new))))
 }
 
 async fn call(app: Router, method: &str, uri: &str, token: Option<&str>) -> (StatusCode, String) {
@@ -242,9 +253,7 @@ async fn start(
     let auth = Arc::new(Auth::new(AuthConfig::default(), "node-a", reviewer(&[])));
     tokio::spawn(serve(
         listener,
-        LogIndex::default(),
-        Arc::new(String::new),
-        auth,
+        parts(auth, Arc::new(String::new)),
         shutdown.clone(),
     ));
     (addr, shutdown)

@@ -81,6 +81,7 @@ impl Harness {
             runtime: Arc::new(Shared(runtime.clone())),
             images: crate::images::ImageIndex::default(),
             logs: crate::logs::LogIndex::default(),
+            sandboxes: crate::sandboxes::SandboxIndex::default(),
             pressure: crate::eviction::PressureHandle::default(),
             recorder: Arc::new(crate::events::Recorder::new(cluster, "node-a").with_limits(0, 0)),
             objects: crate::volumes::ObjectCache::default(),

@@ -232,6 +232,23 @@ impl Runtime for Shared {
         Box::pin(std::future::ready(()))
     }
 
+    // The fake's sandboxes share the host's network: a forward reaches the host's
+    // loopback (the tests listen there on a port of their own).
+    fn port_forward<'a>(
+        &'a self,
+        id: &'a str,
+        port: u16,
+    ) -> BoxFuture<'a, Result<tokio::net::TcpStream, String>> {
+        Box::pin(async move {
+            if !id.starts_with("sandbox-") {
+                return Err(format!("no sandbox {id:?}"));
+            }
+            tokio::net::TcpStream::connect((std::net::Ipv4Addr::LOCALHOST, port))
+                .await
+                .map_err(|e| format!("dial tcp4 127.0.0.1:{port}: {e}"))
+        })
+    }
+
     fn start_container(&self, run: ContainerRun) -> BoxFuture<'_, Result<ContainerHandle, String>> {
         let fake = self.0.clone();
         Box::pin(async move {
