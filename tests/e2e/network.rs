@@ -452,7 +452,7 @@ async fn a_cluster_ip_service_balances_over_wasm_pods_which_reach_it_by_address_
     let deployments: kube::Api<Deployment> =
         kube::Api::namespaced(cluster.client.clone(), "default");
     let services: kube::Api<Service> = kube::Api::namespaced(cluster.client.clone(), "default");
-    for p in ["fwd-env", "fwd-ip", "fwd-denied"] {
+    for p in ["fwd-env", "fwd-ip", "fwd-denied", "fwd-api"] {
         let _ = delete_and_wait(&pods, p, 60).await;
     }
     let _ = deployments.delete("hello-svc", &Default::default()).await;
@@ -544,7 +544,16 @@ async fn a_cluster_ip_service_balances_over_wasm_pods_which_reach_it_by_address_
         &format!("http://{some_pod}:8080/direct"),
         Some(&format!("http://{cluster_ip}:80")),
     );
-    for p in [&by_env, &by_ip, &denied] {
+    // The API server through the `kubernetes` Service, found by its variables. Plain
+    // HTTP to its TLS port: the answer can only come from the API server itself.
+    let to_api = forward_pod(
+        "fwd-api",
+        "net-svc",
+        &forward,
+        "http://$(KUBERNETES_SERVICE_HOST):$(KUBERNETES_SERVICE_PORT)/healthz",
+        None,
+    );
+    for p in [&by_env, &by_ip, &denied, &to_api] {
         pods.create(&PostParams::default(), p).await?;
     }
     let ip_of = |name: &'static str| {
@@ -591,7 +600,15 @@ async fn a_cluster_ip_service_balances_over_wasm_pods_which_reach_it_by_address_
         "{logs}"
     );
 
-    for p in ["fwd-env", "fwd-ip", "fwd-denied"] {
+    let (code, body) = http_get_ready(ip_of("fwd-api").await?, "/", &[], 60).await?;
+    assert_eq!(code, 200, "{body}");
+    assert!(body.starts_with("forwarded: 400\n"), "{body}");
+    assert!(
+        body.contains("Client sent an HTTP request to an HTTPS server"),
+        "{body}"
+    );
+
+    for p in ["fwd-env", "fwd-ip", "fwd-denied", "fwd-api"] {
         delete_and_wait(&pods, p, 60).await?;
     }
     deployments.delete("hello-svc", &Default::default()).await?;
