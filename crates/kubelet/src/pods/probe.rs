@@ -376,6 +376,24 @@ async fn http_get(
     result
 }
 
+/// The grace a container killed for failing its `kind` probe gets, as the kubelet gives
+/// it: the probe's own `terminationGracePeriodSeconds` when set (startup and liveness
+/// probes), else the pod's (`pod_grace`), else 30 s.
+#[must_use]
+pub fn kill_grace(kind: Kind, container: &Container, pod_grace: Option<i64>) -> Duration {
+    let probe = match kind {
+        Kind::Startup => container.startup_probe.as_ref(),
+        Kind::Liveness => container.liveness_probe.as_ref(),
+        Kind::Readiness => None,
+    };
+    let seconds = probe
+        .and_then(|p| p.termination_grace_period_seconds)
+        .or(pod_grace)
+        .and_then(|s| u64::try_from(s).ok())
+        .unwrap_or(30);
+    Duration::from_secs(seconds)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -532,5 +550,29 @@ mod tests {
             .await
             .expect_err("test");
         assert!(slow.contains("context deadline exceeded"), "{slow}");
+    }
+
+    #[test]
+    fn a_probes_own_grace_period_wins_over_the_pods() {
+        let c: Container = serde_json::from_value(serde_json::json!({
+            "name": "web",
+            "livenessProbe": { "tcpSocket": { "port": 80 }, "terminationGracePeriodSeconds": 3 },
+            "startupProbe": { "tcpSocket": { "port": 80 } }
+        }))
+        .expect("container");
+        assert_eq!(
+            kill_grace(Kind::Liveness, &c, Some(60)),
+            Duration::from_secs(3)
+        );
+        assert_eq!(
+            kill_grace(Kind::Startup, &c, Some(60)),
+            Duration::from_secs(60)
+        );
+        assert_eq!(kill_grace(Kind::Startup, &c, None), Duration::from_secs(30));
+        // A negative value is no grace the kubelet would give: the default.
+        assert_eq!(
+            kill_grace(Kind::Startup, &c, Some(-1)),
+            Duration::from_secs(30)
+        );
     }
 }

@@ -195,13 +195,13 @@ impl Supervisor {
             .and_then(|s| s.ips.first().copied())
             .unwrap_or(self.ctx.config.node_ip);
         // The grace a stopping run gets (a served component's requests in flight).
+        let pod_grace = self
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.termination_grace_period_seconds);
         let grace = std::time::Duration::from_secs(
-            self.pod
-                .spec
-                .as_ref()
-                .and_then(|s| s.termination_grace_period_seconds)
-                .and_then(|s| u64::try_from(s).ok())
-                .unwrap_or(30),
+            pod_grace.and_then(|s| u64::try_from(s).ok()).unwrap_or(30),
         );
         let probing = self.probe(ip);
         tokio::pin!(probing);
@@ -218,7 +218,7 @@ impl Supervisor {
                     ),
                 )
                 .await;
-                killer(grace);
+                killer(crate::pods::probe::kill_grace(kind, &self.spec, pod_grace));
                 wait.await
             }
             () = self.kill.cancelled() => {
