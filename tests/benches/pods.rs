@@ -16,8 +16,8 @@
 //! resident memory and its CPU use over 10 idle seconds, the node lease's age, and whether
 //! the node stays Ready; written to `bench-results/density.{json,csv}`. With
 //! `DENSITY_NETWORK=1` every pod also gets a network namespace and an address through
-//! the CNI plugins (a bridge of the bench's own), and the kernel's slab memory per pod is
-//! printed beside the table.
+//! the CNI plugins (a bridge of the bench's own), the kernel's slab memory per pod is
+//! printed beside the table, and the figures go to `bench-results/density-network.*`.
 //!
 //! With `churn` (`hack/bench churn`) it creates, runs to completion and deletes pods
 //! continuously for `CHURN_SECONDS` (120), 10 at a time, and reports the pods per second
@@ -352,12 +352,17 @@ async fn density(cluster: &Cluster, node: &KrustletNode) -> anyhow::Result<()> {
     clear(&pods).await?;
     let dir = e2e::root().join("bench-results");
     std::fs::create_dir_all(&dir)?;
+    // Networked pods' figures are kept beside the plain ones.
+    let name = match std::env::var("DENSITY_NETWORK").as_deref() {
+        Ok("1") => "density-network",
+        _ => "density",
+    };
     std::fs::write(
-        dir.join("density.json"),
+        dir.join(format!("{name}.json")),
         serde_json::to_string_pretty(&json)?,
     )?;
-    std::fs::write(dir.join("density.csv"), csv)?;
-    println!("written: bench-results/density.json, density.csv");
+    std::fs::write(dir.join(format!("{name}.csv")), csv)?;
+    println!("written: bench-results/{name}.json, {name}.csv");
     Ok(())
 }
 

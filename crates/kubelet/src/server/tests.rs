@@ -57,7 +57,15 @@ fn reviewer(allowed: &'static [Subresource]) -> Arc<FakeReviewer> {
 
 #[tokio::test]
 async fn anonymous_requests_get_401_everywhere_unknown_paths_included() {
-    for path in ["/healthz", "/metrics", "/containerLogs/a/b/c", "/nope", "/"] {
+    for path in [
+        "/healthz",
+        "/metrics",
+        "/containerLogs/a/b/c",
+        "/portForward/a/b",
+        "/portForward/a/b/uid",
+        "/nope",
+        "/",
+    ] {
         let app = app(reviewer(&[]), AuthConfig::default(), None);
         assert_eq!(
             call(app, "GET", path, None).await,
@@ -81,6 +89,14 @@ async fn forbidden_requests_get_403_with_the_kubelets_body() {
         (
             StatusCode::FORBIDDEN,
             "Forbidden (user=sa, verb=get, resource=nodes, subresource(s)=[proxy])".to_owned()
+        )
+    );
+    // Port forwarding is the proxy subresource, verb create for the API server's POST.
+    assert_eq!(
+        call(app.clone(), "POST", "/portForward/ns/p", Some("token")).await,
+        (
+            StatusCode::FORBIDDEN,
+            "Forbidden (user=sa, verb=create, resource=nodes, subresource(s)=[proxy])".to_owned()
         )
     );
     assert_eq!(
