@@ -300,29 +300,28 @@ async fn run_untimed(check: &Check, pod_ip: IpAddr) -> Result<(), String> {
             https,
         } => {
             let url = url(check, pod_ip);
-            if *https {
-                return Err(format!(
-                    "Get \"{url}\": HTTPS probes are not supported on wasm nodes yet"
-                ));
-            }
             let stream = connect(host.as_deref(), pod_ip, *port)
                 .await
                 .map_err(|e| format!("Get \"{url}\": {e}"))?;
-            http_get(
-                stream,
-                &target(host.as_deref(), pod_ip, *port),
-                path,
-                headers,
-            )
-            .await
-            .map_err(|e| format!("Get \"{url}\": {e}"))
-            .and_then(|status| {
-                if (200..400).contains(&status) {
-                    Ok(())
-                } else {
-                    Err(format!("HTTP probe failed with statuscode: {status}"))
+            let authority = target(host.as_deref(), pod_ip, *port);
+            let got = if *https {
+                // As the kubelet: TLS without verifying the pod's certificate.
+                let name = host.clone().unwrap_or_else(|| pod_ip.to_string());
+                match tls_insecure(stream, &name).await {
+                    Ok(tls) => http_get(tls, &authority, path, headers).await,
+                    Err(e) => Err(e),
                 }
-            })
+            } else {
+                http_get(stream, &authority, path, headers).await
+            };
+            got.map_err(|e| format!("Get \"{url}\": {e}"))
+                .and_then(|status| {
+                    if (200..400).contains(&status) {
+                        Ok(())
+                    } else {
+                        Err(format!("HTTP probe failed with statuscode: {status}"))
+                    }
+                })
         }
         Check::Grpc { port, service } => {
             crate::pods::grpc_health::check(pod_ip, *port, service).await
@@ -331,13 +330,88 @@ async fn run_untimed(check: &Check, pod_ip: IpAddr) -> Result<(), String> {
     }
 }
 
-/// One GET over `stream` with the kubelet's headers; the status code.
-async fn http_get(
+/// A TLS connection over `stream` that checks the handshake's signatures but not who
+/// signed the certificate, nor its name (the kubelet's `InsecureSkipVerify` for HTTPS
+/// probes).
+async fn tls_insecure(
     stream: tokio::net::TcpStream,
+    name: &str,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, String> {
+    use rustls::pki_types::ServerName;
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(std::sync::Arc::new(AnyCertificate(provider)))
+        .with_no_client_auth();
+    let server = ServerName::try_from(name.to_owned())
+        .unwrap_or_else(|_| ServerName::try_from("probe.invalid".to_owned()).expect("a name"));
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(server, stream)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Accepts any certificate; the handshake's signatures are still checked.
+#[derive(Debug)]
+struct AnyCertificate(std::sync::Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// One GET over `stream` with the kubelet's headers; the status code.
+async fn http_get<S>(
+    stream: S,
     authority: &str,
     path: &str,
     headers: &[(String, String)],
-) -> Result<u16, String> {
+) -> Result<u16, String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     use http_body_util::BodyExt;
     let io = hyper_util::rt::TokioIo::new(stream);
     let (mut sender, conn) =
@@ -550,6 +624,65 @@ mod tests {
             .await
             .expect_err("test");
         assert!(slow.contains("context deadline exceeded"), "{slow}");
+    }
+
+    #[tokio::test]
+    async fn https_checks_skip_verification_of_a_self_signed_certificate() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        // A server whose certificate names neither the pod nor any CA the node knows.
+        let cert =
+            rcgen::generate_simple_self_signed(vec!["somewhere.else".to_owned()]).expect("test");
+        let key = rustls::pki_types::PrivateKeyDer::try_from(cert.signing_key.serialize_der())
+            .expect("test");
+        let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("test")
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.cert.der().clone()], key)
+        .expect("test");
+        let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("test");
+        let port = listener.local_addr().expect("test").port();
+        let server = tokio::spawn(async move {
+            for status in [204, 500] {
+                let (tcp, _) = listener.accept().await.expect("test");
+                let mut s = acceptor.accept(tcp).await.expect("a TLS handshake");
+                let mut buf = vec![0; 4096];
+                let n = s.read(&mut buf).await.expect("test");
+                let req = String::from_utf8_lossy(&buf[..n]).to_string();
+                assert!(req.starts_with("GET /tls HTTP/1.1\r\n"), "{req}");
+                let reply = format!("HTTP/1.1 {status} X\r\ncontent-length: 0\r\n\r\n");
+                s.write_all(reply.as_bytes()).await.expect("test");
+                let _ = s.shutdown().await;
+            }
+            // A plain-text server where TLS is expected.
+            let (mut plain, _) = listener.accept().await.expect("test");
+            let _ = plain.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await;
+        });
+        let ip: IpAddr = "127.0.0.1".parse().expect("test");
+        let check = Check::Http {
+            host: None,
+            port,
+            path: "/tls".into(),
+            headers: vec![],
+            https: true,
+        };
+        let t = Duration::from_secs(10);
+        assert_eq!(run(&check, ip, t).await, Ok(()));
+        assert_eq!(
+            run(&check, ip, t).await,
+            Err("HTTP probe failed with statuscode: 500".into())
+        );
+        let plain = run(&check, ip, t).await.expect_err("not TLS");
+        assert!(
+            plain.starts_with(&format!("Get \"https://127.0.0.1:{port}/tls\": ")),
+            "{plain}"
+        );
+        server.await.expect("test");
     }
 
     #[test]
