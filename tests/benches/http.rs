@@ -22,7 +22,8 @@
 //! **First request.** `FRESH_PODS` new pods of the same (cached) image, one at a time,
 //! bound with `spec.nodeName`: from just before the create request to the first 200
 //! from the pod's IP, which the client learns from a watch on the pod's status and then
-//! asks every 2 ms.
+//! asks every 2 ms. Then the same pods, bound to a kwok node of the same control plane
+//! (the API round trips alone): create to the status kwok writes.
 //!
 //! `HTTP_PERF=1` adds a `perf` profile of each server under the 16-connection load
 //! (`target/bench-http-<side>.perf.{data,txt}`; the text lists the symbols with 3 % or
@@ -46,6 +47,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 
 const NODE: &str = "bench-http";
 const NODE_PORT: u16 = 10410;
+const KWOK_NODE: &str = "bench-http-kwok";
 const COMPONENT: &str = "http-hello.component";
 const FRESH_PODS: usize = 10;
 const WARMUP_SECONDS: u64 = 5;
@@ -546,7 +548,49 @@ async fn measure(
     to_ip.sort_by(f64::total_cmp);
     to_ok.sort_by(f64::total_cmp);
 
-    report(&runs, &to_ip, &to_ok, cpus, &targets)
+    // The same pods on a kwok node in the same run: create to the status kwok writes
+    // (Ready, with an address), the API round trips alone.
+    let mut kwok = e2e::kwok_node(cluster, KWOK_NODE, 10497, 10496).await?;
+    let on_kwok = watch_addresses(pods.clone(), "http-kwok");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut kwok_ready = Vec::new();
+    for i in 0..FRESH_PODS {
+        let name = format!("bench-http-kwok-{i}");
+        let mut p = pod(&name, &image, "http-kwok");
+        if let Some(spec) = p.spec.as_mut() {
+            spec.node_name = Some(KWOK_NODE.to_owned());
+        }
+        let t0 = Instant::now();
+        pods.create(&PostParams::default(), &p).await?;
+        let (seen_at, _) = address_of(&pods, &on_kwok, &name, 60).await?;
+        kwok_ready.push(seen_at.duration_since(t0).as_secs_f64() * 1000.0);
+        clear(&pods, "http-kwok").await?;
+    }
+    let _ = kwok.kill();
+    let _ = kwok.wait();
+    let _ = cluster
+        .nodes()
+        .delete(KWOK_NODE, &DeleteParams::default())
+        .await;
+    kwok_ready.sort_by(f64::total_cmp);
+
+    report(
+        &runs,
+        &FirstRequests {
+            to_ip,
+            to_ok,
+            kwok_ready,
+        },
+        cpus,
+        &targets,
+    )
+}
+
+/// Fresh pods' first requests (ms, sorted) and kwok's create-to-Ready of the same pods.
+struct FirstRequests {
+    to_ip: Vec<f64>,
+    to_ok: Vec<f64>,
+    kwok_ready: Vec<f64>,
 }
 
 /// The table row of `m`.
@@ -588,11 +632,11 @@ fn ratios(a: &Measured, b: &Measured) -> (String, serde_json::Value) {
 /// Prints the table; the JSON to write.
 fn report(
     runs: &[Measured],
-    to_ip: &[f64],
-    to_ok: &[f64],
+    first: &FirstRequests,
     cpus: &[usize],
     targets: &[&Target; 3],
 ) -> anyhow::Result<serde_json::Value> {
+    let (to_ip, to_ok) = (&first.to_ip, &first.to_ok);
     let pinning = if cpus.len() > 2 {
         format!(
             "the servers pinned to CPUs {}, the client to {}",
@@ -670,6 +714,16 @@ fn report(
         to_ok[to_ok.len() - 1],
         median(to_ip)
     );
+    let kwok = &first.kwok_ready;
+    println!(
+        "the same pods on kwok (create to Ready), median of {}: {:.0} ms (min {:.0}, max {:.0}); \
+         krustlet's first 200 over kwok's Ready: {:.2}x",
+        kwok.len(),
+        median(kwok),
+        kwok.first().copied().unwrap_or(f64::NAN),
+        kwok.last().copied().unwrap_or(f64::NAN),
+        median(to_ok) / median(kwok)
+    );
     let errors: u64 = runs.iter().map(|m| m.errors).sum();
     if errors > 0 {
         println!("warning: {errors} requests failed or were not answered 200 over all runs");
@@ -684,7 +738,9 @@ fn report(
         "targets": { "throughput_at_least": 0.9, "p99_at_most": 1.2, "throughput_met": throughput_met, "p99_met": p99_met },
         "first_request": {
             "pods": to_ok.len(), "median_ms": median(to_ok), "create_to_200_ms": to_ok,
-            "create_to_ip_ms": to_ip, "median_create_to_ip_ms": median(to_ip)
+            "create_to_ip_ms": to_ip, "median_create_to_ip_ms": median(to_ip),
+            "kwok_create_to_ready_ms": kwok, "kwok_median_ms": median(kwok),
+            "ratio_vs_kwok": median(to_ok) / median(kwok)
         }
     }))
 }

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use e2e::{Cluster, KrustletNode, wasm_toleration, workload};
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -205,47 +205,6 @@ fn unique(wasm: &[u8], nonce: &str) -> Vec<u8> {
     leb(payload.len(), &mut out);
     out.extend_from_slice(&payload);
     out
-}
-
-async fn kwok_node(cluster: &Cluster) -> anyhow::Result<std::process::Child> {
-    let nodes: Api<Node> = cluster.nodes();
-    let _ = nodes.delete(KWOK_NODE, &DeleteParams::default()).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let node: Node = serde_json::from_value(serde_json::json!({
-        "apiVersion": "v1", "kind": "Node",
-        "metadata": {
-            "name": KWOK_NODE,
-            "annotations": { "kwok.x-k8s.io/node": "fake" },
-            "labels": { "type": "kwok", "kubernetes.io/hostname": KWOK_NODE }
-        },
-        "spec": { "taints": [{ "key": "kubernetes.io/arch", "value": "wasm32-wasi", "effect": "NoSchedule" }] }
-    }))?;
-    nodes.create(&PostParams::default(), &node).await?;
-    let env = e2e::cluster_env()?;
-    let kubeconfig = env.get("KUBECONFIG").cloned().unwrap_or_default();
-    let bin = std::env::var("KWOK_BIN").unwrap_or_else(|_| "kwok".to_owned());
-    let log = std::fs::File::create(e2e::root().join("target/bench-kwok.log"))?;
-    let stages = std::env::var("KWOK_STAGES").unwrap_or_default();
-    let child = std::process::Command::new(bin)
-        .args(["--kubeconfig", &kubeconfig])
-        .args(["--config", &stages])
-        .args([
-            "--manage-all-nodes=false",
-            "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
-        ])
-        .args([
-            "--node-ip=127.0.0.1",
-            "--node-port=10499",
-            "--server-address=127.0.0.1:10498",
-        ])
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()?;
-    e2e::wait_node(&nodes, KWOK_NODE, 60, "Ready", |n| {
-        e2e::node_condition(n, "Ready").as_deref() == Some("True")
-    })
-    .await?;
-    Ok(child)
 }
 
 /// `VmRSS` of process `pid`, in KiB.
@@ -489,7 +448,7 @@ async fn main() -> anyhow::Result<()> {
     let node: KrustletNode = cluster
         .ready_node(KRUSTLET_NODE, 10401, &["--max-pods", "1000"])
         .await?;
-    let mut kwok = kwok_node(&cluster).await?;
+    let mut kwok = e2e::kwok_node(&cluster, KWOK_NODE, 10499, 10498).await?;
     let pods = cluster.pods();
     let looping = cluster.push("loop", "bench").await?;
     let tool = cluster.push("tool", "bench").await?;

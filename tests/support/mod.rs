@@ -10,6 +10,7 @@
 
 mod cluster;
 pub mod hostile;
+mod kwok;
 mod network;
 mod node;
 pub mod outage;
@@ -17,6 +18,7 @@ mod pods;
 mod registry;
 
 pub use cluster::{Cluster, client, cluster_env, node_credentials, root, setup};
+pub use kwok::kwok_node;
 pub use network::PodNet;
 pub use node::{KrustletNode, mounts_under, node_condition, proc_field, proc_status, wait_node};
 pub use pods::{
