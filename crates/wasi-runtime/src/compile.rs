@@ -37,6 +37,8 @@ pub(crate) struct Bounds {
 /// Builds and caches compiled modules by key.
 pub(crate) struct Compiler {
     engine: wasmtime::Engine,
+    /// The engine of served components (`wasi:http/proxy`).
+    serving: wasmtime::Engine,
     guest: Handle,
     bounds: Bounds,
     slots: Arc<Mutex<HashMap<String, Slot>>>,
@@ -46,9 +48,15 @@ pub(crate) struct Compiler {
 }
 
 impl Compiler {
-    pub(crate) fn new(engine: wasmtime::Engine, guest: Handle, bounds: Bounds) -> Self {
+    pub(crate) fn new(
+        engine: wasmtime::Engine,
+        serving: wasmtime::Engine,
+        guest: Handle,
+        bounds: Bounds,
+    ) -> Self {
         Self {
             engine,
+            serving,
             guest,
             bounds,
             slots: Arc::default(),
@@ -103,8 +111,9 @@ impl Compiler {
         tx: Slot,
         wasm: Arc<[u8]>,
     ) -> impl Future<Output = ()> + Send + 'static {
-        let (engine, bounds, slots, permits, builds) = (
+        let (engine, serving, bounds, slots, permits, builds) = (
             self.engine.clone(),
+            self.serving.clone(),
             self.bounds,
             self.slots.clone(),
             self.permits.clone(),
@@ -127,7 +136,9 @@ impl Compiler {
             builds.fetch_add(1, Ordering::Relaxed);
             let compiling = tokio::task::spawn_blocking(move || {
                 let _permit = permit;
-                if is_component(&wasm) {
+                if is_component(&wasm) && crate::serve::exports_handler(&wasm) {
+                    compile_proxy(&engine, &serving, &wasm)
+                } else if is_component(&wasm) {
                     Component::new(&engine, &wasm[..]).map(Compiled::Component)
                 } else {
                     Module::new(&engine, &wasm[..]).map(Compiled::Module)
@@ -147,6 +158,27 @@ impl Compiler {
             }
             tx.send_replace(Some(outcome));
         }
+    }
+}
+
+/// A component to serve, for the serving engine; one the pool cannot hold (more
+/// memories or tables in one module, or larger ones, than a slot has) for the shared
+/// engine instead, so it is served as before, without the pool.
+fn compile_proxy(
+    engine: &wasmtime::Engine,
+    serving: &wasmtime::Engine,
+    wasm: &[u8],
+) -> wasmtime::Result<Compiled> {
+    match Component::new(serving, wasm) {
+        Ok(c) => Ok(Compiled::Proxy(c)),
+        Err(e) if !wasmtime::Engine::same(serving, engine) => {
+            tracing::warn!(
+                error = %format!("{e:#}"),
+                "a component to serve does not fit the instance pool; served without it"
+            );
+            Component::new(engine, wasm).map(Compiled::Proxy)
+        }
+        Err(e) => Err(e),
     }
 }
 

@@ -17,6 +17,7 @@ use wasmtime::{Cache, CacheConfig, Config, Module};
 
 use crate::compile::{Bounds, Compiler};
 use crate::limits::StoreCaps;
+use crate::pool::ServingPool;
 use crate::{Error, Result};
 
 /// How often the epoch advances. A running module yields to the scheduler at every tick
@@ -44,6 +45,8 @@ pub struct EngineConfig {
     pub max_open_handles: usize,
     /// Instances, memories and tables one container may create.
     pub store_caps: StoreCaps,
+    /// The pool of per-request instances of served components.
+    pub serving_pool: ServingPool,
 }
 
 impl Default for EngineConfig {
@@ -58,6 +61,7 @@ impl Default for EngineConfig {
             guest_threads: cores,
             max_open_handles: 1024,
             store_caps: StoreCaps::default(),
+            serving_pool: ServingPool::default(),
         }
     }
 }
@@ -77,14 +81,17 @@ pub struct EngineStats {
     pub start_time: Duration,
 }
 
-/// The compiled form of one wasm binary: a core module (WASI preview 1) or a component
-/// (WASI preview 2, `wasi:cli/command`).
+/// The compiled form of one wasm binary: a core module (WASI preview 1), a component
+/// (WASI preview 2, `wasi:cli/command`), or a component to serve (`wasi:http/proxy`).
 #[derive(Clone)]
 pub enum Compiled {
     /// A core module.
     Module(Module),
-    /// A component.
+    /// A component that runs (a command).
     Component(Component),
+    /// A component exporting `wasi:http/incoming-handler`, compiled for the serving
+    /// engine (pooled instances; the shared engine when the pool could not be made).
+    Proxy(Component),
 }
 
 impl std::fmt::Debug for Compiled {
@@ -92,6 +99,7 @@ impl std::fmt::Debug for Compiled {
         f.write_str(match self {
             Self::Module(_) => "Compiled::Module",
             Self::Component(_) => "Compiled::Component",
+            Self::Proxy(_) => "Compiled::Proxy",
         })
     }
 }
@@ -151,8 +159,13 @@ pub struct Engine {
     pub(crate) inner: wasmtime::Engine,
     pub(crate) linker: Arc<wasmtime::Linker<crate::run::State>>,
     pub(crate) component_linker: Arc<wasmtime::component::Linker<crate::run::ComponentState>>,
-    /// Links `wasi:http/proxy` components (WASI and `wasi:http`).
+    /// The engine of served components: the pooling allocator (see [`crate::pool`]),
+    /// or a clone of `inner` when the pool could not be made.
+    pub(crate) serving: wasmtime::Engine,
+    /// Links `wasi:http/proxy` components (WASI and `wasi:http`), for `serving`.
     pub(crate) http_linker: Arc<wasmtime::component::Linker<crate::serve::HttpState>>,
+    /// Instances one served pod may hold at once.
+    pub(crate) per_pod_instances: usize,
     compiler: Arc<Compiler>,
     /// Where guest code runs; the last clone shuts it down.
     pub(crate) guest: Arc<GuestRuntime>,
@@ -201,12 +214,31 @@ impl Engine {
             None => None,
         };
         let inner = wasmtime::Engine::new(&wasm).map_err(|e| Error::Config(format!("{e:#}")))?;
-        let weak = inner.weak();
+        let serving = match config.serving_pool.strategy() {
+            Some(pooling) => {
+                wasm.allocation_strategy(pooling);
+                wasmtime::Engine::new(&wasm).unwrap_or_else(|e| {
+                    tracing::warn!(
+                        error = %format!("{e:#}"),
+                        "cannot make the instance pool of served components; they use the \
+                         on-demand allocator"
+                    );
+                    inner.clone()
+                })
+            }
+            None => inner.clone(),
+        };
+        let (weak, weak_serving) = (inner.weak(), serving.weak());
         std::thread::Builder::new()
             .name("wasm-epoch".into())
             .spawn(move || {
                 while let Some(engine) = weak.upgrade() {
                     engine.increment_epoch();
+                    if let Some(serving) = weak_serving.upgrade()
+                        && !wasmtime::Engine::same(&serving, &engine)
+                    {
+                        serving.increment_epoch();
+                    }
                     drop(engine);
                     std::thread::sleep(EPOCH_TICK);
                 }
@@ -214,10 +246,11 @@ impl Engine {
             .map_err(|e| Error::Config(format!("cannot start epoch thread: {e}")))?;
         let linker = Arc::new(crate::run::linker(&inner)?);
         let component_linker = Arc::new(crate::run::component_linker(&inner)?);
-        let http_linker = Arc::new(crate::serve::linker(&inner)?);
+        let http_linker = Arc::new(crate::serve::linker(&serving)?);
         let guest = Arc::new(GuestRuntime::new(config.guest_threads)?);
         let compiler = Arc::new(Compiler::new(
             inner.clone(),
+            serving.clone(),
             guest.handle().clone(),
             Bounds {
                 timeout: config.compile_timeout,
@@ -229,7 +262,9 @@ impl Engine {
             inner,
             linker,
             component_linker,
+            serving,
             http_linker,
+            per_pod_instances: config.serving_pool.per_pod.max(1),
             compiler,
             guest,
             max_open_handles: config.max_open_handles,

@@ -21,6 +21,7 @@ mod engine;
 mod limits;
 pub mod logs;
 mod outgoing;
+mod pool;
 mod run;
 mod serve;
 
@@ -28,6 +29,7 @@ pub use allow::{AllowList, refused_total};
 pub use engine::{Compiled, Engine, EngineConfig, EngineStats, is_component};
 pub use limits::{StoreCaps, TABLE_ELEMENT_BYTES};
 pub use logs::LogRotation;
+pub use pool::{QUEUE_WAIT, ServingPool};
 pub use run::{ContainerSpec, DEFAULT_HTTP_PORT, Exit, Killer, Preopen, Running};
 pub use serve::MAX_CONNECTIONS;
 

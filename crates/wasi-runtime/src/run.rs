@@ -295,7 +295,7 @@ impl Engine {
                     outcome(result, store.data().limits.refused())
                 })
             }
-            Compiled::Component(component) if crate::serve::is_proxy(&self.inner, &component) => {
+            Compiled::Proxy(component) => {
                 self.serve(&spec, &component, killed, count_start).await?
             }
             Compiled::Component(component) => {

@@ -1,7 +1,9 @@
 //! Serving a `wasi:http/proxy` component: a listener in the pod's network namespace,
 //! HTTP/1.1 with keep-alive, and a fresh instance of the component for every request
 //! (as `wasmtime serve` does), each in its own store with the container's memory limit,
-//! under epoch preemption. Request bodies stream into the guest and response bodies out
+//! under epoch preemption, its slots taken from the node's instance pool
+//! ([`crate::pool`]): at most [`ServingPool::per_pod`](crate::ServingPool::per_pod) at
+//! once per pod, more wait their turn; a request that finds no slot is answered 503. Request bodies stream into the guest and response bodies out
 //! of it. Each request leaves an access log line in the container's log.
 //!
 //! Stopping: [`crate::Killer::stop`] closes the listener and lets in-flight requests
@@ -27,6 +29,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 use crate::limits::Limits;
 use crate::logs::{LogFile, Stream};
 use crate::outgoing::Outgoing;
+use crate::pool::QUEUE_WAIT;
 use crate::run::{ContainerSpec, Exit, Stop, preempt, wasi_builder};
 use crate::{Engine, Error, Result};
 
@@ -68,6 +71,9 @@ impl WasiHttpView for HttpState {
 pub(crate) struct Server {
     pub(crate) engine: wasmtime::Engine,
     pub(crate) pre: ProxyPre<HttpState>,
+    /// The instances this pod may hold at once: `per_pod` permits.
+    pub(crate) instances: Arc<Semaphore>,
+    pub(crate) per_pod: usize,
     /// A fresh WASI context (argv, env, preopens, the log) per instance.
     pub(crate) wasi: Box<dyn Fn() -> Result<WasiCtx, String> + Send + Sync>,
     pub(crate) outgoing: Outgoing,
@@ -89,15 +95,44 @@ pub(crate) fn linker(engine: &wasmtime::Engine) -> Result<wasmtime::component::L
     Ok(linker)
 }
 
-/// Whether a component exports `wasi:http/incoming-handler` (0.2): it is served, not run.
-pub(crate) fn is_proxy(
-    engine: &wasmtime::Engine,
-    component: &wasmtime::component::Component,
-) -> bool {
-    component
-        .component_type()
-        .exports(engine)
-        .any(|(name, _)| name.starts_with("wasi:http/incoming-handler@0.2"))
+/// Whether a component's binary exports `wasi:http/incoming-handler` (0.2): it is
+/// served, not run. Read from the binary before compiling, to compile it for the
+/// serving engine; a binary that does not parse is left to the compiler to reject.
+pub(crate) fn exports_handler(wasm: &[u8]) -> bool {
+    use wasmparser::{Parser, Payload};
+    // Nested modules and components have exports of their own: only the outermost
+    // component's count.
+    let mut depth = 0usize;
+    for payload in Parser::new(0).parse_all(wasm) {
+        match payload {
+            Ok(Payload::ModuleSection { .. } | Payload::ComponentSection { .. }) => depth += 1,
+            Ok(Payload::End(_)) if depth == 0 => break,
+            Ok(Payload::End(_)) => depth -= 1,
+            Ok(Payload::ComponentExportSection(exports)) if depth == 0 => {
+                for export in exports {
+                    match export {
+                        Ok(e) if e.name.name.starts_with("wasi:http/incoming-handler@0.2") => {
+                            return true;
+                        }
+                        Ok(_) => {}
+                        Err(_) => return false,
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(_) => return false,
+        }
+    }
+    false
+}
+
+/// Why a request got no answer from its instance.
+enum Failure {
+    /// No instance could be had: the pod's share of the pool stayed taken for
+    /// [`QUEUE_WAIT`], or the node's pool is full. Answered 503.
+    Busy(String),
+    /// The instance failed: instantiation, a trap, an error answer. Answered 500.
+    Failed(String),
 }
 
 impl Engine {
@@ -117,8 +152,13 @@ impl Engine {
                     .to_owned(),
             ));
         };
-        let pre = self
-            .http_linker
+        // A component the pool could not hold was compiled for the shared engine.
+        let linker = if wasmtime::Engine::same(component.engine(), &self.serving) {
+            self.http_linker.clone()
+        } else {
+            Arc::new(linker(component.engine())?)
+        };
+        let pre = linker
             .instantiate_pre(component)
             .and_then(ProxyPre::new)
             .map_err(|e| Error::Instantiate(format!("{e:#}")))?;
@@ -135,8 +175,10 @@ impl Engine {
             })?;
         let (for_ctx, log_for_ctx) = (spec.clone(), log.clone());
         let server = Arc::new(Server {
-            engine: self.inner.clone(),
+            engine: component.engine().clone(),
             pre,
+            instances: Arc::new(Semaphore::new(self.per_pod_instances)),
+            per_pod: self.per_pod_instances,
             wasi: Box::new(move || {
                 wasi_builder(&for_ctx, &log_for_ctx)
                     .map(|mut b| b.build())
@@ -197,6 +239,11 @@ pub(crate) async fn run(
                 }
             },
         };
+        // Responses go out as soon as written: without it, a small write after another
+        // waits for the client's delayed ACK (Nagle), a 40 ms stall.
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
         let server = server.clone();
         let mut drain = drain_rx.clone();
         connections.spawn(async move {
@@ -269,7 +316,20 @@ impl Server {
         let line = format!("{} {} {:?}", req.method(), req.uri(), req.version());
         let response = match self.clone().instance(req).await {
             Ok(r) => r,
-            Err(message) => {
+            Err(Failure::Busy(message)) => {
+                self.log.record(
+                    Stream::Stderr,
+                    false,
+                    format!("request {line} refused: {message}").as_bytes(),
+                );
+                let mut r = error_response(503, "no instance free, try again\n");
+                r.headers_mut().insert(
+                    hyper::header::RETRY_AFTER,
+                    hyper::header::HeaderValue::from_static("1"),
+                );
+                r
+            }
+            Err(Failure::Failed(message)) => {
                 self.log.record(
                     Stream::Stderr,
                     false,
@@ -294,11 +354,20 @@ impl Server {
     async fn instance(
         self: Arc<Self>,
         req: hyper::Request<Incoming>,
-    ) -> std::result::Result<hyper::Response<HyperOutgoingBody>, String> {
+    ) -> std::result::Result<hyper::Response<HyperOutgoingBody>, Failure> {
+        // Held by the instance until it ends, not just until the response is sent.
+        let Ok(Ok(slot)) =
+            tokio::time::timeout(QUEUE_WAIT, self.instances.clone().acquire_owned()).await
+        else {
+            return Err(Failure::Busy(format!(
+                "all {} instances of the pod stayed busy for {QUEUE_WAIT:?}",
+                self.per_pod
+            )));
+        };
         let mut table = ResourceTable::new();
         table.set_max_capacity(self.max_open_handles);
         let state = HttpState {
-            ctx: (self.wasi)()?,
+            ctx: (self.wasi)().map_err(Failure::Failed)?,
             table,
             http: WasiHttpCtx::new(),
             outgoing: self.outgoing.clone(),
@@ -316,16 +385,17 @@ impl Server {
         let req = data
             .http()
             .new_incoming_request(Scheme::Http, req)
-            .map_err(|e| format!("{e:#}"))?;
+            .map_err(|e| Failure::Failed(format!("{e:#}")))?;
         let out = data
             .http()
             .new_response_outparam(tx)
-            .map_err(|e| format!("{e:#}"))?;
+            .map_err(|e| Failure::Failed(format!("{e:#}")))?;
         let pre = self.pre.clone();
         let mut cut = self.cut.subscribe();
         // The instance runs on as its own task while the response body streams out,
         // until it returns or the server cuts it.
         let task = tokio::spawn(async move {
+            let _slot = slot;
             let guest = async {
                 let proxy = pre.instantiate_async(&mut store).await?;
                 proxy
@@ -347,12 +417,18 @@ impl Server {
         });
         match rx.await {
             Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(code)) => Err(error_code(&code)),
+            Ok(Err(code)) => Err(Failure::Failed(error_code(&code))),
             // The guest returned or trapped without answering.
             Err(_) => match task.await {
-                Ok(Ok(())) => Err("the handler returned without a response".to_owned()),
-                Ok(Err(e)) => Err(format!("{e:?}")),
-                Err(e) => Err(format!("the instance's task failed: {e}")),
+                Ok(Ok(())) => Err(Failure::Failed(
+                    "the handler returned without a response".to_owned(),
+                )),
+                // The node's pool ran out of one kind of slot (other pods hold them).
+                Ok(Err(e)) if e.is::<wasmtime::PoolConcurrencyLimitError>() => Err(Failure::Busy(
+                    format!("the node's instance pool is full: {e:#}"),
+                )),
+                Ok(Err(e)) => Err(Failure::Failed(format!("{e:?}"))),
+                Err(e) => Err(Failure::Failed(format!("the instance's task failed: {e}"))),
             },
         }
     }
@@ -376,4 +452,35 @@ fn error_response(status: u16, body: &'static str) -> hyper::Response<HyperOutgo
     *r.status_mut() =
         hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::exports_handler;
+
+    fn wat(text: &str) -> Vec<u8> {
+        wat::parse_str(text).expect("valid wat")
+    }
+
+    #[test]
+    fn only_the_outermost_components_exports_make_it_served() {
+        let served = wat(r#"(component
+            (import "f" (func $f))
+            (export "wasi:http/incoming-handler@0.2.12" (func $f)))"#);
+        assert!(exports_handler(&served));
+        let nested = wat(r#"(component
+            (import "f" (func $f))
+            (component $inner
+                (import "g" (func $g))
+                (export "wasi:http/incoming-handler@0.2.12" (func $g)))
+            (instance (instantiate $inner (with "g" (func $f))))
+            (export "run" (func $f)))"#);
+        assert!(!exports_handler(&nested));
+        let other_version = wat(r#"(component
+            (import "f" (func $f))
+            (export "wasi:http/incoming-handler@0.3.0" (func $f)))"#);
+        assert!(!exports_handler(&other_version));
+        assert!(!exports_handler(&wat("(module)")));
+        assert!(!exports_handler(b"\0asm\x0d\0\x01\0garbage"));
+    }
 }

@@ -1,22 +1,29 @@
 //! Serving the hello `wasi:http` component (target/wasm/http-hello.component.wasm, built
 //! by hack/build-wasm) in a network namespace of the test's own: requests answered with
-//! access log lines, the memory limit per instance, stop and kill. Needs root (network
-//! namespaces).
+//! access log lines, the memory limit per instance, stop and kill; the instance pool
+//! (with the forward component, whose requests wait on an upstream that holds them):
+//! a full pool answers 503 and serving goes on, a pod's share of it queues requests.
+//! Needs root (network namespaces).
 
 use std::io::{Read, Write};
 use std::sync::Arc;
 use std::time::Duration;
 
 use network::NetNs;
-use wasi_runtime::{ContainerSpec, Engine, EngineConfig, Exit};
+use wasi_runtime::{ContainerSpec, Engine, EngineConfig, Exit, ServingPool};
 
 fn component() -> Arc<[u8]> {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../target/wasm/http-hello.component.wasm"
+    wasm("http-hello")
+}
+
+/// target/wasm/NAME.component.wasm.
+fn wasm(name: &str) -> Arc<[u8]> {
+    let path = format!(
+        "{}/../../target/wasm/{name}.component.wasm",
+        env!("CARGO_MANIFEST_DIR")
     );
     let bytes =
-        std::fs::read(path).expect("target/wasm/http-hello.component.wasm (run hack/build-wasm)");
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{path} (run hack/build-wasm): {e}"));
     Arc::from(bytes)
 }
 
@@ -56,18 +63,31 @@ fn spec(
 
 /// One request from inside the namespace, with `Connection: close`: status and body.
 async fn get(net: &NetNs, path: &'static str) -> (u16, String) {
-    net.run(move || {
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        let mut s = loop {
-            match std::net::TcpStream::connect(("127.0.0.1", 8080)) {
-                Ok(s) => break s,
-                Err(e) if std::time::Instant::now() < deadline => {
-                    let _ = e;
-                    std::thread::sleep(Duration::from_millis(50));
+    let (status, _, body) = send(net, path).await;
+    (status, body)
+}
+
+/// One request: status, headers and body. Only the connect runs on the namespace's
+/// thread (which also sends the pods' outgoing requests); the rest on a thread of its
+/// own, so that requests may wait at the same time.
+async fn send(net: &NetNs, path: &'static str) -> (u16, String, String) {
+    let mut s = net
+        .run(move || {
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            loop {
+                match std::net::TcpStream::connect(("127.0.0.1", 8080)) {
+                    Ok(s) => break s,
+                    Err(e) if std::time::Instant::now() < deadline => {
+                        let _ = e;
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                    Err(e) => panic!("connect: {e}"),
                 }
-                Err(e) => panic!("connect: {e}"),
             }
-        };
+        })
+        .await
+        .expect("the namespace thread");
+    tokio::task::spawn_blocking(move || {
         s.set_read_timeout(Some(Duration::from_secs(30)))
             .expect("timeout");
         let req =
@@ -80,14 +100,11 @@ async fn get(net: &NetNs, path: &'static str) -> (u16, String) {
             .nth(1)
             .and_then(|c| c.parse().ok())
             .expect("a status");
-        let body = raw
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_owned())
-            .unwrap_or_default();
-        (status, body)
+        let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+        (status, head.to_owned(), body.to_owned())
     })
     .await
-    .expect("the namespace thread")
+    .expect("the client thread")
 }
 
 #[tokio::test]
@@ -161,4 +178,180 @@ async fn a_component_to_serve_needs_a_pod_network() {
         .await
         .expect_err("no network");
     assert!(err.to_string().contains("has no pod network"), "{err}");
+}
+
+/// An upstream in the namespace on 127.0.0.1:9000 that accepts connections and never
+/// answers, holding each forward instance until released.
+struct Upstream {
+    held: Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Upstream {
+    async fn start(net: &NetNs) -> Self {
+        let listener = net
+            .run(|| std::net::TcpListener::bind(("127.0.0.1", 9000)))
+            .await
+            .expect("the namespace thread")
+            .expect("bind 9000");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let held = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (h, st) = (held.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !st.load(std::sync::atomic::Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((c, _)) => h.lock().expect("lock").push(c),
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        Self { held, stop }
+    }
+
+    /// Waits until `n` requests are held.
+    async fn holding(&self, n: usize) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while self.held.lock().expect("lock").len() < n {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{n} requests never held"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Closes the listener and every held connection: the instances answer 502.
+    fn release(&self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.held.lock().expect("lock").clear();
+    }
+}
+
+fn forward_spec(dir: &tempfile::TempDir, net: Arc<NetNs>) -> ContainerSpec {
+    let mut spec = spec(dir, Some(net), Some(64 << 20));
+    spec.module_key = "sha256:forward".to_owned();
+    spec.wasm = wasm("http-forward");
+    spec.env
+        .push(("TARGET_URL".to_owned(), "http://127.0.0.1:9000/".to_owned()));
+    spec
+}
+
+#[tokio::test]
+async fn a_full_instance_pool_answers_503_and_serving_goes_on() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let net = namespace(&dir).await;
+    let engine = Engine::new(&EngineConfig {
+        serving_pool: ServingPool {
+            instances: 2,
+            per_pod: 100,
+        },
+        ..EngineConfig::default()
+    })
+    .expect("engine");
+    let running = engine
+        .start(forward_spec(&dir, net.clone()))
+        .await
+        .expect("served");
+    let upstream = Upstream::start(&net).await;
+    // Two requests take the node's two instances and wait on the upstream.
+    let held: Vec<_> = (0..2)
+        .map(|_| {
+            let net = net.clone();
+            tokio::spawn(async move { send(&net, "/held").await })
+        })
+        .collect();
+    upstream.holding(2).await;
+    // More than the pool holds: refused at once, with a hint to retry.
+    for _ in 0..3 {
+        let (status, head, body) = send(&net, "/more").await;
+        assert_eq!(status, 503, "{head}\n{body}");
+        assert!(head.to_lowercase().contains("retry-after: 1"), "{head}");
+    }
+    let log = std::fs::read_to_string(dir.path().join("web.log")).expect("log");
+    assert!(
+        log.contains("request GET /more HTTP/1.1 refused: the node's instance pool is full"),
+        "{log}"
+    );
+    // The held ones finish (the upstream went away) and the pool serves again.
+    upstream.release();
+    for h in held {
+        let (status, _, body) = h.await.expect("client");
+        assert_eq!(status, 502, "{body}");
+    }
+    let (status, body) = get(&net, "/after").await;
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("outgoing request failed"), "{body}");
+    running.killer().kill();
+    let exit = tokio::time::timeout(Duration::from_secs(10), running.wait())
+        .await
+        .expect("killed");
+    assert_eq!(exit, Exit::Killed);
+}
+
+#[tokio::test]
+async fn requests_beyond_a_pods_share_of_the_pool_wait_their_turn() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let net = namespace(&dir).await;
+    let engine = Engine::new(&EngineConfig {
+        serving_pool: ServingPool {
+            instances: 8,
+            per_pod: 1,
+        },
+        ..EngineConfig::default()
+    })
+    .expect("engine");
+    let running = engine
+        .start(forward_spec(&dir, net.clone()))
+        .await
+        .expect("served");
+    let upstream = Upstream::start(&net).await;
+    let first = {
+        let net = net.clone();
+        tokio::spawn(async move { send(&net, "/first").await })
+    };
+    upstream.holding(1).await;
+    let second = {
+        let net = net.clone();
+        tokio::spawn(async move { send(&net, "/second").await })
+    };
+    // The second waits for the pod's one instance (neither refused nor sent upstream).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!second.is_finished());
+    assert_eq!(upstream.held.lock().expect("lock").len(), 1);
+    upstream.release();
+    for (name, h) in [("first", first), ("second", second)] {
+        let (status, _, body) = h.await.expect("client");
+        assert_eq!(status, 502, "{name}: {body}");
+    }
+    running.killer().kill();
+    let _ = tokio::time::timeout(Duration::from_secs(10), running.wait()).await;
+}
+
+#[tokio::test]
+async fn the_memory_limit_holds_for_pooled_instances() {
+    let engine = Engine::new(&EngineConfig {
+        serving_pool: ServingPool {
+            instances: 4,
+            per_pod: 4,
+        },
+        ..EngineConfig::default()
+    })
+    .expect("engine");
+    // The same component, in two pods of one engine: one limit too small for its
+    // memories, one enough. Pool slots are 4 GiB: only the limiter tells them apart.
+    for (limit, expected) in [(16 << 10, 500), (64 << 20, 200), (16 << 10, 500)] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let net = namespace(&dir).await;
+        let running = engine
+            .start(spec(&dir, Some(net.clone()), Some(limit)))
+            .await
+            .expect("served");
+        for _ in 0..3 {
+            let (status, body) = get(&net, "/").await;
+            assert_eq!(status, expected, "limit {limit}: {body}");
+        }
+        running.killer().kill();
+        let _ = tokio::time::timeout(Duration::from_secs(10), running.wait()).await;
+    }
 }
