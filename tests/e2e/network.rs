@@ -599,6 +599,29 @@ async fn a_cluster_ip_service_balances_over_wasm_pods_which_reach_it_by_address_
         )),
         "{logs}"
     );
+    // And a Warning event on the pod (recorded after the answer: waited for).
+    let wanted = format!("connection to http://{some_pod}:8080 refused");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let events = cluster.events("fwd-denied").await?;
+        let found = events.iter().any(|e| {
+            e.reason.as_deref() == Some("OutboundConnectionRefused")
+                && e.type_.as_deref() == Some("Warning")
+                && e.message.as_deref().is_some_and(|m| m.contains(&wanted))
+        });
+        if found {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no OutboundConnectionRefused event: {:?}",
+            events
+                .iter()
+                .map(|e| (e.reason.clone(), e.message.clone()))
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 
     let (code, body) = http_get_ready(ip_of("fwd-api").await?, "/", &[], 60).await?;
     assert_eq!(code, 200, "{body}");

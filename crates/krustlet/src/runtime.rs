@@ -123,6 +123,16 @@ impl WasmRuntime {
                 .allowed_outbound
                 .as_deref()
                 .map(wasi_runtime::AllowList::parse)
+                .map(|list| {
+                    list.map(|list| match run.outbound_refused.clone() {
+                        Some(tx) => list.on_refused(std::sync::Arc::new(move |what: &str| {
+                            // Best effort: a full queue drops the notice (the counter
+                            // and the log line still have it).
+                            let _ = tx.try_send(what.to_owned());
+                        })),
+                        None => list,
+                    })
+                })
                 .transpose()
                 .map_err(|e| {
                     format!(

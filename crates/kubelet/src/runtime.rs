@@ -134,7 +134,14 @@ pub struct ContainerRun {
     /// The pod's [`ALLOWED_OUTBOUND_HOSTS`] annotation, as written: where it may
     /// connect to (`None`: anywhere its network reaches).
     pub allowed_outbound: Option<String>,
+    /// Where the runtime tells what that annotation refused (`scheme://host:port` or
+    /// `address:port`), best effort: a full channel drops the notice. Closed when the
+    /// run's resources are gone.
+    pub outbound_refused: Option<tokio::sync::mpsc::Sender<String>>,
 }
+
+/// Notices of refused outbound connections a run may queue before they are dropped.
+pub const OUTBOUND_REFUSED_QUEUE: usize = 16;
 
 /// A host directory exposed to a container, as an open descriptor: the runtime exposes
 /// exactly the directory the node agent opened (checked, never re-resolved by path).

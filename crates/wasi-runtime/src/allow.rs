@@ -19,10 +19,28 @@ struct Pattern {
     port: Option<u16>,
 }
 
+/// Told of each refusal (what was refused, `scheme://host:port` or `address:port`).
+pub type OnRefused = std::sync::Arc<dyn Fn(&str) + Send + Sync>;
+
 /// The parsed allow-list of one container.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct AllowList {
     patterns: Vec<Pattern>,
+    on_refused: Option<OnRefused>,
+}
+
+impl std::fmt::Debug for AllowList {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AllowList")
+            .field("patterns", &self.patterns)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PartialEq for AllowList {
+    fn eq(&self, other: &Self) -> bool {
+        self.patterns == other.patterns
+    }
 }
 
 /// Refusals so far, of every container of the engine.
@@ -45,7 +63,26 @@ impl AllowList {
             .filter(|s| !s.is_empty())
             .map(parse_one)
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Self { patterns })
+        Ok(Self {
+            patterns,
+            on_refused: None,
+        })
+    }
+
+    /// The same list, telling `f` of each refusal (the node agent makes an event of it).
+    #[must_use]
+    pub fn on_refused(mut self, f: OnRefused) -> Self {
+        self.on_refused = Some(f);
+        self
+    }
+
+    /// A refusal: counted, a line in the container's log, and told to the
+    /// [`on_refused`](Self::on_refused) hook.
+    pub(crate) fn refuse(&self, log: Option<&crate::logs::LogFile>, what: &str) {
+        refuse(log, what);
+        if let Some(f) = &self.on_refused {
+            f(what);
+        }
     }
 
     /// Whether a request to `scheme://host:port` is allowed.
@@ -129,7 +166,7 @@ fn parse_one(s: &str) -> Result<Pattern, String> {
 }
 
 /// A refusal: counted, and a line in the container's log.
-pub(crate) fn refuse(log: Option<&crate::logs::LogFile>, what: &str) {
+fn refuse(log: Option<&crate::logs::LogFile>, what: &str) {
     REFUSED.fetch_add(1, Ordering::Relaxed);
     if let Some(log) = log {
         log.record(

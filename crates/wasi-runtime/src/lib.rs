@@ -25,7 +25,7 @@ mod pool;
 mod run;
 mod serve;
 
-pub use allow::{AllowList, refused_total};
+pub use allow::{AllowList, OnRefused, refused_total};
 pub use engine::{Compiled, Engine, EngineConfig, EngineStats, is_component};
 pub use limits::{StoreCaps, TABLE_ELEMENT_BYTES};
 pub use logs::LogRotation;

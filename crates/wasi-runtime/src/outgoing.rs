@@ -48,8 +48,8 @@ impl WasiHttpHooks for Outgoing {
                 .unwrap_or(if scheme == "https" { 443 } else { 80 });
             (!allow.allows(scheme, host, port)).then(|| format!("{scheme}://{host}:{port}"))
         });
-        if let Some(what) = &refused {
-            crate::allow::refuse(self.log.as_ref(), what);
+        if let (Some(what), Some(allow)) = (&refused, &self.allow) {
+            allow.refuse(self.log.as_ref(), what);
         }
         Box::new(async move {
             let Some(net) = net else {

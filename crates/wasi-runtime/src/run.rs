@@ -324,7 +324,7 @@ impl Engine {
                                     matches!(use_, SocketAddrUse::TcpBind | SocketAddrUse::UdpBind)
                                         || allow.allows_addr(addr);
                                 if !ok {
-                                    crate::allow::refuse(Some(&log), &addr.to_string());
+                                    allow.refuse(Some(&log), &addr.to_string());
                                 }
                                 Box::pin(std::future::ready(ok))
                             });

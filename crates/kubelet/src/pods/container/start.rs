@@ -6,6 +6,10 @@ use kube::ResourceExt;
 use super::{Run, Supervisor};
 use crate::events::EventType;
 use crate::now;
+
+/// The reason of the Warning event for a connection the pod's allowed outbound hosts
+/// refused (krustlet's own: the kubelet has no such annotation).
+pub(crate) const OUTBOUND_REFUSED: &str = "OutboundConnectionRefused";
 use crate::pods::record::{Reason, State, Terminated};
 use crate::pods::spec::{expand, memory_limit};
 use crate::pods::termination;
@@ -113,14 +117,40 @@ impl Supervisor {
             .filter(|p| p.protocol.as_deref().unwrap_or("TCP") == "TCP")
             .filter_map(|p| u16::try_from(p.container_port).ok())
             .collect();
+        let allowed_outbound = self
+            .pod
+            .annotations()
+            .get(crate::runtime::ALLOWED_OUTBOUND_HOSTS)
+            .cloned();
+        // Each refusal is a Warning event on the container (the recorder's spam filter
+        // bounds a flood); the forwarder ends when the runtime drops the sender.
+        let outbound_refused = allowed_outbound.as_ref().map(|_| {
+            let (tx, mut rx) =
+                tokio::sync::mpsc::channel::<String>(crate::runtime::OUTBOUND_REFUSED_QUEUE);
+            let recorder = self.ctx.recorder.clone();
+            let object = super::reference(
+                &self.pod,
+                Some(super::field_path(self.slot.init, &self.spec.name)),
+            );
+            let name = self.spec.name.clone();
+            tokio::spawn(async move {
+                while let Some(what) = rx.recv().await {
+                    let note = format!(
+                        "Container {name}: connection to {what} refused by the pod's {} annotation",
+                        crate::runtime::ALLOWED_OUTBOUND_HOSTS
+                    );
+                    recorder
+                        .record(&object, EventType::Warning, OUTBOUND_REFUSED, &note)
+                        .await;
+                }
+            });
+            tx
+        });
         let run = ContainerRun {
             sandbox_id: sandbox.id.clone(),
             ports,
-            allowed_outbound: self
-                .pod
-                .annotations()
-                .get(crate::runtime::ALLOWED_OUTBOUND_HOSTS)
-                .cloned(),
+            allowed_outbound,
+            outbound_refused,
             name: self.spec.name.clone(),
             attempt: u32::try_from(restart_count).unwrap_or_default(),
             image: image.clone(),
