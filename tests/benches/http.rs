@@ -654,7 +654,7 @@ fn report(
         format!(
             "krustlet pod at {}: one agent process (release build); the server on its guest \
              runtime (one worker thread per CPU at its start), a fresh instance per request \
-             (on-demand allocator, epoch preemption), an access log line per request",
+             (the serving engine's pooling allocator, epoch preemption), an access log line per request",
             k.addr
         ),
         format!(
