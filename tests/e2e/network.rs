@@ -656,6 +656,21 @@ async fn a_cluster_ip_service_balances_over_wasm_pods_which_reach_it_by_address_
     Ok(())
 }
 
+/// A pod of the `wasi:sockets` echo component, listening on 7000.
+pub(crate) fn echo_pod(name: &str, node: &str, image: &str) -> Pod {
+    let mut pod = http_pod(name, node, image);
+    if let Some(c) = pod.spec.as_mut().map(|s| &mut s.containers[0]) {
+        c.ports = Some(vec![
+            serde_json::from_value(serde_json::json!({ "containerPort": 7000 })).expect("a port"),
+        ]);
+        c.env = Some(vec![
+            serde_json::from_value(serde_json::json!({ "name": "ECHO_PORT", "value": "7000" }))
+                .expect("an env var"),
+        ]);
+    }
+    pod
+}
+
 #[tokio::test]
 async fn a_wasi_sockets_echo_server_answers_at_its_pod_address() -> anyhow::Result<()> {
     let cluster = Cluster::connect().await?;
@@ -663,16 +678,11 @@ async fn a_wasi_sockets_echo_server_answers_at_its_pod_address() -> anyhow::Resu
     let image = cluster.push("http-echo.component", "v1").await?;
     let pods = cluster.pods();
     let _ = delete_and_wait(&pods, "echo-a", 60).await;
-    let mut pod = http_pod("echo-a", "net-echo", &image);
-    if let Some(spec) = pod.spec.as_mut() {
-        spec.containers[0].ports = Some(vec![serde_json::from_value(
-            serde_json::json!({ "containerPort": 7000 }),
-        )?]);
-        spec.containers[0].env = Some(vec![serde_json::from_value(
-            serde_json::json!({ "name": "ECHO_PORT", "value": "7000" }),
-        )?]);
-    }
-    pods.create(&PostParams::default(), &pod).await?;
+    pods.create(
+        &PostParams::default(),
+        &echo_pod("echo-a", "net-echo", &image),
+    )
+    .await?;
     let pod = wait_pod(&pods, "echo-a", 120, "Running", |p| phase(p) == "Running").await?;
     let ip: IpAddr = pod
         .status

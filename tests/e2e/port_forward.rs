@@ -14,7 +14,7 @@ use e2e::{Cluster, delete_and_wait, phase, pod_condition, wait_pod};
 use kube::api::PostParams;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-use crate::network::{http_get, http_get_ready, http_pod, networked_node};
+use crate::network::{echo_pod, http_get, http_get_ready, http_pod, networked_node};
 
 /// A running `kubectl port-forward pod/<pod> :<port>` and the local port it listens on.
 struct Forward {
@@ -138,16 +138,11 @@ async fn kubectl_port_forward_reaches_wasm_pods_and_reports_what_it_cannot() -> 
     // A wasi:sockets echo server on 7000.
     let echo = cluster.push("http-echo.component", "v1").await?;
     let _ = delete_and_wait(&pods, "pf-echo", 60).await;
-    let mut echo_pod = http_pod("pf-echo", "net-forward", &echo);
-    if let Some(spec) = echo_pod.spec.as_mut() {
-        spec.containers[0].ports = Some(vec![serde_json::from_value(
-            serde_json::json!({ "containerPort": 7000 }),
-        )?]);
-        spec.containers[0].env = Some(vec![serde_json::from_value(
-            serde_json::json!({ "name": "ECHO_PORT", "value": "7000" }),
-        )?]);
-    }
-    pods.create(&PostParams::default(), &echo_pod).await?;
+    pods.create(
+        &PostParams::default(),
+        &echo_pod("pf-echo", "net-forward", &echo),
+    )
+    .await?;
     let ready = |p: &k8s_openapi::api::core::v1::Pod| {
         phase(p) == "Running" && pod_condition(p, "Ready").as_deref() == Some("True")
     };
