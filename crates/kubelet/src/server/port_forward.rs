@@ -246,7 +246,7 @@ where
                 let late: Vec<String> = pairs.iter().filter(|(_, p)| p.deadline <= now).map(|(k, _)| k.clone()).collect();
                 for id in late {
                     if let Some(p) = pairs.remove(&id) {
-                        fail(p, &format!("request {id}: timed out waiting for streams")).await;
+                        fail(p.error.as_ref(), p.data.as_ref(), &format!("request {id}: timed out waiting for streams")).await;
                     }
                 }
             }
@@ -255,7 +255,8 @@ where
     }
     for (id, p) in pairs.drain() {
         fail(
-            p,
+            p.error.as_ref(),
+            p.data.as_ref(),
             &format!("request {id}: the connection ended before both streams came"),
         )
         .await;
@@ -300,8 +301,7 @@ async fn add(
 ) {
     let id = request.request_id.clone();
     if !pairs.contains_key(&id) && pairs.len() >= MAX_PENDING_PAIRS {
-        let p = one(request.kind, request.port, stream, f.pair_timeout);
-        fail(p, &format!("error processing stream for request {id}: too many requests waiting for their streams")).await;
+        fail_one(request.kind, &stream, &format!("error processing stream for request {id}: too many requests waiting for their streams")).await;
         return;
     }
     let pair = pairs.entry(id.clone()).or_insert_with(|| Pair {
@@ -320,9 +320,9 @@ async fn add(
         } else {
             "data"
         };
-        let p = one(request.kind, request.port, stream, f.pair_timeout);
-        fail(
-            p,
+        fail_one(
+            request.kind,
+            &stream,
             &format!("error processing stream for request {id}: {what} stream already assigned"),
         )
         .await;
@@ -342,13 +342,7 @@ async fn add(
         return;
     };
     if forwards.len() >= MAX_FORWARDS {
-        let p = Pair {
-            port,
-            data: Some(data),
-            error: Some(error),
-            deadline: tokio::time::Instant::now(),
-        };
-        fail(p, &format!("error forwarding port {port} to pod {pod}, uid {}: too many connections forwarded at once", sandbox.uid)).await;
+        fail(Some(&error), Some(&data), &format!("error forwarding port {port} to pod {pod}, uid {}: too many connections forwarded at once", sandbox.uid)).await;
         return;
     }
     forwards.spawn(forward(
@@ -361,33 +355,23 @@ async fn add(
     ));
 }
 
-fn one(kind: Kind, port: u16, stream: Stream, timeout: Duration) -> Pair {
-    let deadline = tokio::time::Instant::now() + timeout;
-    match kind {
-        Kind::Error => Pair {
-            port,
-            data: None,
-            error: Some(stream),
-            deadline,
-        },
-        Kind::Data => Pair {
-            port,
-            data: Some(stream),
-            error: None,
-            deadline,
-        },
-    }
-}
-
-/// Writes `msg` to the pair's error stream, if it has one, and ends both streams.
-async fn fail(pair: Pair, msg: &str) {
-    tracing::debug!(port = pair.port, "port-forward: {msg}");
-    if let Some(e) = &pair.error {
+/// Writes `msg` to the error stream, if there is one, and ends both streams.
+async fn fail(error: Option<&Stream>, data: Option<&Stream>, msg: &str) {
+    tracing::debug!("port-forward: {msg}");
+    if let Some(e) = error {
         let _ = e.out.send(Bytes::from(msg.to_owned())).await;
         e.out.finish().await;
     }
-    if let Some(d) = &pair.data {
+    if let Some(d) = data {
         d.out.finish().await;
+    }
+}
+
+/// [`fail`] for a stream without its pair.
+async fn fail_one(kind: Kind, stream: &Stream, msg: &str) {
+    match kind {
+        Kind::Error => fail(Some(stream), None, msg).await,
+        Kind::Data => fail(None, Some(stream), msg).await,
     }
 }
 
@@ -410,13 +394,7 @@ async fn forward(
                 "error forwarding port {port} to pod {pod}, uid {}: {e}",
                 sandbox.uid
             );
-            let pair = Pair {
-                port,
-                data: Some(data),
-                error: Some(error),
-                deadline: tokio::time::Instant::now(),
-            };
-            fail(pair, &msg).await;
+            fail(Some(&error), Some(&data), &msg).await;
             return;
         }
     };
