@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use network::NetNs;
-use wasi_runtime::{ContainerSpec, Engine, EngineConfig, Exit, ServingPool};
+use wasi_runtime::{ContainerSpec, Engine, EngineConfig, Exit, Running, ServingPool};
 
 fn component() -> Arc<[u8]> {
     wasm("http-hello")
@@ -237,23 +237,36 @@ fn forward_spec(dir: &tempfile::TempDir, net: Arc<NetNs>) -> ContainerSpec {
     spec
 }
 
-#[tokio::test]
-async fn a_full_instance_pool_answers_503_and_serving_goes_on() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let net = namespace(&dir).await;
-    let engine = Engine::new(&EngineConfig {
-        serving_pool: ServingPool {
-            instances: 2,
-            per_pod: 100,
-        },
+/// An engine whose serving pool holds `instances`, at most `per_pod` for one pod.
+fn pool_engine(instances: u32, per_pod: usize) -> Engine {
+    Engine::new(&EngineConfig {
+        serving_pool: ServingPool { instances, per_pod },
         ..EngineConfig::default()
     })
-    .expect("engine");
+    .expect("engine")
+}
+
+/// The forward component served from a pool of `instances` (`per_pod` for it) in a
+/// namespace of its own, with the upstream it calls (and the engine, kept for as long
+/// as the test serves).
+async fn forward_in_pool(
+    instances: u32,
+    per_pod: usize,
+) -> (Engine, tempfile::TempDir, Arc<NetNs>, Running, Upstream) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let net = namespace(&dir).await;
+    let engine = pool_engine(instances, per_pod);
     let running = engine
         .start(forward_spec(&dir, net.clone()))
         .await
         .expect("served");
     let upstream = Upstream::start(&net).await;
+    (engine, dir, net, running, upstream)
+}
+
+#[tokio::test]
+async fn a_full_instance_pool_answers_503_and_serving_goes_on() {
+    let (_engine, dir, net, running, upstream) = forward_in_pool(2, 100).await;
     // Two requests take the node's two instances and wait on the upstream.
     let held: Vec<_> = (0..2)
         .map(|_| {
@@ -291,21 +304,7 @@ async fn a_full_instance_pool_answers_503_and_serving_goes_on() {
 
 #[tokio::test]
 async fn requests_beyond_a_pods_share_of_the_pool_wait_their_turn() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let net = namespace(&dir).await;
-    let engine = Engine::new(&EngineConfig {
-        serving_pool: ServingPool {
-            instances: 8,
-            per_pod: 1,
-        },
-        ..EngineConfig::default()
-    })
-    .expect("engine");
-    let running = engine
-        .start(forward_spec(&dir, net.clone()))
-        .await
-        .expect("served");
-    let upstream = Upstream::start(&net).await;
+    let (_engine, _dir, net, running, upstream) = forward_in_pool(8, 1).await;
     let first = {
         let net = net.clone();
         tokio::spawn(async move { send(&net, "/first").await })
@@ -330,14 +329,7 @@ async fn requests_beyond_a_pods_share_of_the_pool_wait_their_turn() {
 
 #[tokio::test]
 async fn the_memory_limit_holds_for_pooled_instances() {
-    let engine = Engine::new(&EngineConfig {
-        serving_pool: ServingPool {
-            instances: 4,
-            per_pod: 4,
-        },
-        ..EngineConfig::default()
-    })
-    .expect("engine");
+    let engine = pool_engine(4, 4);
     // The same component, in two pods of one engine: one limit too small for its
     // memories, one enough. Pool slots are 4 GiB: only the limiter tells them apart.
     for (limit, expected) in [(16 << 10, 500), (64 << 20, 200), (16 << 10, 500)] {
