@@ -603,7 +603,7 @@ where
         self.reader
             .read_exact(&mut head)
             .await
-            .map_err(|e| Ended::Error(e.into()))?;
+            .map_err(Error::from)?;
         self.activity.touch();
         let first = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
         let flags = head[4];
@@ -626,7 +626,7 @@ where
         self.reader
             .read_exact(&mut body)
             .await
-            .map_err(|e| Ended::Error(e.into()))?;
+            .map_err(Error::from)?;
         self.control(kind, flags, &body).await
     }
 
@@ -704,7 +704,7 @@ where
             self.reader
                 .read_exact(&mut chunk)
                 .await
-                .map_err(|e| Ended::Error(e.into()))?;
+                .map_err(Error::from)?;
             len -= n;
             self.activity.touch();
             if let Some(tx) = &sender {
@@ -783,18 +783,20 @@ async fn write_loop<IO: AsyncWrite>(
 }
 
 /// Appends `frame` to `buf`.
+/// Appends a control frame of `kind` with `body` to `buf`.
+fn control(buf: &mut Vec<u8>, kind: u16, flags: u8, body: &[u8]) -> Result<(), Error> {
+    if body.len() > 0x00ff_ffff {
+        return Err(protocol("a control frame too large"));
+    }
+    buf.extend_from_slice(&(0x8000u16 | VERSION).to_be_bytes());
+    buf.extend_from_slice(&kind.to_be_bytes());
+    buf.push(flags);
+    buf.extend_from_slice(&u32::try_from(body.len()).unwrap_or(0).to_be_bytes()[1..]);
+    buf.extend_from_slice(body);
+    Ok(())
+}
+
 fn encode(buf: &mut Vec<u8>, deflater: &mut Deflater, frame: Out) -> Result<(), Error> {
-    let control = |buf: &mut Vec<u8>, kind: u16, flags: u8, body: &[u8]| -> Result<(), Error> {
-        if body.len() > 0x00ff_ffff {
-            return Err(protocol("a control frame too large"));
-        }
-        buf.extend_from_slice(&(0x8000u16 | VERSION).to_be_bytes());
-        buf.extend_from_slice(&kind.to_be_bytes());
-        buf.push(flags);
-        buf.extend_from_slice(&u32::try_from(body.len()).unwrap_or(0).to_be_bytes()[1..]);
-        buf.extend_from_slice(body);
-        Ok(())
-    };
     match frame {
         Out::Reply(id) => {
             let mut body = id.to_be_bytes().to_vec();
@@ -844,7 +846,7 @@ async fn watch_idle(activity: Activity, idle: Duration, gone: CancellationToken)
 pub(crate) mod testing {
     use super::{
         Cursor, Deflater, FLAG_FIN, GOAWAY, Headers, Inflater, PING, RST_STREAM, SYN_REPLY,
-        SYN_STREAM, VERSION,
+        SYN_STREAM,
     };
     use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -870,11 +872,7 @@ pub(crate) mod testing {
     /// A control frame's bytes.
     pub(crate) fn control(kind: u16, flags: u8, body: &[u8]) -> Vec<u8> {
         let mut f = Vec::new();
-        f.extend_from_slice(&(0x8000u16 | VERSION).to_be_bytes());
-        f.extend_from_slice(&kind.to_be_bytes());
-        f.push(flags);
-        f.extend_from_slice(&u32::try_from(body.len()).expect("len").to_be_bytes()[1..]);
-        f.extend_from_slice(body);
+        super::control(&mut f, kind, flags, body).expect("a control frame");
         f
     }
 
