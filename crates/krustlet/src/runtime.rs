@@ -6,8 +6,8 @@ use std::path::PathBuf;
 
 use kubelet::keyring::Credential;
 use kubelet::runtime::{
-    BoxFuture, ContainerExit, ContainerHandle, ContainerRun, Counter, Image, ImageError,
-    ImageFsUsage, ImageStatus, Sandbox, SandboxConfig, StoredImage,
+    BoxFuture, ContainerExit, ContainerHandle, ContainerRun, ContainerUsage, Counter, Image,
+    ImageError, ImageFsUsage, ImageStatus, Sandbox, SandboxConfig, StoredImage,
 };
 use wasi_runtime::{ContainerSpec, Engine, Exit, Preopen};
 
@@ -113,6 +113,10 @@ impl WasmRuntime {
             env: run.env,
             log_path: run.log_path,
             memory_limit: run.memory_limit,
+            cpu: wasi_runtime::CpuShare {
+                limit_millis: run.cpu.limit_millis,
+                request_millis: run.cpu.request_millis,
+            },
             network: self.network.as_ref().and_then(|n| n.netns(&run.sandbox_id)),
             http_port: run
                 .ports
@@ -152,16 +156,26 @@ impl WasmRuntime {
         };
         let running = self.engine.start(spec).await.map_err(|e| e.to_string())?;
         let killer = running.killer();
-        Ok(ContainerHandle::new(
-            id,
-            move |grace| killer.stop(grace),
-            async move {
+        let meter = running.meter();
+        let usage = std::sync::Arc::new(move || {
+            let u = meter.usage();
+            ContainerUsage {
+                cpu: u.cpu,
+                memory_working_set: u.memory_bytes,
+                cpu_periods: u.periods,
+                cpu_throttled_periods: u.throttled_periods,
+                cpu_throttled: u.throttled,
+            }
+        });
+        Ok(
+            ContainerHandle::new(id, move |grace| killer.stop(grace), async move {
                 let exit = exit(running.wait().await);
                 // A served component opens its preopens again for every request.
                 drop(keep_open);
                 exit
-            },
-        ))
+            })
+            .with_usage(usage),
+        )
     }
 
     async fn stored_images(&self) -> Vec<StoredImage> {

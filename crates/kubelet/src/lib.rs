@@ -23,6 +23,7 @@ pub mod ratelimit;
 pub mod runtime;
 pub mod sandboxes;
 pub mod server;
+pub mod stats;
 mod tls;
 pub mod volumes;
 
@@ -127,6 +128,8 @@ impl Kubelet {
         // pressure conditions; the pod watch loop alone holds the workers.
         let (images, logs) = (images::ImageIndex::default(), logs::LogIndex::default());
         let sandboxes = sandboxes::SandboxIndex::default();
+        let stats = stats::StatsIndex::default();
+        let started = jiff::Timestamp::now();
         let pressure = eviction::PressureHandle::default();
         let (pods_handle, commands) = pods::PodsHandle::new();
         let listener = server::bind(&config).await?;
@@ -191,6 +194,12 @@ impl Kubelet {
                 sandboxes: sandboxes.clone(),
                 runtime: runtime.clone(),
                 metrics,
+                stats: stats::Source {
+                    index: stats.clone(),
+                    node_name: config.node_name.clone(),
+                    data_dir: config.data_dir.clone(),
+                    started,
+                },
                 auth,
             },
             shutdown.clone(),
@@ -205,6 +214,7 @@ impl Kubelet {
                 images,
                 logs,
                 sandboxes,
+                stats,
                 pressure,
                 recorder,
             },

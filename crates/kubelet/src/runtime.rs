@@ -127,6 +127,8 @@ pub struct ContainerRun {
     pub log_path: PathBuf,
     /// Memory limit in bytes.
     pub memory_limit: Option<u64>,
+    /// CPU limit and request.
+    pub cpu: CpuResources,
     /// Host directories to expose, and nothing else.
     pub mounts: Vec<Mount>,
     /// The container's TCP `containerPort`s, in order.
@@ -139,6 +141,33 @@ pub struct ContainerRun {
     /// run's resources are gone.
     pub outbound_refused: Option<tokio::sync::mpsc::Sender<String>>,
 }
+
+/// A container's `resources` for the CPU, in millicores.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CpuResources {
+    /// `limits.cpu`: at most this much CPU over each period; `None`: unlimited.
+    pub limit_millis: Option<u64>,
+    /// `requests.cpu`: its weight when the CPU is contended.
+    pub request_millis: Option<u64>,
+}
+
+/// What a running container has used (the CRI's `ContainerStats`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ContainerUsage {
+    /// CPU time, cumulative since the container started.
+    pub cpu: std::time::Duration,
+    /// Its working set now, in bytes.
+    pub memory_working_set: u64,
+    /// CPU bandwidth periods it ran in (with a CPU limit).
+    pub cpu_periods: u64,
+    /// Of those, the periods it was throttled in.
+    pub cpu_throttled_periods: u64,
+    /// How long it was throttled, in all.
+    pub cpu_throttled: std::time::Duration,
+}
+
+/// Reads a running container's usage; cheap, called on every scrape.
+pub type UsageFn = Arc<dyn Fn() -> ContainerUsage + Send + Sync>;
 
 /// Notices of refused outbound connections a run may queue before they are dropped.
 pub const OUTBOUND_REFUSED_QUEUE: usize = 16;
@@ -187,6 +216,7 @@ pub struct ContainerExit {
 /// A started container: await [`ContainerHandle::wait`], or [`ContainerHandle::kill`] it.
 pub struct ContainerHandle {
     id: String,
+    usage: Option<UsageFn>,
     kill: Arc<dyn Fn(std::time::Duration) + Send + Sync>,
     exit: Pin<Box<dyn Future<Output = ContainerExit> + Send>>,
 }
@@ -207,9 +237,23 @@ impl ContainerHandle {
     ) -> Self {
         Self {
             id,
+            usage: None,
             kill: Arc::new(kill),
             exit: Box::pin(exit),
         }
+    }
+
+    /// The same handle, whose container's usage `usage` reads.
+    #[must_use]
+    pub fn with_usage(mut self, usage: UsageFn) -> Self {
+        self.usage = Some(usage);
+        self
+    }
+
+    /// Reads the container's usage, when the runtime accounts for it.
+    #[must_use]
+    pub fn usage(&self) -> Option<UsageFn> {
+        self.usage.clone()
     }
 
     /// The runtime's ID of the container, `<runtime>://<id>`.

@@ -1,7 +1,9 @@
 //! The kubelet HTTPS API: `/healthz`, `/containerLogs/{namespace}/{pod}/{container}`
 //! (what `kubectl logs` reaches through the API server), `/portForward/{namespace}/{pod}`
-//! (`kubectl port-forward`, see [`port_forward`]) and `/metrics` (Prometheus text:
-//! the runtime's counters and the node's pods). Every request, unknown paths included,
+//! (`kubectl port-forward`, see [`port_forward`]), `/metrics` (Prometheus text:
+//! the runtime's counters and the node's pods), the resource metrics
+//! `/metrics/resource` and `/metrics/cadvisor`, and `/stats/summary` (see
+//! [`crate::stats`]). Every request, unknown paths included,
 //! passes [`crate::auth`] first; TLS handshakes are bounded in time and connections in
 //! number.
 
@@ -98,6 +100,8 @@ pub struct Parts {
     pub runtime: Arc<dyn Runtime>,
     /// The `/metrics` page.
     pub metrics: Metrics,
+    /// What `/metrics/resource`, `/metrics/cadvisor` and `/stats/summary` report.
+    pub stats: crate::stats::Source,
     /// Who may do what.
     pub auth: Arc<Auth>,
 }
@@ -108,8 +112,12 @@ fn router(parts: Parts) -> Router {
         sandboxes,
         runtime,
         metrics,
+        stats,
         auth,
     } = parts;
+    let resource = stats.index.clone();
+    let cadvisor = stats.index.clone();
+    let runtime_for_stats = runtime.clone();
     let forwarder = port_forward::Forwarder {
         sandboxes,
         runtime,
@@ -138,6 +146,30 @@ fn router(parts: Parts) -> Router {
                 async move { ([("content-type", "text/plain; version=0.0.4")], metrics()) }
             }),
         )
+        .route(
+            "/metrics/resource",
+            get(move || {
+                let index = resource.clone();
+                async move {
+                    let page =
+                        crate::stats::resource::render_resource(&index.node(), &index.samples());
+                    ([("content-type", "text/plain; version=0.0.4")], page)
+                }
+            }),
+        )
+        .route(
+            "/metrics/cadvisor",
+            get(move || {
+                let index = cadvisor.clone();
+                async move {
+                    let page = crate::stats::resource::render_cadvisor(&index.samples());
+                    ([("content-type", "text/plain; version=0.0.4")], page)
+                }
+            }),
+        )
+        .route("/stats/summary", get(summary))
+        .route("/stats/summary/", get(summary))
+        .with_state((stats, runtime_for_stats))
         // No process runs in a wasm container: exec and attach get a clear answer
         // (kubectl shows it) instead of a 404.
         .route(
@@ -157,6 +189,31 @@ fn router(parts: Parts) -> Router {
             axum::routing::any(no_process),
         )
         .layer(axum::middleware::from_fn_with_state(auth, guard))
+}
+
+/// `/stats/summary`: the Summary API as JSON (its directory walks off the async threads).
+async fn summary(
+    State((stats, runtime)): State<(crate::stats::Source, Arc<dyn Runtime>)>,
+) -> Response {
+    let image_fs = runtime.image_fs_usage().await;
+    let (node, containers) = (stats.index.node(), stats.index.samples());
+    let built = crate::blocking::run(move || {
+        let summary = crate::stats::summary::build(&crate::stats::summary::Inputs {
+            node_name: &stats.node_name,
+            started: stats.started,
+            node,
+            containers: &containers,
+            data_dir: &stats.data_dir,
+            image_fs,
+        });
+        serde_json::to_vec(&summary)
+    })
+    .await;
+    match built {
+        Ok(Ok(json)) => ([("content-type", "application/json")], json).into_response(),
+        Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+    }
 }
 
 /// The answer to `exec` and `attach`.

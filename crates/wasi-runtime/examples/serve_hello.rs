@@ -48,6 +48,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             network: Some(ns.clone()),
             allowed_outbound: None,
             http_port: 8080,
+            cpu: wasi_runtime::CpuShare::default(),
         })
         .await?;
     eprintln!("serving {wasm} on 127.0.0.1:8080 in {netns} for {seconds} s");

@@ -104,6 +104,18 @@ impl std::fmt::Debug for Compiled {
     }
 }
 
+impl Compiled {
+    /// Bytes of native code and data it was compiled to, in memory while it is held.
+    #[must_use]
+    pub fn code_bytes(&self) -> u64 {
+        let range = match self {
+            Self::Module(m) => m.image_range(),
+            Self::Component(c) | Self::Proxy(c) => c.image_range(),
+        };
+        (range.end as usize).saturating_sub(range.start as usize) as u64
+    }
+}
+
 /// Whether `wasm` is a component rather than a core module: its header's version field
 /// is `0x0d` with layer `1` (a core module has version `1`, layer `0`).
 #[must_use]

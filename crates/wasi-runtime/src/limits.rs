@@ -1,6 +1,9 @@
 //! What one container may hold: one memory budget for all its linear memories and
 //! tables together, and caps on how many instances, memories and tables it creates.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use wasmtime::ResourceLimiter;
 
 /// Bytes one table element counts for against the memory limit: a pointer, which is what
@@ -47,16 +50,20 @@ pub(crate) struct Limits {
     /// Some growth was refused because of the budget.
     refused: bool,
     caps: StoreCaps,
+    /// The container's memory in use (all its live stores), which this store's grants
+    /// are added to and taken back from when it goes.
+    gauge: Arc<AtomicU64>,
 }
 
 impl Limits {
-    pub(crate) fn new(budget: Option<u64>, caps: StoreCaps) -> Self {
+    pub(crate) fn new(budget: Option<u64>, caps: StoreCaps, gauge: Arc<AtomicU64>) -> Self {
         Self {
             budget: budget.map(|b| usize::try_from(b).unwrap_or(usize::MAX)),
             granted: 0,
             last_grant: 0,
             refused: false,
             caps,
+            gauge,
         }
     }
 
@@ -78,14 +85,25 @@ impl Limits {
             self.last_grant = 0;
             return false;
         }
+        self.gauge
+            .fetch_add((total - self.granted) as u64, Ordering::Relaxed);
         self.granted = total;
         self.last_grant = bytes;
         true
     }
 
     fn grow_failed(&mut self) {
+        self.gauge
+            .fetch_sub(self.last_grant as u64, Ordering::Relaxed);
         self.granted = self.granted.saturating_sub(self.last_grant);
         self.last_grant = 0;
+    }
+}
+
+impl Drop for Limits {
+    fn drop(&mut self) {
+        // The store and its memories go with it.
+        self.gauge.fetch_sub(self.granted as u64, Ordering::Relaxed);
     }
 }
 
@@ -138,7 +156,7 @@ mod tests {
 
     #[test]
     fn growths_of_different_memories_and_tables_share_one_budget() {
-        let mut l = Limits::new(Some(100), StoreCaps::default());
+        let mut l = Limits::new(Some(100), StoreCaps::default(), Arc::default());
         assert!(l.memory_growing(0, 60, None).expect("ok"));
         // A second memory: alone it would fit, with the first it does not.
         assert!(!l.memory_growing(0, 60, None).expect("ok"));
@@ -151,8 +169,26 @@ mod tests {
     }
 
     #[test]
+    fn the_gauge_follows_the_stores_of_a_container() {
+        let gauge = Arc::new(AtomicU64::new(0));
+        let mut a = Limits::new(None, StoreCaps::default(), gauge.clone());
+        let mut b = Limits::new(None, StoreCaps::default(), gauge.clone());
+        assert!(a.memory_growing(0, 100, None).expect("ok"));
+        assert!(b.memory_growing(0, 30, None).expect("ok"));
+        b.memory_grow_failed(wasmtime::Error::msg("mmap failed"))
+            .expect("ok");
+        assert!(b.table_growing(0, 2, None).expect("ok"));
+        let table = 2 * TABLE_ELEMENT_BYTES as u64;
+        assert_eq!(gauge.load(Ordering::Relaxed), 100 + table);
+        drop(a);
+        assert_eq!(gauge.load(Ordering::Relaxed), table);
+        drop(b);
+        assert_eq!(gauge.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
     fn a_failed_growth_is_given_back() {
-        let mut l = Limits::new(Some(100), StoreCaps::default());
+        let mut l = Limits::new(Some(100), StoreCaps::default(), Arc::default());
         assert!(l.memory_growing(0, 80, None).expect("ok"));
         l.memory_grow_failed(wasmtime::Error::msg("mmap failed"))
             .expect("ok");
@@ -163,7 +199,7 @@ mod tests {
 
     #[test]
     fn no_budget_grants_everything_and_saturates() {
-        let mut l = Limits::new(None, StoreCaps::default());
+        let mut l = Limits::new(None, StoreCaps::default(), Arc::default());
         assert!(l.memory_growing(0, usize::MAX, None).expect("ok"));
         assert!(l.table_growing(0, usize::MAX, None).expect("ok"));
         assert_eq!(l.granted(), usize::MAX);

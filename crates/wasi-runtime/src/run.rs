@@ -14,6 +14,7 @@ use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, Wasi
 
 use crate::engine::Compiled;
 use crate::limits::Limits;
+use crate::meter::{CpuShare, Meter};
 
 use crate::logs::{LogFile, Stream};
 use crate::{Engine, Error, Result};
@@ -44,6 +45,8 @@ pub struct ContainerSpec {
     /// Where a `wasi:http/proxy` component is served, in the pod's namespace (the
     /// container's first TCP `containerPort`, else [`DEFAULT_HTTP_PORT`]).
     pub http_port: u16,
+    /// Its CPU limit and request.
+    pub cpu: CpuShare,
 }
 
 /// The port a `wasi:http` component is served on when its container declares none.
@@ -136,6 +139,7 @@ impl Killer {
 #[derive(Debug)]
 pub struct Running {
     killer: Killer,
+    meter: Meter,
     task: JoinHandle<Exit>,
     /// The runtime the run lives on, kept while the run is awaited even if the engine
     /// goes first.
@@ -147,6 +151,12 @@ impl Running {
     #[must_use]
     pub fn killer(&self) -> Killer {
         self.killer.clone()
+    }
+
+    /// What the run has used so far; it counts on while the run lives.
+    #[must_use]
+    pub fn meter(&self) -> Meter {
+        self.meter.clone()
     }
 
     /// Waits for the run to end.
@@ -203,10 +213,19 @@ pub(crate) fn component_linker(
     Ok(linker)
 }
 
-/// Every store interrupts its module at each epoch tick and yields to the scheduler.
-pub(crate) fn preempt<T>(store: &mut Store<T>) {
-    store.set_epoch_deadline(1);
-    store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Yield(1)));
+/// Every store interrupts its module after `ticks` epoch ticks (its slice, see
+/// [`CpuShare::slice_ticks`]) and yields to the scheduler: through tokio's own
+/// `yield_now`, which puts the task at the back of the run queue. (A plain self-wake,
+/// as `UpdateDeadline::Yield` does, lands in the worker's LIFO slot and runs again
+/// before the others: busy modules then shared a thread far from their slices.)
+pub(crate) fn preempt<T>(store: &mut Store<T>, ticks: u64) {
+    store.set_epoch_deadline(ticks);
+    store.epoch_deadline_callback(move |_| {
+        Ok(UpdateDeadline::YieldCustom(
+            ticks,
+            Box::pin(tokio::task::yield_now()),
+        ))
+    });
 }
 
 /// How a run ended, from what the entry point returned (`None`: killed first).
@@ -259,7 +278,9 @@ impl Engine {
         let began = std::time::Instant::now();
         let compiled = self.module(&spec.module_key, spec.wasm.clone()).await?;
         let mut builder = self.wasi_builder(&spec)?;
-        let limits = Limits::new(spec.memory_limit, self.store_caps);
+        let meter = Meter::new(spec.cpu, compiled.code_bytes());
+        let slice = spec.cpu.slice_ticks();
+        let limits = Limits::new(spec.memory_limit, self.store_caps, meter.memory_gauge());
         let (tx, mut killed) = watch::channel(Stop::Run);
         let (starts, start_nanos) = (self.starts.clone(), self.start_nanos.clone());
         let count_start = move || {
@@ -278,15 +299,16 @@ impl Engine {
                 wasi.ctx().table.set_max_capacity(self.max_open_handles);
                 let mut store = Store::new(&self.inner, State { wasi, limits });
                 store.limiter(|s| &mut s.limits);
-                preempt(&mut store);
+                preempt(&mut store, slice);
+                let metered = meter.clone();
                 self.guest.handle().spawn(async move {
                     let result = {
-                        let run = async {
+                        let run = metered.wrap(async {
                             let instance = pre.instantiate_async(&mut store).await?;
                             let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
                             count_start();
                             start.call_async(&mut store, ()).await.map(|()| 0)
-                        };
+                        });
                         tokio::select! {
                             r = run => Some(r),
                             _ = killed.wait_for(|k| *k != Stop::Run) => None,
@@ -296,7 +318,8 @@ impl Engine {
                 })
             }
             Compiled::Proxy(component) => {
-                self.serve(&spec, &component, killed, count_start).await?
+                self.serve(&spec, &component, killed, count_start, &meter)
+                    .await?
             }
             Compiled::Component(component) => {
                 let pre = self
@@ -340,16 +363,17 @@ impl Engine {
                 };
                 let mut store = Store::new(&self.inner, state);
                 store.limiter(|s| &mut s.limits);
-                preempt(&mut store);
+                preempt(&mut store, slice);
+                let metered = meter.clone();
                 runtime.spawn(async move {
                     let result = {
-                        let run = async {
+                        let run = metered.wrap(async {
                             let command = pre.instantiate_async(&mut store).await?;
                             count_start();
                             // `wasi:cli/run` returns `result`: an error is exit code 1.
                             let ok = command.wasi_cli_run().call_run(&mut store).await?;
                             Ok(i32::from(ok.is_err()))
-                        };
+                        });
                         tokio::select! {
                             r = run => Some(r),
                             _ = killed.wait_for(|k| *k != Stop::Run) => None,
@@ -361,6 +385,7 @@ impl Engine {
         };
         Ok(Running {
             killer: Killer(Arc::new(tx)),
+            meter,
             task,
             _guest: self.guest.clone(),
         })

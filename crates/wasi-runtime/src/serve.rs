@@ -28,6 +28,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::limits::Limits;
 use crate::logs::{LogFile, Stream};
+use crate::meter::Meter;
 use crate::outgoing::Outgoing;
 use crate::pool::QUEUE_WAIT;
 use crate::run::{ContainerSpec, Exit, Stop, preempt, wasi_builder};
@@ -78,6 +79,10 @@ pub(crate) struct Server {
     pub(crate) wasi: Box<dyn Fn() -> Result<WasiCtx, String> + Send + Sync>,
     pub(crate) outgoing: Outgoing,
     pub(crate) memory_limit: Option<u64>,
+    /// The container's accounting, which every request's instance counts into.
+    pub(crate) meter: Meter,
+    /// Epoch ticks an instance runs before it yields.
+    pub(crate) slice: u64,
     pub(crate) store_caps: crate::limits::StoreCaps,
     pub(crate) max_open_handles: usize,
     pub(crate) log: LogFile,
@@ -144,6 +149,7 @@ impl Engine {
         component: &wasmtime::component::Component,
         stop: watch::Receiver<Stop>,
         count_start: impl FnOnce() + Send + 'static,
+        meter: &Meter,
     ) -> Result<tokio::task::JoinHandle<Exit>> {
         let Some(net) = spec.network.clone() else {
             return Err(Error::Instantiate(
@@ -190,13 +196,19 @@ impl Engine {
                 log: Some(log.clone()),
             },
             memory_limit: spec.memory_limit,
+            meter: meter.clone(),
+            slice: spec.cpu.slice_ticks(),
             store_caps: self.store_caps,
             max_open_handles: self.max_open_handles,
             log,
             cut: watch::channel(false).0,
         });
         count_start();
-        Ok(self.guest.handle().spawn(run(server, listener, stop)))
+        // The accept loop and each connection's HTTP work count as the container's too.
+        Ok(self
+            .guest
+            .handle()
+            .spawn(meter.wrap(run(server, listener, stop))))
     }
 }
 
@@ -246,7 +258,8 @@ pub(crate) async fn run(
         }
         let server = server.clone();
         let mut drain = drain_rx.clone();
-        connections.spawn(async move {
+        let meter = server.meter.clone();
+        connections.spawn(meter.wrap(async move {
             let _slot = slot;
             let service = hyper::service::service_fn(move |req| {
                 let server = server.clone();
@@ -267,7 +280,7 @@ pub(crate) async fn run(
                     let _ = conn.await;
                 }
             }
-        });
+        }));
         // Reap finished connections as we go.
         while connections.try_join_next().is_some() {}
     }
@@ -371,11 +384,15 @@ impl Server {
             table,
             http: WasiHttpCtx::new(),
             outgoing: self.outgoing.clone(),
-            limits: Limits::new(self.memory_limit, self.store_caps),
+            limits: Limits::new(
+                self.memory_limit,
+                self.store_caps,
+                self.meter.memory_gauge(),
+            ),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
-        preempt(&mut store);
+        preempt(&mut store, self.slice);
         let (tx, rx) = oneshot::channel();
         let req = req.map(|body| {
             use http_body_util::BodyExt;
@@ -394,15 +411,16 @@ impl Server {
         let mut cut = self.cut.subscribe();
         // The instance runs on as its own task while the response body streams out,
         // until it returns or the server cuts it.
+        let meter = self.meter.clone();
         let task = tokio::spawn(async move {
             let _slot = slot;
-            let guest = async {
+            let guest = meter.wrap(async {
                 let proxy = pre.instantiate_async(&mut store).await?;
                 proxy
                     .wasi_http_incoming_handler()
                     .call_handle(&mut store, req, out)
                     .await
-            };
+            });
             let result = tokio::select! {
                 r = guest => r,
                 () = until(&mut cut, |c| *c) => Err(wasmtime::format_err!("cut by the container's stop")),

@@ -25,6 +25,7 @@ fn spec_of(dir: &tempfile::TempDir, key: &str, wasm: Vec<u8>, limit: Option<u64>
         preopens: Vec::new(),
         network: None,
         http_port: wasi_runtime::DEFAULT_HTTP_PORT,
+        cpu: wasi_runtime::CpuShare::default(),
         allowed_outbound: None,
     }
 }

@@ -29,6 +29,7 @@ fn spec(
         preopens: Vec::new(),
         network: None,
         http_port: wasi_runtime::DEFAULT_HTTP_PORT,
+        cpu: wasi_runtime::CpuShare::default(),
         allowed_outbound: None,
     }
 }

@@ -57,6 +57,7 @@ fn spec(
         preopens: Vec::new(),
         network: net,
         http_port: 8080,
+        cpu: wasi_runtime::CpuShare::default(),
         allowed_outbound: None,
     }
 }

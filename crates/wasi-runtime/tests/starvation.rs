@@ -20,6 +20,7 @@ fn spin(dir: &tempfile::TempDir, i: usize) -> ContainerSpec {
         preopens: Vec::new(),
         network: None,
         http_port: wasi_runtime::DEFAULT_HTTP_PORT,
+        cpu: wasi_runtime::CpuShare::default(),
         allowed_outbound: None,
     }
 }

@@ -796,3 +796,60 @@ async fn the_sandbox_comes_before_the_containers_and_goes_after_them() {
         "fake://sandbox-uid-p-c-0"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_running_container_is_accounted_with_its_cpu_resources_until_it_ends() {
+    let h = Harness::new();
+    h.runtime
+        .script("c", &[Script::Exit(Duration::from_secs(30), 0)]);
+    let spec = json!({ "restartPolicy": "Never", "containers": [{
+        "name": "c", "image": "r/img:1",
+        "resources": { "limits": { "cpu": "250m" }, "requests": { "cpu": "100m" } },
+    }] });
+    let _w = h.start(pod(spec), None);
+    started(&h, 60).await;
+    assert_eq!(
+        h.runtime.cpu_of("c"),
+        Some(crate::runtime::CpuResources {
+            limit_millis: Some(250),
+            request_millis: Some(100),
+        })
+    );
+    eventually(Duration::from_secs(10), "c accounted", || {
+        h.ctx.stats.samples().len() == 1
+    })
+    .await;
+    let sample = &h.ctx.stats.samples()[0];
+    assert_eq!(
+        (
+            sample.running.namespace.as_str(),
+            sample.running.pod.as_str(),
+            sample.running.container.as_str()
+        ),
+        ("default", "p", "c")
+    );
+    assert_eq!(sample.usage.memory_working_set, 65536);
+    phase_reported(&h, 120, "Succeeded").await;
+    assert!(
+        h.ctx.stats.samples().is_empty(),
+        "an ended run is no longer reported"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cpu_quantity_that_does_not_parse_is_a_config_error_not_an_unlimited_run() {
+    let h = Harness::new();
+    let spec = json!({ "restartPolicy": "Never", "containers": [{
+        "name": "c", "image": "r/img:1",
+        "resources": { "limits": { "cpu": "lots" } },
+    }] });
+    let _w = h.start(pod(spec), None);
+    h.api
+        .until(Duration::from_secs(60), "config error", |w| {
+            w.statuses
+                .last()
+                .is_some_and(|(_, s)| waiting_reason(s, "c") == "CreateContainerConfigError")
+        })
+        .await;
+    assert!(h.runtime.starts("c").is_empty());
+}

@@ -109,6 +109,8 @@ pub(crate) struct Ctx {
     pub logs: LogIndex,
     /// The pods' sandboxes while they are up (for port forwarding).
     pub sandboxes: crate::sandboxes::SandboxIndex,
+    /// The running containers' usage readers (for the resource endpoints).
+    pub stats: crate::stats::StatsIndex,
     /// The node's pressure conditions, set by the eviction manager (admission).
     pub pressure: PressureHandle,
     pub recorder: Arc<crate::events::Recorder>,
@@ -148,6 +150,7 @@ pub(crate) struct Parts {
     pub images: ImageIndex,
     pub logs: LogIndex,
     pub sandboxes: crate::sandboxes::SandboxIndex,
+    pub stats: crate::stats::StatsIndex,
     pub pressure: PressureHandle,
     pub recorder: Arc<crate::events::Recorder>,
 }
@@ -168,6 +171,7 @@ pub(crate) async fn run(
         images,
         logs,
         sandboxes,
+        stats,
         pressure,
         recorder,
     } = parts;
@@ -180,6 +184,7 @@ pub(crate) async fn run(
         images,
         logs,
         sandboxes,
+        stats,
         pressure,
         objects: crate::volumes::ObjectCache::default(),
         facts: crate::volumes::downward::NodeFacts {

@@ -1,10 +1,13 @@
 //! Pure readings of a pod or container spec: restart and pull policies, `$(VAR)`
 //! expansion, the memory limit.
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::api::core::v1::{Container, Pod};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity as ApiQuantity;
 
 use crate::quantity::{Quantity, QuantityError};
-use crate::runtime::PullPolicy;
+use crate::runtime::{CpuResources, PullPolicy};
 
 /// A `restartPolicy`: of the pod, or `Always` on an init container (a sidecar).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -180,6 +183,49 @@ pub fn memory_limit(container: &Container) -> Result<Option<u64>, InvalidMemoryL
     Ok((bytes != 0).then_some(bytes))
 }
 
+/// A CPU limit or request the container cannot run with.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid cpu {which} {value:?}: {error}")]
+pub struct InvalidCpu {
+    /// `limit` or `request`.
+    pub which: &'static str,
+    /// The quantity as the pod wrote it.
+    pub value: String,
+    /// Why it is refused.
+    #[source]
+    pub error: QuantityError,
+}
+
+/// The container's CPU limit and request in millicores, rounded up as the kubelet's
+/// `MilliValue()`; zero or unset is `None`.
+///
+/// # Errors
+/// A quantity that does not parse or is negative (the API server refuses both):
+/// `CreateContainerConfigError` with this error's message.
+pub fn cpu_resources(container: &Container) -> Result<CpuResources, InvalidCpu> {
+    let resources = container.resources.as_ref();
+    let millis = |which, list: Option<&BTreeMap<String, ApiQuantity>>| {
+        let Some(q) = list.and_then(|l| l.get("cpu")) else {
+            return Ok(None);
+        };
+        let invalid = |error| InvalidCpu {
+            which,
+            value: q.0.clone(),
+            error,
+        };
+        let parsed = Quantity::from_api(q).map_err(invalid)?;
+        if parsed.is_negative() {
+            return Err(invalid(QuantityError::Negative));
+        }
+        let m = u64::try_from(parsed.milli_value()).unwrap_or(u64::MAX);
+        Ok((m != 0).then_some(m))
+    };
+    Ok(CpuResources {
+        limit_millis: millis("limit", resources.and_then(|r| r.limits.as_ref()))?,
+        request_millis: millis("request", resources.and_then(|r| r.requests.as_ref()))?,
+    })
+}
+
 /// The field path of a container in events: `spec.containers{name}` or
 /// `spec.initContainers{name}`.
 pub(crate) fn field_path(init: bool, name: &str) -> String {
@@ -191,7 +237,6 @@ pub(crate) fn field_path(init: bool, name: &str) -> String {
 mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::ResourceRequirements;
-    use k8s_openapi::apimachinery::pkg::api::resource::Quantity as ApiQuantity;
 
     #[test]
     fn expands_like_the_kubelet() {
@@ -204,6 +249,44 @@ mod tests {
         assert_eq!(expand("$$(A)", &env), "$(A)");
         assert_eq!(expand("$(A", &env), "$(A");
         assert_eq!(expand("cost $5", &env), "cost $5");
+    }
+
+    #[test]
+    fn cpu_quantities_become_millicores() {
+        let cpu = |limit: Option<&str>, request: Option<&str>| {
+            let list = |q: Option<&str>| {
+                q.map(|q| {
+                    [("cpu".to_owned(), ApiQuantity(q.to_owned()))]
+                        .into_iter()
+                        .collect()
+                })
+            };
+            let c = Container {
+                resources: Some(ResourceRequirements {
+                    limits: list(limit),
+                    requests: list(request),
+                    ..ResourceRequirements::default()
+                }),
+                ..Container::default()
+            };
+            cpu_resources(&c)
+        };
+        let ok = |l, r| {
+            Ok(CpuResources {
+                limit_millis: l,
+                request_millis: r,
+            })
+        };
+        assert_eq!(cpu(None, None), ok(None, None));
+        assert_eq!(cpu(Some("200m"), Some("100m")), ok(Some(200), Some(100)));
+        assert_eq!(cpu(Some("1.5"), Some("2")), ok(Some(1500), Some(2000)));
+        // Rounded up: a sliver of a millicore is still a limit.
+        assert_eq!(cpu(Some("100u"), None), ok(Some(1), None));
+        assert_eq!(cpu(Some("0"), None), ok(None, None));
+        let err = cpu(Some("-1"), None).expect_err("negative").to_string();
+        assert!(err.starts_with("invalid cpu limit \"-1\": "), "{err}");
+        let err = cpu(None, Some("much")).expect_err("garbage").to_string();
+        assert!(err.starts_with("invalid cpu request \"much\": "), "{err}");
     }
 
     #[test]

@@ -22,6 +22,12 @@ fn parts(auth: Arc<Auth>, metrics: Metrics) -> Parts {
         sandboxes: SandboxIndex::default(),
         runtime: Arc::new(crate::pods::testing::Shared(Arc::default())),
         metrics,
+        stats: crate::stats::Source {
+            index: crate::stats::StatsIndex::default(),
+            node_name: "node-a".to_owned(),
+            data_dir: std::env::temp_dir(),
+            started: jiff::Timestamp::now(),
+        },
         auth,
     }
 }
@@ -128,6 +134,24 @@ async fn allowed_requests_reach_their_handler() {
         call(sa.clone(), "GET", "/healthz", Some("token")).await,
         (StatusCode::OK, "ok".to_owned())
     );
+    // The resource metrics are nodes/metrics, the summary nodes/stats.
+    let (status, page) = call(sa.clone(), "GET", "/metrics/resource", Some("token")).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert!(page.contains("\nnode_cpu_usage_seconds_total "), "{page}");
+    let (status, page) = call(sa.clone(), "GET", "/metrics/cadvisor", Some("token")).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert_eq!(
+        call(sa.clone(), "GET", "/stats/summary", Some("token"))
+            .await
+            .0,
+        StatusCode::FORBIDDEN
+    );
+    let stats = app(reviewer(&[Subresource::Stats]), AuthConfig::default(), None);
+    let (status, json) = call(stats, "GET", "/stats/summary", Some("token")).await;
+    assert_eq!(status, StatusCode::OK, "{json}");
+    let summary: serde_json::Value = serde_json::from_str(&json).expect("json");
+    assert_eq!(summary["node"]["nodeName"], "node-a");
+    assert_eq!(summary["pods"], serde_json::json!([]));
     assert_eq!(
         call(sa, "GET", "/containerLogs/a/b/c", Some("token"))
             .await

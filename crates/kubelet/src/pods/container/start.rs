@@ -11,7 +11,7 @@ use crate::now;
 /// refused (krustlet's own: the kubelet has no such annotation).
 pub(crate) const OUTBOUND_REFUSED: &str = "OutboundConnectionRefused";
 use crate::pods::record::{Reason, State, Terminated};
-use crate::pods::spec::{expand, memory_limit};
+use crate::pods::spec::{cpu_resources, expand, memory_limit};
 use crate::pods::termination;
 use crate::runtime::{ContainerRun, Image};
 
@@ -76,6 +76,10 @@ impl Supervisor {
         };
         let memory_limit = match memory_limit(&self.spec) {
             Ok(limit) => limit,
+            Err(e) => return self.config_error(e.to_string()).await,
+        };
+        let cpu = match cpu_resources(&self.spec) {
+            Ok(cpu) => cpu,
             Err(e) => return self.config_error(e.to_string()).await,
         };
         let volumes = self.shared.volumes.get().cloned();
@@ -159,6 +163,7 @@ impl Supervisor {
             log_path: log_path.clone(),
             mounts,
             memory_limit,
+            cpu,
         };
         let (ns, pod_name) = (
             self.pod.namespace().unwrap_or_default(),
@@ -182,6 +187,22 @@ impl Supervisor {
         };
         let container_id = handle.id().to_owned();
         let started_at = now();
+        // Its usage is reported while it runs (the resource endpoints).
+        let _accounted = handle.usage().map(|usage| {
+            self.ctx.stats.register(
+                &container_id,
+                crate::stats::Running {
+                    namespace: ns.clone(),
+                    pod: pod_name.clone(),
+                    uid: self.pod.uid().unwrap_or_default(),
+                    container: self.spec.name.clone(),
+                    image: self.spec.image.clone().unwrap_or_default(),
+                    started: started_at.0,
+                    pod_dir: self.ctx.pod_dir(&self.pod),
+                    usage,
+                },
+            )
+        });
         self.ctx.logs.set(
             &ns,
             &pod_name,

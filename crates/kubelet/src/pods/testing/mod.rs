@@ -82,6 +82,7 @@ impl Harness {
             images: crate::images::ImageIndex::default(),
             logs: crate::logs::LogIndex::default(),
             sandboxes: crate::sandboxes::SandboxIndex::default(),
+            stats: crate::stats::StatsIndex::default(),
             pressure: crate::eviction::PressureHandle::default(),
             recorder: Arc::new(crate::events::Recorder::new(cluster, "node-a").with_limits(0, 0)),
             objects: crate::volumes::ObjectCache::default(),

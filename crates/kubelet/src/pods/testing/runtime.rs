@@ -78,6 +78,8 @@ pub(crate) struct FakeRuntime {
     /// The address each sandbox gets; `None`: the pod is on the node's network.
     pub pod_ip: Mutex<Option<std::net::IpAddr>>,
     did: Mutex<Vec<(Instant, Did)>>,
+    /// Container name → the CPU resources of its last run.
+    cpu: Mutex<HashMap<String, crate::runtime::CpuResources>>,
 }
 
 fn next<T: Copy>(queue: &mut VecDeque<T>) -> Option<T> {
@@ -97,6 +99,11 @@ impl FakeRuntime {
     /// Pulls of `reference` go these ways in turn; the last repeats.
     pub fn pulls(&self, reference: &str, pulls: &[Pull]) {
         lock(&self.pulls).insert(reference.to_owned(), pulls.iter().copied().collect());
+    }
+
+    /// The CPU resources the last run of container `name` was started with.
+    pub fn cpu_of(&self, name: &str) -> Option<crate::runtime::CpuResources> {
+        lock(&self.cpu).get(name).copied()
     }
 
     /// What happened, with when.
@@ -264,6 +271,7 @@ impl Runtime for Shared {
                 _ => {}
             }
             fake.log(Did::Started(name.clone()));
+            lock(&fake.cpu).insert(name.clone(), run.cpu);
             let killed = CancellationToken::new();
             let kill = killed.clone();
             let exit = async move {
@@ -312,7 +320,13 @@ impl Runtime for Shared {
                     }
                 }
             };
-            Ok(ContainerHandle::new(id, move |_grace| kill.cancel(), exit))
+            // Every run has used a millisecond of CPU and a page of memory.
+            let usage = Arc::new(|| crate::runtime::ContainerUsage {
+                cpu: Duration::from_millis(1),
+                memory_working_set: 65536,
+                ..crate::runtime::ContainerUsage::default()
+            });
+            Ok(ContainerHandle::new(id, move |_grace| kill.cancel(), exit).with_usage(usage))
         })
     }
 
