@@ -12,12 +12,14 @@
 //   fill PATH MIB     writes up to MIB MiB to PATH: "fill PATH: N bytes, ok" or
 //                     "fill PATH: N bytes, REASON" (e.g. a full disk)
 //   flood MIB         writes MIB MiB of numbered 100-byte lines to stdout, as fast as it can
+//   burn SECONDS      computes on the CPU for SECONDS of wall time (0: forever)
 // e.g. `tool print starting sleep 2 write /dev/termination-log bye exit 3`.
 #include <dirent.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 extern char **environ;
@@ -119,6 +121,22 @@ static void flood(long mib) {
     fflush(stdout);
 }
 
+/* Keeps the CPU busy for `seconds` of wall time (forever when 0). */
+static void burn(long seconds) {
+    struct timespec start, now;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    volatile unsigned long x = 1;
+    for (;;) {
+        for (int k = 0; k < 1000000; k++) {
+            x = x * 6364136223846793005UL + 1442695040888963407UL;
+        }
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        if (seconds > 0 && now.tv_sec - start.tv_sec >= seconds) {
+            return;
+        }
+    }
+}
+
 static void env(void) {
     size_t n = 0;
     while (environ[n]) {
@@ -181,6 +199,8 @@ int main(int argc, char **argv) {
             fill(path, atol(next(argc, argv, &i)));
         } else if (!strcmp(step, "flood")) {
             flood(atol(next(argc, argv, &i)));
+        } else if (!strcmp(step, "burn")) {
+            burn(atol(next(argc, argv, &i)));
         } else if (!strcmp(step, "env")) {
             env();
         } else if (!strcmp(step, "trap")) {

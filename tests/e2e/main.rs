@@ -12,5 +12,6 @@ mod network;
 mod node;
 mod pods;
 mod port_forward;
+mod resources;
 mod volumes;
 mod workloads;

@@ -183,26 +183,37 @@ impl KrustletNode {
         Ok(child.wait()?)
     }
 
+    /// GET `path` of this node's kubelet API with the API server's kubelet client
+    /// certificate; the body.
+    ///
+    /// # Errors
+    /// When the request fails.
+    pub async fn api_get(&self, path: &str) -> Result<String> {
+        let env = cluster_lines(&["env"])?;
+        let out = tokio::process::Command::new("curl")
+            .args(["-sf", "--max-time", "60", "--insecure", "--cert"])
+            .arg(value(&env, "KUBELET_CLIENT_CERT")?)
+            .arg("--key")
+            .arg(value(&env, "KUBELET_CLIENT_KEY")?)
+            .arg(format!("https://127.0.0.1:{}{path}", self.port))
+            .output()
+            .await
+            .context("running curl")?;
+        if !out.status.success() {
+            bail!("GET {path} of {} failed: {:?}", self.name, out.status);
+        }
+        Ok(String::from_utf8(out.stdout)?)
+    }
+
     /// The counters and gauges of this node's `/metrics`, read from its kubelet API with
     /// the API server's kubelet client certificate.
     ///
     /// # Errors
     /// When the request fails.
     pub async fn metrics(&self) -> Result<std::collections::HashMap<String, f64>> {
-        let env = cluster_lines(&["env"])?;
-        let out = tokio::process::Command::new("curl")
-            .args(["-sf", "--insecure", "--cert"])
-            .arg(value(&env, "KUBELET_CLIENT_CERT")?)
-            .arg("--key")
-            .arg(value(&env, "KUBELET_CLIENT_KEY")?)
-            .arg(format!("https://127.0.0.1:{}/metrics", self.port))
-            .output()
-            .await
-            .context("running curl")?;
-        if !out.status.success() {
-            bail!("GET /metrics of {} failed: {:?}", self.name, out.status);
-        }
-        Ok(String::from_utf8(out.stdout)?
+        Ok(self
+            .api_get("/metrics")
+            .await?
             .lines()
             .filter(|l| !l.starts_with('#'))
             .filter_map(|l| {
