@@ -57,7 +57,12 @@ fn of(series: &[Series], name: &str, pod: &str) -> Option<f64> {
         .map(|(_, _, v)| *v)
 }
 
-fn limited(name: &str, node: &str, image: &str, cpu: Option<&str>) -> k8s_openapi::api::core::v1::Pod {
+fn limited(
+    name: &str,
+    node: &str,
+    image: &str,
+    cpu: Option<&str>,
+) -> k8s_openapi::api::core::v1::Pod {
     let mut pod = wasm_pod(name, node, image, &["burn", "0"], "Never");
     if let Some(cpu) = cpu {
         let spec = pod.spec.as_mut().expect("spec");
@@ -91,13 +96,18 @@ async fn cpu_is_accounted_and_limited_per_container_and_the_endpoints_agree() ->
         delete_and_wait(&pods, name, 60).await?;
     }
     let (limited, free, idle) = result?;
-    println!("measured over 10 s: 200m-limited {limited:.3}, unlimited {free:.3}, idle {idle:.4} cores");
+    println!(
+        "measured over 10 s: 200m-limited {limited:.3}, unlimited {free:.3}, idle {idle:.4} cores"
+    );
     // The limit holds however idle the machine is (a period's overrun is paid back).
     assert!(limited <= 0.25, "the 200m pod used {limited:.3} cores");
     // And it gets about its share (generous: CI shares two cores among many tests).
     assert!(limited >= 0.08, "the 200m pod got only {limited:.3} cores");
     assert!(idle < 0.02, "the idle pod used {idle:.4} cores");
-    assert!(free > limited, "unlimited {free:.3} against limited {limited:.3}");
+    assert!(
+        free > limited,
+        "unlimited {free:.3} against limited {limited:.3}"
+    );
     Ok(())
 }
 
@@ -121,7 +131,10 @@ async fn measure(node: &KrustletNode) -> Result<(f64, f64, f64)> {
         }
     };
     // Every family metrics-server reads is there, for the node and each pod.
-    for name in ["node_cpu_usage_seconds_total", "node_memory_working_set_bytes"] {
+    for name in [
+        "node_cpu_usage_seconds_total",
+        "node_memory_working_set_bytes",
+    ] {
         let v = second.iter().find(|(n, _, _)| n == name).map(|s| s.2);
         assert!(v.is_some_and(|v| v > 0.0), "{name} in\n{page}");
     }
@@ -135,7 +148,10 @@ async fn measure(node: &KrustletNode) -> Result<(f64, f64, f64)> {
             "pod_memory_working_set_bytes",
         ] {
             let v = of(&second, name, pod);
-            assert!(v.is_some_and(|v| v > 0.0), "{name} of {pod} is missing or 0 in\n{page}");
+            assert!(
+                v.is_some_and(|v| v > 0.0),
+                "{name} of {pod} is missing or 0 in\n{page}"
+            );
         }
         memory.insert(pod, of(&second, "container_memory_working_set_bytes", pod));
     }
@@ -150,17 +166,33 @@ async fn measure(node: &KrustletNode) -> Result<(f64, f64, f64)> {
         assert_eq!(c["name"], "main");
         let cpu = c["cpu"]["usageCoreNanoSeconds"].as_f64().unwrap_or(0.0) / 1e9;
         let scraped = of(&second, "container_cpu_usage_seconds_total", pod).unwrap_or(f64::MAX);
-        assert!(cpu >= scraped, "{pod}: summary CPU {cpu} before the scrape's {scraped}");
-        assert!(cpu <= scraped + 5.0, "{pod}: summary CPU {cpu} far past the scrape's {scraped}");
+        assert!(
+            cpu >= scraped,
+            "{pod}: summary CPU {cpu} before the scrape's {scraped}"
+        );
+        assert!(
+            cpu <= scraped + 5.0,
+            "{pod}: summary CPU {cpu} far past the scrape's {scraped}"
+        );
         let bytes = c["memory"]["workingSetBytes"].as_f64();
         assert_eq!(bytes, memory[pod], "{pod}: working sets differ");
-        assert!(p["ephemeral-storage"]["usedBytes"].as_u64().is_some(), "{p}");
+        assert!(
+            p["ephemeral-storage"]["usedBytes"].as_u64().is_some(),
+            "{p}"
+        );
     }
-    assert!(summary["node"]["cpu"]["usageCoreNanoSeconds"].as_u64().is_some_and(|n| n > 0));
+    assert!(
+        summary["node"]["cpu"]["usageCoreNanoSeconds"]
+            .as_u64()
+            .is_some_and(|n| n > 0)
+    );
     // Throttling shows for the limited container only.
     let cadvisor = samples(&node.api_get("/metrics/cadvisor").await?);
     let throttled = |pod| of(&cadvisor, "container_cpu_cfs_throttled_periods_total", pod);
-    assert!(throttled("res-limited").is_some_and(|n| n > 0.0), "{cadvisor:?}");
+    assert!(
+        throttled("res-limited").is_some_and(|n| n > 0.0),
+        "{cadvisor:?}"
+    );
     assert_eq!(throttled("res-free"), Some(0.0));
     Ok((rate("res-limited")?, rate("res-free")?, rate("res-idle")?))
 }

@@ -47,6 +47,9 @@ pub struct EngineConfig {
     pub store_caps: StoreCaps,
     /// The pool of per-request instances of served components.
     pub serving_pool: ServingPool,
+    /// Count each container's CPU time (default). Off, nothing is counted and CPU
+    /// limits do not hold: only for measuring what accounting costs.
+    pub cpu_accounting: bool,
 }
 
 impl Default for EngineConfig {
@@ -62,6 +65,7 @@ impl Default for EngineConfig {
             max_open_handles: 1024,
             store_caps: StoreCaps::default(),
             serving_pool: ServingPool::default(),
+            cpu_accounting: true,
         }
     }
 }
@@ -191,6 +195,8 @@ pub struct Engine {
     pub(crate) start_nanos: Arc<AtomicU64>,
     /// Rotation of container log files.
     pub(crate) log_rotation: crate::logs::LogRotation,
+    /// Whether containers' CPU time is counted.
+    pub(crate) cpu_accounting: bool,
 }
 
 impl std::fmt::Debug for Engine {
@@ -284,6 +290,7 @@ impl Engine {
             disk_cache,
             starts: Arc::default(),
             log_rotation: config.log_rotation,
+            cpu_accounting: config.cpu_accounting,
             start_nanos: Arc::default(),
         })
     }

@@ -278,7 +278,7 @@ impl Engine {
         let began = std::time::Instant::now();
         let compiled = self.module(&spec.module_key, spec.wasm.clone()).await?;
         let mut builder = self.wasi_builder(&spec)?;
-        let meter = Meter::new(spec.cpu, compiled.code_bytes());
+        let meter = Meter::with_clock(spec.cpu, compiled.code_bytes(), self.cpu_accounting);
         let slice = spec.cpu.slice_ticks();
         let limits = Limits::new(spec.memory_limit, self.store_caps, meter.memory_gauge());
         let (tx, mut killed) = watch::channel(Stop::Run);

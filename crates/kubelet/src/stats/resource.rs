@@ -190,7 +190,12 @@ pub(crate) fn pods(containers: &[Sample]) -> Vec<PodSum<'_>> {
 }
 
 /// A metric family of `/metrics/cadvisor`: name, type, help, and each sample's value.
-type Family = (&'static str, &'static str, &'static str, fn(&Sample) -> String);
+type Family = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&Sample) -> String,
+);
 
 /// `/metrics/cadvisor`: cAdvisor's names for each container's CPU usage and CPU
 /// bandwidth (periods, throttled periods, throttled time), as Prometheus scrapes them
