@@ -174,3 +174,51 @@ pub fn client(
         connections,
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use hyper_util::rt::TokioIo;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+    use tower::Service;
+
+    use super::*;
+
+    /// A connector whose connections are in-memory pipes (the far ends kept in `ends`).
+    fn pipes(
+        ends: Arc<Mutex<Vec<DuplexStream>>>,
+    ) -> impl tower::Service<
+        http::Uri,
+        Response = TokioIo<DuplexStream>,
+        Error = io::Error,
+        Future = std::future::Ready<io::Result<TokioIo<DuplexStream>>>,
+    > + Clone {
+        tower::service_fn(move |_uri: http::Uri| {
+            let (near, far) = tokio::io::duplex(64);
+            ends.lock().expect("lock").push(far);
+            std::future::ready(Ok(TokioIo::new(near)))
+        })
+    }
+
+    #[tokio::test]
+    async fn close_all_ends_the_connections_made_before_it_only() {
+        let ends = Arc::new(Mutex::new(Vec::new()));
+        let connections = Connections::default();
+        let mut connector = Closable {
+            inner: pipes(ends.clone()),
+            connections: connections.clone(),
+        };
+        let uri = http::Uri::from_static("https://127.0.0.1:6443");
+        let mut old = TokioIo::new(connector.call(uri.clone()).await.expect("connected"));
+        old.write_all(b"x").await.expect("written before");
+        connections.close_all();
+        let error = old.write_all(b"y").await.expect_err("closed");
+        assert_eq!(error.kind(), io::ErrorKind::ConnectionAborted);
+        assert!(old.read(&mut [0u8; 4]).await.is_err(), "reads fail too");
+        let mut new = TokioIo::new(connector.call(uri).await.expect("connected"));
+        new.write_all(b"z").await.expect("a new connection works");
+        let mut far = ends.lock().expect("lock").pop().expect("far end");
+        let mut got = [0u8; 1];
+        far.read_exact(&mut got).await.expect("read");
+        assert_eq!(&got, b"z");
+    }
+}

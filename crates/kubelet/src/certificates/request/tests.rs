@@ -13,6 +13,8 @@ use super::*;
 /// A CA that signs whatever it is asked to.
 pub(crate) struct TestCa {
     issuer: Issuer<'static, KeyPair>,
+    /// Its own certificate, for clients' roots.
+    pub cert: rustls::pki_types::CertificateDer<'static>,
 }
 
 /// What the test CA puts in a certificate.
@@ -46,9 +48,18 @@ impl TestCa {
         params
             .distinguished_name
             .push(DnType::CommonName, "test-ca");
+        let cert = params.self_signed(&key).expect("CA certificate").der().clone();
         Self {
             issuer: Issuer::new(params, key),
+            cert,
         }
+    }
+
+    /// A certificate of `template` for a new key, checked as the node checks it.
+    pub(crate) fn issue(&self, template: &Template) -> Issued {
+        let request = generate(template).expect("generated");
+        let pem = self.sign(&request.key, &Signing::proper(template));
+        validate(pem.as_bytes(), &request.key, template, SystemTime::now()).expect("valid")
     }
 
     /// A certificate for `key` as `how` says, in PEM.
@@ -61,6 +72,9 @@ impl TestCa {
             params.distinguished_name.push(DnType::OrganizationName, *o);
         }
         params.extended_key_usages = vec![how.usage.clone()];
+        if how.usage == ExtendedKeyUsagePurpose::ServerAuth {
+            params.subject_alt_names = vec![SanType::IpAddress(IpAddr::from([127, 0, 0, 1]))];
+        }
         if how.expired {
             params.not_before = rcgen::date_time_ymd(2020, 1, 1);
             params.not_after = rcgen::date_time_ymd(2021, 1, 1);
