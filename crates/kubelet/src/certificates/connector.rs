@@ -145,6 +145,10 @@ pub fn client(
     config.auth_info.client_key_data = None;
     let mut tls = config.rustls_client_config()?;
     tls.client_auth_cert_resolver = Arc::new(ClientResolver(slot));
+    // A resumed session keeps the client certificate of the handshake it resumes: the API
+    // server would go on seeing the old certificate, past its expiry. Every connection
+    // makes a full handshake (as Go's client, which keeps no session cache by default).
+    tls.resumption = rustls::client::Resumption::disabled();
     let connections = Connections::default();
     let mut http = HttpConnector::new();
     http.enforce_http(false);

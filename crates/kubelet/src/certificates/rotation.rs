@@ -123,9 +123,10 @@ impl Rotator {
                 };
                 match renewed {
                     Ok(issued) => {
+                        let done = if self.current.is_some() { "rotated" } else { "issued" };
                         tracing::info!(
                             expires = %jiff::Timestamp::try_from(issued.not_after).unwrap_or_default(),
-                            "{what} rotated"
+                            "{what} {done}"
                         );
                         self.current = Some(issued);
                         break;
@@ -171,7 +172,7 @@ impl Rotator {
             connections.close_all();
         }
         if kind == Kind::Serving {
-            tracing::info!("the kubelet API serves the new certificate to new connections");
+            tracing::info!("the kubelet API serves the new certificate from the next handshake");
         }
         Ok(issued)
     }
