@@ -271,5 +271,7 @@ pub fn node_credentials(name: &str) -> Result<std::collections::HashMap<String, 
 /// # Errors
 /// When the cluster is not up.
 pub fn bootstrap_token(ttl: &str) -> Result<std::collections::HashMap<String, String>> {
-    Ok(cluster_lines(&["bootstrap-token", ttl])?.into_iter().collect())
+    Ok(cluster_lines(&["bootstrap-token", ttl])?
+        .into_iter()
+        .collect())
 }

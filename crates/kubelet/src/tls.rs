@@ -99,7 +99,10 @@ fn initial(config: &Config, provider: &rustls::crypto::CryptoProvider) -> Result
         .key_provider
         .load_private_key(read_key(&key)?)
         .map_err(|e| Error::Server(format!("serving certificate key: {e}")))?;
-    Ok(Slot::with(Arc::new(CertifiedKey::new(read_certs(&cert)?, key))))
+    Ok(Slot::with(Arc::new(CertifiedKey::new(
+        read_certs(&cert)?,
+        key,
+    ))))
 }
 
 /// The TLS acceptor for the kubelet API, and the slot of the certificate it serves (read

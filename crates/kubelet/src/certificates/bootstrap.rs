@@ -32,10 +32,9 @@ fn kubeconfig_error(path: &Path, reason: impl std::fmt::Display) -> Error {
 /// When it cannot be read or names no usable context.
 pub async fn load_config(path: &Path) -> Result<kube::Config> {
     let owned = path.to_owned();
-    let kubeconfig = blocking(move || {
-        Kubeconfig::read_from(&owned).map_err(|e| kubeconfig_error(&owned, e))
-    })
-    .await?;
+    let kubeconfig =
+        blocking(move || Kubeconfig::read_from(&owned).map_err(|e| kubeconfig_error(&owned, e)))
+            .await?;
     kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
         .await
         .map_err(|e| kubeconfig_error(path, e))
@@ -185,21 +184,26 @@ impl Bootstrap {
         }
         let template = Template::client(&self.node_name);
         let path = self.bootstrap_kubeconfig.clone();
-        let bootstrap = blocking(move || {
-            Kubeconfig::read_from(&path).map_err(|e| kubeconfig_error(&path, e))
-        })
-        .await?;
+        let bootstrap =
+            blocking(move || Kubeconfig::read_from(&path).map_err(|e| kubeconfig_error(&path, e)))
+                .await?;
         let current = store::current_path(&self.cert_dir, Kind::Client);
-        if load_current(self.cert_dir.clone(), &template).await.is_none() {
-            let config =
-                kube::Config::from_custom_kubeconfig(bootstrap.clone(), &KubeConfigOptions::default())
-                    .await
-                    .map_err(|e| kubeconfig_error(&self.bootstrap_kubeconfig, e))?;
+        if load_current(self.cert_dir.clone(), &template)
+            .await
+            .is_none()
+        {
+            let config = kube::Config::from_custom_kubeconfig(
+                bootstrap.clone(),
+                &KubeConfigOptions::default(),
+            )
+            .await
+            .map_err(|e| kubeconfig_error(&self.bootstrap_kubeconfig, e))?;
             let client = kube::Client::try_from(config)?;
             tracing::info!(bootstrap = %self.bootstrap_kubeconfig.display(), "requesting a client certificate");
             let request = request::generate(&template)?;
-            let pem = signing::request(&client, &template, &request.csr_pem, "node-csr-", self.wait)
-                .await?;
+            let pem =
+                signing::request(&client, &template, &request.csr_pem, "node-csr-", self.wait)
+                    .await?;
             let issued = request::validate(&pem, &request.key, &template, SystemTime::now())?;
             let dir = self.cert_dir.clone();
             blocking(move || store::write(&dir, Kind::Client, &issued.pem, jiff::Timestamp::now()))
@@ -234,9 +238,8 @@ pub async fn rotating_client(
     let initial: Issued = match load_current(cert_dir.to_owned(), &template).await {
         Some(issued) => issued,
         None => {
-            let (cert, key) = client_pem(&config)?.ok_or_else(|| {
-                kubeconfig_error(kubeconfig, "no client certificate to rotate")
-            })?;
+            let (cert, key) = client_pem(&config)?
+                .ok_or_else(|| kubeconfig_error(kubeconfig, "no client certificate to rotate"))?;
             let mut pem = key;
             pem.push(b'\n');
             pem.extend_from_slice(&cert);
@@ -268,15 +271,27 @@ mod tests {
             "apiVersion: v1\nkind: Config\nclusters:\n- name: other\n  cluster: {server: https://other:1}\n- name: local\n  cluster: {server: 'https://127.0.0.1:6443', certificate-authority-data: Q0E=}\nusers:\n- name: boot\n  user: {token: abcdef.0123456789abcdef}\ncontexts:\n- name: boot\n  context: {cluster: local, user: boot}\ncurrent-context: boot\n",
         )
         .expect("yaml");
-        let written =
-            node_kubeconfig(&bootstrap, Path::new("/pki/kubelet-client-current.pem")).expect("made");
+        let written = node_kubeconfig(&bootstrap, Path::new("/pki/kubelet-client-current.pem"))
+            .expect("made");
         let json = serde_json::to_value(&written).expect("json");
-        assert_eq!(json["clusters"][0]["cluster"]["server"], "https://127.0.0.1:6443");
-        assert_eq!(json["clusters"][0]["cluster"]["certificate-authority-data"], "Q0E=");
+        assert_eq!(
+            json["clusters"][0]["cluster"]["server"],
+            "https://127.0.0.1:6443"
+        );
+        assert_eq!(
+            json["clusters"][0]["cluster"]["certificate-authority-data"],
+            "Q0E="
+        );
         let user = &json["users"][0]["user"];
-        assert_eq!(user["client-certificate"], "/pki/kubelet-client-current.pem");
+        assert_eq!(
+            user["client-certificate"],
+            "/pki/kubelet-client-current.pem"
+        );
         assert_eq!(user["client-key"], "/pki/kubelet-client-current.pem");
-        assert!(user.get("token").is_none(), "the bootstrap token is not kept");
+        assert!(
+            user.get("token").is_none(),
+            "the bootstrap token is not kept"
+        );
         assert_eq!(json["current-context"], "default-context");
     }
 

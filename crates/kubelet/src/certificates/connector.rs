@@ -16,8 +16,8 @@ use hyper_util::rt::TokioExecutor;
 use kube::client::ConfigExt;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
-use super::resolve::{ClientResolver, Slot};
 use super::Result;
+use super::resolve::{ClientResolver, Slot};
 
 /// The connections the client opened since the last [`Connections::close_all`].
 #[derive(Debug, Clone, Default)]
@@ -25,7 +25,10 @@ pub struct Connections(Arc<Mutex<CancellationToken>>);
 
 impl Connections {
     fn current(&self) -> CancellationToken {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).clone()
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Ends every connection opened so far (idle, in use, or carrying a watch): their

@@ -220,7 +220,10 @@ pub async fn keep_serving(
     match &current {
         Some(issued) => {
             slot.set(issued.certified.clone());
-            tracing::info!(?issued, "serving the cert dir's current serving certificate");
+            tracing::info!(
+                ?issued,
+                "serving the cert dir's current serving certificate"
+            );
         }
         None => tracing::info!(
             "requesting a serving certificate; the kubelet API refuses TLS handshakes until \
@@ -243,5 +246,7 @@ pub async fn keep_serving(
 pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T> + Send + 'static,
 ) -> Result<T> {
-    crate::blocking::run(f).await.map_err(io("file work".to_owned()))?
+    crate::blocking::run(f)
+        .await
+        .map_err(io("file work".to_owned()))?
 }

@@ -32,7 +32,10 @@ impl Slot {
     /// What new handshakes present.
     #[must_use]
     pub fn get(&self) -> Option<Arc<CertifiedKey>> {
-        self.0.read().unwrap_or_else(PoisonError::into_inner).clone()
+        self.0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Replaces the certificate for the handshakes to come.
@@ -103,7 +106,9 @@ mod tests {
             .with_no_client_auth()
             .with_cert_resolver(Arc::new(ServingResolver(slot)));
         let acceptor = TlsAcceptor::from(Arc::new(config));
-        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let addr = tcp.local_addr().expect("addr");
         tokio::spawn(async move {
             while let Ok((stream, _)) = tcp.accept().await {
@@ -136,11 +141,18 @@ mod tests {
             .with_no_client_auth();
         let tcp = tokio::net::TcpStream::connect(addr).await?;
         let name = ServerName::IpAddress(IpAddr::from([127, 0, 0, 1]).into());
-        TlsConnector::from(Arc::new(config)).connect(name, tcp).await
+        TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await
     }
 
     fn served(client: &Client) -> CertificateDer<'static> {
-        client.get_ref().1.peer_certificates().expect("a certificate")[0].clone()
+        client
+            .get_ref()
+            .1
+            .peer_certificates()
+            .expect("a certificate")[0]
+            .clone()
     }
 
     async fn echo(client: &mut Client, text: &[u8]) {

@@ -123,7 +123,11 @@ impl Rotator {
                 };
                 match renewed {
                     Ok(issued) => {
-                        let done = if self.current.is_some() { "rotated" } else { "issued" };
+                        let done = if self.current.is_some() {
+                            "rotated"
+                        } else {
+                            "issued"
+                        };
                         tracing::info!(
                             expires = %jiff::Timestamp::try_from(issued.not_after).unwrap_or_default(),
                             "{what} {done}"
@@ -164,7 +168,11 @@ impl Rotator {
         )
         .await?;
         let issued = request::validate(&pem, &request.key, &self.template, SystemTime::now())?;
-        let (dir, kind, content) = (self.cert_dir.clone(), self.template.kind, issued.pem.clone());
+        let (dir, kind, content) = (
+            self.cert_dir.clone(),
+            self.template.kind,
+            issued.pem.clone(),
+        );
         blocking(move || store::write(&dir, kind, &content, jiff::Timestamp::now())).await?;
         self.slot.set(issued.certified.clone());
         if let Some(connections) = &self.connections {

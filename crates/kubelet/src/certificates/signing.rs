@@ -186,7 +186,10 @@ mod tests {
             outcome(&object(&Template::client("n"), "p", "c")),
             Outcome::Pending
         );
-        assert_eq!(outcome(&with(&[("Approved", "True")], None)), Outcome::Pending);
+        assert_eq!(
+            outcome(&with(&[("Approved", "True")], None)),
+            Outcome::Pending
+        );
         assert_eq!(outcome(&with(&[], Some(b"CERT"))), Outcome::Pending);
         assert_eq!(
             outcome(&with(&[("Approved", "False")], Some(b"CERT"))),
@@ -197,7 +200,10 @@ mod tests {
             Outcome::Issued(b"CERT".to_vec())
         );
         assert!(matches!(
-            outcome(&with(&[("Approved", "True"), ("Failed", "True")], Some(b"C"))),
+            outcome(&with(
+                &[("Approved", "True"), ("Failed", "True")],
+                Some(b"C")
+            )),
             Outcome::Failed(_)
         ));
         assert_eq!(

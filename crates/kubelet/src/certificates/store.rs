@@ -59,8 +59,7 @@ pub fn write(dir: &Path, kind: Kind, pem: &str, now: jiff::Timestamp) -> Result<
     let current = current_path(dir, kind);
     let link = dir.join(format!("{}-current.pem.updating", kind.file_prefix()));
     let _ = std::fs::remove_file(&link);
-    std::os::unix::fs::symlink(&name, &link)
-        .map_err(io(format!("linking {}", link.display())))?;
+    std::os::unix::fs::symlink(&name, &link).map_err(io(format!("linking {}", link.display())))?;
     std::fs::rename(&link, &current).map_err(io(format!("replacing {}", current.display())))?;
     Ok(current)
 }
@@ -127,7 +126,11 @@ mod tests {
     use super::*;
 
     fn mode(path: &Path) -> u32 {
-        std::fs::metadata(path).expect("exists").permissions().mode() & 0o777
+        std::fs::metadata(path)
+            .expect("exists")
+            .permissions()
+            .mode()
+            & 0o777
     }
 
     #[test]

@@ -48,7 +48,11 @@ impl TestCa {
         params
             .distinguished_name
             .push(DnType::CommonName, "test-ca");
-        let cert = params.self_signed(&key).expect("CA certificate").der().clone();
+        let cert = params
+            .self_signed(&key)
+            .expect("CA certificate")
+            .der()
+            .clone();
         Self {
             issuer: Issuer::new(params, key),
             cert,
@@ -136,7 +140,10 @@ fn a_client_csr_has_no_alternative_names_and_its_kind_says_how_it_is_signed() {
         .expect("PEM")
         .expect("a CSR");
     let (_, csr) = X509CertificationRequest::from_der(der.as_ref()).expect("PKCS#10");
-    assert!(csr.requested_extensions().is_none_or(|mut e| e.next().is_none()));
+    assert!(
+        csr.requested_extensions()
+            .is_none_or(|mut e| e.next().is_none())
+    );
     assert_eq!(
         Kind::Client.signer(),
         "kubernetes.io/kube-apiserver-client-kubelet"
