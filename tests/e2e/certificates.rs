@@ -280,7 +280,8 @@ async fn both_certificates_rotate_while_a_pod_runs_and_nothing_is_interrupted() 
     })
     .await?;
     wait_csr(&cluster, SERVING_SIGNER, &me, 120, |_| true).await?;
-    approve_serving(&cluster, NODE).await?;
+    let mut serving_approved: BTreeSet<String> =
+        approve_serving(&cluster, NODE).await?.into_iter().collect();
     let pki = node.data_dir.join("pki");
     let pod = running_pod(&cluster, POD, NODE).await?;
     let first_tick = last_tick(&logs_show(&cluster, POD, "tick", 120).await?)?;
@@ -294,7 +295,6 @@ async fn both_certificates_rotate_while_a_pod_runs_and_nothing_is_interrupted() 
     // both come within 4 min of issue; 10 min is the bound.
     let deadline = Instant::now() + Duration::from_secs(600);
     let mut not_ready = BTreeSet::new();
-    let mut serving_approved = BTreeSet::new();
     loop {
         for approved in approve_serving(&cluster, NODE).await? {
             serving_approved.insert(approved);

@@ -1,6 +1,7 @@
 //! `krustlet`: a Kubernetes node agent whose pods are WebAssembly (WASI) modules.
 
 mod config_file;
+mod credentials;
 mod runtime;
 mod sandbox;
 
@@ -266,7 +267,7 @@ fn default_ip(host: &str) -> IpAddr {
         .map_or(IpAddr::V4(Ipv4Addr::LOCALHOST), |a| a.ip())
 }
 
-async fn client(kubeconfig: Option<&PathBuf>) -> anyhow::Result<kube::Client> {
+pub(crate) async fn client(kubeconfig: Option<&PathBuf>) -> anyhow::Result<kube::Client> {
     let config = match kubeconfig {
         Some(path) => {
             let kc = Kubeconfig::read_from(path)
@@ -369,7 +370,7 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| args.data_dir.join("pki"));
     let shutdown = shutdown_on_signal();
-    let client = node_client(&args, &cert_dir, &node_name, &shutdown).await?;
+    let client = credentials::node_client(&args, &cert_dir, &node_name, &shutdown).await?;
     let config = kubelet::Config {
         node_name,
         node_ip,
@@ -414,45 +415,6 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
     };
     kubelet::Kubelet::run(config, client, runtime, shutdown).await?;
     Ok(())
-}
-
-/// The node's API client: after TLS bootstrap when --bootstrap-kubeconfig is given; over
-/// a rotating client certificate (renewed until `shutdown`) with --rotate-certificates.
-async fn node_client(
-    args: &NodeArgs,
-    cert_dir: &std::path::Path,
-    node_name: &str,
-    shutdown: &CancellationToken,
-) -> anyhow::Result<kube::Client> {
-    use kubelet::certificates::{CSR_WAIT, bootstrap};
-    if let Some(bootstrap_kubeconfig) = &args.bootstrap_kubeconfig {
-        let kubeconfig = args
-            .kubeconfig
-            .clone()
-            .context("--bootstrap-kubeconfig needs --kubeconfig, where the node's is written")?;
-        bootstrap::Bootstrap {
-            kubeconfig,
-            bootstrap_kubeconfig: bootstrap_kubeconfig.clone(),
-            cert_dir: cert_dir.to_owned(),
-            node_name: node_name.to_owned(),
-            wait: CSR_WAIT,
-        }
-        .run()
-        .await
-        .context("TLS bootstrap")?;
-    }
-    if !args.rotate_certificates {
-        return client(args.kubeconfig.as_ref()).await;
-    }
-    let kubeconfig = args
-        .kubeconfig
-        .as_ref()
-        .context("--rotate-certificates needs --kubeconfig")?;
-    let (client, rotator) = bootstrap::rotating_client(kubeconfig, cert_dir, node_name)
-        .await
-        .context("the rotating client certificate")?;
-    tokio::spawn(rotator.run(shutdown.clone()));
-    Ok(client)
 }
 
 /// A Go duration (`1m30s`, `10s`, `500ms`, `1h`), as the kubelet's duration flags take.
