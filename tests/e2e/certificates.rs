@@ -52,61 +52,82 @@ fn issued(csr: &CertificateSigningRequest) -> bool {
         .is_some_and(|c| !c.0.is_empty())
 }
 
-/// The CSRs `who` made with `signer_name`, oldest first.
-async fn csrs(
-    cluster: &Cluster,
-    signer_name: &str,
-    who: &str,
-) -> Result<Vec<CertificateSigningRequest>> {
-    let api: Api<CertificateSigningRequest> = Api::all(cluster.client.clone());
-    let mut list: Vec<_> = api
-        .list(&ListParams::default())
-        .await?
-        .items
-        .into_iter()
-        .filter(|c| signer(c) == signer_name && requestor(c) == who)
-        .collect();
-    list.sort_by_key(|c| c.metadata.creation_timestamp.clone().map(|t| t.0));
-    Ok(list)
+/// The cluster's CSRs as one test sees them: only those created since it started (the
+/// node's name may have made some in an earlier run).
+struct Csrs<'a> {
+    cluster: &'a Cluster,
+    since: i64,
 }
 
-/// Waits up to `secs` for a CSR of `who` with `signer_name` that satisfies `cond`.
-async fn wait_csr(
-    cluster: &Cluster,
-    signer_name: &str,
-    who: &str,
-    secs: u64,
-    cond: impl Fn(&CertificateSigningRequest) -> bool,
-) -> Result<CertificateSigningRequest> {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(found) = csrs(cluster, signer_name, who)
+impl<'a> Csrs<'a> {
+    fn from_now(cluster: &'a Cluster) -> Self {
+        // Creation timestamps are whole seconds.
+        let since = jiff::Timestamp::now().as_second() - 1;
+        Self { cluster, since }
+    }
+
+    /// The CSRs `who` made with `signer_name`, oldest first.
+    async fn list(&self, signer_name: &str, who: &str) -> Result<Vec<CertificateSigningRequest>> {
+        let api: Api<CertificateSigningRequest> = Api::all(self.cluster.client.clone());
+        let mut list: Vec<_> = api
+            .list(&ListParams::default())
             .await?
+            .items
             .into_iter()
-            .find(|c| cond(c))
-        {
-            return Ok(found);
-        }
-        if Instant::now() > deadline {
-            bail!("no {signer_name} CSR by {who} as expected within {secs}s");
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
+            .filter(|c| signer(c) == signer_name && requestor(c) == who)
+            .filter(|c| {
+                c.metadata
+                    .creation_timestamp
+                    .as_ref()
+                    .is_some_and(|t| t.0.as_second() >= self.since)
+            })
+            .collect();
+        list.sort_by_key(|c| c.metadata.creation_timestamp.clone().map(|t| t.0));
+        Ok(list)
     }
-}
 
-/// Approves every pending serving CSR of node `node` (as an operator would); returns the
-/// names approved.
-async fn approve_serving(cluster: &Cluster, node: &str) -> Result<Vec<String>> {
-    let mut approved = Vec::new();
-    for csr in csrs(cluster, SERVING_SIGNER, &format!("system:node:{node}")).await? {
-        if condition(&csr, "Approved").is_none() && condition(&csr, "Denied").is_none() {
-            cluster
-                .kubectl(&["certificate", "approve", &name(&csr)])
-                .await?;
-            approved.push(name(&csr));
+    /// Waits up to `secs` for a CSR of `who` with `signer_name` that satisfies `cond`.
+    async fn wait(
+        &self,
+        signer_name: &str,
+        who: &str,
+        secs: u64,
+        cond: impl Fn(&CertificateSigningRequest) -> bool,
+    ) -> Result<CertificateSigningRequest> {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            if let Some(found) = self
+                .list(signer_name, who)
+                .await?
+                .into_iter()
+                .find(|c| cond(c))
+            {
+                return Ok(found);
+            }
+            if Instant::now() > deadline {
+                bail!("no {signer_name} CSR by {who} as expected within {secs}s");
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
-    Ok(approved)
+
+    /// Approves every pending serving CSR of node `node` (as an operator would); returns
+    /// the names approved.
+    async fn approve_serving(&self, node: &str) -> Result<Vec<String>> {
+        let mut approved = Vec::new();
+        for csr in self
+            .list(SERVING_SIGNER, &format!("system:node:{node}"))
+            .await?
+        {
+            if condition(&csr, "Approved").is_none() && condition(&csr, "Denied").is_none() {
+                self.cluster
+                    .kubectl(&["certificate", "approve", &name(&csr)])
+                    .await?;
+                approved.push(name(&csr));
+            }
+        }
+        Ok(approved)
+    }
 }
 
 /// `kubectl logs` of `pod` (through the API server, which verifies the kubelet's serving
@@ -178,6 +199,7 @@ async fn a_node_with_only_a_bootstrap_token_gets_its_certificates_by_csr() -> Re
     const POD: &str = "tls-bootstrap-logs";
     let cluster = Cluster::connect().await?;
     cluster.forget_node(NODE).await?;
+    let csrs = Csrs::from_now(&cluster);
     let token = bootstrap_token("30m")?;
     let id = token["TOKEN"]
         .split('.')
@@ -193,14 +215,14 @@ async fn a_node_with_only_a_bootstrap_token_gets_its_certificates_by_csr() -> Re
 
     // The client certificate: requested with the token, approved by the controller
     // manager's csrapproving controller, issued by its signer.
-    let client = wait_csr(
-        &cluster,
-        CLIENT_SIGNER,
-        &format!("system:bootstrap:{id}"),
-        180,
-        issued,
-    )
-    .await?;
+    let client = csrs
+        .wait(
+            CLIENT_SIGNER,
+            &format!("system:bootstrap:{id}"),
+            180,
+            issued,
+        )
+        .await?;
     assert_eq!(condition(&client, "Approved"), Some("AutoApproved"));
     assert_eq!(
         client.spec.usages.as_deref(),
@@ -224,14 +246,11 @@ async fn a_node_with_only_a_bootstrap_token_gets_its_certificates_by_csr() -> Re
     );
 
     // The serving certificate: requested by the node itself, never auto-approved.
-    let serving = wait_csr(
-        &cluster,
-        SERVING_SIGNER,
-        &format!("system:node:{NODE}"),
-        120,
-        |_| true,
-    )
-    .await?;
+    let serving = csrs
+        .wait(SERVING_SIGNER, &format!("system:node:{NODE}"), 120, |_| {
+            true
+        })
+        .await?;
     assert_eq!(
         serving.spec.usages.as_deref(),
         Some(&["digital signature".to_owned(), "server auth".to_owned()][..])
@@ -240,14 +259,15 @@ async fn a_node_with_only_a_bootstrap_token_gets_its_certificates_by_csr() -> Re
     // Until it is approved the kubelet API has no certificate to serve: the API server
     // cannot reach it.
     let before = cluster.kubectl(&["logs", POD, "--tail", "1"]).await;
-    let still_pending = csrs(&cluster, SERVING_SIGNER, &format!("system:node:{NODE}"))
+    let still_pending = csrs
+        .list(SERVING_SIGNER, &format!("system:node:{NODE}"))
         .await?
         .iter()
         .all(|c| condition(c, "Approved").is_none());
     if still_pending {
         ensure!(before.is_err(), "logs served before approval: {before:?}");
     }
-    let approved = approve_serving(&cluster, NODE).await?;
+    let approved = csrs.approve_serving(NODE).await?;
     ensure!(!approved.is_empty() || !still_pending, "nothing to approve");
     // Served as soon as issued, verified by the API server against the cluster CA.
     logs_show(&cluster, POD, "tick", 120).await?;
@@ -267,6 +287,7 @@ async fn both_certificates_rotate_while_a_pod_runs_and_nothing_is_interrupted() 
     const POD: &str = "tls-rotation-loop";
     let cluster = Cluster::connect().await?;
     cluster.forget_node(NODE).await?;
+    let csrs = Csrs::from_now(&cluster);
     let token = bootstrap_token("30m")?;
     let node = KrustletNode::start_bootstrap(
         NODE,
@@ -279,9 +300,9 @@ async fn both_certificates_rotate_while_a_pod_runs_and_nothing_is_interrupted() 
         node_condition(n, "Ready").as_deref() == Some("True")
     })
     .await?;
-    wait_csr(&cluster, SERVING_SIGNER, &me, 120, |_| true).await?;
+    csrs.wait(SERVING_SIGNER, &me, 120, |_| true).await?;
     let mut serving_approved: BTreeSet<String> =
-        approve_serving(&cluster, NODE).await?.into_iter().collect();
+        csrs.approve_serving(NODE).await?.into_iter().collect();
     let pki = node.data_dir.join("pki");
     let pod = running_pod(&cluster, POD, NODE).await?;
     let first_tick = last_tick(&logs_show(&cluster, POD, "tick", 120).await?)?;
@@ -296,7 +317,7 @@ async fn both_certificates_rotate_while_a_pod_runs_and_nothing_is_interrupted() 
     let deadline = Instant::now() + Duration::from_secs(600);
     let mut not_ready = BTreeSet::new();
     loop {
-        for approved in approve_serving(&cluster, NODE).await? {
+        for approved in csrs.approve_serving(NODE).await? {
             serving_approved.insert(approved);
         }
         let node_now = cluster.nodes().get(NODE).await?;
@@ -304,8 +325,9 @@ async fn both_certificates_rotate_while_a_pod_runs_and_nothing_is_interrupted() 
         if ready != "True" {
             not_ready.insert(ready);
         }
-        let client_renewed = csrs(&cluster, CLIENT_SIGNER, &me).await?.iter().any(issued);
-        let serving_renewed = csrs(&cluster, SERVING_SIGNER, &me)
+        let client_renewed = csrs.list(CLIENT_SIGNER, &me).await?.iter().any(issued);
+        let serving_renewed = csrs
+            .list(SERVING_SIGNER, &me)
             .await?
             .iter()
             .filter(|c| issued(c))
@@ -323,7 +345,7 @@ async fn both_certificates_rotate_while_a_pod_runs_and_nothing_is_interrupted() 
         );
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
-    let renewal = csrs(&cluster, CLIENT_SIGNER, &me).await?;
+    let renewal = csrs.list(CLIENT_SIGNER, &me).await?;
     assert_eq!(
         condition(renewal.first().context("renewal")?, "Approved"),
         Some("AutoApproved")
@@ -363,7 +385,7 @@ async fn both_certificates_rotate_while_a_pod_runs_and_nothing_is_interrupted() 
         last > first_tick + 60,
         "the pod's output: tick {first_tick} before, {last} after"
     );
-    for approved in approve_serving(&cluster, NODE).await? {
+    for approved in csrs.approve_serving(NODE).await? {
         serving_approved.insert(approved);
     }
     ensure!(serving_approved.len() >= 2, "{serving_approved:?}");

@@ -7,6 +7,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::NodeArgs;
 
+/// The renewal of the client certificate: it ends in an error (after cancelling the
+/// node's `shutdown`) when the certificate expired and could not be renewed.
+pub(crate) type Rotation = tokio::task::JoinHandle<kubelet::certificates::Result<()>>;
+
 /// The node's API client: after TLS bootstrap when --bootstrap-kubeconfig is given; over
 /// a rotating client certificate (renewed until `shutdown`) with --rotate-certificates.
 pub(crate) async fn node_client(
@@ -14,7 +18,7 @@ pub(crate) async fn node_client(
     cert_dir: &std::path::Path,
     node_name: &str,
     shutdown: &CancellationToken,
-) -> anyhow::Result<kube::Client> {
+) -> anyhow::Result<(kube::Client, Option<Rotation>)> {
     use kubelet::certificates::{CSR_WAIT, bootstrap};
     if let Some(bootstrap_kubeconfig) = &args.bootstrap_kubeconfig {
         let kubeconfig = args
@@ -33,7 +37,7 @@ pub(crate) async fn node_client(
         .context("TLS bootstrap")?;
     }
     if !args.rotate_certificates {
-        return crate::client(args.kubeconfig.as_ref()).await;
+        return Ok((crate::client(args.kubeconfig.as_ref()).await?, None));
     }
     let kubeconfig = args
         .kubeconfig
@@ -42,6 +46,14 @@ pub(crate) async fn node_client(
     let (client, rotator) = bootstrap::rotating_client(kubeconfig, cert_dir, node_name)
         .await
         .context("the rotating client certificate")?;
-    tokio::spawn(rotator.run(shutdown.clone()));
-    Ok(client)
+    let shutdown = shutdown.clone();
+    let rotation = tokio::spawn(async move {
+        let ended = rotator.run(shutdown.clone()).await;
+        if let Err(e) = &ended {
+            tracing::error!(error = %e, "stopping the node agent");
+            shutdown.cancel();
+        }
+        ended
+    });
+    Ok((client, Some(rotation)))
 }

@@ -370,7 +370,8 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| args.data_dir.join("pki"));
     let shutdown = shutdown_on_signal();
-    let client = credentials::node_client(&args, &cert_dir, &node_name, &shutdown).await?;
+    let (client, rotation) =
+        credentials::node_client(&args, &cert_dir, &node_name, &shutdown).await?;
     let config = kubelet::Config {
         node_name,
         node_ip,
@@ -414,7 +415,10 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         },
     };
     kubelet::Kubelet::run(config, client, runtime, shutdown).await?;
-    Ok(())
+    match rotation {
+        Some(rotation) if rotation.is_finished() => Ok(rotation.await??),
+        _ => Ok(()),
+    }
 }
 
 /// A Go duration (`1m30s`, `10s`, `500ms`, `1h`), as the kubelet's duration flags take.

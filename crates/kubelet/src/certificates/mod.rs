@@ -187,6 +187,15 @@ pub enum Error {
         /// How long it was waited on.
         waited: Duration,
     },
+    /// The client certificate expired and could not be renewed: the agent stops, so that
+    /// a restart bootstraps again.
+    #[error("the {what} expired at {since} and could not be renewed; restart to bootstrap again")]
+    Expired {
+        /// Which certificate.
+        what: String,
+        /// When it expired.
+        since: jiff::Timestamp,
+    },
     /// A certificate (issued, or found on disk) is not one the node can use.
     #[error("unusable {what}: {reason}")]
     Invalid {
@@ -239,7 +248,8 @@ pub async fn keep_serving(
         connections: None,
         wait: CSR_WAIT,
     };
-    rotator.run(shutdown).await;
+    // Only the client certificate is ever given up on.
+    let _ = rotator.run(shutdown).await;
 }
 
 /// Runs blocking file work on tokio's blocking pool.

@@ -12,12 +12,15 @@ use tokio_util::sync::CancellationToken;
 
 use super::connector::Connections;
 use super::request::{self, Issued};
-use super::{Kind, Result, Slot, Template, blocking, signing, store};
+use super::{Error, Kind, Result, Slot, Template, blocking, signing, store};
 
 /// The first wait after a failed renewal; doubled at each failure.
 pub const FIRST_BACKOFF: Duration = Duration::from_secs(2);
 /// The longest wait between renewal attempts.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(5 * 60);
+/// How long after its client certificate expired the node agent gives up (the kubelet's
+/// 5 minutes before it exits to bootstrap again).
+pub const GIVE_UP_AFTER_EXPIRY: Duration = Duration::from_secs(5 * 60);
 
 /// When a certificate valid from `not_before` to `not_after` is renewed: after 70 % of its
 /// lifetime plus `jitter` (in `[0, 1)`) times 20 % of it, as client-go's
@@ -45,6 +48,13 @@ pub fn jitter() -> f64 {
         Ok(()) => (u64::from_le_bytes(bytes) >> 11) as f64 / (1u64 << 53) as f64,
         Err(_) => 0.5,
     }
+}
+
+/// Whether a node whose `kind` certificate ended at `not_after` and could not be renewed
+/// gives up at `now`: only for the client certificate, [`GIVE_UP_AFTER_EXPIRY`] after.
+#[must_use]
+pub fn give_up(kind: Kind, not_after: SystemTime, now: SystemTime) -> bool {
+    kind == Kind::Client && now > not_after + GIVE_UP_AFTER_EXPIRY
 }
 
 /// The current certificate of `template`'s kind in `cert_dir`, if there is a usable one
@@ -97,7 +107,12 @@ impl std::fmt::Debug for Rotator {
 
 impl Rotator {
     /// Renews at each deadline until `shutdown`.
-    pub async fn run(mut self, shutdown: CancellationToken) {
+    ///
+    /// # Errors
+    /// [`Error::Expired`] when the client certificate has been expired for
+    /// [`GIVE_UP_AFTER_EXPIRY`] and still cannot be renewed: as the kubelet exits then,
+    /// so that a restart bootstraps again. A serving certificate is tried for ever.
+    pub async fn run(mut self, shutdown: CancellationToken) -> Result<()> {
         let what = self.template.kind.describe();
         loop {
             if let Some(current) = &self.current {
@@ -111,14 +126,14 @@ impl Rotator {
                     "{what}: next rotation scheduled"
                 );
                 tokio::select! {
-                    () = shutdown.cancelled() => return,
+                    () = shutdown.cancelled() => return Ok(()),
                     () = tokio::time::sleep(wait) => {}
                 }
             }
             let mut backoff = FIRST_BACKOFF;
             loop {
                 let renewed = tokio::select! {
-                    () = shutdown.cancelled() => return,
+                    () = shutdown.cancelled() => return Ok(()),
                     r = self.renew() => r,
                 };
                 match renewed {
@@ -140,13 +155,19 @@ impl Rotator {
                             .current
                             .as_ref()
                             .is_none_or(|c| !c.valid_at(SystemTime::now()));
+                        if let Some(since) = self.given_up() {
+                            return Err(Error::Expired {
+                                what: what.to_owned(),
+                                since,
+                            });
+                        }
                         if expired {
                             tracing::error!(error = %e, retry_in = ?backoff, "{what}: none valid, and renewing failed");
                         } else {
                             tracing::warn!(error = %e, retry_in = ?backoff, "{what}: renewing failed; the current one is kept");
                         }
                         tokio::select! {
-                            () = shutdown.cancelled() => return,
+                            () = shutdown.cancelled() => return Ok(()),
                             () = tokio::time::sleep(backoff) => {}
                         }
                         backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -154,6 +175,13 @@ impl Rotator {
                 }
             }
         }
+    }
+
+    /// When the client certificate expired, if that was [`GIVE_UP_AFTER_EXPIRY`] ago.
+    fn given_up(&self) -> Option<jiff::Timestamp> {
+        let current = self.current.as_ref()?;
+        give_up(self.template.kind, current.not_after, SystemTime::now())
+            .then(|| jiff::Timestamp::try_from(current.not_after).unwrap_or_default())
     }
 
     /// One renewal: key, CSR, wait, check, write, swap.
@@ -204,6 +232,14 @@ mod tests {
         // Out-of-range jitter is clamped; a certificate ending before it starts is due now.
         assert_eq!(deadline(start, end, 7.0), at(1_000 + 216));
         assert_eq!(deadline(end, start, 0.3), end);
+    }
+
+    #[test]
+    fn only_a_client_certificate_expired_for_five_minutes_is_given_up() {
+        let end = at(10_000);
+        assert!(!give_up(Kind::Client, end, at(10_000 + 299)));
+        assert!(give_up(Kind::Client, end, at(10_000 + 301)));
+        assert!(!give_up(Kind::Serving, end, at(10_000 + 3_600)));
     }
 
     #[test]
