@@ -99,10 +99,13 @@ fn initial(config: &Config, provider: &rustls::crypto::CryptoProvider) -> Result
         .key_provider
         .load_private_key(read_key(&key)?)
         .map_err(|e| Error::Server(format!("serving certificate key: {e}")))?;
-    Ok(Slot::with(Arc::new(CertifiedKey::new(
-        read_certs(&cert)?,
-        key,
-    ))))
+    let certified = CertifiedKey::new(read_certs(&cert)?, key);
+    // As `with_single_cert` did: a key that is not the certificate's is refused at start,
+    // not at every handshake.
+    certified
+        .keys_match()
+        .map_err(|e| Error::Server(format!("serving certificate: {e}")))?;
+    Ok(Slot::with(Arc::new(certified)))
 }
 
 /// The TLS acceptor for the kubelet API, and the slot of the certificate it serves (read
@@ -182,6 +185,35 @@ pub(crate) mod tests {
         assert_eq!(mode(&data.path().join("pki")), 0o700);
         assert!(read_key(&key).is_ok() && !read_certs(&cert).expect("certs").is_empty());
         assert!(!data.path().join("pki/kubelet.key.partial").exists());
+    }
+
+    #[test]
+    fn a_key_that_is_not_the_certificates_is_refused_and_rotation_starts_empty() {
+        let data = tempfile::tempdir().expect("tempdir");
+        let (cert, _) = self_signed(&config(data.path())).expect("generated");
+        let other = data.path().join("other.key");
+        let key = rcgen::KeyPair::generate().expect("key");
+        std::fs::write(&other, key.serialize_pem()).expect("key file");
+        let mismatched = Config {
+            cert_file: Some(cert.clone()),
+            private_key_file: Some(other),
+            ..config(data.path())
+        };
+        assert!(acceptor(&mismatched).is_err());
+        let rotating = Config {
+            rotate_server_certificates: true,
+            ..config(data.path())
+        };
+        let (_, slot) = acceptor(&rotating).expect("acceptor");
+        assert!(
+            slot.get().is_none(),
+            "nothing served before a CSR is issued"
+        );
+        let both = Config {
+            cert_file: Some(cert),
+            ..rotating
+        };
+        assert!(acceptor(&both).is_err());
     }
 
     #[test]
