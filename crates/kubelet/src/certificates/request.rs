@@ -1,6 +1,6 @@
 //! A fresh ECDSA P-256 key with its PKCS#10 request, and the check of what comes back: the
 //! issued certificate must be for that key, say `CN=system:node:<node>, O=system:nodes`,
-//! carry the expected extended key usage and be valid now.
+//! carry the expected extended key usage (and, serving, the node's names) and be valid now.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -138,6 +138,7 @@ pub fn validate(
             return Err(invalid(kind, "it is not for the key the node generated"));
         }
         check_subject(&leaf, template)?;
+        check_names(&leaf, template)?;
         let usage = leaf
             .extended_key_usage()
             .map_err(|e| invalid(kind, format!("extended key usage: {e}")))?;
@@ -169,6 +170,46 @@ pub fn validate(
         not_before,
         not_after,
     })
+}
+
+/// A serving certificate must name every address and host name of the template (one
+/// issued for addresses the node no longer has is replaced at start).
+fn check_names(leaf: &X509Certificate<'_>, template: &Template) -> Result<()> {
+    use x509_parser::prelude::GeneralName;
+    if template.kind != Kind::Serving {
+        return Ok(());
+    }
+    let kind = template.kind;
+    let san = leaf
+        .subject_alternative_name()
+        .map_err(|e| invalid(kind, format!("subject alternative names: {e}")))?;
+    let names = san
+        .map(|s| s.value.general_names.as_slice())
+        .unwrap_or_default();
+    for ip in &template.ips {
+        let octets = match ip {
+            std::net::IpAddr::V4(v4) => v4.octets().to_vec(),
+            std::net::IpAddr::V6(v6) => v6.octets().to_vec(),
+        };
+        if !names
+            .iter()
+            .any(|n| matches!(n, GeneralName::IPAddress(a) if *a == octets.as_slice()))
+        {
+            return Err(invalid(
+                kind,
+                format!("it does not name the node's address {ip}"),
+            ));
+        }
+    }
+    for dns in &template.dns_names {
+        if !names
+            .iter()
+            .any(|n| matches!(n, GeneralName::DNSName(d) if d.eq_ignore_ascii_case(dns)))
+        {
+            return Err(invalid(kind, format!("it does not name the host {dns:?}")));
+        }
+    }
+    Ok(())
 }
 
 fn check_subject(leaf: &X509Certificate<'_>, template: &Template) -> Result<()> {

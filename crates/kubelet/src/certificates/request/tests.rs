@@ -23,6 +23,8 @@ pub(crate) struct Signing<'a> {
     pub organizations: &'a [&'a str],
     pub usage: ExtendedKeyUsagePurpose,
     pub expired: bool,
+    pub ips: &'a [IpAddr],
+    pub dns_names: &'a [&'a str],
 }
 
 impl Signing<'_> {
@@ -36,6 +38,15 @@ impl Signing<'_> {
                 Kind::Serving => ExtendedKeyUsagePurpose::ServerAuth,
             },
             expired: false,
+            ips: Box::leak(template.ips.clone().into_boxed_slice()),
+            dns_names: Box::leak(
+                template
+                    .dns_names
+                    .iter()
+                    .map(|d| &*Box::leak(d.clone().into_boxed_str()))
+                    .collect::<Vec<&str>>()
+                    .into_boxed_slice(),
+            ),
         }
     }
 }
@@ -76,8 +87,13 @@ impl TestCa {
             params.distinguished_name.push(DnType::OrganizationName, *o);
         }
         params.extended_key_usages = vec![how.usage.clone()];
-        if how.usage == ExtendedKeyUsagePurpose::ServerAuth {
-            params.subject_alt_names = vec![SanType::IpAddress(IpAddr::from([127, 0, 0, 1]))];
+        for dns in how.dns_names {
+            params
+                .subject_alt_names
+                .push(SanType::DnsName((*dns).try_into().expect("a DNS name")));
+        }
+        for ip in how.ips {
+            params.subject_alt_names.push(SanType::IpAddress(*ip));
         }
         if how.expired {
             params.not_before = rcgen::date_time_ymd(2020, 1, 1);
@@ -236,4 +252,42 @@ fn a_certificate_for_another_key_subject_or_usage_is_refused() {
     let pem = ca.sign(&request.key, &proper);
     let issued = validate(pem.as_bytes(), &request.key, &template, now).expect("valid");
     assert!(!issued.valid_at(issued.not_after + Duration::from_secs(1)));
+}
+
+#[test]
+fn a_serving_certificate_must_name_the_nodes_addresses() {
+    let ca = TestCa::new();
+    let template = serving();
+    let request = generate(&template).expect("generated");
+    let now = SystemTime::now();
+    for (ips, dns, missing) in [
+        (&[][..], &["host-a"][..], "127.0.0.1"),
+        (
+            &[IpAddr::from([127, 0, 0, 1])][..],
+            &["host-b"][..],
+            "host-a",
+        ),
+        (
+            &[IpAddr::from([10, 0, 0, 1])][..],
+            &["host-a"][..],
+            "127.0.0.1",
+        ),
+    ] {
+        let pem = ca.sign(
+            &request.key,
+            &Signing {
+                ips,
+                dns_names: dns,
+                ..Signing::proper(&template)
+            },
+        );
+        let e = validate(pem.as_bytes(), &request.key, &template, now).expect_err(missing);
+        assert!(e.to_string().contains(missing), "{e}");
+    }
+    let names = Signing {
+        dns_names: &["HOST-A", "extra"],
+        ..Signing::proper(&template)
+    };
+    let pem = ca.sign(&request.key, &names);
+    validate(pem.as_bytes(), &request.key, &template, now).expect("more names, any case");
 }
