@@ -5,6 +5,7 @@
 
 mod auth;
 mod autoscale;
+mod certificates;
 mod faults;
 mod hostile;
 mod images;

@@ -283,3 +283,15 @@ pub fn node_credentials(name: &str) -> Result<std::collections::HashMap<String, 
         .into_iter()
         .collect())
 }
+
+/// The `KEY=VALUE` lines of `hack/cluster bootstrap-token TTL`: a fresh bootstrap token
+/// (`TOKEN`), a kubeconfig with it (`BOOTSTRAP_KUBECONFIG`) and the cluster CA
+/// (`CLIENT_CA_FILE`).
+///
+/// # Errors
+/// When the cluster is not up.
+pub fn bootstrap_token(ttl: &str) -> Result<std::collections::HashMap<String, String>> {
+    Ok(cluster_lines(&["bootstrap-token", ttl])?
+        .into_iter()
+        .collect())
+}

@@ -17,7 +17,7 @@ pub mod outage;
 mod pods;
 mod registry;
 
-pub use cluster::{Cluster, client, cluster_env, node_credentials, root, setup};
+pub use cluster::{Cluster, bootstrap_token, client, cluster_env, node_credentials, root, setup};
 pub use kwok::kwok_node;
 pub use network::PodNet;
 pub use node::{KrustletNode, mounts_under, node_condition, proc_field, proc_status, wait_node};

@@ -12,6 +12,17 @@ use kube::Api;
 use crate::cluster::{cluster_lines, value};
 use crate::root;
 
+/// Which credentials a test node starts with.
+#[derive(Clone, Copy)]
+enum Credentials {
+    /// `hack/cluster node-credentials`: kubeconfig, serving certificate.
+    Minted,
+    /// The serving certificate; the kubeconfig is in the flags.
+    OwnKubeconfig,
+    /// None: the flags hold a bootstrap kubeconfig.
+    Bootstrap,
+}
+
 /// A krustlet node run as a child process; stopped (SIGTERM) when dropped.
 pub struct KrustletNode {
     /// Node name.
@@ -88,11 +99,39 @@ impl KrustletNode {
         std::fs::write(&path, via)?;
         let mut all = vec!["--kubeconfig", path.to_str().context("path")?];
         all.extend_from_slice(flags);
-        Self::spawn_with(name, port, &all, data_dir, true)
+        Self::spawn_with(name, port, &all, data_dir, Credentials::OwnKubeconfig)
+    }
+
+    /// Starts node `name` (fresh data dir) with nothing but `bootstrap_kubeconfig` (a
+    /// bootstrap token, see `hack/cluster bootstrap-token`): no client certificate (its
+    /// `--kubeconfig`, `<data dir>/kubelet.kubeconfig`, is absent) and no serving
+    /// certificate of its own.
+    ///
+    /// # Errors
+    /// As [`KrustletNode::start`].
+    pub fn start_bootstrap(
+        name: &str,
+        port: u16,
+        bootstrap_kubeconfig: &str,
+        flags: &[&str],
+    ) -> Result<Self> {
+        let data_dir = root().join("target/e2e").join(name);
+        let _ = std::fs::remove_dir_all(&data_dir);
+        let _ = std::fs::remove_file(data_dir.with_extension("log"));
+        std::fs::create_dir_all(&data_dir)?;
+        let kubeconfig = data_dir.join("kubelet.kubeconfig");
+        let mut all = vec![
+            "--kubeconfig",
+            kubeconfig.to_str().context("path")?,
+            "--bootstrap-kubeconfig",
+            bootstrap_kubeconfig,
+        ];
+        all.extend_from_slice(flags);
+        Self::spawn_with(name, port, &all, data_dir, Credentials::Bootstrap)
     }
 
     fn spawn(name: &str, port: u16, flags: &[&str], data_dir: PathBuf) -> Result<Self> {
-        Self::spawn_with(name, port, flags, data_dir, false)
+        Self::spawn_with(name, port, flags, data_dir, Credentials::Minted)
     }
 
     fn spawn_with(
@@ -100,7 +139,7 @@ impl KrustletNode {
         port: u16,
         flags: &[&str],
         data_dir: PathBuf,
-        own_kubeconfig: bool,
+        credentials: Credentials,
     ) -> Result<Self> {
         let creds = cluster_lines(&["node-credentials", name])?;
         let registry = value(&cluster_lines(&["env"])?, "REGISTRY")?;
@@ -123,13 +162,19 @@ impl KrustletNode {
             .args(["--port", &port.to_string()])
             .arg("--data-dir")
             .arg(&data_dir)
-            .args(if own_kubeconfig {
-                Vec::new()
-            } else {
-                vec!["--kubeconfig".to_owned(), value(&creds, "KUBECONFIG")?]
+            .args(match credentials {
+                Credentials::Minted => vec!["--kubeconfig".to_owned(), value(&creds, "KUBECONFIG")?],
+                Credentials::OwnKubeconfig | Credentials::Bootstrap => Vec::new(),
             })
-            .args(["--cert-file", &value(&creds, "CERT_FILE")?])
-            .args(["--private-key-file", &value(&creds, "KEY_FILE")?])
+            .args(match credentials {
+                Credentials::Minted | Credentials::OwnKubeconfig => vec![
+                    "--cert-file".to_owned(),
+                    value(&creds, "CERT_FILE")?,
+                    "--private-key-file".to_owned(),
+                    value(&creds, "KEY_FILE")?,
+                ],
+                Credentials::Bootstrap => Vec::new(),
+            })
             .args(["--client-ca-file", &value(&creds, "CLIENT_CA_FILE")?])
             .args(["--insecure-registries", &registry])
             .args(flags)

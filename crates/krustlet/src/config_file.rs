@@ -54,6 +54,12 @@ macro_rules! file_config {
 
 file_config! {
     kubeconfig: PathBuf,
+    bootstrap_kubeconfig: PathBuf,
+    cert_dir: PathBuf,
+    rotate_certificates: bool,
+    /// The kubelet file's name for it.
+    #[serde(alias = "serverTLSBootstrap")]
+    rotate_server_certificates: bool,
     node_name: String,
     node_ip: IpAddr,
     address: IpAddr,
@@ -307,6 +313,33 @@ mod tests {
 
     fn parse_flags(args: &[&str]) -> NodeArgs {
         parse(args, "{}")
+    }
+
+    #[test]
+    fn certificate_settings_take_the_kubelet_file_keys() {
+        let args = parse(&["krustlet"], "{}");
+        assert!(!args.rotate_certificates && !args.rotate_server_certificates);
+        assert_eq!((args.cert_dir, args.bootstrap_kubeconfig), (None, None));
+        let yaml = "rotateCertificates: true\nserverTLSBootstrap: true\ncertDir: /pki\nbootstrapKubeconfig: /boot\nkubeconfig: /kc\n";
+        let args = parse(&["krustlet"], yaml);
+        assert!(args.rotate_certificates && args.rotate_server_certificates);
+        assert_eq!(args.cert_dir.as_deref(), Some(std::path::Path::new("/pki")));
+        assert_eq!(
+            args.bootstrap_kubeconfig.as_deref(),
+            Some(std::path::Path::new("/boot"))
+        );
+        let args = parse(&["krustlet", "--rotate-server-certificates=false"], yaml);
+        assert!(!args.rotate_server_certificates);
+        assert!(parse_flags(&["krustlet", "--rotate-certificates"]).rotate_certificates);
+        let refused = |flags: &[&str]| Cli::command().try_get_matches_from(flags).is_err();
+        assert!(refused(&[
+            "krustlet",
+            "--rotate-server-certificates",
+            "--cert-file",
+            "c",
+            "--private-key-file",
+            "k"
+        ]));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! `krustlet`: a Kubernetes node agent whose pods are WebAssembly (WASI) modules.
 
 mod config_file;
+mod credentials;
 mod runtime;
 mod sandbox;
 
@@ -48,9 +49,32 @@ pub(crate) struct NodeArgs {
     /// flags and environment variables override it.
     #[arg(long, env = "KRUSTLET_CONFIG")]
     config: Option<PathBuf>,
-    /// Kubeconfig with the node's credentials for the API server.
+    /// Kubeconfig with the node's credentials for the API server. With
+    /// --bootstrap-kubeconfig, written there when absent or when its client certificate
+    /// has expired.
     #[arg(long, env = "KRUSTLET_KUBECONFIG")]
     kubeconfig: Option<PathBuf>,
+    /// Kubeconfig whose credentials (a bootstrap token) request the node's client
+    /// certificate by CSR (signer kubernetes.io/kube-apiserver-client-kubelet) when
+    /// --kubeconfig is absent or its certificate expired; the certificate goes to
+    /// CERT_DIR and --kubeconfig (required with it) is written to use it.
+    #[arg(long, env = "KRUSTLET_BOOTSTRAP_KUBECONFIG")]
+    bootstrap_kubeconfig: Option<PathBuf>,
+    /// Where the node's certificates are kept: the self-signed serving certificate and
+    /// those obtained by CSR (kubelet-client-current.pem, kubelet-server-current.pem)
+    /// [default: DATA_DIR/pki].
+    #[arg(long, env = "KRUSTLET_CERT_DIR")]
+    cert_dir: Option<PathBuf>,
+    /// Renew the client certificate by CSR at 70-90 % of its lifetime and use the new
+    /// one without a restart (the kubelet's --rotate-certificates).
+    #[arg(long, env = "KRUSTLET_ROTATE_CERTIFICATES", default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    rotate_certificates: bool,
+    /// Obtain the kubelet API's serving certificate by CSR (signer
+    /// kubernetes.io/kubelet-serving, the node's addresses as names; approved by an
+    /// operator) and renew it at 70-90 % of its lifetime. TLS handshakes fail until
+    /// the first is issued. Excludes --cert-file.
+    #[arg(long, env = "KRUSTLET_ROTATE_SERVER_CERTIFICATES", default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set, conflicts_with = "cert_file")]
+    rotate_server_certificates: bool,
     /// Name of the Node object [default: the host name].
     #[arg(long, env = "KRUSTLET_NODE_NAME")]
     node_name: Option<String>,
@@ -68,7 +92,7 @@ pub(crate) struct NodeArgs {
     #[arg(long, env = "KRUSTLET_DATA_DIR", default_value = "/var/lib/krustlet")]
     data_dir: PathBuf,
     /// Serving certificate of the kubelet API (PEM) [default: self-signed, generated
-    /// in DATA_DIR/pki].
+    /// in CERT_DIR].
     #[arg(long, env = "KRUSTLET_CERT_FILE", requires = "private_key_file")]
     cert_file: Option<PathBuf>,
     /// Private key of --cert-file (PEM).
@@ -243,7 +267,7 @@ fn default_ip(host: &str) -> IpAddr {
         .map_or(IpAddr::V4(Ipv4Addr::LOCALHOST), |a| a.ip())
 }
 
-async fn client(kubeconfig: Option<&PathBuf>) -> anyhow::Result<kube::Client> {
+pub(crate) async fn client(kubeconfig: Option<&PathBuf>) -> anyhow::Result<kube::Client> {
     let config = match kubeconfig {
         Some(path) => {
             let kc = Kubeconfig::read_from(path)
@@ -283,7 +307,7 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         "" => "localhost".to_owned(),
         name => name.to_owned(),
     };
-    let node_name = args.node_name.unwrap_or_else(|| host.clone());
+    let node_name = args.node_name.clone().unwrap_or_else(|| host.clone());
     let node_ip = args.node_ip.unwrap_or_else(|| default_ip(&host));
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
@@ -341,12 +365,21 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         image_fs_capacity: args.image_fs_capacity_bytes,
         network,
     });
+    let cert_dir = args
+        .cert_dir
+        .clone()
+        .unwrap_or_else(|| args.data_dir.join("pki"));
+    let shutdown = shutdown_on_signal();
+    let (client, rotation) =
+        credentials::node_client(&args, &cert_dir, &node_name, &shutdown).await?;
     let config = kubelet::Config {
         node_name,
         node_ip,
         bind_address: args.address,
         port: args.port,
         data_dir: args.data_dir,
+        cert_dir,
+        rotate_server_certificates: args.rotate_server_certificates,
         cert_file: args.cert_file,
         private_key_file: args.private_key_file,
         client_ca_file: args.client_ca_file,
@@ -381,9 +414,11 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
             transition: args.eviction_pressure_transition_period,
         },
     };
-    let client = client(args.kubeconfig.as_ref()).await?;
-    kubelet::Kubelet::run(config, client, runtime, shutdown_on_signal()).await?;
-    Ok(())
+    kubelet::Kubelet::run(config, client, runtime, shutdown).await?;
+    match rotation {
+        Some(rotation) if rotation.is_finished() => Ok(rotation.await??),
+        _ => Ok(()),
+    }
 }
 
 /// A Go duration (`1m30s`, `10s`, `500ms`, `1h`), as the kubelet's duration flags take.

@@ -4,6 +4,7 @@
 //! - [`pods`]: watching the pods bound to this node and driving one worker per pod.
 //! - [`server`]: the kubelet HTTPS API (`/healthz`, `/containerLogs`).
 //! - [`auth`]: who may call it (client certificates, token and access reviews).
+//! - [`certificates`]: the node's client and serving certificates by CSR, and rotation.
 //! - [`runtime`]: the small trait through which all of this reaches the container runtime.
 //!
 //! [`Kubelet::run`] wires them together.
@@ -11,6 +12,7 @@
 pub mod api;
 pub mod auth;
 mod blocking;
+pub mod certificates;
 pub mod events;
 pub mod eviction;
 pub mod images;
@@ -50,9 +52,16 @@ pub struct Config {
     pub bind_address: IpAddr,
     /// Port of the kubelet API.
     pub port: u16,
-    /// Where pods' logs and the generated serving certificate live.
+    /// Where pods' logs, images and compiled modules live.
     pub data_dir: PathBuf,
-    /// Serving certificate (PEM); generated self-signed in `data_dir` when absent.
+    /// Where the node's certificates live (`--cert-dir`): the self-signed serving
+    /// certificate, and those obtained by CSR (see [`certificates`]).
+    pub cert_dir: PathBuf,
+    /// Obtain the serving certificate by CSR (`kubernetes.io/kubelet-serving`) and renew it
+    /// before it expires (`--rotate-server-certificates`); until the first is issued, TLS
+    /// handshakes of the kubelet API fail.
+    pub rotate_server_certificates: bool,
+    /// Serving certificate (PEM); generated self-signed in `cert_dir` when absent.
     pub cert_file: Option<PathBuf>,
     /// Key of `cert_file` (PEM).
     pub private_key_file: Option<PathBuf>,
@@ -137,6 +146,14 @@ impl Kubelet {
         node::load_host_facts().await;
         node::register(&client, &config, &runtime.version()).await?;
         tracing::info!(node = %config.node_name, "node registered");
+        let serving = config.rotate_server_certificates.then(|| {
+            tokio::spawn(certificates::keep_serving(
+                config.clone(),
+                client.clone(),
+                listener.serving_certificate(),
+                shutdown.clone(),
+            ))
+        });
         let pod_cidrs = tokio::spawn(node::follow_pod_cidrs(
             client.clone(),
             config.node_name.clone(),
@@ -227,6 +244,9 @@ impl Kubelet {
         let _ = api.await;
         let _ = gc.await;
         let _ = eviction.await;
+        if let Some(serving) = serving {
+            let _ = serving.await;
+        }
         node::mark_not_ready(&client, &config.node_name, "krustlet is shutting down").await;
         Ok(())
     }

@@ -43,6 +43,7 @@ const MAX_CONNECTIONS: usize = 1024;
 pub struct Listener {
     tcp: TcpListener,
     tls: TlsAcceptor,
+    serving: Arc<crate::certificates::Slot>,
     connections: Arc<Semaphore>,
     handshake_timeout: Duration,
 }
@@ -62,7 +63,7 @@ impl std::fmt::Debug for Listener {
 pub async fn bind(config: &Config) -> Result<Listener> {
     // Reads (or generates and writes) the certificates: on a blocking thread.
     let tls_config = config.clone();
-    let tls = crate::blocking::run(move || crate::tls::acceptor(&tls_config))
+    let (tls, serving) = crate::blocking::run(move || crate::tls::acceptor(&tls_config))
         .await
         .map_err(|source| Error::Io {
             what: "loading the kubelet API's certificates".to_owned(),
@@ -77,9 +78,19 @@ pub async fn bind(config: &Config) -> Result<Listener> {
     Ok(Listener {
         tcp,
         tls,
+        serving,
         connections: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
         handshake_timeout: HANDSHAKE_TIMEOUT,
     })
+}
+
+impl Listener {
+    /// The serving certificate, read at each handshake: what is put there reaches new
+    /// connections (see [`crate::certificates::rotation`]).
+    #[must_use]
+    pub fn serving_certificate(&self) -> Arc<crate::certificates::Slot> {
+        self.serving.clone()
+    }
 }
 
 /// The user of the connection's client certificate (verified against the client CA

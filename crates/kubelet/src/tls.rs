@@ -1,13 +1,17 @@
-//! The kubelet API's TLS: serving certificate (given, or self-signed in the data dir) and
-//! optional client-certificate verification.
+//! The kubelet API's TLS: serving certificate (given, self-signed in the cert dir, or with
+//! `--rotate-server-certificates` issued by CSR and swapped in place, see
+//! [`crate::certificates`]) and optional client-certificate verification.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
+use rustls::sign::CertifiedKey;
 use tokio_rustls::TlsAcceptor;
 
+use crate::certificates::Slot;
+use crate::certificates::resolve::ServingResolver;
 use crate::{Config, Error, Result};
 
 fn io(what: String) -> impl FnOnce(std::io::Error) -> Error {
@@ -28,12 +32,12 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>> {
         .ok_or_else(|| Error::Server(format!("no private key in {}", path.display())))
 }
 
-/// Generates `kubelet.crt`/`kubelet.key` in `DATA_DIR/pki` unless present, as the kubelet
+/// Generates `kubelet.crt`/`kubelet.key` in the cert dir unless present, as the kubelet
 /// does without `--tls-cert-file`: self-signed, for the node's name and IP. The directory
 /// is 0700 and the key 0600 (an older, wider key or directory is narrowed).
 fn self_signed(config: &Config) -> Result<(std::path::PathBuf, std::path::PathBuf)> {
     use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
-    let dir = config.data_dir.join("pki");
+    let dir = config.cert_dir.clone();
     let (cert, key) = (dir.join("kubelet.crt"), dir.join("kubelet.key"));
     std::fs::DirBuilder::new()
         .recursive(true)
@@ -70,9 +74,19 @@ fn self_signed(config: &Config) -> Result<(std::path::PathBuf, std::path::PathBu
     Ok((cert, key))
 }
 
-/// The TLS acceptor for the kubelet API.
-pub(crate) fn acceptor(config: &Config) -> Result<TlsAcceptor> {
+/// The serving certificate the API starts with: the given or self-signed one; with
+/// `--rotate-server-certificates` none (the cert dir's current one, or the one the CSR
+/// brings, is put in the slot by the rotation).
+fn initial(config: &Config, provider: &rustls::crypto::CryptoProvider) -> Result<Slot> {
     let (cert, key) = match (&config.cert_file, &config.private_key_file) {
+        _ if config.rotate_server_certificates => {
+            if config.cert_file.is_some() {
+                return Err(Error::Server(
+                    "--cert-file and --rotate-server-certificates exclude each other".into(),
+                ));
+            }
+            return Ok(Slot::default());
+        }
         (Some(c), Some(k)) => (c.clone(), k.clone()),
         (None, None) => self_signed(config)?,
         _ => {
@@ -81,7 +95,24 @@ pub(crate) fn acceptor(config: &Config) -> Result<TlsAcceptor> {
             ));
         }
     };
+    let key = provider
+        .key_provider
+        .load_private_key(read_key(&key)?)
+        .map_err(|e| Error::Server(format!("serving certificate key: {e}")))?;
+    let certified = CertifiedKey::new(read_certs(&cert)?, key);
+    // As `with_single_cert` did: a key that is not the certificate's is refused at start,
+    // not at every handshake.
+    certified
+        .keys_match()
+        .map_err(|e| Error::Server(format!("serving certificate: {e}")))?;
+    Ok(Slot::with(Arc::new(certified)))
+}
+
+/// The TLS acceptor for the kubelet API, and the slot of the certificate it serves (read
+/// at each handshake: a rotation reaches new connections only).
+pub(crate) fn acceptor(config: &Config) -> Result<(TlsAcceptor, Arc<Slot>)> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let slot = Arc::new(initial(config, &provider)?);
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| Error::Server(e.to_string()))?;
@@ -101,11 +132,9 @@ pub(crate) fn acceptor(config: &Config) -> Result<TlsAcceptor> {
         }
         None => builder.with_no_client_auth(),
     };
-    let mut server = builder
-        .with_single_cert(read_certs(&cert)?, read_key(&key)?)
-        .map_err(|e| Error::Server(format!("serving certificate: {e}")))?;
+    let mut server = builder.with_cert_resolver(Arc::new(ServingResolver(slot.clone())));
     server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(server)))
+    Ok((TlsAcceptor::from(Arc::new(server)), slot))
 }
 
 #[cfg(test)]
@@ -122,6 +151,8 @@ pub(crate) mod tests {
             bind_address: std::net::IpAddr::from([127, 0, 0, 1]),
             port: 0,
             data_dir: data_dir.to_owned(),
+            cert_dir: data_dir.join("pki"),
+            rotate_server_certificates: false,
             cert_file: None,
             private_key_file: None,
             client_ca_file: None,
@@ -154,6 +185,35 @@ pub(crate) mod tests {
         assert_eq!(mode(&data.path().join("pki")), 0o700);
         assert!(read_key(&key).is_ok() && !read_certs(&cert).expect("certs").is_empty());
         assert!(!data.path().join("pki/kubelet.key.partial").exists());
+    }
+
+    #[test]
+    fn a_key_that_is_not_the_certificates_is_refused_and_rotation_starts_empty() {
+        let data = tempfile::tempdir().expect("tempdir");
+        let (cert, _) = self_signed(&config(data.path())).expect("generated");
+        let other = data.path().join("other.key");
+        let key = rcgen::KeyPair::generate().expect("key");
+        std::fs::write(&other, key.serialize_pem()).expect("key file");
+        let mismatched = Config {
+            cert_file: Some(cert.clone()),
+            private_key_file: Some(other),
+            ..config(data.path())
+        };
+        assert!(acceptor(&mismatched).is_err());
+        let rotating = Config {
+            rotate_server_certificates: true,
+            ..config(data.path())
+        };
+        let (_, slot) = acceptor(&rotating).expect("acceptor");
+        assert!(
+            slot.get().is_none(),
+            "nothing served before a CSR is issued"
+        );
+        let both = Config {
+            cert_file: Some(cert),
+            ..rotating
+        };
+        assert!(acceptor(&both).is_err());
     }
 
     #[test]

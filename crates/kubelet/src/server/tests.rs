@@ -286,6 +286,7 @@ async fn start(
     let listener = Listener {
         tcp,
         tls: acceptor(),
+        serving: Arc::default(),
         connections: Arc::new(Semaphore::new(connections)),
         handshake_timeout,
     };

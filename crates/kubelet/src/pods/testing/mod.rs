@@ -60,6 +60,8 @@ impl Harness {
             bind_address: std::net::Ipv4Addr::LOCALHOST.into(),
             port: 0,
             data_dir: dir.path().to_owned(),
+            cert_dir: dir.path().join("pki"),
+            rotate_server_certificates: false,
             cert_file: None,
             private_key_file: None,
             client_ca_file: None,
