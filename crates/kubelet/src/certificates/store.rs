@@ -42,19 +42,7 @@ pub fn write(dir: &Path, kind: Kind, pem: &str, now: jiff::Timestamp) -> Result<
         kind.file_prefix(),
         now.strftime("%Y-%m-%d-%H-%M-%S")
     );
-    let file = dir.join(&name);
-    let partial = dir.join(format!("{name}.partial"));
-    let _ = std::fs::remove_file(&partial);
-    let mut out = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&partial)
-        .map_err(io(format!("creating {}", partial.display())))?;
-    out.write_all(pem.as_bytes())
-        .and_then(|()| out.sync_all())
-        .map_err(io(format!("writing {}", partial.display())))?;
-    std::fs::rename(&partial, &file).map_err(io(format!("writing {}", file.display())))?;
+    write_private(&dir.join(&name), pem.as_bytes())?;
     // The link names the file relatively: the directory can move.
     let current = current_path(dir, kind);
     let link = dir.join(format!("{}-current.pem.updating", kind.file_prefix()));
