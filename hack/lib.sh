@@ -6,10 +6,13 @@ K8S_VERSION_MINOR=36
 ETCD_VERSION=v3.6.8
 # The CNI reference plugins (bridge, host-local, loopback, portmap) of the pod network.
 CNI_VERSION=v1.10.0
+# metrics-server (kubectl top, the HorizontalPodAutoscaler's resource metrics).
+METRICS_SERVER_VERSION=v0.8.0
 
 KRUSTLET_CACHE="${KRUSTLET_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/krustlet}"
 K8S_BIN="$KRUSTLET_CACHE/bin/$K8S_VERSION"
 CNI_BIN="$KRUSTLET_CACHE/bin/cni-$CNI_VERSION"
+METRICS_SERVER_BIN="$KRUSTLET_CACHE/bin/metrics-server-$METRICS_SERVER_VERSION/metrics-server"
 
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -24,4 +27,5 @@ KCM_PORT="${KCM_PORT:-16257}"
 SCHEDULER_PORT="${SCHEDULER_PORT:-16259}"
 KUBE_PROXY_METRICS_PORT="${KUBE_PROXY_METRICS_PORT:-16249}"
 KUBE_PROXY_HEALTHZ_PORT="${KUBE_PROXY_HEALTHZ_PORT:-16256}"
+METRICS_SERVER_PORT="${METRICS_SERVER_PORT:-16263}"
 REGISTRY="127.0.0.1:$REGISTRY_PORT"
