@@ -4,6 +4,7 @@
 //! show that several nodes can share one machine and one control plane.
 
 mod auth;
+mod autoscale;
 mod faults;
 mod hostile;
 mod images;

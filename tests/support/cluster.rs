@@ -111,6 +111,27 @@ impl Cluster {
         Ok(String::from_utf8(out.stdout)?)
     }
 
+    /// Makes sure metrics-server runs and serves `metrics.k8s.io` (`hack/cluster
+    /// metrics-server`: nothing to do when it does; a cluster started before `up` did so
+    /// gets it now).
+    ///
+    /// # Errors
+    /// When the script fails.
+    pub async fn metrics_server(&self) -> Result<()> {
+        let out = tokio::process::Command::new(root().join("hack/cluster"))
+            .arg("metrics-server")
+            .output()
+            .await
+            .context("running hack/cluster metrics-server")?;
+        if !out.status.success() {
+            bail!(
+                "hack/cluster metrics-server: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(())
+    }
+
     /// The row `kubectl get pod NAME` prints, in the `default` namespace.
     ///
     /// # Errors
