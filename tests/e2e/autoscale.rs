@@ -120,7 +120,7 @@ fn deployment(name: &str, node: &str, image: &str, args: &[&str]) -> Result<Depl
                 "metadata": { "labels": { "app": name } },
                 "spec": {
                     "nodeSelector": { "kubernetes.io/arch": "wasm32-wasi", "kubernetes.io/hostname": node },
-                    "tolerations": [e2e::wasm_toleration()],
+                    "tolerations": e2e::wasm_toleration(),
                     "automountServiceAccountToken": false,
                     "terminationGracePeriodSeconds": 1,
                     "containers": [{

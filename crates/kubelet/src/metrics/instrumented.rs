@@ -65,7 +65,7 @@ fn is_err<T, E>(r: &Result<T, E>) -> bool {
 
 impl Runtime for Instrumented {
     fn version(&self) -> String {
-        self.sync("version", Runtime::version)
+        self.sync("version", |r| r.version())
     }
 
     fn image_status<'a>(

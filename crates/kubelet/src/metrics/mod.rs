@@ -206,7 +206,7 @@ impl KubeletMetrics {
                         .samples
                         .push(Sample::new(count64(*failed)).label("operation_type", op));
                 }
-                durations.add_histogram(&[("operation_type", op)], h);
+                durations.add_histogram(&[("operation_type", *op)], h);
             }
             out.extend([total, errors, durations]);
         });
@@ -214,12 +214,10 @@ impl KubeletMetrics {
     }
 }
 
-#[allow(clippy::cast_precision_loss)]
 fn count(n: usize) -> f64 {
     n as f64
 }
 
-#[allow(clippy::cast_precision_loss)]
 fn count64(n: u64) -> f64 {
     n as f64
 }

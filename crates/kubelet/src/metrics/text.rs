@@ -146,7 +146,8 @@ pub fn number(v: f64) -> String {
     if v.is_nan() {
         "NaN".to_owned()
     } else if v.is_infinite() {
-        if v > 0.0 { "+Inf" } else { "-Inf" }.to_owned()
+        let sign = if v > 0.0 { "+" } else { "-" };
+        format!("{sign}Inf")
     } else {
         format!("{v}")
     }
