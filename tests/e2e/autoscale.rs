@@ -101,10 +101,11 @@ async fn kubectl_top_shows_a_burning_wasm_pod_near_its_limit_and_an_idle_one_nea
     // what two busy cores give.
     assert!(burn <= 0.26, "the 200m pod shows {burn:.3} cores");
     assert!(idle <= 0.02, "the idle pod shows {idle:.3} cores");
-    assert!(
-        idle_memory != "0Mi" || burn_memory != "0Mi",
-        "memory: {burn_memory} {idle_memory}"
-    );
+    // Both rows carry a memory cell (a tool module's working set is under 1 Mi, which
+    // kubectl shows as 0Mi): metrics-server kept the pods (it drops one with a 0).
+    for memory in [&burn_memory, &idle_memory] {
+        assert!(memory.ends_with("Mi"), "memory cell {memory}");
+    }
     Ok(())
 }
 
