@@ -43,7 +43,9 @@ fn cores(cell: &str) -> Option<f64> {
 
 /// The CPU (cores) and memory cells of `kubectl top pod NAME`, once it answers.
 async fn top_pod(cluster: &Cluster, name: &str) -> Result<Option<(f64, String)>> {
-    let out = cluster.kubectl(&["top", "pod", name, "--no-headers"]).await?;
+    let out = cluster
+        .kubectl(&["top", "pod", name, "--no-headers"])
+        .await?;
     let cells: Vec<&str> = out.split_whitespace().collect();
     match cells.as_slice() {
         [n, cpu, memory] if *n == name => Ok(cores(cpu).map(|c| (c, (*memory).to_owned()))),
@@ -86,7 +88,10 @@ async fn kubectl_top_shows_a_burning_wasm_pod_near_its_limit_and_an_idle_one_nea
                 .filter(|(cpu, _)| *cpu >= 0.08))
         })
         .await?;
-        let idle = until(180, "top-idle in kubectl top", || top_pod(&cluster, "top-idle")).await?;
+        let idle = until(180, "top-idle in kubectl top", || {
+            top_pod(&cluster, "top-idle")
+        })
+        .await?;
         Ok::<_, anyhow::Error>((row, burn, idle))
     }
     .await;
@@ -96,7 +101,9 @@ async fn kubectl_top_shows_a_burning_wasm_pod_near_its_limit_and_an_idle_one_nea
     drop(node);
     let (row, (burn, burn_memory), (idle, idle_memory)) = result?;
     println!("kubectl top node: {}", row.trim());
-    println!("kubectl top pod: top-burn {burn:.3} cores {burn_memory}, top-idle {idle:.3} cores {idle_memory}");
+    println!(
+        "kubectl top pod: top-burn {burn:.3} cores {burn_memory}, top-idle {idle:.3} cores {idle_memory}"
+    );
     // Generous: the limit holds (a little over for the window's edges), the share is
     // what two busy cores give.
     assert!(burn <= 0.26, "the 200m pod shows {burn:.3} cores");

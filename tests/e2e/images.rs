@@ -616,8 +616,7 @@ async fn pods_of_one_image_started_together_download_and_compile_it_once() -> an
             .samples
             .iter()
             .find(|s| {
-                s.metric == name
-                    && op.is_none_or(|op| s.labels.get("operation_type") == Some(op))
+                s.metric == name && op.is_none_or(|op| s.labels.get("operation_type") == Some(op))
             })
             .map(|s| match s.value {
                 prometheus_parse::Value::Counter(v)
@@ -636,7 +635,10 @@ async fn pods_of_one_image_started_together_download_and_compile_it_once() -> an
         "{page}"
     );
     assert!(value("kubelet_running_pods", None).is_some(), "{page}");
-    assert!(value("kubelet_running_containers", None).is_some(), "{page}");
+    assert!(
+        value("kubelet_running_containers", None).is_some(),
+        "{page}"
+    );
     assert_eq!(
         value("kubelet_runtime_operations_total", Some("start_container")),
         Some(4.0),
@@ -656,8 +658,11 @@ async fn pods_of_one_image_started_together_download_and_compile_it_once() -> an
             "{family}: {page}"
         );
         assert!(
-            scrape.samples.iter().any(|s| s.metric == family
-                && matches!(s.value, prometheus_parse::Value::Histogram(_))),
+            scrape
+                .samples
+                .iter()
+                .any(|s| s.metric == family
+                    && matches!(s.value, prometheus_parse::Value::Histogram(_))),
             "{family}: {page}"
         );
     }

@@ -10,8 +10,8 @@ use super::KubeletMetrics;
 use crate::api::BoxFuture;
 use crate::keyring::Credential;
 use crate::runtime::{
-    ContainerHandle, ContainerRun, Counter, Image, ImageError, ImageFsUsage, ImageStatus,
-    Runtime, Sandbox, SandboxConfig, StoredImage,
+    ContainerHandle, ContainerRun, Counter, Image, ImageError, ImageFsUsage, ImageStatus, Runtime,
+    Sandbox, SandboxConfig, StoredImage,
 };
 
 /// Wraps a runtime; each call is recorded in the metrics.
@@ -49,7 +49,8 @@ impl Instrumented {
         Box::pin(async move {
             let at = Instant::now();
             let out = call.await;
-            self.metrics.runtime_operation(op, at.elapsed(), failed(&out));
+            self.metrics
+                .runtime_operation(op, at.elapsed(), failed(&out));
             out
         })
     }
@@ -100,7 +101,11 @@ impl Runtime for Instrumented {
     }
 
     fn remove_pod_sandbox<'a>(&'a self, id: &'a str) -> BoxFuture<'a, ()> {
-        self.timed("remove_podsandbox", never, self.inner.remove_pod_sandbox(id))
+        self.timed(
+            "remove_podsandbox",
+            never,
+            self.inner.remove_pod_sandbox(id),
+        )
     }
 
     fn port_forward<'a>(

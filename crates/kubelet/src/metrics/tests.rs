@@ -99,9 +99,7 @@ fn the_page_parses_with_every_family_once_and_its_type() {
         scrape
             .samples
             .iter()
-            .find(|s| {
-                s.metric == name && label.is_none_or(|(k, v)| s.labels.get(k) == Some(v))
-            })
+            .find(|s| s.metric == name && label.is_none_or(|(k, v)| s.labels.get(k) == Some(v)))
             .unwrap_or_else(|| panic!("{name} {label:?} in {page}"))
             .value
             .clone()
@@ -112,11 +110,17 @@ fn the_page_parses_with_every_family_once_and_its_type() {
     );
     assert_eq!(one("kubelet_running_pods", None), Value::Gauge(3.0));
     assert_eq!(
-        one("kubelet_running_containers", Some(("container_state", "running"))),
+        one(
+            "kubelet_running_containers",
+            Some(("container_state", "running"))
+        ),
         Value::Gauge(4.0)
     );
     let pulls = Some(("operation_type", "pull_image"));
-    assert_eq!(one("kubelet_runtime_operations_total", pulls), Value::Counter(2.0));
+    assert_eq!(
+        one("kubelet_runtime_operations_total", pulls),
+        Value::Counter(2.0)
+    );
     assert_eq!(
         one("kubelet_runtime_operations_errors_total", pulls),
         Value::Counter(1.0)
@@ -156,13 +160,23 @@ fn histograms_are_cumulative_with_the_kubelets_buckets() {
     }
     for (series, b) in &buckets {
         let values: Vec<f64> = b.iter().map(|(_, v)| *v).collect();
-        assert!(values.windows(2).all(|w| w[0] <= w[1]), "{series} cumulative");
-        assert_eq!(b.last().map(|(le, _)| le.as_str()), Some("+Inf"), "{series}");
-        assert_eq!(Some(values[values.len() - 1]), counts.get(series).copied(), "{series}");
+        assert!(
+            values.windows(2).all(|w| w[0] <= w[1]),
+            "{series} cumulative"
+        );
+        assert_eq!(
+            b.last().map(|(le, _)| le.as_str()),
+            Some("+Inf"),
+            "{series}"
+        );
+        assert_eq!(
+            Some(values[values.len() - 1]),
+            counts.get(series).copied(),
+            "{series}"
+        );
     }
-    let les = |name: &str| -> Vec<String> {
-        buckets[name].iter().map(|(le, _)| le.clone()).collect()
-    };
+    let les =
+        |name: &str| -> Vec<String> { buckets[name].iter().map(|(le, _)| le.clone()).collect() };
     let start = les("kubelet_pod_start_duration_seconds{");
     assert_eq!(start.len(), POD_START_BUCKETS.len() + 1);
     assert_eq!((start[0].as_str(), start[24].as_str()), ("0.5", "3600"));
@@ -205,9 +219,9 @@ async fn the_decorator_counts_times_and_fails_each_call() {
         p
     };
     assert!(page.contains("kubelet_runtime_operations_total{operation_type=\"pull_image\"} 2\n"));
-    assert!(page.contains(
-        "kubelet_runtime_operations_errors_total{operation_type=\"pull_image\"} 1\n"
-    ));
+    assert!(
+        page.contains("kubelet_runtime_operations_errors_total{operation_type=\"pull_image\"} 1\n")
+    );
     assert!(page.contains("kubelet_runtime_operations_total{operation_type=\"version\"} 1\n"));
     assert!(
         !page.contains("operation_type=\"counters\""),
@@ -223,21 +237,20 @@ async fn a_pod_that_runs_is_observed_once_with_its_worker_rounds() {
         pod(json!({ "containers": [{ "name": "c", "image": "r/img:1" }] })),
         None,
     );
-    let ran = h
-        .api
-        .until(Duration::from_secs(60), "Running", |w| {
-            w.statuses
-                .iter()
-                .any(|(_, s)| s["phase"] == "Running")
-        });
+    let ran = h.api.until(Duration::from_secs(60), "Running", |w| {
+        w.statuses.iter().any(|(_, s)| s["phase"] == "Running")
+    });
     ran.await;
     tokio::time::sleep(Duration::from_secs(200)).await;
     let mut page = String::new();
     text::write(&mut page, &h.ctx.metrics.families("node-a", 1, 1));
-    assert!(page.contains("kubelet_pod_start_duration_seconds_count 1\n"), "{page}");
-    assert!(page.contains(
-        "kubelet_pod_worker_duration_seconds_count{operation_type=\"create\"} 1\n"
-    ));
+    assert!(
+        page.contains("kubelet_pod_start_duration_seconds_count 1\n"),
+        "{page}"
+    );
+    assert!(
+        page.contains("kubelet_pod_worker_duration_seconds_count{operation_type=\"create\"} 1\n")
+    );
     // --sync-frequency is a minute in the harness: three syncs in 200 s.
     assert!(
         page.contains("kubelet_pod_worker_duration_seconds_count{operation_type=\"sync\"} 3\n"),

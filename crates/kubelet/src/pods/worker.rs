@@ -354,7 +354,9 @@ pub(crate) async fn run(
     .await;
     let initial = w.status(&shared.snapshot(), shared.sandbox.get(), None, false);
     w.post(initial).await;
-    w.ctx.metrics.pod_worker(WorkerOperation::Create, seen.elapsed());
+    w.ctx
+        .metrics
+        .pod_worker(WorkerOperation::Create, seen.elapsed());
     let deadline_at = deadline(&w.current());
     let mut sync = tokio::time::interval(w.ctx.config.sync_frequency);
     sync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
