@@ -609,6 +609,63 @@ async fn pods_of_one_image_started_together_download_and_compile_it_once() -> an
     );
     let start_seconds = metrics["krustlet_container_start_seconds_total"];
     assert!(start_seconds > 0.0 && start_seconds < 60.0, "{metrics:?}");
+    // The kubelet's own families beside ours, as a Prometheus parser reads the page.
+    let (scrape, page) = node.scrape().await?;
+    let value = |name: &str, op: Option<&str>| {
+        scrape
+            .samples
+            .iter()
+            .find(|s| {
+                s.metric == name && op.is_none_or(|op| s.labels.get("operation_type") == Some(op))
+            })
+            .map(|s| match s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                _ => f64::NAN,
+            })
+    };
+    assert_eq!(
+        scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == "kubelet_node_name")
+            .and_then(|s| s.labels.get("node")),
+        Some(node.name.as_str()),
+        "{page}"
+    );
+    assert!(value("kubelet_running_pods", None).is_some(), "{page}");
+    assert!(
+        value("kubelet_running_containers", None).is_some(),
+        "{page}"
+    );
+    assert_eq!(
+        value("kubelet_runtime_operations_total", Some("start_container")),
+        Some(4.0),
+        "{page}"
+    );
+    assert!(
+        value("kubelet_runtime_operations_total", Some("pull_image")) >= Some(1.0),
+        "{page}"
+    );
+    for family in [
+        "kubelet_pod_start_duration_seconds",
+        "kubelet_pod_worker_duration_seconds",
+        "kubelet_runtime_operations_duration_seconds",
+    ] {
+        assert!(
+            page.contains(&format!("# TYPE {family} histogram\n")),
+            "{family}: {page}"
+        );
+        assert!(
+            scrape
+                .samples
+                .iter()
+                .any(|s| s.metric == family
+                    && matches!(s.value, prometheus_parse::Value::Histogram(_))),
+            "{family}: {page}"
+        );
+    }
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
     delete_all(&pods, &names).await
 }

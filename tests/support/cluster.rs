@@ -111,8 +111,9 @@ impl Cluster {
         Ok(String::from_utf8(out.stdout)?)
     }
 
-    /// Starts metrics-server and registers it (`hack/cluster metrics-server`; a no-op when
-    /// it runs), for a cluster started before `up` did so itself.
+    /// Makes sure metrics-server runs and serves `metrics.k8s.io` (`hack/cluster
+    /// metrics-server`: nothing to do when it does; a cluster started before `up` did so
+    /// gets it now).
     ///
     /// # Errors
     /// When the script fails.

@@ -267,6 +267,18 @@ impl KrustletNode {
             })
             .collect())
     }
+
+    /// This node's `/metrics` read by a Prometheus text-format parser (which fails on
+    /// a page that is not one), and the page itself.
+    ///
+    /// # Errors
+    /// When the request fails or the page does not parse.
+    pub async fn scrape(&self) -> Result<(prometheus_parse::Scrape, String)> {
+        let page = self.api_get("/metrics").await?;
+        let scrape = prometheus_parse::Scrape::parse(page.lines().map(|l| Ok(l.to_owned())))
+            .context("parsing /metrics")?;
+        Ok((scrape, page))
+    }
 }
 
 impl Drop for KrustletNode {

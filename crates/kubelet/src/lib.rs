@@ -18,6 +18,7 @@ pub mod eviction;
 pub mod images;
 pub mod keyring;
 pub mod logs;
+pub mod metrics;
 pub mod node;
 pub mod pods;
 pub mod quantity;
@@ -133,6 +134,10 @@ impl Kubelet {
         shutdown: CancellationToken,
     ) -> Result<()> {
         let config = Arc::new(config);
+        // Every call into the runtime is counted and timed (kubelet_runtime_operations_*).
+        let kubelet_metrics = metrics::KubeletMetrics::default();
+        let runtime: Arc<dyn Runtime> =
+            Arc::new(metrics::Instrumented::new(runtime, kubelet_metrics.clone()));
         // What the parts share: the node's images, where each container logs, the
         // pressure conditions; the pod watch loop alone holds the workers.
         let (images, logs) = (images::ImageIndex::default(), logs::LogIndex::default());
@@ -197,7 +202,14 @@ impl Kubelet {
         ));
         let metrics = {
             let (runtime, images) = (runtime.clone(), images.clone());
-            Arc::new(move || server::render_metrics(&runtime.counters(), &images))
+            let (sandboxes, stats) = (sandboxes.clone(), stats.clone());
+            let (kubelet_metrics, node) = (kubelet_metrics.clone(), config.node_name.clone());
+            Arc::new(move || {
+                let mut page = server::render_metrics(&runtime.counters(), &images);
+                let families = kubelet_metrics.families(&node, sandboxes.len(), stats.running());
+                metrics::text::write(&mut page, &families);
+                page
+            })
         };
         let auth = Arc::new(auth::Auth::new(
             config.auth,
@@ -234,6 +246,7 @@ impl Kubelet {
                 stats,
                 pressure,
                 recorder,
+                metrics: kubelet_metrics,
             },
             commands,
             shutdown.clone(),

@@ -35,6 +35,18 @@ impl SandboxIndex {
             .cloned()
     }
 
+    /// How many pods have a sandbox up (for `kubelet_running_pods`).
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether no pod has a sandbox up.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+
     /// Records that pod `namespace/name` has `sandbox` up.
     pub(crate) fn set(&self, namespace: &str, name: &str, sandbox: PodSandbox) {
         self.lock()

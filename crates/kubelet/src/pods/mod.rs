@@ -121,6 +121,8 @@ pub(crate) struct Ctx {
     /// The agent is stopping: pods' workloads are killed but their sandboxes stay (a
     /// restarted agent takes them up again, addresses and all).
     pub stopping: CancellationToken,
+    /// The kubelet's metrics (pod start, pod worker durations).
+    pub metrics: crate::metrics::KubeletMetrics,
 }
 
 impl Ctx {
@@ -153,6 +155,8 @@ pub(crate) struct Parts {
     pub stats: crate::stats::StatsIndex,
     pub pressure: PressureHandle,
     pub recorder: Arc<crate::events::Recorder>,
+    /// The kubelet's metrics (pod start, pod worker durations).
+    pub metrics: crate::metrics::KubeletMetrics,
 }
 
 /// Watches the pods bound to this node and keeps one worker per pod (the loop alone holds
@@ -174,6 +178,7 @@ pub(crate) async fn run(
         stats,
         pressure,
         recorder,
+        metrics,
     } = parts;
     let facts = crate::node::load_host_facts().await;
     let ctx = Arc::new(Ctx {
@@ -194,6 +199,7 @@ pub(crate) async fn run(
             memory: facts.memory,
         },
         stopping: shutdown.clone(),
+        metrics,
     });
     // Pods' logs and volumes (their secrets and tokens too) are for this agent alone.
     let root = config.data_dir.join("pods");

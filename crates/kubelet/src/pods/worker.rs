@@ -17,7 +17,9 @@ use super::record::{ContainerRecord, Records};
 use super::sequence;
 use super::spec::restart_policy;
 use super::status::{self, Phase};
+use crate::metrics::WorkerOperation;
 use crate::now;
+use tokio::time::Instant;
 
 fn deleting(pod: &Pod) -> bool {
     pod.metadata.deletion_timestamp.is_some()
@@ -90,6 +92,9 @@ struct PodWorker {
     ns: String,
     name: String,
     statuses: super::writer::StatusWriter,
+    /// When the kubelet first saw the pod; `None` once its start was reported (or when
+    /// it ran before this agent started).
+    seen: Option<Instant>,
 }
 
 impl PodWorker {
@@ -100,6 +105,11 @@ impl PodWorker {
     /// Reports `status`: the pod's status writer writes it, and writes it again until
     /// it lands when the API server is away.
     async fn post(&mut self, status: PodStatus) {
+        if status.phase.as_deref() == Some(Phase::Running.as_str())
+            && let Some(seen) = self.seen.take()
+        {
+            self.ctx.metrics.pod_started(seen.elapsed());
+        }
         self.statuses.post(serde_json::json!(status));
     }
 
@@ -282,6 +292,7 @@ pub(crate) async fn run(
     mut evicted: watch::Receiver<Option<String>>,
     misfit: Option<Rejection>,
 ) {
+    let seen = Instant::now();
     let first = pod.borrow().clone();
     let ns = first.namespace().unwrap_or_default();
     let statuses = super::writer::StatusWriter::start(
@@ -296,6 +307,12 @@ pub(crate) async fn run(
         ctx,
         pod,
         statuses,
+        // A pod that ran before this agent started is not started again.
+        seen: first
+            .status
+            .as_ref()
+            .is_none_or(|s| s.phase.as_deref() != Some(Phase::Running.as_str()))
+            .then_some(seen),
     };
     if status::is_terminal(&first) || deleting(&first) {
         // Known from before (a restart of the node agent), or deleted before it started.
@@ -337,6 +354,9 @@ pub(crate) async fn run(
     .await;
     let initial = w.status(&shared.snapshot(), shared.sandbox.get(), None, false);
     w.post(initial).await;
+    w.ctx
+        .metrics
+        .pod_worker(WorkerOperation::Create, seen.elapsed());
     let deadline_at = deadline(&w.current());
     let mut sync = tokio::time::interval(w.ctx.config.sync_frequency);
     sync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -346,6 +366,8 @@ pub(crate) async fn run(
     let mut driver_done = false;
     let mut evict_open = true;
     loop {
+        // What woke the worker and when, for kubelet_pod_worker_duration_seconds.
+        let round;
         tokio::select! {
             // Stop first: the kill it makes (`kill` is its child) also wakes the other
             // branches, and none of them may report a status after a stop.
@@ -356,18 +378,27 @@ pub(crate) async fn run(
                 let _ = driver.await;
                 return;
             }
-            r = changes.changed() => if r.is_err() { return },
-            r = w.pod.changed(), if !terminating => if r.is_err() { return },
+            r = changes.changed() => {
+                round = (WorkerOperation::Update, Instant::now());
+                if r.is_err() { return }
+            }
+            r = w.pod.changed(), if !terminating => {
+                round = (WorkerOperation::Update, Instant::now());
+                if r.is_err() { return }
+            }
             r = &mut driver, if !driver_done => {
+                round = (WorkerOperation::Update, Instant::now());
                 driver_done = true;
                 if let Err(e) = r {
                     tracing::error!(pod = %w.name, error = %e, "container sequence failed");
                 }
             }
             () = sleep_until(deadline_at), if failure.is_none() && !driver_done => {
+                round = (WorkerOperation::Update, Instant::now());
                 failure = w.fail(&kill, Failure::DeadlineExceeded).await;
             }
             r = evicted.changed(), if evict_open && failure.is_none() && !driver_done && !terminating => {
+                round = (WorkerOperation::Update, Instant::now());
                 evict_open = r.is_ok();
                 let message = evicted.borrow_and_update().clone();
                 if let (true, Some(message)) = (evict_open, message) {
@@ -375,6 +406,7 @@ pub(crate) async fn run(
                 }
             }
             _ = sync.tick(), if failure.is_none() && !driver_done && !terminating => {
+                round = (WorkerOperation::Sync, Instant::now());
                 if let Some(volumes) = shared.volumes.get()
                     && let Some(message) = w.sync_volumes(volumes).await
                 {
@@ -397,6 +429,7 @@ pub(crate) async fn run(
             driver_done,
         );
         w.post(status).await;
+        w.ctx.metrics.pod_worker(round.0, round.1.elapsed());
         if driver_done {
             break;
         }

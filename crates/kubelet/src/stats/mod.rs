@@ -174,6 +174,12 @@ impl StatsIndex {
         samples
     }
 
+    /// How many containers run (for `kubelet_running_containers`); reads no usage.
+    #[must_use]
+    pub fn running(&self) -> usize {
+        self.lock().running.len()
+    }
+
     /// The node's (the agent process's) usage now.
     #[must_use]
     pub fn node(&self) -> NodeSample {

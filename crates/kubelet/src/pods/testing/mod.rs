@@ -95,6 +95,7 @@ impl Harness {
                 memory: 1 << 30,
             },
             stopping: CancellationToken::new(),
+            metrics: crate::metrics::KubeletMetrics::default(),
         });
         Self {
             api,
