@@ -57,7 +57,7 @@ async fn top_pod(cluster: &Cluster, name: &str) -> Result<Option<(f64, String)>>
 async fn kubectl_top_shows_a_burning_wasm_pod_near_its_limit_and_an_idle_one_near_zero()
 -> Result<()> {
     let node_name = "e2e-top";
-    let (cluster, node) = setup(node_name, 10481, &[]).await?;
+    let (cluster, node) = setup(node_name, 10473, &[]).await?;
     cluster.metrics_server().await?;
     let image = cluster.push("tool", "top").await?;
     let pods = cluster.pods();
@@ -176,7 +176,7 @@ async fn replicas(deployments: &kube::Api<Deployment>, name: &str) -> Result<i32
 async fn an_hpa_on_cpu_scales_a_wasm_deployment_up_under_load_and_back_down() -> Result<()> {
     const NAME: &str = "hpa-burn";
     let node_name = "e2e-hpa";
-    let (cluster, node) = setup(node_name, 10482, &[]).await?;
+    let (cluster, node) = setup(node_name, 10472, &[]).await?;
     cluster.metrics_server().await?;
     let image = cluster.push("tool", "hpa").await?;
     let deployments: kube::Api<Deployment> = kube::Api::default_namespaced(cluster.client.clone());
