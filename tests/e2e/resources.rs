@@ -1,6 +1,6 @@
 //! Resource accounting on a live node: a CPU-burning pod limited to 200m stays within
-//! 200m next to an unlimited one (throttled, the other not), an idle pod is reported with a small but non-zero
-//! usage, throttling shows on `/metrics/cadvisor`, and `/stats/summary` agrees with
+//! 200m next to an unlimited one (it is throttled, the other is not), an idle pod is
+//! reported with a small but non-zero usage, and `/stats/summary` agrees with
 //! `/metrics/resource`.
 
 use std::collections::{BTreeMap, HashMap};
