@@ -101,9 +101,8 @@ async fn cpu_is_accounted_and_limited_per_container_and_the_endpoints_agree() ->
     );
     // The limit holds however idle the machine is (a period's overrun is paid back).
     // How much either burning pod gets below that depends on how busy the two cores
-    // are (the full suite burns CPU in several tests at once: 0.08 cores each, seen);
-    // that the limited one reached its quota and the unlimited one never did is on
-    // /metrics/cadvisor (checked in `measure`). `hack/bench cpu` measures the accuracy.
+    // are (the full suite burns CPU in several tests at once: 0.07 to 0.08 cores each,
+    // seen); `hack/bench cpu` and wasi-runtime's tests/cpu.rs measure the accuracy.
     assert!(limited <= 0.25, "the 200m pod used {limited:.3} cores");
     assert!(limited >= 0.01, "the 200m pod got only {limited:.3} cores");
     assert!(free >= 0.01, "the unlimited pod got only {free:.3} cores");
@@ -186,13 +185,25 @@ async fn measure(node: &KrustletNode) -> Result<(f64, f64, f64)> {
             .as_u64()
             .is_some_and(|n| n > 0)
     );
-    // Throttling shows for the limited container only.
+    // The limited container is under bandwidth control (periods counted), the unlimited
+    // one is not. Whether it was held back depends on whether the busy machine let it
+    // reach its quota at all: when it got most of it, it was.
     let cadvisor = samples(&node.api_get("/metrics/cadvisor").await?);
-    let throttled = |pod| of(&cadvisor, "container_cpu_cfs_throttled_periods_total", pod);
+    let cfs = |name, pod| of(&cadvisor, name, pod);
+    let periods = "container_cpu_cfs_periods_total";
+    let throttled = "container_cpu_cfs_throttled_periods_total";
     assert!(
-        throttled("res-limited").is_some_and(|n| n > 0.0),
+        cfs(periods, "res-limited").is_some_and(|n| n > 0.0),
         "{cadvisor:?}"
     );
-    assert_eq!(throttled("res-free"), Some(0.0));
-    Ok((rate("res-limited")?, rate("res-free")?, rate("res-idle")?))
+    assert_eq!(cfs(periods, "res-free"), Some(0.0));
+    assert_eq!(cfs(throttled, "res-free"), Some(0.0));
+    let limited = rate("res-limited")?;
+    if limited >= 0.15 {
+        assert!(
+            cfs(throttled, "res-limited").is_some_and(|n| n > 0.0),
+            "{cadvisor:?}"
+        );
+    }
+    Ok((limited, rate("res-free")?, rate("res-idle")?))
 }
