@@ -5,20 +5,7 @@
 use std::fmt::Write as _;
 
 use super::{NodeSample, Sample};
-
-/// A label value escaped for the text format (`\`, `"` and newlines).
-fn escape(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for c in value.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
-    }
-    out
-}
+use crate::metrics::text::escape_label as escape;
 
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");
