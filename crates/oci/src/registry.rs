@@ -299,13 +299,15 @@ impl TempFile {
             .map_err(io(format!("creating {}", dir.display())))?;
         let seq = TEMP_SEQ.fetch_add(1, Ordering::Relaxed);
         let path = dir.join(format!("{}-{seq}.tmp", std::process::id()));
-        let file = tokio::fs::OpenOptions::new()
+        // Opened here, not on tokio's blocking pool: a pull cancelled while a pooled
+        // open was in flight would leave a file no guard owns. Creating an empty file in
+        // a local directory does not block for long.
+        let file = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .open(&path)
-            .await
             .map_err(io(format!("creating {}", path.display())))?;
-        Ok((Self { path, keep: false }, file))
+        Ok((Self { path, keep: false }, tokio::fs::File::from_std(file)))
     }
 
     /// Renames the file to `dest` (creating its directory) and keeps it.
@@ -438,4 +440,58 @@ pub(crate) async fn download(
     })?;
     sink.finish(&what, digest, declared).await?;
     temp.persist(dest).await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+    use std::path::Path;
+    use std::task::{Context, Poll, Waker};
+    use std::time::Duration;
+
+    use super::TempFile;
+
+    fn names(dir: &Path) -> Vec<std::ffi::OsString> {
+        std::fs::read_dir(dir)
+            .map(|d| d.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Cancels `TempFile::create` after each of its pending polls: the file never exists
+    /// without the guard that removes it (the open once ran on the blocking pool, and a
+    /// pull dropped meanwhile left its file behind).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_temp_file_exists_only_while_its_guard_does() {
+        let base = tempfile::tempdir().expect("tempdir");
+        let dir = base.path().join("tmp");
+        for pending_polls in 0..20 {
+            let mut create = Box::pin(TempFile::create(&dir));
+            let mut cx = Context::from_waker(Waker::noop());
+            let mut polls = 0;
+            let created = loop {
+                match create.as_mut().poll(&mut cx) {
+                    Poll::Ready(result) => break Some(result.expect("create")),
+                    Poll::Pending if polls == pending_polls => break None,
+                    Poll::Pending => {
+                        polls += 1;
+                        // Time for work handed to the blocking pool to be done.
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                        assert!(names(&dir).is_empty(), "a file before create returned");
+                    }
+                }
+            };
+            match created {
+                Some((guard, _file)) => {
+                    assert_eq!(names(&dir).len(), 1);
+                    drop(guard);
+                }
+                None => drop(create),
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            assert!(
+                names(&dir).is_empty(),
+                "left after {pending_polls} pending polls"
+            );
+        }
+    }
 }
