@@ -60,6 +60,10 @@ file_config! {
     /// The kubelet file's name for it.
     #[serde(alias = "serverTLSBootstrap")]
     rotate_server_certificates: bool,
+    #[serde(alias = "staticPodPath")]
+    pod_manifest_path: PathBuf,
+    #[serde(default, deserialize_with = "go_duration")]
+    file_check_frequency: Duration,
     node_name: String,
     node_ip: IpAddr,
     address: IpAddr,

@@ -75,6 +75,15 @@ pub(crate) struct NodeArgs {
     /// the first is issued. Excludes --cert-file.
     #[arg(long, env = "KRUSTLET_ROTATE_SERVER_CERTIFICATES", default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set, conflicts_with = "cert_file")]
     rotate_server_certificates: bool,
+    /// Directory of static pod manifests (YAML or JSON, several documents per file):
+    /// they run as pods of this node, changes and removals are picked up, and with an
+    /// API server each has a mirror pod (the kubelet's `--pod-manifest-path`).
+    #[arg(long, env = "KRUSTLET_POD_MANIFEST_PATH")]
+    pod_manifest_path: Option<PathBuf>,
+    /// How often the static pod directory is read again (the kubelet's
+    /// `--file-check-frequency`), a Go duration.
+    #[arg(long, env = "KRUSTLET_FILE_CHECK_FREQUENCY", default_value = "20s", value_parser = parse_duration)]
+    file_check_frequency: Duration,
     /// Name of the Node object [default: the host name].
     #[arg(long, env = "KRUSTLET_NODE_NAME")]
     node_name: Option<String>,
@@ -405,6 +414,10 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         sync_frequency: args.sync_frequency.max(Duration::from_millis(100)),
         event_qps: args.event_qps,
         event_burst: args.event_burst,
+        static_pods: args.pod_manifest_path.map(|dir| kubelet::StaticPods {
+            dir,
+            check_frequency: args.file_check_frequency.max(Duration::from_millis(100)),
+        }),
         eviction: kubelet::eviction::Settings {
             hard: kubelet::eviction::thresholds::parse(&args.eviction_hard)
                 .map_err(anyhow::Error::msg)?,

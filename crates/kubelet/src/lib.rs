@@ -93,6 +93,17 @@ pub struct Config {
     pub event_burst: u32,
     /// The eviction manager's thresholds and periods.
     pub eviction: eviction::Settings,
+    /// Where static pod manifests are read from, if anywhere.
+    pub static_pods: Option<StaticPods>,
+}
+
+/// The static pod source (the kubelet's `staticPodPath` and `fileCheckFrequency`).
+#[derive(Debug, Clone)]
+pub struct StaticPods {
+    /// The directory of manifests.
+    pub dir: PathBuf,
+    /// How often it is read again.
+    pub check_frequency: std::time::Duration,
 }
 
 /// Errors that stop the node agent.

@@ -166,6 +166,7 @@ pub(crate) mod tests {
             event_qps: 50,
             event_burst: 100,
             eviction: crate::eviction::Settings::default(),
+            static_pods: None,
         }
     }
 

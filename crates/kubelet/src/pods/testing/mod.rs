@@ -75,6 +75,7 @@ impl Harness {
             event_qps: 0,
             event_burst: 0,
             eviction: crate::eviction::Settings::default(),
+            static_pods: None,
         };
         let cluster: Arc<dyn ClusterApi> = api.clone();
         let ctx = Arc::new(super::Ctx {
