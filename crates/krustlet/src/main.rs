@@ -379,8 +379,16 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| args.data_dir.join("pki"));
     let shutdown = shutdown_on_signal();
-    let (client, rotation) =
-        credentials::node_client(&args, &cert_dir, &node_name, &shutdown).await?;
+    // No kubeconfig of any kind: standalone mode, as the kubelet without --kubeconfig.
+    let standalone = args.kubeconfig.is_none() && args.bootstrap_kubeconfig.is_none();
+    let (client, rotation) = if standalone {
+        standalone_checks(&args)?;
+        (None, None)
+    } else {
+        let (client, rotation) =
+            credentials::node_client(&args, &cert_dir, &node_name, &shutdown).await?;
+        (Some(client), rotation)
+    };
     let config = kubelet::Config {
         node_name,
         node_ip,
@@ -432,6 +440,26 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         Some(rotation) if rotation.is_finished() => Ok(rotation.await??),
         _ => Ok(()),
     }
+}
+
+/// What standalone mode cannot do, refused at start with the way out.
+fn standalone_checks(args: &NodeArgs) -> anyhow::Result<()> {
+    if args.pod_manifest_path.is_none() {
+        anyhow::bail!(
+            "standalone mode (no --kubeconfig) runs static pods only: give --pod-manifest-path"
+        );
+    }
+    if args.rotate_certificates || args.rotate_server_certificates {
+        anyhow::bail!("standalone mode (no --kubeconfig) cannot rotate certificates by CSR");
+    }
+    if args.authorization_mode == kubelet::auth::AuthorizationMode::Webhook {
+        anyhow::bail!(
+            "standalone mode (no --kubeconfig) has no API server to authorize kubelet API \
+             requests: pass --authorization-mode AlwaysAllow (with --client-ca-file or \
+             --anonymous-auth, and --address 127.0.0.1 to keep it on this machine)"
+        );
+    }
+    Ok(())
 }
 
 /// A Go duration (`1m30s`, `10s`, `500ms`, `1h`), as the kubelet's duration flags take.

@@ -26,6 +26,7 @@ pub mod ratelimit;
 pub mod runtime;
 pub mod sandboxes;
 pub mod server;
+pub mod standalone;
 pub mod stats;
 mod tls;
 pub mod volumes;
@@ -140,7 +141,7 @@ impl Kubelet {
     /// When the node cannot be registered or the API port cannot be bound.
     pub async fn run(
         config: Config,
-        client: Client,
+        client: Option<Client>,
         runtime: Arc<dyn Runtime>,
         shutdown: CancellationToken,
     ) -> Result<()> {
@@ -157,37 +158,61 @@ impl Kubelet {
         let started = jiff::Timestamp::now();
         let pressure = eviction::PressureHandle::default();
         let (pods_handle, commands) = pods::PodsHandle::new();
+        let statuses = pods::StatusBook::default();
         let listener = server::bind(&config).await?;
         // Read once, off the async threads, for the node status and the pods' downward API.
         node::load_host_facts().await;
-        node::register(&client, &config, &runtime.version()).await?;
-        tracing::info!(node = %config.node_name, "node registered");
-        let serving = config.rotate_server_certificates.then(|| {
-            tokio::spawn(certificates::keep_serving(
-                config.clone(),
+        // The node's own objects, with an API server.
+        let mut tasks = Vec::new();
+        if let Some(client) = &client {
+            node::register(client, &config, &runtime.version()).await?;
+            tracing::info!(node = %config.node_name, "node registered");
+            if config.rotate_server_certificates {
+                tasks.push(tokio::spawn(certificates::keep_serving(
+                    config.clone(),
+                    client.clone(),
+                    listener.serving_certificate(),
+                    shutdown.clone(),
+                )));
+            }
+            tasks.push(tokio::spawn(node::follow_pod_cidrs(
                 client.clone(),
-                listener.serving_certificate(),
+                config.node_name.clone(),
+                runtime.clone(),
                 shutdown.clone(),
-            ))
-        });
-        let pod_cidrs = tokio::spawn(node::follow_pod_cidrs(
-            client.clone(),
-            config.node_name.clone(),
-            runtime.clone(),
-            shutdown.clone(),
-        ));
-        let heartbeat = tokio::spawn(node::heartbeat(
-            client.clone(),
-            config.clone(),
-            runtime.version(),
-            (images.clone(), pressure.clone()),
-            shutdown.clone(),
-        ));
+            )));
+            tasks.push(tokio::spawn(node::heartbeat(
+                client.clone(),
+                config.clone(),
+                runtime.version(),
+                (images.clone(), pressure.clone()),
+                shutdown.clone(),
+            )));
+        } else {
+            tracing::info!(node = %config.node_name, "standalone mode: no API server, static pods only");
+        }
         // Images left by an earlier run are the node's too (status, GC).
         for image in runtime.images().await {
             images.add(&image.reference, &image.image_id, image.size, &image.handle);
         }
-        let cluster: Arc<dyn api::ClusterApi> = Arc::new(api::KubeApi::new(client.clone()));
+        let mut cluster: Arc<dyn api::ClusterApi> = match &client {
+            Some(client) => Arc::new(api::KubeApi::new(client.clone())),
+            None => Arc::new(standalone::LocalApi),
+        };
+        let statics = match &config.static_pods {
+            Some(source) => {
+                let statics = Self::static_pods(source, &config, client.as_ref(), &shutdown).await;
+                // Their statuses go to their mirror pods.
+                if statics.seen.is_some() {
+                    cluster = Arc::new(pods::MirrorApi {
+                        inner: cluster,
+                        mirrors: statics.mirrors.clone(),
+                    });
+                }
+                Some(statics)
+            }
+            None => None,
+        };
         let recorder = Arc::new(
             events::Recorder::new(cluster.clone(), &config.node_name)
                 .with_limits(config.event_qps, config.event_burst),
@@ -204,7 +229,7 @@ impl Kubelet {
             eviction::Parts {
                 runtime: runtime.clone(),
                 images: images.clone(),
-                pods: pods_handle,
+                pods: pods_handle.clone(),
                 pressure: pressure.clone(),
                 data_dir: config.data_dir.clone(),
             },
@@ -222,11 +247,11 @@ impl Kubelet {
                 page
             })
         };
-        let auth = Arc::new(auth::Auth::new(
-            config.auth,
-            &config.node_name,
-            Arc::new(auth::KubeReviewer::new(client.clone())),
-        ));
+        let reviewer: Arc<dyn auth::Reviewer> = match &client {
+            Some(client) => Arc::new(auth::KubeReviewer::new(client.clone())),
+            None => Arc::new(standalone::NoReviews),
+        };
+        let auth = Arc::new(auth::Auth::new(config.auth, &config.node_name, reviewer));
         let api = tokio::spawn(server::serve(
             listener,
             server::Parts {
@@ -241,6 +266,7 @@ impl Kubelet {
                     started,
                 },
                 auth,
+                pods: (pods_handle, statuses.clone()),
             },
             shutdown.clone(),
         ));
@@ -248,6 +274,7 @@ impl Kubelet {
         pods::run(
             pods::Parts {
                 client: client.clone(),
+                statics,
                 api: cluster,
                 config: config.clone(),
                 runtime,
@@ -258,21 +285,67 @@ impl Kubelet {
                 pressure,
                 recorder,
                 metrics: kubelet_metrics,
+                statuses,
             },
             commands,
             shutdown.clone(),
         )
         .await;
-        let _ = heartbeat.await;
-        let _ = pod_cidrs.await;
+        for task in tasks {
+            let _ = task.await;
+        }
         let _ = api.await;
         let _ = gc.await;
         let _ = eviction.await;
-        if let Some(serving) = serving {
-            let _ = serving.await;
+        if let Some(client) = &client {
+            node::mark_not_ready(client, &config.node_name, "krustlet is shutting down").await;
         }
-        node::mark_not_ready(&client, &config.node_name, "krustlet is shutting down").await;
         Ok(())
+    }
+
+    /// The static pod source: the directory read once now (so that static pods start
+    /// before the API's pods are listed) and then followed; with an API server, the
+    /// keeper of their mirror pods.
+    async fn static_pods(
+        source: &StaticPods,
+        config: &Arc<Config>,
+        client: Option<&Client>,
+        shutdown: &CancellationToken,
+    ) -> pods::Statics {
+        let (dir, node) = (source.dir.clone(), config.node_name.clone());
+        let first = tokio::task::spawn_blocking(move || pods::static_pods::read_dir(&dir, &node))
+            .await
+            .map(|(pods, _)| pods)
+            .unwrap_or_default();
+        let (tx, rx) = tokio::sync::watch::channel(first);
+        tokio::spawn(pods::static_pods::watch(
+            source.dir.clone(),
+            source.check_frequency,
+            config.node_name.clone(),
+            tx,
+            shutdown.clone(),
+        ));
+        let mirrors = Arc::new(pods::Mirrors::default());
+        let keeper = client.map(|client| {
+            let (seen_tx, seen) = tokio::sync::mpsc::unbounded_channel();
+            tokio::spawn(pods::mirror_run(
+                pods::MirrorParts {
+                    client: client.clone(),
+                    node: config.node_name.clone(),
+                    mirrors: mirrors.clone(),
+                    statics: rx.clone(),
+                    seen,
+                    every: source.check_frequency,
+                },
+                shutdown.clone(),
+            ));
+            seen_tx
+        });
+        pods::Statics {
+            pods: rx,
+            mirrors,
+            seen: keeper,
+        }
     }
 }
 

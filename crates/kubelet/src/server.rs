@@ -115,6 +115,8 @@ pub struct Parts {
     pub stats: crate::stats::Source,
     /// Who may do what.
     pub auth: Arc<Auth>,
+    /// The node's pods and their last statuses (`/pods`).
+    pub pods: (crate::pods::PodsHandle, crate::pods::StatusBook),
 }
 
 fn router(parts: Parts) -> Router {
@@ -125,6 +127,7 @@ fn router(parts: Parts) -> Router {
         metrics,
         stats,
         auth,
+        pods,
     } = parts;
     let resource = stats.index.clone();
     let cadvisor = stats.index.clone();
@@ -145,6 +148,9 @@ fn router(parts: Parts) -> Router {
         )
         .with_state(forwarder)
         .route("/healthz", get(|| async { "ok" }))
+        .route("/pods", get(pod_list))
+        .route("/pods/", get(pod_list))
+        .with_state(pods)
         .route(
             "/containerLogs/{namespace}/{pod}/{container}",
             get(container_logs),
@@ -200,6 +206,29 @@ fn router(parts: Parts) -> Router {
             axum::routing::any(no_process),
         )
         .layer(axum::middleware::from_fn_with_state(auth, guard))
+}
+
+/// `/pods`: the pods of this node (static ones under their own UIDs) with the status
+/// each last reported, as a `v1` `PodList`, as the kubelet serves it.
+async fn pod_list(
+    State((pods, statuses)): State<(crate::pods::PodsHandle, crate::pods::StatusBook)>,
+) -> Response {
+    let mut items = Vec::new();
+    for pod in pods.all_pods().await {
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let mut value = serde_json::to_value(&pod).unwrap_or_default();
+        if let Some(status) = statuses.get(&uid) {
+            value["status"] = status;
+        }
+        items.push(value);
+    }
+    let list = serde_json::json!({
+        "kind": "PodList",
+        "apiVersion": "v1",
+        "metadata": {},
+        "items": items,
+    });
+    ([("content-type", "application/json")], list.to_string()).into_response()
 }
 
 /// `/stats/summary`: the Summary API as JSON (its directory walks off the async threads).

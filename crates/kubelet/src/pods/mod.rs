@@ -7,17 +7,20 @@ mod env;
 mod grpc_health;
 #[cfg(test)]
 mod machine_tests;
+mod mirror;
 pub mod probe;
 pub mod record;
 mod sequence;
 pub mod service_env;
 pub mod spec;
+pub mod static_pods;
 pub mod status;
 mod termination;
 #[cfg(test)]
 pub(crate) mod testing;
 mod worker;
 mod writer;
+pub use writer::StatusBook;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -35,6 +38,7 @@ use crate::eviction::PressureHandle;
 use crate::images::ImageIndex;
 use crate::logs::LogIndex;
 use crate::{Config, Runtime};
+pub(crate) use mirror::{MirrorApi, Mirrors, Parts as MirrorParts, run as mirror_run};
 pub(crate) use worker::qos_class;
 
 /// A pod's worker, owned by the watch loop ([`run`]).
@@ -57,6 +61,8 @@ pub(crate) enum Command {
     /// Evict the pod of this UID: its worker kills its containers and reports it
     /// `Failed` with reason `Evicted` and the message.
     Evict { uid: String, message: String },
+    /// Every pod this node holds (static ones included), as its worker last saw it.
+    AllPods(oneshot::Sender<Vec<Pod>>),
 }
 
 /// The way to the watch loop's workers (the eviction manager's).
@@ -75,6 +81,15 @@ impl PodsHandle {
     pub(crate) async fn active_pods(&self) -> Vec<Pod> {
         let (tx, rx) = oneshot::channel();
         if self.0.send(Command::ActivePods(tx)).await.is_err() {
+            return Vec::new();
+        }
+        rx.await.unwrap_or_default()
+    }
+
+    /// Every pod this node holds (none once the watch loop has stopped).
+    pub(crate) async fn all_pods(&self) -> Vec<Pod> {
+        let (tx, rx) = oneshot::channel();
+        if self.0.send(Command::AllPods(tx)).await.is_err() {
             return Vec::new();
         }
         rx.await.unwrap_or_default()
@@ -123,6 +138,8 @@ pub(crate) struct Ctx {
     pub stopping: CancellationToken,
     /// The kubelet's metrics (pod start, pod worker durations).
     pub metrics: crate::metrics::KubeletMetrics,
+    /// The last status of each pod (`/pods`).
+    pub statuses: writer::StatusBook,
 }
 
 impl Ctx {
@@ -143,9 +160,19 @@ impl Ctx {
     }
 }
 
+/// The static pods (the file source's reading) and, with an API server, where the
+/// watch loop passes on the mirror pods it sees.
+pub(crate) struct Statics {
+    pub pods: watch::Receiver<Vec<Pod>>,
+    pub mirrors: Arc<mirror::Mirrors>,
+    pub seen: Option<mpsc::UnboundedSender<mirror::Seen>>,
+}
+
 /// What the watch loop is given: the parts of the node agent its workers share.
 pub(crate) struct Parts {
-    pub client: Client,
+    /// The API server's client; `None` in standalone mode (static pods only).
+    pub client: Option<Client>,
+    pub statics: Option<Statics>,
     pub api: Arc<dyn crate::api::ClusterApi>,
     pub config: Arc<Config>,
     pub runtime: Arc<dyn Runtime>,
@@ -157,6 +184,8 @@ pub(crate) struct Parts {
     pub recorder: Arc<crate::events::Recorder>,
     /// The kubelet's metrics (pod start, pod worker durations).
     pub metrics: crate::metrics::KubeletMetrics,
+    /// The last status of each pod (`/pods`).
+    pub statuses: writer::StatusBook,
 }
 
 /// Watches the pods bound to this node and keeps one worker per pod (the loop alone holds
@@ -169,6 +198,7 @@ pub(crate) async fn run(
 ) {
     let Parts {
         client,
+        statics,
         api,
         config,
         runtime,
@@ -179,6 +209,7 @@ pub(crate) async fn run(
         pressure,
         recorder,
         metrics,
+        statuses,
     } = parts;
     let facts = crate::node::load_host_facts().await;
     let ctx = Arc::new(Ctx {
@@ -200,6 +231,7 @@ pub(crate) async fn run(
         },
         stopping: shutdown.clone(),
         metrics,
+        statuses,
     });
     // Pods' logs and volumes (their secrets and tokens too) are for this agent alone.
     let root = config.data_dir.join("pods");
@@ -213,13 +245,37 @@ pub(crate) async fn run(
     if let Err(e) = restricted.await.and_then(|r| r) {
         tracing::warn!(error = %e, "cannot restrict the pods directory");
     }
-    let pods: Api<Pod> = Api::all(client);
     let selector = format!("spec.nodeName={}", config.node_name);
     let mut workers: HashMap<String, Worker> = HashMap::new();
     let mut listed: HashSet<String> = HashSet::new();
-    let mut events = watcher(pods, watcher::Config::default().fields(&selector))
+    let standalone = client.is_none();
+    let mut events = match client {
+        Some(client) => watcher(
+            Api::<Pod>::all(client),
+            watcher::Config::default().fields(&selector),
+        )
         .default_backoff()
-        .boxed();
+        .boxed(),
+        None => futures::stream::pending().boxed(),
+    };
+    let (mut static_pods, mirrors, seen) = match statics {
+        Some(s) => (Some(s.pods), Some(s.mirrors), s.seen),
+        None => (None, None, None),
+    };
+    // Static pods by UID; they run before the API's pods are listed.
+    let mut static_uids: HashSet<String> = HashSet::new();
+    if let (Some(pods), Some(mirrors)) = (static_pods.as_mut(), mirrors.as_deref()) {
+        let desired = pods.borrow_and_update().clone();
+        apply_statics(&ctx, &mut workers, &mut static_uids, mirrors, desired);
+    }
+    if standalone {
+        remove_orphans(&ctx, &workers).await;
+    }
+    let tell = |event: mirror::Seen| {
+        if let Some(seen) = &seen {
+            let _ = seen.send(event);
+        }
+    };
     let mut commands_open = true;
     loop {
         let event = tokio::select! {
@@ -231,9 +287,28 @@ pub(crate) async fn run(
                 }
                 continue;
             }
+            changed = async { static_pods.as_mut()?.changed().await.ok() } => {
+                match (changed, static_pods.as_mut(), mirrors.as_deref()) {
+                    (Some(()), Some(pods), Some(mirrors)) => {
+                        let desired = pods.borrow_and_update().clone();
+                        apply_statics(&ctx, &mut workers, &mut static_uids, mirrors, desired);
+                    }
+                    _ => static_pods = None,
+                }
+                continue;
+            }
             event = events.next() => event,
         };
         match event {
+            // Mirror pods are never run: their static pods are.
+            Some(Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)))
+                if static_pods::is_mirror(&pod) =>
+            {
+                tell(mirror::Seen::Applied(pod));
+            }
+            Some(Ok(watcher::Event::Delete(pod))) if static_pods::is_mirror(&pod) => {
+                tell(mirror::Seen::Deleted(pod));
+            }
             Some(Ok(watcher::Event::Apply(pod))) => dispatch(&ctx, &mut workers, pod),
             Some(Ok(watcher::Event::InitApply(pod))) => {
                 listed.insert(pod.uid().unwrap_or_default());
@@ -243,13 +318,17 @@ pub(crate) async fn run(
                 let worker = workers.remove(&pod.uid().unwrap_or_default());
                 gone(&ctx, pod, worker);
             }
-            Some(Ok(watcher::Event::Init)) => listed.clear(),
+            Some(Ok(watcher::Event::Init)) => {
+                listed.clear();
+                tell(mirror::Seen::Relist);
+            }
             Some(Ok(watcher::Event::InitDone)) => {
+                tell(mirror::Seen::Listed);
                 // A (re)list: pods deleted while the watch was down are not announced,
-                // they are just missing from the list.
+                // they are just missing from the list. Static pods are never listed.
                 let missed: Vec<String> = workers
                     .keys()
-                    .filter(|uid| !listed.contains(*uid))
+                    .filter(|uid| !listed.contains(*uid) && !static_uids.contains(*uid))
                     .cloned()
                     .collect();
                 for uid in missed {
@@ -273,6 +352,36 @@ pub(crate) async fn run(
     }
 }
 
+/// Runs the static pods of `desired` that do not run yet, and stops those that are no
+/// longer there (a changed manifest is a new UID: the old pod stops, the new one starts).
+fn apply_statics(
+    ctx: &Arc<Ctx>,
+    workers: &mut HashMap<String, Worker>,
+    static_uids: &mut HashSet<String>,
+    mirrors: &mirror::Mirrors,
+    desired: Vec<Pod>,
+) {
+    let uids: Vec<String> = desired.iter().filter_map(ResourceExt::uid).collect();
+    // Known as static before their workers write a status.
+    mirrors.set_static(&uids);
+    for uid in static_uids.iter() {
+        if !uids.contains(uid)
+            && let Some(worker) = workers.remove(uid)
+        {
+            let pod = worker.pod.borrow().clone();
+            tracing::info!(pod = %pod.name_any(), "static pod removed");
+            gone(ctx, pod, Some(worker));
+        }
+    }
+    for pod in desired {
+        if !workers.contains_key(&pod.uid().unwrap_or_default()) {
+            tracing::info!(pod = %pod.name_any(), "static pod added");
+            dispatch(ctx, workers, pod);
+        }
+    }
+    *static_uids = uids.into_iter().collect();
+}
+
 /// Answers a command of another part of the node agent.
 fn answer(workers: &HashMap<String, Worker>, command: Command) {
     match command {
@@ -283,6 +392,9 @@ fn answer(workers: &HashMap<String, Worker>, command: Command) {
                 .filter(|p| !status::is_terminal(p) && p.metadata.deletion_timestamp.is_none())
                 .collect();
             let _ = reply.send(active);
+        }
+        Command::AllPods(reply) => {
+            let _ = reply.send(workers.values().map(|w| w.pod.borrow().clone()).collect());
         }
         Command::Evict { uid, message } => {
             if let Some(w) = workers.get(&uid) {
@@ -304,6 +416,7 @@ fn gone(ctx: &Ctx, pod: Pod, worker: Option<Worker>) {
     let dir = ctx.pod_dir(&pod);
     let (images, logs) = (ctx.images.clone(), ctx.logs.clone());
     let sandboxes = ctx.sandboxes.clone();
+    let statuses = ctx.statuses.clone();
     tokio::spawn(async move {
         if let Some(w) = worker {
             w.stop.cancel();
@@ -313,6 +426,7 @@ fn gone(ctx: &Ctx, pod: Pod, worker: Option<Worker>) {
         sandboxes.forget(&namespace, &pod.name_any(), &pod.uid().unwrap_or_default());
         logs.forget(&namespace, &pod.name_any());
         images.forget_pod(&pod.uid().unwrap_or_default());
+        statuses.forget(&pod.uid().unwrap_or_default());
         remove_pod_dir(&dir).await;
     });
 }

@@ -297,6 +297,7 @@ pub(crate) async fn run(
     let ns = first.namespace().unwrap_or_default();
     let statuses = super::writer::StatusWriter::start(
         ctx.api.clone(),
+        ctx.statuses.clone(),
         ns.clone(),
         first.name_any(),
         first.uid(),

@@ -19,6 +19,9 @@ const RETRY_MAX: Duration = Duration::from_secs(10);
 /// The worker's side: ask for a status to be reported, wait until it is.
 #[derive(Debug)]
 pub(crate) struct StatusWriter {
+    /// Where the last status asked for is kept for the kubelet API's `/pods`.
+    book: StatusBook,
+    uid: String,
     wanted: watch::Sender<Option<serde_json::Value>>,
     written: watch::Receiver<Option<serde_json::Value>>,
 }
@@ -28,18 +31,26 @@ impl StatusWriter {
     /// so that a late write never lands on another pod of the same name).
     pub(crate) fn start(
         api: Arc<dyn ClusterApi>,
+        book: StatusBook,
         ns: String,
         name: String,
         uid: Option<String>,
     ) -> Self {
         let (wanted, wanted_rx) = watch::channel(None);
         let (written_tx, written) = watch::channel(None);
+        let key = uid.clone().unwrap_or_default();
         tokio::spawn(write(api, ns, name, uid, wanted_rx, written_tx));
-        Self { wanted, written }
+        Self {
+            book,
+            uid: key,
+            wanted,
+            written,
+        }
     }
 
     /// Asks for `status` (a `PodStatus` as JSON) to be reported; returns at once.
     pub(crate) fn post(&self, status: serde_json::Value) {
+        self.book.put(&self.uid, &status);
         self.wanted.send_if_modified(|v| {
             let new = v.as_ref() != Some(&status);
             if new {
@@ -53,6 +64,35 @@ impl StatusWriter {
     pub(crate) async fn flush(&mut self, bound: Duration) {
         let wanted = self.wanted.borrow().clone();
         let _ = tokio::time::timeout(bound, self.written.wait_for(|w| *w == wanted)).await;
+    }
+}
+
+/// The last status each pod's worker reported, by pod UID: what the kubelet API's
+/// `/pods` shows (in standalone mode, the only place a status goes).
+#[derive(Debug, Clone, Default)]
+pub struct StatusBook(Arc<std::sync::Mutex<std::collections::HashMap<String, serde_json::Value>>>);
+
+impl StatusBook {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, serde_json::Value>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn put(&self, uid: &str, status: &serde_json::Value) {
+        self.lock().insert(uid.to_owned(), status.clone());
+    }
+
+    /// The last status of pod `uid`.
+    pub(crate) fn get(&self, uid: &str) -> Option<serde_json::Value> {
+        self.lock().get(uid).cloned()
+    }
+
+    /// Forgets pod `uid` (gone from the node).
+    pub(crate) fn forget(&self, uid: &str) {
+        self.lock().remove(uid);
     }
 }
 

@@ -29,6 +29,10 @@ fn parts(auth: Arc<Auth>, metrics: Metrics) -> Parts {
             started: jiff::Timestamp::now(),
         },
         auth,
+        pods: (
+            crate::pods::PodsHandle::new().0,
+            crate::pods::StatusBook::default(),
+        ),
     }
 }
 

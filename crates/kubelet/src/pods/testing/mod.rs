@@ -97,6 +97,7 @@ impl Harness {
             },
             stopping: CancellationToken::new(),
             metrics: crate::metrics::KubeletMetrics::default(),
+            statuses: super::StatusBook::default(),
         });
         Self {
             api,
