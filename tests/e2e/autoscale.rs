@@ -5,33 +5,12 @@
 //! to 1. Every wait is on a condition with a generous bound (metrics-server scrapes every
 //! 10 s, the HPA controller syncs every 15 s, CI shares two cores among many tests).
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use anyhow::{Context as _, Result, bail};
-use e2e::{Cluster, create_fresh, delete_and_wait, setup, wait_pod, wasm_pod};
+use anyhow::{Context as _, Result};
+use e2e::{Cluster, create_fresh, delete_and_wait, setup, until, wait_pod, wasm_pod};
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
-
-/// Retries `read` every 2 s until it gives `Some`, for at most `secs`.
-async fn until<T, F, Fut>(secs: u64, what: &str, mut read: F) -> Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<Option<T>>>,
-{
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    let mut last = String::new();
-    loop {
-        match read().await {
-            Ok(Some(v)) => return Ok(v),
-            Ok(None) => {}
-            Err(e) => last = format!("{e:#}"),
-        }
-        if Instant::now() >= deadline {
-            bail!("{what} not within {secs} s (last error: {last})");
-        }
-        tokio::time::sleep(Duration::from_secs(2)).await;
-    }
-}
 
 /// `kubectl top`'s CPU column in cores: `198m`, `0` or `2`.
 fn cores(cell: &str) -> Option<f64> {

@@ -15,5 +15,6 @@ mod node;
 mod pods;
 mod port_forward;
 mod resources;
+mod static_pods;
 mod volumes;
 mod workloads;

@@ -23,7 +23,7 @@ pub use network::PodNet;
 pub use node::{KrustletNode, mounts_under, node_condition, proc_field, proc_status, wait_node};
 pub use pods::{
     PodRow, container_status, create_fresh, delete_and_wait, ensure_absent, phase, pod_condition,
-    pod_with_spec, terminated, wait_gone, wait_object, wait_pod, wait_row, waiting_message,
+    pod_with_spec, terminated, until, wait_gone, wait_object, wait_pod, wait_row, waiting_message,
     waiting_reason, wasm_pod, wasm_toleration,
 };
 pub use registry::{

@@ -21,6 +21,8 @@ enum Credentials {
     OwnKubeconfig,
     /// None: the flags hold a bootstrap kubeconfig.
     Bootstrap,
+    /// No kubeconfig at all (standalone mode); the serving certificate.
+    Standalone,
 }
 
 /// A krustlet node run as a child process; stopped (SIGTERM) when dropped.
@@ -130,6 +132,22 @@ impl KrustletNode {
         Self::spawn_with(name, port, &all, data_dir, Credentials::Bootstrap)
     }
 
+    /// Starts node `name` (fresh data dir) in standalone mode: no kubeconfig, so no API
+    /// server; its kubelet API takes the API server's kubelet client certificate and
+    /// allows it everything (there is no one to ask).
+    ///
+    /// # Errors
+    /// As [`KrustletNode::start`].
+    pub fn start_standalone(name: &str, port: u16, flags: &[&str]) -> Result<Self> {
+        let data_dir = root().join("target/e2e").join(name);
+        let _ = std::fs::remove_dir_all(&data_dir);
+        let _ = std::fs::remove_file(data_dir.with_extension("log"));
+        std::fs::create_dir_all(&data_dir)?;
+        let mut all = vec!["--authorization-mode", "AlwaysAllow"];
+        all.extend_from_slice(flags);
+        Self::spawn_with(name, port, &all, data_dir, Credentials::Standalone)
+    }
+
     fn spawn(name: &str, port: u16, flags: &[&str], data_dir: PathBuf) -> Result<Self> {
         Self::spawn_with(name, port, flags, data_dir, Credentials::Minted)
     }
@@ -164,10 +182,12 @@ impl KrustletNode {
             .arg(&data_dir)
             .args(match credentials {
                 Credentials::Minted => vec!["--kubeconfig".to_owned(), value(&creds, "KUBECONFIG")?],
-                Credentials::OwnKubeconfig | Credentials::Bootstrap => Vec::new(),
+                Credentials::OwnKubeconfig | Credentials::Bootstrap | Credentials::Standalone => {
+                    Vec::new()
+                }
             })
             .args(match credentials {
-                Credentials::Minted | Credentials::OwnKubeconfig => vec![
+                Credentials::Minted | Credentials::OwnKubeconfig | Credentials::Standalone => vec![
                     "--cert-file".to_owned(),
                     value(&creds, "CERT_FILE")?,
                     "--private-key-file".to_owned(),

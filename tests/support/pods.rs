@@ -1,7 +1,7 @@
 //! Pod manifests pinned to a wasm node, waits on pods, reads of their status, and
 //! `kubectl get pod` rows.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use k8s_openapi::api::core::v1::{ContainerStateTerminated, ContainerStatus, Pod};
@@ -262,4 +262,28 @@ pub async fn wait_row(
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     bail!("kubectl get pod {name}: the row never matched in {secs}s; last {last:?}")
+}
+
+/// Retries `read` every 2 s until it gives `Some`, for at most `secs`.
+///
+/// # Errors
+/// On timeout, with the last error `read` gave.
+pub async fn until<T, F, Fut>(secs: u64, what: &str, mut read: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let mut last = String::new();
+    loop {
+        match read().await {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => {}
+            Err(e) => last = format!("{e:#}"),
+        }
+        if Instant::now() >= deadline {
+            bail!("{what} not within {secs} s (last error: {last})");
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
 }

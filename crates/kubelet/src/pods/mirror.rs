@@ -53,6 +53,27 @@ impl Mirrors {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Static pod `hash` has no mirror now: its statuses are held until the next one.
+    fn detach(&self, hash: &str) {
+        if let Some(e) = self.lock().get_mut(hash) {
+            e.mirror = None;
+        }
+    }
+
+    /// Static pod `hash`'s statuses go to mirror `uid` from now on, if its last status
+    /// is still `written` (else the caller writes the newer one first).
+    fn attach(&self, hash: &str, uid: &str, written: Option<&serde_json::Value>) -> bool {
+        let mut map = self.lock();
+        match map.get_mut(hash) {
+            Some(e) if e.status.as_ref() == written => {
+                e.mirror = Some(uid.to_owned());
+                true
+            }
+            Some(_) => false,
+            None => true,
+        }
+    }
+
     /// Declares the static pods (by UID); the others' entries go.
     pub(crate) fn set_static(&self, uids: &[String]) {
         let mut map = self.lock();
@@ -98,8 +119,13 @@ impl ClusterApi for MirrorApi {
                 Some(Some(mirror)) => {
                     patch["metadata"]["uid"] = mirror.into();
                     match self.inner.patch_pod_status(ns, name, patch).await {
-                        // The mirror went; its replacement gets the status.
-                        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(()),
+                        // The mirror went (gone, or another UID under its name: 409, or
+                        // 422 "uid: field is immutable"); its replacement gets the status.
+                        Err(kube::Error::Api(e))
+                            if e.code == 404 || e.code == 409 || e.code == 422 =>
+                        {
+                            Ok(())
+                        }
                         other => other,
                     }
                 }
@@ -287,8 +313,12 @@ async fn reconcile(
                 adopt(client, mirrors, &hash, m).await;
             }
             // Stale, or deleted by someone: gone now, made again once the watch says so.
-            Some(m) => delete(client, m).await,
+            Some(m) => {
+                mirrors.detach(&hash);
+                delete(client, m).await;
+            }
             None => {
+                mirrors.detach(&hash);
                 // Known at once, so that the next round does not make it twice.
                 if let Some(created) = create(client, owner, mirrors, pod).await {
                     known.insert((ns, name), created);
@@ -366,11 +396,7 @@ async fn adopt(client: &Client, mirrors: &Mirrors, hash: &str, mirror: &Pod) {
             }
         }
         // Written while no newer status came: from now on the worker writes there.
-        let mut map = mirrors.lock();
-        if let Some(e) = map.get_mut(hash)
-            && e.status == status
-        {
-            e.mirror = Some(uid);
+        if mirrors.attach(hash, &uid, status.as_ref()) {
             return;
         }
     }
@@ -395,5 +421,77 @@ async fn delete(client: &Client, mirror: &Pod) {
         Err(e) => {
             tracing::warn!(pod = %mirror.name_any(), error = %e, "cannot delete the mirror pod")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pods::testing::MemoryApi;
+
+    fn status(phase: &str) -> serde_json::Value {
+        serde_json::json!({ "metadata": { "uid": "static-1" }, "status": { "phase": phase } })
+    }
+
+    #[tokio::test]
+    async fn a_static_pod_s_status_waits_for_its_mirror_and_goes_there() {
+        let memory = Arc::new(MemoryApi::default());
+        let mirrors = Arc::new(Mirrors::default());
+        let api = MirrorApi {
+            inner: memory.clone(),
+            mirrors: mirrors.clone(),
+        };
+        mirrors.set_static(&["static-1".to_owned()]);
+        api.patch_pod_status("default", "p-node", status("Pending"))
+            .await
+            .expect("held");
+        assert!(
+            memory.statuses().is_empty(),
+            "no mirror yet: nothing written"
+        );
+        // The mirror holds a status other than the last: not attached.
+        let pending = serde_json::json!({ "phase": "Pending" });
+        assert!(!mirrors.attach("static-1", "mirror-1", None));
+        assert!(mirrors.attach("static-1", "mirror-1", Some(&pending)));
+        api.patch_pod_status("default", "p-node", status("Running"))
+            .await
+            .expect("written");
+        memory.with(|w| {
+            assert_eq!(w.status_uids, [Some("mirror-1".to_owned())]);
+            assert_eq!(w.statuses[0].1["phase"], "Running");
+        });
+        // Detached (the mirror was deleted): held again.
+        mirrors.detach("static-1");
+        api.patch_pod_status("default", "p-node", status("Failed"))
+            .await
+            .expect("held");
+        assert_eq!(memory.statuses().len(), 1);
+        // Other pods' statuses pass as they are; a static pod is never deleted in the API.
+        let other = serde_json::json!({ "metadata": { "uid": "api-9" }, "status": {} });
+        api.patch_pod_status("default", "q", other)
+            .await
+            .expect("written");
+        memory.with(|w| assert_eq!(w.status_uids[1].as_deref(), Some("api-9")));
+        let by_uid = |uid: &str| DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: Some(uid.to_owned()),
+                resource_version: None,
+            }),
+            ..DeleteParams::default()
+        };
+        api.delete_pod("default", "p-node", by_uid("static-1"))
+            .await
+            .expect("no-op");
+        api.delete_pod("default", "q", by_uid("api-9"))
+            .await
+            .expect("deleted");
+        memory.with(|w| assert_eq!(w.deleted, ["q"]));
+        // A static pod no longer declared is an ordinary write (its UID precondition
+        // then fails in the API).
+        mirrors.set_static(&[]);
+        api.patch_pod_status("default", "p-node", status("Failed"))
+            .await
+            .expect("passed on");
+        memory.with(|w| assert_eq!(w.status_uids[2].as_deref(), Some("static-1")));
     }
 }

@@ -34,6 +34,8 @@ pub(crate) struct Recorded {
 pub(crate) struct Written {
     /// Each status patch that landed, with the time it did.
     pub statuses: Vec<(Instant, serde_json::Value)>,
+    /// The `metadata.uid` precondition of each status patch that landed.
+    pub status_uids: Vec<Option<String>>,
     pub events: Vec<Recorded>,
     /// Pods deleted (with grace 0, as the kubelet finishes a deletion).
     pub deleted: Vec<String>,
@@ -145,7 +147,14 @@ impl ClusterApi for MemoryApi {
         patch: serde_json::Value,
     ) -> BoxFuture<'a, Result<(), kube::Error>> {
         let status = patch.get("status").cloned().unwrap_or_default();
-        ok(self.write(|w| w.statuses.push((Instant::now(), status))))
+        let uid = patch
+            .pointer("/metadata/uid")
+            .and_then(|u| u.as_str())
+            .map(str::to_owned);
+        ok(self.write(|w| {
+            w.statuses.push((Instant::now(), status));
+            w.status_uids.push(uid);
+        }))
     }
 
     fn delete_pod<'a>(
