@@ -31,12 +31,17 @@ pub(crate) struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Publish a .wasm file to an OCI registry as a Wasm OCI artifact.
+    /// Publish a .wasm file to an OCI registry as a Wasm OCI artifact (or, with
+    /// --layout, into an OCI image layout directory for --image-layout-dir).
     Push {
         /// The module to publish.
         file: PathBuf,
         /// Where to publish it, e.g. 127.0.0.1:15000/demo/hello:v1.
         reference: String,
+        /// Write it into this OCI image layout directory (created if missing), named
+        /// by REFERENCE, instead of sending it to the registry.
+        #[arg(long)]
+        layout: Option<PathBuf>,
         /// Registries (host:port) to reach over plain HTTP.
         #[arg(long, env = "KRUSTLET_INSECURE_REGISTRIES", value_delimiter = ',')]
         insecure_registries: Vec<String>,
@@ -531,6 +536,23 @@ async fn main() -> anyhow::Result<()> {
         Some(Command::Push {
             file,
             reference,
+            layout: Some(layout),
+            ..
+        }) => {
+            let wasm =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let digest = oci::write_layout(&wasm, &reference, &layout)?;
+            println!(
+                "wrote {} to {} as {reference} ({digest})",
+                file.display(),
+                layout.display()
+            );
+            Ok(())
+        }
+        Some(Command::Push {
+            file,
+            reference,
+            layout: None,
             insecure_registries,
         }) => {
             let wasm =

@@ -8,6 +8,7 @@
 
 mod digest;
 mod layout;
+mod layout_write;
 mod push;
 mod records;
 mod registry;
@@ -21,6 +22,7 @@ mod hostile;
 mod hostile_tests;
 
 pub use digest::{Algorithm, Digest, Hasher};
+pub use layout_write::write_layout;
 pub use oci_client::secrets::RegistryAuth;
 pub use push::{PushFormat, push, push_as};
 pub use store::{Image, Store, StoreConfig, StoreStats, credential_id};

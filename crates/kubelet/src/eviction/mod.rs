@@ -113,17 +113,27 @@ impl Hysteresis {
     }
 }
 
+/// A critical pod, as the kubelet has it: priority at least 2000000000
+/// (`system-cluster-critical`), or a static pod. The eviction manager neither evicts nor
+/// refuses it.
+#[must_use]
+pub fn is_critical(pod: &Pod) -> bool {
+    const CRITICAL: i32 = 2_000_000_000;
+    let spec = pod.spec.as_ref();
+    spec.and_then(|s| s.priority).is_some_and(|p| p >= CRITICAL)
+        || crate::pods::static_pods::annotation(pod, crate::pods::static_pods::SOURCE_ANNOTATION)
+            == Some("file")
+}
+
 /// The kubelet's eviction admission: under disk pressure no pod is admitted, under
-/// memory pressure no `BestEffort` pod, except critical pods (priority at least
-/// 2000000000). Returns the rejection, reason `Evicted`.
+/// memory pressure no `BestEffort` pod, except critical pods ([`is_critical`]). Returns
+/// the rejection, reason `Evicted`.
 #[must_use]
 pub fn admit(pod: &Pod, pressure: Pressure) -> Option<Rejection> {
-    const CRITICAL: i32 = 2_000_000_000;
     if !pressure.memory && !pressure.disk {
         return None;
     }
-    let spec = pod.spec.as_ref();
-    if spec.and_then(|s| s.priority).is_some_and(|p| p >= CRITICAL) {
+    if is_critical(pod) {
         return None;
     }
     let best_effort = crate::pods::qos_class(pod) == "BestEffort";
@@ -257,6 +267,7 @@ pub(crate) async fn run(
             .active_pods()
             .await
             .into_iter()
+            .filter(|p| !is_critical(p))
             .map(|p| {
                 let dir = data_dir.join("pods").join(crate::pods::pod_dir_name(&p));
                 (p, dir)
@@ -359,6 +370,10 @@ mod tests {
             ))
         );
         assert_eq!(admit(&critical, disk), None);
+        let from_file = pod(serde_json::json!({"metadata": {"annotations":
+            {"kubernetes.io/config.source": "file"}}, "spec": {"containers": [{"name": "c"}]}}));
+        assert!(is_critical(&from_file));
+        assert_eq!(admit(&from_file, disk), None, "a static pod is critical");
         let both = Pressure {
             memory: true,
             disk: true,
