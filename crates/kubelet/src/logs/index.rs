@@ -59,8 +59,45 @@ impl LogIndex {
             .insert(container.to_owned(), logs);
     }
 
-    /// Forgets pod `namespace/name` (it is gone).
-    pub(crate) fn forget(&self, namespace: &str, name: &str) {
-        self.lock().remove(&(namespace.to_owned(), name.to_owned()));
+    /// Forgets pod `namespace/name` whose directory is `pod_dir` (it is gone). A newer
+    /// pod of the same name (a changed static pod, a StatefulSet's next pod) logs under
+    /// its own directory and is kept.
+    pub(crate) fn forget(&self, namespace: &str, name: &str, pod_dir: &std::path::Path) {
+        let mut map = self.lock();
+        let key = (namespace.to_owned(), name.to_owned());
+        if map
+            .get(&key)
+            .is_some_and(|c| c.values().all(|l| l.dir.starts_with(pod_dir)))
+        {
+            map.remove(&key);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn logs(dir: &str) -> ContainerLogs {
+        ContainerLogs {
+            dir: PathBuf::from(dir),
+            restart_count: 0,
+            running: true,
+        }
+    }
+
+    #[test]
+    fn a_gone_pod_does_not_take_the_logs_of_its_successor_of_the_same_name() {
+        let index = LogIndex::default();
+        index.set("ns", "p", "c", logs("/d/pods/ns_p_old/c"));
+        // The successor (another UID) starts before the old pod's clean-up runs.
+        index.set("ns", "p", "c", logs("/d/pods/ns_p_new/c"));
+        index.forget("ns", "p", std::path::Path::new("/d/pods/ns_p_old"));
+        assert!(
+            index.get("ns", "p", "c").is_some(),
+            "the successor's logs stay"
+        );
+        index.forget("ns", "p", std::path::Path::new("/d/pods/ns_p_new"));
+        assert!(index.get("ns", "p", "c").is_none());
     }
 }

@@ -424,7 +424,7 @@ fn gone(ctx: &Ctx, pod: Pod, worker: Option<Worker>) {
         }
         let namespace = pod.namespace().unwrap_or_default();
         sandboxes.forget(&namespace, &pod.name_any(), &pod.uid().unwrap_or_default());
-        logs.forget(&namespace, &pod.name_any());
+        logs.forget(&namespace, &pod.name_any(), &dir);
         images.forget_pod(&pod.uid().unwrap_or_default());
         statuses.forget(&pod.uid().unwrap_or_default());
         remove_pod_dir(&dir).await;
