@@ -26,6 +26,7 @@ pub mod ratelimit;
 pub mod runtime;
 pub mod sandboxes;
 pub mod server;
+pub mod shutdown;
 pub mod stats;
 mod tls;
 pub mod volumes;
@@ -95,6 +96,13 @@ pub struct Config {
     pub eviction: eviction::Settings,
     /// Where static pod manifests are read from, if anywhere.
     pub static_pods: Option<StaticPods>,
+    /// Taints the node is registered with besides krustlet's own (the kubelet's
+    /// `registerWithTaints`); a node that exists already keeps its taints.
+    pub register_with_taints: Vec<k8s_openapi::api::core::v1::Taint>,
+    /// The node lease's `leaseDurationSeconds` (the kubelet's `nodeLeaseDurationSeconds`).
+    pub lease_duration_seconds: i32,
+    /// Graceful node shutdown (`shutdownGracePeriod`, `shutdownGracePeriodCriticalPods`).
+    pub shutdown: shutdown::Settings,
 }
 
 /// The static pod source (the kubelet's `staticPodPath` and `fileCheckFrequency`).
@@ -136,6 +144,11 @@ impl Kubelet {
     /// Registers the node, serves the kubelet API and runs pods until `shutdown` fires;
     /// then marks the node not ready, stops every pod's workloads and returns.
     ///
+    /// With a `shutdownGracePeriod` ([`Config::shutdown`]), `node_shutdown` begins a
+    /// graceful node shutdown ([`shutdown`]): the pods are killed and reported `Failed`,
+    /// the node lease is released, and the agent stops as if `shutdown` had fired (which
+    /// cuts the graceful shutdown short if it fires first).
+    ///
     /// # Errors
     /// When the node cannot be registered or the API port cannot be bound.
     pub async fn run(
@@ -143,6 +156,7 @@ impl Kubelet {
         client: Client,
         runtime: Arc<dyn Runtime>,
         shutdown: CancellationToken,
+        node_shutdown: CancellationToken,
     ) -> Result<()> {
         let config = Arc::new(config);
         // Every call into the runtime is counted and timed (kubelet_runtime_operations_*).
@@ -156,7 +170,15 @@ impl Kubelet {
         let stats = stats::StatsIndex::default();
         let started = jiff::Timestamp::now();
         let pressure = eviction::PressureHandle::default();
+        let shutting_down = shutdown::ShuttingDown::default();
         let (pods_handle, commands) = pods::PodsHandle::new();
+        let graceful = tokio::spawn(shutdown::run(
+            config.shutdown,
+            pods_handle.clone(),
+            shutting_down.clone(),
+            node_shutdown,
+            shutdown.clone(),
+        ));
         let listener = server::bind(&config).await?;
         // Read once, off the async threads, for the node status and the pods' downward API.
         node::load_host_facts().await;
@@ -180,7 +202,7 @@ impl Kubelet {
             client.clone(),
             config.clone(),
             runtime.version(),
-            (images.clone(), pressure.clone()),
+            (images.clone(), pressure.clone(), shutting_down.clone()),
             shutdown.clone(),
         ));
         // Images left by an earlier run are the node's too (status, GC).
@@ -256,6 +278,7 @@ impl Kubelet {
                 sandboxes,
                 stats,
                 pressure,
+                shutting_down,
                 recorder,
                 metrics: kubelet_metrics,
             },
@@ -271,7 +294,12 @@ impl Kubelet {
         if let Some(serving) = serving {
             let _ = serving.await;
         }
-        node::mark_not_ready(&client, &config.node_name, "krustlet is shutting down").await;
+        if graceful.await.unwrap_or(false) {
+            node::release_lease(&client, &config.node_name).await;
+            node::mark_not_ready(&client, &config.node_name, shutdown::NOT_READY_MESSAGE).await;
+        } else {
+            node::mark_not_ready(&client, &config.node_name, "krustlet is shutting down").await;
+        }
         Ok(())
     }
 }
