@@ -248,6 +248,48 @@ impl KrustletNode {
         Ok(child.wait()?)
     }
 
+    /// Sends `signal` (`TERM`, `INT`, ...) to the process and waits up to `within` for it
+    /// to exit; its exit status and how long it took.
+    ///
+    /// # Errors
+    /// When the process cannot be signalled or does not exit in time (it is killed).
+    pub fn signal_and_wait(
+        &mut self,
+        signal: &str,
+        within: Duration,
+    ) -> Result<(std::process::ExitStatus, Duration)> {
+        let mut child = self.child.take().context("already stopped")?;
+        let sent = std::time::Instant::now();
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &child.id().to_string()])
+            .status()?;
+        if !status.success() {
+            bail!("kill -{signal} failed");
+        }
+        while sent.elapsed() < within {
+            if let Some(s) = child.try_wait()? {
+                return Ok((s, sent.elapsed()));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        child.kill()?;
+        let _ = child.wait();
+        bail!(
+            "{} did not exit within {within:?} of SIG{signal}",
+            self.name
+        )
+    }
+
+    /// What the process logged so far.
+    ///
+    /// # Errors
+    /// When the log cannot be read.
+    pub fn log(&self) -> Result<String> {
+        Ok(std::fs::read_to_string(
+            self.data_dir.with_extension("log"),
+        )?)
+    }
+
     /// GET `path` of this node's kubelet API with the API server's kubelet client
     /// certificate; the body.
     ///

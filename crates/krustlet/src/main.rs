@@ -4,6 +4,7 @@ mod config_file;
 mod credentials;
 mod runtime;
 mod sandbox;
+mod taint;
 
 use std::net::{IpAddr, Ipv4Addr, ToSocketAddrs};
 use std::path::PathBuf;
@@ -50,8 +51,10 @@ enum Command {
 
 #[derive(Debug, Args)]
 pub(crate) struct NodeArgs {
-    /// YAML file with any of these settings, keys in camelCase (nodeName, maxPods, ...);
-    /// flags and environment variables override it.
+    /// The kubelet's configuration file (apiVersion kubelet.config.k8s.io/v1beta1, kind
+    /// KubeletConfiguration); fields krustlet cannot honour are warned about at start.
+    /// krustlet's own older form (no apiVersion/kind, keys the flags' names in camelCase)
+    /// is still read. Flags and environment variables override it.
     #[arg(long, env = "KRUSTLET_CONFIG")]
     config: Option<PathBuf>,
     /// Kubeconfig with the node's credentials for the API server. With
@@ -146,9 +149,32 @@ pub(crate) struct NodeArgs {
     /// as the kubelet's `--node-labels`. They may not replace the labels krustlet sets.
     #[arg(long, env = "KRUSTLET_NODE_LABELS", value_delimiter = ',', value_parser = parse_label)]
     node_labels: Vec<(String, String)>,
-    /// Seconds between renewals of the node lease.
+    /// Seconds between renewals of the node lease; node status is also checked for
+    /// changes then (the file's nodeStatusUpdateFrequency sets it).
     #[arg(long, env = "KRUSTLET_NODE_LEASE_RENEW_SECONDS", default_value_t = 10)]
     node_lease_renew_seconds: u64,
+    /// The node lease's leaseDurationSeconds (the kubelet's
+    /// `--node-lease-duration-seconds`): how long after its last renewal the lease
+    /// counts as expired. Must be above --node-lease-renew-seconds.
+    #[arg(long, env = "KRUSTLET_NODE_LEASE_DURATION_SECONDS", default_value_t = 40, value_parser = clap::value_parser!(i32).range(1..))]
+    node_lease_duration_seconds: i32,
+    /// Taints the node registers with, `key=value:Effect` (or `key:Effect`) separated by
+    /// commas (the kubelet's `--register-with-taints`), beside krustlet's own
+    /// kubernetes.io/arch taints. A node object that exists already keeps its taints.
+    #[arg(long, env = "KRUSTLET_REGISTER_WITH_TAINTS", value_delimiter = ',', value_parser = taint::parse)]
+    register_with_taints: Vec<taint::Taint>,
+    /// How long a node shutdown (SIGTERM, SIGINT) may take (the kubelet's
+    /// `--shutdown-grace-period`), a Go duration. Above 0: the node turns NotReady, new
+    /// pods are rejected, running pods are killed and reported Failed (regular pods
+    /// first, critical ones in the last --shutdown-grace-period-critical-pods), the
+    /// lease is released; a second signal stops at once. 0: the agent stops its
+    /// workloads and keeps the pods' sandboxes for its next start.
+    #[arg(long, env = "KRUSTLET_SHUTDOWN_GRACE_PERIOD", default_value = "0s", value_parser = parse_duration)]
+    shutdown_grace_period: Duration,
+    /// The part of --shutdown-grace-period kept for critical pods (priority at least
+    /// 2000000000, system-cluster-critical's), a Go duration.
+    #[arg(long, env = "KRUSTLET_SHUTDOWN_GRACE_PERIOD_CRITICAL_PODS", default_value = "0s", value_parser = parse_duration)]
+    shutdown_grace_period_critical_pods: Duration,
     /// Seconds between node status reports when nothing changed.
     #[arg(
         long,
@@ -293,9 +319,12 @@ pub(crate) async fn client(kubeconfig: Option<&PathBuf>) -> anyhow::Result<kube:
     Ok(kube::Client::try_from(config)?)
 }
 
-fn shutdown_on_signal() -> CancellationToken {
-    let token = CancellationToken::new();
-    let t = token.clone();
+/// The stop token, and the token that begins a graceful node shutdown. Without
+/// `graceful`, the first SIGTERM or SIGINT stops the agent; with it, the first begins
+/// the graceful shutdown and the second stops the agent at once.
+fn shutdown_on_signal(graceful: bool) -> (CancellationToken, CancellationToken) {
+    let (stop, begin) = (CancellationToken::new(), CancellationToken::new());
+    let (s, b) = (stop.clone(), begin.clone());
     tokio::spawn(async move {
         let mut term =
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -305,14 +334,33 @@ fn shutdown_on_signal() -> CancellationToken {
                     return;
                 }
             };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
+        let mut interrupt =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot listen for SIGINT");
+                    return;
+                }
+            };
+        let mut signals = 0;
+        loop {
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = term.recv() => {}
+                () = s.cancelled() => return,
+            }
+            signals += 1;
+            if graceful && signals == 1 {
+                tracing::info!("shutting down the node gracefully; a second signal stops at once");
+                b.cancel();
+            } else {
+                tracing::info!("shutting down");
+                s.cancel();
+                return;
+            }
         }
-        tracing::info!("shutting down");
-        t.cancel();
     });
-    token
+    (stop, begin)
 }
 
 async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
@@ -383,7 +431,19 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         .cert_dir
         .clone()
         .unwrap_or_else(|| args.data_dir.join("pki"));
-    let shutdown = shutdown_on_signal();
+    let node_shutdown = kubelet::shutdown::Settings::new(
+        args.shutdown_grace_period,
+        args.shutdown_grace_period_critical_pods,
+    )?;
+    if u64::try_from(args.node_lease_duration_seconds).unwrap_or(0) <= args.node_lease_renew_seconds
+    {
+        anyhow::bail!(
+            "--node-lease-duration-seconds ({}) must be above --node-lease-renew-seconds ({})",
+            args.node_lease_duration_seconds,
+            args.node_lease_renew_seconds
+        );
+    }
+    let (shutdown, begin_node_shutdown) = shutdown_on_signal(node_shutdown.enabled());
     // No kubeconfig of any kind: standalone mode, as the kubelet without --kubeconfig.
     let standalone = args.kubeconfig.is_none() && args.bootstrap_kubeconfig.is_none();
     let (client, rotation) = if standalone {
@@ -439,8 +499,15 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
                 .max(Duration::from_millis(100)),
             transition: args.eviction_pressure_transition_period,
         },
+        register_with_taints: args
+            .register_with_taints
+            .iter()
+            .map(taint::Taint::to_api)
+            .collect(),
+        lease_duration_seconds: args.node_lease_duration_seconds,
+        shutdown: node_shutdown,
     };
-    kubelet::Kubelet::run(config, client, runtime, shutdown).await?;
+    kubelet::Kubelet::run(config, client, runtime, shutdown, begin_node_shutdown).await?;
     match rotation {
         Some(rotation) if rotation.is_finished() => Ok(rotation.await??),
         _ => Ok(()),
@@ -530,7 +597,11 @@ async fn main() -> anyhow::Result<()> {
     let matches = Cli::command().get_matches();
     let mut cli = Cli::from_arg_matches(&matches)?;
     if let Some(path) = cli.node.config.clone() {
-        config_file::FileConfig::read(&path)?.apply(&mut cli.node, &matches);
+        let (file, warnings) = config_file::FileConfig::read(&path)?;
+        for warning in warnings {
+            tracing::warn!(config = %path.display(), "{warning}");
+        }
+        file.apply(&mut cli.node, &matches);
     }
     match cli.command {
         Some(Command::Push {

@@ -26,6 +26,7 @@ pub mod ratelimit;
 pub mod runtime;
 pub mod sandboxes;
 pub mod server;
+pub mod shutdown;
 pub mod standalone;
 pub mod stats;
 mod tls;
@@ -96,6 +97,13 @@ pub struct Config {
     pub eviction: eviction::Settings,
     /// Where static pod manifests are read from, if anywhere.
     pub static_pods: Option<StaticPods>,
+    /// Taints the node is registered with besides krustlet's own (the kubelet's
+    /// `registerWithTaints`); a node that exists already keeps its taints.
+    pub register_with_taints: Vec<k8s_openapi::api::core::v1::Taint>,
+    /// The node lease's `leaseDurationSeconds` (the kubelet's `nodeLeaseDurationSeconds`).
+    pub lease_duration_seconds: i32,
+    /// Graceful node shutdown (`shutdownGracePeriod`, `shutdownGracePeriodCriticalPods`).
+    pub shutdown: shutdown::Settings,
 }
 
 /// The static pod source (the kubelet's `staticPodPath` and `fileCheckFrequency`).
@@ -137,6 +145,11 @@ impl Kubelet {
     /// Registers the node, serves the kubelet API and runs pods until `shutdown` fires;
     /// then marks the node not ready, stops every pod's workloads and returns.
     ///
+    /// With a `shutdownGracePeriod` ([`Config::shutdown`]), `node_shutdown` begins a
+    /// graceful node shutdown ([`shutdown`]): the pods are killed and reported `Failed`,
+    /// the node lease is released, and the agent stops as if `shutdown` had fired (which
+    /// cuts the graceful shutdown short if it fires first).
+    ///
     /// # Errors
     /// When the node cannot be registered or the API port cannot be bound.
     pub async fn run(
@@ -144,6 +157,7 @@ impl Kubelet {
         client: Option<Client>,
         runtime: Arc<dyn Runtime>,
         shutdown: CancellationToken,
+        node_shutdown: CancellationToken,
     ) -> Result<()> {
         let config = Arc::new(config);
         // Every call into the runtime is counted and timed (kubelet_runtime_operations_*).
@@ -157,8 +171,16 @@ impl Kubelet {
         let stats = stats::StatsIndex::default();
         let started = jiff::Timestamp::now();
         let pressure = eviction::PressureHandle::default();
+        let shutting_down = shutdown::ShuttingDown::default();
         let (pods_handle, commands) = pods::PodsHandle::new();
         let statuses = pods::StatusBook::default();
+        let graceful = tokio::spawn(shutdown::run(
+            config.shutdown,
+            pods_handle.clone(),
+            shutting_down.clone(),
+            node_shutdown,
+            shutdown.clone(),
+        ));
         let listener = server::bind(&config).await?;
         // Read once, off the async threads, for the node status and the pods' downward API.
         node::load_host_facts().await;
@@ -185,7 +207,7 @@ impl Kubelet {
                 client.clone(),
                 config.clone(),
                 runtime.version(),
-                (images.clone(), pressure.clone()),
+                (images.clone(), pressure.clone(), shutting_down.clone()),
                 shutdown.clone(),
             )));
         } else {
@@ -283,6 +305,7 @@ impl Kubelet {
                 sandboxes,
                 stats,
                 pressure,
+                shutting_down,
                 recorder,
                 metrics: kubelet_metrics,
                 statuses,
@@ -299,6 +322,15 @@ impl Kubelet {
         let _ = eviction.await;
         if let Some(client) = &client {
             node::mark_not_ready(client, &config.node_name, "krustlet is shutting down").await;
+        }
+        let graceful = graceful.await.unwrap_or(false);
+        if let Some(client) = &client {
+            if graceful {
+                node::release_lease(client, &config.node_name).await;
+                node::mark_not_ready(client, &config.node_name, shutdown::NOT_READY_MESSAGE).await;
+            } else {
+                node::mark_not_ready(client, &config.node_name, "krustlet is shutting down").await;
+            }
         }
         Ok(())
     }

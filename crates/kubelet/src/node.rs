@@ -28,7 +28,7 @@ pub const ARCH: &str = "wasm32-wasi";
 pub const OS: &str = "wasip1";
 /// Namespace of node leases.
 pub const LEASE_NAMESPACE: &str = "kube-node-lease";
-/// Lease duration, as the kubelet's default `nodeLeaseDurationSeconds`.
+/// Lease duration, the kubelet's default `nodeLeaseDurationSeconds`.
 pub const LEASE_DURATION_SECONDS: i32 = 40;
 
 /// The largest number of pods one node has been measured to hold (`hack/bench density`
@@ -158,12 +158,20 @@ fn conditions(
     ]
 }
 
+/// Whether the node is ready, as the status says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Readiness {
+    Ready,
+    /// A graceful node shutdown has begun.
+    ShuttingDown,
+}
+
 fn status(
     config: &Config,
     host: Host<'_>,
     runtime_version: &str,
     images: Vec<k8s_openapi::api::core::v1::ContainerImage>,
-    transition: bool,
+    (readiness, transition): (Readiness, bool),
     (pressure, pressure_changed): (Pressure, bool),
 ) -> NodeStatus {
     // One measurement of the host: capacity and allocatable are the same.
@@ -182,8 +190,11 @@ fn status(
         capacity: Some(resources.clone()),
         allocatable: Some(resources),
         conditions: Some(conditions(
-            true,
-            "krustlet is posting ready status",
+            readiness == Readiness::Ready,
+            match readiness {
+                Readiness::Ready => "krustlet is posting ready status",
+                Readiness::ShuttingDown => crate::shutdown::NOT_READY_MESSAGE,
+            },
             transition,
             pressure,
             pressure_changed,
@@ -245,6 +256,15 @@ pub fn node_object(config: &Config, host: Host<'_>, runtime_version: &str) -> No
         effect: effect.to_owned(),
         time_added: None,
     };
+    let mut taints = vec![taint("NoSchedule"), taint("NoExecute")];
+    for extra in &config.register_with_taints {
+        if !taints
+            .iter()
+            .any(|t| t.key == extra.key && t.effect == extra.effect)
+        {
+            taints.push(extra.clone());
+        }
+    }
     Node {
         metadata: ObjectMeta {
             name: Some(config.node_name.clone()),
@@ -256,7 +276,7 @@ pub fn node_object(config: &Config, host: Host<'_>, runtime_version: &str) -> No
             ..ObjectMeta::default()
         },
         spec: Some(NodeSpec {
-            taints: Some(vec![taint("NoSchedule"), taint("NoExecute")]),
+            taints: Some(taints),
             ..NodeSpec::default()
         }),
         status: Some(status(
@@ -264,7 +284,7 @@ pub fn node_object(config: &Config, host: Host<'_>, runtime_version: &str) -> No
             host,
             runtime_version,
             Vec::new(),
-            true,
+            (Readiness::Ready, true),
             (Pressure::default(), false),
         )),
     }
@@ -351,9 +371,11 @@ pub async fn heartbeat(
     client: Client,
     config: Arc<Config>,
     runtime_version: String,
-    (images, pressure): (ImageIndex, PressureHandle),
+    (images, pressure, shutting_down): (ImageIndex, PressureHandle, crate::shutdown::ShuttingDown),
     shutdown: CancellationToken,
 ) {
+    let mut shutting_down = shutting_down.subscribe();
+    let mut posted_readiness = Readiness::Ready;
     let mut lease_tick = tokio::time::interval(config.lease_renew_interval);
     let mut status_tick = tokio::time::interval(config.status_report_interval);
     let mut posted_images = None;
@@ -366,7 +388,7 @@ pub async fn heartbeat(
         let images = tokio::select! {
             () = shutdown.cancelled() => return,
             _ = lease_tick.tick() => {
-                if let Err(e) = renew_lease(&client, &config.node_name).await {
+                if let Err(e) = renew_lease(&client, &config).await {
                     tracing::warn!(error = %e, "cannot renew node lease");
                     // The API server is away: the node controller may mark the node
                     // NotReady meanwhile, so status is posted again at the first
@@ -377,12 +399,19 @@ pub async fn heartbeat(
                 let images = images.status_images();
                 if posted_images.as_ref() == Some(&images)
                     && *pressure_changes.borrow() == posted_pressure
+                    && readiness(&shutting_down) == posted_readiness
                 {
                     continue;
                 }
                 images
             }
             _ = status_tick.tick() => images.status_images(),
+            r = shutting_down.changed(), if posted_readiness == Readiness::Ready => {
+                if r.is_err() {
+                    return;
+                }
+                images.status_images()
+            }
             r = pressure_changes.changed() => {
                 if r.is_err() {
                     return;
@@ -392,9 +421,18 @@ pub async fn heartbeat(
         };
         let pressure = *pressure_changes.borrow_and_update();
         let changed = pressure != posted_pressure;
+        let ready = readiness(&shutting_down);
         let host = Host::measure(&config.data_dir).await;
         let nodes: Api<Node> = Api::all(client.clone());
-        let patch = serde_json::json!({ "status": status(&config, host, &runtime_version, images.clone(), false, (pressure, changed)) });
+        let node_status = status(
+            &config,
+            host,
+            &runtime_version,
+            images.clone(),
+            (ready, ready != posted_readiness),
+            (pressure, changed),
+        );
+        let patch = serde_json::json!({ "status": node_status });
         match nodes
             .patch_status(
                 &config.node_name,
@@ -406,16 +444,33 @@ pub async fn heartbeat(
             Ok(_) => {
                 posted_images = Some(images);
                 posted_pressure = pressure;
+                if ready != posted_readiness {
+                    tracing::info!(node = %config.node_name, "node marked not ready: shutting down");
+                }
+                posted_readiness = ready;
             }
             Err(e) => tracing::warn!(error = %e, "cannot update node status"),
         }
     }
 }
 
-async fn renew_lease(client: &Client, node_name: &str) -> Result<()> {
+fn readiness(shutting_down: &tokio::sync::watch::Receiver<bool>) -> Readiness {
+    if *shutting_down.borrow() {
+        Readiness::ShuttingDown
+    } else {
+        Readiness::Ready
+    }
+}
+
+async fn renew_lease(client: &Client, config: &Config) -> Result<()> {
+    let node_name = config.node_name.as_str();
     let leases: Api<Lease> = Api::namespaced(client.clone(), LEASE_NAMESPACE);
     let renew = MicroTime(jiff::Timestamp::now());
-    let patch = serde_json::json!({ "spec": { "renewTime": renew, "holderIdentity": node_name } });
+    let patch = serde_json::json!({ "spec": {
+        "renewTime": renew,
+        "holderIdentity": node_name,
+        "leaseDurationSeconds": config.lease_duration_seconds,
+    } });
     match leases
         .patch(node_name, &PatchParams::default(), &Patch::Merge(patch))
         .await
@@ -440,13 +495,29 @@ async fn renew_lease(client: &Client, node_name: &str) -> Result<()> {
         },
         spec: Some(LeaseSpec {
             holder_identity: Some(node_name.to_owned()),
-            lease_duration_seconds: Some(LEASE_DURATION_SECONDS),
+            lease_duration_seconds: Some(config.lease_duration_seconds),
             renew_time: Some(renew),
             ..LeaseSpec::default()
         }),
     };
     leases.create(&PostParams::default(), &lease).await?;
     Ok(())
+}
+
+/// Releases the node lease at the end of a graceful shutdown: no holder any more, and
+/// no renewals. The node lifecycle controller reads only `renewTime`, so, as for any
+/// stopped kubelet, it marks the node `Unknown` once `node-monitor-grace-period` has
+/// passed since the last renewal. Best effort.
+pub async fn release_lease(client: &Client, node_name: &str) {
+    let leases: Api<Lease> = Api::namespaced(client.clone(), LEASE_NAMESPACE);
+    let patch = serde_json::json!({ "spec": { "holderIdentity": null } });
+    match leases
+        .patch(node_name, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+    {
+        Ok(_) => tracing::info!(node = node_name, "node lease released"),
+        Err(e) => tracing::warn!(error = %e, "cannot release the node lease"),
+    }
 }
 
 /// Posts `Ready=False` with `message`; best effort (used on shutdown).
@@ -502,7 +573,7 @@ mod tests {
             host,
             "wasmtime",
             Vec::new(),
-            false,
+            (Readiness::Ready, false),
             (Pressure::default(), false),
         );
         let capacity = status.capacity.unwrap_or_default();

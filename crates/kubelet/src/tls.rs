@@ -167,6 +167,9 @@ pub(crate) mod tests {
             event_burst: 100,
             eviction: crate::eviction::Settings::default(),
             static_pods: None,
+            register_with_taints: Vec::new(),
+            lease_duration_seconds: 40,
+            shutdown: crate::shutdown::Settings::default(),
         }
     }
 

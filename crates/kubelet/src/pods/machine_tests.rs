@@ -564,7 +564,8 @@ async fn an_evicted_pod_fails_as_evicted_once_its_containers_are_killed() {
     let w = h.start(pod(one("c", "Always")), None);
     started(&h, 60).await;
     let message = "The node was low on resource: ephemeral-storage. ";
-    w.evict.send_replace(Some(message.to_owned()));
+    w.fail
+        .send_replace(Some(super::worker::Failure::Evicted(message.to_owned())));
     phase_reported(&h, 60, "Failed").await;
     let last = h.api.last_status();
     assert_eq!(
@@ -587,6 +588,54 @@ async fn an_evicted_pod_fails_as_evicted_once_its_containers_are_killed() {
             .with(|w| w.statuses.last().is_some_and(|(at, _)| *at >= killed_at))
     );
     assert!(evicted[0].at <= killed_at);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_graceful_node_shutdown_fails_the_pod_as_the_kubelet_does_and_says_when_done() {
+    let h = Harness::new();
+    h.runtime.script("c", &[Script::Hang]);
+    let mut w = h.start(pod(one("c", "Always")), None);
+    started(&h, 60).await;
+    assert!(!*w.done.borrow());
+    w.fail
+        .send_replace(Some(super::worker::Failure::NodeShutdown {
+            grace: Duration::from_secs(5),
+        }));
+    tokio::time::timeout(Duration::from_secs(60), w.done.wait_for(|d| *d))
+        .await
+        .expect("done within the bound")
+        .expect("worker alive");
+    // Done means the final status was written, not merely asked for.
+    let last = h.api.last_status();
+    assert_eq!(last["phase"], json!("Failed"));
+    assert_eq!(last["reason"], json!(crate::shutdown::REASON));
+    assert_eq!(last["message"], json!(crate::shutdown::MESSAGE));
+    let disruption = last["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == "DisruptionTarget"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        (
+            &disruption["status"],
+            &disruption["reason"],
+            &disruption["message"]
+        ),
+        (
+            &json!("True"),
+            &json!("TerminationByKubelet"),
+            &json!(crate::shutdown::MESSAGE)
+        )
+    );
+    assert!(
+        h.runtime
+            .did()
+            .iter()
+            .any(|(_, d)| *d == Did::Killed("c".to_owned()))
+    );
+    // Each container's Killing says it; the shutdown has no Warning of its own.
+    assert!(h.api.events("Terminated").is_empty());
+    assert_eq!(h.api.events("Killing").len(), 1);
 }
 
 #[tokio::test(start_paused = true)]

@@ -47,8 +47,12 @@ struct Worker {
     pod: watch::Sender<Pod>,
     /// Cancelled when the pod vanished from the API or the node shuts down: kill now.
     stop: CancellationToken,
-    /// Set to the eviction message when the eviction manager evicts the pod.
-    evict: watch::Sender<Option<String>>,
+    /// Set when the pod is failed from outside: evicted (with the eviction message) or
+    /// shut down with the node.
+    fail: watch::Sender<Option<worker::Failure>>,
+    /// True once the worker is done with the pod's containers and its final status is
+    /// written (or it never ran them).
+    done: watch::Receiver<bool>,
     task: JoinHandle<()>,
 }
 
@@ -63,6 +67,12 @@ pub(crate) enum Command {
     Evict { uid: String, message: String },
     /// Every pod this node holds (static ones included), as its worker last saw it.
     AllPods(oneshot::Sender<Vec<Pod>>),
+    /// Fail these pods for the node's shutdown, each killed with its grace period;
+    /// answered with a receiver per pod that turns true once it is done.
+    Shutdown {
+        pods: Vec<(String, std::time::Duration)>,
+        reply: oneshot::Sender<Vec<watch::Receiver<bool>>>,
+    },
 }
 
 /// The way to the watch loop's workers (the eviction manager's).
@@ -100,6 +110,24 @@ impl PodsHandle {
         let uid = pod.uid().unwrap_or_default();
         let _ = self.0.send(Command::Evict { uid, message }).await;
     }
+
+    /// Shuts `pods` (UIDs, each with its grace period) down for the node's shutdown (see
+    /// [`Command::Shutdown`]); a receiver per pod found.
+    pub(crate) async fn shut_down(
+        &self,
+        pods: Vec<(String, std::time::Duration)>,
+    ) -> Vec<watch::Receiver<bool>> {
+        let (reply, rx) = oneshot::channel();
+        if self
+            .0
+            .send(Command::Shutdown { pods, reply })
+            .await
+            .is_err()
+        {
+            return Vec::new();
+        }
+        rx.await.unwrap_or_default()
+    }
 }
 
 /// `namespace_name_uid`, the kubelet's directory name for a pod.
@@ -128,6 +156,8 @@ pub(crate) struct Ctx {
     pub stats: crate::stats::StatsIndex,
     /// The node's pressure conditions, set by the eviction manager (admission).
     pub pressure: PressureHandle,
+    /// Whether the node is shutting down (admission).
+    pub shutting_down: crate::shutdown::ShuttingDown,
     pub recorder: Arc<crate::events::Recorder>,
     /// ConfigMaps and Secrets lately read for volumes.
     pub objects: crate::volumes::ObjectCache,
@@ -181,6 +211,7 @@ pub(crate) struct Parts {
     pub sandboxes: crate::sandboxes::SandboxIndex,
     pub stats: crate::stats::StatsIndex,
     pub pressure: PressureHandle,
+    pub shutting_down: crate::shutdown::ShuttingDown,
     pub recorder: Arc<crate::events::Recorder>,
     /// The kubelet's metrics (pod start, pod worker durations).
     pub metrics: crate::metrics::KubeletMetrics,
@@ -207,6 +238,7 @@ pub(crate) async fn run(
         sandboxes,
         stats,
         pressure,
+        shutting_down,
         recorder,
         metrics,
         statuses,
@@ -222,6 +254,7 @@ pub(crate) async fn run(
         sandboxes,
         stats,
         pressure,
+        shutting_down,
         objects: crate::volumes::ObjectCache::default(),
         facts: crate::volumes::downward::NodeFacts {
             ip: config.node_ip,
@@ -398,16 +431,32 @@ fn answer(workers: &HashMap<String, Worker>, command: Command) {
         }
         Command::Evict { uid, message } => {
             if let Some(w) = workers.get(&uid) {
-                w.evict.send_if_modified(|m| {
-                    let first = m.is_none();
-                    if first {
-                        *m = Some(message);
-                    }
-                    first
-                });
+                fail(w, worker::Failure::Evicted(message));
             }
         }
+        Command::Shutdown { pods, reply } => {
+            let done = pods
+                .into_iter()
+                .filter_map(|(uid, grace)| {
+                    let w = workers.get(&uid)?;
+                    fail(w, worker::Failure::NodeShutdown { grace });
+                    Some(w.done.clone())
+                })
+                .collect();
+            let _ = reply.send(done);
+        }
     }
+}
+
+/// Fails a worker's pod from outside; the first failure given wins.
+fn fail(w: &Worker, failure: worker::Failure) {
+    w.fail.send_if_modified(|f| {
+        let first = f.is_none();
+        if first {
+            *f = Some(failure);
+        }
+        first
+    });
 }
 
 /// A pod that is gone from the API: its workloads stop, then its records, logs and
@@ -487,17 +536,26 @@ fn dispatch(ctx: &Arc<Ctx>, workers: &mut HashMap<String, Worker>, pod: Pod) {
             .collect();
         admission::fit(&pod, &others, ctx.config.max_pods as usize)
             .or_else(|| crate::eviction::admit(&pod, ctx.pressure.get()))
+            .or_else(|| crate::shutdown::admit(ctx.shutting_down.get()))
     };
     let (tx, rx) = watch::channel(pod);
-    let (evict, evicted) = watch::channel(None);
+    let (fail, failed) = watch::channel(None);
+    let (finished, done) = watch::channel(false);
     let stop = CancellationToken::new();
-    let task = tokio::spawn(worker::run(ctx.clone(), rx, stop.clone(), evicted, misfit));
+    let task = tokio::spawn(worker::run(
+        ctx.clone(),
+        rx,
+        stop.clone(),
+        worker::Outside { failed, finished },
+        misfit,
+    ));
     workers.insert(
         uid,
         Worker {
             pod: tx,
             stop,
-            evict,
+            fail,
+            done,
             task,
         },
     );

@@ -61,11 +61,13 @@ pub(crate) fn qos_class(pod: &Pod) -> &'static str {
 
 /// Why the worker fails a pod that runs: reported once its containers have stopped.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Failure {
+pub(crate) enum Failure {
     /// `activeDeadlineSeconds` ran out.
     DeadlineExceeded,
     /// Evicted (node pressure, an `emptyDir` over its limit), with the kubelet's message.
     Evicted(String),
+    /// Killed for the node's graceful shutdown, each container within `grace`.
+    NodeShutdown { grace: std::time::Duration },
 }
 
 impl Failure {
@@ -73,6 +75,7 @@ impl Failure {
         match self {
             Self::DeadlineExceeded => "DeadlineExceeded",
             Self::Evicted(_) => "Evicted",
+            Self::NodeShutdown { .. } => crate::shutdown::REASON,
         }
     }
 
@@ -82,8 +85,31 @@ impl Failure {
                 "Pod was active on the node longer than the specified deadline"
             }
             Self::Evicted(message) => message,
+            Self::NodeShutdown { .. } => crate::shutdown::MESSAGE,
         }
     }
+
+    /// The `DisruptionTarget` condition the kubelet adds to a pod it kills for the
+    /// node's shutdown.
+    fn disruption(&self) -> Option<k8s_openapi::api::core::v1::PodCondition> {
+        matches!(self, Self::NodeShutdown { .. }).then(|| {
+            k8s_openapi::api::core::v1::PodCondition {
+                type_: "DisruptionTarget".to_owned(),
+                status: "True".to_owned(),
+                reason: Some(crate::shutdown::DISRUPTION_REASON.to_owned()),
+                message: Some(crate::shutdown::MESSAGE.to_owned()),
+                last_transition_time: Some(now()),
+                ..Default::default()
+            }
+        })
+    }
+}
+
+/// What reaches a worker from outside its pod: a failure (eviction, node shutdown),
+/// and where it says it is done with the pod's containers.
+pub(crate) struct Outside {
+    pub failed: watch::Receiver<Option<Failure>>,
+    pub finished: watch::Sender<bool>,
 }
 
 struct PodWorker {
@@ -140,12 +166,22 @@ impl PodWorker {
             Some(_) => vec![PodIP { ip: ip.clone() }],
             None => existing.pod_ips.clone().unwrap_or_default(),
         };
-        let conditions = status::conditions(
+        let mut conditions = status::conditions(
             existing.conditions.as_deref().unwrap_or_default(),
             records,
             phase,
             &now(),
         );
+        if let Some(disruption) = failure.and_then(Failure::disruption) {
+            match conditions.iter_mut().find(|c| c.type_ == disruption.type_) {
+                Some(c) if c.status == disruption.status => {
+                    c.reason = disruption.reason;
+                    c.message = disruption.message;
+                }
+                Some(c) => *c = disruption,
+                None => conditions.push(disruption),
+            }
+        }
         let finalized;
         let records = if phase.is_terminal() {
             finalized = records.clone().finalized();
@@ -242,9 +278,12 @@ impl PodWorker {
     /// Fails the pod (a deadline, an eviction): a Warning event, its containers killed;
     /// the failure is reported once they have stopped.
     async fn fail(&self, kill: &CancellationToken, failure: Failure) -> Option<Failure> {
-        let message = failure.message().to_owned();
-        self.event(EventType::Warning, failure.reason(), message, None)
-            .await;
+        // The node's shutdown has no event of its own: each container's Killing says it.
+        if !matches!(failure, Failure::NodeShutdown { .. }) {
+            let message = failure.message().to_owned();
+            self.event(EventType::Warning, failure.reason(), message, None)
+                .await;
+        }
         kill.cancel();
         Some(failure)
     }
@@ -289,9 +328,13 @@ pub(crate) async fn run(
     ctx: Arc<Ctx>,
     pod: watch::Receiver<Pod>,
     stop: CancellationToken,
-    mut evicted: watch::Receiver<Option<String>>,
+    outside: Outside,
     misfit: Option<Rejection>,
 ) {
+    let Outside {
+        failed: mut evicted,
+        finished,
+    } = outside;
     let seen = Instant::now();
     let first = pod.borrow().clone();
     let ns = first.namespace().unwrap_or_default();
@@ -317,6 +360,7 @@ pub(crate) async fn run(
     };
     if status::is_terminal(&first) || deleting(&first) {
         // Known from before (a restart of the node agent), or deleted before it started.
+        finished.send_replace(true);
         if w.wait_for_deletion(&stop).await {
             w.finish_deletion().await;
         }
@@ -324,6 +368,7 @@ pub(crate) async fn run(
     }
     if let Some(rejection) = misfit.or_else(|| admission::check(&first)) {
         w.reject(rejection).await;
+        finished.send_replace(true);
         if w.wait_for_deletion(&stop).await {
             w.finish_deletion().await;
         }
@@ -335,6 +380,7 @@ pub(crate) async fn run(
         changed,
         volumes: std::sync::OnceLock::new(),
         sandbox: std::sync::OnceLock::new(),
+        grace_cap: std::sync::OnceLock::new(),
     });
     let kill = stop.child_token();
     let mut driver = tokio::spawn(sequence::drive(
@@ -401,9 +447,12 @@ pub(crate) async fn run(
             r = evicted.changed(), if evict_open && failure.is_none() && !driver_done && !terminating => {
                 round = (WorkerOperation::Update, Instant::now());
                 evict_open = r.is_ok();
-                let message = evicted.borrow_and_update().clone();
-                if let (true, Some(message)) = (evict_open, message) {
-                    failure = w.fail(&kill, Failure::Evicted(message)).await;
+                let given = evicted.borrow_and_update().clone();
+                if let (true, Some(given)) = (evict_open, given) {
+                    if let Failure::NodeShutdown { grace } = given {
+                        let _ = shared.grace_cap.set(grace);
+                    }
+                    failure = w.fail(&kill, given).await;
                 }
             }
             _ = sync.tick(), if failure.is_none() && !driver_done && !terminating => {
@@ -444,6 +493,11 @@ pub(crate) async fn run(
             .join(crate::volumes::VOLUMES_DIR);
         super::remove_pod_dir(&volumes).await;
     }
+    if matches!(failure, Some(Failure::NodeShutdown { .. })) {
+        // The agent stops soon after: the final status must have landed by then.
+        w.statuses.flush(std::time::Duration::from_secs(10)).await;
+    }
+    finished.send_replace(true);
     if terminating || w.wait_for_deletion(&stop).await {
         w.finish_deletion().await;
     }

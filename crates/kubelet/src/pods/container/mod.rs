@@ -60,6 +60,8 @@ pub(crate) struct Shared {
     pub volumes: std::sync::OnceLock<Arc<crate::volumes::Volumes>>,
     /// The pod's sandbox, once the runtime set it up (before any container starts).
     pub sandbox: std::sync::OnceLock<crate::runtime::Sandbox>,
+    /// The longest grace a kill may give (the node's shutdown caps it), once set.
+    pub grace_cap: std::sync::OnceLock<Duration>,
 }
 
 impl Shared {

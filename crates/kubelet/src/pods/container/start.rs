@@ -279,7 +279,8 @@ impl Supervisor {
                     format!("Stopping container {}", self.spec.name),
                 )
                 .await;
-                killer(grace);
+                let cap = self.shared.grace_cap.get().copied().unwrap_or(grace);
+                killer(grace.min(cap));
                 wait.await
             }
         };

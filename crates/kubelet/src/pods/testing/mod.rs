@@ -32,11 +32,13 @@ pub(crate) struct Harness {
     _dir: tempfile::TempDir,
 }
 
-/// A running worker: its pod (to change, e.g. to delete it), its stop and evict signals.
+/// A running worker: its pod (to change, e.g. to delete it), its stop and failure
+/// signals, and whether it is done with its containers.
 pub(crate) struct Running {
     pub pod: watch::Sender<Pod>,
     pub stop: CancellationToken,
-    pub evict: watch::Sender<Option<String>>,
+    pub fail: watch::Sender<Option<super::worker::Failure>>,
+    pub done: watch::Receiver<bool>,
     pub task: tokio::task::JoinHandle<()>,
 }
 
@@ -76,6 +78,9 @@ impl Harness {
             event_burst: 0,
             eviction: crate::eviction::Settings::default(),
             static_pods: None,
+            register_with_taints: Vec::new(),
+            lease_duration_seconds: 40,
+            shutdown: crate::shutdown::Settings::default(),
         };
         let cluster: Arc<dyn ClusterApi> = api.clone();
         let ctx = Arc::new(super::Ctx {
@@ -87,6 +92,7 @@ impl Harness {
             sandboxes: crate::sandboxes::SandboxIndex::default(),
             stats: crate::stats::StatsIndex::default(),
             pressure: crate::eviction::PressureHandle::default(),
+            shutting_down: crate::shutdown::ShuttingDown::default(),
             recorder: Arc::new(crate::events::Recorder::new(cluster, "node-a").with_limits(0, 0)),
             objects: crate::volumes::ObjectCache::default(),
             facts: crate::volumes::downward::NodeFacts {
@@ -110,19 +116,21 @@ impl Harness {
     /// Starts the worker of `pod` (admitted unless `misfit`).
     pub fn start(&self, pod: Pod, misfit: Option<super::admission::Rejection>) -> Running {
         let (tx, rx) = watch::channel(pod);
-        let (evict, evicted) = watch::channel(None);
+        let (fail, failed) = watch::channel(None);
+        let (finished, done) = watch::channel(false);
         let stop = CancellationToken::new();
         let task = tokio::spawn(super::worker::run(
             self.ctx.clone(),
             rx,
             stop.clone(),
-            evicted,
+            super::worker::Outside { failed, finished },
             misfit,
         ));
         Running {
             pod: tx,
             stop,
-            evict,
+            fail,
+            done,
             task,
         }
     }

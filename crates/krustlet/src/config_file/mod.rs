@@ -1,8 +1,14 @@
-//! The optional `--config` file: YAML whose keys are the flags' names in camelCase
-//! (`nodeName`, `port`, `maxPods`, ...), as the kubelet's configuration file uses.
+//! The optional `--config` file: the kubelet's `KubeletConfiguration`
+//! (`apiVersion: kubelet.config.k8s.io/v1beta1`, see `upstream.rs`), or krustlet's own
+//! older form, without `apiVersion` and `kind`, whose keys are the flags' names in
+//! camelCase (`nodeName`, `port`, `maxPods`, ...); that one is still read, with a
+//! warning that the upstream kind is preferred.
 //!
 //! Precedence, highest first: a flag on the command line, its `KRUSTLET_*` environment
 //! variable, the config file, the built-in default.
+
+mod fields;
+mod upstream;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -32,6 +38,11 @@ macro_rules! file_config {
             /// The settings, by their `NodeArgs` field (and clap argument) names.
             #[cfg(test)]
             const FIELDS: &[&str] = &[$(stringify!($field)),*];
+
+            /// Each setting of `self`, or else of `other`.
+            fn or(self, other: Self) -> Self {
+                Self { $($field: self.$field.or(other.$field),)* }
+            }
 
             /// Fills every setting of `args` that neither the command line nor the
             /// environment set.
@@ -84,7 +95,14 @@ file_config! {
     insecure_registries: Vec<String>,
     node_labels: Labels,
     node_lease_renew_seconds: u64,
+    node_lease_duration_seconds: i32,
     node_status_report_seconds: u64,
+    /// The API's list of taints, or the flag's `key=value:Effect,...`.
+    register_with_taints: crate::taint::Taints,
+    #[serde(default, deserialize_with = "go_duration")]
+    shutdown_grace_period: Duration,
+    #[serde(default, deserialize_with = "go_duration")]
+    shutdown_grace_period_critical_pods: Duration,
     #[serde(default, deserialize_with = "go_duration")]
     sync_frequency: Duration,
     /// `memory.available<100Mi,...`, or the kubelet file's map form
@@ -164,11 +182,74 @@ fn thresholds<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, 
 }
 
 impl FileConfig {
-    /// Reads and parses the file.
-    pub fn read(path: &std::path::Path) -> anyhow::Result<Self> {
+    /// Reads and parses the file: the settings, and the warnings to log (one per field
+    /// not honoured, or one for krustlet's older form).
+    ///
+    /// # Errors
+    /// When the file cannot be read, is neither form, or holds a bad value.
+    pub fn read(path: &std::path::Path) -> anyhow::Result<(Self, Vec<String>)> {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        yaml_serde::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+        Self::parse(&text).with_context(|| format!("parsing {}", path.display()))
+    }
+
+    fn parse(text: &str) -> anyhow::Result<(Self, Vec<String>)> {
+        let document: yaml_serde::Value = yaml_serde::from_str(text)?;
+        let map = match document {
+            yaml_serde::Value::Mapping(map) => map,
+            yaml_serde::Value::Null => return Ok((Self::default(), Vec::new())),
+            _ => anyhow::bail!("expected a map of settings"),
+        };
+        let field = |name: &str| map.get(name).map(|v| v.as_str().unwrap_or("?").to_owned());
+        match (field("apiVersion"), field("kind")) {
+            (None, None) => {
+                let settings: Self = yaml_serde::from_value(yaml_serde::Value::Mapping(map))?;
+                settings.check().map_err(anyhow::Error::msg)?;
+                let warning = format!(
+                    "the config file has no apiVersion and kind: read as krustlet's own form \
+                     (keys named after the flags); the kubelet's kind (apiVersion: {}, kind: {}) \
+                     is preferred",
+                    upstream::API_VERSION,
+                    upstream::KIND
+                );
+                Ok((settings, vec![warning]))
+            }
+            (Some(version), Some(kind))
+                if version == upstream::API_VERSION && kind == upstream::KIND =>
+            {
+                upstream::read(&map)
+            }
+            (version, kind) => anyhow::bail!(
+                "apiVersion {version:?} and kind {kind:?}: only apiVersion {} with kind {} is read",
+                upstream::API_VERSION,
+                upstream::KIND
+            ),
+        }
+    }
+
+    /// The ranges the flags' parsers enforce, for values from the file.
+    fn check(&self) -> Result<(), String> {
+        for (name, percent) in [
+            (
+                "image GC high threshold",
+                self.image_gc_high_threshold_percent,
+            ),
+            (
+                "image GC low threshold",
+                self.image_gc_low_threshold_percent,
+            ),
+        ] {
+            if percent.is_some_and(|p| p > 100) {
+                return Err(format!("the {name} must be a percentage, 0 to 100"));
+            }
+        }
+        if self.container_log_max_files.is_some_and(|n| n < 2) {
+            return Err("containerLogMaxFiles must be at least 2".to_owned());
+        }
+        if self.node_lease_duration_seconds.is_some_and(|n| n < 1) {
+            return Err("nodeLeaseDurationSeconds must be at least 1".to_owned());
+        }
+        Ok(())
     }
 }
 
@@ -184,7 +265,7 @@ mod tests {
             .try_get_matches_from(args)
             .expect("valid flags");
         let mut cli = Cli::from_arg_matches(&matches).expect("valid flags");
-        let file: FileConfig = yaml_serde::from_str(yaml).expect("valid yaml");
+        let (file, _) = FileConfig::parse(yaml).expect("valid yaml");
         file.apply(&mut cli.node, &matches);
         cli.node
     }
@@ -379,3 +460,6 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod upstream_tests;
