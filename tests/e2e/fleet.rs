@@ -17,6 +17,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 
 /// Starts the nodes `names` (ports from `port`) of `group`, all Ready.
 async fn fleet(
@@ -231,17 +232,18 @@ async fn cordon_drain_and_uncordon_move_pods_only_as_the_disruption_budget_allow
                 "apiVersion": "policy/v1",
                 "kind": "PodDisruptionBudget",
                 "metadata": { "name": app },
-                "spec": { "minAvailable": 3, "selector": { "matchLabels": { "app": app } } }
+                "spec": { "minAvailable": 4, "selector": { "matchLabels": { "app": app } } }
             }))?,
         )
         .await?;
     pods.until(180, "4 replicas Ready", |p| p.ready_elsewhere("") == 4)
         .await?;
     assert_eq!(spread(&pods.get(), &names), [2, 2]);
-    e2e::wait_object(&budgets, "pdb", app, 60, "one disruption allowed", |p| {
+    // The budget first allows no disruption at all.
+    e2e::wait_object(&budgets, "pdb", app, 60, "4 healthy, none allowed", |p| {
         p.status
             .as_ref()
-            .is_some_and(|s| s.disruptions_allowed == Some(1))
+            .is_some_and(|s| s.current_healthy == Some(4) && s.disruptions_allowed == Some(0))
     })
     .await?;
     let drained: Vec<String> = pods
@@ -271,37 +273,77 @@ async fn cordon_drain_and_uncordon_move_pods_only_as_the_disruption_budget_allow
             }
         })
     };
-    let out = cluster
+    let mut drain = cluster
         .kubectl_command(&[
             "drain",
             a,
             "--ignore-daemonsets",
             "--delete-emptydir-data",
-            "--timeout=180s",
+            "--timeout=240s",
         ])
-        .output()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let mut stderr_lines = BufReader::new(drain.stderr.take().expect("piped stderr")).lines();
+    let mut stderr = String::new();
+    // While the budget allows nothing, every eviction is refused and retried.
+    let refused = "Cannot evict pod as it would violate the pod's disruption budget";
+    tokio::time::timeout(Duration::from_secs(90), async {
+        while let Some(line) = stderr_lines.next_line().await? {
+            stderr.push_str(&line);
+            stderr.push('\n');
+            if line.contains(refused) {
+                return anyhow::Ok(());
+            }
+        }
+        anyhow::bail!("drain ended")
+    })
+    .await
+    .map_err(|_| anyhow::anyhow!("no eviction refused within 90 s: {stderr}"))??;
+    let now = pods.get();
+    assert_eq!(spread(&now, &names), [2, 2], "evicted against the budget");
+    assert_eq!(now.ready_elsewhere(""), 4);
+    // One disruption allowed: the drain goes on, a pod at a time.
+    budgets
+        .patch(
+            app,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({ "spec": { "minAvailable": 3 } })),
+        )
         .await?;
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
-    assert!(out.status.success(), "drain failed: {stdout}\n{stderr}");
+    let rest = tokio::spawn(async move {
+        let mut rest = String::new();
+        while let Ok(Some(line)) = stderr_lines.next_line().await {
+            rest.push_str(&line);
+            rest.push('\n');
+        }
+        rest
+    });
+    let mut stdout = String::new();
+    drain
+        .stdout
+        .take()
+        .expect("piped stdout")
+        .read_to_string(&mut stdout)
+        .await?;
+    let status = tokio::time::timeout(Duration::from_secs(300), drain.wait()).await??;
+    stderr.push_str(&rest.await?);
+    assert!(status.success(), "drain failed: {stdout}\n{stderr}");
     assert!(stdout.contains(&format!("node/{a} drained")), "{stdout}");
-    // Two pods to evict, one disruption allowed: the second eviction was refused until
-    // the first one's replacement was Ready on b.
-    assert!(
-        stderr.contains("Cannot evict pod as it would violate the pod's disruption budget"),
-        "the budget never held an eviction back: {stderr}"
-    );
     watching.abort();
     assert!(
         fewest.load(Ordering::Relaxed) >= 3,
         "only {} Ready replicas during the drain",
         fewest.load(Ordering::Relaxed)
     );
+    // The drain waited for the pods to be gone; the watch sees it a moment later.
+    pods.until(60, "the drained pods' deletions seen", |p| {
+        drained.iter().all(|d| p.deleted.contains_key(d))
+    })
+    .await?;
     let watch = pods.get();
-    // The drain waited for the pods to be gone: krustlet stopped them and finished
-    // their deletion, with the kubelet's final statuses.
+    // krustlet stopped them and finished their deletion, with the kubelet's final
+    // statuses.
     for name in &drained {
         let last = watch.deleted.get(name).expect("the drained pod deleted");
         let status = last.status.clone().unwrap_or_default();
