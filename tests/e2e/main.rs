@@ -7,6 +7,7 @@ mod auth;
 mod autoscale;
 mod certificates;
 mod faults;
+mod fleet;
 mod hostile;
 mod images;
 mod kubelet_config;

@@ -256,6 +256,77 @@ impl Cluster {
     }
 }
 
+/// The node-lifecycle controller's timings, read from the running
+/// kube-controller-manager's command line (its defaults where a flag is absent).
+#[derive(Debug, Clone, Copy)]
+pub struct ControllerTimings {
+    /// `--node-monitor-grace-period`: how long a node may go without a heartbeat (lease
+    /// renewal or status) before it is marked `Ready` `Unknown` and tainted unreachable.
+    pub grace_period: std::time::Duration,
+    /// `--node-monitor-period`: how often the controller checks.
+    pub monitor_period: std::time::Duration,
+}
+
+impl ControllerTimings {
+    /// The timings of the controller manager `hack/cluster up` started.
+    ///
+    /// # Errors
+    /// When it does not run.
+    pub fn read() -> Result<Self> {
+        let kubeconfig = value(&cluster_lines(&["env"])?, "KUBECONFIG")?;
+        let run_dir = Path::new(&kubeconfig).parent().context("run dir")?;
+        let pid = std::fs::read_to_string(run_dir.join("pids/kube-controller-manager"))?;
+        let cmdline = std::fs::read(format!("/proc/{}/cmdline", pid.trim()))
+            .context("kube-controller-manager is not running")?;
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let flag = |name: &str| {
+            let eq = format!("{name}=");
+            args.iter().enumerate().find_map(|(i, a)| {
+                if a == name {
+                    args.get(i + 1).cloned()
+                } else {
+                    a.strip_prefix(&eq).map(str::to_owned)
+                }
+            })
+        };
+        let duration = |name: &str, default: u64| -> Result<std::time::Duration> {
+            flag(name).map_or(Ok(std::time::Duration::from_secs(default)), |v| {
+                go_duration(&v).with_context(|| format!("{name} {v}"))
+            })
+        };
+        Ok(Self {
+            // The upstream defaults (kube-controller-manager 1.36).
+            grace_period: duration("--node-monitor-grace-period", 50)?,
+            monitor_period: duration("--node-monitor-period", 5)?,
+        })
+    }
+}
+
+/// A Go duration of hours, minutes and whole seconds (`20s`, `1m30s`, `1h0m0s`).
+fn go_duration(text: &str) -> Option<std::time::Duration> {
+    let (mut total, mut number) = (0u64, String::new());
+    for c in text.chars() {
+        if c.is_ascii_digit() {
+            number.push(c);
+            continue;
+        }
+        let n: u64 = number.parse().ok()?;
+        number.clear();
+        total += n * match c {
+            'h' => 3600,
+            'm' => 60,
+            's' => 1,
+            _ => return None,
+        };
+    }
+    number
+        .is_empty()
+        .then_some(std::time::Duration::from_secs(total))
+}
+
 /// The cluster and a ready krustlet node `name` of the test's own, started with `flags`.
 ///
 /// # Errors
@@ -295,4 +366,19 @@ pub fn bootstrap_token(ttl: &str) -> Result<std::collections::HashMap<String, St
     Ok(cluster_lines(&["bootstrap-token", ttl])?
         .into_iter()
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::go_duration;
+    use std::time::Duration;
+
+    #[test]
+    fn go_durations_of_whole_seconds_parse() {
+        assert_eq!(go_duration("20s"), Some(Duration::from_secs(20)));
+        assert_eq!(go_duration("1m30s"), Some(Duration::from_secs(90)));
+        assert_eq!(go_duration("1h0m0s"), Some(Duration::from_secs(3600)));
+        assert_eq!(go_duration("20"), None);
+        assert_eq!(go_duration("500ms"), None);
+    }
 }

@@ -6,9 +6,11 @@
 //! - `pods`: pod manifests, waits on pods, their status, `kubectl get pod` rows.
 //! - `registry`: pushes of workloads and images, a registry process of a test's own.
 //! - `network`: a pod network (bridge, CNI configuration, namespaces) of a test node's own.
+//! - [`fleet`]: a Deployment spread over several nodes, a pod watch, a node's death measured.
 //! - [`hostile`] and [`outage`]: a hostile registry and an API server that goes away.
 
 mod cluster;
+pub mod fleet;
 pub mod hostile;
 mod kwok;
 mod network;
@@ -17,14 +19,16 @@ pub mod outage;
 mod pods;
 mod registry;
 
-pub use cluster::{Cluster, bootstrap_token, client, cluster_env, node_credentials, root, setup};
+pub use cluster::{
+    Cluster, ControllerTimings, bootstrap_token, client, cluster_env, node_credentials, root, setup,
+};
 pub use kwok::kwok_node;
 pub use network::PodNet;
 pub use node::{KrustletNode, mounts_under, node_condition, proc_field, proc_status, wait_node};
 pub use pods::{
     PodRow, container_status, create_fresh, delete_and_wait, ensure_absent, phase, pod_condition,
-    pod_with_spec, terminated, until, wait_gone, wait_object, wait_pod, wait_row, waiting_message,
-    waiting_reason, wasm_pod, wasm_toleration,
+    pod_with_spec, terminated, until, wait_absent, wait_gone, wait_object, wait_pod, wait_row,
+    waiting_message, waiting_reason, wasm_pod, wasm_toleration,
 };
 pub use registry::{
     OwnRegistry, manifest_digest, push_as, push_container_image, push_index, workload,

@@ -290,6 +290,19 @@ impl KrustletNode {
         )?)
     }
 
+    /// Kills the process with SIGKILL, as a machine dies: no goodbye (no final status,
+    /// no lease released, nothing cleaned up), and reaps it. [`KrustletNode::restart`]
+    /// starts it again on the same data dir.
+    ///
+    /// # Errors
+    /// When the process cannot be signalled.
+    pub fn kill(&mut self) -> Result<std::process::ExitStatus> {
+        let mut child = self.child.take().context("already stopped")?;
+        // std's Child::kill is SIGKILL on Unix.
+        child.kill()?;
+        Ok(child.wait()?)
+    }
+
     /// GET `path` of this node's kubelet API with the API server's kubelet client
     /// certificate; the body.
     ///

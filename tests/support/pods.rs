@@ -84,6 +84,22 @@ where
     }
 }
 
+/// Waits up to `secs` until `kind` object `name` of `api` does not exist.
+///
+/// # Errors
+/// On timeout or when the watch fails.
+pub async fn wait_absent<K>(api: &Api<K>, name: &str, secs: u64) -> Result<()>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    let fut = await_condition(api.clone(), name, |o: Option<&K>| o.is_none());
+    match tokio::time::timeout(Duration::from_secs(secs), fut).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => bail!("watching {name}: {e}"),
+        Err(_) => bail!("{name} still exists after {secs}s"),
+    }
+}
+
 /// The pod's phase.
 #[must_use]
 pub fn phase(pod: &Pod) -> &str {

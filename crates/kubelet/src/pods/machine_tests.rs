@@ -480,13 +480,70 @@ async fn a_running_pod_deleted_is_killed_reported_and_removed() {
     assert_eq!(killing.len(), 1);
     assert_eq!(killing[0].message, "Stopping container c");
     assert_eq!(killing[0].field_path, "spec.containers{c}");
-    // The final status, written before the deletion: the run ended, not restarted.
+    // The final status, written before the deletion: the run ended, not restarted, and
+    // the pod is terminal (the kubelet's rule for deleted pods, restart policy or not).
     let last = h.api.last_status();
     assert_eq!(
         container(&last, "c")["state"]["terminated"]["exitCode"],
         137
     );
+    assert_eq!(phase(&last), "Failed");
     assert_eq!(h.runtime.starts("c").len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pod_deleted_while_the_agent_was_away_is_reported_failed_and_deleted_never_run() {
+    // As a node back from being unreachable finds a pod the taint manager evicted: it
+    // ran here, then the agent died (no goodbye) and the pod was deleted meanwhile.
+    let h = Harness::new();
+    h.runtime.script("c", &[Script::Hang]);
+    h.runtime
+        .left
+        .lock()
+        .expect("lock")
+        .push("uid-p".to_owned());
+    let mut evicted = reported("Always");
+    evicted.metadata.deletion_timestamp = Some(crate::now());
+    let w = h.start(evicted, None);
+    deleted(&h, 60).await;
+    ended(w.task).await;
+    assert!(h.runtime.starts("c").is_empty(), "it ran again");
+    let statuses = h.api.statuses();
+    assert_eq!(statuses.len(), 1, "{statuses:?}");
+    let last = &statuses[0];
+    assert_eq!(phase(last), "Failed");
+    let c = container(last, "c");
+    assert_eq!(c["state"]["terminated"]["reason"], "ContainerStatusUnknown");
+    assert_eq!(c["state"]["terminated"]["exitCode"], 137);
+    assert_eq!(c["restartCount"], 2);
+    assert_eq!(c["ready"], false);
+    // The sandbox the earlier agent left is taken down.
+    assert!(
+        h.runtime
+            .did()
+            .iter()
+            .any(|(_, d)| *d == Did::SandboxDown("uid-p".into()))
+    );
+    assert!(h.runtime.left.lock().expect("lock").is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_deleted_pod_whose_containers_all_exited_zero_ends_succeeded() {
+    let h = Harness::new();
+    let mut done = reported("Always");
+    if let Some(s) = done.status.as_mut() {
+        s.container_statuses = serde_json::from_value(json!([{
+            "name": "c", "image": "r/img:1", "imageID": "r/img@sha256:1", "ready": false,
+            "restartCount": 0, "state": { "terminated": { "exitCode": 0, "reason": "Completed" } }
+        }]))
+        .expect("statuses");
+    }
+    done.metadata.deletion_timestamp = Some(crate::now());
+    let w = h.start(done, None);
+    deleted(&h, 60).await;
+    ended(w.task).await;
+    assert_eq!(phase(&h.api.last_status()), "Succeeded");
+    assert!(h.runtime.starts("c").is_empty());
 }
 
 #[tokio::test(start_paused = true)]

@@ -189,6 +189,24 @@ impl Records {
     }
 }
 
+impl Records {
+    /// The phase of a deleted pod whose containers have all stopped (its records
+    /// [`Records::finalized`]): `Succeeded` when every app container ended with exit
+    /// code 0, else `Failed`, as the kubelet reports a deleted pod since 1.27.
+    #[must_use]
+    pub fn deleted_phase(&self) -> Phase {
+        let succeeded = self
+            .app
+            .iter()
+            .all(|c| c.state.terminated().is_some_and(|t| t.exit_code == 0));
+        if succeeded && !self.init_failed() {
+            Phase::Succeeded
+        } else {
+            Phase::Failed
+        }
+    }
+}
+
 /// Whether a pod has reached `Succeeded` or `Failed`.
 #[must_use]
 pub fn is_terminal(pod: &Pod) -> bool {

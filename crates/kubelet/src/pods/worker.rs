@@ -153,6 +153,9 @@ impl PodWorker {
         let phase = match (failure, records.phase(restart_policy(&pod))) {
             (Some(_), _) => Phase::Failed,
             (None, phase) if phase.is_terminal() && !settled => Phase::Running,
+            // As the kubelet (since 1.27): a deleted pod whose containers have stopped
+            // ends in a terminal phase, whatever its restart policy.
+            (None, _) if settled && deleting(&pod) => records.clone().finalized().deleted_phase(),
             (None, phase) => phase,
         };
         let existing = pod.status.clone().unwrap_or_default();
@@ -243,6 +246,21 @@ impl PodWorker {
             Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
             Err(e) => tracing::warn!(pod = %self.name, error = %e, "cannot delete pod"),
         }
+    }
+
+    /// Finishes a pod that was deleted before this agent ran it, as the kubelet does
+    /// when it finds one: the final status (each run that was going reported
+    /// `ContainerStatusUnknown`, the phase terminal), the sandbox an earlier agent left
+    /// removed, then the object deleted.
+    async fn settle_deleted(&mut self, pod: &Pod) {
+        let records = sequence::adopted(pod);
+        let status = self.status(&records, None, None, true);
+        self.post(status).await;
+        let uid = pod.uid().unwrap_or_default();
+        if self.ctx.runtime.list_pod_sandboxes().await.contains(&uid) {
+            self.ctx.runtime.remove_pod_sandbox(&uid).await;
+        }
+        self.finish_deletion().await;
     }
 
     /// Waits until the pod is being deleted; false if the worker is stopped first.
@@ -358,12 +376,20 @@ pub(crate) async fn run(
             .is_none_or(|s| s.phase.as_deref() != Some(Phase::Running.as_str()))
             .then_some(seen),
     };
-    if status::is_terminal(&first) || deleting(&first) {
-        // Known from before (a restart of the node agent), or deleted before it started.
+    if status::is_terminal(&first) {
+        // Finished before a restart of the node agent: only its deletion is left.
         finished.send_replace(true);
         if w.wait_for_deletion(&stop).await {
             w.finish_deletion().await;
         }
+        return;
+    }
+    if deleting(&first) {
+        // Deleted while the node agent was away (a node back from being unreachable
+        // finds the pods the taint manager evicted), or before it started: nothing of
+        // it runs here.
+        w.settle_deleted(&first).await;
+        finished.send_replace(true);
         return;
     }
     if let Some(rejection) = misfit.or_else(|| admission::check(&first)) {

@@ -77,6 +77,8 @@ pub(crate) struct FakeRuntime {
     pub sandbox_failures: std::sync::atomic::AtomicU32,
     /// The address each sandbox gets; `None`: the pod is on the node's network.
     pub pod_ip: Mutex<Option<std::net::IpAddr>>,
+    /// The pod UIDs of sandboxes an earlier agent left up (listed until removed).
+    pub left: Mutex<Vec<String>>,
     did: Mutex<Vec<(Instant, Did)>>,
     /// Container name → the CPU resources of its last run.
     cpu: Mutex<HashMap<String, crate::runtime::CpuResources>>,
@@ -230,11 +232,12 @@ impl Runtime for Shared {
     }
 
     fn list_pod_sandboxes(&self) -> BoxFuture<'_, Vec<String>> {
-        Box::pin(std::future::ready(Vec::new()))
+        Box::pin(std::future::ready(lock(&self.0.left).clone()))
     }
 
     fn remove_pod_sandbox<'a>(&'a self, id: &'a str) -> BoxFuture<'a, ()> {
         let uid = id.strip_prefix("sandbox-").unwrap_or(id).to_owned();
+        lock(&self.0.left).retain(|left| *left != uid);
         self.0.log(Did::SandboxDown(uid));
         Box::pin(std::future::ready(()))
     }
