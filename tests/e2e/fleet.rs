@@ -190,8 +190,16 @@ async fn a_killed_node_has_its_pods_replaced_after_the_tolerations_and_cleans_up
         |n| node_condition(n, "Ready").as_deref() == Some("True") && unreachable_taint(n).is_none(),
     )
     .await?;
+    // A deleted pod's directory goes after its worker ends, off the watch loop.
+    let left = e2e::until(60, "the evicted pods' directories removed", || async {
+        Ok(pod_dirs(dead).is_empty().then_some(()))
+    })
+    .await;
     let dirs = pod_dirs(dead);
-    assert!(dirs.is_empty(), "left on the node: {dirs:?}");
+    assert!(
+        left.is_ok() && dirs.is_empty(),
+        "left on the node: {dirs:?}"
+    );
     let now = pods.get();
     assert_eq!(now.ready_elsewhere(names[2]), 6);
     assert!(now.active_on(names[2]).is_empty());

@@ -59,6 +59,21 @@ impl LogIndex {
             .insert(container.to_owned(), logs);
     }
 
+    /// Records that `container`'s run logging in `logs.dir` stopped, unless a newer pod
+    /// of the same name has taken the entry meanwhile (its directory differs).
+    pub(crate) fn finish(&self, namespace: &str, name: &str, container: &str, logs: ContainerLogs) {
+        let mut map = self.lock();
+        let pod = map
+            .entry((namespace.to_owned(), name.to_owned()))
+            .or_default();
+        if pod
+            .get(container)
+            .is_none_or(|current| current.dir == logs.dir)
+        {
+            pod.insert(container.to_owned(), logs);
+        }
+    }
+
     /// Forgets pod `namespace/name` whose directory is `pod_dir` (it is gone). A newer
     /// pod of the same name (a changed static pod, a StatefulSet's next pod) logs under
     /// its own directory and is kept.
@@ -92,6 +107,12 @@ mod tests {
         index.set("ns", "p", "c", logs("/d/pods/ns_p_old/c"));
         // The successor (another UID) starts before the old pod's clean-up runs.
         index.set("ns", "p", "c", logs("/d/pods/ns_p_new/c"));
+        // The old run's last record does not take the successor's entry.
+        index.finish("ns", "p", "c", logs("/d/pods/ns_p_old/c"));
+        assert_eq!(
+            index.get("ns", "p", "c").map(|l| l.dir),
+            Some(PathBuf::from("/d/pods/ns_p_new/c"))
+        );
         index.forget("ns", "p", std::path::Path::new("/d/pods/ns_p_old"));
         assert!(
             index.get("ns", "p", "c").is_some(),

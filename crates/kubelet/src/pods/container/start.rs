@@ -300,7 +300,7 @@ impl Supervisor {
             finished_at: Some(now()),
             container_id: Some(container_id),
         };
-        self.ctx.logs.set(
+        self.ctx.logs.finish(
             &ns,
             &pod_name,
             &self.spec.name,
