@@ -309,9 +309,11 @@ async fn init_containers_run_in_order_before_the_app_containers() -> anyhow::Res
     )
     .await?;
     // While the second init container runs, kubectl shows how far initialization got.
-    let during = wait_row(&cluster, name, 30, |r| r.status == "Init:1/2").await?;
+    // Generous: on CI's two cores the first init container's pull and compile wait
+    // behind the rest of the suite (30 s was once not enough).
+    let during = wait_row(&cluster, name, 120, |r| r.status == "Init:1/2").await?;
     assert_eq!(during, row("0/1", "Init:1/2", 0));
-    let p = wait_pod(&pods, name, 30, "Running and Ready", |p| {
+    let p = wait_pod(&pods, name, 120, "Running and Ready", |p| {
         phase(p) == "Running" && pod_condition(p, "Ready").as_deref() == Some("True")
     })
     .await?;
