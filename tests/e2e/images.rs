@@ -187,7 +187,7 @@ async fn every_wasm_format_runs_and_a_container_image_is_refused() -> anyhow::Re
         none(),
     )
     .await?;
-    let p = wait_pod(&pods, "e2e-fmt-container", 30, "ImagePullBackOff", |p| {
+    let p = wait_pod(&pods, "e2e-fmt-container", 120, "ImagePullBackOff", |p| {
         waiting_reason(p, "main").as_deref() == Some("ImagePullBackOff")
     })
     .await?;
@@ -394,7 +394,7 @@ async fn a_private_registry_pulls_with_each_secret_form_and_refuses_a_wrong_pass
     // to a pod without a credential that pulled it; it is pulled, and refused.
     run(&pods, "e2e-priv-none", &node, &image, none(), none()).await?;
     for name in ["e2e-priv-wrong", "e2e-priv-none", "e2e-priv-missing"] {
-        let p = wait_pod(&pods, name, 30, "ImagePullBackOff", |p| {
+        let p = wait_pod(&pods, name, 120, "ImagePullBackOff", |p| {
             waiting_reason(p, "main").as_deref() == Some("ImagePullBackOff")
         })
         .await?;
@@ -484,7 +484,7 @@ async fn pull_policies_always_sees_a_moved_tag_and_never_waits_for_the_image() -
         none(),
     )
     .await?;
-    let p = wait_pod(&pods, "e2e-never-early", 30, "ErrImageNeverPull", |p| {
+    let p = wait_pod(&pods, "e2e-never-early", 120, "ErrImageNeverPull", |p| {
         waiting_reason(p, "main").as_deref() == Some("ErrImageNeverPull")
     })
     .await?;
@@ -543,7 +543,7 @@ async fn a_pod_recovers_on_its_own_when_its_registry_comes_back() -> anyhow::Res
     let pods = cluster.pods();
     let image = format!("{}/e2e/late:v1", late.addr);
     run(&pods, "e2e-late", &node, &image, none(), none()).await?;
-    let p = wait_pod(&pods, "e2e-late", 30, "ImagePullBackOff", |p| {
+    let p = wait_pod(&pods, "e2e-late", 120, "ImagePullBackOff", |p| {
         waiting_reason(p, "main").as_deref() == Some("ImagePullBackOff")
     })
     .await?;

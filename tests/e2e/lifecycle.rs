@@ -263,7 +263,7 @@ async fn active_deadline_seconds_kills_the_pod_and_fails_it() -> anyhow::Result<
     .await?;
     // Running first, so that the deadline kills a running module (generous bounds: CI
     // shares 2 cores between 16 tests and the control plane).
-    wait_pod(&pods, name, 30, "Running", |p| phase(p) == "Running").await?;
+    wait_pod(&pods, name, 120, "Running", |p| phase(p) == "Running").await?;
     let p = wait_pod(&pods, name, 90, "Failed", |p| phase(p) == "Failed").await?;
     let status = p.status.clone().unwrap_or_default();
     assert_eq!(status.reason.as_deref(), Some("DeadlineExceeded"));
@@ -434,7 +434,7 @@ async fn a_native_sidecar_runs_beside_the_app_and_stops_after_it() -> anyhow::Re
     let during = wait_row(&cluster, name, 10, |r| r.ready == "2/2").await?;
     assert_eq!(during, row("2/2", "Running", 0));
 
-    let p = wait_pod(&pods, name, 30, "Succeeded", |p| phase(p) == "Succeeded").await?;
+    let p = wait_pod(&pods, name, 120, "Succeeded", |p| phase(p) == "Succeeded").await?;
     let main = terminated(&p, "main").expect("main terminated");
     assert_eq!(
         (main.exit_code, main.reason.as_deref()),
@@ -478,7 +478,7 @@ async fn pods_the_node_cannot_run_are_rejected_as_the_kubelet_rejects_them() -> 
     let rejected = |name: &'static str| {
         let pods = pods.clone();
         async move {
-            let p = wait_pod(&pods, name, 30, "Failed", |p| phase(p) == "Failed").await?;
+            let p = wait_pod(&pods, name, 120, "Failed", |p| phase(p) == "Failed").await?;
             let s = p.status.unwrap_or_default();
             anyhow::Ok((s.reason.unwrap_or_default(), s.message.unwrap_or_default()))
         }
@@ -486,7 +486,7 @@ async fn pods_the_node_cannot_run_are_rejected_as_the_kubelet_rejects_them() -> 
     let running = |name: &'static str| {
         let pods = pods.clone();
         async move {
-            wait_pod(&pods, name, 30, "Ready", |p| {
+            wait_pod(&pods, name, 120, "Ready", |p| {
                 pod_condition(p, "Ready").as_deref() == Some("True")
             })
             .await
@@ -612,7 +612,7 @@ async fn restart_policy_on_failure_leaves_a_success_alone() -> anyhow::Result<()
     };
     run(&pods, "e2e-onfailure-ok", &node, spec("0")).await?;
     run(&pods, "e2e-onfailure-bad", &node, spec("5")).await?;
-    let p = wait_pod(&pods, "e2e-onfailure-ok", 30, "Succeeded", |p| {
+    let p = wait_pod(&pods, "e2e-onfailure-ok", 120, "Succeeded", |p| {
         phase(p) == "Succeeded"
     })
     .await?;
@@ -624,7 +624,7 @@ async fn restart_policy_on_failure_leaves_a_success_alone() -> anyhow::Result<()
         cluster.pod_row("e2e-onfailure-ok").await?,
         row("0/1", "Completed", 0)
     );
-    let p = wait_pod(&pods, "e2e-onfailure-bad", 30, "restarted", |p| {
+    let p = wait_pod(&pods, "e2e-onfailure-bad", 120, "restarted", |p| {
         container_status(p, "main").is_some_and(|c| c.restart_count >= 1)
     })
     .await?;

@@ -167,7 +167,7 @@ async fn a_container_pod_without_the_toleration_is_never_scheduled_to_the_node()
     let _ = pods.delete("e2e-container-pod", &Default::default()).await;
     e2e::wait_gone(&pods, "e2e-container-pod", 30).await?;
     pods.create(&Default::default(), &pod).await?;
-    let p = e2e::wait_pod(&pods, "e2e-container-pod", 30, "PodScheduled=False", |p| {
+    let p = e2e::wait_pod(&pods, "e2e-container-pod", 120, "PodScheduled=False", |p| {
         p.status
             .as_ref()
             .and_then(|s| s.conditions.as_ref())

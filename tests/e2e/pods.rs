@@ -239,7 +239,7 @@ async fn a_missing_image_waits_in_image_pull_back_off_with_an_event() -> anyhow:
             .and_then(|s| s.waiting.as_ref())
             .and_then(|w| w.reason.clone())
     };
-    let p = wait_pod(&pods, "e2e-missing", 30, "ImagePullBackOff", |p| {
+    let p = wait_pod(&pods, "e2e-missing", 120, "ImagePullBackOff", |p| {
         waiting_reason(p).as_deref() == Some("ImagePullBackOff")
     })
     .await?;

@@ -322,13 +322,13 @@ async fn a_missing_env_source_waits_as_create_container_config_error_then_recove
     );
     // The key missing gives the kubelet's other message; the value arriving, a start.
     put_config_map(&cluster, "e2e-late-env", &[("other", "x")]).await?;
-    wait_pod(&pods, "e2e-vol-late-env", 30, "missing key", |p| {
+    wait_pod(&pods, "e2e-vol-late-env", 120, "missing key", |p| {
         waiting_message(p, "main")
             .is_some_and(|m| m == "couldn't find key k in ConfigMap default/e2e-late-env")
     })
     .await?;
     put_config_map(&cluster, "e2e-late-env", &[("k", "arrived")]).await?;
-    wait_pod(&pods, "e2e-vol-late-env", 30, "Succeeded", |p| {
+    wait_pod(&pods, "e2e-vol-late-env", 120, "Succeeded", |p| {
         phase(p) == "Succeeded"
     })
     .await?;
@@ -389,7 +389,7 @@ async fn volumes_that_cannot_be_mounted_fail_the_mount_and_the_pod_waits() -> an
         wait_event(&cluster, name, "FailedMount", message).await?;
         // The event can be seen before the first status lands (it waits briefly for
         // the containers): wait for the status, then check it.
-        let p = wait_pod(&pods, name, 30, "a container status", |p| {
+        let p = wait_pod(&pods, name, 120, "a container status", |p| {
             waiting_reason(p, "main").is_some()
         })
         .await?;
@@ -856,7 +856,7 @@ async fn volumes_of_running_pods_survive_an_agent_restart_and_those_of_deleted_p
     assert!(log.contains("cat /scratch/f: e2e-vol-keep"), "{log}");
     // The run that stopped with the old agent is counted: a restart, the lost run in
     // lastState as the kubelet reports a container it can no longer find.
-    let p = wait_pod(&pods, "e2e-vol-keep", 30, "restart counted", |p| {
+    let p = wait_pod(&pods, "e2e-vol-keep", 120, "restart counted", |p| {
         e2e::container_status(p, "main").is_some_and(|s| s.restart_count == 1)
     })
     .await?;
@@ -868,7 +868,7 @@ async fn volumes_of_running_pods_survive_an_agent_restart_and_those_of_deleted_p
         (137, Some("ContainerStatusUnknown"))
     );
     // restartPolicy Never: the lost run is not run again; the pod fails.
-    let p = wait_pod(&pods, "e2e-vol-never", 30, "Failed", |p| {
+    let p = wait_pod(&pods, "e2e-vol-never", 120, "Failed", |p| {
         phase(p) == "Failed"
     })
     .await?;
