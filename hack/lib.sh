@@ -8,11 +8,28 @@ ETCD_VERSION=v3.6.8
 CNI_VERSION=v1.10.0
 # metrics-server (kubectl top, the HorizontalPodAutoscaler's resource metrics).
 METRICS_SERVER_VERSION=v0.8.0
+# The peer node of `hack/bench peers` only (never the tests): the upstream kubelet of
+# K8S_VERSION with containerd and runc, built from the Go module proxy.
+CONTAINERD_VERSION=v2.2.9
+RUNC_VERSION=v1.5.3
 
 KRUSTLET_CACHE="${KRUSTLET_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/krustlet}"
 K8S_BIN="$KRUSTLET_CACHE/bin/$K8S_VERSION"
 CNI_BIN="$KRUSTLET_CACHE/bin/cni-$CNI_VERSION"
 METRICS_SERVER_BIN="$KRUSTLET_CACHE/bin/metrics-server-$METRICS_SERVER_VERSION/metrics-server"
+PEERS_BIN="$KRUSTLET_CACHE/bin/peers-containerd-$CONTAINERD_VERSION-runc-$RUNC_VERSION"
+
+# The version stamp of the upstream Kubernetes binaries built here, as upstream's release
+# builds set it.
+k8s_ldflags() {
+  local pkg ldflags="-s -w"
+  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ldflags+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=${K8S_VERSION_MAJOR}"
+    ldflags+=" -X $pkg.gitMinor=${K8S_VERSION_MINOR} -X $pkg.gitTreeState=clean"
+    ldflags+=" -X $pkg.buildDate=1970-01-01T00:00:00Z"
+  done
+  echo "$ldflags"
+}
 
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }

@@ -550,7 +550,7 @@ async fn measure(
 
     // The same pods on a kwok node in the same run: create to the status kwok writes
     // (Ready, with an address), the API round trips alone.
-    let mut kwok = e2e::kwok_node(cluster, KWOK_NODE, 10497, 10496).await?;
+    let kwok = e2e::kwok_node(cluster, KWOK_NODE, 10497, 10496).await?;
     let on_kwok = watch_addresses(pods.clone(), "http-kwok");
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut kwok_ready = Vec::new();
@@ -566,8 +566,7 @@ async fn measure(
         kwok_ready.push(seen_at.duration_since(t0).as_secs_f64() * 1000.0);
         clear(&pods, "http-kwok").await?;
     }
-    let _ = kwok.kill();
-    let _ = kwok.wait();
+    drop(kwok);
     let _ = cluster
         .nodes()
         .delete(KWOK_NODE, &DeleteParams::default())

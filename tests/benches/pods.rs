@@ -24,16 +24,13 @@
 //! sustained and krustlet's resident memory before, at the end and after 30 quiet seconds
 //! (does it return to its baseline?); written to `bench-results/churn.json`.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use e2e::{Cluster, KrustletNode, wasm_toleration, workload};
-use futures::StreamExt;
+use e2e::bench::{self, BenchPod, cpu_ticks, percentile, rss_kib, watch};
+use e2e::{Cluster, KrustletNode, workload};
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
-use kube::api::{DeleteParams, ListParams, PostParams};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::api::{DeleteParams, PostParams};
 
 const PODS: usize = 100;
 const KRUSTLET_NODE: &str = "bench-krustlet";
@@ -42,84 +39,21 @@ const KWOK_NODE: &str = "bench-kwok";
 /// A scenario's label, its latencies (ms, sorted) and its peer's (kwok's) latencies.
 type Row = (String, Vec<f64>, Option<Vec<f64>>);
 
-/// When each pod of this run was first seen ready (or succeeded).
-#[derive(Clone, Default)]
-struct Seen(Arc<Mutex<HashMap<String, Instant>>>);
-
-impl Seen {
-    fn get(&self, name: &str) -> Option<Instant> {
-        self.0.lock().ok()?.get(name).copied()
-    }
-}
-
-fn done(p: &Pod, completion: bool) -> bool {
-    let status = p.status.as_ref();
-    if completion {
-        return status.and_then(|s| s.phase.as_deref()) == Some("Succeeded");
-    }
-    status
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
-fn watch(pods: Api<Pod>, completion: bool) -> Seen {
-    let seen = Seen::default();
-    let s = seen.clone();
-    tokio::spawn(async move {
-        let mut stream = watcher(pods, watcher::Config::default().labels("bench=pods"))
-            .applied_objects()
-            .boxed();
-        while let Some(Ok(p)) = stream.next().await {
-            if done(&p, completion)
-                && let Ok(mut map) = s.0.lock()
-            {
-                map.entry(p.metadata.name.clone().unwrap_or_default())
-                    .or_insert_with(Instant::now);
-            }
-        }
-    });
-    seen
-}
-
 fn pod(name: &str, node: &str, image: &str, completion: bool) -> Pod {
-    let mut container = serde_json::json!({ "name": "main", "image": image });
-    if completion {
-        container["args"] = serde_json::json!(["print", "done"]);
+    let args = if completion { vec!["print".to_owned(), "done".to_owned()] } else { Vec::new() };
+    BenchPod {
+        node: node.to_owned(),
+        image: image.to_owned(),
+        args,
+        completion,
+        runtime_class: None,
+        never_pull: false,
     }
-    serde_json::from_value(serde_json::json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": { "name": name, "labels": { "bench": "pods" } },
-        "spec": {
-            "nodeName": node,
-            "restartPolicy": if completion { "Never" } else { "Always" },
-            "tolerations": wasm_toleration(),
-            "automountServiceAccountToken": false,
-            "terminationGracePeriodSeconds": 0,
-            "containers": [container]
-        }
-    }))
-    .expect("pod")
+    .pod(name)
 }
 
 async fn clear(pods: &Api<Pod>) -> anyhow::Result<()> {
-    let now = DeleteParams {
-        grace_period_seconds: Some(0),
-        ..DeleteParams::default()
-    };
-    pods.delete_collection(&now, &ListParams::default().labels("bench=pods"))
-        .await?;
-    for _ in 0..600 {
-        if pods
-            .list(&ListParams::default().labels("bench=pods"))
-            .await?
-            .items
-            .is_empty()
-        {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    anyhow::bail!("bench pods not gone")
+    bench::clear(pods, 60).await
 }
 
 /// Runs one scenario; returns the latencies in milliseconds.
@@ -130,56 +64,15 @@ async fn scenario(
     burst: bool,
     completion: bool,
 ) -> anyhow::Result<Vec<f64>> {
-    clear(pods).await?;
-    let seen = watch(pods.clone(), completion);
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let names: Vec<String> = (0..PODS).map(|i| format!("bench-{i}")).collect();
-    let mut started = HashMap::new();
-    let wait = |name: String, seen: Seen| async move {
-        for _ in 0..1200 {
-            if seen.get(&name).is_some() {
-                return Ok(());
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        anyhow::bail!("{name} never got there")
+    let template = BenchPod {
+        node: node.to_owned(),
+        image: String::new(),
+        args: if completion { vec!["print".to_owned(), "done".to_owned()] } else { Vec::new() },
+        completion,
+        runtime_class: None,
+        never_pull: false,
     };
-    if burst {
-        let creations = names.iter().enumerate().map(|(i, name)| {
-            let p = pod(name, node, &images[i % images.len()], completion);
-            let pods = pods.clone();
-            async move {
-                let t0 = Instant::now();
-                pods.create(&PostParams::default(), &p).await.map(|_| t0)
-            }
-        });
-        for (name, t0) in names.iter().zip(futures::future::join_all(creations).await) {
-            started.insert(name.clone(), t0?);
-        }
-        for name in &names {
-            wait(name.clone(), seen.clone()).await?;
-        }
-    } else {
-        for (i, name) in names.iter().enumerate() {
-            let p = pod(name, node, &images[i % images.len()], completion);
-            let t0 = Instant::now();
-            pods.create(&PostParams::default(), &p).await?;
-            started.insert(name.clone(), t0);
-            wait(name.clone(), seen.clone()).await?;
-        }
-    }
-    let mut ms: Vec<f64> = names
-        .iter()
-        .filter_map(|n| Some(seen.get(n)?.duration_since(started[n]).as_secs_f64() * 1000.0))
-        .collect();
-    ms.sort_by(f64::total_cmp);
-    clear(pods).await?;
-    Ok(ms)
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
+    bench::start_latency(pods, &template, images, PODS, burst, 6).await
 }
 
 /// The module with a custom section holding `nonce`: same code, its own digest.
@@ -205,21 +98,6 @@ fn unique(wasm: &[u8], nonce: &str) -> Vec<u8> {
     leb(payload.len(), &mut out);
     out.extend_from_slice(&payload);
     out
-}
-
-/// `VmRSS` of process `pid`, in KiB.
-fn rss_kib(pid: u32) -> Option<u64> {
-    e2e::proc_status(pid, "VmRSS")
-}
-
-/// User plus system CPU time of process `pid`, in clock ticks (1/100 s).
-fn cpu_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name (which is in parentheses and may hold spaces).
-    let rest = stat.rsplit_once(')')?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after ')'.
-    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
 }
 
 async fn density(cluster: &Cluster, node: &KrustletNode) -> anyhow::Result<()> {
@@ -448,7 +326,7 @@ async fn main() -> anyhow::Result<()> {
     let node: KrustletNode = cluster
         .ready_node(KRUSTLET_NODE, 10401, &["--max-pods", "1000"])
         .await?;
-    let mut kwok = e2e::kwok_node(&cluster, KWOK_NODE, 10499, 10498).await?;
+    let kwok = e2e::kwok_node(&cluster, KWOK_NODE, 10499, 10498).await?;
     let pods = cluster.pods();
     let looping = cluster.push("loop", "bench").await?;
     let tool = cluster.push("tool", "bench").await?;
@@ -525,8 +403,7 @@ async fn main() -> anyhow::Result<()> {
             Some(kwok_ms),
         ));
     }
-    let _ = kwok.kill();
-    let _ = kwok.wait();
+    drop(kwok);
 
     println!("| scenario | p50 ms | p90 ms | p99 ms | p50 / kwok p50 |");
     println!("| --- | --- | --- | --- | --- |");

@@ -24,78 +24,32 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use e2e::{Cluster, wasm_toleration};
+use e2e::Cluster;
+use e2e::bench::{self, BenchPod, hash_seconds, median};
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
-use kube::api::{DeleteParams, LogParams, PostParams};
 
 const NODE: &str = "bench-runtime";
 const STARTS: usize = 50;
 const RUNS: usize = 5;
 const ROUNDS: &str = "8000";
 
-fn pod(name: &str, image: &str, args: &[&str]) -> Pod {
-    serde_json::from_value(serde_json::json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": { "name": name, "labels": { "bench": "runtime" } },
-        "spec": {
-            "nodeName": NODE,
-            "restartPolicy": "Never",
-            "tolerations": wasm_toleration(),
-            "automountServiceAccountToken": false,
-            "terminationGracePeriodSeconds": 0,
-            "containers": [{ "name": "main", "image": image, "args": args }]
-        }
-    }))
-    .expect("pod")
-}
-
-/// Runs pod `name` to `Succeeded` and returns its log; the pod is deleted afterwards.
+/// Runs the `image` pod `name` with `args` to completion; returns its log.
 async fn run_pod(
     pods: &Api<Pod>,
     name: &str,
     image: &str,
     args: &[&str],
 ) -> anyhow::Result<String> {
-    let now = DeleteParams {
-        grace_period_seconds: Some(0),
-        ..DeleteParams::default()
+    let template = BenchPod {
+        node: NODE.to_owned(),
+        image: image.to_owned(),
+        args: args.iter().map(|&a| a.to_owned()).collect(),
+        completion: true,
+        runtime_class: None,
+        never_pull: false,
     };
-    if pods.get_opt(name).await?.is_some() {
-        pods.delete(name, &now).await?;
-        while pods.get_opt(name).await?.is_some() {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-    pods.create(&PostParams::default(), &pod(name, image, args))
-        .await?;
-    let give_up = Instant::now() + Duration::from_secs(300);
-    loop {
-        let p = pods.get(name).await?;
-        match p.status.and_then(|s| s.phase).as_deref() {
-            Some("Succeeded") => break,
-            Some("Failed") => bail!("{name} failed"),
-            _ if Instant::now() > give_up => bail!("{name} did not finish"),
-            _ => tokio::time::sleep(Duration::from_millis(20)).await,
-        }
-    }
-    let log = pods.logs(name, &LogParams::default()).await?;
-    pods.delete(name, &now).await?;
-    Ok(log)
-}
-
-/// The `seconds=` figure `hash` printed.
-fn hash_seconds(output: &str) -> anyhow::Result<(String, f64)> {
-    let line = output
-        .lines()
-        .find(|l| l.starts_with("hash="))
-        .with_context(|| format!("no hash line in {output:?}"))?;
-    let field = |key: &str| {
-        line.split(' ')
-            .find_map(|f| f.strip_prefix(key))
-            .with_context(|| format!("no {key} in {line:?}"))
-    };
-    Ok((field("hash=")?.to_owned(), field("seconds=")?.parse()?))
+    bench::run_to_completion(pods, &template, name, 300).await
 }
 
 fn run(program: &Path, args: &[&str]) -> anyhow::Result<String> {
@@ -112,11 +66,6 @@ fn run(program: &Path, args: &[&str]) -> anyhow::Result<String> {
         );
     }
     Ok(String::from_utf8(out.stdout)?)
-}
-
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    xs[xs.len() / 2]
 }
 
 fn env_path(key: &str) -> anyhow::Result<PathBuf> {
@@ -174,7 +123,7 @@ async fn main() -> anyhow::Result<()> {
         )?;
         cli_ms.push(t0.elapsed().as_secs_f64() * 1000.0);
     }
-    let cli_start_ms = median(cli_ms);
+    let cli_start_ms = median(&mut cli_ms);
 
     // Compute: the same hashing loop as a pod, under the CLI and natively.
     let hash_wasm = wasm_dir.join("hash.wasm");
@@ -197,7 +146,7 @@ async fn main() -> anyhow::Result<()> {
         cli.push(check("wasmtime", &out)?);
         nat.push(check("native", &run(&native, &[ROUNDS])?)?);
     }
-    let (ours, cli, nat) = (median(ours), median(cli), median(nat));
+    let (ours, cli, nat) = (median(&mut ours), median(&mut cli), median(&mut nat));
 
     println!("| measure | krustlet | wasmtime CLI | native | krustlet / wasmtime |");
     println!("| --- | --- | --- | --- | --- |");

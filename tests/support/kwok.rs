@@ -12,9 +12,20 @@ use kube::api::{DeleteParams, PostParams};
 
 use crate::Cluster;
 
+/// A kwok process, killed when dropped (also when a benchmark stops on an error: a kwok
+/// left running keeps writing the statuses of the next run's fake node).
+pub struct Kwok(std::process::Child);
+
+impl Drop for Kwok {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Starts kwok for a fake Node `name` (made afresh, tainted like the krustlet nodes),
 /// with its own kubelet-like ports, and waits until the node is Ready. The process is
-/// the caller's to kill.
+/// stopped when the value returned is dropped.
 ///
 /// # Errors
 /// The node cannot be made, kwok cannot be started, or the node is not Ready in 60 s.
@@ -23,7 +34,7 @@ pub async fn kwok_node(
     name: &str,
     node_port: u16,
     server_port: u16,
-) -> Result<std::process::Child> {
+) -> Result<Kwok> {
     let nodes: Api<Node> = cluster.nodes();
     let _ = nodes.delete(name, &DeleteParams::default()).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -42,7 +53,7 @@ pub async fn kwok_node(
     let bin = std::env::var("KWOK_BIN").unwrap_or_else(|_| "kwok".to_owned());
     let log = std::fs::File::create(crate::root().join(format!("target/bench-kwok-{name}.log")))?;
     let stages = std::env::var("KWOK_STAGES").unwrap_or_default();
-    let child = std::process::Command::new(bin)
+    let child = Kwok(std::process::Command::new(bin)
         .args(["--kubeconfig", &kubeconfig])
         .args(["--config", &stages])
         .args([
@@ -54,7 +65,7 @@ pub async fn kwok_node(
         .arg(format!("--server-address=127.0.0.1:{server_port}"))
         .stdout(log.try_clone()?)
         .stderr(log)
-        .spawn()?;
+        .spawn()?);
     crate::wait_node(&nodes, name, 60, "Ready", |n| {
         crate::node_condition(n, "Ready").as_deref() == Some("True")
     })

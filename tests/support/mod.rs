@@ -6,9 +6,11 @@
 //! - `pods`: pod manifests, waits on pods, their status, `kubectl get pod` rows.
 //! - `registry`: pushes of workloads and images, a registry process of a test's own.
 //! - `network`: a pod network (bridge, CNI configuration, namespaces) of a test node's own.
+//! - [`bench`]: what the benchmarks share (a pod watch, bench pods, `/proc` readings).
 //! - [`fleet`]: a Deployment spread over several nodes, a pod watch, a node's death measured.
 //! - [`hostile`] and [`outage`]: a hostile registry and an API server that goes away.
 
+pub mod bench;
 mod cluster;
 pub mod fleet;
 pub mod hostile;
@@ -22,7 +24,7 @@ mod registry;
 pub use cluster::{
     Cluster, ControllerTimings, bootstrap_token, client, cluster_env, node_credentials, root, setup,
 };
-pub use kwok::kwok_node;
+pub use kwok::{Kwok, kwok_node};
 pub use network::PodNet;
 pub use node::{KrustletNode, mounts_under, node_condition, proc_field, proc_status, wait_node};
 pub use pods::{

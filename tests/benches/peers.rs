@@ -1,0 +1,537 @@
+//! Krustlet against the peers an operator would pick instead (issue 14), on one control
+//! plane, in one run: the upstream kubelet with containerd and runc running the same C
+//! programs built natively (plain containers), the same kubelet with runwasi's wasmtime
+//! shim running the same wasm (when `hack/bench peers` found the shim), and kwok (only the
+//! API round trips). Run with `hack/bench peers`, which builds and starts the peer node
+//! (`hack/peer-node`), imports its images and sets the `PEER_*` variables read here.
+//!
+//! Rows, each for every node that can run it:
+//! - pod start latency, from just before the create request to the watch event showing
+//!   the pod `Ready` (the `tool` program idling in `sleep`) or `Succeeded` (`tool print
+//!   done`), images cached, `PEERS_PODS` (100) one at a time and all at once;
+//! - N idle pods (`PEERS_DENSITY_SIZES`, 100 and 500): time until all are Ready and the
+//!   memory the node needs for them over its memory with no pods, per pod. Memory is the
+//!   proportional set size (PSS) of every process of the node: krustlet's one process;
+//!   for the kubelet node the kubelet, containerd, and every shim our containerd started
+//!   with all their descendants (pause and container processes). Kernel memory (page
+//!   tables, namespaces, cgroups) is not in it, on either side;
+//! - churn: 10 workers create a run-to-completion pod, wait for `Succeeded`, delete it and
+//!   wait until it is gone, for `PEERS_CHURN_SECONDS` (120) per node: pods per second;
+//! - compute: the `hash` loop (its own timing of the loop, so start and compilation are
+//!   out), median of 3 runs per node.
+//!
+//! Writes `bench-results/peers.{json,csv,svg}`.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use e2e::bench::{
+    self, BenchPod, cpu_ticks, hash_seconds, median, percentile, processes_under, pss_kib,
+};
+use e2e::{Cluster, KrustletNode};
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+use kube::api::{DeleteParams, PostParams};
+
+const KRUSTLET_NODE: &str = "bench-krustlet";
+const KWOK_NODE: &str = "bench-kwok";
+const HASH_ROUNDS: &str = "4000";
+const HASH_RUNS: usize = 3;
+
+/// How the memory of a node's processes is found.
+enum Memory {
+    /// One process.
+    Process(u32),
+    /// The kubelet, containerd, and every process under the shims that carry containerd's
+    /// socket address in their arguments.
+    Kubelet {
+        kubelet: u32,
+        containerd: u32,
+        address: String,
+    },
+    /// Nothing to measure (kwok writes statuses only).
+    None,
+}
+
+impl Memory {
+    /// The processes counted.
+    fn pids(&self) -> Vec<u32> {
+        match self {
+            Self::Process(pid) => vec![*pid],
+            Self::Kubelet {
+                kubelet,
+                containerd,
+                address,
+            } => {
+                let mut pids = vec![*kubelet, *containerd];
+                pids.extend(processes_under(&format!("-address {address}")));
+                pids
+            }
+            Self::None => Vec::new(),
+        }
+    }
+
+    /// Their total PSS in KiB, and how many there are.
+    fn pss_kib(&self) -> (u64, usize) {
+        let pids = self.pids();
+        (pids.iter().filter_map(|&p| pss_kib(p)).sum(), pids.len())
+    }
+
+    /// Their total CPU time in clock ticks.
+    fn cpu_ticks(&self) -> u64 {
+        self.pids().iter().filter_map(|&p| cpu_ticks(p)).sum()
+    }
+}
+
+/// A node under test and the pods it runs.
+struct Target {
+    label: &'static str,
+    /// The idle and run-to-completion `tool` pods and the `hash` pod differ only in image
+    /// and arguments.
+    template: BenchPod,
+    tool: String,
+    hash: Option<String>,
+    memory: Memory,
+    /// Churn and density are measured (not for kwok).
+    real: bool,
+}
+
+impl Target {
+    fn idle(&self) -> BenchPod {
+        BenchPod {
+            image: self.tool.clone(),
+            args: vec!["sleep".to_owned(), "1000000".to_owned()],
+            completion: false,
+            ..self.template.clone()
+        }
+    }
+
+    fn completing(&self) -> BenchPod {
+        BenchPod {
+            image: self.tool.clone(),
+            args: vec!["print".to_owned(), "done".to_owned()],
+            completion: true,
+            ..self.template.clone()
+        }
+    }
+}
+
+fn env(key: &str) -> anyhow::Result<String> {
+    std::env::var(key).with_context(|| format!("{key} is not set: run this with hack/bench peers"))
+}
+
+fn env_num(key: &str, default: u64) -> u64 {
+    std::env::var(key)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// One line of the results: a measure, and each node's figure (None: not measured).
+struct Line {
+    measure: String,
+    unit: &'static str,
+    figures: Vec<Option<f64>>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cluster = Cluster::connect().await?;
+    let pods = cluster.pods();
+    let peer_node = env("PEER_NODE")?;
+    let peer_memory = || -> anyhow::Result<Memory> {
+        Ok(Memory::Kubelet {
+            kubelet: env("PEER_KUBELET_PID")?.parse()?,
+            containerd: env("PEER_CONTAINERD_PID")?.parse()?,
+            address: env("PEER_CONTAINERD_ADDRESS")?,
+        })
+    };
+    let node: KrustletNode = cluster
+        .ready_node(KRUSTLET_NODE, 10401, &["--max-pods", "1100"])
+        .await?;
+    let kwok = e2e::kwok_node(&cluster, KWOK_NODE, 10499, 10498).await?;
+    let krustlet_pid = node.pid().context("krustlet is not running")?;
+    let template = |node: &str| BenchPod {
+        node: node.to_owned(),
+        image: String::new(),
+        args: Vec::new(),
+        completion: false,
+        runtime_class: None,
+        never_pull: false,
+    };
+    let tool = cluster.push("tool", "bench").await?;
+    let hash = cluster.push("hash", "bench").await?;
+    let mut targets = vec![
+        Target {
+            label: "krustlet",
+            template: template(KRUSTLET_NODE),
+            tool: tool.clone(),
+            hash: Some(hash),
+            memory: Memory::Process(krustlet_pid),
+            real: true,
+        },
+        Target {
+            label: "kubelet + runc (native)",
+            template: BenchPod {
+                never_pull: true,
+                ..template(&peer_node)
+            },
+            tool: env("PEER_NATIVE_TOOL")?,
+            hash: Some(env("PEER_NATIVE_HASH")?),
+            memory: peer_memory()?,
+            real: true,
+        },
+    ];
+    if let (Ok(wasm_tool), Ok(wasm_hash)) = (env("PEER_WASM_TOOL"), env("PEER_WASM_HASH")) {
+        targets.push(Target {
+            label: "kubelet + runwasi",
+            template: BenchPod {
+                never_pull: true,
+                runtime_class: Some("wasmtime".to_owned()),
+                ..template(&peer_node)
+            },
+            tool: wasm_tool,
+            hash: Some(wasm_hash),
+            memory: peer_memory()?,
+            real: true,
+        });
+    } else {
+        println!("runwasi's shim was not given (PEER_WASM_SHIM): its rows are left out");
+    }
+    targets.push(Target {
+        label: "kwok",
+        template: template(KWOK_NODE),
+        tool,
+        hash: None,
+        memory: Memory::None,
+        real: false,
+    });
+
+    let count = usize::try_from(env_num("PEERS_PODS", 100))?;
+    let mut lines: Vec<Line> = Vec::new();
+    let mut samples = serde_json::Map::new();
+    // Warm every node: its image cached (and for krustlet, compiled) before timing.
+    for t in &targets {
+        bench::start_latency(&pods, &t.completing(), std::slice::from_ref(&t.tool), 2, false, 300)
+            .await
+            .with_context(|| format!("warming {}", t.label))?;
+    }
+
+    // Start latency.
+    for (what, completion) in [("Ready", false), ("Succeeded", true)] {
+        for (how, burst) in [("one at a time", false), (&*format!("{count} at once"), true)] {
+            let mut p50 = Vec::new();
+            let mut p99 = Vec::new();
+            for t in &targets {
+                let pod = if completion { t.completing() } else { t.idle() };
+                if completion && !t.real {
+                    // kwok completes only pods that a Job owns.
+                    p50.push(None);
+                    p99.push(None);
+                    continue;
+                }
+                let ms = bench::start_latency(&pods, &pod, std::slice::from_ref(&pod.image), count, burst, 300)
+                    .await
+                    .with_context(|| format!("{}: start latency, {what}, {how}", t.label))?;
+                println!(
+                    "{}: {what}, {how}: p50 {:.0} ms, p90 {:.0} ms, p99 {:.0} ms",
+                    t.label,
+                    percentile(&ms, 0.5),
+                    percentile(&ms, 0.9),
+                    percentile(&ms, 0.99)
+                );
+                p50.push(Some(percentile(&ms, 0.5)));
+                p99.push(Some(percentile(&ms, 0.99)));
+                samples.insert(format!("{}: {what}, {how}", t.label), serde_json::json!(ms));
+            }
+            lines.push(Line { measure: format!("pod start to {what}, {how}, p50"), unit: "ms", figures: p50 });
+            lines.push(Line { measure: format!("pod start to {what}, {how}, p99"), unit: "ms", figures: p99 });
+        }
+    }
+
+    // Density.
+    let sizes: Vec<usize> = std::env::var("PEERS_DENSITY_SIZES")
+        .unwrap_or_else(|_| "100,500".to_owned())
+        .split(',')
+        .filter_map(|n| n.trim().parse().ok())
+        .collect();
+    for n in sizes {
+        let mut ready = Vec::new();
+        let mut per_pod = Vec::new();
+        let mut idle_cpu = Vec::new();
+        for t in &targets {
+            if !t.real {
+                ready.push(None);
+                per_pod.push(None);
+                idle_cpu.push(None);
+                continue;
+            }
+            match density(&pods, t, n).await {
+                Ok((secs, kib, cpu)) => {
+                    println!(
+                        "{}: {n} idle pods: all Ready in {secs:.1} s, {kib:.0} KiB per pod, {cpu:.1} % CPU idle",
+                        t.label
+                    );
+                    ready.push(Some(secs));
+                    per_pod.push(Some(kib));
+                    idle_cpu.push(Some(cpu));
+                }
+                Err(e) => {
+                    println!("{}: {n} idle pods: broke: {e:#}", t.label);
+                    ready.push(None);
+                    per_pod.push(None);
+                    idle_cpu.push(None);
+                }
+            }
+            bench::clear(&pods, 600).await?;
+        }
+        lines.push(Line { measure: format!("{n} idle pods: time to all Ready"), unit: "s", figures: ready });
+        lines.push(Line { measure: format!("{n} idle pods: memory per pod"), unit: "KiB", figures: per_pod });
+        lines.push(Line { measure: format!("{n} idle pods: CPU while idle"), unit: "%", figures: idle_cpu });
+    }
+
+    // Churn.
+    let seconds = env_num("PEERS_CHURN_SECONDS", 120);
+    let mut churned = Vec::new();
+    for t in &targets {
+        if !t.real {
+            churned.push(None);
+            continue;
+        }
+        let rate = churn(&pods, t, seconds)
+            .await
+            .with_context(|| format!("{}: churn", t.label))?;
+        println!("{}: churn: {rate:.1} pods/s", t.label);
+        churned.push(Some(rate));
+    }
+    lines.push(Line { measure: format!("churn, 10 at a time for {seconds} s"), unit: "pods/s", figures: churned });
+
+    // Compute.
+    let mut compute = Vec::new();
+    let mut expected: Option<String> = None;
+    for t in &targets {
+        let Some(image) = &t.hash else {
+            compute.push(None);
+            continue;
+        };
+        let pod = BenchPod {
+            image: image.clone(),
+            args: vec![HASH_ROUNDS.to_owned()],
+            completion: true,
+            ..t.template.clone()
+        };
+        let mut runs = Vec::new();
+        for i in 0..HASH_RUNS {
+            let log = bench::run_to_completion(&pods, &pod, &format!("bench-hash-{i}"), 600).await?;
+            let (digest, secs) = hash_seconds(&log)?;
+            match &expected {
+                None => expected = Some(digest),
+                Some(d) => anyhow::ensure!(*d == digest, "{} computed {digest}, others {d}", t.label),
+            }
+            runs.push(secs);
+        }
+        let m = median(&mut runs);
+        println!("{}: hash loop ({HASH_ROUNDS} rounds): {m:.3} s", t.label);
+        compute.push(Some(m));
+    }
+    lines.push(Line { measure: format!("compute: hash loop, {HASH_ROUNDS} rounds, median of {HASH_RUNS}"), unit: "s", figures: compute });
+    bench::clear(&pods, 600).await?;
+    drop(kwok);
+
+    report(&targets, &lines, samples)
+}
+
+/// `n` idle pods on target `t`: seconds until all are Ready, memory per pod over the
+/// node with none (KiB, PSS), and the node's CPU use over 10 idle seconds (% of a core).
+async fn density(pods: &Api<Pod>, t: &Target, n: usize) -> anyhow::Result<(f64, f64, f64)> {
+    bench::clear(pods, 600).await?;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (baseline, _) = t.memory.pss_kib();
+    let seen = bench::watch(pods.clone(), false);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let began = Instant::now();
+    let names: Vec<String> = (0..n).map(|i| format!("bench-{i}")).collect();
+    let idle = t.idle();
+    for chunk in names.chunks(25) {
+        let creations = chunk.iter().map(|name| {
+            let (p, pods) = (idle.pod(name), pods.clone());
+            async move { pods.create(&PostParams::default(), &p).await }
+        });
+        for created in futures::future::join_all(creations).await {
+            created?;
+        }
+    }
+    // Generous: a second per pod past the first minute.
+    let deadline = Instant::now() + Duration::from_secs(60 + n as u64);
+    while let Some(missing) = names.iter().find(|name| seen.get(name).is_none()) {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "not all Ready in {} s ({missing} and maybe others not)",
+            60 + n
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let to_ready = began.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let cpu0 = t.memory.cpu_ticks();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let idle_cpu = t.memory.cpu_ticks().saturating_sub(cpu0) as f64 / 10.0;
+    let (total, processes) = t.memory.pss_kib();
+    println!(
+        "  {}: {processes} processes, PSS {:.0} MiB with {n} pods, {:.0} MiB with none",
+        t.label,
+        total as f64 / 1024.0,
+        baseline as f64 / 1024.0
+    );
+    Ok((to_ready, total.saturating_sub(baseline) as f64 / n as f64, idle_cpu))
+}
+
+/// Pods per second that 10 workers create, run to `Succeeded` and delete on `t`.
+async fn churn(pods: &Api<Pod>, t: &Target, seconds: u64) -> anyhow::Result<f64> {
+    bench::clear(pods, 600).await?;
+    let seen = bench::watch(pods.clone(), true);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let end = Instant::now() + Duration::from_secs(seconds);
+    let pod = t.completing();
+    let worker = |w: usize| {
+        let (pods, seen, pod) = (pods.clone(), seen.clone(), pod.clone());
+        async move {
+            let mut done = 0u64;
+            while Instant::now() < end {
+                let name = format!("bench-{w}-{done}");
+                pods.create(&PostParams::default(), &pod.pod(&name)).await?;
+                seen.wait(&name, 300).await?;
+                pods.delete(&name, &DeleteParams::default()).await?;
+                let give_up = Instant::now() + Duration::from_secs(300);
+                while pods.get_opt(&name).await?.is_some() {
+                    anyhow::ensure!(Instant::now() < give_up, "{name} never went away");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                done += 1;
+            }
+            anyhow::Ok(done)
+        }
+    };
+    let began = Instant::now();
+    let mut total = 0;
+    for done in futures::future::join_all((0..10).map(worker)).await {
+        total += done?;
+    }
+    Ok(total as f64 / began.elapsed().as_secs_f64())
+}
+
+fn report(
+    targets: &[Target],
+    lines: &[Line],
+    samples: serde_json::Map<String, serde_json::Value>,
+) -> anyhow::Result<()> {
+    let labels: Vec<&str> = targets.iter().map(|t| t.label).collect();
+    let fmt = |v: Option<f64>| match v {
+        None => "-".to_owned(),
+        Some(v) if v >= 100.0 => format!("{v:.0}"),
+        Some(v) if v >= 10.0 => format!("{v:.1}"),
+        Some(v) => format!("{v:.2}"),
+    };
+    // Ratios are krustlet's advantage over each real peer: the peer's figure over ours
+    // (times, memory, CPU), or ours over the peer's (pods per second).
+    let peers: Vec<usize> = (1..targets.len()).filter(|&i| targets[i].real).collect();
+    let mut header = format!("| measure | {} |", labels.join(" | "));
+    let mut rule = format!("| --- |{}", " --- |".repeat(labels.len()));
+    for &i in &peers {
+        header.push_str(&format!(" krustlet's lead over {} |", labels[i]));
+        rule.push_str(" --- |");
+    }
+    println!("{header}\n{rule}");
+    let mut csv = format!("measure,unit,{}\n", labels.join(","));
+    let mut json_lines = Vec::new();
+    for line in lines {
+        let mut row = format!("| {} ({}) |", line.measure, line.unit);
+        for v in &line.figures {
+            row.push_str(&format!(" {} |", fmt(*v)));
+        }
+        let mut leads = serde_json::Map::new();
+        for &i in &peers {
+            let lead = match (line.figures[0], line.figures[i]) {
+                (Some(ours), Some(theirs)) if ours > 0.0 && theirs > 0.0 => Some(if line.unit == "pods/s" {
+                    ours / theirs
+                } else {
+                    theirs / ours
+                }),
+                _ => None,
+            };
+            row.push_str(&format!(" {} |", lead.map_or("-".to_owned(), |l| format!("{l:.2}x"))));
+            leads.insert(labels[i].to_owned(), serde_json::json!(lead));
+        }
+        println!("{row}");
+        csv.push_str(&format!(
+            "{},{},{}\n",
+            line.measure,
+            line.unit,
+            line.figures.iter().map(|v| v.map_or(String::new(), |v| format!("{v:.3}"))).collect::<Vec<_>>().join(",")
+        ));
+        json_lines.push(serde_json::json!({
+            "measure": line.measure, "unit": line.unit,
+            "figures": labels.iter().zip(&line.figures).map(|(l, v)| ((*l).to_owned(), serde_json::json!(v))).collect::<serde_json::Map<_, _>>(),
+            "krustlet_lead": leads,
+        }));
+    }
+    let dir = e2e::root().join("bench-results");
+    std::fs::create_dir_all(&dir)?;
+    let versions = serde_json::json!({
+        "kubernetes": std::env::var("PEER_VERSIONS").unwrap_or_default(),
+        "date": jiff::Timestamp::now().to_string(),
+    });
+    std::fs::write(
+        dir.join("peers.json"),
+        serde_json::to_string_pretty(&serde_json::json!({
+            "nodes": labels, "versions": versions, "lines": json_lines, "start_latency_samples_ms": samples
+        }))?,
+    )?;
+    std::fs::write(dir.join("peers.csv"), csv)?;
+    std::fs::write(dir.join("peers.svg"), svg(&labels, lines))?;
+    println!("written: bench-results/peers.json, peers.csv, peers.svg");
+    Ok(())
+}
+
+/// One panel of bars per measure (each on its own linear scale), one bar per node.
+fn svg(labels: &[&str], lines: &[Line]) -> String {
+    let colours = ["#3182bd", "#e6550d", "#31a354", "#756bb1"];
+    let (bar, gap, width) = (14.0, 6.0, 420.0);
+    let panel = |n: usize| 24.0 + n as f64 * bar + gap;
+    let height = 60.0 + lines.len() as f64 * panel(labels.len());
+    let mut out = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"980\" height=\"{height:.0}\" font-family=\"sans-serif\" font-size=\"11\">\n<text x=\"10\" y=\"18\" font-size=\"14\">krustlet and its peers, one run on one control plane (each measure on its own scale)</text>\n"
+    );
+    for (i, label) in labels.iter().enumerate() {
+        out.push_str(&format!(
+            "<rect x=\"{:.0}\" y=\"28\" width=\"10\" height=\"10\" fill=\"{}\"/><text x=\"{:.0}\" y=\"37\">{label}</text>\n",
+            10.0 + i as f64 * 200.0,
+            colours[i % colours.len()],
+            24.0 + i as f64 * 200.0
+        ));
+    }
+    for (k, line) in lines.iter().enumerate() {
+        let y0 = 50.0 + k as f64 * panel(labels.len());
+        out.push_str(&format!(
+            "<text x=\"10\" y=\"{:.0}\">{} ({})</text>\n",
+            y0 + 14.0,
+            line.measure,
+            line.unit
+        ));
+        let max = line.figures.iter().flatten().copied().fold(0.0, f64::max);
+        for (i, v) in line.figures.iter().enumerate() {
+            let y = y0 + 20.0 + i as f64 * bar;
+            let Some(v) = v else { continue };
+            let w = if max > 0.0 { width * v / max } else { 0.0 };
+            out.push_str(&format!(
+                "<rect x=\"420\" y=\"{y:.0}\" width=\"{w:.1}\" height=\"{:.0}\" fill=\"{}\"/><text x=\"{:.0}\" y=\"{:.0}\">{v:.1}</text>\n",
+                bar - 2.0,
+                colours[i % colours.len()],
+                424.0 + w,
+                y + bar - 4.0
+            ));
+        }
+    }
+    out.push_str("</svg>\n");
+    out
+}
