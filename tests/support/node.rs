@@ -207,7 +207,7 @@ impl KrustletNode {
                 "memory.available<100Mi,nodefs.available<2%,nodefs.inodesFree<2%,imagefs.available<2%,imagefs.inodesFree<2%",
             )
             .env("KRUSTLET_IMAGE_GC_HIGH_THRESHOLD_PERCENT", "99")
-            .env("RUST_LOG", "info,kube=warn")
+            .env("RUST_LOG", "info,kube_client=warn,kube_runtime=warn")
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()

@@ -320,7 +320,7 @@ pub(crate) async fn run(
                 }
                 continue;
             }
-            changed = async { static_pods.as_mut()?.changed().await.ok() } => {
+            changed = static_change(static_pods.as_mut()) => {
                 match (changed, static_pods.as_mut(), mirrors.as_deref()) {
                     (Some(()), Some(pods), Some(mirrors)) => {
                         let desired = pods.borrow_and_update().clone();
@@ -382,6 +382,16 @@ pub(crate) async fn run(
     }
     for (_, w) in workers {
         let _ = w.task.await;
+    }
+}
+
+/// The next change of the static pods: `Some` when they changed, `None` once their source
+/// is gone. Without static pods it never completes, so that the pod loop's `select!` waits
+/// on its other branches (a future that completed at once here made it spin a whole core).
+async fn static_change(pods: Option<&mut watch::Receiver<Vec<Pod>>>) -> Option<()> {
+    match pods {
+        Some(pods) => pods.changed().await.ok(),
+        None => std::future::pending().await,
     }
 }
 
@@ -559,4 +569,32 @@ fn dispatch(ctx: &Arc<Ctx>, workers: &mut HashMap<String, Worker>, pod: Pod) {
             task,
         },
     );
+}
+
+#[cfg(test)]
+mod loop_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn without_static_pods_the_loop_has_nothing_to_wake_it() {
+        let mut change = std::pin::pin!(static_change(None));
+        assert!(futures::poll!(change.as_mut()).is_pending());
+        // Still nothing later: the branch must never complete.
+        tokio::task::yield_now().await;
+        assert!(futures::poll!(change.as_mut()).is_pending());
+    }
+
+    #[tokio::test]
+    async fn static_pods_wake_it_on_a_change_and_once_when_their_source_goes() {
+        let (tx, mut rx) = watch::channel(Vec::<Pod>::new());
+        {
+            let mut change = std::pin::pin!(static_change(Some(&mut rx)));
+            assert!(futures::poll!(change.as_mut()).is_pending());
+            tx.send_replace(vec![Pod::default()]);
+            assert_eq!(change.await, Some(()));
+        }
+        rx.borrow_and_update();
+        drop(tx);
+        assert_eq!(static_change(Some(&mut rx)).await, None);
+    }
 }
