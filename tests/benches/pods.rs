@@ -40,7 +40,11 @@ const KWOK_NODE: &str = "bench-kwok";
 type Row = (String, Vec<f64>, Option<Vec<f64>>);
 
 fn pod(name: &str, node: &str, image: &str, completion: bool) -> Pod {
-    let args = if completion { vec!["print".to_owned(), "done".to_owned()] } else { Vec::new() };
+    let args = if completion {
+        vec!["print".to_owned(), "done".to_owned()]
+    } else {
+        Vec::new()
+    };
     BenchPod {
         node: node.to_owned(),
         image: image.to_owned(),
@@ -67,7 +71,11 @@ async fn scenario(
     let template = BenchPod {
         node: node.to_owned(),
         image: String::new(),
-        args: if completion { vec!["print".to_owned(), "done".to_owned()] } else { Vec::new() },
+        args: if completion {
+            vec!["print".to_owned(), "done".to_owned()]
+        } else {
+            Vec::new()
+        },
         completion,
         runtime_class: None,
         never_pull: false,

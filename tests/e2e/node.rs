@@ -120,7 +120,16 @@ async fn node_registers_stays_ready_past_the_grace_period_and_goes_not_ready_on_
 
     // hack/cluster runs the controller manager with --node-monitor-grace-period 20s: a node
     // that stopped renewing its lease would be NotReady (Unknown) by now.
+    let pid = node.pid().expect("krustlet runs");
+    let cpu_before = e2e::bench::cpu_ticks(pid).expect("its CPU time");
     tokio::time::sleep(Duration::from_secs(26)).await;
+    // An idle node (no pods) renews its lease and reports its status, nothing more: far
+    // under a quarter of one core. A loop that spins takes whatever core it is given.
+    let ticks = e2e::bench::cpu_ticks(pid).expect("its CPU time") - cpu_before;
+    assert!(
+        ticks < 26 * 100 / 4,
+        "an idle node used {ticks} ticks of CPU in 26 s"
+    );
     let n = nodes.get(&node.name).await?;
     assert_eq!(node_condition(&n, "Ready").as_deref(), Some("True"));
     let renewed = leases.get(&node.name).await?.spec.unwrap_or_default();

@@ -80,8 +80,11 @@ pub fn watch(pods: Api<Pod>, completion: bool) -> Seen {
 /// token, no grace period.
 #[derive(Clone, Debug)]
 pub struct BenchPod {
+    /// `spec.nodeName`.
     pub node: String,
+    /// The container's image.
     pub image: String,
+    /// The container's arguments (none: the image's own).
     pub args: Vec<String>,
     /// Run to completion (`restartPolicy: Never`) rather than keep running.
     pub completion: bool,
@@ -305,7 +308,12 @@ pub fn cpu_ticks(pid: u32) -> Option<u64> {
 #[must_use]
 pub fn parent(pid: u32) -> Option<u32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 /// Every process whose command line contains `needle`, and all their descendants.

@@ -53,19 +53,21 @@ pub async fn kwok_node(
     let bin = std::env::var("KWOK_BIN").unwrap_or_else(|_| "kwok".to_owned());
     let log = std::fs::File::create(crate::root().join(format!("target/bench-kwok-{name}.log")))?;
     let stages = std::env::var("KWOK_STAGES").unwrap_or_default();
-    let child = Kwok(std::process::Command::new(bin)
-        .args(["--kubeconfig", &kubeconfig])
-        .args(["--config", &stages])
-        .args([
-            "--manage-all-nodes=false",
-            "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
-        ])
-        .arg("--node-ip=127.0.0.1")
-        .arg(format!("--node-port={node_port}"))
-        .arg(format!("--server-address=127.0.0.1:{server_port}"))
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()?);
+    let child = Kwok(
+        std::process::Command::new(bin)
+            .args(["--kubeconfig", &kubeconfig])
+            .args(["--config", &stages])
+            .args([
+                "--manage-all-nodes=false",
+                "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
+            ])
+            .arg("--node-ip=127.0.0.1")
+            .arg(format!("--node-port={node_port}"))
+            .arg(format!("--server-address=127.0.0.1:{server_port}"))
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?,
+    );
     crate::wait_node(&nodes, name, 60, "Ready", |n| {
         crate::node_condition(n, "Ready").as_deref() == Some("True")
     })
