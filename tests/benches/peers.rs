@@ -77,6 +77,20 @@ impl Memory {
         (pids.iter().filter_map(|&p| pss_kib(p)).sum(), pids.len())
     }
 
+    /// Waits, for at most `secs`, until the node runs no pod process any more (the kubelet
+    /// and containerd tear containers down after the pods are gone from the API, and that
+    /// work must not fall into the next measure), then 5 s more.
+    async fn settle(&self, secs: u64) {
+        if let Self::Kubelet { address, .. } = self {
+            let needle = format!("-address {address}");
+            let give_up = Instant::now() + Duration::from_secs(secs);
+            while !processes_under(&needle).is_empty() && Instant::now() < give_up {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+
     /// Their total CPU time in clock ticks.
     fn cpu_ticks(&self) -> u64 {
         self.pids().iter().filter_map(|&p| cpu_ticks(p)).sum()
@@ -223,6 +237,7 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("warming {}", t.label))?;
     }
+    settle(&targets).await;
 
     // Start latency.
     for (what, completion) in [("Ready", false), ("Succeeded", true)] {
@@ -250,6 +265,7 @@ async fn main() -> anyhow::Result<()> {
                 )
                 .await
                 .with_context(|| format!("{}: start latency, {what}, {how}", t.label))?;
+                settle(&targets).await;
                 println!(
                     "{}: {what}, {how}: p50 {:.0} ms, p90 {:.0} ms, p99 {:.0} ms",
                     t.label,
@@ -283,32 +299,37 @@ async fn main() -> anyhow::Result<()> {
     for n in sizes {
         let mut ready = Vec::new();
         let mut per_pod = Vec::new();
+        let mut in_all = Vec::new();
         let mut idle_cpu = Vec::new();
         for t in &targets {
             if !t.real {
                 ready.push(None);
                 per_pod.push(None);
+                in_all.push(None);
                 idle_cpu.push(None);
                 continue;
             }
             match density(&pods, t, n).await {
-                Ok((secs, kib, cpu)) => {
+                Ok((secs, kib, total_mib, cpu)) => {
                     println!(
                         "{}: {n} idle pods: all Ready in {secs:.1} s, {kib:.0} KiB per pod, {cpu:.1} % CPU idle",
                         t.label
                     );
                     ready.push(Some(secs));
                     per_pod.push(Some(kib));
+                    in_all.push(Some(total_mib));
                     idle_cpu.push(Some(cpu));
                 }
                 Err(e) => {
                     println!("{}: {n} idle pods: broke: {e:#}", t.label);
                     ready.push(None);
                     per_pod.push(None);
+                    in_all.push(None);
                     idle_cpu.push(None);
                 }
             }
             bench::clear(&pods, 600).await?;
+            settle(&targets).await;
         }
         lines.push(Line {
             measure: format!("{n} idle pods: time to all Ready"),
@@ -319,6 +340,11 @@ async fn main() -> anyhow::Result<()> {
             measure: format!("{n} idle pods: memory per pod"),
             unit: "KiB",
             figures: per_pod,
+        });
+        lines.push(Line {
+            measure: format!("{n} idle pods: the node's memory in all"),
+            unit: "MiB",
+            figures: in_all,
         });
         lines.push(Line {
             measure: format!("{n} idle pods: CPU while idle"),
@@ -339,6 +365,7 @@ async fn main() -> anyhow::Result<()> {
             .await
             .with_context(|| format!("{}: churn", t.label))?;
         println!("{}: churn: {rate:.1} pods/s", t.label);
+        settle(&targets).await;
         churned.push(Some(rate));
     }
     lines.push(Line {
@@ -389,9 +416,17 @@ async fn main() -> anyhow::Result<()> {
     report(&targets, &lines, samples)
 }
 
+/// Lets every node finish tearing down the pods of the last measure.
+async fn settle(targets: &[Target]) {
+    for t in targets {
+        t.memory.settle(600).await;
+    }
+}
+
 /// `n` idle pods on target `t`: seconds until all are Ready, memory per pod over the
-/// node with none (KiB, PSS), and the node's CPU use over 10 idle seconds (% of a core).
-async fn density(pods: &Api<Pod>, t: &Target, n: usize) -> anyhow::Result<(f64, f64, f64)> {
+/// node with none (KiB, PSS), the node's memory in all (MiB, PSS), and its CPU use over
+/// 10 idle seconds (% of a core).
+async fn density(pods: &Api<Pod>, t: &Target, n: usize) -> anyhow::Result<(f64, f64, f64, f64)> {
     bench::clear(pods, 600).await?;
     tokio::time::sleep(Duration::from_secs(5)).await;
     let (baseline, _) = t.memory.pss_kib();
@@ -434,6 +469,7 @@ async fn density(pods: &Api<Pod>, t: &Target, n: usize) -> anyhow::Result<(f64, 
     Ok((
         to_ready,
         total.saturating_sub(baseline) as f64 / n as f64,
+        total as f64 / 1024.0,
         idle_cpu,
     ))
 }
