@@ -30,7 +30,7 @@ use e2e::bench::{self, BenchPod, cpu_ticks, percentile, rss_kib, watch};
 use e2e::{Cluster, KrustletNode, workload};
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
-use kube::api::{DeleteParams, PostParams};
+use kube::api::PostParams;
 
 const PODS: usize = 100;
 const KRUSTLET_NODE: &str = "bench-krustlet";
@@ -233,30 +233,13 @@ async fn churn(cluster: &Cluster, node: &KrustletNode) -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(5)).await;
     let baseline = rss_kib(pid).unwrap_or_default();
     let end = Instant::now() + Duration::from_secs(seconds);
-    let worker = |w: usize| {
-        let (pods, seen, tool, node) =
-            (pods.clone(), seen.clone(), tool.clone(), node.name.clone());
-        async move {
-            let mut done = 0u64;
-            while Instant::now() < end {
-                let name = format!("bench-{w}-{done}");
-                pods.create(&PostParams::default(), &pod(&name, &node, &tool, true))
-                    .await?;
-                let give_up = Instant::now() + Duration::from_secs(60);
-                while seen.get(&name).is_none() {
-                    anyhow::ensure!(Instant::now() < give_up, "{name} never finished");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-                pods.delete(&name, &DeleteParams::default()).await?;
-                let give_up = Instant::now() + Duration::from_secs(60);
-                while pods.get_opt(&name).await?.is_some() {
-                    anyhow::ensure!(Instant::now() < give_up, "{name} never went away");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                done += 1;
-            }
-            anyhow::Ok(done)
-        }
+    let template = BenchPod {
+        node: node.name.clone(),
+        image: tool.clone(),
+        args: vec!["print".to_owned(), "done".to_owned()],
+        completion: true,
+        runtime_class: None,
+        never_pull: false,
     };
     let began = Instant::now();
     // RSS every 30 s while churning: a leak grows with every interval, a bounded cache
@@ -269,10 +252,7 @@ async fn churn(cluster: &Cluster, node: &KrustletNode) -> anyhow::Result<()> {
         }
         out
     });
-    let mut total = 0;
-    for done in futures::future::join_all((0..10).map(worker)).await {
-        total += done?;
-    }
+    let total = bench::churn(&pods, &template, end, 10, 60).await?;
     let samples = samples.await.unwrap_or_default();
     let elapsed = began.elapsed().as_secs_f64();
     let at_end = rss_kib(pid).unwrap_or_default();

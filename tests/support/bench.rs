@@ -207,6 +207,48 @@ pub async fn start_latency(
     Ok(ms)
 }
 
+/// Churn: `workers` loops, each creating a pod from `template` (which must run to
+/// completion), waiting until it has `Succeeded`, deleting it and waiting until it is gone
+/// (each step given `secs`), until `until`. Returns how many pods went through.
+///
+/// # Errors
+/// When a request fails or a pod misses a step's bound.
+pub async fn churn(
+    pods: &Api<Pod>,
+    template: &BenchPod,
+    until: Instant,
+    workers: usize,
+    secs: u64,
+) -> Result<u64> {
+    let seen = watch(pods.clone(), true);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let worker = |w: usize| {
+        let (pods, seen, template) = (pods.clone(), seen.clone(), template.clone());
+        async move {
+            let mut done = 0u64;
+            while Instant::now() < until {
+                let name = format!("bench-{w}-{done}");
+                pods.create(&PostParams::default(), &template.pod(&name))
+                    .await?;
+                seen.wait(&name, secs).await?;
+                pods.delete(&name, &DeleteParams::default()).await?;
+                let give_up = Instant::now() + Duration::from_secs(secs);
+                while pods.get_opt(&name).await?.is_some() {
+                    anyhow::ensure!(Instant::now() < give_up, "{name} never went away");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                done += 1;
+            }
+            anyhow::Ok(done)
+        }
+    };
+    let mut total = 0;
+    for done in futures::future::join_all((0..workers).map(worker)).await {
+        total += done?;
+    }
+    Ok(total)
+}
+
 /// Runs pod `name` made from `template` (which must run to completion) until it has
 /// `Succeeded`, for at most `secs`, and returns its log; the pod is deleted afterwards.
 ///
