@@ -31,6 +31,29 @@ k8s_ldflags() {
   echo "$ldflags"
 }
 
+# stop_pid PID [SECONDS]: SIGTERM, then SIGKILL if it still runs after SECONDS (5).
+stop_pid() {
+  local pid=$1 tenths=$((${2:-5} * 10))
+  kill -0 "$pid" 2>/dev/null || return 0
+  kill -TERM "$pid" 2>/dev/null || true
+  for _ in $(seq "$tenths"); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
+  kill -KILL "$pid" 2>/dev/null || true
+}
+
+# unmount_under DIR: detach every mount at or below DIR, deepest first. A node that is
+# stopped leaves its pods' memory volumes (tmpfs) mounted, as the kubelet does, so that a
+# restarted node finds them; `down` is the end of them.
+unmount_under() {
+  local dir mnt
+  dir=$(realpath -m "$1")
+  # /proc/self/mounts escapes blanks as \040; our paths have none, so a path with one is
+  # left alone rather than guessed at.
+  awk -v d="$dir" '$2 == d || index($2, d "/") == 1 {print $2}' /proc/self/mounts | sort -r |
+    while read -r mnt; do
+      umount -l "$mnt" || warn "could not unmount $mnt"
+    done
+}
+
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 warn() { log "warning: $*"; }

@@ -31,7 +31,6 @@ use e2e::bench::{
 use e2e::{Cluster, KrustletNode};
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
-use kube::api::PostParams;
 
 const KRUSTLET_NODE: &str = "bench-krustlet";
 const KWOK_NODE: &str = "bench-kwok";
@@ -79,7 +78,7 @@ impl Memory {
 
     /// Waits, for at most `secs`, until the node runs no pod process any more (the kubelet
     /// and containerd tear containers down after the pods are gone from the API, and that
-    /// work must not fall into the next measure), then 5 s more.
+    /// work must not fall into the next measure).
     async fn settle(&self, secs: u64) {
         if let Self::Kubelet { address, .. } = self {
             let needle = format!("-address {address}");
@@ -88,7 +87,6 @@ impl Memory {
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         }
-        tokio::time::sleep(Duration::from_secs(5)).await;
     }
 
     /// Their total CPU time in clock ticks.
@@ -111,22 +109,19 @@ struct Target {
 }
 
 impl Target {
-    fn idle(&self) -> BenchPod {
+    fn tool(&self) -> BenchPod {
         BenchPod {
             image: self.tool.clone(),
-            args: vec!["sleep".to_owned(), "1000000".to_owned()],
-            completion: false,
             ..self.template.clone()
         }
     }
 
+    fn idle(&self) -> BenchPod {
+        self.tool().idle()
+    }
+
     fn completing(&self) -> BenchPod {
-        BenchPod {
-            image: self.tool.clone(),
-            args: vec!["print".to_owned(), "done".to_owned()],
-            completion: true,
-            ..self.template.clone()
-        }
+        self.tool().completing()
     }
 }
 
@@ -165,14 +160,7 @@ async fn main() -> anyhow::Result<()> {
         .await?;
     let kwok = e2e::kwok_node(&cluster, KWOK_NODE, 10499, 10498).await?;
     let krustlet_pid = node.pid().context("krustlet is not running")?;
-    let template = |node: &str| BenchPod {
-        node: node.to_owned(),
-        image: String::new(),
-        args: Vec::new(),
-        completion: false,
-        runtime_class: None,
-        never_pull: false,
-    };
+    let template = |node: &str| BenchPod::new(node, "");
     let tool = cluster.push("tool", "bench").await?;
     let hash = cluster.push("hash", "bench").await?;
     let mut targets = vec![
@@ -245,14 +233,12 @@ async fn main() -> anyhow::Result<()> {
             ("one at a time", false),
             (&*format!("{count} at once"), true),
         ] {
-            let mut p50 = Vec::new();
-            let mut p99 = Vec::new();
+            let mut latencies: Vec<Option<Vec<f64>>> = Vec::new();
             for t in &targets {
                 let pod = if completion { t.completing() } else { t.idle() };
                 if completion && !t.real {
                     // kwok completes only pods that a Job owns.
-                    p50.push(None);
-                    p99.push(None);
+                    latencies.push(None);
                     continue;
                 }
                 let ms = bench::start_latency(
@@ -273,20 +259,19 @@ async fn main() -> anyhow::Result<()> {
                     percentile(&ms, 0.9),
                     percentile(&ms, 0.99)
                 );
-                p50.push(Some(percentile(&ms, 0.5)));
-                p99.push(Some(percentile(&ms, 0.99)));
                 samples.insert(format!("{}: {what}, {how}", t.label), serde_json::json!(ms));
+                latencies.push(Some(ms));
             }
-            lines.push(Line {
-                measure: format!("pod start to {what}, {how}, p50"),
-                unit: "ms",
-                figures: p50,
-            });
-            lines.push(Line {
-                measure: format!("pod start to {what}, {how}, p99"),
-                unit: "ms",
-                figures: p99,
-            });
+            for (name, p) in [("p50", 0.5), ("p99", 0.99)] {
+                lines.push(Line {
+                    measure: format!("pod start to {what}, {how}, {name}"),
+                    unit: "ms",
+                    figures: latencies
+                        .iter()
+                        .map(|ms| ms.as_deref().map(|ms| percentile(ms, p)))
+                        .collect(),
+                });
+            }
         }
     }
 
@@ -297,60 +282,35 @@ async fn main() -> anyhow::Result<()> {
         .filter_map(|n| n.trim().parse().ok())
         .collect();
     for n in sizes {
-        let mut ready = Vec::new();
-        let mut per_pod = Vec::new();
-        let mut in_all = Vec::new();
-        let mut idle_cpu = Vec::new();
+        let mut results: Vec<Option<Density>> = Vec::new();
         for t in &targets {
             if !t.real {
-                ready.push(None);
-                per_pod.push(None);
-                in_all.push(None);
-                idle_cpu.push(None);
+                results.push(None);
                 continue;
             }
-            match density(&pods, t, n).await {
-                Ok((secs, kib, total_mib, cpu)) => {
+            results.push(match density(&pods, t, n).await {
+                Ok(d) => {
                     println!(
-                        "{}: {n} idle pods: all Ready in {secs:.1} s, {kib:.0} KiB per pod, {cpu:.1} % CPU idle",
-                        t.label
+                        "{}: {n} idle pods: all Ready in {:.1} s, {:.0} KiB per pod, {:.1} % CPU idle",
+                        t.label, d.to_ready, d.kib_per_pod, d.idle_cpu
                     );
-                    ready.push(Some(secs));
-                    per_pod.push(Some(kib));
-                    in_all.push(Some(total_mib));
-                    idle_cpu.push(Some(cpu));
+                    Some(d)
                 }
                 Err(e) => {
                     println!("{}: {n} idle pods: broke: {e:#}", t.label);
-                    ready.push(None);
-                    per_pod.push(None);
-                    in_all.push(None);
-                    idle_cpu.push(None);
+                    None
                 }
-            }
+            });
             bench::clear(&pods, 600).await?;
             settle(&targets).await;
         }
-        lines.push(Line {
-            measure: format!("{n} idle pods: time to all Ready"),
-            unit: "s",
-            figures: ready,
-        });
-        lines.push(Line {
-            measure: format!("{n} idle pods: memory per pod"),
-            unit: "KiB",
-            figures: per_pod,
-        });
-        lines.push(Line {
-            measure: format!("{n} idle pods: the node's memory in all"),
-            unit: "MiB",
-            figures: in_all,
-        });
-        lines.push(Line {
-            measure: format!("{n} idle pods: CPU while idle"),
-            unit: "%",
-            figures: idle_cpu,
-        });
+        for (measure, unit, figure) in Density::MEASURES {
+            lines.push(Line {
+                measure: format!("{n} idle pods: {measure}"),
+                unit,
+                figures: results.iter().map(|d| d.as_ref().map(figure)).collect(),
+            });
+        }
     }
 
     // Churn.
@@ -416,46 +376,46 @@ async fn main() -> anyhow::Result<()> {
     report(&targets, &lines, samples)
 }
 
-/// Lets every node finish tearing down the pods of the last measure.
+/// Lets every node finish tearing down the pods of the last measure, then 5 s more.
 async fn settle(targets: &[Target]) {
     for t in targets {
         t.memory.settle(600).await;
     }
+    tokio::time::sleep(Duration::from_secs(5)).await;
 }
 
-/// `n` idle pods on target `t`: seconds until all are Ready, memory per pod over the
-/// node with none (KiB, PSS), the node's memory in all (MiB, PSS), and its CPU use over
-/// 10 idle seconds (% of a core).
-async fn density(pods: &Api<Pod>, t: &Target, n: usize) -> anyhow::Result<(f64, f64, f64, f64)> {
+/// What `n` idle pods cost a node.
+struct Density {
+    /// Seconds until all are Ready.
+    to_ready: f64,
+    /// Memory per pod over the node with none (KiB, PSS).
+    kib_per_pod: f64,
+    /// The node's memory in all (MiB, PSS).
+    total_mib: f64,
+    /// The node's CPU use over 10 idle seconds (% of a core).
+    idle_cpu: f64,
+}
+
+/// A density measure: its name, its unit, and where a [`Density`] holds it.
+type DensityMeasure = (&'static str, &'static str, fn(&Density) -> f64);
+
+impl Density {
+    const MEASURES: [DensityMeasure; 4] = [
+        ("time to all Ready", "s", |d| d.to_ready),
+        ("memory per pod", "KiB", |d| d.kib_per_pod),
+        ("the node's memory in all", "MiB", |d| d.total_mib),
+        ("CPU while idle", "%", |d| d.idle_cpu),
+    ];
+}
+
+/// `n` idle pods on target `t`.
+async fn density(pods: &Api<Pod>, t: &Target, n: usize) -> anyhow::Result<Density> {
     bench::clear(pods, 600).await?;
     tokio::time::sleep(Duration::from_secs(5)).await;
     let (baseline, _) = t.memory.pss_kib();
-    let seen = bench::watch(pods.clone(), false);
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let began = Instant::now();
-    let names: Vec<String> = (0..n).map(|i| format!("bench-{i}")).collect();
-    let idle = t.idle();
-    for chunk in names.chunks(25) {
-        let creations = chunk.iter().map(|name| {
-            let (p, pods) = (idle.pod(name), pods.clone());
-            async move { pods.create(&PostParams::default(), &p).await }
-        });
-        for created in futures::future::join_all(creations).await {
-            created?;
-        }
-    }
     // Generous: two seconds per pod past the first two minutes (runwasi's node missed a
     // second per pod at 500 on 2 cores).
-    let bound = 120 + 2 * n as u64;
-    let deadline = Instant::now() + Duration::from_secs(bound);
-    while let Some(missing) = names.iter().find(|name| seen.get(name).is_none()) {
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "not all Ready in {bound} s ({missing} and maybe others not)"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let to_ready = began.elapsed().as_secs_f64();
+    let to_ready = bench::all_ready(pods, &t.idle(), n, 120 + 2 * n as u64).await?;
     tokio::time::sleep(Duration::from_secs(10)).await;
     let cpu0 = t.memory.cpu_ticks();
     tokio::time::sleep(Duration::from_secs(10)).await;
@@ -467,12 +427,12 @@ async fn density(pods: &Api<Pod>, t: &Target, n: usize) -> anyhow::Result<(f64, 
         total as f64 / 1024.0,
         baseline as f64 / 1024.0
     );
-    Ok((
+    Ok(Density {
         to_ready,
-        total.saturating_sub(baseline) as f64 / n as f64,
-        total as f64 / 1024.0,
+        kib_per_pod: total.saturating_sub(baseline) as f64 / n as f64,
+        total_mib: total as f64 / 1024.0,
         idle_cpu,
-    ))
+    })
 }
 
 /// Pods per second that 10 workers create, run to `Succeeded` and delete on `t`.

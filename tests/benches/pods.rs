@@ -39,21 +39,15 @@ const KWOK_NODE: &str = "bench-kwok";
 /// A scenario's label, its latencies (ms, sorted) and its peer's (kwok's) latencies.
 type Row = (String, Vec<f64>, Option<Vec<f64>>);
 
+/// A bench pod of `image` on `node`: kept running, or the `tool` workload run to
+/// completion.
+fn template(node: &str, image: &str, completion: bool) -> BenchPod {
+    let t = BenchPod::new(node, image);
+    if completion { t.completing() } else { t }
+}
+
 fn pod(name: &str, node: &str, image: &str, completion: bool) -> Pod {
-    let args = if completion {
-        vec!["print".to_owned(), "done".to_owned()]
-    } else {
-        Vec::new()
-    };
-    BenchPod {
-        node: node.to_owned(),
-        image: image.to_owned(),
-        args,
-        completion,
-        runtime_class: None,
-        never_pull: false,
-    }
-    .pod(name)
+    template(node, image, completion).pod(name)
 }
 
 async fn clear(pods: &Api<Pod>) -> anyhow::Result<()> {
@@ -68,18 +62,7 @@ async fn scenario(
     burst: bool,
     completion: bool,
 ) -> anyhow::Result<Vec<f64>> {
-    let template = BenchPod {
-        node: node.to_owned(),
-        image: String::new(),
-        args: if completion {
-            vec!["print".to_owned(), "done".to_owned()]
-        } else {
-            Vec::new()
-        },
-        completion,
-        runtime_class: None,
-        never_pull: false,
-    };
+    let template = template(node, "", completion);
     bench::start_latency(pods, &template, images, PODS, burst, 6).await
 }
 
@@ -139,29 +122,8 @@ async fn density(cluster: &Cluster, node: &KrustletNode) -> anyhow::Result<()> {
         Api::namespaced(cluster.client.clone(), "kube-node-lease");
     for n in sizes {
         clear(&pods).await?;
-        let seen = watch(pods.clone(), false);
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let began = Instant::now();
-        let names: Vec<String> = (0..n).map(|i| format!("bench-{i}")).collect();
-        for chunk in names.chunks(25) {
-            let creations = chunk.iter().map(|name| {
-                let mut p = pod(name, &node.name, &tool, false);
-                if let Some(c) = p.spec.as_mut().and_then(|s| s.containers.first_mut()) {
-                    c.args = Some(vec!["sleep".to_owned(), "1000000".to_owned()]);
-                }
-                let pods = pods.clone();
-                async move { pods.create(&PostParams::default(), &p).await }
-            });
-            for created in futures::future::join_all(creations).await {
-                created?;
-            }
-        }
-        let deadline = Instant::now() + Duration::from_secs(60 + n as u64 / 2);
-        while names.iter().any(|name| seen.get(name).is_none()) {
-            anyhow::ensure!(Instant::now() < deadline, "{n} pods: not all Ready in time");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let to_ready = began.elapsed().as_secs_f64();
+        let idle = BenchPod::new(&node.name, &tool).idle();
+        let to_ready = bench::all_ready(&pods, &idle, n, 60 + n as u64 / 2).await?;
         tokio::time::sleep(Duration::from_secs(5)).await;
         let cpu0 = cpu_ticks(pid).unwrap_or_default();
         tokio::time::sleep(Duration::from_secs(10)).await;
@@ -233,14 +195,7 @@ async fn churn(cluster: &Cluster, node: &KrustletNode) -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(5)).await;
     let baseline = rss_kib(pid).unwrap_or_default();
     let end = Instant::now() + Duration::from_secs(seconds);
-    let template = BenchPod {
-        node: node.name.clone(),
-        image: tool.clone(),
-        args: vec!["print".to_owned(), "done".to_owned()],
-        completion: true,
-        runtime_class: None,
-        never_pull: false,
-    };
+    let template = template(&node.name, &tool, true);
     let began = Instant::now();
     // RSS every 30 s while churning: a leak grows with every interval, a bounded cache
     // stops growing once full.

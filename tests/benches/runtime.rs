@@ -42,12 +42,9 @@ async fn run_pod(
     args: &[&str],
 ) -> anyhow::Result<String> {
     let template = BenchPod {
-        node: NODE.to_owned(),
-        image: image.to_owned(),
         args: args.iter().map(|&a| a.to_owned()).collect(),
         completion: true,
-        runtime_class: None,
-        never_pull: false,
+        ..BenchPod::new(NODE, image)
     };
     bench::run_to_completion(pods, &template, name, 300).await
 }

@@ -95,6 +95,40 @@ pub struct BenchPod {
 }
 
 impl BenchPod {
+    /// A pod of `image` on `node`, kept running with the image's own arguments, pulled as
+    /// the node sees fit.
+    #[must_use]
+    pub fn new(node: &str, image: &str) -> Self {
+        Self {
+            node: node.to_owned(),
+            image: image.to_owned(),
+            args: Vec::new(),
+            completion: false,
+            runtime_class: None,
+            never_pull: false,
+        }
+    }
+
+    /// The `tool` workload idling (`sleep 1000000`), kept running.
+    #[must_use]
+    pub fn idle(self) -> Self {
+        Self {
+            args: vec!["sleep".to_owned(), "1000000".to_owned()],
+            completion: false,
+            ..self
+        }
+    }
+
+    /// The `tool` workload printing `done` and exiting, run to completion.
+    #[must_use]
+    pub fn completing(self) -> Self {
+        Self {
+            args: vec!["print".to_owned(), "done".to_owned()],
+            completion: true,
+            ..self
+        }
+    }
+
     /// Pod `name` of this kind.
     ///
     /// # Panics
@@ -205,6 +239,36 @@ pub async fn start_latency(
     ms.sort_by(f64::total_cmp);
     clear(pods, clear_secs).await?;
     Ok(ms)
+}
+
+/// Creates `n` pods from `template` (`bench-0`...), 25 requests at a time, and waits, for
+/// at most `secs`, until all are `Ready`; returns the seconds from the first request.
+///
+/// # Errors
+/// When a request fails or not all are Ready in time.
+pub async fn all_ready(pods: &Api<Pod>, template: &BenchPod, n: usize, secs: u64) -> Result<f64> {
+    let seen = watch(pods.clone(), false);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let began = Instant::now();
+    let names: Vec<String> = (0..n).map(|i| format!("bench-{i}")).collect();
+    for chunk in names.chunks(25) {
+        let creations = chunk.iter().map(|name| {
+            let (p, pods) = (template.pod(name), pods.clone());
+            async move { pods.create(&PostParams::default(), &p).await }
+        });
+        for created in futures::future::join_all(creations).await {
+            created?;
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while let Some(missing) = names.iter().find(|name| seen.get(name).is_none()) {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "not all {n} pods Ready in {secs} s ({missing} and maybe others not)"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(began.elapsed().as_secs_f64())
 }
 
 /// Churn: `workers` loops, each creating a pod from `template` (which must run to
