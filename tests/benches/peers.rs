@@ -1,9 +1,12 @@
 //! Krustlet against the peers an operator would pick instead (issue 14), on one control
 //! plane, in one run: the upstream kubelet with containerd and runc running the same C
-//! programs built natively (plain containers), the same kubelet with runwasi's wasmtime
-//! shim running the same wasm (when `hack/bench peers` found the shim), and kwok (only the
-//! API round trips). Run with `hack/bench peers`, which builds and starts the peer node
+//! programs built natively (plain containers), the same kubelet running the same wasm with
+//! runwasi's shim library (`containerd-shim-wasm`, hack/peer-shim) and, when it was given,
+//! runwasi's own wasmtime shim, and kwok (only the API round trips). Run with `hack/bench peers`, which builds and starts the peer node
 //! (`hack/peer-node`), imports its images and sets the `PEER_*` variables read here.
+//!
+//! Every pod of a real node gets a network namespace and a veth on a bridge from the CNI
+//! bridge plugin: krustlet's through `--cni-conf-dir`, the kubelet's through containerd.
 //!
 //! Rows, each for every node that can run it:
 //! - pod start latency, from just before the create request to the watch event showing
@@ -86,6 +89,14 @@ impl Memory {
             while !processes_under(&needle).is_empty() && Instant::now() < give_up {
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
+            let left = processes_under(&needle).len();
+            if left > 0 && Instant::now() >= give_up {
+                // runwasi's node after its 500 pods broke: the shims went on multiplying.
+                println!(
+                    "warning: the kubelet node still runs {left} pod processes after {secs} s; \
+                     what follows is measured beside them"
+                );
+            }
         }
     }
 
@@ -155,9 +166,13 @@ async fn main() -> anyhow::Result<()> {
             address: env("PEER_CONTAINERD_ADDRESS")?,
         })
     };
-    let node: KrustletNode = cluster
-        .ready_node(KRUSTLET_NODE, 10401, &["--max-pods", "1100"])
-        .await?;
+    // Krustlet's pods get what the kubelet's get: a network namespace each, wired by the
+    // same CNI bridge plugin (a bridge of the bench's own, addresses from a /20).
+    let net = e2e::PodNet::for_node_in(KRUSTLET_NODE, "10.244.240.0/20")?;
+    let mut flags = vec!["--max-pods".to_owned(), "1100".to_owned()];
+    flags.extend(net.flags());
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let node: KrustletNode = cluster.ready_node(KRUSTLET_NODE, 10401, &flags).await?;
     let kwok = e2e::kwok_node(&cluster, KWOK_NODE, 10499, 10498).await?;
     let krustlet_pid = node.pid().context("krustlet is not running")?;
     let template = |node: &str| BenchPod::new(node, "");
@@ -184,21 +199,29 @@ async fn main() -> anyhow::Result<()> {
             real: true,
         },
     ];
-    if let (Ok(wasm_tool), Ok(wasm_hash)) = (env("PEER_WASM_TOOL"), env("PEER_WASM_HASH")) {
+    // The wasm peers run the same images: runwasi's own wasmtime shim when `PEER_WASM_SHIM`
+    // named it (RuntimeClass `wasmtime`), and hack/peer-shim, runwasi's shim library with
+    // krustlet's wasmtime release, always (RuntimeClass `peerwasm`).
+    let mut wasm_peers = Vec::new();
+    if std::env::var_os("PEER_RUNWASI").is_some() {
+        wasm_peers.push(("kubelet + runwasi", "wasmtime"));
+    } else {
+        println!("runwasi's own shim was not given (PEER_WASM_SHIM): its rows are left out");
+    }
+    wasm_peers.push(("kubelet + containerd-shim-wasm", "peerwasm"));
+    for (label, class) in wasm_peers {
         targets.push(Target {
-            label: "kubelet + runwasi",
+            label,
             template: BenchPod {
                 never_pull: true,
-                runtime_class: Some("wasmtime".to_owned()),
+                runtime_class: Some(class.to_owned()),
                 ..template(&peer_node)
             },
-            tool: wasm_tool,
-            hash: Some(wasm_hash),
+            tool: env("PEER_WASM_TOOL")?,
+            hash: Some(env("PEER_WASM_HASH")?),
             memory: peer_memory()?,
             real: true,
         });
-    } else {
-        println!("runwasi's shim was not given (PEER_WASM_SHIM): its rows are left out");
     }
     targets.push(Target {
         label: "kwok",
@@ -275,6 +298,8 @@ async fn main() -> anyhow::Result<()> {
         }
     }
 
+    report(&targets, &lines, &samples, false)?;
+
     // Density.
     let sizes: Vec<usize> = std::env::var("PEERS_DENSITY_SIZES")
         .unwrap_or_else(|_| "100,500".to_owned())
@@ -311,6 +336,7 @@ async fn main() -> anyhow::Result<()> {
                 figures: results.iter().map(|d| d.as_ref().map(figure)).collect(),
             });
         }
+        report(&targets, &lines, &samples, false)?;
     }
 
     // Churn.
@@ -333,6 +359,7 @@ async fn main() -> anyhow::Result<()> {
         unit: "pods/s",
         figures: churned,
     });
+    report(&targets, &lines, &samples, false)?;
 
     // Compute.
     let mut compute = Vec::new();
@@ -373,14 +400,18 @@ async fn main() -> anyhow::Result<()> {
     bench::clear(&pods, 600).await?;
     drop(kwok);
 
-    report(&targets, &lines, samples)
+    report(&targets, &lines, &samples, true)
 }
 
-/// Lets every node finish tearing down the pods of the last measure, then 5 s more.
+/// Lets every node finish tearing down the pods of the last measure, then waits until the
+/// machine is quiet (under half a core busy, for at most 2 minutes) and 5 s more. A first
+/// run without the quiet wait had krustlet's 500 idle pods measured while the kubelet node
+/// and the kernel were still removing runwasi's 100 (load average 90).
 async fn settle(targets: &[Target]) {
     for t in targets {
         t.memory.settle(600).await;
     }
+    bench::quiet(0.5, Duration::from_secs(120)).await;
     tokio::time::sleep(Duration::from_secs(5)).await;
 }
 
@@ -444,10 +475,14 @@ async fn churn(pods: &Api<Pod>, t: &Target, seconds: u64) -> anyhow::Result<f64>
     Ok(total as f64 / began.elapsed().as_secs_f64())
 }
 
+/// Writes `bench-results/peers.*` with the lines measured so far (after every section, so
+/// that a run cut short still leaves its figures, marked `"complete": false`), and prints the
+/// table when `complete`.
 fn report(
     targets: &[Target],
     lines: &[Line],
-    samples: serde_json::Map<String, serde_json::Value>,
+    samples: &serde_json::Map<String, serde_json::Value>,
+    complete: bool,
 ) -> anyhow::Result<()> {
     let labels: Vec<&str> = targets.iter().map(|t| t.label).collect();
     let fmt = |v: Option<f64>| match v {
@@ -465,7 +500,7 @@ fn report(
         header.push_str(&format!(" krustlet's lead over {} |", labels[i]));
         rule.push_str(" --- |");
     }
-    println!("{header}\n{rule}");
+    let mut table = format!("{header}\n{rule}\n");
     let mut csv = format!("measure,unit,{}\n", labels.join(","));
     let mut json_lines = Vec::new();
     for line in lines {
@@ -491,7 +526,8 @@ fn report(
             ));
             leads.insert(labels[i].to_owned(), serde_json::json!(lead));
         }
-        println!("{row}");
+        table.push_str(&row);
+        table.push('\n');
         csv.push_str(&format!(
             "{},{},{}\n",
             line.measure,
@@ -517,18 +553,22 @@ fn report(
     std::fs::write(
         dir.join("peers.json"),
         serde_json::to_string_pretty(&serde_json::json!({
-            "nodes": labels, "versions": versions, "lines": json_lines, "start_latency_samples_ms": samples
+            "complete": complete, "nodes": labels, "versions": versions, "lines": json_lines,
+            "start_latency_samples_ms": samples
         }))?,
     )?;
     std::fs::write(dir.join("peers.csv"), csv)?;
     std::fs::write(dir.join("peers.svg"), svg(&labels, lines))?;
-    println!("written: bench-results/peers.json, peers.csv, peers.svg");
+    if complete {
+        print!("{table}");
+        println!("written: bench-results/peers.json, peers.csv, peers.svg");
+    }
     Ok(())
 }
 
 /// One panel of bars per measure (each on its own linear scale), one bar per node.
 fn svg(labels: &[&str], lines: &[Line]) -> String {
-    let colours = ["#3182bd", "#e6550d", "#31a354", "#756bb1"];
+    let colours = ["#3182bd", "#e6550d", "#31a354", "#756bb1", "#636363"];
     let (bar, gap, width) = (14.0, 6.0, 420.0);
     let panel = |n: usize| 24.0 + n as f64 * bar + gap;
     let height = 60.0 + lines.len() as f64 * panel(labels.len());

@@ -410,6 +410,44 @@ pub fn cpu_ticks(pid: u32) -> Option<u64> {
     Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
 }
 
+/// The machine's busy CPU time (every state but idle and iowait, all CPUs), in clock
+/// ticks (1/100 s).
+#[must_use]
+pub fn machine_busy_ticks() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    // user nice system idle iowait irq softirq steal (guest time is already in user).
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .ok()?;
+    let total: u64 = ticks.iter().sum();
+    Some(total - ticks.get(3)? - ticks.get(4)?)
+}
+
+/// Waits, for at most `bound`, until the whole machine uses under `cores` of CPU over a
+/// 2-second window: the work one measure leaves behind (a kubelet node's teardown, the
+/// kernel removing cgroups, namespaces and mounts) must not fall into the next.
+pub async fn quiet(cores: f64, bound: Duration) {
+    let give_up = Instant::now() + bound;
+    let window = Duration::from_secs(2);
+    while Instant::now() < give_up {
+        let Some(before) = machine_busy_ticks() else {
+            return;
+        };
+        tokio::time::sleep(window).await;
+        let Some(after) = machine_busy_ticks() else {
+            return;
+        };
+        if (after.saturating_sub(before)) as f64 / 100.0 / window.as_secs_f64() < cores {
+            return;
+        }
+    }
+}
+
 /// The parent of process `pid`.
 #[must_use]
 pub fn parent(pid: u32) -> Option<u32> {
