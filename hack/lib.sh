@@ -18,6 +18,8 @@ K8S_BIN="$KRUSTLET_CACHE/bin/$K8S_VERSION"
 CNI_BIN="$KRUSTLET_CACHE/bin/cni-$CNI_VERSION"
 METRICS_SERVER_BIN="$KRUSTLET_CACHE/bin/metrics-server-$METRICS_SERVER_VERSION/metrics-server"
 PEERS_BIN="$KRUSTLET_CACHE/bin/peers-containerd-$CONTAINERD_VERSION-runc-$RUNC_VERSION"
+# The peer node's wasm shim, built from hack/peer-shim.
+PEER_SHIM="$KRUSTLET_CACHE/bin/peer-shim/containerd-shim-peerwasm-v1"
 
 # The version stamp of the upstream Kubernetes binaries built here, as upstream's release
 # builds set it.

@@ -2,8 +2,9 @@
 //! plane, in one run: the upstream kubelet with containerd and runc running the same C
 //! programs built natively (plain containers), the same kubelet running the same wasm with
 //! runwasi's shim library (`containerd-shim-wasm`, hack/peer-shim) and, when it was given,
-//! runwasi's own wasmtime shim, and kwok (only the API round trips). Run with `hack/bench peers`, which builds and starts the peer node
-//! (`hack/peer-node`), imports its images and sets the `PEER_*` variables read here.
+//! runwasi's own wasmtime shim, and kwok (only the API round trips). Run with
+//! `hack/bench peers`, which builds and starts the peer node (`hack/peer-node`), imports its
+//! images and sets the `PEER_*` variables read here.
 //!
 //! Every pod of a real node gets a network namespace and a veth on a bridge from the CNI
 //! bridge plugin: krustlet's through `--cni-conf-dir`, the kubelet's through containerd.
@@ -86,11 +87,14 @@ impl Memory {
         if let Self::Kubelet { address, .. } = self {
             let needle = format!("-address {address}");
             let give_up = Instant::now() + Duration::from_secs(secs);
-            while !processes_under(&needle).is_empty() && Instant::now() < give_up {
+            let left = loop {
+                let left = processes_under(&needle).len();
+                if left == 0 || Instant::now() >= give_up {
+                    break left;
+                }
                 tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            let left = processes_under(&needle).len();
-            if left > 0 && Instant::now() >= give_up {
+            };
+            if left > 0 {
                 // runwasi's node after its 500 pods broke: the shims went on multiplying.
                 println!(
                     "warning: the kubelet node still runs {left} pod processes after {secs} s; \
