@@ -1,14 +1,16 @@
 //! A hostile registry against a live node: for every malformed answer (a digest that
 //! climbs out of the store, a huge declared size, a blob longer than declared or
-//! endless, a slow-loris, a manifest that never ends or is over 4 MiB, a wrong digest)
-//! the pod waits in `ErrImagePull`/`ImagePullBackOff` with a message saying why, the
-//! node stays `Ready`, the agent stays up with bounded memory, and a file outside the
-//! data dir is neither read into an image nor removed.
+//! endless, a slow-loris, a manifest that never ends or is over 4 MiB, a wrong digest, an
+//! endless token answer or blob error body, a redirect to a loopback service) the pod
+//! waits in `ErrImagePull`/`ImagePullBackOff` with a message saying why, the node stays
+//! `Ready`, the agent stays up with bounded memory (its peak grows by far less than the
+//! endless answers send), no event or message holds the loopback service's answer, and
+//! a file outside the data dir is neither read into an image nor removed.
 
-use e2e::hostile::{Attack, HostileRegistry};
+use e2e::hostile::{Attack, HostileRegistry, INTERNAL_SECRET};
 use e2e::{
-    delete_and_wait, ensure_absent, node_condition, pod_with_spec, root, setup, wait_pod,
-    waiting_message, waiting_reason,
+    delete_and_wait, ensure_absent, node_condition, pod_with_spec, proc_status, root, setup,
+    wait_pod, waiting_message, waiting_reason,
 };
 use kube::api::PostParams;
 
@@ -30,6 +32,11 @@ fn expected(attack: Attack) -> &'static str {
             "is larger than the limit of 4194304 bytes"
         }
         Attack::WrongDigest => "does not match its digest",
+        Attack::EndlessToken => "is larger than the limit of 1048576 bytes",
+        Attack::EndlessBlobError => "answered 500 Internal Server Error for layer sha256:",
+        Attack::RedirectToken => "the token server answered 401 Unauthorized",
+        Attack::RedirectManifest => "answered 403 Forbidden for the manifest after a redirect",
+        Attack::RedirectBlob => "answered 500 Internal Server Error for layer",
     }
 }
 
@@ -68,6 +75,10 @@ async fn a_hostile_registry_cannot_harm_the_node() -> anyhow::Result<()> {
     )
     .await?;
     let pods = cluster.pods();
+    let pid = node
+        .pid()
+        .ok_or_else(|| anyhow::anyhow!("node not started"))?;
+    let peak_before = proc_status(pid, "VmHWM").unwrap_or(0);
     for attack in Attack::HOSTILE {
         let name = pod_name(attack);
         ensure_absent(&pods, &name).await?;
@@ -98,14 +109,25 @@ async fn a_hostile_registry_cannot_harm_the_node() -> anyhow::Result<()> {
             "{name}: message of {} bytes",
             message.len()
         );
+        assert!(!message.contains(INTERNAL_SECRET), "{name}: {message}");
+        for event in cluster.events(&name).await? {
+            let text = event.message.unwrap_or_default();
+            assert!(text.len() < 4096, "{name}: event of {} bytes", text.len());
+            assert!(!text.contains(INTERNAL_SECRET), "{name}: {text}");
+        }
     }
     let live = cluster.nodes().get(&node.name).await?;
     assert_eq!(node_condition(&live, "Ready").as_deref(), Some("True"));
-    let pid = node
-        .pid()
-        .ok_or_else(|| anyhow::anyhow!("node not started"))?;
     let rss = alive_rss_kib(pid).ok_or_else(|| anyhow::anyhow!("the agent died"))?;
     assert!(rss < 1 << 20, "agent resident memory {rss} KiB");
+    // The endless token answer and blob error body send up to 256 MiB each: read whole,
+    // they would raise the agent's peak by more than that.
+    let grown = proc_status(pid, "VmHWM")
+        .unwrap_or(0)
+        .saturating_sub(peak_before);
+    let sent = registry.sent(Attack::EndlessToken) + registry.sent(Attack::EndlessBlobError);
+    eprintln!("agent peak grew by {grown} KiB while the endless answers sent {sent} bytes");
+    assert!(grown < 128 << 10, "agent peak grew by {grown} KiB");
     assert_eq!(std::fs::read(&sentinel)?, content);
 
     for attack in Attack::HOSTILE {

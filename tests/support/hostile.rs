@@ -1,7 +1,9 @@
 //! A hostile OCI registry for tests: a small HTTP/1.1 server on loopback that speaks
-//! just enough of the distribution API (`/v2/`, manifests, blobs) to serve one malformed
-//! answer per repository `hostile/<attack>` (see [`Attack`]), plus one well-formed image
-//! (`hostile/good`) so a test can show the server itself works.
+//! just enough of the distribution API (`/v2/` with a bearer challenge, a token server,
+//! manifests, blobs) to serve one malformed answer per repository `hostile/<attack>` (see
+//! [`Attack`]), plus one well-formed image (`hostile/good`) so a test can show the server
+//! itself works. Endless answers stop themselves after [`ENDLESS_BOUND`] bytes or 60 s,
+//! so a client that reads them whole survives to fail its test.
 //!
 //! Shared by the `oci` crate's unit tests (included with `#[path]`) and the end-to-end
 //! tests; it uses only `tokio`, `sha2` and `serde_json`.
@@ -11,6 +13,11 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+#[path = "hostile_bodies.rs"]
+mod bodies;
+pub use bodies::{ENDLESS_BOUND, INTERNAL_SECRET};
+use bodies::{Sent, bounded_endless, challenge, redirect, token_scope_name};
 
 use sha2::Digest as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -53,11 +60,24 @@ pub enum Attack {
     EndlessManifest,
     /// A layer of 8 bytes whose bytes do not hash to its digest (but have its size).
     WrongDigest,
+    /// A token server whose `200 OK` answer never ends (`{"token":"aaaa...`).
+    EndlessToken,
+    /// A blob request answered `500` with an error body that never ends.
+    EndlessBlobError,
+    /// A token request redirected to a loopback service that answers `401` with
+    /// [`INTERNAL_SECRET`].
+    RedirectToken,
+    /// A manifest request redirected to a loopback service that answers `403` with
+    /// [`INTERNAL_SECRET`].
+    RedirectManifest,
+    /// A blob request redirected to a loopback service that answers `500` with
+    /// [`INTERNAL_SECRET`].
+    RedirectBlob,
 }
 
 impl Attack {
     /// Every malformed answer (not [`Attack::Good`]).
-    pub const HOSTILE: [Self; 12] = [
+    pub const HOSTILE: [Self; 17] = [
         Self::TraversalDigest,
         Self::AbsoluteDigest,
         Self::TraversalIndex,
@@ -70,6 +90,11 @@ impl Attack {
         Self::HugeManifest,
         Self::EndlessManifest,
         Self::WrongDigest,
+        Self::EndlessToken,
+        Self::EndlessBlobError,
+        Self::RedirectToken,
+        Self::RedirectManifest,
+        Self::RedirectBlob,
     ];
 
     /// Its repository name under `hostile/`.
@@ -89,6 +114,11 @@ impl Attack {
             Self::HugeManifest => "huge-manifest",
             Self::EndlessManifest => "endless-manifest",
             Self::WrongDigest => "wrong-digest",
+            Self::EndlessToken => "endless-token",
+            Self::EndlessBlobError => "endless-blob-error",
+            Self::RedirectToken => "redirect-token",
+            Self::RedirectManifest => "redirect-manifest",
+            Self::RedirectBlob => "redirect-blob",
         }
     }
 
@@ -105,20 +135,26 @@ pub struct HostileRegistry {
     /// `127.0.0.1:<port>`, to list in `--insecure-registries`.
     pub addr: String,
     requests: Arc<Mutex<Vec<String>>>,
+    sent: Sent,
     server: tokio::task::JoinHandle<()>,
+    internal: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for HostileRegistry {
     fn drop(&mut self) {
         self.server.abort();
+        self.internal.abort();
     }
 }
 
-/// What the attacks that climb out of the store point at.
+/// What the attacks point at: the traversal targets, this registry's own address (the
+/// token realm) and the internal service's (redirects).
 #[derive(Debug, Clone)]
 struct Targets {
     relative: String,
     absolute: String,
+    addr: String,
+    internal: String,
 }
 
 impl HostileRegistry {
@@ -132,24 +168,41 @@ impl HostileRegistry {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr: SocketAddr = listener.local_addr()?;
         let requests = Arc::new(Mutex::new(Vec::new()));
+        let sent = Sent::default();
+        let (internal_addr, internal) = bodies::internal_service().await?;
         let targets = Targets {
             relative: relative.to_owned(),
             absolute: absolute.display().to_string(),
+            addr: addr.to_string(),
+            internal: internal_addr,
         };
-        let log = requests.clone();
+        let (log, counts) = (requests.clone(), sent.clone());
         let server = tokio::spawn(async move {
             // Dropped with this task: every connection ends with the server.
             let mut connections = JoinSet::new();
             while let Ok((stream, _)) = listener.accept().await {
                 while connections.try_join_next().is_some() {}
-                connections.spawn(serve(stream, targets.clone(), log.clone()));
+                connections.spawn(serve(stream, targets.clone(), log.clone(), counts.clone()));
             }
         });
         Ok(Self {
             addr: addr.to_string(),
             requests,
+            sent,
             server,
+            internal,
         })
+    }
+
+    /// Bytes the endless answers of `attack` have sent so far.
+    #[must_use]
+    pub fn sent(&self, attack: Attack) -> u64 {
+        self.sent
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(attack.name())
+            .copied()
+            .unwrap_or(0)
     }
 
     /// The image reference of `attack`: `<addr>/hostile/<name>:v1`.
@@ -216,7 +269,7 @@ fn index_manifest(entry_digest: &str) -> Vec<u8> {
 }
 
 /// The head of a request (up to the blank line), at most 64 KiB.
-async fn read_head(stream: &mut TcpStream) -> Option<String> {
+pub(crate) async fn read_head(stream: &mut TcpStream) -> Option<String> {
     let mut head = Vec::new();
     let mut buf = [0u8; 1024];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -229,7 +282,7 @@ async fn read_head(stream: &mut TcpStream) -> Option<String> {
     String::from_utf8(head).ok()
 }
 
-async fn respond(stream: &mut TcpStream, status: &str, content_type: &str, body: &[u8]) {
+pub(crate) async fn respond(stream: &mut TcpStream, status: &str, content_type: &str, body: &[u8]) {
     let head = format!(
         "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
@@ -243,26 +296,6 @@ async fn respond(stream: &mut TcpStream, status: &str, content_type: &str, body:
 async fn silence(stream: &mut TcpStream) {
     let mut buf = [0u8; 1024];
     while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {}
-}
-
-/// A chunked body of zeros that never ends (until the client hangs up).
-async fn endless(stream: &mut TcpStream, content_type: &str) {
-    let head = format!(
-        "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
-    );
-    if stream.write_all(head.as_bytes()).await.is_err() {
-        return;
-    }
-    let chunk = filler(64 << 10, 0);
-    loop {
-        let size = format!("{:x}\r\n", chunk.len());
-        if stream.write_all(size.as_bytes()).await.is_err()
-            || stream.write_all(&chunk).await.is_err()
-            || stream.write_all(b"\r\n").await.is_err()
-        {
-            return;
-        }
-    }
 }
 
 /// One byte of a chunked body every 100 ms, forever.
@@ -282,7 +315,7 @@ const MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const INDEX: &str = "application/vnd.oci.image.index.v1+json";
 const OCTETS: &str = "application/octet-stream";
 
-async fn serve(mut stream: TcpStream, targets: Targets, log: Arc<Mutex<Vec<String>>>) {
+async fn serve(mut stream: TcpStream, targets: Targets, log: Arc<Mutex<Vec<String>>>, sent: Sent) {
     let Some(head) = read_head(&mut stream).await else {
         return;
     };
@@ -292,7 +325,41 @@ async fn serve(mut stream: TcpStream, targets: Targets, log: Arc<Mutex<Vec<Strin
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .push(format!("{method} {path}"));
     if path == "/v2/" || path == "/v2" {
-        return respond(&mut stream, "200 OK", "application/json", b"{}").await;
+        let head = format!(
+            "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: {}\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}",
+            challenge(&targets.addr)
+        );
+        let _ = stream.write_all(head.as_bytes()).await;
+        let _ = stream.shutdown().await;
+        return;
+    }
+    if path.starts_with("/token") {
+        let attack = token_scope_name(path).and_then(|name| Attack::from_name(&name));
+        return match attack {
+            Some(Attack::EndlessToken) => {
+                let counts = (Attack::EndlessToken.name(), &sent);
+                bounded_endless(
+                    &mut stream,
+                    "200 OK",
+                    "application/json",
+                    b"{\"token\":\"",
+                    counts,
+                )
+                .await;
+            }
+            Some(Attack::RedirectToken) => {
+                redirect(&mut stream, &format!("http://{}/401", targets.internal)).await;
+            }
+            _ => {
+                respond(
+                    &mut stream,
+                    "200 OK",
+                    "application/json",
+                    br#"{"token":"hostile"}"#,
+                )
+                .await
+            }
+        };
     }
     let route = path
         .strip_prefix("/v2/hostile/")
@@ -368,7 +435,29 @@ async fn serve(mut stream: TcpStream, targets: Targets, log: Arc<Mutex<Vec<Strin
             .await;
         }
         (Attack::HugeDeclaredSize | Attack::EndlessBlob, "blobs") => {
-            endless(&mut stream, OCTETS).await;
+            bounded_endless(&mut stream, "200 OK", OCTETS, b"", (attack.name(), &sent)).await;
+        }
+        (Attack::EndlessBlobError | Attack::RedirectBlob, "manifests") => {
+            let body = image_manifest(&sha256(attack.name().as_bytes()), 8, 0);
+            respond(&mut stream, "200 OK", MANIFEST, &body).await;
+        }
+        (Attack::EndlessBlobError, "blobs") => {
+            let prefix = br#"{"errors":[{"code":"BLOB_UNKNOWN","message":""#;
+            let status = "500 Internal Server Error";
+            bounded_endless(
+                &mut stream,
+                status,
+                "application/json",
+                prefix,
+                (attack.name(), &sent),
+            )
+            .await;
+        }
+        (Attack::RedirectBlob, "blobs") => {
+            redirect(&mut stream, &format!("http://{}/500", targets.internal)).await;
+        }
+        (Attack::RedirectManifest, "manifests") => {
+            redirect(&mut stream, &format!("http://{}/403", targets.internal)).await;
         }
         (Attack::SlowLorisManifest, "manifests") => {
             let _ = stream.write_all(b"H").await;
@@ -385,7 +474,9 @@ async fn serve(mut stream: TcpStream, targets: Targets, log: Arc<Mutex<Vec<Strin
             let body = image_manifest(&good, good_size, HUGE_MANIFEST_SIZE);
             respond(&mut stream, "200 OK", MANIFEST, &body).await;
         }
-        (Attack::EndlessManifest, "manifests") => endless(&mut stream, MANIFEST).await,
+        (Attack::EndlessManifest, "manifests") => {
+            bounded_endless(&mut stream, "200 OK", MANIFEST, b"", (attack.name(), &sent)).await;
+        }
         (Attack::WrongDigest, "blobs") => {
             respond(&mut stream, "200 OK", OCTETS, b"unexpect").await;
         }

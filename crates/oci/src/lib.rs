@@ -12,12 +12,15 @@ mod layout_write;
 mod push;
 mod records;
 mod registry;
+mod session;
 mod store;
 
 #[cfg(test)]
 #[allow(dead_code, missing_docs)]
 #[path = "../../../tests/support/hostile.rs"]
 mod hostile;
+#[cfg(test)]
+mod hostile_bodies_tests;
 #[cfg(test)]
 mod hostile_tests;
 

@@ -1,5 +1,6 @@
-//! The registry side of a pull: a client with timeouts, manifests read with a size cap,
-//! blobs streamed to a temporary file while they are counted and hashed.
+//! The registry side of a pull: a client with timeouts, manifests read with a size cap
+//! (through a [`Session`]), blobs streamed to a temporary file while they are counted and
+//! hashed.
 
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -12,11 +13,11 @@ use oci_client::manifest::{
     IMAGE_MANIFEST_LIST_MEDIA_TYPE, IMAGE_MANIFEST_MEDIA_TYPE, ImageIndexEntry,
     OCI_IMAGE_INDEX_MEDIA_TYPE, OCI_IMAGE_MEDIA_TYPE, OciManifest,
 };
-use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 use tokio::io::AsyncWrite;
 
 use crate::digest::{Digest, Hasher};
+use crate::session::{Body, ERROR_BODY_LIMIT, Session, read_capped};
 use crate::{Error, Result, io};
 
 /// Media types a manifest request accepts.
@@ -139,27 +140,21 @@ pub(crate) fn parse_manifest(what: &str, body: &[u8], limit: u64) -> Result<OciM
 /// The manifest `reference` names and its digest, within `timeout` and `limit` bytes.
 ///
 /// oci-client reads a manifest body whole before anything can check its size, so the
-/// request is made here with the client's credentials (its `auth` does the token dance)
-/// and the body read chunk by chunk: past `limit` bytes the request is dropped. An error
-/// body is read up to [`ERROR_BODY_LIMIT`].
+/// request is made here, in `session` (its credential or token), and the body read chunk
+/// by chunk: past `limit` bytes the request is dropped. An error body is read up to
+/// [`ERROR_BODY_LIMIT`].
 pub(crate) async fn manifest(
-    client: &Client,
-    http: &reqwest::Client,
-    insecure_registries: &[String],
+    session: &Session<'_>,
     reference: &Reference,
-    auth: &RegistryAuth,
     (limit, timeout): (u64, Duration),
 ) -> Result<(OciManifest, Digest)> {
     let whole = reference.whole();
-    let (body, header) = tokio::time::timeout(
-        timeout,
-        fetch_manifest(client, http, insecure_registries, reference, auth, limit),
-    )
-    .await
-    .map_err(|_| Error::Timeout {
-        what: format!("fetching the manifest of {whole}"),
-        after: timeout,
-    })??;
+    let (body, header) = tokio::time::timeout(timeout, fetch_manifest(session, reference, limit))
+        .await
+        .map_err(|_| Error::Timeout {
+            what: format!("fetching the manifest of {whole}"),
+            after: timeout,
+        })??;
     let manifest = parse_manifest(&whole, &body, limit)?;
     // A digest the reference or the registry names must be the content's; the image ID
     // uses the reference's algorithm when it names one, else SHA-256.
@@ -182,45 +177,21 @@ pub(crate) async fn manifest(
     Ok((manifest, digest))
 }
 
-/// Most bytes of a registry's error answer read (for its message).
-pub(crate) const ERROR_BODY_LIMIT: usize = 16 << 10;
-
 /// The manifest's body, at most `limit` bytes, and the `Docker-Content-Digest` header.
 async fn fetch_manifest(
-    client: &Client,
-    http: &reqwest::Client,
-    insecure_registries: &[String],
+    session: &Session<'_>,
     reference: &Reference,
-    auth: &RegistryAuth,
     limit: u64,
 ) -> Result<(Vec<u8>, Option<String>)> {
     let whole = reference.whole();
-    let token = client
-        .auth(reference, auth, oci_client::RegistryOperation::Pull)
-        .await
-        .map_err(registry_error)?;
-    let registry = reference.resolve_registry();
-    let scheme = if insecure_registries.iter().any(|r| r == registry) {
-        "http"
-    } else {
-        "https"
-    };
     let name = reference
         .digest()
         .or_else(|| reference.tag())
         .unwrap_or("latest");
-    let url = format!(
-        "{scheme}://{registry}/v2/{}/manifests/{name}",
-        reference.repository()
-    );
-    let mut request = http
+    let url = session.url("manifests", name);
+    let request = session
         .get(&url)
         .header(reqwest::header::ACCEPT, MANIFEST_TYPES.join(", "));
-    request = match (token, auth) {
-        (Some(token), _) => request.bearer_auth(token),
-        (None, RegistryAuth::Basic(user, password)) => request.basic_auth(user, Some(password)),
-        (None, _) => request,
-    };
     let http_error = |e: reqwest::Error| Error::Registry(format!("{whole}: {}", chain(&e)));
     let mut response = request.send().await.map_err(http_error)?;
     let status = response.status();
@@ -234,7 +205,7 @@ async fn fetch_manifest(
     } else {
         ERROR_BODY_LIMIT
     };
-    let too_large = |n: u64| Error::TooLarge {
+    let too_large = |n: &str| Error::TooLarge {
         what: format!("the manifest of {whole} ({n} bytes)"),
         limit,
     };
@@ -242,19 +213,15 @@ async fn fetch_manifest(
         && let Some(length) = response.content_length()
         && length > limit
     {
-        return Err(too_large(length));
+        return Err(too_large(&length.to_string()));
     }
-    let mut body: Vec<u8> = Vec::new();
-    while let Some(chunk) = response.chunk().await.map_err(http_error)? {
-        if body.len() + chunk.len() > cap {
-            if status.is_success() {
-                return Err(too_large((body.len() + chunk.len()) as u64));
-            }
-            body.extend_from_slice(&chunk[..cap - body.len()]);
-            break;
+    let body = match read_capped(&mut response, cap).await.map_err(http_error)? {
+        Body::Whole(body) => body,
+        Body::Over(_) if status.is_success() => {
+            return Err(too_large(&format!("more than {limit}")));
         }
-        body.extend_from_slice(&chunk);
-    }
+        Body::Over(first) => first,
+    };
     if !status.is_success() {
         let text = String::from_utf8_lossy(&body);
         let text: String = text.chars().take(512).collect();
@@ -271,7 +238,7 @@ async fn fetch_manifest(
     Ok((body, header))
 }
 
-/// An HTTP client for manifest requests with the store's timeouts.
+/// An HTTP client for the store's own registry requests, with its timeouts.
 pub(crate) fn http_client(timeouts: Timeouts) -> Result<reqwest::Client> {
     reqwest::Client::builder()
         .connect_timeout(timeouts.connect)
@@ -416,6 +383,7 @@ impl AsyncWrite for BlobSink {
 /// size and digest are right.
 pub(crate) async fn download(
     client: &Client,
+    session: &Session<'_>,
     reference: &Reference,
     digest: &Digest,
     declared: u64,
@@ -425,6 +393,15 @@ pub(crate) async fn download(
     let what = format!("layer {digest} of {}", reference.whole());
     let (temp, file) = TempFile::create(tmp_dir).await?;
     let mut sink = BlobSink::new(file, digest, declared);
+    // The session's token or credential (no token is requested here).
+    client
+        .auth(
+            reference,
+            &session.client_auth(),
+            oci_client::RegistryOperation::Pull,
+        )
+        .await
+        .map_err(registry_error)?;
     // By digest alone: a descriptor's `urls` would send the client to other hosts.
     let pulled = client
         .pull_blob(reference, digest.as_str(), &mut sink)

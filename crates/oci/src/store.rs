@@ -14,6 +14,7 @@ use tokio::sync::Mutex;
 
 use crate::digest::{Algorithm, Digest};
 use crate::registry::{self, Timeouts, declared_size, is_wasm_platform, parse};
+use crate::session::Session;
 use crate::{Error, Result, WASM_LAYER_TYPES, io};
 
 /// A pulled image, as recorded in the store.
@@ -126,7 +127,8 @@ pub struct Store {
     /// was given for a registry, so sharing one across pods would let one pod's secret
     /// (or a wrong one) serve another's pull.
     clients: std::sync::Mutex<HashMap<String, Client>>,
-    /// Manifest requests (bodies read under a cap); its connections carry no credential.
+    /// The store's own requests (pings, tokens, manifests: bodies read under a cap); a
+    /// credential or token goes with each request, never with the client.
     http: reqwest::Client,
     /// One lock per reference, so concurrent pulls of one image download it once.
     pulls: Mutex<HashMap<String, Arc<Mutex<()>>>>,
@@ -309,20 +311,36 @@ impl Store {
 
     async fn manifest(
         &self,
-        client: &Client,
+        session: &Session<'_>,
         reference: &Reference,
-        auth: &RegistryAuth,
     ) -> Result<(OciManifest, Digest)> {
         self.manifest_requests.fetch_add(1, Ordering::Relaxed);
         registry::manifest(
-            client,
-            &self.http,
-            &self.config.insecure_registries,
+            session,
             reference,
-            auth,
             (self.config.max_manifest_size, self.config.manifest_timeout),
         )
         .await
+    }
+
+    /// The pull's session with the registry of `reference`: its token, when it asks for
+    /// one, within [`StoreConfig::manifest_timeout`].
+    async fn session(&self, reference: &Reference, auth: &RegistryAuth) -> Result<Session<'_>> {
+        let bound = self.config.manifest_timeout;
+        tokio::time::timeout(
+            bound,
+            Session::open(
+                &self.http,
+                &self.config.insecure_registries,
+                reference,
+                auth,
+            ),
+        )
+        .await
+        .map_err(|_| Error::Timeout {
+            what: format!("authorizing the pull of {}", reference.whole()),
+            after: bound,
+        })?
     }
 
     async fn pull_locked(
@@ -331,8 +349,8 @@ impl Store {
         parsed: &Reference,
         auth: &RegistryAuth,
     ) -> Result<(Image, bool)> {
-        let client = self.client(auth)?;
-        let (manifest, manifest_digest) = self.manifest(&client, parsed, auth).await?;
+        let session = self.session(parsed, auth).await?;
+        let (manifest, manifest_digest) = self.manifest(&session, parsed).await?;
         let manifest = match manifest {
             OciManifest::Image(m) => m,
             OciManifest::ImageIndex(index) => {
@@ -350,7 +368,7 @@ impl Store {
                     self.config.max_manifest_size,
                 )?;
                 let by_digest = parsed.clone_with_digest(digest.to_string());
-                match self.manifest(&client, &by_digest, auth).await? {
+                match self.manifest(&session, &by_digest).await? {
                     (OciManifest::Image(m), _) => m,
                     (OciManifest::ImageIndex(_), _) => {
                         return Err(Error::Registry(format!(
@@ -371,8 +389,10 @@ impl Store {
         let downloaded = !tokio::fs::try_exists(&path).await.unwrap_or(false);
         if downloaded {
             self.downloads.fetch_add(1, Ordering::Relaxed);
+            let client = self.client(auth)?;
             registry::download(
                 &client,
+                &session,
                 parsed,
                 &module_digest,
                 size,
