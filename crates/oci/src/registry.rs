@@ -14,7 +14,7 @@ use oci_client::manifest::{
     OCI_IMAGE_INDEX_MEDIA_TYPE, OCI_IMAGE_MEDIA_TYPE, OciManifest,
 };
 use oci_client::{Client, Reference};
-use tokio::io::AsyncWrite;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use crate::digest::{Digest, Hasher};
 use crate::session::{Body, ERROR_BODY_LIMIT, Session, read_capped};
@@ -377,44 +377,53 @@ impl AsyncWrite for BlobSink {
     }
 }
 
-/// Downloads blob `digest` of `reference` (declared `declared` bytes, already checked
-/// against the store's limit) to `dest`, through a temporary file in `tmp_dir`: never
-/// more than `declared` bytes are accepted, and the file becomes `dest` only when its
-/// size and digest are right.
+/// Downloads blob `digest` (declared `declared` bytes, already checked against the
+/// store's limit) of the session's repository to `dest`, through a temporary file in
+/// `tmp_dir`: never more than `declared` bytes are accepted, the file becomes `dest` only
+/// when its size and digest are right, and an error answer is read up to
+/// [`ERROR_BODY_LIMIT`] (oci-client would read it whole).
 pub(crate) async fn download(
-    client: &Client,
     session: &Session<'_>,
-    reference: &Reference,
     digest: &Digest,
     declared: u64,
     tmp_dir: &Path,
     dest: &Path,
 ) -> Result<()> {
-    let what = format!("layer {digest} of {}", reference.whole());
-    let (temp, file) = TempFile::create(tmp_dir).await?;
-    let mut sink = BlobSink::new(file, digest, declared);
-    // The session's token or credential (no token is requested here).
-    client
-        .auth(
-            reference,
-            &session.client_auth(),
-            oci_client::RegistryOperation::Pull,
-        )
-        .await
-        .map_err(registry_error)?;
+    let what = format!("layer {digest} of {}", session.whole());
     // By digest alone: a descriptor's `urls` would send the client to other hosts.
-    let pulled = client
-        .pull_blob(reference, digest.as_str(), &mut sink)
-        .await;
-    if sink.overflowed() {
+    let url = session.url("blobs", digest.as_str());
+    let http_error = |e: reqwest::Error| Error::Registry(format!("{what}: {}", chain(&e)));
+    let mut response = session.get(&url).send().await.map_err(http_error)?;
+    let status = response.status();
+    if status != reqwest::StatusCode::OK {
+        let body = match read_capped(&mut response, ERROR_BODY_LIMIT)
+            .await
+            .map_err(http_error)?
+        {
+            Body::Whole(body) | Body::Over(body) => body,
+        };
+        let text = String::from_utf8_lossy(&body);
+        let text: String = text.chars().take(512).collect();
+        return Err(Error::Registry(format!(
+            "{what}: the registry answered {status} for the blob: {}",
+            text.trim()
+        )));
+    }
+    if let Some(length) = response.content_length()
+        && length != declared
+    {
         return Err(Error::SizeMismatch { what, declared });
     }
-    pulled.map_err(|e| match e {
-        oci_client::errors::OciDistributionError::DigestError(_) => Error::DigestMismatch {
-            digest: digest.to_string(),
-        },
-        e => Error::Registry(format!("{what}: {}", chain(&e))),
-    })?;
+    let (temp, file) = TempFile::create(tmp_dir).await?;
+    let mut sink = BlobSink::new(file, digest, declared);
+    while let Some(chunk) = response.chunk().await.map_err(http_error)? {
+        if let Err(e) = sink.write_all(&chunk).await {
+            if sink.overflowed() {
+                return Err(Error::SizeMismatch { what, declared });
+            }
+            return Err(io(format!("writing {what}"))(e));
+        }
+    }
     sink.finish(&what, digest, declared).await?;
     temp.persist(dest).await
 }

@@ -249,15 +249,9 @@ impl<'c> Session<'c> {
         format!("{}/{kind}/{name}", self.base)
     }
 
-    /// The session's credential as oci-client takes it: its token, else what was given.
-    pub(crate) fn client_auth(&self) -> RegistryAuth {
-        match &self.authorization {
-            Authorization::None => RegistryAuth::Anonymous,
-            Authorization::Basic(user, password) => {
-                RegistryAuth::Basic(user.clone(), password.clone())
-            }
-            Authorization::Bearer(token) => RegistryAuth::Bearer(token.clone()),
-        }
+    /// The reference, for messages.
+    pub(crate) fn whole(&self) -> &str {
+        &self.whole
     }
 
     /// `GET url` with the session's credential or token (reqwest drops it on a redirect

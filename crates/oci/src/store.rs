@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use oci_client::Reference;
 use oci_client::manifest::{ImageIndexEntry, OciDescriptor, OciImageManifest, OciManifest};
 use oci_client::secrets::RegistryAuth;
-use oci_client::{Client, Reference};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
@@ -123,10 +123,6 @@ impl Default for StoreConfig {
 pub struct Store {
     pub(crate) root: PathBuf,
     config: StoreConfig,
-    /// One registry client per credential: a client remembers the first credential it
-    /// was given for a registry, so sharing one across pods would let one pod's secret
-    /// (or a wrong one) serve another's pull.
-    clients: std::sync::Mutex<HashMap<String, Client>>,
     /// The store's own requests (pings, tokens, manifests: bodies read under a cap); a
     /// credential or token goes with each request, never with the client.
     http: reqwest::Client,
@@ -234,7 +230,6 @@ impl Store {
             root: root.to_owned(),
             http,
             config,
-            clients: std::sync::Mutex::default(),
             pulls: Mutex::default(),
             manifest_requests: AtomicU64::new(0),
             downloads: AtomicU64::new(0),
@@ -256,20 +251,6 @@ impl Store {
             manifest_requests: self.manifest_requests.load(Ordering::Relaxed),
             downloads: self.downloads.load(Ordering::Relaxed),
         }
-    }
-
-    fn client(&self, auth: &RegistryAuth) -> Result<Client> {
-        let key = credential_id(auth);
-        let mut clients = self
-            .clients
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(client) = clients.get(&key) {
-            return Ok(client.clone());
-        }
-        let client = registry::client(&self.config.insecure_registries, self.config.timeouts())?;
-        clients.insert(key, client.clone());
-        Ok(client)
     }
 
     pub(crate) fn blob_path(&self, digest: &Digest) -> PathBuf {
@@ -389,17 +370,7 @@ impl Store {
         let downloaded = !tokio::fs::try_exists(&path).await.unwrap_or(false);
         if downloaded {
             self.downloads.fetch_add(1, Ordering::Relaxed);
-            let client = self.client(auth)?;
-            registry::download(
-                &client,
-                &session,
-                parsed,
-                &module_digest,
-                size,
-                &self.tmp_dir(),
-                &path,
-            )
-            .await?;
+            registry::download(&session, &module_digest, size, &self.tmp_dir(), &path).await?;
         }
         let image_id = format!(
             "{}/{}@{}",
