@@ -17,7 +17,7 @@ use oci_client::{Client, Reference};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use crate::digest::{Digest, Hasher};
-use crate::session::{Body, ERROR_BODY_LIMIT, Session, read_capped};
+use crate::session::{Body, ERROR_BODY_LIMIT, Session, read_capped, redirected, refusal};
 use crate::{Error, Result, io};
 
 /// Media types a manifest request accepts.
@@ -223,17 +223,8 @@ async fn fetch_manifest(
         Body::Over(first) => first,
     };
     if !status.is_success() {
-        let text = String::from_utf8_lossy(&body);
-        let text: String = text.chars().take(512).collect();
-        let what = match status.as_u16() {
-            401 | 403 => "Not authorized: ",
-            404 => "Not found: ",
-            _ => "",
-        };
-        return Err(Error::Registry(format!(
-            "{what}{whole}: the registry answered {status} for the manifest: {}",
-            text.trim()
-        )));
+        let redirected = redirected(&response, &url);
+        return Err(refusal(&whole, "the manifest", status, redirected, &body));
     }
     Ok((body, header))
 }
@@ -396,18 +387,15 @@ pub(crate) async fn download(
     let mut response = session.get(&url).send().await.map_err(http_error)?;
     let status = response.status();
     if status != reqwest::StatusCode::OK {
+        let redirected = redirected(&response, &url);
         let body = match read_capped(&mut response, ERROR_BODY_LIMIT)
             .await
             .map_err(http_error)?
         {
             Body::Whole(body) | Body::Over(body) => body,
         };
-        let text = String::from_utf8_lossy(&body);
-        let text: String = text.chars().take(512).collect();
-        return Err(Error::Registry(format!(
-            "{what}: the registry answered {status} for the blob: {}",
-            text.trim()
-        )));
+        let layer = format!("layer {digest}");
+        return Err(refusal(session.whole(), &layer, status, redirected, &body));
     }
     if let Some(length) = response.content_length()
         && length != declared

@@ -1,9 +1,12 @@
 //! A pull's conversation with one registry: the `/v2/` ping, the bearer-token exchange and
 //! the requests that follow, made by the store itself so that every body it reads (a token
-//! answer, an error answer) is read chunk by chunk under a byte cap.
+//! answer, an error answer) is read chunk by chunk under a byte cap, and so that nothing of
+//! an answer reached through a redirect (which may come from another service) reaches a
+//! message.
 
 use oci_client::Reference;
 use oci_client::secrets::RegistryAuth;
+use reqwest::StatusCode;
 
 use crate::registry::chain;
 use crate::{Error, Result};
@@ -55,6 +58,67 @@ pub(crate) async fn read_capped(
         body.extend_from_slice(&chunk);
     }
     Ok(Body::Whole(body))
+}
+
+/// Whether `response` comes from another URL than `requested` (a redirect was followed).
+pub(crate) fn redirected(response: &reqwest::Response, requested: &str) -> bool {
+    response.url().as_str() != requested
+}
+
+/// The registry's error codes (`MANIFEST_UNKNOWN`, `DENIED`, ...) in an error answer's
+/// body: at most four, each an upper-case word of at most 40 characters; nothing else
+/// of the body.
+pub(crate) fn error_codes(body: &[u8]) -> Vec<String> {
+    #[derive(serde::Deserialize)]
+    struct Envelope {
+        errors: Vec<Item>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Item {
+        code: Option<String>,
+    }
+    let Ok(envelope) = serde_json::from_slice::<Envelope>(body) else {
+        return Vec::new();
+    };
+    envelope
+        .errors
+        .into_iter()
+        .filter_map(|e| e.code)
+        .filter(|c| {
+            (1..=40).contains(&c.len())
+                && c.bytes()
+                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+        })
+        .take(4)
+        .collect()
+}
+
+/// A registry's failed answer `status` for `what` (`the manifest`, `layer <digest>`) of
+/// `whole`, as a message a pod may show: the status, and the registry's error codes only when no redirect was followed
+/// (after one, the body may be another service's and stays out).
+pub(crate) fn refusal(
+    whole: &str,
+    what: &str,
+    status: StatusCode,
+    redirected: bool,
+    body: &[u8],
+) -> Error {
+    let prefix = match status.as_u16() {
+        401 | 403 => "Not authorized: ",
+        404 => "Not found: ",
+        _ => "",
+    };
+    let mut message = format!("{prefix}{whole}: the registry answered {status} for {what}");
+    if redirected {
+        message.push_str(" after a redirect");
+    } else {
+        let codes = error_codes(body);
+        if !codes.is_empty() {
+            message.push_str(": ");
+            message.push_str(&codes.join(", "));
+        }
+    }
+    Error::Registry(message)
 }
 
 /// The first `Bearer` challenge among `WWW-Authenticate` values: its `realm` and
@@ -244,14 +308,14 @@ impl<'c> Session<'c> {
             })
     }
 
-    /// The URL of `kind` (`manifests`, `blobs`) `name` in the repository.
-    pub(crate) fn url(&self, kind: &str, name: &str) -> String {
-        format!("{}/{kind}/{name}", self.base)
-    }
-
     /// The reference, for messages.
     pub(crate) fn whole(&self) -> &str {
         &self.whole
+    }
+
+    /// The URL of `kind` (`manifests`, `blobs`) `name` in the repository.
+    pub(crate) fn url(&self, kind: &str, name: &str) -> String {
+        format!("{}/{kind}/{name}", self.base)
     }
 
     /// `GET url` with the session's credential or token (reqwest drops it on a redirect
@@ -268,7 +332,7 @@ impl<'c> Session<'c> {
 
 #[cfg(test)]
 mod tests {
-    use super::auth_params;
+    use super::{auth_params, error_codes};
 
     #[test]
     fn auth_params_read_quoted_and_bare_values() {
@@ -287,5 +351,12 @@ mod tests {
             [("realm".to_owned(), "a\"b".to_owned())]
         );
         assert!(auth_params(r#"realm="unterminated"#).is_empty());
+    }
+
+    #[test]
+    fn only_short_upper_case_error_codes_are_kept() {
+        let body = br#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"secret text"},{"code":"lower case"},{"code":"DENIED"}]}"#;
+        assert_eq!(error_codes(body), ["MANIFEST_UNKNOWN", "DENIED"]);
+        assert!(error_codes(b"not json").is_empty());
     }
 }
