@@ -13,6 +13,9 @@
 //                     "fill PATH: N bytes, REASON" (e.g. a full disk)
 //   flood MIB         writes MIB MiB of numbered 100-byte lines to stdout, as fast as it can
 //   burn SECONDS      computes on the CPU for SECONDS of wall time (0: forever)
+//   alloc MIB         mallocs MIB blocks of 1 MiB and touches every byte, as programs do,
+//                     then keeps them: "alloc: N MiB" every 16 MiB and at the end, or
+//                     "alloc: malloc failed after N MiB" (and goes on to the next step)
 // e.g. `tool print starting sleep 2 write /dev/termination-log bye exit 3`.
 #include <dirent.h>
 #include <errno.h>
@@ -23,6 +26,19 @@
 #include <unistd.h>
 
 extern char **environ;
+
+/* The allocator the component model's canonical ABI calls into (as modules built by
+ * wit-bindgen and the usual toolchains export it): made a component, the preview 1
+ * adapter takes its own memory from here instead of growing the linear memory behind
+ * malloc's back. Unused as a plain preview 1 module. */
+__attribute__((export_name("cabi_realloc"))) void *cabi_realloc(void *ptr, size_t old_size,
+                                                                 size_t align, size_t new_size) {
+    (void)old_size;
+    if (new_size == 0) return (void *)align;
+    void *p = realloc(ptr, new_size);
+    if (!p) abort();
+    return p;
+}
 
 static int by_name(const void *a, const void *b) {
     return strcmp(*(char *const *)a, *(char *const *)b);
@@ -137,6 +153,32 @@ static void burn(long seconds) {
     }
 }
 
+/* The blocks `alloc` keeps, chained through their first word: reachable from a global,
+ * so the compiler cannot drop the allocations as unused. */
+static void *volatile kept;
+
+/* Allocates `mib` blocks of 1 MiB with malloc (wasi-libc grows the linear memory with
+ * memory.grow) and writes each, as a real program filling a cache would. Never freed. */
+static void alloc(long mib) {
+    long n = 0;
+    for (; n < mib; n++) {
+        char *block = malloc(1 << 20);
+        if (!block) {
+            printf("alloc: malloc failed after %ld MiB\n", n);
+            fflush(stdout);
+            return;
+        }
+        memset(block, (int)(n & 0xff) | 1, 1 << 20);
+        *(void **)block = kept;
+        kept = block;
+        if ((n + 1) % 16 == 0) {
+            printf("alloc: %ld MiB\n", n + 1);
+            fflush(stdout);
+        }
+    }
+    printf("alloc: %ld MiB\n", n);
+}
+
 static void env(void) {
     size_t n = 0;
     while (environ[n]) {
@@ -201,6 +243,8 @@ int main(int argc, char **argv) {
             flood(atol(next(argc, argv, &i)));
         } else if (!strcmp(step, "burn")) {
             burn(atol(next(argc, argv, &i)));
+        } else if (!strcmp(step, "alloc")) {
+            alloc(atol(next(argc, argv, &i)));
         } else if (!strcmp(step, "env")) {
             env();
         } else if (!strcmp(step, "trap")) {

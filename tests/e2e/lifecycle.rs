@@ -519,8 +519,9 @@ async fn pods_the_node_cannot_run_are_rejected_as_the_kubelet_rejects_them() -> 
     create_fresh(&pods, &exec).await?;
     assert_eq!(rejected("e2e-admit-exec").await?.0, "UnsupportedProbe");
 
-    // A network probe is admitted and run: the module serves nothing, so the readiness
-    // probe fails (an Unhealthy event) and the pod runs but is not Ready.
+    // A network probe is admitted and run: the pod has no address of its own on a node
+    // without a pod network, so the readiness probe fails (an Unhealthy event; it is not
+    // sent to the node's own port instead) and the pod runs but is not Ready.
     let http = bound(
         "e2e-admit-http",
         serde_json::json!({ "readinessProbe": { "tcpSocket": { "port": 1 }, "periodSeconds": 1 } }),
@@ -537,7 +538,8 @@ async fn pods_the_node_cannot_run_are_rejected_as_the_kubelet_rejects_them() -> 
         if evs.iter().any(|e| {
             e.0 == "Unhealthy"
                 && e.1
-                    == "Readiness probe failed: dial tcp 127.0.0.1:1: connect: connection refused"
+                    == "Readiness probe failed: the pod has no IP address to probe: it has no \
+                        network of its own on this node"
         }) {
             break;
         }

@@ -12,6 +12,7 @@ mod hostile;
 mod images;
 mod kubelet_config;
 mod lifecycle;
+mod memory;
 mod network;
 mod node;
 mod pods;

@@ -230,7 +230,7 @@ async fn config_maps_secrets_downward_api_and_env_sources_reach_the_module() -> 
         "env FROM_SECRET=s3cret",
         "env APP=demo",
         "env POD_NAME=e2e-vol-files",
-        "env POD_IP=127.0.0.1",
+        "env POD_IP=",
         &format!("env NODE={}", node.name),
         "env MEM_MI=64",
         "env COMBINED=demo-blue",

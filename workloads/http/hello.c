@@ -8,7 +8,25 @@
 //
 //   host: 10.0.0.5:8080
 //   user-agent: curl/8.0
+// A path /alloc/MIB first mallocs MIB MiB and writes every byte (as a handler filling a
+// cache would), then answers as above, with "alloc: MIB MiB" after the pod line; when
+// malloc fails it answers 507 "alloc: malloc failed".
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
 #include "common.h"
+
+/* The MiB asked for by a path /alloc/MIB (digits up to the end, '?' or '/'), else -1. */
+static long alloc_mib(const char *path, size_t len) {
+    static const char prefix[] = "/alloc/";
+    size_t n = sizeof prefix - 1;
+    if (len <= n || memcmp(path, prefix, n)) return -1;
+    long mib = 0;
+    for (size_t i = n; i < len && path[i] >= '0' && path[i] <= '9' && mib < 1 << 20; i++)
+        mib = mib * 10 + (path[i] - '0');
+    return mib;
+}
 
 static const char *METHODS[] = {"GET",     "HEAD",    "POST",  "PUT",  "DELETE",
                                 "CONNECT", "OPTIONS", "TRACE", "PATCH"};
@@ -28,15 +46,36 @@ void exports_wasi_http_incoming_handler_handle(wasi_http_types_own_incoming_requ
     wasi_http_types_method_free(&method);
 
     handler_string_t path;
+    long mib = -1;
     text_str(&body, "\npath: ");
     if (wasi_http_types_method_incoming_request_path_with_query(req, &path)) {
         text_add(&body, path.ptr, path.len);
+        mib = alloc_mib((const char *)path.ptr, path.len);
         handler_string_free(&path);
     }
 
     text_str(&body, "\npod: ");
     if (!env_get("POD_NAME", &body)) text_str(&body, "unknown");
     text_str(&body, "\n");
+    if (mib >= 0) {
+        size_t bytes = (size_t)mib << 20;
+        char *block = malloc(bytes ? bytes : 1);
+        if (!block) {
+            static const char failed[] = "alloc: malloc failed\n";
+            wasi_http_types_incoming_request_drop_own(request);
+            respond(out, 507, failed, sizeof failed - 1);
+            text_free(&body);
+            return;
+        }
+        memset(block, 1, bytes);
+        /* Read back, so the compiler cannot drop the allocation as unused. */
+        unsigned sum = 0;
+        for (size_t i = 0; i < bytes; i += 4096) sum += (unsigned char)block[i];
+        char line[64];
+        int k = snprintf(line, sizeof line, "alloc: %ld MiB (%u pages)\n", mib, sum);
+        text_add(&body, line, (size_t)k);
+        free(block);
+    }
 
     wasi_http_types_own_headers_t headers = wasi_http_types_method_incoming_request_headers(req);
     wasi_http_types_list_tuple2_field_name_field_value_t entries;

@@ -536,34 +536,7 @@ fn standalone_checks(args: &NodeArgs) -> anyhow::Result<()> {
 
 /// A Go duration (`1m30s`, `10s`, `500ms`, `1h`), as the kubelet's duration flags take.
 fn parse_duration(text: &str) -> Result<Duration, String> {
-    let bad = || format!("invalid duration {text:?} (e.g. 1m, 30s, 1m30s, 500ms)");
-    let mut total = Duration::ZERO;
-    let mut rest = text.trim();
-    if rest == "0" {
-        return Ok(total);
-    }
-    while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !c.is_ascii_digit() && c != '.')
-            .ok_or_else(bad)?;
-        let number: f64 = rest[..digits].parse().map_err(|_| bad())?;
-        rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let seconds = match &rest[..unit_len] {
-            "h" => 3600.0,
-            "m" => 60.0,
-            "s" => 1.0,
-            "ms" => 1e-3,
-            "us" | "µs" => 1e-6,
-            "ns" => 1e-9,
-            _ => return Err(bad()),
-        };
-        total += Duration::from_secs_f64(number * seconds);
-        rest = &rest[unit_len..];
-    }
-    Ok(total)
+    kubelet::duration::parse(text).map_err(|e| e.to_string())
 }
 
 /// Raises the soft limit on open files to the hard limit, as a daemon holding a log file

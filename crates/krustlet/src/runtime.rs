@@ -107,12 +107,14 @@ impl WasmRuntime {
         let keep_open: Vec<_> = run.mounts.iter().map(|m| m.dir.clone()).collect();
         let id = format!("wasmtime://{}-{}-{}", run.sandbox_id, run.name, run.attempt);
         let spec = ContainerSpec {
+            pod_id: run.sandbox_id.clone(),
             module_key: run.image.handle.clone(),
             wasm,
             args: run.args,
             env: run.env,
             log_path: run.log_path,
             memory_limit: run.memory_limit,
+            request_timeout: run.request_timeout,
             cpu: wasi_runtime::CpuShare {
                 limit_millis: run.cpu.limit_millis,
                 request_millis: run.cpu.request_millis,

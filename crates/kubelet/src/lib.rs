@@ -13,6 +13,7 @@ pub mod api;
 pub mod auth;
 mod blocking;
 pub mod certificates;
+pub mod duration;
 pub mod events;
 pub mod eviction;
 pub mod images;

@@ -68,6 +68,10 @@ pub struct ImageStatus {
 /// `[scheme://]host[:port]` (`*` for any part), separated by commas.
 pub const ALLOWED_OUTBOUND_HOSTS: &str = "wasm.krustlet.dev/allowed-outbound-hosts";
 
+/// The pod annotation that sets the time limit of each request its served components
+/// answer, a Go duration (`30s`, `5m`); unset, the node's default.
+pub const REQUEST_TIMEOUT: &str = "wasm.krustlet.dev/request-timeout";
+
 /// A pod's sandbox as the runtime is asked for it (the CRI's `PodSandboxConfig`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SandboxConfig {
@@ -136,6 +140,9 @@ pub struct ContainerRun {
     /// The pod's [`ALLOWED_OUTBOUND_HOSTS`] annotation, as written: where it may
     /// connect to (`None`: anywhere its network reaches).
     pub allowed_outbound: Option<String>,
+    /// The pod's [`REQUEST_TIMEOUT`] annotation: the time limit of each request a
+    /// served component answers (`None`: the node's default).
+    pub request_timeout: Option<std::time::Duration>,
     /// Where the runtime tells what that annotation refused (`scheme://host:port` or
     /// `address:port`), best effort: a full channel drops the notice. Closed when the
     /// run's resources are gone.

@@ -32,6 +32,8 @@ fn spec(
     cpu: CpuShare,
 ) -> ContainerSpec {
     ContainerSpec {
+        request_timeout: None,
+        pod_id: String::new(),
         module_key: format!("{:x}", wasm.len()),
         wasm,
         args: std::iter::once(name)

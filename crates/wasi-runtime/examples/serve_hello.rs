@@ -38,6 +38,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let engine = Engine::new(&config)?;
     let running = engine
         .start(ContainerSpec {
+            request_timeout: None,
+            pod_id: String::new(),
             module_key: "sha256:served".to_owned(),
             wasm: Arc::from(std::fs::read(&wasm)?),
             args: vec!["web".to_owned()],

@@ -180,8 +180,12 @@ pub struct Engine {
     pub(crate) serving: wasmtime::Engine,
     /// Links `wasi:http/proxy` components (WASI and `wasi:http`), for `serving`.
     pub(crate) http_linker: Arc<wasmtime::component::Linker<crate::serve::HttpState>>,
-    /// Instances one served pod may hold at once.
-    pub(crate) per_pod_instances: usize,
+    /// The node's instances of served components, shared among the served pods.
+    pub(crate) instance_slots: crate::fair::FairPool,
+    /// The node's served connections, shared among the served pods.
+    pub(crate) connection_slots: crate::fair::FairPool,
+    /// Longest a served request may take, unless its pod says otherwise.
+    pub(crate) request_timeout: Duration,
     compiler: Arc<Compiler>,
     /// Where guest code runs; the last clone shuts it down.
     pub(crate) guest: Arc<GuestRuntime>,
@@ -282,7 +286,9 @@ impl Engine {
             component_linker,
             serving,
             http_linker,
-            per_pod_instances: config.serving_pool.per_pod.max(1),
+            instance_slots: config.serving_pool.instance_slots(),
+            connection_slots: config.serving_pool.connection_slots(),
+            request_timeout: config.serving_pool.request_timeout,
             compiler,
             guest,
             max_open_handles: config.max_open_handles,
@@ -327,7 +333,18 @@ impl Engine {
     /// [`EngineConfig::max_module_bytes`] or take longer than
     /// [`EngineConfig::compile_timeout`] to compile.
     pub async fn module(&self, key: &str, wasm: Arc<[u8]>) -> Result<Compiled> {
-        self.compiler.get(key, wasm).await
+        self.compiler.get(key, wasm, "").await
+    }
+
+    /// [`Engine::module`] for a container of `pod`: a build it starts takes one of the
+    /// node's compile slots in that pod's share ([`EngineConfig::compile_concurrency`]
+    /// slots, at most half of them, rounded up, per pod), and waits for that slot at
+    /// most [`EngineConfig::compile_timeout`].
+    ///
+    /// # Errors
+    /// As [`Engine::module`], and [`Error::Compile`] when no slot came free in time.
+    pub async fn module_for(&self, key: &str, wasm: Arc<[u8]>, pod: &str) -> Result<Compiled> {
+        self.compiler.get(key, wasm, pod).await
     }
 
     /// Forgets the compiled module for `key` (its image was removed). Its native code

@@ -18,6 +18,7 @@
 mod allow;
 mod compile;
 mod engine;
+mod fair;
 mod limits;
 pub mod logs;
 mod meter;
@@ -28,10 +29,10 @@ mod serve;
 
 pub use allow::{AllowList, OnRefused, refused_total};
 pub use engine::{Compiled, Engine, EngineConfig, EngineStats, is_component};
-pub use limits::{StoreCaps, TABLE_ELEMENT_BYTES};
+pub use limits::{MemoryLimitReached, StoreCaps, TABLE_ELEMENT_BYTES};
 pub use logs::LogRotation;
 pub use meter::{CPU_PERIOD, CpuShare, Meter, Usage};
-pub use pool::{QUEUE_WAIT, ServingPool};
+pub use pool::{DEFAULT_REQUEST_TIMEOUT, QUEUE_WAIT, ServingPool};
 pub use run::{ContainerSpec, DEFAULT_HTTP_PORT, Exit, Killer, Preopen, Running};
 pub use serve::MAX_CONNECTIONS;
 

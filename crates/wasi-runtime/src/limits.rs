@@ -1,5 +1,11 @@
 //! What one container may hold: one memory budget for all its linear memories and
-//! tables together, and caps on how many instances, memories and tables it creates.
+//! tables together, across all its live stores (a served component's instances too), and
+//! caps on how many instances, memories and tables each store creates.
+//!
+//! A growth past the budget is not answered with a failed `memory.grow` (which a guest
+//! built by the usual toolchains survives: wasi-libc's `malloc` returns NULL and the
+//! program may go on and exit 0) but with a trap that ends the store at once, as the
+//! kernel's OOM killer ends a container that passes its cgroup's limit.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,32 +39,46 @@ impl Default for StoreCaps {
     }
 }
 
+/// The error a store's growth past its container's budget traps with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the container's memory limit of {budget} bytes was reached ({asked} more bytes asked for)"
+)]
+pub struct MemoryLimitReached {
+    /// The container's budget in bytes.
+    pub budget: u64,
+    /// The growth that was refused, in bytes.
+    pub asked: u64,
+}
+
 /// The limiter of one store.
 ///
 /// Linear memories and tables are never freed before their store is dropped, so the
-/// bytes granted only grow: every growth of any memory or table is checked against the
-/// sum of all of them, which makes the limit one per container, however many memories,
-/// tables or (component) instances it creates.
+/// bytes a store is granted only grow. Every growth of any memory or table is checked
+/// against the container's gauge, the sum over all its live stores, which makes the
+/// limit one per container however many memories, tables, (component) instances or
+/// stores it creates; a store gives its bytes back when it is dropped.
 #[derive(Debug)]
 pub(crate) struct Limits {
-    /// Bytes all memories and tables may take together; `None`: unlimited.
-    budget: Option<usize>,
-    /// Bytes granted so far.
+    /// Bytes all memories and tables of the container may take together; `None`:
+    /// unlimited.
+    budget: Option<u64>,
+    /// Bytes granted to this store so far.
     granted: usize,
     /// The last growth granted, taken back if wasmtime reports it failed.
     last_grant: usize,
     /// Some growth was refused because of the budget.
     refused: bool,
     caps: StoreCaps,
-    /// The container's memory in use (all its live stores), which this store's grants
-    /// are added to and taken back from when it goes.
+    /// The container's memory in use (all its live stores): the budget bounds it, this
+    /// store's grants are added to it and taken back when the store goes.
     gauge: Arc<AtomicU64>,
 }
 
 impl Limits {
     pub(crate) fn new(budget: Option<u64>, caps: StoreCaps, gauge: Arc<AtomicU64>) -> Self {
         Self {
-            budget: budget.map(|b| usize::try_from(b).unwrap_or(usize::MAX)),
+            budget,
             granted: 0,
             last_grant: 0,
             refused: false,
@@ -78,18 +98,37 @@ impl Limits {
         self.granted
     }
 
-    fn grow(&mut self, bytes: usize) -> bool {
+    /// Grants `bytes` more to this store if the container's gauge stays within the
+    /// budget; else the store is marked refused and the growth traps.
+    fn grow(&mut self, bytes: usize) -> wasmtime::Result<bool> {
         let total = self.granted.saturating_add(bytes);
-        if self.budget.is_some_and(|b| total > b) {
+        let added_bytes = total - self.granted;
+        let added = added_bytes as u64;
+        let granted = match self.budget {
+            None => {
+                self.gauge.fetch_add(added, Ordering::Relaxed);
+                true
+            }
+            // One atomic step, so that concurrent stores of one container (a served
+            // component's instances) cannot pass the budget together.
+            Some(budget) => self
+                .gauge
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
+                    used.checked_add(added).filter(|&after| after <= budget)
+                })
+                .is_ok(),
+        };
+        if !granted {
             self.refused = true;
             self.last_grant = 0;
-            return false;
+            return Err(wasmtime::Error::new(MemoryLimitReached {
+                budget: self.budget.unwrap_or(u64::MAX),
+                asked: bytes as u64,
+            }));
         }
-        self.gauge
-            .fetch_add((total - self.granted) as u64, Ordering::Relaxed);
         self.granted = total;
-        self.last_grant = bytes;
-        true
+        self.last_grant = added_bytes;
+        Ok(true)
     }
 
     fn grow_failed(&mut self) {
@@ -114,7 +153,7 @@ impl ResourceLimiter for Limits {
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        Ok(self.grow(desired.saturating_sub(current)))
+        self.grow(desired.saturating_sub(current))
     }
 
     fn memory_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
@@ -129,7 +168,7 @@ impl ResourceLimiter for Limits {
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
         let elements = desired.saturating_sub(current);
-        Ok(self.grow(elements.saturating_mul(TABLE_ELEMENT_BYTES)))
+        self.grow(elements.saturating_mul(TABLE_ELEMENT_BYTES))
     }
 
     fn table_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
@@ -158,14 +197,42 @@ mod tests {
     fn growths_of_different_memories_and_tables_share_one_budget() {
         let mut l = Limits::new(Some(100), StoreCaps::default(), Arc::default());
         assert!(l.memory_growing(0, 60, None).expect("ok"));
-        // A second memory: alone it would fit, with the first it does not.
-        assert!(!l.memory_growing(0, 60, None).expect("ok"));
+        // A second memory: alone it would fit, with the first it does not; the refusal
+        // is a trap, not a failed growth the guest could go on from.
+        let refused = l.memory_growing(0, 60, None).expect_err("refused");
+        assert_eq!(
+            refused.downcast_ref::<MemoryLimitReached>(),
+            Some(&MemoryLimitReached {
+                budget: 100,
+                asked: 60
+            })
+        );
         assert!(l.refused());
         // Tables count a pointer per element.
         let fits = (100 - 60) / TABLE_ELEMENT_BYTES;
         assert!(l.table_growing(0, fits, None).expect("ok"));
-        assert!(!l.table_growing(fits, fits + 1, None).expect("ok"));
+        assert!(l.table_growing(fits, fits + 1, None).is_err());
         assert_eq!(l.granted(), 60 + fits * TABLE_ELEMENT_BYTES);
+    }
+
+    #[test]
+    fn the_stores_of_one_container_share_its_budget() {
+        // A served component's instances: each store alone is far below the budget.
+        let gauge = Arc::new(AtomicU64::new(0));
+        let mut stores: Vec<_> = (0..4)
+            .map(|_| Limits::new(Some(100), StoreCaps::default(), gauge.clone()))
+            .collect();
+        for store in &mut stores[..3] {
+            assert!(store.memory_growing(0, 30, None).expect("fits"));
+        }
+        assert!(stores[3].memory_growing(0, 30, None).is_err());
+        assert!(stores[3].refused());
+        assert!(!stores[0].refused());
+        assert_eq!(gauge.load(Ordering::Relaxed), 90);
+        // One store gone, its bytes are the others' again.
+        stores.remove(0);
+        assert!(stores[2].memory_growing(0, 30, None).expect("fits now"));
+        assert_eq!(gauge.load(Ordering::Relaxed), 90);
     }
 
     #[test]

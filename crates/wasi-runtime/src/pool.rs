@@ -21,26 +21,55 @@
 
 use wasmtime::{InstanceAllocationStrategy, PoolingAllocationConfig};
 
-/// How many instances of served components may live at once on the node, and how many
-/// of those one pod may hold.
+/// How many instances of served components may live at once on the node, how many
+/// connections served pods may hold, and how both are shared among the pods.
+///
+/// Both are shared fairly ([`crate::fair`]): each served pod is guaranteed a reserve of
+/// its own (the total divided by the served pods, at most [`Self::reserve`] instances
+/// and [`Self::connection_reserve`] connections), the rest goes first come, first
+/// served, up to a cap per pod. So pods holding slow requests cannot take what another
+/// pod needs to answer its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ServingPool {
     /// Component instances in the node's pool (default 1000). Each may hold up to 8
     /// core instances, 4 tables and 1 linear memory on average, as components built by
     /// the usual tools do; what does not fit is answered 503 until slots free up.
-    /// 0: no pool, served components use the on-demand allocator.
+    /// 0: no pool, served components use the on-demand allocator (within the same
+    /// number of instances at once).
     pub instances: u32,
     /// Instances one pod may hold at once (default 100): further requests wait for one
-    /// of its instances to end (up to [`QUEUE_WAIT`]), so one busy pod cannot take the
-    /// whole pool.
+    /// of its instances to end (up to [`QUEUE_WAIT`]), then are answered 503.
     pub per_pod: usize,
+    /// Instances each served pod is guaranteed, at most (default 8).
+    pub reserve: usize,
+    /// Connections all served pods of the node may hold at once (default 16384; each is
+    /// an open descriptor of the agent's): further connections wait in their pod's
+    /// listen backlog.
+    pub connections: usize,
+    /// Connections one pod may hold at once (default [`crate::MAX_CONNECTIONS`]).
+    pub connections_per_pod: usize,
+    /// Connections each served pod is guaranteed, at most (default 64).
+    pub connection_reserve: usize,
+    /// Longest one request may take, from its instance's start until its response
+    /// body is sent (default [`DEFAULT_REQUEST_TIMEOUT`]); a pod may set its own
+    /// ([`ContainerSpec::request_timeout`](crate::ContainerSpec::request_timeout)).
+    pub request_timeout: std::time::Duration,
 }
+
+/// The longest a served request may take unless its pod says otherwise: a minute, as a
+/// reverse proxy's usual read time-out.
+pub const DEFAULT_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl Default for ServingPool {
     fn default() -> Self {
         Self {
             instances: 1000,
             per_pod: 100,
+            reserve: 8,
+            connections: 16384,
+            connections_per_pod: crate::MAX_CONNECTIONS,
+            connection_reserve: 64,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
         }
     }
 }
@@ -61,6 +90,28 @@ const TABLES_PER_MODULE: u32 = 8;
 const KEEP_RESIDENT: usize = 256 << 10;
 
 impl ServingPool {
+    /// The node's instance slots, shared among the served pods.
+    pub(crate) fn instance_slots(&self) -> crate::fair::FairPool {
+        let total = match self.instances {
+            0 => Self::default().instances,
+            n => n,
+        };
+        crate::fair::FairPool::new(crate::fair::Shares {
+            total: total as usize,
+            reserve: self.reserve.max(1),
+            per_pod: self.per_pod.max(1),
+        })
+    }
+
+    /// The node's served connections, shared among the served pods.
+    pub(crate) fn connection_slots(&self) -> crate::fair::FairPool {
+        crate::fair::FairPool::new(crate::fair::Shares {
+            total: self.connections.max(1),
+            reserve: self.connection_reserve.max(1),
+            per_pod: self.connections_per_pod.max(1),
+        })
+    }
+
     /// The allocation strategy of the serving engine; `None`: on-demand.
     pub(crate) fn strategy(&self) -> Option<InstanceAllocationStrategy> {
         if self.instances == 0 {

@@ -22,6 +22,9 @@ use crate::{Engine, Error, Result};
 /// Everything one run of a container needs. Nothing else is granted to the module.
 #[derive(Debug, Clone)]
 pub struct ContainerSpec {
+    /// The pod the container belongs to (its sandbox ID): the node's compile slots are
+    /// shared fairly by pod.
+    pub pod_id: String,
     /// Cache key of the module, normally its content digest.
     pub module_key: String,
     /// The module's bytes.
@@ -47,6 +50,9 @@ pub struct ContainerSpec {
     pub http_port: u16,
     /// Its CPU limit and request.
     pub cpu: CpuShare,
+    /// Longest one request to a served component may take (`None`: the node's
+    /// [`ServingPool::request_timeout`](crate::ServingPool::request_timeout)).
+    pub request_timeout: Option<std::time::Duration>,
 }
 
 /// The port a `wasi:http` component is served on when its container declares none.
@@ -76,7 +82,7 @@ pub enum Exit {
         /// Its description, with the wasm backtrace when there is one.
         message: String,
     },
-    /// The module was refused memory beyond its limit and then failed.
+    /// The module asked for memory beyond its limit (the growth trapped at once).
     OutOfMemory,
     /// The run was stopped by [`Killer::kill`].
     Killed,
@@ -228,22 +234,17 @@ pub(crate) fn preempt<T>(store: &mut Store<T>, ticks: u64) {
     });
 }
 
-/// How a run ended, from what the entry point returned (`None`: killed first).
+/// How a run ended, from what the entry point returned (`None`: killed first). A run
+/// that was refused memory beyond its limit ended out of memory, whatever the entry point
+/// returned: the refusal traps, as a cgroup's OOM kill ends a container.
 fn outcome(result: Option<wasmtime::Result<i32>>, memory_refused: bool) -> Exit {
     match result {
         None => Exit::Killed,
-        Some(Ok(0)) => Exit::Code(0),
-        Some(Ok(_)) if memory_refused => Exit::OutOfMemory,
+        Some(_) if memory_refused => Exit::OutOfMemory,
         Some(Ok(code)) => Exit::Code(code),
         Some(Err(e)) => {
             if let Some(exit) = e.downcast_ref::<I32Exit>() {
-                if exit.0 != 0 && memory_refused {
-                    Exit::OutOfMemory
-                } else {
-                    Exit::Code(exit.0)
-                }
-            } else if memory_refused {
-                Exit::OutOfMemory
+                Exit::Code(exit.0)
             } else if let Some(ResourceTableError::Full) = e.downcast_ref::<ResourceTableError>() {
                 Exit::Trap {
                     kind: "TooManyOpenFiles".to_owned(),
@@ -276,7 +277,9 @@ impl Engine {
     /// [`Exit`].
     pub async fn start(&self, spec: ContainerSpec) -> Result<Running> {
         let began = std::time::Instant::now();
-        let compiled = self.module(&spec.module_key, spec.wasm.clone()).await?;
+        let compiled = self
+            .module_for(&spec.module_key, spec.wasm.clone(), &spec.pod_id)
+            .await?;
         let mut builder = self.wasi_builder(&spec)?;
         let meter = Meter::with_clock(spec.cpu, compiled.code_bytes(), self.cpu_accounting);
         let slice = spec.cpu.slice_ticks();

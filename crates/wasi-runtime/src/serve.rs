@@ -1,10 +1,16 @@
 //! Serving a `wasi:http/proxy` component: a listener in the pod's network namespace,
 //! HTTP/1.1 with keep-alive, and a fresh instance of the component for every request
-//! (as `wasmtime serve` does), each in its own store with the container's memory limit,
-//! under epoch preemption, its slots taken from the node's instance pool
-//! ([`crate::pool`]): at most [`ServingPool::per_pod`](crate::ServingPool::per_pod) at
-//! once per pod, more wait their turn; a request that finds no slot is answered 503. Request bodies stream into the guest and response bodies out
-//! of it. Each request leaves an access log line in the container's log.
+//! (as `wasmtime serve` does), each in its own store under epoch preemption and a time
+//! limit per request, all of them together within the container's memory limit (a
+//! request whose instance would pass it traps at that growth and is answered 500; the
+//! container serves on, as a container whose cgroup's OOM killer ended one of its worker
+//! processes). Instances and connections are slots of node-wide budgets shared fairly
+//! among the served pods ([`crate::pool`], [`crate::fair`]): each pod has a reserve of
+//! both, and at most [`ServingPool::per_pod`](crate::ServingPool::per_pod) instances; a
+//! request that finds no instance within [`QUEUE_WAIT`] is answered 503, one that passes
+//! its time limit 504 (only its own instance is cut). Request bodies stream into the
+//! guest and response bodies out of it. Each request leaves an access log line in the
+//! container's log.
 //!
 //! Stopping: [`crate::Killer::stop`] closes the listener and lets in-flight requests
 //! finish within the grace period; [`crate::Killer::kill`] (or the end of the grace)
@@ -16,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::sync::{Semaphore, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinSet;
 use wasmtime::Store;
 use wasmtime::component::ResourceTable;
@@ -34,7 +40,7 @@ use crate::pool::QUEUE_WAIT;
 use crate::run::{ContainerSpec, Exit, Stop, preempt, wasi_builder};
 use crate::{Engine, Error, Result};
 
-/// Connections one pod serves at once; more wait in the listen backlog.
+/// Connections one pod serves at once by default; more wait in the listen backlog.
 pub const MAX_CONNECTIONS: usize = 1024;
 
 /// Longest a client may take to send a request's headers.
@@ -72,9 +78,12 @@ impl WasiHttpView for HttpState {
 pub(crate) struct Server {
     pub(crate) engine: wasmtime::Engine,
     pub(crate) pre: ProxyPre<HttpState>,
-    /// The instances this pod may hold at once: `per_pod` permits.
-    pub(crate) instances: Arc<Semaphore>,
-    pub(crate) per_pod: usize,
+    /// This pod's share of the node's instances.
+    pub(crate) instances: crate::fair::Tenant,
+    /// This pod's share of the node's served connections.
+    pub(crate) connections: crate::fair::Tenant,
+    /// Longest one request may take.
+    pub(crate) request_timeout: Duration,
     /// A fresh WASI context (argv, env, preopens, the log) per instance.
     pub(crate) wasi: Box<dyn Fn() -> Result<WasiCtx, String> + Send + Sync>,
     pub(crate) outgoing: Outgoing,
@@ -138,6 +147,8 @@ enum Failure {
     Busy(String),
     /// The instance failed: instantiation, a trap, an error answer. Answered 500.
     Failed(String),
+    /// The request passed its time limit before its response began. Answered 504.
+    TimedOut(Duration),
 }
 
 impl Engine {
@@ -183,8 +194,9 @@ impl Engine {
         let server = Arc::new(Server {
             engine: component.engine().clone(),
             pre,
-            instances: Arc::new(Semaphore::new(self.per_pod_instances)),
-            per_pod: self.per_pod_instances,
+            instances: self.instance_slots.tenant(),
+            connections: self.connection_slots.tenant(),
+            request_timeout: spec.request_timeout.unwrap_or(self.request_timeout),
             wasi: Box::new(move || {
                 wasi_builder(&for_ctx, &log_for_ctx)
                     .map(|mut b| b.build())
@@ -227,7 +239,6 @@ pub(crate) async fn run(
             };
         }
     };
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut connections = JoinSet::new();
     // Each connection's graceful-shutdown signal.
     let (drain_tx, drain_rx) = watch::channel(false);
@@ -235,9 +246,9 @@ pub(crate) async fn run(
         let slot = tokio::select! {
             biased;
             () = until(&mut stop, |s| *s != Stop::Run) => break,
-            slot = slots.clone().acquire_owned() => slot,
+            slot = server.connections.acquire(None) => slot,
         };
-        let Ok(slot) = slot else { break };
+        let Some(slot) = slot else { break };
         let (stream, peer) = tokio::select! {
             biased;
             () = until(&mut stop, |s| *s != Stop::Run) => break,
@@ -350,6 +361,15 @@ impl Server {
                 );
                 error_response(500, "internal server error\n")
             }
+            Err(Failure::TimedOut(limit)) => {
+                self.log.record(
+                    Stream::Stderr,
+                    false,
+                    format!("request {line} cut: it took longer than its time limit of {limit:?}")
+                        .as_bytes(),
+                );
+                error_response(504, "the request took longer than its time limit\n")
+            }
         };
         self.log.record(
             Stream::Stdout,
@@ -369,12 +389,10 @@ impl Server {
         req: hyper::Request<Incoming>,
     ) -> std::result::Result<hyper::Response<HyperOutgoingBody>, Failure> {
         // Held by the instance until it ends, not just until the response is sent.
-        let Ok(Ok(slot)) =
-            tokio::time::timeout(QUEUE_WAIT, self.instances.clone().acquire_owned()).await
-        else {
+        let Some(slot) = self.instances.acquire(Some(QUEUE_WAIT)).await else {
             return Err(Failure::Busy(format!(
-                "all {} instances of the pod stayed busy for {QUEUE_WAIT:?}",
-                self.per_pod
+                "no instance of the pod was free for {QUEUE_WAIT:?} (its share of the \
+                 node's instances was in use)"
             )));
         };
         let mut table = ResourceTable::new();
@@ -409,6 +427,8 @@ impl Server {
             .map_err(|e| Failure::Failed(format!("{e:#}")))?;
         let pre = self.pre.clone();
         let mut cut = self.cut.subscribe();
+        let limit = self.request_timeout;
+        let deadline = tokio::time::Instant::now() + limit;
         // The instance runs on as its own task while the response body streams out,
         // until it returns or the server cuts it.
         let meter = self.meter.clone();
@@ -424,10 +444,14 @@ impl Server {
             let result = tokio::select! {
                 r = guest => r,
                 () = until(&mut cut, |c| *c) => Err(wasmtime::format_err!("cut by the container's stop")),
+                () = tokio::time::sleep_until(deadline) => Err(wasmtime::Error::new(PastTimeLimit(limit))),
             };
             result.map_err(|e| {
                 if store.data().limits.refused() {
-                    e.context("the instance was refused memory beyond its limit")
+                    e.context(
+                        "the instance was refused memory: the container's limit bounds all its \
+                         instances together",
+                    )
                 } else {
                     e
                 }
@@ -445,12 +469,18 @@ impl Server {
                 Ok(Err(e)) if e.is::<wasmtime::PoolConcurrencyLimitError>() => Err(Failure::Busy(
                     format!("the node's instance pool is full: {e:#}"),
                 )),
+                Ok(Err(e)) if e.is::<PastTimeLimit>() => Err(Failure::TimedOut(limit)),
                 Ok(Err(e)) => Err(Failure::Failed(format!("{e:?}"))),
                 Err(e) => Err(Failure::Failed(format!("the instance's task failed: {e}"))),
             },
         }
     }
 }
+
+/// A request's instance cut at its time limit.
+#[derive(Debug, thiserror::Error)]
+#[error("the request took longer than its time limit of {0:?}")]
+struct PastTimeLimit(Duration);
 
 /// Waits until the watched value satisfies `f` (or its sender is gone).
 async fn until<T>(rx: &mut watch::Receiver<T>, f: impl FnMut(&T) -> bool) {

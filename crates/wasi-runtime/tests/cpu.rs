@@ -13,6 +13,8 @@ static ALONE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 fn spin(dir: &tempfile::TempDir, name: &str, pages: u32, cpu: CpuShare) -> ContainerSpec {
     let wat = format!(r#"(module (memory {pages}) (func (export "_start") (loop (br 0))))"#);
     ContainerSpec {
+        request_timeout: None,
+        pod_id: String::new(),
         module_key: format!("spin-{pages}"),
         wasm: Arc::from(wat::parse_str(wat).expect("valid wat")),
         args: vec![name.to_owned()],

@@ -20,6 +20,8 @@ fn spec(
 ) -> ContainerSpec {
     let wasm = wat::parse_str(format!("(module {WASI} {wat_body})")).expect("valid wat");
     ContainerSpec {
+        request_timeout: None,
+        pod_id: String::new(),
         module_key: key.to_owned(),
         wasm: Arc::from(wasm),
         args: vec!["prog".to_owned()],
@@ -127,6 +129,19 @@ async fn memory_beyond_the_limit_is_refused() {
         .await
         .expect("start");
     assert_eq!(unlimited.wait().await, Exit::Code(0));
+}
+
+#[tokio::test]
+async fn a_refused_growth_ends_the_run_even_if_the_module_would_go_on() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // As wasi-libc's malloc: a failed grow is only a NULL, and the program exits 0.
+    let body = r#"(func (export "_start") (drop (memory.grow (i32.const 16))))"#;
+    let run = engine()
+        .start(spec(&dir, "grow-on", body, Some(512 * 1024)))
+        .await
+        .expect("start");
+    let exit = run.wait().await;
+    assert_eq!((exit.clone(), exit.code()), (Exit::OutOfMemory, 137));
 }
 
 #[tokio::test]
@@ -290,4 +305,37 @@ fn a_log_rotation_keeping_fewer_than_two_files_is_refused() {
         ..EngineConfig::default()
     };
     assert!(Engine::new(&config).is_err());
+}
+
+/// A workload of a real toolchain (target/wasm/tool.wasm: clang + wasi-libc, built by
+/// hack/build-wasm, and the same made a preview 2 command component) that mallocs
+/// 256 MiB in 1 MiB blocks under a 64 MiB limit ends out of memory, and the step after it
+/// never runs.
+#[tokio::test]
+async fn a_c_program_mallocing_past_its_limit_ends_out_of_memory() {
+    for name in ["tool", "tool.component"] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = format!(
+            "{}/../../target/wasm/{name}.wasm",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let wasm =
+            std::fs::read(&path).unwrap_or_else(|e| panic!("{path} (run hack/build-wasm): {e}"));
+        let mut s = spec(&dir, name, r#"(func (export "_start"))"#, Some(64 << 20));
+        s.module_key = format!("sha256:{name}");
+        s.wasm = Arc::from(wasm);
+        s.args = ["tool", "alloc", "256", "print", "survived"]
+            .map(str::to_owned)
+            .to_vec();
+        let log_path = s.log_path.clone();
+        let run = engine().start(s).await.expect("start");
+        let exit = run.wait().await;
+        let log = std::fs::read_to_string(log_path).expect("log");
+        assert_eq!(exit, Exit::OutOfMemory, "{name}: {log}");
+        assert!(log.contains("alloc: 48 MiB"), "{name}: {log}");
+        assert!(
+            !log.contains("alloc: 64 MiB") && !log.contains("survived"),
+            "{name}: {log}"
+        );
+    }
 }

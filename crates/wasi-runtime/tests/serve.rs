@@ -1,8 +1,10 @@
 //! Serving the hello `wasi:http` component (target/wasm/http-hello.component.wasm, built
 //! by hack/build-wasm) in a network namespace of the test's own: requests answered with
-//! access log lines, the memory limit per instance, stop and kill; the instance pool
-//! (with the forward component, whose requests wait on an upstream that holds them):
-//! a full pool answers 503 and serving goes on, a pod's share of it queues requests.
+//! access log lines, the container's memory limit over its instances, stop and kill; the
+//! instance pool (with the forward component, whose requests wait on an upstream that
+//! holds them): a full pool answers 503 and serving goes on, a pod's share of it queues
+//! requests, a pod holding slow requests leaves another its share, a request past its
+//! time limit is answered 504.
 //! Needs root (network namespaces).
 
 use std::io::{Read, Write};
@@ -48,6 +50,8 @@ fn spec(
     memory_limit: Option<u64>,
 ) -> ContainerSpec {
     ContainerSpec {
+        request_timeout: None,
+        pod_id: String::new(),
         module_key: "sha256:hello-http".to_owned(),
         wasm: component(),
         args: vec!["web".to_owned()],
@@ -143,7 +147,7 @@ async fn a_served_component_answers_each_request_from_a_fresh_instance_and_logs_
 }
 
 #[tokio::test]
-async fn each_instance_gets_the_memory_limit_and_a_failure_is_a_500_with_the_reason_logged() {
+async fn an_instance_past_the_memory_limit_is_a_500_with_the_reason_logged() {
     let dir = tempfile::tempdir().expect("tempdir");
     let net = namespace(&dir).await;
     let engine = Engine::new(&EngineConfig::default()).expect("engine");
@@ -156,7 +160,7 @@ async fn each_instance_gets_the_memory_limit_and_a_failure_is_a_500_with_the_rea
     assert_eq!(status, 500, "{body}");
     let log = std::fs::read_to_string(dir.path().join("web.log")).expect("log");
     assert!(
-        log.contains("stderr F request GET / HTTP/1.1 failed:"),
+        log.contains("stderr F request GET / HTTP/1.1 failed:") && log.contains("memory limit"),
         "{log}"
     );
     assert!(log.contains("\"GET / HTTP/1.1\" 500"), "{log}");
@@ -241,7 +245,11 @@ fn forward_spec(dir: &tempfile::TempDir, net: Arc<NetNs>) -> ContainerSpec {
 /// An engine whose serving pool holds `instances`, at most `per_pod` for one pod.
 fn pool_engine(instances: u32, per_pod: usize) -> Engine {
     Engine::new(&EngineConfig {
-        serving_pool: ServingPool { instances, per_pod },
+        serving_pool: ServingPool {
+            instances,
+            per_pod,
+            ..ServingPool::default()
+        },
         ..EngineConfig::default()
     })
     .expect("engine")
@@ -276,15 +284,22 @@ async fn a_full_instance_pool_answers_503_and_serving_goes_on() {
         })
         .collect();
     upstream.holding(2).await;
-    // More than the pool holds: refused at once, with a hint to retry.
-    for _ in 0..3 {
-        let (status, head, body) = send(&net, "/more").await;
+    // More than the pool holds: refused once they waited their turn in vain, with a
+    // hint to retry.
+    let more: Vec<_> = (0..3)
+        .map(|_| {
+            let net = net.clone();
+            tokio::spawn(async move { send(&net, "/more").await })
+        })
+        .collect();
+    for m in more {
+        let (status, head, body) = m.await.expect("client");
         assert_eq!(status, 503, "{head}\n{body}");
         assert!(head.to_lowercase().contains("retry-after: 1"), "{head}");
     }
     let log = std::fs::read_to_string(dir.path().join("web.log")).expect("log");
     assert!(
-        log.contains("request GET /more HTTP/1.1 refused: the node's instance pool is full"),
+        log.contains("request GET /more HTTP/1.1 refused: no instance of the pod was free"),
         "{log}"
     );
     // The held ones finish (the upstream went away) and the pool serves again.
@@ -324,6 +339,74 @@ async fn requests_beyond_a_pods_share_of_the_pool_wait_their_turn() {
         let (status, _, body) = h.await.expect("client");
         assert_eq!(status, 502, "{name}: {body}");
     }
+    running.killer().kill();
+    let _ = tokio::time::timeout(Duration::from_secs(10), running.wait()).await;
+}
+
+/// A pod holding more slow requests than the node has instances (ten of them, the
+/// attack, held by an upstream that never answers) leaves another pod its reserve: the
+/// other pod's requests are answered.
+#[tokio::test]
+async fn a_pod_holding_slow_requests_leaves_another_pod_its_share_of_the_pool() {
+    let engine = pool_engine(16, 100);
+    let quiet_dir = tempfile::tempdir().expect("tempdir");
+    let quiet_net = namespace(&quiet_dir).await;
+    let quiet = engine
+        .start(spec(&quiet_dir, Some(quiet_net.clone()), None))
+        .await
+        .expect("served");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let net = namespace(&dir).await;
+    let greedy = engine
+        .start(forward_spec(&dir, net.clone()))
+        .await
+        .expect("served");
+    let upstream = Upstream::start(&net).await;
+    let held: Vec<_> = (0..20)
+        .map(|_| {
+            let net = net.clone();
+            tokio::spawn(async move { send(&net, "/held").await })
+        })
+        .collect();
+    // Sixteen instances, two served pods: each is guaranteed eight.
+    upstream.holding(8).await;
+    for _ in 0..3 {
+        let (status, body) = get(&quiet_net, "/quiet").await;
+        assert_eq!(status, 200, "{body}");
+    }
+    assert_eq!(upstream.held.lock().expect("lock").len(), 8);
+    upstream.release();
+    for h in held {
+        let (status, _, body) = h.await.expect("client");
+        assert!(status == 502 || status == 503, "{status}: {body}");
+    }
+    for running in [quiet, greedy] {
+        running.killer().kill();
+        let _ = tokio::time::timeout(Duration::from_secs(10), running.wait()).await;
+    }
+}
+
+/// A request past its pod's time limit is cut alone and answered 504; the container
+/// serves on.
+#[tokio::test]
+async fn a_request_past_its_time_limit_is_answered_504() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let net = namespace(&dir).await;
+    let engine = pool_engine(8, 8);
+    let mut spec = forward_spec(&dir, net.clone());
+    spec.request_timeout = Some(Duration::from_secs(1));
+    let running = engine.start(spec).await.expect("served");
+    let upstream = Upstream::start(&net).await;
+    let (status, _, body) = send(&net, "/slow").await;
+    assert_eq!(status, 504, "{body}");
+    let log = std::fs::read_to_string(dir.path().join("web.log")).expect("log");
+    assert!(
+        log.contains("request GET /slow HTTP/1.1 cut: it took longer than its time limit of 1s"),
+        "{log}"
+    );
+    upstream.release();
+    let (status, body) = get(&net, "/after").await;
+    assert_eq!(status, 502, "{body}");
     running.killer().kill();
     let _ = tokio::time::timeout(Duration::from_secs(10), running.wait()).await;
 }

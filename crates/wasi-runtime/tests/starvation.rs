@@ -11,6 +11,8 @@ fn spin(dir: &tempfile::TempDir, i: usize) -> ContainerSpec {
     let wasm =
         wat::parse_str(r#"(module (func (export "_start") (loop (br 0))))"#).expect("valid wat");
     ContainerSpec {
+        request_timeout: None,
+        pod_id: String::new(),
         module_key: "spin".to_owned(),
         wasm: Arc::from(wasm),
         args: vec!["spin".to_owned()],

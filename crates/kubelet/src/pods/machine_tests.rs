@@ -959,3 +959,25 @@ async fn a_cpu_quantity_that_does_not_parse_is_a_config_error_not_an_unlimited_r
         .await;
     assert!(h.runtime.starts("c").is_empty());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_pod_without_a_network_of_its_own_has_no_address_and_a_host_network_pod_the_nodes() {
+    // The fake runtime's sandboxes have no address: a node without a pod network.
+    for (host_network, want) in [(false, None), (true, Some("10.0.0.7"))] {
+        let h = Harness::new();
+        h.runtime.script("c", &[Script::Hang]);
+        let mut spec = one("c", "Always");
+        spec["hostNetwork"] = json!(host_network);
+        let _w = h.start(pod(spec), None);
+        phase_reported(&h, 60, "Running").await;
+        let statuses = h.api.statuses();
+        let last = statuses.last().expect("a status");
+        assert_eq!(last["podIP"].as_str(), want, "hostNetwork: {host_network}");
+        let ips = last["podIPs"].as_array().map(Vec::len).unwrap_or_default();
+        assert_eq!(
+            ips,
+            usize::from(want.is_some()),
+            "hostNetwork: {host_network}"
+        );
+    }
+}

@@ -159,7 +159,7 @@ async fn run_sandbox(
         namespace: pod.metadata.namespace.clone().unwrap_or_default(),
         name: pod.metadata.name.clone().unwrap_or_default(),
         attempt: 0,
-        host_network: spec.host_network == Some(true),
+        host_network: crate::pods::spec::host_network(pod),
         port_mappings,
     };
     let mut backoff = MOUNT_BACKOFF;

@@ -15,7 +15,7 @@ use super::admission::{self, Rejection};
 use super::container::Shared;
 use super::record::{ContainerRecord, Records};
 use super::sequence;
-use super::spec::restart_policy;
+use super::spec::{host_network, restart_policy};
 use super::status::{self, Phase};
 use crate::metrics::WorkerOperation;
 use crate::now;
@@ -161,12 +161,15 @@ impl PodWorker {
         let existing = pod.status.clone().unwrap_or_default();
         let ip = self.ctx.config.node_ip.to_string();
         // The sandbox's addresses; the node's for a pod on the node's network; none
-        // before the sandbox (kept from an earlier status across an agent restart).
+        // for a pod without a network of its own (a node without a pod network: it must
+        // not pass for the node, whose ports a Service would then reach), nor before the
+        // sandbox (kept from an earlier status across an agent restart).
         let pod_ips: Vec<PodIP> = match sandbox {
             Some(s) if !s.ips.is_empty() => {
                 s.ips.iter().map(|a| PodIP { ip: a.to_string() }).collect()
             }
-            Some(_) => vec![PodIP { ip: ip.clone() }],
+            Some(_) if host_network(&pod) => vec![PodIP { ip: ip.clone() }],
+            Some(_) => Vec::new(),
             None => existing.pod_ips.clone().unwrap_or_default(),
         };
         let mut conditions = status::conditions(

@@ -14,10 +14,11 @@ use crate::quantity::Quantity;
 /// What the node knows that the pod's fields refer to.
 #[derive(Debug, Clone, Copy)]
 pub struct NodeFacts {
-    /// The node's address: `status.hostIP`, and `status.podIP` when the pod has none
-    /// of its own.
+    /// The node's address: `status.hostIP`.
     pub ip: IpAddr,
-    /// The pod's own address (`status.podIP`), once its sandbox has one.
+    /// The pod's address (`status.podIP`): its sandbox's, or the node's for a
+    /// `hostNetwork` pod; `None` (an empty value, as the kubelet gives) for a pod without
+    /// a network of its own on a node without a pod network.
     pub pod_ip: Option<IpAddr>,
     /// The node's allocatable CPU cores, the value of an unset `limits.cpu`.
     pub cpus: u64,
@@ -69,7 +70,9 @@ pub fn field(
             .and_then(|s| s.service_account_name.clone())
             .unwrap_or_default(),
         FieldPath::HostIp | FieldPath::HostIps => facts.ip.to_string(),
-        FieldPath::PodIp | FieldPath::PodIps => facts.pod_ip.unwrap_or(facts.ip).to_string(),
+        FieldPath::PodIp | FieldPath::PodIps => {
+            facts.pod_ip.map(|ip| ip.to_string()).unwrap_or_default()
+        }
     })
 }
 
@@ -186,7 +189,16 @@ mod tests {
         );
         assert_eq!(get("metadata.labels['zz']", false).as_deref(), Ok(""));
         assert_eq!(get("spec.serviceAccountName", false).as_deref(), Ok("sa"));
-        assert_eq!(get("status.podIP", false).as_deref(), Ok("10.0.0.7"));
+        // No address of its own: empty, never the node's.
+        assert_eq!(get("status.podIP", false).as_deref(), Ok(""));
+        let networked = NodeFacts {
+            pod_ip: Some(IpAddr::from([10, 244, 0, 5])),
+            ..f
+        };
+        assert_eq!(
+            field(&p, &sel("status.podIP"), &networked, false).as_deref(),
+            Ok("10.244.0.5")
+        );
         assert_eq!(
             get("metadata.labels", true).as_deref(),
             Ok("a=\"say \\\"hi\\\"\"\nb=\"2\"")

@@ -10,10 +10,15 @@ use super::Supervisor;
 use crate::events::EventType;
 use crate::pods::probe::{self, Kind, Spec, Thresholds};
 
+/// A probe's failure when the pod has no address: no network of its own on a node
+/// without a pod network (the probe is not sent to the node's ports instead).
+const NO_POD_IP: &str =
+    "the pod has no IP address to probe: it has no network of its own on this node";
+
 impl Supervisor {
     /// The probes of this run against `ip`; returns only when a startup or liveness
     /// probe failed for good (the run is to be killed and restarted).
-    pub(super) async fn probe(&self, ip: IpAddr) -> Kind {
+    pub(super) async fn probe(&self, ip: Option<IpAddr>) -> Kind {
         let c = &self.spec;
         // Regular init containers are not probed; sidecars are.
         if self.slot.init && c.restart_policy.as_deref() != Some("Always") {
@@ -61,11 +66,14 @@ impl Supervisor {
 
     /// One probe's loop: false when a startup or liveness probe fails for good, true when
     /// a startup probe succeeds; a readiness probe never returns.
-    async fn run_probe(&self, kind: Kind, spec: &Spec, ip: IpAddr) -> bool {
+    async fn run_probe(&self, kind: Kind, spec: &Spec, ip: Option<IpAddr>) -> bool {
         tokio::time::sleep(spec.initial_delay).await;
         let mut thresholds = Thresholds::default();
         loop {
-            let result = probe::run(&spec.check, ip, spec.timeout).await;
+            let result = match ip {
+                Some(ip) => probe::run(&spec.check, ip, spec.timeout).await,
+                None => Err(NO_POD_IP.to_owned()),
+            };
             if let Err(message) = &result {
                 self.event(
                     EventType::Warning,

@@ -11,7 +11,7 @@ use crate::now;
 /// refused (krustlet's own: the kubelet has no such annotation).
 pub(crate) const OUTBOUND_REFUSED: &str = "OutboundConnectionRefused";
 use crate::pods::record::{Reason, State, Terminated};
-use crate::pods::spec::{cpu_resources, expand, memory_limit};
+use crate::pods::spec::{cpu_resources, expand, host_network, memory_limit, request_timeout};
 use crate::pods::termination;
 use crate::runtime::{ContainerRun, Image};
 
@@ -25,17 +25,24 @@ impl Supervisor {
         Run::NotStarted
     }
 
+    /// The pod's address, `status.podIP`: its sandbox's, the node's for a `hostNetwork`
+    /// pod, none for a pod without a network of its own (a node without a pod network):
+    /// such a pod must not pass for the node, or a Service selecting it would send its
+    /// traffic, and its probes, to the node's own ports.
+    fn pod_ip(&self) -> Option<std::net::IpAddr> {
+        let sandbox = self.shared.sandbox.get()?;
+        match sandbox.ips.first() {
+            Some(ip) => Some(*ip),
+            None => host_network(&self.pod).then_some(self.ctx.config.node_ip),
+        }
+    }
+
     /// argv and the environment; the kubelet's error when a source is missing.
     async fn argv_env(
         &self,
     ) -> Result<(Vec<String>, Vec<(String, String)>), crate::pods::env::EnvError> {
-        // `status.podIP` is the sandbox's address.
         let mut facts = self.ctx.facts;
-        facts.pod_ip = self
-            .shared
-            .sandbox
-            .get()
-            .and_then(|s| s.ips.first().copied());
+        facts.pod_ip = self.pod_ip();
         let (env, invalid) =
             crate::pods::env::resolve(&*self.ctx.api, &self.pod, &self.spec, &facts).await?;
         for message in invalid {
@@ -80,6 +87,10 @@ impl Supervisor {
         };
         let cpu = match cpu_resources(&self.spec) {
             Ok(cpu) => cpu,
+            Err(e) => return self.config_error(e.to_string()).await,
+        };
+        let request_timeout = match request_timeout(&self.pod) {
+            Ok(limit) => limit,
             Err(e) => return self.config_error(e.to_string()).await,
         };
         let volumes = self.shared.volumes.get().cloned();
@@ -155,6 +166,7 @@ impl Supervisor {
             ports,
             allowed_outbound,
             outbound_refused,
+            request_timeout,
             name: self.spec.name.clone(),
             attempt: u32::try_from(restart_count).unwrap_or_default(),
             image: image.clone(),
@@ -238,13 +250,8 @@ impl Supervisor {
         let killer = handle.killer();
         let wait = handle.wait();
         tokio::pin!(wait);
-        // Probes run against the pod's own address (the node's when it has none).
-        let ip = self
-            .shared
-            .sandbox
-            .get()
-            .and_then(|s| s.ips.first().copied())
-            .unwrap_or(self.ctx.config.node_ip);
+        // Probes run against the pod's address; a pod without one fails them.
+        let ip = self.pod_ip();
         // The grace a stopping run gets (a served component's requests in flight).
         let pod_grace = self
             .pod
