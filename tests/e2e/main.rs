@@ -6,6 +6,7 @@
 mod auth;
 mod autoscale;
 mod certificates;
+mod deep_trees;
 mod faults;
 mod fleet;
 mod hostile;

@@ -490,11 +490,17 @@ fn gone(ctx: &Ctx, pod: Pod, worker: Option<Worker>) {
     });
 }
 
+/// Removes a pod's directory (or its volumes' directory) on a blocking thread, with the
+/// walk that no depth of tree a workload wrote can overflow (`remove_dir_all` could).
 pub(crate) async fn remove_pod_dir(dir: &std::path::Path) {
-    // Memory-backed volumes are mounts: unmounted first, or the removal stops at them.
     let owned = dir.to_owned();
-    let _ = tokio::task::spawn_blocking(move || crate::volumes::memory::unmount_all(&owned)).await;
-    match tokio::fs::remove_dir_all(dir).await {
+    let removed = crate::blocking::run(move || {
+        // Memory-backed volumes are mounts: unmounted first, or the removal stops at them.
+        crate::volumes::memory::unmount_all(&owned);
+        crate::volumes::remove::remove_tree(&owned)
+    })
+    .await;
+    match removed.and_then(|r| r) {
         Ok(()) => tracing::debug!(dir = %dir.display(), "pod directory removed"),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "cannot remove pod directory"),

@@ -23,9 +23,11 @@ mod host;
 pub mod memory;
 mod mounts;
 mod on_node;
+pub mod remove;
 mod sources;
 pub mod subpath;
 pub mod usage;
+mod walk;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

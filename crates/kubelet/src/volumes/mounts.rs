@@ -155,7 +155,8 @@ impl Volumes {
                 .join(FILES_DIR)
                 .join(&container.name)
                 .join(i.to_string());
-            let _ = std::fs::remove_dir_all(&dir);
+            // The directory was writable: removed by the walk no depth can overflow.
+            let _ = super::remove::remove_tree(&dir);
             std::fs::create_dir_all(&dir).map_err(|e| bad(e.to_string()))?;
             let copied = subpath::link_or_copy(&opened, &dir.join(file_name))
                 .map_err(|e| bad(e.to_string()))?;
