@@ -3,6 +3,7 @@
 //! Each test runs its own krustlet node (own name, port and data dir), so the tests also
 //! show that several nodes can share one machine and one control plane.
 
+mod api_bounds;
 mod auth;
 mod autoscale;
 mod certificates;

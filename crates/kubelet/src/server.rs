@@ -4,11 +4,10 @@
 //! the runtime's counters and the node's pods), the resource metrics
 //! `/metrics/resource` and `/metrics/cadvisor`, and `/stats/summary` (see
 //! [`crate::stats`]). Every request, unknown paths included,
-//! passes [`crate::auth`] first; TLS handshakes are bounded in time and connections in
-//! number.
+//! passes [`crate::auth`] first. Connections are bounded in time and number so that no
+//! stranger can lock callers with credentials out (see [`limits`]).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
@@ -18,11 +17,7 @@ use axum::http::header::AUTHORIZATION;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
@@ -34,18 +29,13 @@ use crate::runtime::Runtime;
 use crate::sandboxes::SandboxIndex;
 use crate::{Config, Error, Result};
 
-/// How long a client has to complete its TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Connections served at once; further ones wait in the listen backlog.
-const MAX_CONNECTIONS: usize = 1024;
-
 /// A bound, not yet serving, kubelet API.
 pub struct Listener {
     tcp: TcpListener,
     tls: TlsAcceptor,
     serving: Arc<crate::certificates::Slot>,
-    connections: Arc<Semaphore>,
-    handshake_timeout: Duration,
+    limits: Arc<limits::Limits>,
+    timeouts: limits::Timeouts,
 }
 
 impl std::fmt::Debug for Listener {
@@ -79,8 +69,8 @@ pub async fn bind(config: &Config) -> Result<Listener> {
         tcp,
         tls,
         serving,
-        connections: Arc::new(Semaphore::new(MAX_CONNECTIONS)),
-        handshake_timeout: HANDSHAKE_TIMEOUT,
+        limits: Arc::default(),
+        timeouts: limits::Timeouts::default(),
     })
 }
 
@@ -136,6 +126,7 @@ fn router(parts: Parts) -> Router {
         sandboxes,
         runtime,
         pair_timeout: port_forward::PAIR_TIMEOUT,
+        sessions: limits::Sessions::new(limits::MAX_SESSIONS, limits::MAX_SESSIONS_PER_POD),
     };
     Router::new()
         .route(
@@ -289,7 +280,13 @@ async fn guard(State(auth): State<Arc<Auth>>, request: Request, next: Next) -> R
         )
         .await;
     match verdict {
-        Ok(_) => next.run(request).await,
+        Ok(_) => {
+            // The connection has shown credentials: newcomers can no longer close it.
+            if let Some(conn) = request.extensions().get::<Arc<limits::Connection>>() {
+                conn.authorized();
+            }
+            next.run(request).await
+        }
         Err(rejection) => {
             tracing::debug!(path = request.uri().path(), status = %rejection.status(), "kubelet API request refused");
             (rejection.status(), rejection.body()).into_response()
@@ -316,65 +313,7 @@ pub fn render_metrics(counters: &[crate::runtime::Counter], images: &ImageIndex)
 
 /// Serves until `shutdown`, every request through `auth`.
 pub async fn serve(listener: Listener, parts: Parts, shutdown: CancellationToken) {
-    let app = router(parts);
-    loop {
-        // A connection is only accepted with a free place: at most MAX_CONNECTIONS
-        // (handshaking or served) at once.
-        let permit = tokio::select! {
-            () = shutdown.cancelled() => return,
-            p = listener.connections.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => return,
-            },
-        };
-        let (stream, peer) = tokio::select! {
-            () = shutdown.cancelled() => return,
-            r = listener.tcp.accept() => match r {
-                Ok(s) => s,
-                Err(e) => {
-                    // Out of descriptors, most likely: do not spin.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        let tls = listener.tls.clone();
-        let app = app.clone();
-        let shutdown = shutdown.clone();
-        let handshake_timeout = listener.handshake_timeout;
-        tokio::spawn(async move {
-            let _permit = permit;
-            let stream = match tokio::time::timeout(handshake_timeout, tls.accept(stream)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "TLS handshake timed out");
-                    return;
-                }
-            };
-            let user = stream
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|chain| chain.first())
-                .and_then(|leaf| User::from_certificate(leaf))
-                .map(Arc::new);
-            let service = TowerToHyperService::new(app.layer(axum::Extension(Peer(user))));
-            let mut builder = auto::Builder::new(TokioExecutor::new());
-            // The timer enables hyper's 30 s limit on reading a request's headers.
-            builder.http1().timer(TokioTimer::new());
-            builder.http2().timer(TokioTimer::new());
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-            tokio::select! {
-                r = conn => if let Err(e) = r { tracing::debug!(%peer, error = %e, "connection ended"); },
-                () = shutdown.cancelled() => {}
-            }
-        });
-    }
+    connection::accept_loop(listener, router(parts), shutdown).await;
 }
 
 async fn container_logs(
@@ -443,5 +382,7 @@ async fn container_logs(
 #[cfg(test)]
 mod tests;
 
+mod connection;
+mod limits;
 mod port_forward;
 mod spdy;

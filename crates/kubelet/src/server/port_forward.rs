@@ -18,6 +18,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinSet;
 
+use super::limits::Sessions;
 use super::spdy::{self, Pending, Session, Stream};
 use crate::runtime::Runtime;
 use crate::sandboxes::{PodSandbox, SandboxIndex};
@@ -47,6 +48,8 @@ pub(crate) struct Forwarder {
     pub runtime: Arc<dyn Runtime>,
     /// How long the second stream of a pair may take ([`PAIR_TIMEOUT`]).
     pub pair_timeout: Duration,
+    /// The sessions open: each holds a place until it ends.
+    pub sessions: Arc<Sessions>,
 }
 
 /// `/portForward/{namespace}/{pod}`.
@@ -101,9 +104,19 @@ fn serve(
             ),
         );
     }
+    // The session holds its place from the upgrade until it ends, not only while the
+    // request is served.
+    let place = match f.sessions.open(&sandbox.uid) {
+        Ok(place) => place,
+        Err(refused) => {
+            tracing::debug!(pod = %format!("{namespace}/{name}"), "port-forward refused: {refused}");
+            return text(StatusCode::TOO_MANY_REQUESTS, refused.to_string());
+        }
+    };
     let upgrade = hyper::upgrade::on(&mut request);
     let pod = format!("{namespace}/{name}");
     tokio::spawn(async move {
+        let _place = place;
         match upgrade.await {
             Ok(io) => run(f, sandbox, pod, TokioIo::new(io)).await,
             Err(e) => tracing::debug!(error = %e, "port-forward upgrade failed"),

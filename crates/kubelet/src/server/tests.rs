@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use hyper::service::Service as _;
+use hyper_util::service::TowerToHyperService;
 use proptest::prelude::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -265,47 +266,93 @@ proptest! {
     }
 }
 
-/// A TLS acceptor with a fresh self-signed certificate.
-fn acceptor() -> TlsAcceptor {
+/// A TLS acceptor with a fresh self-signed certificate for `localhost`, and a client
+/// configuration that trusts it.
+fn tls_pair() -> (TlsAcceptor, Arc<rustls::ClientConfig>) {
     let generated = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("cert");
     let key = rustls::pki_types::PrivateKeyDer::try_from(generated.signing_key.serialize_der())
         .expect("key");
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("versions")
-    .with_no_client_auth()
-    .with_single_cert(vec![generated.cert.der().clone()], key)
-    .expect("config");
-    TlsAcceptor::from(Arc::new(config))
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(vec![generated.cert.der().clone()], key)
+        .expect("config");
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(generated.cert.der().clone()).expect("root");
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    (TlsAcceptor::from(Arc::new(config)), Arc::new(client))
 }
 
+/// A server on a free loopback port with `limits` and `timeouts`; its address, a client
+/// configuration that trusts it, and what shuts it down.
 async fn start(
-    connections: usize,
-    handshake_timeout: Duration,
-) -> (std::net::SocketAddr, CancellationToken) {
+    limits: limits::Limits,
+    timeouts: limits::Timeouts,
+) -> (
+    std::net::SocketAddr,
+    Arc<rustls::ClientConfig>,
+    CancellationToken,
+) {
     let tcp = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = tcp.local_addr().expect("addr");
+    let (tls, client) = tls_pair();
     let listener = Listener {
         tcp,
-        tls: acceptor(),
+        tls,
         serving: Arc::default(),
-        connections: Arc::new(Semaphore::new(connections)),
-        handshake_timeout,
+        limits: Arc::new(limits),
+        timeouts,
     };
     let shutdown = CancellationToken::new();
-    let auth = Arc::new(Auth::new(AuthConfig::default(), "node-a", reviewer(&[])));
+    let auth = Arc::new(Auth::new(
+        AuthConfig::default(),
+        "node-a",
+        reviewer(&[Subresource::Healthz]),
+    ));
     tokio::spawn(serve(
         listener,
         parts(auth, Arc::new(String::new)),
         shutdown.clone(),
     ));
-    (addr, shutdown)
+    (addr, client, shutdown)
+}
+
+/// Small pools and short timeouts.
+fn small(handshakes: usize, anonymous: usize) -> (limits::Limits, limits::Timeouts) {
+    let limits = limits::Limits {
+        handshakes: limits::Pool::new(handshakes),
+        anonymous: limits::Pool::new(anonymous),
+        authenticated: Arc::new(tokio::sync::Semaphore::new(4)),
+    };
+    let timeouts = limits::Timeouts {
+        handshake: Duration::from_millis(300),
+        first_request: Duration::from_millis(300),
+        idle: Duration::from_millis(600),
+    };
+    (limits, timeouts)
+}
+
+/// A TLS connection to `addr` without a client certificate.
+async fn handshake(
+    addr: std::net::SocketAddr,
+    client: &Arc<rustls::ClientConfig>,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    tokio_rustls::TlsConnector::from(client.clone())
+        .connect(name, tcp)
+        .await
+        .expect("handshake")
 }
 
 /// Whether the server closes `stream` within `within`.
-async fn closed_within(stream: &mut tokio::net::TcpStream, within: Duration) -> bool {
+async fn closed_within<S: tokio::io::AsyncRead + Unpin>(stream: &mut S, within: Duration) -> bool {
     let mut buf = [0u8; 256];
     let read = async {
         loop {
@@ -320,27 +367,89 @@ async fn closed_within(stream: &mut tokio::net::TcpStream, within: Duration) -> 
 
 #[tokio::test]
 async fn an_unfinished_handshake_is_dropped_after_the_timeout() {
-    let (addr, shutdown) = start(4, Duration::from_millis(300)).await;
+    let (limits, timeouts) = small(4, 4);
+    let (addr, _, shutdown) = start(limits, timeouts).await;
     let mut silent = tokio::net::TcpStream::connect(addr).await.expect("connect");
     // Without the timeout the server would wait for a ClientHello forever.
     assert!(closed_within(&mut silent, Duration::from_secs(20)).await);
     shutdown.cancel();
 }
 
+/// Issue 22, finding 1: silent handshakes never make a newcomer wait; the oldest makes
+/// room.
 #[tokio::test]
-async fn connections_beyond_the_cap_wait_until_a_place_frees() {
-    let (addr, shutdown) = start(2, Duration::from_secs(600)).await;
-    let first = tokio::net::TcpStream::connect(addr).await.expect("connect");
+async fn a_newcomer_beyond_the_handshakes_closes_the_oldest_instead_of_waiting() {
+    let (limits, mut timeouts) = small(2, 4);
+    timeouts.handshake = Duration::from_secs(600);
+    let (addr, client, shutdown) = start(limits, timeouts).await;
+    let mut first = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let _second = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    // Garbage ends a served connection at once (the handshake fails); this one is not
-    // served while the two silent ones hold both places.
-    let mut third = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    // Let the server take both before the third comes.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut third = tokio::time::timeout(Duration::from_secs(20), handshake(addr, &client))
+        .await
+        .expect("the third handshake is served at once");
+    assert!(closed_within(&mut first, Duration::from_secs(20)).await);
     third
-        .write_all(b"not a TLS client hello\r\n\r\n")
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: localhost\r\n\r\n")
         .await
         .expect("write");
-    assert!(!closed_within(&mut third, Duration::from_millis(500)).await);
-    drop(first);
-    assert!(closed_within(&mut third, Duration::from_secs(20)).await);
+    let mut head = [0u8; 12];
+    third.read_exact(&mut head).await.expect("an answer");
+    assert_eq!(&head, b"HTTP/1.1 401");
+    shutdown.cancel();
+}
+
+/// Issue 22, finding 1: a connection that finished its handshake and then says nothing,
+/// or only the HTTP/2 preface, is closed after the first request's bound; one with a
+/// request answered is closed after the idle bound.
+#[tokio::test]
+async fn silent_and_idle_connections_are_closed() {
+    let (limits, timeouts) = small(4, 8);
+    let (addr, client, shutdown) = start(limits, timeouts).await;
+    let mut silent = handshake(addr, &client).await;
+    let mut preface = handshake(addr, &client).await;
+    preface
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .expect("write");
+    let mut served = handshake(addr, &client).await;
+    served
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: localhost\r\n\r\n")
+        .await
+        .expect("write");
+    let mut head = [0u8; 12];
+    served.read_exact(&mut head).await.expect("an answer");
+    assert!(closed_within(&mut silent, Duration::from_secs(20)).await);
+    assert!(closed_within(&mut preface, Duration::from_secs(20)).await);
+    assert!(closed_within(&mut served, Duration::from_secs(20)).await);
+    shutdown.cancel();
+}
+
+/// Issue 22, finding 1: strangers beyond the pool close the oldest stranger, never a
+/// connection whose request was authorized.
+#[tokio::test]
+async fn strangers_beyond_the_pool_close_the_oldest_stranger() {
+    let (limits, mut timeouts) = small(8, 2);
+    timeouts.first_request = Duration::from_secs(600);
+    timeouts.idle = Duration::from_secs(600);
+    let (addr, client, shutdown) = start(limits, timeouts).await;
+    let mut authorized = handshake(addr, &client).await;
+    authorized
+        .write_all(
+            b"GET /healthz HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer token\r\n\r\n",
+        )
+        .await
+        .expect("write");
+    let mut head = [0u8; 12];
+    authorized.read_exact(&mut head).await.expect("an answer");
+    assert_eq!(&head, b"HTTP/1.1 200");
+    let mut oldest = handshake(addr, &client).await;
+    let _held = [
+        handshake(addr, &client).await,
+        handshake(addr, &client).await,
+    ];
+    assert!(closed_within(&mut oldest, Duration::from_secs(20)).await);
+    assert!(!closed_within(&mut authorized, Duration::from_millis(500)).await);
     shutdown.cancel();
 }

@@ -19,6 +19,7 @@ fn forwarder(pair_timeout: Duration) -> Forwarder {
         sandboxes: SandboxIndex::default(),
         runtime: Arc::new(crate::pods::testing::Shared(Arc::default())),
         pair_timeout,
+        sessions: super::super::limits::Sessions::new(4, 2),
     }
 }
 
@@ -328,4 +329,43 @@ async fn the_upgrade_is_answered_as_the_kubelet_answers_it() {
     // the end-to-end tests go through kubectl).
     let (status, _) = call(&f, "/portForward/ns/web/uid-1", &upgrade).await;
     assert_eq!(status, StatusCode::SWITCHING_PROTOCOLS);
+}
+
+/// Issue 22, finding 1: the sessions to a pod and on the node are bounded, and a
+/// session's place is held while it runs, not only while its request is served.
+#[tokio::test]
+async fn sessions_beyond_the_bounds_are_refused() {
+    let f = forwarder(PAIR_TIMEOUT);
+    f.sandboxes.set("ns", "web", sandbox());
+    let upgrade = [
+        ("connection", "Upgrade"),
+        ("upgrade", "SPDY/3.1"),
+        ("x-stream-protocol-version", "portforward.k8s.io"),
+    ];
+    // Two sessions to the pod are running (as an upgraded connection's task holds them).
+    let _running = [
+        f.sessions.open("uid-1").expect("a place"),
+        f.sessions.open("uid-1").expect("a place"),
+    ];
+    let (status, body) = call(&f, "/portForward/ns/web", &upgrade).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many port-forward sessions to this pod (at most 2)\n"
+        )
+    );
+    // Two more to other pods: the node's four places are taken.
+    let _others = [
+        f.sessions.open("uid-2").expect("a place"),
+        f.sessions.open("uid-3").expect("a place"),
+    ];
+    let (status, body) = call(&f, "/portForward/ns/web", &upgrade).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many port-forward sessions on this node (at most 4)\n"
+        )
+    );
 }
