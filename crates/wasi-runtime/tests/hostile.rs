@@ -349,3 +349,39 @@ async fn a_module_opening_files_without_end_hits_the_descriptor_budget() {
     // Its descriptors went with its sandbox; the host still opens files.
     std::fs::File::open(data.path().join("f")).expect("the agent can open files");
 }
+
+/// One pod's slow builds cannot take every compile slot: with two slots, a pod's second
+/// build waits for its first, and another pod's build, asked for after both, compiles
+/// beside the first and is done before the pod's second.
+#[tokio::test]
+async fn one_pods_builds_leave_another_pod_a_compile_slot() {
+    let e = Engine::new(&EngineConfig {
+        compile_concurrency: 2,
+        ..EngineConfig::default()
+    })
+    .expect("engine");
+    let build = |key: &'static str, salt: u32, pod: &'static str| {
+        let e = e.clone();
+        let wasm: Arc<[u8]> = Arc::from(slow_module(16, salt));
+        tokio::spawn(async move {
+            let began = Instant::now();
+            e.module_for(key, wasm, pod).await.expect("compiles");
+            began.elapsed()
+        })
+    };
+    let first = build("sha256:a1", 11, "greedy");
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let second = build("sha256:a2", 12, "greedy");
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let other = build("sha256:b", 13, "other");
+    let (first, second, other) = (
+        first.await.expect("join"),
+        second.await.expect("join"),
+        other.await.expect("join"),
+    );
+    println!("greedy {first:?} and {second:?}, other {other:?}");
+    assert!(
+        other < second,
+        "the other pod's build waited behind the greedy pod's: {other:?} against {second:?}"
+    );
+}
