@@ -1,6 +1,6 @@
-//! The registry side of a pull: a client with timeouts, manifests read with a size cap
-//! (through a [`Session`]), blobs streamed to a temporary file while they are counted and
-//! hashed.
+//! The registry side of a pull: manifests read with a size cap and blobs streamed to a
+//! temporary file while they are counted and hashed (both requested in a [`Session`]), and
+//! the oci-client client with timeouts that pushes use.
 
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
