@@ -14,6 +14,7 @@ mod hostile;
 mod images;
 mod kubelet_config;
 mod lifecycle;
+mod memory_volumes;
 mod memory;
 mod network;
 mod node;

@@ -159,8 +159,12 @@ fn router(parts: Parts) -> Router {
             get(move || {
                 let index = resource.clone();
                 async move {
-                    let page =
-                        crate::stats::resource::render_resource(&index.node(), &index.samples());
+                    // Off the async threads: the samples read the pods' memory volumes.
+                    let page = crate::blocking::run(move || {
+                        crate::stats::resource::render_resource(&index.node(), &index.samples())
+                    })
+                    .await
+                    .unwrap_or_default();
                     ([("content-type", "text/plain; version=0.0.4")], page)
                 }
             }),
@@ -170,7 +174,11 @@ fn router(parts: Parts) -> Router {
             get(move || {
                 let index = cadvisor.clone();
                 async move {
-                    let page = crate::stats::resource::render_cadvisor(&index.samples());
+                    let page = crate::blocking::run(move || {
+                        crate::stats::resource::render_cadvisor(&index.samples())
+                    })
+                    .await
+                    .unwrap_or_default();
                     ([("content-type", "text/plain; version=0.0.4")], page)
                 }
             }),
@@ -227,8 +235,8 @@ async fn summary(
     State((stats, runtime)): State<(crate::stats::Source, Arc<dyn Runtime>)>,
 ) -> Response {
     let image_fs = runtime.image_fs_usage().await;
-    let (node, containers) = (stats.index.node(), stats.index.samples());
     let built = crate::blocking::run(move || {
+        let (node, containers) = (stats.index.node(), stats.index.samples());
         let summary = crate::stats::summary::build(&crate::stats::summary::Inputs {
             node_name: &stats.node_name,
             started: stats.started,

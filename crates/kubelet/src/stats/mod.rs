@@ -138,7 +138,9 @@ impl StatsIndex {
         }
     }
 
-    /// Every running container's usage now, ordered by namespace, pod and container.
+    /// Every running container's usage now, ordered by namespace, pod and container;
+    /// each pod's memory-backed volumes counted in its first container's working set.
+    /// Blocking file work (a `statfs` of each memory-backed volume).
     #[must_use]
     pub fn samples(&self) -> Vec<Sample> {
         let at = jiff::Timestamp::now();
@@ -171,6 +173,7 @@ impl StatsIndex {
             };
             key(a).cmp(&key(b))
         });
+        charge_memory_volumes(&mut samples);
         samples
     }
 
@@ -197,6 +200,22 @@ impl StatsIndex {
         self.0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Adds what each pod's memory-backed volumes hold to the working set of its first
+/// container in `samples` (sorted by pod): the kubelet's cgroups charge tmpfs pages to
+/// the container that writes them, and a wasm container's own figure is its linear
+/// memory only, so a pod filling a `medium: Memory` emptyDir was charged nothing.
+fn charge_memory_volumes(samples: &mut [Sample]) {
+    let mut last_uid: Option<String> = None;
+    for s in samples.iter_mut() {
+        if last_uid.as_deref() == Some(s.running.uid.as_str()) {
+            continue;
+        }
+        last_uid = Some(s.running.uid.clone());
+        let held = crate::volumes::memory::pod_usage(&s.running.pod_dir);
+        s.usage.memory_working_set = s.usage.memory_working_set.saturating_add(held);
     }
 }
 

@@ -171,9 +171,17 @@ impl Volumes {
                     .is_some_and(|e| e.medium.as_deref() == Some("Memory"));
             let (prepared, work) = if let Some(e) = &volume.empty_dir {
                 let limit = size_limit(e).map_err(failed)?;
+                // As the kubelet sizes it: never the kernel's half of the host's memory
+                // (an allocatable the node could not tell, 0, bounds nothing).
+                let allocatable = match ctx.facts.memory {
+                    0 => u64::MAX,
+                    m => m,
+                };
+                let size =
+                    memory::empty_dir_size(pod, limit.and_then(|q| q.bytes().ok()), allocatable);
                 let work = NodeWork::OwnDir {
-                    tmpfs: in_memory.then(|| Tmpfs {
-                        size: limit.and_then(|q| q.bytes().ok()),
+                    tmpfs: in_memory.then_some(Tmpfs {
+                        size: (size != u64::MAX).then_some(size),
                     }),
                     create: true,
                 };
