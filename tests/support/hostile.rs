@@ -135,6 +135,7 @@ pub struct HostileRegistry {
     /// `127.0.0.1:<port>`, to list in `--insecure-registries`.
     pub addr: String,
     requests: Arc<Mutex<Vec<String>>>,
+    internal_requests: Arc<Mutex<Vec<String>>>,
     sent: Sent,
     server: tokio::task::JoinHandle<()>,
     internal: tokio::task::JoinHandle<()>,
@@ -169,7 +170,8 @@ impl HostileRegistry {
         let addr: SocketAddr = listener.local_addr()?;
         let requests = Arc::new(Mutex::new(Vec::new()));
         let sent = Sent::default();
-        let (internal_addr, internal) = bodies::internal_service().await?;
+        let internal_requests = Arc::new(Mutex::new(Vec::new()));
+        let (internal_addr, internal) = bodies::internal_service(internal_requests.clone()).await?;
         let targets = Targets {
             relative: relative.to_owned(),
             absolute: absolute.display().to_string(),
@@ -188,10 +190,21 @@ impl HostileRegistry {
         Ok(Self {
             addr: addr.to_string(),
             requests,
+            internal_requests,
             sent,
             server,
             internal,
         })
+    }
+
+    /// Every request the internal service (behind the redirects) saw, as `METHOD /path`,
+    /// followed by ` with credentials` when it carried an `Authorization` header.
+    #[must_use]
+    pub fn internal_requests(&self) -> Vec<String> {
+        self.internal_requests
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// Bytes the endless answers of `attack` have sent so far.

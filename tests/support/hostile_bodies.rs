@@ -114,19 +114,33 @@ pub(super) async fn redirect(stream: &mut TcpStream, location: &str) {
 
 /// A loopback service a registry's redirect may point at: every request is answered
 /// with the status its path names (`/401`, `/403`, `/500`; else 404) and a body holding
-/// [`INTERNAL_SECRET`]. Stops with the returned task.
-pub(super) async fn internal_service() -> std::io::Result<(String, tokio::task::JoinHandle<()>)> {
+/// [`INTERNAL_SECRET`], and logged in `log` as `METHOD /path`, followed by ` with
+/// credentials` when it carried an `Authorization` header. Stops with the returned task.
+pub(super) async fn internal_service(
+    log: Arc<Mutex<Vec<String>>>,
+) -> std::io::Result<(String, tokio::task::JoinHandle<()>)> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?.to_string();
     let task = tokio::spawn(async move {
         let mut connections = JoinSet::new();
         while let Ok((mut stream, _)) = listener.accept().await {
             while connections.try_join_next().is_some() {}
+            let log = log.clone();
             connections.spawn(async move {
                 let Some(head) = super::read_head(&mut stream).await else {
                     return;
                 };
-                let path = head.split_whitespace().nth(1).unwrap_or("");
+                let mut words = head.split_whitespace();
+                let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+                let credentials = head
+                    .lines()
+                    .any(|l| l.to_ascii_lowercase().starts_with("authorization:"));
+                log.lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push(format!(
+                        "{method} {path}{}",
+                        if credentials { " with credentials" } else { "" }
+                    ));
                 let status = match path {
                     "/401" => "401 Unauthorized",
                     "/403" => "403 Forbidden",

@@ -3,9 +3,9 @@
 //! of bytes (the process's peak memory barely moves), and the body of an answer reached
 //! through a redirect (a loopback service's) never reaches the error message.
 
-use crate::Error;
 use crate::hostile::{Attack, ENDLESS_BOUND, INTERNAL_SECRET};
-use crate::hostile_tests::{refused, short};
+use crate::hostile_tests::{fixture, refused, short};
+use crate::{Error, RegistryAuth};
 
 /// Peak resident memory of this process so far (`VmHWM`), in bytes.
 fn peak_resident() -> u64 {
@@ -93,4 +93,32 @@ async fn a_manifest_answer_behind_a_redirect_stays_out_of_the_message() {
 #[tokio::test]
 async fn a_blob_answer_behind_a_redirect_stays_out_of_the_message() {
     redirect_refused(Attack::RedirectBlob, "500 Internal Server Error").await;
+}
+
+/// A guard rather than an attack that failed before (reqwest drops the `Authorization`
+/// header on a redirect to another host, and the store sets it per request): a pull
+/// secret or token never follows a redirect to the loopback service.
+#[tokio::test]
+async fn a_redirect_carries_no_credential_to_the_other_address() {
+    let f = fixture().await;
+    let auth = RegistryAuth::Basic("puller".to_owned(), "pull secret".to_owned());
+    for attack in [
+        Attack::RedirectToken,
+        Attack::RedirectManifest,
+        Attack::RedirectBlob,
+    ] {
+        let err = f
+            .store
+            .pull(&f.registry.image(attack), &auth)
+            .await
+            .expect_err("a redirect to an error answer must not pull");
+        assert!(
+            !err.to_string().contains(INTERNAL_SECRET),
+            "{}",
+            short(&err)
+        );
+    }
+    let seen = f.registry.internal_requests();
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    assert!(seen.iter().all(|r| !r.contains("credentials")), "{seen:?}");
 }

@@ -19,7 +19,7 @@ pub(crate) struct Fixture {
     pub(crate) registry: HostileRegistry,
 }
 
-async fn fixture() -> Fixture {
+pub(crate) async fn fixture() -> Fixture {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let base = tempfile::tempdir().expect("tempdir");
     let sentinel = base.path().join("sentinel");
