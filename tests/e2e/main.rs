@@ -21,6 +21,7 @@ mod node;
 mod pods;
 mod port_forward;
 mod resources;
+mod serving_share;
 mod shutdown;
 mod static_pods;
 mod volumes;

@@ -8,24 +8,25 @@
 //
 //   host: 10.0.0.5:8080
 //   user-agent: curl/8.0
-// A path /alloc/MIB first mallocs MIB MiB and writes every byte (as a handler filling a
-// cache would), then answers as above, with "alloc: MIB MiB" after the pod line; when
-// malloc fails it answers 507 "alloc: malloc failed".
+// A path /sleep/SECONDS first sleeps that long (a slow request). A path /alloc/MIB first
+// mallocs MIB MiB and writes every byte (as a handler filling a cache would), then
+// answers as above, with "alloc: MIB MiB" after the pod line; when malloc fails it
+// answers 507 "alloc: malloc failed".
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "common.h"
 
-/* The MiB asked for by a path /alloc/MIB (digits up to the end, '?' or '/'), else -1. */
-static long alloc_mib(const char *path, size_t len) {
-    static const char prefix[] = "/alloc/";
-    size_t n = sizeof prefix - 1;
+/* The number N of a path PREFIX N (digits up to the end, '?' or '/'), else -1. */
+static long path_number(const char *path, size_t len, const char *prefix) {
+    size_t n = strlen(prefix);
     if (len <= n || memcmp(path, prefix, n)) return -1;
-    long mib = 0;
-    for (size_t i = n; i < len && path[i] >= '0' && path[i] <= '9' && mib < 1 << 20; i++)
-        mib = mib * 10 + (path[i] - '0');
-    return mib;
+    long value = 0;
+    for (size_t i = n; i < len && path[i] >= '0' && path[i] <= '9' && value < 1 << 20; i++)
+        value = value * 10 + (path[i] - '0');
+    return value;
 }
 
 static const char *METHODS[] = {"GET",     "HEAD",    "POST",  "PUT",  "DELETE",
@@ -50,7 +51,9 @@ void exports_wasi_http_incoming_handler_handle(wasi_http_types_own_incoming_requ
     text_str(&body, "\npath: ");
     if (wasi_http_types_method_incoming_request_path_with_query(req, &path)) {
         text_add(&body, path.ptr, path.len);
-        mib = alloc_mib((const char *)path.ptr, path.len);
+        mib = path_number((const char *)path.ptr, path.len, "/alloc/");
+        long seconds = path_number((const char *)path.ptr, path.len, "/sleep/");
+        if (seconds > 0) sleep((unsigned)seconds);
         handler_string_free(&path);
     }
 
