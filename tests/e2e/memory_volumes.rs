@@ -65,6 +65,7 @@ async fn a_memory_empty_dir_under_a_64mi_limit_cannot_take_512_mib() -> Result<(
 
     create_fresh(&pods, &filler("memvol-fill", &tool)).await?;
     let (written, line) = filled(&pods, "memvol-fill").await?;
+    println!("under a 64Mi limit: {line}");
     assert!(
         written <= 64 * MIB,
         "the volume took more than the pod's limit: {line}"

@@ -265,4 +265,27 @@ mod tests {
         // The token was only in memory.
         assert!(!vol.join("token").exists());
     }
+
+    /// Needs the right to mount, as the test suite has (it runs as root).
+    #[test]
+    fn a_memory_volume_is_resized_and_its_content_counted_for_its_pod() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let pod = tmp.path().join("pod");
+        let vol = pod.join("_volumes/cache");
+        std::fs::create_dir_all(pod.join("main")).expect("mkdir");
+        std::fs::write(pod.join("main/0.log"), vec![0u8; 300_000]).expect("write");
+        assert!(mount_tmpfs(&vol, None).expect("mount"));
+        // Mounted by an earlier start, unsized: a set-up gives it its size.
+        assert!(mount_tmpfs(&vol, Some(1 << 20)).expect("mount"));
+        let size = rustix::fs::statvfs(&vol).map(|s| s.f_blocks * s.f_frsize);
+        assert_eq!(size.ok(), Some(1 << 20));
+        std::fs::write(vol.join("f"), vec![1u8; 200_000]).expect("write");
+        // Its content is the pod's memory, the log on disk is not.
+        let used = pod_usage(&pod);
+        assert!((200_000..300_000).contains(&used), "{used}");
+        // And not the pod's disk.
+        assert_eq!(super::super::usage::disk_usage(&pod), 300_000);
+        unmount_all(&pod);
+        assert_eq!(pod_usage(&pod), 0);
+    }
 }
