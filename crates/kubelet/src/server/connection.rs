@@ -156,7 +156,10 @@ async fn serve(accepted: Accepted, shared: Shared) {
             }
             () = shutdown.cancelled() => return,
             () = displaced.cancelled() => {
-                tracing::debug!(%peer, "connection without credentials closed to make room for a newer one");
+                tracing::debug!(
+                    %peer,
+                    "connection without credentials closed to make room for a newer one"
+                );
                 return;
             }
             changed = activity.changed() => {

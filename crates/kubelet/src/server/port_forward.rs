@@ -109,7 +109,7 @@ fn serve(
     let place = match f.sessions.open(&sandbox.uid) {
         Ok(place) => place,
         Err(refused) => {
-            tracing::debug!(pod = %format!("{namespace}/{name}"), "port-forward refused: {refused}");
+            tracing::debug!(%namespace, pod = %name, "port-forward refused: {refused}");
             return text(StatusCode::TOO_MANY_REQUESTS, refused.to_string());
         }
     };
@@ -251,7 +251,7 @@ where
         tokio::select! {
             pending = session.accept() => {
                 let Some(pending) = pending else { break };
-                let Some((request, stream)) = take(&mut session, pending).await else { continue };
+                let Some((request, stream)) = take(&session, pending).await else { continue };
                 add(&f, &sandbox, &pod, &mut pairs, &mut forwards, request, stream).await;
             }
             () = sleep_until(next_deadline) => {
@@ -289,10 +289,7 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
 
 /// Checks a new stream's headers: answered and returned when they are right, refused
 /// (`RST_STREAM`) otherwise.
-async fn take<IO>(session: &mut Session<IO>, pending: Pending) -> Option<(StreamRequest, Stream)>
-where
-    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
-{
+async fn take(session: &Session, pending: Pending) -> Option<(StreamRequest, Stream)> {
     match parse(pending.headers(), pending.id()) {
         Ok(request) => session.reply(pending).await.ok().map(|s| (request, s)),
         Err(e) => {

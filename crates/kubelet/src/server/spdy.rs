@@ -20,9 +20,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, WriteHalf};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -423,12 +423,14 @@ impl StreamWriter {
     }
 }
 
-/// A stream the peer opened, not yet answered.
+/// A stream the peer opened, not yet answered. What the peer sends on it meanwhile is
+/// already queued for it.
 #[derive(Debug)]
 pub(crate) struct Pending {
     id: u32,
     headers: Headers,
-    finished: bool,
+    incoming: mpsc::Receiver<Bytes>,
+    reset: CancellationToken,
 }
 
 impl Pending {
@@ -445,131 +447,102 @@ impl Pending {
 
 /// What the reader keeps of an open stream.
 struct Open {
-    incoming: Option<mpsc::Sender<Bytes>>,
+    incoming: mpsc::Sender<Bytes>,
     reset: CancellationToken,
 }
 
-/// A SPDY connection, server side. [`Session::accept`] reads frames, dispatching data to
-/// the open streams, until the peer opens a stream; a writer task sends what the streams
-/// and the session queue.
-pub(crate) struct Session<IO> {
-    reader: ReadHalf<IO>,
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A SPDY connection, server side. A reader task reads frames, dispatching data to the
+/// open streams and handing each stream the peer opens to [`Session::accept`]; a writer
+/// task sends what the streams and the session queue. Frames are read whole whatever
+/// the caller of [`Session::accept`] does meanwhile: dropping its future (a deadline won
+/// a `select!`) loses nothing.
+pub(crate) struct Session {
+    accepted: mpsc::Receiver<Pending>,
     frames: mpsc::Sender<Out>,
-    open: HashMap<u32, Open>,
-    next_id: u32,
-    last_accepted: u32,
-    inflater: Inflater,
-    activity: Activity,
     /// Fires when the connection idled out or failed: the writer stops, every stream is
     /// reset.
     gone: CancellationToken,
-    /// Fires when reading ended (and with `gone`): every stream is reset, what is
-    /// queued is still written.
-    streams: CancellationToken,
     writer: tokio::task::JoinHandle<()>,
+    reader: AbortOnDrop,
 }
 
-impl<IO> Session<IO>
-where
-    IO: AsyncRead + AsyncWrite + Send + 'static,
-{
+impl Session {
     /// A session over `io`, closed after `idle` without a frame either way.
-    pub(crate) fn new(io: IO, idle: Duration) -> Result<Self, Error> {
-        let (reader, writer) = tokio::io::split(io);
+    pub(crate) fn new<IO>(io: IO, idle: Duration) -> Result<Self, Error>
+    where
+        IO: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        let (read_half, write_half) = tokio::io::split(io);
         let (frames, queue) = mpsc::channel(OUTGOING_QUEUE);
+        let (to_accept, accepted) = mpsc::channel(1);
         let activity = Activity::new();
         let gone = CancellationToken::new();
         let deflater = Deflater::new()?;
         let writer = tokio::spawn(write_loop(
-            writer,
+            write_half,
             queue,
             deflater,
             activity.clone(),
             gone.clone(),
         ));
         tokio::spawn(watch_idle(activity.clone(), idle, gone.clone()));
-        Ok(Self {
-            reader,
-            frames,
+        let reader = reader::Reader {
+            io: read_half,
+            frames: frames.clone(),
+            accepted: to_accept,
             open: HashMap::new(),
             next_id: 1,
             last_accepted: 0,
             inflater: Inflater::new(),
             activity,
             streams: gone.child_token(),
+            gone: gone.clone(),
+        };
+        let reader = AbortOnDrop(tokio::spawn(reader.run()));
+        Ok(Self {
+            accepted,
+            frames,
             gone,
             writer,
+            reader,
         })
     }
 
-    /// Reads until the peer opens a stream; `None` when the connection ended (the peer
-    /// closed it or went away, sent `GOAWAY`, broke the protocol, or idled out).
+    /// The next stream the peer opens; `None` when the connection ended (the peer closed
+    /// it or went away, sent `GOAWAY`, broke the protocol, or idled out). Cancel-safe.
     pub(crate) async fn accept(&mut self) -> Option<Pending> {
-        loop {
-            let gone = self.gone.clone();
-            let read = tokio::select! {
-                () = gone.cancelled() => return None,
-                r = self.read_frame() => r,
-            };
-            match read {
-                Ok(Some(pending)) => return Some(pending),
-                Ok(None) => {}
-                Err(Ended::GoAway) => {
-                    // The peer opens no more streams; those open finish their output.
-                    for open in self.open.values_mut() {
-                        open.incoming = None;
-                    }
-                    return None;
-                }
-                Err(Ended::Error(e)) => {
-                    tracing::debug!(error = %e, "SPDY connection ended");
-                    match e {
-                        // The peer is told why; what is queued before it still goes.
-                        Error::Protocol(_) => {
-                            let _ = self.frames.try_send(Out::GoAway {
-                                last: self.last_accepted,
-                                status: status::PROTOCOL_ERROR,
-                            });
-                            self.streams.cancel();
-                        }
-                        Error::Io(_) => self.gone.cancel(),
-                    }
-                    self.open.clear();
-                    return None;
-                }
-            }
-        }
+        self.accepted.recv().await
     }
 
     /// Answers the peer's stream: its [`Stream`].
-    pub(crate) async fn reply(&mut self, pending: Pending) -> Result<Stream, Closed> {
+    pub(crate) async fn reply(&self, pending: Pending) -> Result<Stream, Closed> {
         self.frames
             .send(Out::Reply(pending.id))
             .await
             .map_err(|_| Closed)?;
-        let (tx, incoming) = mpsc::channel(INCOMING_QUEUE);
-        let reset = self.streams.child_token();
-        if !pending.finished {
-            self.open.insert(
-                pending.id,
-                Open {
-                    incoming: Some(tx),
-                    reset: reset.clone(),
-                },
-            );
-        }
         Ok(Stream {
-            incoming,
+            incoming: pending.incoming,
             out: StreamWriter {
                 id: pending.id,
                 frames: self.frames.clone(),
             },
-            reset,
+            reset: pending.reset,
         })
     }
 
     /// Refuses the peer's stream (`RST_STREAM` with `status`).
-    pub(crate) async fn refuse(&mut self, pending: Pending, status: u32) {
+    pub(crate) async fn refuse(&self, pending: Pending, status: u32) {
+        // The reader forgets it.
+        pending.reset.cancel();
         let _ = self
             .frames
             .send(Out::Reset {
@@ -586,8 +559,11 @@ where
             frames,
             mut writer,
             gone,
+            reader,
             ..
         } = self;
+        // Nothing more is read; the reader's own sender goes with it.
+        drop(reader);
         drop(frames);
         if tokio::time::timeout(CLOSE_TIMEOUT, &mut writer)
             .await
@@ -596,146 +572,6 @@ where
             gone.cancel();
             let _ = writer.await;
         }
-    }
-
-    async fn read_frame(&mut self) -> Result<Option<Pending>, Ended> {
-        let mut head = [0u8; 8];
-        self.reader
-            .read_exact(&mut head)
-            .await
-            .map_err(Error::from)?;
-        self.activity.touch();
-        let first = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
-        let flags = head[4];
-        let len = usize::from(head[5]) << 16 | usize::from(head[6]) << 8 | usize::from(head[7]);
-        if first & 0x8000_0000 == 0 {
-            self.read_data(first & 0x7fff_ffff, flags, len).await?;
-            return Ok(None);
-        }
-        let version = u16::try_from((first >> 16) & 0x7fff).unwrap_or(0);
-        let kind = u16::try_from(first & 0xffff).unwrap_or(0);
-        if version != VERSION {
-            return Err(Ended::Error(protocol(format!("SPDY version {version}"))));
-        }
-        if len > MAX_CONTROL_FRAME {
-            return Err(Ended::Error(protocol(format!(
-                "a control frame of {len} bytes"
-            ))));
-        }
-        let mut body = vec![0u8; len];
-        self.reader
-            .read_exact(&mut body)
-            .await
-            .map_err(Error::from)?;
-        self.control(kind, flags, &body).await
-    }
-
-    async fn control(
-        &mut self,
-        kind: u16,
-        flags: u8,
-        body: &[u8],
-    ) -> Result<Option<Pending>, Ended> {
-        let mut r = Cursor(body);
-        match kind {
-            SYN_STREAM => {
-                let id = r.u32()? & 0x7fff_ffff;
-                let _associated = r.u32()?;
-                let _priority_and_slot = r.take(2)?;
-                let headers = Headers::decode(&self.inflater.inflate(r.0)?)?;
-                // The peer's streams are odd and rising.
-                if id % 2 == 0 || id < self.next_id {
-                    self.send(Out::Reset {
-                        id,
-                        status: status::PROTOCOL_ERROR,
-                    })
-                    .await;
-                    return Ok(None);
-                }
-                self.next_id = id.saturating_add(2);
-                if self.open.len() >= MAX_STREAMS {
-                    self.send(Out::Reset {
-                        id,
-                        status: status::REFUSED_STREAM,
-                    })
-                    .await;
-                    return Ok(None);
-                }
-                self.last_accepted = id;
-                Ok(Some(Pending {
-                    id,
-                    headers,
-                    finished: flags & FLAG_FIN != 0,
-                }))
-            }
-            SYN_REPLY | HEADERS => {
-                let _id = r.u32()?;
-                // Kept in step with the peer's compression context, then dropped.
-                Headers::decode(&self.inflater.inflate(r.0)?)?;
-                Ok(None)
-            }
-            RST_STREAM => {
-                let id = r.u32()? & 0x7fff_ffff;
-                if let Some(open) = self.open.remove(&id) {
-                    open.reset.cancel();
-                }
-                Ok(None)
-            }
-            PING => {
-                let id = r.u32()?;
-                // Echo the peer's pings (odd); ours would be even, and we send none.
-                if id % 2 == 1 {
-                    self.send(Out::Ping(id)).await;
-                }
-                Ok(None)
-            }
-            GOAWAY => Err(Ended::GoAway),
-            SETTINGS | WINDOW_UPDATE => Ok(None),
-            // Unknown control frames are ignored, as the protocol asks.
-            _ => Ok(None),
-        }
-    }
-
-    async fn read_data(&mut self, id: u32, flags: u8, mut len: usize) -> Result<(), Ended> {
-        let sender = self.open.get(&id).and_then(|o| o.incoming.clone());
-        while len > 0 {
-            let n = len.min(DATA_CHUNK);
-            let mut chunk = BytesMut::zeroed(n);
-            self.reader
-                .read_exact(&mut chunk)
-                .await
-                .map_err(Error::from)?;
-            len -= n;
-            self.activity.touch();
-            if let Some(tx) = &sender {
-                // A reader that is gone no longer wants the data: it is dropped.
-                tokio::select! {
-                    () = self.gone.cancelled() => return Err(Ended::Error(protocol("idle"))),
-                    _ = tx.send(chunk.freeze()) => {}
-                }
-            }
-        }
-        if flags & FLAG_FIN != 0 {
-            // The peer's half is done: its reader sees the end.
-            self.open.remove(&id);
-        }
-        Ok(())
-    }
-
-    async fn send(&mut self, frame: Out) {
-        let _ = self.frames.send(frame).await;
-    }
-}
-
-/// Why reading stopped.
-enum Ended {
-    GoAway,
-    Error(Error),
-}
-
-impl From<Error> for Ended {
-    fn from(e: Error) -> Self {
-        Self::Error(e)
     }
 }
 
@@ -840,157 +676,11 @@ async fn watch_idle(activity: Activity, idle: Duration, gone: CancellationToken)
     }
 }
 
-/// A SPDY client for tests: opens streams and reads what the server sends, each frame
-/// whole.
+/// A SPDY client for tests.
 #[cfg(test)]
-pub(crate) mod testing {
-    use super::{
-        Cursor, Deflater, FLAG_FIN, GOAWAY, Headers, Inflater, PING, RST_STREAM, SYN_REPLY,
-        SYN_STREAM,
-    };
-    use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+pub(crate) mod testing;
 
-    /// A frame the server sent.
-    #[derive(Debug, Clone, PartialEq, Eq)]
-    pub(crate) enum Frame {
-        Reply(u32),
-        Data { id: u32, data: Vec<u8>, fin: bool },
-        Reset { id: u32, status: u32 },
-        Ping(u32),
-        GoAway { last: u32, status: u32 },
-        Other(u16),
-    }
-
-    pub(crate) struct Client<IO> {
-        pub io: IO,
-        deflater: Deflater,
-        inflater: Inflater,
-        /// Frames read while looking for others, handed out first.
-        backlog: std::collections::VecDeque<Frame>,
-    }
-
-    /// A control frame's bytes.
-    pub(crate) fn control(kind: u16, flags: u8, body: &[u8]) -> Vec<u8> {
-        let mut f = Vec::new();
-        super::control(&mut f, kind, flags, body).expect("a control frame");
-        f
-    }
-
-    impl<IO: AsyncRead + AsyncWrite + Unpin> Client<IO> {
-        pub(crate) fn new(io: IO) -> Self {
-            Self {
-                io,
-                deflater: Deflater::new().expect("deflater"),
-                inflater: Inflater::new(),
-                backlog: std::collections::VecDeque::new(),
-            }
-        }
-
-        pub(crate) async fn raw(&mut self, bytes: &[u8]) {
-            self.io.write_all(bytes).await.expect("write");
-        }
-
-        /// `SYN_STREAM` `id` with `headers`.
-        pub(crate) async fn open(&mut self, id: u32, headers: &[(&str, &str)], fin: bool) {
-            let block = headers
-                .iter()
-                .fold(Headers::default(), |h, (n, v)| h.with(n, v))
-                .encode();
-            let mut body = id.to_be_bytes().to_vec();
-            body.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
-            body.extend_from_slice(&self.deflater.deflate(&block).expect("deflate"));
-            let frame = control(SYN_STREAM, if fin { FLAG_FIN } else { 0 }, &body);
-            self.raw(&frame).await;
-        }
-
-        pub(crate) async fn data(&mut self, id: u32, data: &[u8], fin: bool) {
-            let mut f = id.to_be_bytes().to_vec();
-            f.push(if fin { FLAG_FIN } else { 0 });
-            f.extend_from_slice(&u32::try_from(data.len()).expect("len").to_be_bytes()[1..]);
-            f.extend_from_slice(data);
-            self.raw(&f).await;
-        }
-
-        pub(crate) async fn reset(&mut self, id: u32, status: u32) {
-            let mut body = id.to_be_bytes().to_vec();
-            body.extend_from_slice(&status.to_be_bytes());
-            self.raw(&control(RST_STREAM, 0, &body)).await;
-        }
-
-        pub(crate) async fn ping(&mut self, id: u32) {
-            self.raw(&control(PING, 0, &id.to_be_bytes())).await;
-        }
-
-        /// The next frame, `None` once the server closed the connection.
-        pub(crate) async fn next(&mut self) -> Option<Frame> {
-            if let Some(f) = self.backlog.pop_front() {
-                return Some(f);
-            }
-            self.read().await
-        }
-
-        async fn read(&mut self) -> Option<Frame> {
-            let mut head = [0u8; 8];
-            self.io.read_exact(&mut head).await.ok()?;
-            let first = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
-            let len = usize::from(head[5]) << 16 | usize::from(head[6]) << 8 | usize::from(head[7]);
-            let mut body = vec![0u8; len];
-            self.io.read_exact(&mut body).await.ok()?;
-            if first & 0x8000_0000 == 0 {
-                return Some(Frame::Data {
-                    id: first,
-                    data: body,
-                    fin: head[4] & FLAG_FIN != 0,
-                });
-            }
-            let kind = u16::try_from(first & 0xffff).expect("kind");
-            let mut r = Cursor(&body);
-            Some(match kind {
-                SYN_REPLY => {
-                    let id = r.u32().expect("id");
-                    let block = self.inflater.inflate(r.0).expect("inflate");
-                    Headers::decode(&block).expect("headers");
-                    Frame::Reply(id)
-                }
-                RST_STREAM => Frame::Reset {
-                    id: r.u32().expect("id"),
-                    status: r.u32().expect("status"),
-                },
-                PING => Frame::Ping(r.u32().expect("id")),
-                GOAWAY => Frame::GoAway {
-                    last: r.u32().expect("last"),
-                    status: r.u32().expect("status"),
-                },
-                other => Frame::Other(other),
-            })
-        }
-
-        /// The data of stream `id` until its `FIN` (other frames are skipped).
-        pub(crate) async fn read_to_fin(&mut self, id: u32) -> Vec<u8> {
-            let mut all = Vec::new();
-            let mut others = std::collections::VecDeque::new();
-            let mut backlog = std::mem::take(&mut self.backlog);
-            loop {
-                let frame = match backlog.pop_front() {
-                    Some(f) => Some(f),
-                    None => self.read().await,
-                };
-                match frame {
-                    Some(Frame::Data { id: i, data, fin }) if i == id => {
-                        all.extend_from_slice(&data);
-                        if fin {
-                            others.extend(backlog);
-                            self.backlog = others;
-                            return all;
-                        }
-                    }
-                    Some(f) => others.push_back(f),
-                    None => panic!("the connection closed before stream {id} finished"),
-                }
-            }
-        }
-    }
-}
+mod reader;
 
 #[cfg(test)]
 mod tests;

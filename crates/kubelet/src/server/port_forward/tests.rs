@@ -369,3 +369,34 @@ async fn sessions_beyond_the_bounds_are_refused() {
         )
     );
 }
+
+/// Issue 22, finding 8: a pair's deadline firing while a DATA frame is half read must not
+/// lose the bytes already read (the rest of the payload was then parsed as frames).
+#[tokio::test(start_paused = true)]
+async fn a_pair_deadline_in_the_middle_of_a_frame_does_not_lose_its_place() {
+    let (mut c, _task) = connect(forwarder(Duration::from_secs(30)));
+    // A data stream whose error stream never comes: its pair times out in 30 s.
+    open(&mut c, 1, &stream("data", 80, "0"), false).await;
+    assert_eq!(c.next().await, Some(Frame::Reply(1)));
+    // A DATA frame of 16 bytes, cut after 8; the second half would read as the header
+    // of a DATA frame of 65535 bytes for stream 9.
+    let payload = [1, 2, 3, 4, 5, 6, 7, 8, 0, 0, 0, 9, 0, 0, 0xff, 0xff];
+    let mut frame = vec![0, 0, 0, 1, 0, 0, 0, 16];
+    frame.extend_from_slice(&payload[..8]);
+    c.raw(&frame).await;
+    // The deadline fires with the frame half read: the data stream is finished.
+    tokio::time::sleep(Duration::from_secs(31)).await;
+    assert_eq!(
+        c.next().await,
+        Some(Frame::Data {
+            id: 1,
+            data: Vec::new(),
+            fin: true
+        })
+    );
+    // The rest of the frame, then a new stream: it is answered.
+    c.raw(&payload[8..]).await;
+    open(&mut c, 3, &stream("error", 80, "1"), true).await;
+    let answer = tokio::time::timeout(Duration::from_secs(60), c.next()).await;
+    assert_eq!(answer.ok().flatten(), Some(Frame::Reply(3)));
+}
