@@ -64,6 +64,7 @@ async fn an_endless_blob_error_body_is_read_only_to_16_kib() {
         "{}",
         short(&err)
     );
+    assert!(!message.contains("after a redirect"), "{}", short(&err));
 }
 
 /// `attack` redirects a request to a loopback service answering `status`: the pull fails

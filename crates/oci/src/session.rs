@@ -60,9 +60,10 @@ pub(crate) async fn read_capped(
     Ok(Body::Whole(body))
 }
 
-/// Whether `response` comes from another URL than `requested` (a redirect was followed).
+/// Whether `response` comes from another URL than `requested` (a redirect was followed;
+/// when in doubt, yes).
 pub(crate) fn redirected(response: &reqwest::Response, requested: &str) -> bool {
-    response.url().as_str() != requested
+    reqwest::Url::parse(requested).map_or(true, |url| *response.url() != url)
 }
 
 /// The registry's error codes (`MANIFEST_UNKNOWN`, `DENIED`, ...) in an error answer's
