@@ -6,6 +6,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::io::{AsyncWriteExt, DuplexStream};
 
+use super::headers::dictionary;
 use super::testing::{Client, Frame, control};
 use super::*;
 
