@@ -16,6 +16,7 @@ mod kubelet_config;
 mod lifecycle;
 mod memory_volumes;
 mod memory;
+mod memory_pressure;
 mod network;
 mod node;
 mod pods;

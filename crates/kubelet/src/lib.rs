@@ -255,6 +255,7 @@ impl Kubelet {
                 pods: pods_handle.clone(),
                 pressure: pressure.clone(),
                 data_dir: config.data_dir.clone(),
+                stats: stats.clone(),
             },
             config.eviction.clone(),
             shutdown.clone(),

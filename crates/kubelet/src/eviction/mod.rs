@@ -4,11 +4,11 @@
 //! and `DiskPressure` on the node (kept for the pressure transition period after the last
 //! crossing), refuses new pods under pressure as the kubelet's admission does, and under
 //! disk pressure first removes unused images, then evicts the pod using the most disk,
-//! one pod per interval, with the kubelet's reason and message.
-//!
-//! Memory pressure is reported and blocks `BestEffort` pods, but evicts nothing: a wasm
-//! node has no per-pod memory figures yet to rank pods by.
+//! and under memory pressure the pod ranked first by [`memory::rank`] (by the working sets
+//! of its containers, memory-backed volumes counted in), one pod per interval, with the
+//! kubelet's reason and message.
 
+pub mod memory;
 pub mod thresholds;
 
 use std::path::{Path, PathBuf};
@@ -23,6 +23,7 @@ use crate::Runtime;
 use crate::images::ImageIndex;
 use crate::pods::PodsHandle;
 use crate::pods::admission::Rejection;
+use crate::stats::StatsIndex;
 pub use thresholds::{Crossed, Observation, Signal, Threshold};
 
 /// The eviction manager's settings.
@@ -202,6 +203,44 @@ fn disk_victim(pods: Vec<(Pod, PathBuf)>) -> Option<Pod> {
         .map(|(_, pod)| pod)
 }
 
+/// Evicts the pod [`memory::rank`] puts first, for the memory threshold `crossed`.
+async fn evict_for_memory(workers: &PodsHandle, stats: &StatsIndex, crossed: &Crossed) {
+    let pods: Vec<Pod> = workers
+        .active_pods()
+        .await
+        .into_iter()
+        .filter(|p| !is_critical(p))
+        .collect();
+    let index = stats.clone();
+    // A `statfs` of each memory-backed volume: blocking.
+    let Ok(samples) = tokio::task::spawn_blocking(move || index.samples()).await else {
+        return;
+    };
+    let mut usage: std::collections::HashMap<String, memory::PodMemory> =
+        std::collections::HashMap::new();
+    for s in samples {
+        usage
+            .entry(s.running.uid.clone())
+            .or_default()
+            .containers
+            .push((s.running.container.clone(), s.usage.memory_working_set));
+    }
+    let Some(victim) = memory::rank(pods, &usage).into_iter().next() else {
+        tracing::warn!(message = %crossed.message(), "memory pressure, no pod to evict");
+        return;
+    };
+    let used = victim
+        .metadata
+        .uid
+        .as_ref()
+        .and_then(|uid| usage.get(uid))
+        .cloned()
+        .unwrap_or_default();
+    let message = memory::message(crossed, &victim, &used);
+    tracing::warn!(pod = ?victim.metadata.name, %message, "evicting pod");
+    workers.evict(&victim, message).await;
+}
+
 /// What the eviction manager works with.
 pub(crate) struct Parts {
     pub runtime: Arc<dyn Runtime>,
@@ -209,6 +248,8 @@ pub(crate) struct Parts {
     pub pods: PodsHandle,
     pub pressure: PressureHandle,
     pub data_dir: PathBuf,
+    /// The running containers' usage, for memory pressure.
+    pub stats: StatsIndex,
 }
 
 /// Runs the eviction manager until `shutdown`.
@@ -219,6 +260,7 @@ pub(crate) async fn run(
         pods: workers,
         pressure: shared,
         data_dir,
+        stats,
     }: Parts,
     settings: Settings,
     shutdown: CancellationToken,
@@ -241,8 +283,8 @@ pub(crate) async fn run(
         let pressure = hysteresis.update(&crossed, Instant::now(), settings.transition);
         shared.set(pressure);
         if !crossed.iter().any(|c| c.threshold.signal.is_disk()) {
-            if !crossed.is_empty() {
-                tracing::warn!(message = %crossed[0].message(), "memory pressure");
+            if let Some(memory) = crossed.into_iter().next() {
+                evict_for_memory(&workers, &stats, &memory).await;
             }
             continue;
         }

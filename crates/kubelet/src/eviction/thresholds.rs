@@ -205,7 +205,7 @@ pub fn crossed(
 
 /// Bytes as Kubernetes prints a binary quantity: the largest of `Ki`..`Ei` that divides
 /// it exactly, else plain bytes.
-struct Binary(u64);
+pub(crate) struct Binary(pub(crate) u64);
 
 impl fmt::Display for Binary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
