@@ -4,7 +4,9 @@
 //! thread uses it afterwards. So each pod's namespace gets one thread, entered once,
 //! running a single-threaded tokio runtime: the pod's listening sockets, its outgoing
 //! connections and any guest code that may open sockets (`wasi:sockets`) are made there.
-//! A socket made there can then be driven from any other runtime of the agent.
+//! A socket made there can then be driven from any other runtime of the agent. Blocking
+//! work spawned there (a guest's name lookups, its file operations) gets at most
+//! `BLOCKING_THREADS` (4) threads, also inside the namespace.
 //!
 //! The namespace itself is pinned by a bind mount of the thread's `ns/net` link onto a
 //! file (`/run/netns/<name>`, where `ip netns` looks), so it outlives the thread and the
@@ -20,6 +22,12 @@ use std::path::{Path, PathBuf};
 use rustix::fs::{Mode, OFlags};
 use rustix::thread::{LinkNameSpaceType, UnshareFlags};
 use tokio::sync::oneshot;
+
+/// How many threads may run the blocking work (`spawn_blocking`) of one namespace's
+/// runtime at once: a guest's name lookups and file operations, which wasmtime-wasi
+/// hands to blocking threads. More work waits in the runtime's queue. tokio's default
+/// would let one pod start 512 threads.
+const BLOCKING_THREADS: usize = 4;
 
 /// `statfs` magic of the namespace file system (`NSFS_MAGIC`).
 const NSFS_MAGIC: i64 = 0x6e73_6673;
@@ -85,6 +93,8 @@ impl NetNs {
                 let runtime = enter_namespace(&enter).and_then(|()| {
                     tokio::runtime::Builder::new_current_thread()
                         .enable_all()
+                        // Started from this thread, so inside the namespace too.
+                        .max_blocking_threads(BLOCKING_THREADS)
                         .build()
                 });
                 match runtime {
@@ -330,6 +340,84 @@ mod tests {
         drop(again);
         remove(&path).expect("test");
         assert!(!path.exists());
+        remove(&path).expect("test");
+    }
+
+    /// How many of this process's threads are inside the namespace whose `ns/net`
+    /// inode is `inode`.
+    fn threads_inside(inode: u64) -> usize {
+        std::fs::read_dir("/proc/self/task")
+            .expect("test")
+            .filter_map(Result::ok)
+            .filter(|task| {
+                std::fs::metadata(task.path().join("ns/net"))
+                    .is_ok_and(|m| std::os::unix::fs::MetadataExt::ino(&m) == inode)
+            })
+            .count()
+    }
+
+    #[tokio::test]
+    async fn blocking_work_in_a_namespace_gets_a_few_threads_however_much_is_asked() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::{Arc, Condvar, Mutex};
+        assert!(privileged(), "these tests need root (network namespaces)");
+        // The attack: what a guest's many outstanding name lookups or file reads ask of
+        // the namespace's runtime, each a `spawn_blocking`. Capped at 64 tasks.
+        const TASKS: usize = 64;
+        let dir = tempfile::tempdir().expect("test");
+        let path = dir.path().join("pod-blocking");
+        let ns = NetNs::create(&path).await.expect("test");
+        let inode = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&path).expect("test"));
+        let running = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let release = Arc::new((Mutex::new(false), Condvar::new()));
+        let (r, m, rel) = (running.clone(), most.clone(), release.clone());
+        let all = ns.handle().spawn(async move {
+            let mut tasks = Vec::new();
+            for _ in 0..TASKS {
+                let (r, m, rel) = (r.clone(), m.clone(), rel.clone());
+                tasks.push(tokio::task::spawn_blocking(move || {
+                    let now = r.fetch_add(1, Ordering::SeqCst) + 1;
+                    m.fetch_max(now, Ordering::SeqCst);
+                    let (lock, cvar) = &*rel;
+                    let mut go = lock.lock().expect("test");
+                    // Bounded: a task never waits more than 60 s.
+                    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+                    while !*go && std::time::Instant::now() < deadline {
+                        go = cvar
+                            .wait_timeout(go, std::time::Duration::from_millis(100))
+                            .expect("test")
+                            .0;
+                    }
+                    r.fetch_sub(1, Ordering::SeqCst);
+                }));
+            }
+            for t in tasks {
+                t.await.expect("test");
+            }
+        });
+        // Wait until the pool is busy, give it a while to start more threads if it would,
+        // then count the threads inside the namespace.
+        let started = std::time::Instant::now();
+        while running.load(Ordering::SeqCst) < BLOCKING_THREADS
+            && started.elapsed() < std::time::Duration::from_secs(60)
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let threads = threads_inside(inode);
+        *release.0.lock().expect("test") = true;
+        release.1.notify_all();
+        all.await.expect("test");
+        let most = most.load(Ordering::SeqCst);
+        println!("{TASKS} blocking tasks: at most {most} at once, {threads} threads inside");
+        assert!(
+            most <= BLOCKING_THREADS,
+            "{most} blocking tasks ran at once"
+        );
+        // The runtime's own thread and its blocking pool, nothing more.
+        assert!(threads <= 1 + BLOCKING_THREADS, "{threads} threads inside");
+        drop(ns);
         remove(&path).expect("test");
     }
 
