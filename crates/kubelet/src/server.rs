@@ -296,6 +296,9 @@ async fn guard(State(auth): State<Arc<Auth>>, request: Request, next: Next) -> R
             next.run(request).await
         }
         Err(rejection) => {
+            if let Some(conn) = request.extensions().get::<Arc<limits::Connection>>() {
+                conn.refused();
+            }
             tracing::debug!(path = request.uri().path(), status = %rejection.status(), "kubelet API request refused");
             (rejection.status(), rejection.body()).into_response()
         }

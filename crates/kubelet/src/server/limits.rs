@@ -5,7 +5,7 @@
 //!   oldest handshake; each has [`HANDSHAKE_TIMEOUT`].
 //! - A connection whose client certificate was verified at the handshake, or one of
 //!   whose requests was authorized, holds one of [`MAX_AUTHENTICATED`] places of its
-//!   own. The others (no certificate, a bearer token not yet checked, a certificate
+//!   own, until one of its requests is refused. The others (no certificate, a bearer token not yet checked, a certificate
 //!   holder when those places are taken) share a [`Pool`] of [`MAX_ANONYMOUS`], where a
 //!   newcomer beyond closes the oldest.
 //! - Every connection is closed after [`FIRST_REQUEST_TIMEOUT`] without a first request
@@ -79,7 +79,11 @@ impl Pool {
 
     /// Takes a place, closing the oldest member when all are taken.
     pub(crate) fn join(self: &Arc<Self>) -> Member {
-        let closed = CancellationToken::new();
+        self.join_as(CancellationToken::new())
+    }
+
+    /// [`Pool::join`], with `closed` cancelled when a newcomer takes the place.
+    fn join_as(self: &Arc<Self>, closed: CancellationToken) -> Member {
         let mut members = lock(&self.members);
         let seq = members.next;
         members.next += 1;
@@ -185,13 +189,10 @@ impl Connection {
         } else {
             None
         };
+        let closed = CancellationToken::new();
         let place = match permit {
             Some(p) => Place::Authenticated { _permit: p },
-            None => Place::Anonymous(limits.anonymous.join()),
-        };
-        let closed = match &place {
-            Place::Anonymous(m) => m.closed(),
-            Place::Authenticated { .. } => CancellationToken::new(),
+            None => Place::Anonymous(limits.anonymous.join_as(closed.clone())),
         };
         let (activity, _) = watch::channel(Activity {
             in_flight: 0,
@@ -219,6 +220,16 @@ impl Connection {
             && let Ok(permit) = self.limits.authenticated.clone().try_acquire_owned()
         {
             *place = Place::Authenticated { _permit: permit };
+        }
+    }
+
+    /// A request of this connection was refused (401 or 403): a client certificate
+    /// alone (another node's, say) keeps no protected place; the connection goes back
+    /// among the others.
+    pub(crate) fn refused(&self) {
+        let mut place = lock(&self.place);
+        if matches!(*place, Place::Authenticated { .. }) {
+            *place = Place::Anonymous(self.limits.anonymous.join_as(self.closed.clone()));
         }
     }
 

@@ -86,3 +86,27 @@ fn sessions_are_bounded_per_node_and_per_pod() {
     drop(a1);
     let _c1 = sessions.open("c").expect("a place was given back");
 }
+
+/// A client certificate alone (another node's, say) does not keep a protected place once
+/// its requests are refused: such a connection goes back among the strangers.
+#[test]
+fn a_certified_connection_whose_request_is_refused_can_be_closed_by_newcomers() {
+    let limits = Arc::new(Limits {
+        handshakes: Pool::new(4),
+        anonymous: Pool::new(2),
+        authenticated: Arc::new(Semaphore::new(2)),
+    });
+    let rogue = Connection::admit(&limits, true);
+    let honest = Connection::admit(&limits, true);
+    rogue.refused();
+    assert!(!rogue.is_authenticated());
+    let strangers: Vec<_> = (0..3).map(|_| Connection::admit(&limits, false)).collect();
+    assert!(
+        rogue.closed().is_cancelled(),
+        "the oldest among the strangers"
+    );
+    assert!(!honest.closed().is_cancelled());
+    // Its protected place was given back: the next certificate holder has it.
+    assert!(Connection::admit(&limits, true).is_authenticated());
+    drop(strangers);
+}
