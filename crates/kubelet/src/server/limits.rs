@@ -153,11 +153,10 @@ impl Default for Limits {
 /// Where a connection is counted.
 #[derive(Debug)]
 enum Place {
-    Anonymous(Member),
+    /// Held until the connection ends or is promoted.
+    Anonymous { _member: Member },
     /// Held until the connection ends.
-    Authenticated {
-        _permit: OwnedSemaphorePermit,
-    },
+    Authenticated { _permit: OwnedSemaphorePermit },
 }
 
 /// What a connection's requests change: how many are in flight, and since when none.
@@ -192,7 +191,9 @@ impl Connection {
         let closed = CancellationToken::new();
         let place = match permit {
             Some(p) => Place::Authenticated { _permit: p },
-            None => Place::Anonymous(limits.anonymous.join_as(closed.clone())),
+            None => Place::Anonymous {
+                _member: limits.anonymous.join_as(closed.clone()),
+            },
         };
         let (activity, _) = watch::channel(Activity {
             in_flight: 0,
@@ -216,7 +217,7 @@ impl Connection {
     /// if there is room, and can no longer be closed by newcomers.
     pub(crate) fn authorized(&self) {
         let mut place = lock(&self.place);
-        if matches!(*place, Place::Anonymous(_))
+        if matches!(*place, Place::Anonymous { .. })
             && let Ok(permit) = self.limits.authenticated.clone().try_acquire_owned()
         {
             *place = Place::Authenticated { _permit: permit };
@@ -229,7 +230,9 @@ impl Connection {
     pub(crate) fn refused(&self) {
         let mut place = lock(&self.place);
         if matches!(*place, Place::Authenticated { .. }) {
-            *place = Place::Anonymous(self.limits.anonymous.join_as(self.closed.clone()));
+            *place = Place::Anonymous {
+                _member: self.limits.anonymous.join_as(self.closed.clone()),
+            };
         }
     }
 
