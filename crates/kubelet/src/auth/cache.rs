@@ -1,7 +1,7 @@
 //! A bounded cache whose entries expire, for the kubelet API's token reviews and
 //! authorization decisions (the kubelet's webhook caches).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::hash::Hash;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -9,23 +9,61 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 /// At most `capacity` entries; each lives for the time-to-live it was inserted with.
+/// A full cache drops the entry closest to expiry (the oldest, where all share one
+/// time-to-live); every operation costs O(log n), whatever is in the cache.
 #[derive(Debug)]
 pub(crate) struct TtlCache<K, V> {
-    entries: Mutex<HashMap<K, (V, Instant)>>,
+    inner: Mutex<Inner<K, V>>,
     capacity: usize,
+}
+
+#[derive(Debug)]
+struct Inner<K, V> {
+    /// Each key's value, its expiry, and its place in `by_expiry`.
+    entries: HashMap<K, (V, Instant, u64)>,
+    /// The keys by expiry (then by insertion, which makes each place unique).
+    by_expiry: BTreeMap<(Instant, u64), K>,
+    inserted: u64,
+}
+
+impl<K: Eq + Hash + Clone, V> Inner<K, V> {
+    fn remove(&mut self, key: &K) -> Option<V> {
+        let (value, expires, seq) = self.entries.remove(key)?;
+        self.by_expiry.remove(&(expires, seq));
+        Some(value)
+    }
+
+    /// Drops the entry closest to expiry when it has expired by `now`, or
+    /// unconditionally with `now` `None`; false when nothing was dropped.
+    fn pop_soonest(&mut self, now: Option<Instant>) -> bool {
+        let Some(entry) = self.by_expiry.first_entry() else {
+            return false;
+        };
+        if now.is_some_and(|now| entry.key().0 > now) {
+            return false;
+        }
+        let key = entry.remove();
+        self.entries.remove(&key);
+        true
+    }
 }
 
 impl<K: Eq + Hash + Clone, V: Clone> TtlCache<K, V> {
     pub(crate) fn new(capacity: usize) -> Self {
         Self {
-            entries: Mutex::new(HashMap::new()),
+            inner: Mutex::new(Inner {
+                entries: HashMap::new(),
+                by_expiry: BTreeMap::new(),
+                inserted: 0,
+            }),
             capacity: capacity.max(1),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<K, (V, Instant)>> {
-        // A panic while holding the lock leaves a map that is still consistent.
-        self.entries
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner<K, V>> {
+        // A panic while holding the lock leaves maps that are still consistent: each
+        // change of both is made with no call in between that could panic.
+        self.inner
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -33,43 +71,43 @@ impl<K: Eq + Hash + Clone, V: Clone> TtlCache<K, V> {
     /// The live value of `key`.
     pub(crate) fn get(&self, key: &K) -> Option<V> {
         let now = Instant::now();
-        let mut entries = self.lock();
-        match entries.get(key) {
-            Some((value, expires)) if *expires > now => Some(value.clone()),
+        let mut inner = self.lock();
+        match inner.entries.get(key) {
+            Some((value, expires, _)) if *expires > now => Some(value.clone()),
             Some(_) => {
-                entries.remove(key);
+                inner.remove(key);
                 None
             }
             None => None,
         }
     }
 
-    /// Keeps `value` for `ttl` (not at all when `ttl` is zero). When full, expired
-    /// entries go first, then the one closest to expiry.
+    /// Keeps `value` for `ttl` (not at all when `ttl` is zero). Expired entries go
+    /// first; when the cache is still full, the one closest to expiry.
     pub(crate) fn insert(&self, key: K, value: V, ttl: Duration) {
         if ttl.is_zero() {
             return;
         }
         let now = Instant::now();
-        let mut entries = self.lock();
-        if entries.len() >= self.capacity && !entries.contains_key(&key) {
-            entries.retain(|_, (_, expires)| *expires > now);
-            if entries.len() >= self.capacity {
-                let soonest = entries
-                    .iter()
-                    .min_by_key(|(_, (_, expires))| *expires)
-                    .map(|(k, _)| k.clone());
-                if let Some(k) = soonest {
-                    entries.remove(&k);
-                }
-            }
+        let mut inner = self.lock();
+        inner.remove(&key);
+        while inner.pop_soonest(Some(now)) {}
+        if inner.entries.len() >= self.capacity {
+            inner.pop_soonest(None);
         }
-        entries.insert(key, (value, now + ttl));
+        let expires = now + ttl;
+        let seq = inner.inserted;
+        inner.inserted += 1;
+        inner.by_expiry.insert((expires, seq), key.clone());
+        inner.entries.insert(key, (value, expires, seq));
     }
 
+    /// How many entries are kept (expired ones included until they are dropped).
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
-        self.lock().len()
+        let inner = self.lock();
+        debug_assert_eq!(inner.entries.len(), inner.by_expiry.len());
+        inner.entries.len()
     }
 }
 

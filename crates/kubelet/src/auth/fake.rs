@@ -1,9 +1,11 @@
-//! A reviewer for tests: known tokens, a rule for accesses, counted calls, and a switch
-//! that makes every review fail.
+//! A reviewer for tests: known tokens, a rule for accesses, counted calls, a switch
+//! that makes every review fail, and a latency for token reviews (with the most seen in
+//! flight at once).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 
@@ -17,6 +19,11 @@ pub(crate) struct FakeReviewer {
     pub(crate) token_reviews: AtomicUsize,
     pub(crate) access_reviews: AtomicUsize,
     pub(crate) failing: AtomicBool,
+    /// How long each token review takes.
+    pub(crate) latency: Mutex<Duration>,
+    in_flight: AtomicUsize,
+    /// The most token reviews seen in flight at once.
+    pub(crate) most_in_flight: AtomicUsize,
 }
 
 impl FakeReviewer {
@@ -41,6 +48,9 @@ impl FakeReviewer {
             token_reviews: AtomicUsize::new(0),
             access_reviews: AtomicUsize::new(0),
             failing: AtomicBool::new(false),
+            latency: Mutex::new(Duration::ZERO),
+            in_flight: AtomicUsize::new(0),
+            most_in_flight: AtomicUsize::new(0),
         }
     }
 
@@ -64,7 +74,16 @@ impl Reviewer for FakeReviewer {
     ) -> BoxFuture<'a, Result<Option<User>, ReviewError>> {
         self.token_reviews.fetch_add(1, Ordering::SeqCst);
         let answer = self.fail().map(|()| self.tokens.get(token).cloned());
-        Box::pin(async move { answer })
+        let latency = *self.latency.lock().expect("latency lock");
+        Box::pin(async move {
+            let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+            self.most_in_flight.fetch_max(now, Ordering::SeqCst);
+            if !latency.is_zero() {
+                tokio::time::sleep(latency).await;
+            }
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
+            answer
+        })
     }
 
     fn review_access<'a>(&'a self, access: Access<'a>) -> BoxFuture<'a, Result<bool, ReviewError>> {

@@ -9,6 +9,7 @@
 pub mod attributes;
 mod cache;
 pub mod review;
+mod tokens;
 pub(crate) mod x509;
 
 use std::collections::BTreeMap;
@@ -188,10 +189,8 @@ impl Rejection {
 }
 
 /// Bearer tokens longer than this are refused without a review (service account tokens
-/// are about 1 KiB), which also bounds the token cache's memory.
+/// are about 1 KiB).
 const MAX_TOKEN_BYTES: usize = 16 * 1024;
-/// Entries of the token cache.
-const TOKEN_CACHE_ENTRIES: usize = 4096;
 /// Entries of the decision cache.
 const DECISION_CACHE_ENTRIES: usize = 8192;
 
@@ -202,7 +201,7 @@ pub struct Auth {
     config: AuthConfig,
     node: String,
     reviewer: Arc<dyn Reviewer>,
-    tokens: TtlCache<String, Option<User>>,
+    tokens: tokens::TokenReviews,
     decisions: TtlCache<DecisionKey, bool>,
 }
 
@@ -222,8 +221,8 @@ impl Auth {
         Self {
             config,
             node: node.to_owned(),
+            tokens: tokens::TokenReviews::new(reviewer.clone(), config.token_cache_ttl),
             reviewer,
-            tokens: TtlCache::new(TOKEN_CACHE_ENTRIES),
             decisions: TtlCache::new(DECISION_CACHE_ENTRIES),
         }
     }
@@ -263,24 +262,19 @@ impl Auth {
     }
 
     async fn review_token(&self, token: &str) -> Result<User, Rejection> {
-        let known = match self.tokens.get(&token.to_owned()) {
-            Some(known) => known,
-            None => {
-                let answer = self.reviewer.review_token(token).await.map_err(|e| {
-                    tracing::warn!(error = %e, "cannot review a bearer token");
-                    Rejection::Unauthorized
-                })?;
-                self.tokens.insert(
-                    token.to_owned(),
-                    answer.clone(),
-                    self.config.token_cache_ttl,
-                );
-                answer
+        match self.tokens.user(token).await {
+            Ok(Some(user)) => Ok(user.authenticated()),
+            Ok(None) => Err(Rejection::Unauthorized),
+            // Not a warning each: a flood of tokens would flood the log too.
+            Err(e @ tokens::TokenError::Busy) => {
+                tracing::debug!(error = %e, "cannot review a bearer token");
+                Err(Rejection::Unauthorized)
             }
-        };
-        known
-            .map(User::authenticated)
-            .ok_or(Rejection::Unauthorized)
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot review a bearer token");
+                Err(Rejection::Unauthorized)
+            }
+        }
     }
 
     async fn authorize(&self, user: &User, method: &str, path: &str) -> Result<(), Rejection> {

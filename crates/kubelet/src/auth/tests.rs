@@ -308,3 +308,142 @@ fn authorization_modes_parse_by_the_kubelets_names() {
     assert_eq!(AuthConfig::default().mode, AuthorizationMode::Webhook);
     assert!(!AuthConfig::default().anonymous);
 }
+
+/// `n` distinct bearer tokens nobody issued, as an attacker would send them.
+fn random_tokens(n: usize) -> Vec<String> {
+    use std::hash::BuildHasher;
+    let seed = std::hash::RandomState::new();
+    (0..n)
+        .map(|i| format!("random-{:016x}-{i}", seed.hash_one(i)))
+        .collect()
+}
+
+fn bearer_header(token: &str) -> Vec<u8> {
+    format!("Bearer {token}").into_bytes()
+}
+
+/// The attack is capped at 10 000 tokens.
+const FLOOD: usize = 10_000;
+
+#[tokio::test(start_paused = true)]
+async fn a_flood_of_random_tokens_is_reviewed_once_each_and_evicts_no_valid_user() {
+    let fake = fake();
+    let gate = gate(AuthConfig::default(), &fake);
+    let reviews = || fake.token_reviews.load(Ordering::SeqCst);
+    let alice = bearer_header("alice-token");
+    assert!(gate.check(None, Some(&alice), "GET", LOGS).await.is_ok());
+    let flood = random_tokens(FLOOD);
+    for token in &flood {
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(
+            gate.check(None, Some(&bearer_header(token)), "GET", LOGS)
+                .await,
+            Err(Rejection::Unauthorized)
+        );
+    }
+    assert_eq!(reviews(), 1 + FLOOD);
+    // The invalid tokens took no place of a valid one: Alice is not reviewed again.
+    assert!(gate.check(None, Some(&alice), "GET", LOGS).await.is_ok());
+    assert_eq!(reviews(), 1 + FLOOD, "the flood evicted alice's token");
+    // The latest invalid tokens are cached as invalid: sent again, not reviewed again.
+    for token in &flood[FLOOD - 1000..] {
+        assert!(
+            gate.check(None, Some(&bearer_header(token)), "GET", LOGS)
+                .await
+                .is_err()
+        );
+    }
+    assert_eq!(reviews(), 1 + FLOOD);
+    // Both caches stay within their bounds.
+    assert_eq!(gate.tokens.cached_len(), (1, tokens::INVALID_ENTRIES));
+    assert_eq!(gate.tokens.flights_len(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_token_sent_many_times_at_once_is_reviewed_once() {
+    let fake = fake();
+    *fake.latency.lock().expect("test") = Duration::from_secs(1);
+    let gate = Arc::new(gate(AuthConfig::default(), &fake));
+    let mut requests = tokio::task::JoinSet::new();
+    for i in 0..200 {
+        let gate = gate.clone();
+        let valid = i % 2 == 0;
+        let token = if valid { "alice-token" } else { "nobody-token" };
+        requests.spawn(async move {
+            let answer = gate
+                .check(None, Some(&bearer_header(token)), "GET", LOGS)
+                .await;
+            answer.is_ok() == valid
+        });
+    }
+    while let Some(right) = requests.join_next().await {
+        assert!(right.expect("test"));
+    }
+    assert_eq!(fake.token_reviews.load(Ordering::SeqCst), 2);
+    assert_eq!(gate.tokens.flights_len(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_that_goes_away_hands_its_review_over_or_ends_it() {
+    let fake = fake();
+    *fake.latency.lock().expect("test") = Duration::from_secs(1);
+    let gate = Arc::new(gate(AuthConfig::default(), &fake));
+    let ask = |gate: Arc<Auth>, token: &'static str| async move {
+        gate.check(None, Some(&bearer_header(token)), "GET", LOGS)
+            .await
+    };
+    // The first request, which runs the review, goes away; the second gets the answer.
+    let first = tokio::spawn(ask(gate.clone(), "alice-token"));
+    tokio::time::advance(Duration::from_millis(10)).await;
+    let second = tokio::spawn(ask(gate.clone(), "alice-token"));
+    tokio::task::yield_now().await;
+    first.abort();
+    assert!(second.await.expect("test").is_ok());
+    assert_eq!(gate.tokens.flights_len(), 0);
+    // A lone request that goes away leaves nothing behind.
+    let lone = tokio::spawn(ask(gate.clone(), "bob-token"));
+    tokio::time::advance(Duration::from_millis(10)).await;
+    assert_eq!(gate.tokens.flights_len(), 1);
+    lone.abort();
+    assert!(lone.await.is_err_and(|e| e.is_cancelled()));
+    assert_eq!(gate.tokens.flights_len(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn token_reviews_in_flight_are_bounded_node_wide_and_nobody_waits_forever() {
+    let fake = fake();
+    let gate = Arc::new(gate(AuthConfig::default(), &fake));
+    let alice = bearer_header("alice-token");
+    assert!(gate.check(None, Some(&alice), "GET", LOGS).await.is_ok());
+    *fake.latency.lock().expect("test") = Duration::from_millis(100);
+    let started = tokio::time::Instant::now();
+    let mut requests = tokio::task::JoinSet::new();
+    for token in random_tokens(FLOOD) {
+        let gate = gate.clone();
+        requests.spawn(async move {
+            gate.check(None, Some(&bearer_header(&token)), "GET", LOGS)
+                .await
+        });
+    }
+    // A user whose token is cached is served at once, flood or not.
+    tokio::task::yield_now().await;
+    assert!(gate.check(None, Some(&alice), "GET", LOGS).await.is_ok());
+    assert_eq!(started.elapsed(), Duration::ZERO);
+    while let Some(answer) = requests.join_next().await {
+        assert_eq!(answer.expect("test"), Err(Rejection::Unauthorized));
+    }
+    let most = fake.most_in_flight.load(Ordering::SeqCst);
+    let reviews = fake.token_reviews.load(Ordering::SeqCst);
+    println!(
+        "{FLOOD} random tokens at once: {reviews} reviews, at most {most} in flight, all answered within {:?}",
+        started.elapsed()
+    );
+    assert!(
+        most <= tokens::IN_FLIGHT,
+        "{most} token reviews in flight at once"
+    );
+    // Whoever waited too long for a turn was answered 401 without a review.
+    assert!(started.elapsed() <= tokens::MAX_WAIT + Duration::from_millis(200));
+    assert!(reviews < FLOOD);
+    assert_eq!(gate.tokens.flights_len(), 0);
+}
