@@ -149,6 +149,19 @@ pub(crate) struct NodeArgs {
     /// as the kubelet's `--node-labels`. They may not replace the labels krustlet sets.
     #[arg(long, env = "KRUSTLET_NODE_LABELS", value_delimiter = ',', value_parser = parse_label)]
     node_labels: Vec<(String, String)>,
+    /// Resources kept back for the system (the kubelet's `--system-reserved`):
+    /// `resource=quantity` pairs separated by commas, of cpu, memory, ephemeral-storage
+    /// (and pid, accepted without effect). Allocatable is capacity less this,
+    /// --kube-reserved and the hard eviction thresholds; all pods' memory together is
+    /// bounded by the allocatable memory.
+    #[arg(long, env = "KRUSTLET_SYSTEM_RESERVED", value_delimiter = ',', value_parser = parse_label)]
+    system_reserved: Vec<(String, String)>,
+    /// Resources kept back for Kubernetes' own daemons, here the agent itself (the
+    /// kubelet's `--kube-reserved`), in the form of --system-reserved. Every pod runs
+    /// inside the agent's process: a memory reserve keeps the agent's own memory out of
+    /// the pods' reach.
+    #[arg(long, env = "KRUSTLET_KUBE_RESERVED", value_delimiter = ',', value_parser = parse_label)]
+    kube_reserved: Vec<(String, String)>,
     /// Seconds between renewals of the node lease; node status is also checked for
     /// changes then (the file's nodeStatusUpdateFrequency sets it).
     #[arg(long, env = "KRUSTLET_NODE_LEASE_RENEW_SECONDS", default_value_t = 10)]
@@ -373,7 +386,19 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
     let node_ip = args.node_ip.unwrap_or_else(|| default_ip(&host));
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
+    protect_from_oom_killer();
+    let eviction_hard =
+        kubelet::eviction::thresholds::parse(&args.eviction_hard).map_err(anyhow::Error::msg)?;
+    let reserved = kubelet::node::reserved::Reserved::default()
+        .add(&args.system_reserved)
+        .and_then(|r| r.add(&args.kube_reserved))?;
+    let node_memory = kubelet::node::reserved::allocatable_memory(
+        kubelet::node::host_facts().memory,
+        &reserved,
+        &eviction_hard,
+    );
     let engine = wasi_runtime::Engine::new(&wasi_runtime::EngineConfig {
+        node_memory_limit: Some(node_memory),
         cache_dir: Some(args.data_dir.join("compiled")),
         log_rotation: wasi_runtime::LogRotation {
             max_size: args.container_log_max_size,
@@ -491,9 +516,9 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
             dir,
             check_frequency: args.file_check_frequency.max(Duration::from_millis(100)),
         }),
+        reserved,
         eviction: kubelet::eviction::Settings {
-            hard: kubelet::eviction::thresholds::parse(&args.eviction_hard)
-                .map_err(anyhow::Error::msg)?,
+            hard: eviction_hard,
             interval: args
                 .eviction_monitoring_interval
                 .max(Duration::from_millis(100)),
@@ -537,6 +562,16 @@ fn standalone_checks(args: &NodeArgs) -> anyhow::Result<()> {
 /// A Go duration (`1m30s`, `10s`, `500ms`, `1h`), as the kubelet's duration flags take.
 fn parse_duration(text: &str) -> Result<Duration, String> {
     kubelet::duration::parse(text).map_err(|e| e.to_string())
+}
+
+/// Makes the agent the last choice of the kernel's OOM killer, as the kubelet sets its
+/// own `oom_score_adj` to -999: every pod lives in this process, so the agent's death
+/// would be every pod's. Warns where the kernel refuses (no `CAP_SYS_RESOURCE`).
+fn protect_from_oom_killer() {
+    const KUBELET_OOM_SCORE_ADJ: &str = "-999";
+    if let Err(e) = std::fs::write("/proc/self/oom_score_adj", KUBELET_OOM_SCORE_ADJ) {
+        tracing::warn!(error = %e, "cannot set the agent's oom_score_adj to -999");
+    }
 }
 
 /// Raises the soft limit on open files to the hard limit, as a daemon holding a log file

@@ -77,6 +77,9 @@ pub struct Config {
     pub auth: auth::AuthConfig,
     /// Pods this node admits at most.
     pub max_pods: u32,
+    /// What the node keeps back from pods (`--system-reserved` and `--kube-reserved`):
+    /// allocatable is capacity less these and the hard eviction thresholds.
+    pub reserved: node::reserved::Reserved,
     /// Labels added to the node at registration (`--node-labels`).
     pub node_labels: std::collections::BTreeMap<String, String>,
     /// Image garbage collection.

@@ -1,6 +1,7 @@
 //! The `Node` object, its status and its `Lease`, kept the way the kubelet keeps them.
 
 mod facts;
+pub mod reserved;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -67,9 +68,8 @@ pub fn default_max_pods(open_files: u64) -> u32 {
     max_pods_for(memory_bytes(), open_files)
 }
 
-/// Capacity and allocatable: the host's CPUs and memory, `max_pods`, and the data dir's
-/// filesystem.
-fn resources(config: &Config, host: Host<'_>) -> BTreeMap<String, Quantity> {
+/// Capacity: the host's CPUs and memory, `max_pods`, and the data dir's filesystem.
+fn capacity(config: &Config, host: Host<'_>) -> BTreeMap<String, Quantity> {
     BTreeMap::from([
         ("cpu".to_owned(), Quantity(host.facts.cpus.to_string())),
         (
@@ -82,6 +82,26 @@ fn resources(config: &Config, host: Host<'_>) -> BTreeMap<String, Quantity> {
             Quantity(format!("{}Ki", host.data_fs_bytes / 1024)),
         ),
     ])
+}
+
+/// Allocatable: capacity less `--system-reserved`, `--kube-reserved` and the hard
+/// eviction thresholds ([`reserved`]).
+fn allocatable(config: &Config, host: Host<'_>) -> BTreeMap<String, Quantity> {
+    let hard = &config.eviction.hard;
+    let cpu = reserved::allocatable_cpu_millis(host.facts.cpus, &config.reserved);
+    let memory = reserved::allocatable_memory(host.facts.memory, &config.reserved, hard);
+    let storage = reserved::allocatable_storage(host.data_fs_bytes, &config.reserved, hard);
+    let mut resources = capacity(config, host);
+    resources.insert("cpu".to_owned(), Quantity(format!("{cpu}m")));
+    resources.insert(
+        "memory".to_owned(),
+        Quantity(format!("{}Ki", memory / 1024)),
+    );
+    resources.insert(
+        "ephemeral-storage".to_owned(),
+        Quantity(format!("{}Ki", storage / 1024)),
+    );
+    resources
 }
 
 /// The node's conditions. `transition` sets every `lastTransitionTime` (registration, a
@@ -174,8 +194,8 @@ fn status(
     (readiness, transition): (Readiness, bool),
     (pressure, pressure_changed): (Pressure, bool),
 ) -> NodeStatus {
-    // One measurement of the host: capacity and allocatable are the same.
-    let resources = resources(config, host);
+    // One measurement of the host for both.
+    let (capacity, allocatable) = (capacity(config, host), allocatable(config, host));
     NodeStatus {
         addresses: Some(vec![
             NodeAddress {
@@ -187,8 +207,8 @@ fn status(
                 address: host.facts.hostname.clone(),
             },
         ]),
-        capacity: Some(resources.clone()),
-        allocatable: Some(resources),
+        capacity: Some(capacity),
+        allocatable: Some(allocatable),
         conditions: Some(conditions(
             readiness == Readiness::Ready,
             match readiness {

@@ -158,6 +158,7 @@ pub(crate) mod tests {
             client_ca_file: None,
             auth: crate::auth::AuthConfig::default(),
             max_pods: 1,
+            reserved: Default::default(),
             node_labels: std::collections::BTreeMap::new(),
             image_gc: crate::images::GcPolicy::default(),
             lease_renew_interval: std::time::Duration::from_secs(1),

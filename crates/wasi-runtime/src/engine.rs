@@ -45,6 +45,10 @@ pub struct EngineConfig {
     pub max_open_handles: usize,
     /// Instances, memories and tables one container may create.
     pub store_caps: StoreCaps,
+    /// Bytes the linear memories and tables of all containers together may take (the
+    /// node's allocatable memory, as the kubelet bounds the cgroup of all pods); a growth
+    /// past it ends the growing container out of memory. `None`: unbounded.
+    pub node_memory_limit: Option<u64>,
     /// The pool of per-request instances of served components.
     pub serving_pool: ServingPool,
     /// Count each container's CPU time (default). Off, nothing is counted and CPU
@@ -64,6 +68,7 @@ impl Default for EngineConfig {
             guest_threads: cores,
             max_open_handles: 1024,
             store_caps: StoreCaps::default(),
+            node_memory_limit: None,
             serving_pool: ServingPool::default(),
             cpu_accounting: true,
         }
@@ -192,6 +197,8 @@ pub struct Engine {
     /// Per-container caps.
     pub(crate) max_open_handles: usize,
     pub(crate) store_caps: StoreCaps,
+    /// The memory of all containers together, within the node's limit.
+    pub(crate) node_memory: crate::limits::Budget,
     /// wasmtime's on-disk cache, whose hits and misses are counted.
     disk_cache: Option<Cache>,
     /// Starts, and the nanoseconds they took in all.
@@ -293,6 +300,7 @@ impl Engine {
             guest,
             max_open_handles: config.max_open_handles,
             store_caps: config.store_caps,
+            node_memory: crate::limits::Budget::new(Arc::default(), config.node_memory_limit),
             disk_cache,
             starts: Arc::default(),
             log_rotation: config.log_rotation,
@@ -345,6 +353,12 @@ impl Engine {
     /// As [`Engine::module`], and [`Error::Compile`] when no slot came free in time.
     pub async fn module_for(&self, key: &str, wasm: Arc<[u8]>, pod: &str) -> Result<Compiled> {
         self.compiler.get(key, wasm, pod).await
+    }
+
+    /// Bytes the linear memories and tables of all containers hold now.
+    #[must_use]
+    pub fn memory_in_use(&self) -> u64 {
+        self.node_memory.used()
     }
 
     /// Forgets the compiled module for `key` (its image was removed). Its native code

@@ -29,7 +29,7 @@ mod serve;
 
 pub use allow::{AllowList, OnRefused, refused_total};
 pub use engine::{Compiled, Engine, EngineConfig, EngineStats, is_component};
-pub use limits::{MemoryLimitReached, StoreCaps, TABLE_ELEMENT_BYTES};
+pub use limits::{LimitOf, MemoryLimitReached, StoreCaps, TABLE_ELEMENT_BYTES};
 pub use logs::LogRotation;
 pub use meter::{CPU_PERIOD, CpuShare, Meter, Usage};
 pub use pool::{DEFAULT_REQUEST_TIMEOUT, QUEUE_WAIT, ServingPool};

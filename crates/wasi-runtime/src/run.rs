@@ -13,7 +13,7 @@ use wasmtime_wasi::p2::bindings::CommandPre;
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::engine::Compiled;
-use crate::limits::Limits;
+use crate::limits::{Budget, Limits};
 use crate::meter::{CpuShare, Meter};
 
 use crate::logs::{LogFile, Stream};
@@ -283,7 +283,11 @@ impl Engine {
         let mut builder = self.wasi_builder(&spec)?;
         let meter = Meter::with_clock(spec.cpu, compiled.code_bytes(), self.cpu_accounting);
         let slice = spec.cpu.slice_ticks();
-        let limits = Limits::new(spec.memory_limit, self.store_caps, meter.memory_gauge());
+        let limits = Limits::new(
+            Budget::new(meter.memory_gauge(), spec.memory_limit),
+            self.node_memory.clone(),
+            self.store_caps,
+        );
         let (tx, mut killed) = watch::channel(Stop::Run);
         let (starts, start_nanos) = (self.starts.clone(), self.start_nanos.clone());
         let count_start = move || {

@@ -32,7 +32,7 @@ use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
-use crate::limits::Limits;
+use crate::limits::{Budget, Limits};
 use crate::logs::{LogFile, Stream};
 use crate::meter::Meter;
 use crate::outgoing::Outgoing;
@@ -88,6 +88,8 @@ pub(crate) struct Server {
     pub(crate) wasi: Box<dyn Fn() -> Result<WasiCtx, String> + Send + Sync>,
     pub(crate) outgoing: Outgoing,
     pub(crate) memory_limit: Option<u64>,
+    /// The memory of all the node's containers, within the node's limit.
+    pub(crate) node_memory: Budget,
     /// The container's accounting, which every request's instance counts into.
     pub(crate) meter: Meter,
     /// Epoch ticks an instance runs before it yields.
@@ -208,6 +210,7 @@ impl Engine {
                 log: Some(log.clone()),
             },
             memory_limit: spec.memory_limit,
+            node_memory: self.node_memory.clone(),
             meter: meter.clone(),
             slice: spec.cpu.slice_ticks(),
             store_caps: self.store_caps,
@@ -403,9 +406,9 @@ impl Server {
             http: WasiHttpCtx::new(),
             outgoing: self.outgoing.clone(),
             limits: Limits::new(
-                self.memory_limit,
+                Budget::new(self.meter.memory_gauge(), self.memory_limit),
+                self.node_memory.clone(),
                 self.store_caps,
-                self.meter.memory_gauge(),
             ),
         };
         let mut store = Store::new(&self.engine, state);

@@ -4,7 +4,8 @@
 /// Why a field is not honoured, by kind of field.
 const CGROUPS: &str = "wasm pods run inside krustlet's process, not in cgroups of their own; \
                        their CPU and memory limits are enforced by the wasm runtime";
-const RESERVED: &str = "krustlet reports allocatable equal to capacity and reserves nothing";
+const RESERVED: &str = "krustlet reserves by --system-reserved and --kube-reserved only, \
+                        with no NUMA placement or exclusive CPUs";
 const CPU_PLACEMENT: &str = "wasm pods get no exclusive CPUs, NUMA or memory placement";
 const NO_PROCESSES: &str = "wasm pods are not processes: there are no PIDs, swap, OOM scores, \
                             sysctls or seccomp profiles to set";
@@ -30,8 +31,6 @@ pub const UNSUPPORTED: &[(&str, &str)] = &[
     ("failCgroupV1", CGROUPS),
     ("memoryThrottlingFactor", CGROUPS),
     ("qosReserved", CGROUPS),
-    ("systemReserved", RESERVED),
-    ("kubeReserved", RESERVED),
     ("reservedMemory", RESERVED),
     ("reservedSystemCPUs", RESERVED),
     ("cpuManagerPolicy", CPU_PLACEMENT),

@@ -94,6 +94,10 @@ file_config! {
     max_pods: u32,
     insecure_registries: Vec<String>,
     node_labels: Labels,
+    /// The kubelet file's map (`systemReserved: {memory: 256Mi}`).
+    system_reserved: Labels,
+    /// The kubelet file's map (`kubeReserved: {memory: 256Mi}`).
+    kube_reserved: Labels,
     node_lease_renew_seconds: u64,
     node_lease_duration_seconds: i32,
     node_status_report_seconds: u64,
@@ -135,7 +139,8 @@ file_config! {
     container_log_max_files: u32,
 }
 
-/// `nodeLabels` as the file writes them, a map; the flag's `key=value` pairs in key order.
+/// `nodeLabels` (and `systemReserved`, `kubeReserved`) as the file writes them, a map;
+/// the flag's `key=value` pairs in key order.
 #[derive(Debug, Deserialize)]
 #[serde(transparent)]
 struct Labels(BTreeMap<String, String>);
@@ -430,6 +435,24 @@ mod tests {
     #[test]
     fn unknown_keys_are_rejected() {
         assert!(yaml_serde::from_str::<FileConfig>("nodeNmae: typo\n").is_err());
+    }
+
+    #[test]
+    fn reserves_from_the_file_are_pairs_as_the_flags_give_them() {
+        let args = parse(
+            &["krustlet", "--kube-reserved", "memory=1Gi"],
+            "systemReserved: {memory: 256Mi, cpu: 100m}\nkubeReserved: {memory: 512Mi}\n",
+        );
+        let pairs = |p: &[(&str, &str)]| -> Vec<(String, String)> {
+            p.iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        assert_eq!(
+            args.system_reserved,
+            pairs(&[("cpu", "100m"), ("memory", "256Mi")])
+        );
+        assert_eq!(args.kube_reserved, pairs(&[("memory", "1Gi")]));
     }
 
     #[test]

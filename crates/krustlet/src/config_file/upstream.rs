@@ -71,6 +71,8 @@ const MAPPED: &[(&str, &str, Convert)] = &[
         Convert::Same,
     ),
     ("maxPods", "maxPods", Convert::Same),
+    ("systemReserved", "systemReserved", Convert::Same),
+    ("kubeReserved", "kubeReserved", Convert::Same),
     (
         "imageGCHighThresholdPercent",
         "imageGcHighThresholdPercent",

@@ -69,6 +69,7 @@ impl Harness {
             client_ca_file: None,
             auth: crate::auth::AuthConfig::default(),
             max_pods: 110,
+            reserved: Default::default(),
             node_labels: std::collections::BTreeMap::new(),
             image_gc: crate::images::GcPolicy::default(),
             lease_renew_interval: Duration::from_secs(10),
