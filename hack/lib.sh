@@ -56,6 +56,19 @@ unmount_under() {
     done
 }
 
+# write_private FILE: stdin into FILE, mode 0600 whatever the caller's umask (mktemp
+# makes its file so), then renamed into place: no reader sees half of it, and an older
+# file that others could read is replaced, not rewritten with its mode kept.
+write_private() {
+  local file=$1 tmp
+  tmp=$(mktemp "$file.XXXXXX")
+  if cat >"$tmp" && mv -f "$tmp" "$file"; then
+    return 0
+  fi
+  rm -f "$tmp"
+  return 1
+}
+
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 warn() { log "warning: $*"; }

@@ -10,6 +10,7 @@ mod certificates;
 mod deep_trees;
 mod faults;
 mod fleet;
+mod host;
 mod hostile;
 mod images;
 mod kubelet_config;
