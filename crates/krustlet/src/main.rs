@@ -390,8 +390,8 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
     let eviction_hard =
         kubelet::eviction::thresholds::parse(&args.eviction_hard).map_err(anyhow::Error::msg)?;
     let reserved = kubelet::node::reserved::Reserved::default()
-        .add(&args.system_reserved)
-        .and_then(|r| r.add(&args.kube_reserved))?;
+        .with_pairs(&args.system_reserved)
+        .and_then(|r| r.with_pairs(&args.kube_reserved))?;
     let node_memory = kubelet::node::reserved::allocatable_memory(
         kubelet::node::host_facts().memory,
         &reserved,

@@ -51,7 +51,7 @@ impl Reserved {
     ///
     /// # Errors
     /// An unknown resource or an amount that does not parse.
-    pub fn add(mut self, pairs: &[(String, String)]) -> Result<Self, ReservedError> {
+    pub fn with_pairs(mut self, pairs: &[(String, String)]) -> Result<Self, ReservedError> {
         for (resource, value) in pairs {
             let amount = |f: fn(Quantity) -> Result<u64, QuantityError>| {
                 value
@@ -139,12 +139,14 @@ mod tests {
     #[test]
     fn system_and_kube_reserves_add_up() {
         let r = Reserved::default()
-            .add(&pairs(&[
+            .with_pairs(&pairs(&[
                 ("cpu", "100m"),
                 ("memory", "256Mi"),
                 ("pid", "100"),
             ]))
-            .and_then(|r| r.add(&pairs(&[("memory", "256Mi"), ("ephemeral-storage", "1Gi")])))
+            .and_then(|r| {
+                r.with_pairs(&pairs(&[("memory", "256Mi"), ("ephemeral-storage", "1Gi")]))
+            })
             .expect("valid");
         assert_eq!(
             r,
@@ -155,12 +157,12 @@ mod tests {
             }
         );
         assert_eq!(
-            Reserved::default().add(&pairs(&[("gpu", "1")])),
+            Reserved::default().with_pairs(&pairs(&[("gpu", "1")])),
             Err(ReservedError::Resource("gpu".to_owned()))
         );
         assert!(
             Reserved::default()
-                .add(&pairs(&[("memory", "lots")]))
+                .with_pairs(&pairs(&[("memory", "lots")]))
                 .is_err()
         );
     }
