@@ -77,6 +77,7 @@ impl TokenReviews {
         }
     }
 
+    /// The cache key of `token`.
     fn key(&self, token: &str) -> TokenKey {
         let mut hash = sha2::Sha256::new();
         hash.update(self.salt);
@@ -84,6 +85,7 @@ impl TokenReviews {
         TokenKey(hash.finalize().into())
     }
 
+    /// The cached answer for `key`: `Some(None)` for a token known to be invalid.
     fn cached(&self, key: &TokenKey) -> Option<Option<User>> {
         if let Some(user) = self.valid.get(key) {
             return Some(Some(user));
@@ -148,12 +150,14 @@ struct Flight<'a> {
     answer: Arc<OnceCell<Answer>>,
 }
 
+/// The reviews under way, locked.
 fn lock(flights: &Flights) -> MutexGuard<'_, HashMap<TokenKey, Arc<OnceCell<Answer>>>> {
     // The map stays consistent whatever panicked while it was held.
     flights.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl<'a> Flight<'a> {
+    /// A share in the review of `key` under way, or in a new one.
     fn join(flights: &'a Flights, key: TokenKey) -> Self {
         let answer = lock(flights).entry(key).or_default().clone();
         Self {
