@@ -103,13 +103,27 @@ pub fn read_dir(dir: &Path, node: &str) -> (Vec<Pod>, Vec<String>) {
     (pods, problems)
 }
 
-/// A regular file's text (`None` for a directory or another kind of file), refused over
-/// [`MAX_MANIFEST_BYTES`] whatever it declares.
+/// A regular file's text (`None` for a directory, skipped as the kubelet skips it),
+/// refused over [`MAX_MANIFEST_BYTES`] whatever it declares. Any other kind of file (a
+/// FIFO, a socket, a device; a link is followed, as the kubelet follows it) is refused
+/// without being opened, since opening a FIFO waits for a writer, forever; the file is
+/// opened non-blocking and checked again once open, in case it was replaced in between.
 fn read_manifest(path: &Path) -> Result<Option<String>, String> {
-    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    use rustix::fs::{Mode, OFlags};
+    let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
+    if meta.is_dir() {
+        return Ok(None);
+    }
+    if !meta.is_file() {
+        return Err(not_regular(&meta));
+    }
+    let flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC;
+    let fd = rustix::fs::open(path, flags, Mode::empty())
+        .map_err(|e| std::io::Error::from(e).to_string())?;
+    let file = std::fs::File::from(fd);
     let meta = file.metadata().map_err(|e| e.to_string())?;
     if !meta.is_file() {
-        return Ok(None);
+        return Err(not_regular(&meta));
     }
     let mut bytes = Vec::new();
     file.take(MAX_MANIFEST_BYTES + 1)
@@ -121,6 +135,23 @@ fn read_manifest(path: &Path) -> Result<Option<String>, String> {
     String::from_utf8(bytes)
         .map(Some)
         .map_err(|_| "not UTF-8 text".to_owned())
+}
+
+/// Why a file that is not a regular one is skipped (the kubelet's "not a directory or
+/// file"), naming its kind.
+fn not_regular(meta: &std::fs::Metadata) -> String {
+    use std::os::unix::fs::FileTypeExt;
+    let kind = meta.file_type();
+    let what = if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_socket() {
+        "a socket"
+    } else if kind.is_char_device() || kind.is_block_device() {
+        "a device"
+    } else {
+        "of another kind"
+    };
+    format!("not a regular file ({what}); skipped")
 }
 
 /// The pods of one manifest: YAML or JSON, one or several documents (`---`), each a

@@ -155,3 +155,51 @@ fn the_directory_is_read_in_order_skipping_hidden_large_and_duplicate() {
     assert!(none.is_empty());
     assert_eq!(problems.len(), 1);
 }
+
+/// A FIFO that no one ever writes to sits in the directory before a valid manifest (and
+/// a link to it after): the manifest's pod is read, each FIFO is reported and skipped,
+/// and the read ends (the bound only keeps a reader that waits from hanging the test).
+#[tokio::test]
+async fn a_fifo_in_the_directory_is_skipped_not_waited_on() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("hello.yaml"), HELLO).expect("write");
+    let fifo = dir.path().join("a-fifo.yaml");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo runs");
+    assert!(made.success(), "mkfifo {}", fifo.display());
+    std::os::unix::fs::symlink(&fifo, dir.path().join("z-link.yaml")).expect("symlink");
+    let path = dir.path().to_owned();
+    let mut read = tokio::task::spawn_blocking(move || read_dir(&path, "n"));
+    let outcome = tokio::time::timeout(std::time::Duration::from_secs(60), &mut read).await;
+    let Ok(joined) = outcome else {
+        // A reader blocked in open(2) waits for a writer: be one (non-blocking, so that
+        // this never waits itself) each time it waits, so that its thread ends and the
+        // test fails rather than hangs. Bounded: 60 s at most.
+        for _ in 0..6000 {
+            if read.is_finished() {
+                break;
+            }
+            let _ = rustix::fs::open(
+                &fifo,
+                rustix::fs::OFlags::WRONLY | rustix::fs::OFlags::NONBLOCK,
+                rustix::fs::Mode::empty(),
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("the reader waited on the FIFO for 60 s");
+    };
+    let (pods, problems) = joined.expect("the reader ran");
+    let names: Vec<_> = pods
+        .iter()
+        .map(|p| p.metadata.name.clone().expect("name"))
+        .collect();
+    assert_eq!(names, ["hello-n"]);
+    assert_eq!(problems.len(), 2, "{problems:?}");
+    assert!(
+        problems[0].contains("a-fifo.yaml") && problems[0].contains("not a regular file"),
+        "{problems:?}"
+    );
+    assert!(problems[1].contains("z-link.yaml"), "{problems:?}");
+}
