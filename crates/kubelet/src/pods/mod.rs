@@ -18,6 +18,7 @@ pub mod status;
 mod termination;
 #[cfg(test)]
 pub(crate) mod testing;
+pub(crate) mod uid;
 mod worker;
 mod writer;
 pub use writer::StatusBook;
@@ -130,13 +131,14 @@ impl PodsHandle {
     }
 }
 
-/// `namespace_name_uid`, the kubelet's directory name for a pod.
+/// `namespace_name_uid`, the kubelet's directory name for a pod; a UID that could name
+/// another place is replaced by a hash of it (see [`uid::path_part`]).
 pub(crate) fn pod_dir_name(pod: &Pod) -> String {
     format!(
         "{}_{}_{}",
         pod.namespace().unwrap_or_default(),
         pod.name_any(),
-        pod.uid().unwrap_or_default()
+        uid::path_part(&pod.uid().unwrap_or_default())
     )
 }
 
@@ -550,7 +552,8 @@ fn dispatch(ctx: &Arc<Ctx>, workers: &mut HashMap<String, Worker>, pod: Pod) {
             .map(|p| &**p)
             .filter(|p| !status::is_terminal(p))
             .collect();
-        admission::fit(&pod, &others, ctx.config.max_pods as usize)
+        uid::admit(&pod)
+            .or_else(|| admission::fit(&pod, &others, ctx.config.max_pods as usize))
             .or_else(|| crate::eviction::admit(&pod, ctx.pressure.get()))
             .or_else(|| crate::shutdown::admit(ctx.shutting_down.get()))
     };

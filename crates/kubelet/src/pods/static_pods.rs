@@ -2,7 +2,9 @@
 //! every `fileCheckFrequency`, each document a pod of this node. A pod from a file is
 //! named `<name>-<node>`, lives in `default` unless it says otherwise, and gets its UID
 //! from its file, its content and the node, so that a changed manifest is a new pod (the
-//! old one is stopped) and an unchanged one keeps its UID across restarts of the agent.
+//! old one is stopped) and an unchanged one keeps its UID across restarts of the agent;
+//! a UID the manifest sets itself is kept, as the kubelet keeps it, if it can name a
+//! directory (`uid.rs`).
 //! Mirror pods, their copies in the API, are `mirror.rs`'s.
 
 use std::collections::{BTreeMap, HashSet};
@@ -208,7 +210,10 @@ fn pod_of(value: serde_json::Value, path: &Path, index: usize, node: &str) -> Re
     let meta = &mut pod.metadata;
     meta.name = Some(name);
     meta.namespace = Some(meta.namespace.take().unwrap_or_else(|| "default".into()));
-    meta.uid = Some(meta.uid.take().unwrap_or_else(|| hash.clone()));
+    // The manifest's own UID is kept, as the kubelet keeps it (`validate` took it); none,
+    // or an empty one, is the hash.
+    let own = meta.uid.take().filter(|uid| !uid.is_empty());
+    meta.uid = Some(own.unwrap_or_else(|| hash.clone()));
     meta.resource_version = None;
     meta.generate_name = None;
     let annotations = meta.annotations.get_or_insert_with(BTreeMap::new);
@@ -226,6 +231,12 @@ fn validate(pod: &Pod) -> Result<(), String> {
     let name = pod.metadata.name.as_deref().unwrap_or_default();
     if name.is_empty() {
         return Err("metadata.name is required".into());
+    }
+    // A UID names the pod's directory: one that could name another place is refused.
+    if let Some(uid) = pod.metadata.uid.as_deref().filter(|uid| !uid.is_empty())
+        && let Err(e) = super::uid::check(uid)
+    {
+        return Err(format!("metadata.uid {e}"));
     }
     if let Some(ns) = &pod.metadata.namespace
         && (ns.len() > 63 || !is_label(ns))

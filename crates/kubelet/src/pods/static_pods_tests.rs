@@ -203,3 +203,27 @@ async fn a_fifo_in_the_directory_is_skipped_not_waited_on() {
     );
     assert!(problems[1].contains("z-link.yaml"), "{problems:?}");
 }
+
+/// [`HELLO`] with `metadata.uid` set to `uid`.
+fn with_uid(uid: &str) -> String {
+    let quoted = serde_json::to_string(uid).expect("a JSON string");
+    HELLO.replace(
+        "  name: hello\n",
+        &format!("  name: hello\n  uid: {quoted}\n"),
+    )
+}
+
+#[test]
+fn a_manifest_uid_that_could_name_another_path_refuses_the_manifest() {
+    let long = "a".repeat(300);
+    for uid in ["../../x", "a/b", "..", "a\0b", long.as_str()] {
+        let err = parse(&with_uid(uid), Path::new("/p/x.yaml"), "n").expect_err(uid);
+        assert!(err.contains("metadata.uid"), "{uid:?}: {err}");
+    }
+    // A plain UID the manifest gives is kept, as the kubelet keeps it.
+    let kept = one(&with_uid("0b9e3c1a-static-web"));
+    assert_eq!(kept.metadata.uid.as_deref(), Some("0b9e3c1a-static-web"));
+    // An empty one is no UID: the hash is, as the kubelet computes one.
+    let hashed = one(&with_uid("")).metadata.uid.expect("uid");
+    assert_eq!(hashed.len(), 32);
+}
