@@ -1,5 +1,6 @@
 //! `krustlet`: a Kubernetes node agent whose pods are WebAssembly (WASI) modules.
 
+mod address;
 mod config_file;
 mod credentials;
 mod runtime;
@@ -99,9 +100,11 @@ pub(crate) struct NodeArgs {
     /// name's first address].
     #[arg(long, env = "KRUSTLET_NODE_IP")]
     node_ip: Option<IpAddr>,
-    /// Address the kubelet API listens on.
-    #[arg(long, env = "KRUSTLET_ADDRESS", default_value = "0.0.0.0")]
-    address: IpAddr,
+    /// Address the kubelet API listens on [default: 0.0.0.0; 127.0.0.1 in standalone
+    /// mode with --anonymous-auth and --authorization-mode AlwaysAllow, where anyone who
+    /// reaches the port may do anything].
+    #[arg(long, env = "KRUSTLET_ADDRESS")]
+    address: Option<IpAddr>,
     /// Port of the kubelet API (HTTPS), reported in the node's daemonEndpoints.
     #[arg(long, env = "KRUSTLET_PORT", default_value_t = 10250)]
     port: u16,
@@ -470,7 +473,7 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
     }
     let (shutdown, begin_node_shutdown) = shutdown_on_signal(node_shutdown.enabled());
     // No kubeconfig of any kind: standalone mode, as the kubelet without --kubeconfig.
-    let standalone = args.kubeconfig.is_none() && args.bootstrap_kubeconfig.is_none();
+    let standalone = address::standalone(&args);
     let (client, rotation) = if standalone {
         standalone_checks(&args)?;
         (None, None)
@@ -482,7 +485,7 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
     let config = kubelet::Config {
         node_name,
         node_ip,
-        bind_address: args.address,
+        bind_address: address::listen_address(&args),
         port: args.port,
         data_dir: args.data_dir,
         cert_dir,

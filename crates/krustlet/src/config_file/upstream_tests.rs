@@ -40,7 +40,7 @@ evictionHard:
 fn the_documentation_example_parses_with_no_warning() {
     let (args, warnings) = parse(&["krustlet"], DOCUMENTATION_EXAMPLE);
     assert!(warnings.is_empty(), "{warnings:?}");
-    assert_eq!(args.address.to_string(), "192.168.0.8");
+    assert_eq!(args.address, Some(std::net::IpAddr::from([192, 168, 0, 8])));
     assert_eq!(args.port, 20250);
     assert_eq!(
         args.eviction_hard,
@@ -155,8 +155,8 @@ fn every_mapped_field_reaches_its_setting_and_flags_win() {
     let (a, warnings) = parse(&["krustlet"], &yaml);
     assert!(warnings.is_empty(), "{warnings:?}");
     assert_eq!(
-        (a.address.to_string().as_str(), a.port),
-        ("127.0.0.2", 11250)
+        (a.address, a.port),
+        (Some(std::net::IpAddr::from([127, 0, 0, 2])), 11250)
     );
     assert_eq!(a.cert_file.as_deref(), Some(std::path::Path::new("/c.pem")));
     assert_eq!(
