@@ -120,9 +120,15 @@ pub(crate) struct NodeArgs {
     private_key_file: Option<PathBuf>,
     /// CA bundle that authenticates client certificates of the kubelet API (user = the
     /// common name, groups = the organizations), such as the API server's kubelet client
-    /// certificate. Bearer tokens are authenticated by TokenReview either way.
+    /// certificate.
     #[arg(long, env = "KRUSTLET_CLIENT_CA_FILE")]
     client_ca_file: Option<PathBuf>,
+    /// Authenticate bearer tokens at the kubelet API by TokenReview. When false, a bearer
+    /// token is no credential: the request is served as `system:anonymous` with
+    /// --anonymous-auth, and answered 401 without it (the kubelet's flag, whose default
+    /// here is its config file's, true).
+    #[arg(long, env = "KRUSTLET_AUTHENTICATION_TOKEN_WEBHOOK", default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    authentication_token_webhook: bool,
     /// Serve kubelet API requests without credentials as `system:anonymous` (still
     /// subject to authorization) instead of answering 401.
     #[arg(long, env = "KRUSTLET_ANONYMOUS_AUTH", default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
@@ -495,6 +501,7 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         client_ca_file: args.client_ca_file,
         auth: kubelet::auth::AuthConfig {
             anonymous: args.anonymous_auth,
+            token_webhook: args.authentication_token_webhook,
             mode: args.authorization_mode,
             token_cache_ttl: args.authentication_token_webhook_cache_ttl,
             authorized_ttl: args.authorization_webhook_cache_authorized_ttl,

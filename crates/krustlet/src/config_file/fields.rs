@@ -151,9 +151,4 @@ pub const FIXED: &[(&str, &str, &str)] = &[
         "100ms",
         "CPU limits are enforced over 100ms periods",
     ),
-    (
-        "authentication.webhook.enabled",
-        "true",
-        "bearer tokens are always checked by TokenReview",
-    ),
 ];

@@ -84,6 +84,7 @@ file_config! {
     private_key_file: PathBuf,
     client_ca_file: PathBuf,
     anonymous_auth: bool,
+    authentication_token_webhook: bool,
     authorization_mode: kubelet::auth::AuthorizationMode,
     #[serde(default, deserialize_with = "go_duration")]
     authentication_token_webhook_cache_ttl: Duration,

@@ -49,6 +49,12 @@ const MAPPED: &[(&str, &str, Convert)] = &[
         "anonymousAuth",
         Convert::Same,
     ),
+    // The kubelet's pointer field: false is a value (off), not "the default" (on).
+    (
+        "authentication.webhook.enabled",
+        "authenticationTokenWebhook",
+        Convert::ZeroCounts,
+    ),
     (
         "authentication.webhook.cacheTTL",
         "authenticationTokenWebhookCacheTtl",

@@ -381,3 +381,22 @@ fn every_setting_is_reachable_from_the_upstream_kind() {
         );
     }
 }
+
+/// `authentication.webhook.enabled: false` turns bearer-token authentication off, as in
+/// the kubelet (no warning: it is honoured); unset it stays on; a flag still wins.
+#[test]
+fn the_token_webhook_can_be_turned_off_by_the_file() {
+    let off = format!("{HEADER}authentication:\n  webhook:\n    enabled: false\n");
+    let (args, warnings) = parse(&["krustlet"], &off);
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert!(!args.authentication_token_webhook);
+    let (args, _) = parse(&["krustlet"], HEADER);
+    assert!(args.authentication_token_webhook);
+    let (args, _) = parse(&["krustlet", "--authentication-token-webhook"], &off);
+    assert!(args.authentication_token_webhook);
+    let (args, _) = parse(
+        &["krustlet", "--authentication-token-webhook=false"],
+        HEADER,
+    );
+    assert!(!args.authentication_token_webhook);
+}

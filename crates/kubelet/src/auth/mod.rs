@@ -1,7 +1,8 @@
 //! Who may call the kubelet API, as the kubelet decides it: authentication by verified
-//! client certificate (`--client-ca-file`) or bearer token (`TokenReview`), anonymous
-//! only with `--anonymous-auth`; authorization by `SubjectAccessReview` of the kubelet's
-//! attributes ([`attributes`]) unless `--authorization-mode AlwaysAllow`; both cached.
+//! client certificate (`--client-ca-file`) or bearer token (`TokenReview`, unless
+//! `--authentication-token-webhook=false`), anonymous only with `--anonymous-auth`;
+//! authorization by `SubjectAccessReview` of the kubelet's attributes ([`attributes`])
+//! unless `--authorization-mode AlwaysAllow`; both cached.
 //!
 //! - [`attributes`]: path and method to `nodes/<subresource>` and verb.
 //! - [`review`]: the API server's answers (and the trait a test fakes).
@@ -104,6 +105,11 @@ pub struct AuthConfig {
     /// Whether requests without credentials are served as `system:anonymous`
     /// (`--anonymous-auth`, default false); otherwise they get 401.
     pub anonymous: bool,
+    /// Whether bearer tokens are authenticated by `TokenReview`
+    /// (`--authentication-token-webhook`, `authentication.webhook.enabled`, default
+    /// true). When false a bearer token is no credential at all, as in the kubelet: the
+    /// request is anonymous when that is allowed, 401 otherwise.
+    pub token_webhook: bool,
     /// `--authorization-mode` (default `Webhook`).
     pub mode: AuthorizationMode,
     /// How long token reviews are cached (`--authentication-token-webhook-cache-ttl`,
@@ -121,6 +127,7 @@ impl Default for AuthConfig {
     fn default() -> Self {
         Self {
             anonymous: false,
+            token_webhook: true,
             mode: AuthorizationMode::Webhook,
             token_cache_ttl: Duration::from_secs(120),
             authorized_ttl: Duration::from_secs(300),
@@ -254,7 +261,13 @@ impl Auth {
         if let Some(user) = peer {
             return Ok(user.clone().authenticated());
         }
-        match bearer(authorization) {
+        let credential = match bearer(authorization) {
+            // Without the token webhook the kubelet has no token authenticator: a bearer
+            // token is no credential, the request is as one without any.
+            Bearer::Token(_) | Bearer::Invalid if !self.config.token_webhook => Bearer::None,
+            credential => credential,
+        };
+        match credential {
             Bearer::None if self.config.anonymous => Ok(User::anonymous()),
             Bearer::None | Bearer::Invalid => Err(Rejection::Unauthorized),
             Bearer::Token(token) => self.review_token(token).await,
@@ -353,3 +366,5 @@ fn bearer(header: Option<&[u8]>) -> Bearer<'_> {
 pub(crate) mod fake;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod token_webhook_tests;
