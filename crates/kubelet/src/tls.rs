@@ -108,6 +108,27 @@ fn initial(config: &Config, provider: &rustls::crypto::CryptoProvider) -> Result
     Ok(Slot::with(Arc::new(certified)))
 }
 
+/// The verifier of client certificates against the `--client-ca-file` bundle: webpki's,
+/// which at each handshake checks the chain's signatures, the client-auth usage and
+/// every certificate's validity (not before and not after) against the time, as Go's
+/// crypto/tls does for the kubelet. A client without a certificate passes, to be
+/// authenticated by token or as anonymous.
+fn client_verifier(
+    ca: &Path,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in read_certs(ca)? {
+        roots
+            .add(c)
+            .map_err(|e| Error::Server(format!("client CA: {e}")))?;
+    }
+    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| Error::Server(format!("client CA: {e}")))
+}
+
 /// The TLS acceptor for the kubelet API, and the slot of the certificate it serves (read
 /// at each handshake: a rotation reaches new connections only).
 pub(crate) fn acceptor(config: &Config) -> Result<(TlsAcceptor, Arc<Slot>)> {
@@ -117,19 +138,7 @@ pub(crate) fn acceptor(config: &Config) -> Result<(TlsAcceptor, Arc<Slot>)> {
         .with_safe_default_protocol_versions()
         .map_err(|e| Error::Server(e.to_string()))?;
     let builder = match &config.client_ca_file {
-        Some(ca) => {
-            let mut roots = rustls::RootCertStore::empty();
-            for c in read_certs(ca)? {
-                roots
-                    .add(c)
-                    .map_err(|e| Error::Server(format!("client CA: {e}")))?;
-            }
-            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-                .allow_unauthenticated()
-                .build()
-                .map_err(|e| Error::Server(format!("client CA: {e}")))?;
-            builder.with_client_cert_verifier(verifier)
-        }
+        Some(ca) => builder.with_client_cert_verifier(client_verifier(ca, provider)?),
         None => builder.with_no_client_auth(),
     };
     let mut server = builder.with_cert_resolver(Arc::new(ServingResolver(slot.clone())));
@@ -219,6 +228,41 @@ pub(crate) mod tests {
             ..rotating
         };
         assert!(acceptor(&both).is_err());
+    }
+
+    /// A guard: a client certificate of the CA is refused before its validity starts and
+    /// after it ends, and accepted within it.
+    #[test]
+    fn a_client_certificate_is_verified_against_both_ends_of_its_validity() {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+            KeyPair, date_time_ymd,
+        };
+        let data = tempfile::tempdir().expect("tempdir");
+        let ca_key = KeyPair::generate().expect("CA key");
+        let mut ca = CertificateParams::default();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name.push(DnType::CommonName, "test-ca");
+        let ca_pem = ca.self_signed(&ca_key).expect("CA").pem();
+        let ca_file = data.path().join("ca.pem");
+        std::fs::write(&ca_file, ca_pem).expect("CA file");
+        let issuer = Issuer::new(ca, ca_key);
+        let client = |from: (i32, u8), to: (i32, u8)| {
+            let mut p = CertificateParams::default();
+            p.distinguished_name.push(DnType::CommonName, "alice");
+            p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+            p.not_before = date_time_ymd(from.0, from.1, 1);
+            p.not_after = date_time_ymd(to.0, to.1, 1);
+            let key = KeyPair::generate().expect("key");
+            p.signed_by(&key, &issuer).expect("signed").der().clone()
+        };
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier = client_verifier(&ca_file, provider).expect("verifier");
+        let now = rustls::pki_types::UnixTime::now();
+        let verdict = |cert| verifier.verify_client_cert(&cert, &[], now).is_ok();
+        assert!(verdict(client((2000, 1), (4000, 1))), "valid now");
+        assert!(!verdict(client((3000, 1), (4000, 1))), "not valid yet");
+        assert!(!verdict(client((2000, 1), (2001, 1))), "expired");
     }
 
     #[test]

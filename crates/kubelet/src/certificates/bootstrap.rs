@@ -71,8 +71,8 @@ fn client_pem(config: &kube::Config) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
     Ok(Some((cert, key)))
 }
 
-/// Whether every certificate of `pem` is still valid at `now` (there being at least one),
-/// the kubelet's test of an existing kubeconfig.
+/// Whether every certificate of `pem` is valid at `now` (there being at least one): not
+/// expired and not valid only later, the kubelet's test of an existing kubeconfig.
 fn all_valid(pem: &[u8], now: SystemTime) -> bool {
     let Ok(chain) = rustls_pemfile::certs(&mut &pem[..]).collect::<std::io::Result<Vec<_>>>()
     else {
@@ -83,8 +83,10 @@ fn all_valid(pem: &[u8], now: SystemTime) -> bool {
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
     !chain.is_empty()
         && chain.iter().all(|der| {
-            X509Certificate::from_der(der)
-                .is_ok_and(|(_, c)| c.validity().not_after.timestamp() > now)
+            X509Certificate::from_der(der).is_ok_and(|(_, c)| {
+                let validity = c.validity();
+                validity.not_before.timestamp() <= now && now < validity.not_after.timestamp()
+            })
         })
 }
 
@@ -329,5 +331,33 @@ mod tests {
         let mut pem = key;
         pem.extend_from_slice(&cert);
         request::from_pem(&pem, &template, SystemTime::now()).expect("a node certificate");
+    }
+
+    /// The kubelet's test of an existing kubeconfig refuses a certificate not valid yet
+    /// ("not yet valid"), as it refuses an expired one.
+    #[test]
+    fn a_certificate_not_valid_yet_is_not_still_valid() {
+        let ca = TestCa::new();
+        let template = Template::client("node-a");
+        let request = request::generate(&template).expect("key");
+        let cert = ca.sign(&request.key, &Signing::proper(&template));
+        let (before, after) = validity(cert.as_bytes());
+        assert!(all_valid(cert.as_bytes(), before + Duration::from_secs(1)));
+        assert!(!all_valid(cert.as_bytes(), before - Duration::from_secs(1)));
+        assert!(!all_valid(cert.as_bytes(), after + Duration::from_secs(1)));
+    }
+
+    /// The validity of the first certificate of `pem`.
+    fn validity(pem: &[u8]) -> (SystemTime, SystemTime) {
+        let der = rustls_pemfile::certs(&mut &pem[..])
+            .next()
+            .expect("a block")
+            .expect("PEM");
+        let (_, c) = X509Certificate::from_der(&der).expect("X.509");
+        let at = |t: i64| {
+            SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(t).expect("after 1970"))
+        };
+        let v = c.validity();
+        (at(v.not_before.timestamp()), at(v.not_after.timestamp()))
     }
 }

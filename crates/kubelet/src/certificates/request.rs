@@ -1,6 +1,7 @@
 //! A fresh ECDSA P-256 key with its PKCS#10 request, and the check of what comes back: the
 //! issued certificate must be for that key, say `CN=system:node:<node>, O=system:nodes`,
-//! carry the expected extended key usage (and, serving, the node's names) and be valid now.
+//! carry the expected extended key usage (and, serving, the node's names) and be valid now
+//! (neither expired nor valid only later).
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -79,10 +80,10 @@ impl std::fmt::Debug for Issued {
 }
 
 impl Issued {
-    /// Whether it is still valid at `now`.
+    /// Whether it is valid at `now`: not before its start, not after its end.
     #[must_use]
     pub fn valid_at(&self, now: SystemTime) -> bool {
-        now < self.not_after
+        self.not_before <= now && now < self.not_after
     }
 }
 
@@ -122,7 +123,7 @@ fn system_time(seconds: i64) -> SystemTime {
 ///
 /// # Errors
 /// [`Error::Invalid`] when it is too large, not PEM, not for `key`, of another subject,
-/// without the usage of its kind, or not valid at `now`.
+/// without the usage of its kind, or not valid at `now` (expired, or not valid yet).
 pub fn validate(
     chain_pem: &[u8],
     key: &KeyPair,
@@ -157,6 +158,15 @@ pub fn validate(
     };
     if not_after <= now || not_after <= not_before {
         return Err(invalid(kind, "it has expired"));
+    }
+    if now < not_before {
+        // The API server (and any TLS peer) refuses it until then; a clock behind the
+        // signer's by more than its backdating gets here.
+        let start = jiff::Timestamp::try_from(not_before).unwrap_or_default();
+        return Err(invalid(
+            kind,
+            format!("it is not valid before {start} (check this node's clock)"),
+        ));
     }
     let key_pem = key.serialize_pem();
     let certified = certified_key(kind, chain, &key.serialize_der())?;

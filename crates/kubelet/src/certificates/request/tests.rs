@@ -291,3 +291,24 @@ fn a_serving_certificate_must_name_the_nodes_addresses() {
     let pem = ca.sign(&request.key, &names);
     validate(pem.as_bytes(), &request.key, &template, now).expect("more names, any case");
 }
+
+/// An issued certificate whose validity starts after `now` is refused (the API server's
+/// client authentication and a TLS peer would refuse it too), and is not valid at a time
+/// before its start.
+#[test]
+fn a_certificate_not_valid_yet_is_refused() {
+    let ca = TestCa::new();
+    let template = Template::client("node-a");
+    let request = generate(&template).expect("generated");
+    let pem = ca.sign(&request.key, &Signing::proper(&template));
+    let issued =
+        validate(pem.as_bytes(), &request.key, &template, SystemTime::now()).expect("valid");
+    let early = issued.not_before - Duration::from_secs(1);
+    let e = validate(pem.as_bytes(), &request.key, &template, early).expect_err("not valid yet");
+    assert!(matches!(e, Error::Invalid { .. }), "{e}");
+    assert!(e.to_string().contains("not valid before"), "{e}");
+    assert!(!issued.valid_at(early));
+    assert!(issued.valid_at(issued.not_before));
+    let e = from_pem(issued.pem.as_bytes(), &template, early).expect_err("not valid yet");
+    assert!(e.to_string().contains("not valid before"), "{e}");
+}
