@@ -92,7 +92,13 @@ fn allocatable(config: &Config, host: Host<'_>) -> BTreeMap<String, Quantity> {
     let memory = reserved::allocatable_memory(host.facts.memory, &config.reserved, hard);
     let storage = reserved::allocatable_storage(host.data_fs_bytes, &config.reserved, hard);
     let mut resources = capacity(config, host);
-    resources.insert("cpu".to_owned(), Quantity(format!("{cpu}m")));
+    // Whole cores as the kubelet prints them ("3"), else millicores ("2900m").
+    let cpu = if cpu % 1000 == 0 {
+        (cpu / 1000).to_string()
+    } else {
+        format!("{cpu}m")
+    };
+    resources.insert("cpu".to_owned(), Quantity(cpu));
     resources.insert(
         "memory".to_owned(),
         Quantity(format!("{}Ki", memory / 1024)),
@@ -601,7 +607,20 @@ mod tests {
         assert_eq!(quantity("cpu"), Some("3"));
         assert_eq!(quantity("memory"), Some("4194304Ki"));
         assert_eq!(quantity("ephemeral-storage"), Some("10485760Ki"));
-        assert_eq!(status.allocatable.unwrap_or_default(), capacity);
+        // Allocatable: less the default hard thresholds (memory.available<100Mi,
+        // nodefs.available<10%); nothing reserved.
+        let allocatable = status.allocatable.unwrap_or_default();
+        let allocatable = |name: &str| allocatable.get(name).map(|q| q.0.clone());
+        assert_eq!(allocatable("cpu").as_deref(), Some("3"));
+        assert_eq!(
+            allocatable("memory"),
+            Some(format!("{}Ki", (4 * GIB - (100 << 20)) / 1024))
+        );
+        assert_eq!(
+            allocatable("ephemeral-storage"),
+            Some(format!("{}Ki", (10 * GIB - GIB) / 1024))
+        );
+        assert_eq!(allocatable("pods"), quantity("pods").map(str::to_owned));
         let addresses = status.addresses.unwrap_or_default();
         assert!(
             addresses

@@ -32,11 +32,12 @@ pub(crate) async fn fixture() -> Fixture {
         &base.path().join("store"),
         StoreConfig {
             insecure_registries: vec![registry.addr.clone()],
-            // Generous for loopback, short enough for the slow answers to end the test
-            // in seconds.
+            // Generous for loopback on a machine busy with the whole suite (2 s of
+            // silence cut a 5 MiB manifest there once), short enough for the slow
+            // answers to end the test in seconds.
             connect_timeout: Duration::from_secs(10),
-            read_timeout: Duration::from_secs(2),
-            manifest_timeout: Duration::from_secs(4),
+            read_timeout: Duration::from_secs(5),
+            manifest_timeout: Duration::from_secs(10),
             pull_timeout: Duration::from_secs(30),
             ..StoreConfig::default()
         },
