@@ -93,7 +93,7 @@ fn allocatable(config: &Config, host: Host<'_>) -> BTreeMap<String, Quantity> {
     let storage = reserved::allocatable_storage(host.data_fs_bytes, &config.reserved, hard);
     let mut resources = capacity(config, host);
     // Whole cores as the kubelet prints them ("3"), else millicores ("2900m").
-    let cpu = if cpu % 1000 == 0 {
+    let cpu = if cpu.is_multiple_of(1000) {
         (cpu / 1000).to_string()
     } else {
         format!("{cpu}m")
