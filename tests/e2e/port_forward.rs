@@ -6,100 +6,12 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::Stdio;
 use std::time::Duration;
 
-use anyhow::Context as _;
-use e2e::{Cluster, delete_and_wait, phase, pod_condition, wait_pod};
+use e2e::{Cluster, PortForward, delete_and_wait, phase, pod_condition, wait_pod};
 use kube::api::PostParams;
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::network::{echo_pod, http_get, http_get_ready, http_pod, networked_node};
-
-/// A running `kubectl port-forward pod/<pod> :<port>` and the local port it listens on.
-struct Forward {
-    child: tokio::process::Child,
-    local: u16,
-    /// What kubectl wrote to stderr so far.
-    stderr: std::sync::Arc<std::sync::Mutex<String>>,
-}
-
-impl Forward {
-    async fn start(cluster: &Cluster, pod: &str, port: u16) -> anyhow::Result<Self> {
-        let mut child = cluster
-            .kubectl_command(&[
-                "port-forward",
-                "--address",
-                "127.0.0.1",
-                &format!("pod/{pod}"),
-                &format!(":{port}"),
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("starting kubectl port-forward")?;
-        let stdout = child.stdout.take().context("stdout")?;
-        let mut lines = BufReader::new(stdout).lines();
-        // "Forwarding from 127.0.0.1:PORT -> 8080"
-        let local = tokio::time::timeout(Duration::from_secs(60), async {
-            while let Some(line) = lines.next_line().await? {
-                if let Some(rest) = line.strip_prefix("Forwarding from 127.0.0.1:") {
-                    let port = rest.split_whitespace().next().unwrap_or_default();
-                    return Ok::<_, anyhow::Error>(port.parse::<u16>()?);
-                }
-            }
-            anyhow::bail!("kubectl port-forward ended before it listened")
-        })
-        .await
-        .context("kubectl port-forward did not listen within 60s")??;
-        // Its later lines ("Handling connection for ...") must not fill the pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        let mut err_lines = BufReader::new(child.stderr.take().context("stderr")?).lines();
-        let sink = stderr.clone();
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = err_lines.next_line().await {
-                let mut s = sink
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                s.push_str(&line);
-                s.push('\n');
-            }
-        });
-        Ok(Self {
-            child,
-            local,
-            stderr,
-        })
-    }
-
-    fn addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.local))
-    }
-
-    fn said(&self) -> String {
-        self.stderr
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
-    }
-
-    /// Waits (up to 60 s) until kubectl's stderr contains `needle`; all it said.
-    async fn wait_said(&self, needle: &str) -> String {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        while !self.said().contains(needle) && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        self.said()
-    }
-
-    /// Stops kubectl; what it wrote to stderr.
-    async fn stop(mut self) -> String {
-        let _ = self.child.start_kill();
-        let _ = self.child.wait().await;
-        self.said()
-    }
-}
 
 /// Sends `data` over a fresh connection to `addr`, half-closes it and reads until the
 /// other side closes; bounded in time and size.
@@ -150,7 +62,7 @@ async fn kubectl_port_forward_reaches_wasm_pods_and_reports_what_it_cannot() -> 
     wait_pod(&pods, "pf-echo", 120, "Running and Ready", ready).await?;
 
     // HTTP through the forward, several connections over one upgraded session.
-    let forward = Forward::start(&cluster, "pf-web", 8080).await?;
+    let forward = PortForward::start(&cluster, "pf-web", 8080).await?;
     let (code, body) = http_get_ready(forward.addr(), "/through/kubectl", &[], 60).await?;
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("/through/kubectl"), "{body}");
@@ -168,7 +80,7 @@ async fn kubectl_port_forward_reaches_wasm_pods_and_reports_what_it_cannot() -> 
 
     // A megabyte through the echo server and back, byte for byte (many SPDY frames each
     // way), then the pod's half-close ends the forwarded connection.
-    let forward = Forward::start(&cluster, "pf-echo", 7000).await?;
+    let forward = PortForward::start(&cluster, "pf-echo", 7000).await?;
     let payload: Vec<u8> = (0..(1u32 << 20)).map(|i| (i * 31 % 251) as u8).collect();
     let addr = forward.addr();
     let sent = payload.clone();
@@ -190,7 +102,7 @@ async fn kubectl_port_forward_reaches_wasm_pods_and_reports_what_it_cannot() -> 
 
     // Nothing listens on 9999: the connection closes and kubectl shows the node's
     // message.
-    let forward = Forward::start(&cluster, "pf-web", 9999).await?;
+    let forward = PortForward::start(&cluster, "pf-web", 9999).await?;
     let addr = forward.addr();
     let got =
         tokio::task::spawn_blocking(move || round_trip(addr, b"GET / HTTP/1.0\r\n\r\n")).await?;

@@ -6,6 +6,7 @@
 //! - `pods`: pod manifests, waits on pods, their status, `kubectl get pod` rows.
 //! - `registry`: pushes of workloads and images, a registry process of a test's own.
 //! - `network`: a pod network (bridge, CNI configuration, namespaces) of a test node's own.
+//! - `port_forward`: `kubectl port-forward` to a pod, as a user runs it.
 //! - [`bench`]: what the benchmarks share (a pod watch, bench pods, `/proc` readings).
 //! - [`fleet`]: a Deployment spread over several nodes, a pod watch, a node's death measured.
 //! - [`hostile`] and [`outage`]: a hostile registry and an API server that goes away.
@@ -19,6 +20,7 @@ mod network;
 mod node;
 pub mod outage;
 mod pods;
+mod port_forward;
 mod registry;
 
 pub use cluster::{
@@ -32,6 +34,7 @@ pub use pods::{
     pod_with_spec, terminated, until, wait_absent, wait_gone, wait_object, wait_pod, wait_row,
     waiting_message, waiting_reason, wasm_pod, wasm_toleration,
 };
+pub use port_forward::PortForward;
 pub use registry::{
     OwnRegistry, manifest_digest, push_as, push_container_image, push_index, workload,
 };

@@ -6,15 +6,13 @@
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
-use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use e2e::{Cluster, delete_and_wait, phase, pod_condition, wait_pod, wasm_toleration};
+use e2e::{Cluster, PortForward, delete_and_wait, phase, pod_condition, wait_pod, wasm_toleration};
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::PostParams;
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 /// The port the component serves on.
 const PORT: u16 = 8080;
@@ -110,7 +108,7 @@ pub async fn forward_round(
     let (mut sessions, mut sent) = (0u64, 0u64);
     for _ in 0..FORWARD_SESSIONS {
         let session = async {
-            let forward = Forward::start(cluster, name).await?;
+            let forward = PortForward::start(cluster, name, PORT).await?;
             let mut n = 0u64;
             for i in 0..FORWARD_REQUESTS {
                 let path = if i + 1 == FORWARD_REQUESTS {
@@ -179,55 +177,4 @@ fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
         .map(|(_, b)| b.to_owned())
         .unwrap_or_default();
     Ok((code, body))
-}
-
-/// A running `kubectl port-forward pod/<pod> :8080` (the API server relays it to the
-/// node's kubelet API) and the local port it listens on.
-struct Forward {
-    child: tokio::process::Child,
-    local: u16,
-}
-
-impl Forward {
-    async fn start(cluster: &Cluster, pod: &str) -> anyhow::Result<Self> {
-        let mut child = cluster
-            .kubectl_command(&[
-                "port-forward",
-                "--address",
-                "127.0.0.1",
-                &format!("pod/{pod}"),
-                &format!(":{PORT}"),
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting kubectl port-forward")?;
-        let stdout = child.stdout.take().context("kubectl's stdout")?;
-        let mut lines = BufReader::new(stdout).lines();
-        // "Forwarding from 127.0.0.1:PORT -> 8080"
-        let local = tokio::time::timeout(Duration::from_secs(60), async {
-            while let Some(line) = lines.next_line().await? {
-                if let Some(rest) = line.strip_prefix("Forwarding from 127.0.0.1:") {
-                    let port = rest.split_whitespace().next().unwrap_or_default();
-                    return Ok::<_, anyhow::Error>(port.parse::<u16>()?);
-                }
-            }
-            anyhow::bail!("kubectl port-forward ended before it listened")
-        })
-        .await
-        .context("kubectl port-forward did not listen within 60 s")??;
-        // Its later lines ("Handling connection for ...") must not fill the pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Ok(Self { child, local })
-    }
-
-    fn addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.local))
-    }
-
-    /// Stops kubectl (it closes the upgraded connection to the node with it).
-    async fn stop(mut self) {
-        let _ = self.child.start_kill();
-        let _ = self.child.wait().await;
-    }
 }
