@@ -171,6 +171,20 @@ pub(crate) struct NodeArgs {
     /// the pods' reach.
     #[arg(long, env = "KRUSTLET_KUBE_RESERVED", value_delimiter = ',', value_parser = parse_label)]
     kube_reserved: Vec<(String, String)>,
+    /// The cluster's DNS servers, addresses separated by commas (the kubelet's
+    /// `--cluster-dns`): pods of dnsPolicy ClusterFirst ask them. Unset, such pods fall
+    /// back to the node's resolver (a `MissingClusterDNS` event).
+    #[arg(long, env = "KRUSTLET_CLUSTER_DNS", value_delimiter = ',')]
+    cluster_dns: Vec<IpAddr>,
+    /// The cluster's domain (the kubelet's `--cluster-domain`, e.g. `cluster.local`):
+    /// cluster-first pods search `<namespace>.svc.<domain>`, `svc.<domain>` and it.
+    #[arg(long, env = "KRUSTLET_CLUSTER_DOMAIN", default_value = "")]
+    cluster_domain: String,
+    /// The node's resolver file (the kubelet's `--resolv-conf`): its nameservers, search
+    /// paths and options are the DNS of dnsPolicy Default pods, and its search paths
+    /// follow the cluster's for cluster-first pods. Empty: none.
+    #[arg(long, env = "KRUSTLET_RESOLV_CONF", default_value = "/etc/resolv.conf")]
+    resolv_conf: String,
     /// Seconds between renewals of the node lease; node status is also checked for
     /// changes then (the file's nodeStatusUpdateFrequency sets it).
     #[arg(long, env = "KRUSTLET_NODE_LEASE_RENEW_SECONDS", default_value_t = 10)]
@@ -541,6 +555,13 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
             .collect(),
         lease_duration_seconds: args.node_lease_duration_seconds,
         shutdown: node_shutdown,
+        dns: kubelet::pods::dns::Settings {
+            cluster_dns: args.cluster_dns,
+            cluster_domain: args.cluster_domain.trim_end_matches('.').to_string(),
+            resolv_conf: Some(args.resolv_conf)
+                .filter(|f| !f.is_empty())
+                .map(PathBuf::from),
+        },
     };
     kubelet::Kubelet::run(config, client, runtime, shutdown, begin_node_shutdown).await?;
     match rotation {

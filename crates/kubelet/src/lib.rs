@@ -108,6 +108,8 @@ pub struct Config {
     pub lease_duration_seconds: i32,
     /// Graceful node shutdown (`shutdownGracePeriod`, `shutdownGracePeriodCriticalPods`).
     pub shutdown: shutdown::Settings,
+    /// The pods' DNS (`--cluster-dns`, `--cluster-domain`, `--resolv-conf`).
+    pub dns: pods::dns::Settings,
 }
 
 /// The static pod source (the kubelet's `staticPodPath` and `fileCheckFrequency`).
@@ -243,6 +245,11 @@ impl Kubelet {
             events::Recorder::new(cluster.clone(), &config.node_name)
                 .with_limits(config.event_qps, config.event_burst),
         );
+        tokio::spawn(dns_startup_check(
+            config.dns.clone(),
+            recorder.clone(),
+            node::reference(&config.node_name),
+        ));
         let gc = tokio::spawn(images::run(
             runtime.clone(),
             images.clone(),
@@ -388,4 +395,26 @@ impl Kubelet {
 
 pub(crate) fn now() -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Time {
     k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now())
+}
+
+/// The node's resolver file checked once at start, as the kubelet's sync loop checks it:
+/// a `CheckLimitsForResolvConf` warning on the node when it cannot be read or its search
+/// line leaves pods no room.
+async fn dns_startup_check(
+    settings: pods::dns::Settings,
+    recorder: Arc<events::Recorder>,
+    node: k8s_openapi::api::core::v1::ObjectReference,
+) {
+    let warning = blocking::run(move || pods::dns::startup_warning(&settings)).await;
+    if let Ok(Some(message)) = warning {
+        tracing::warn!("{message}");
+        recorder
+            .record(
+                &node,
+                events::EventType::Warning,
+                "CheckLimitsForResolvConf",
+                &message,
+            )
+            .await;
+    }
 }

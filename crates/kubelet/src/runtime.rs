@@ -87,6 +87,17 @@ pub struct SandboxConfig {
     pub host_network: bool,
     /// The containers' ports that ask for a `hostPort`.
     pub port_mappings: Vec<PortMapping>,
+    /// The pod's resolver configuration, composed as the kubelet composes it (the CRI's
+    /// `dns_config`): the runtime answers the pod's name lookups with it.
+    pub dns: crate::pods::dns::DnsConfig,
+    /// The pod's hostname (`spec.hostname` or its name, at most 63 characters).
+    pub hostname: String,
+    /// The domain of its hostname (`<subdomain>.<namespace>.svc.<cluster domain>`), or
+    /// empty.
+    pub host_domain: String,
+    /// The pod's `hostAliases` (address, names), looked up before its DNS, as a
+    /// container's `/etc/hosts`.
+    pub host_aliases: Vec<crate::pods::dns::HostsEntry>,
 }
 
 /// A container port published on the node (`hostPort`).

@@ -180,6 +180,11 @@ pub(crate) mod tests {
             register_with_taints: Vec::new(),
             lease_duration_seconds: 40,
             shutdown: crate::shutdown::Settings::default(),
+            dns: crate::pods::dns::Settings {
+                cluster_dns: vec![std::net::IpAddr::from([10, 0, 0, 10])],
+                cluster_domain: "cluster.local".into(),
+                resolv_conf: None,
+            },
         }
     }
 

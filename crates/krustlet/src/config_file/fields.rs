@@ -11,7 +11,6 @@ const NO_PROCESSES: &str = "wasm pods are not processes: there are no PIDs, swap
                             sysctls or seccomp profiles to set";
 const NO_CRI: &str = "the wasm runtime is built in; there is no CRI endpoint";
 const NETWORK: &str = "krustlet programs no iptables rules; a pod's network is its CNI plugins'";
-const DNS: &str = "wasm pods get no resolv.conf; names are resolved by the host's resolver";
 const HANDLERS: &str = "krustlet serves no profiling, debugging flag or system log handlers";
 const LOGGING: &str = "krustlet's own logging is set by RUST_LOG";
 const NOT_IMPLEMENTED: &str = "not implemented by krustlet";
@@ -57,9 +56,6 @@ pub const UNSUPPORTED: &[(&str, &str)] = &[
     ("iptablesMasqueradeBit", NETWORK),
     ("iptablesDropBit", NETWORK),
     ("podCIDR", NETWORK),
-    ("clusterDNS", DNS),
-    ("clusterDomain", DNS),
-    ("resolvConf", DNS),
     ("enableDebuggingHandlers", HANDLERS),
     ("enableContentionProfiling", HANDLERS),
     ("enableProfilingHandler", HANDLERS),

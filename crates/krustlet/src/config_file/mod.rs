@@ -99,6 +99,11 @@ file_config! {
     system_reserved: Labels,
     /// The kubelet file's map (`kubeReserved: {memory: 256Mi}`).
     kube_reserved: Labels,
+    /// The kubelet file's name for it.
+    #[serde(alias = "clusterDNS")]
+    cluster_dns: Vec<IpAddr>,
+    cluster_domain: String,
+    resolv_conf: String,
     node_lease_renew_seconds: u64,
     node_lease_duration_seconds: i32,
     node_status_report_seconds: u64,

@@ -79,6 +79,10 @@ const MAPPED: &[(&str, &str, Convert)] = &[
     ("maxPods", "maxPods", Convert::Same),
     ("systemReserved", "systemReserved", Convert::Same),
     ("kubeReserved", "kubeReserved", Convert::Same),
+    ("clusterDNS", "clusterDns", Convert::Same),
+    ("clusterDomain", "clusterDomain", Convert::Same),
+    // The kubelet's pointer field: "" is a value (no file), not "the default".
+    ("resolvConf", "resolvConf", Convert::ZeroCounts),
     (
         "imageGCHighThresholdPercent",
         "imageGcHighThresholdPercent",

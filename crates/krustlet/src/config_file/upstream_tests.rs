@@ -121,19 +121,18 @@ fn a_kubeadm_file_keeps_the_defaults_and_warns_once_per_field_it_asks_for() {
         Some(std::path::Path::new("/etc/kubernetes/pki/ca.crt"))
     );
     assert_eq!(args.shutdown_grace_period, Duration::ZERO);
+    assert_eq!(
+        args.cluster_dns,
+        ["10.96.0.10".parse::<std::net::IpAddr>().expect("ip")]
+    );
+    assert_eq!(args.cluster_domain, "cluster.local");
     let warned: Vec<&str> = warnings
         .iter()
         .map(|w| w.split_whitespace().nth(2).unwrap_or_default())
         .collect();
     assert_eq!(
         warned,
-        [
-            "cgroupDriver",
-            "clusterDNS",
-            "clusterDomain",
-            "healthzBindAddress",
-            "healthzPort"
-        ],
+        ["cgroupDriver", "healthzBindAddress", "healthzPort"],
         "{warnings:#?}"
     );
 }

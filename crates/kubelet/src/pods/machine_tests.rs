@@ -863,6 +863,59 @@ async fn a_pod_never_pulling_an_image_it_may_not_use_waits_as_err_image_never_pu
 }
 
 #[tokio::test(start_paused = true)]
+async fn the_sandbox_gets_the_pods_dns_and_names_and_a_cut_is_an_event() {
+    let h = Harness::new();
+    h.runtime.script("c", &[Script::Exit(SEC, 0)]);
+    let mut spec = one("c", "Never");
+    spec["hostname"] = json!("db-0");
+    spec["subdomain"] = json!("dbs");
+    spec["dnsConfig"] = json!({
+        "nameservers": ["192.0.2.1", "192.0.2.2", "192.0.2.3"],
+        "searches": ["extra.example"]
+    });
+    spec["hostAliases"] = json!([{ "ip": "192.0.2.9", "hostnames": ["legacy"] }]);
+    let _w = h.start(pod(spec), None);
+    h.api
+        .until(Duration::from_secs(120), "Succeeded", |w| {
+            w.statuses
+                .last()
+                .is_some_and(|(_, s)| phase(s) == "Succeeded")
+        })
+        .await;
+    let made = h.runtime.sandboxes.lock().expect("lock").clone();
+    let [sandbox] = made.as_slice() else {
+        panic!("{made:?}")
+    };
+    // The harness's node: --cluster-dns 10.0.0.10, --cluster-domain cluster.local.
+    assert_eq!(sandbox.dns.servers, ["10.0.0.10", "192.0.2.1", "192.0.2.2"]);
+    assert_eq!(
+        sandbox.dns.searches,
+        [
+            "default.svc.cluster.local",
+            "svc.cluster.local",
+            "cluster.local",
+            "extra.example"
+        ]
+    );
+    assert_eq!(sandbox.dns.options, ["ndots:5"]);
+    assert_eq!(
+        (sandbox.hostname.as_str(), sandbox.host_domain.as_str()),
+        ("db-0", "dbs.default.svc.cluster.local")
+    );
+    assert_eq!(
+        sandbox.host_aliases,
+        [("192.0.2.9".to_string(), vec!["legacy".to_string()])]
+    );
+    let cut = h.api.events("DNSConfigForming");
+    assert_eq!(cut.len(), 1, "{cut:?}");
+    assert_eq!(
+        cut[0].message,
+        "Nameserver limits were exceeded, some nameservers have been omitted, the applied \
+         nameserver line is: 10.0.0.10 192.0.2.1 192.0.2.2"
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn the_sandbox_comes_before_the_containers_and_goes_after_them() {
     let h = Harness::new();
     h.runtime

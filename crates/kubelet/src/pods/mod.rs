@@ -3,6 +3,7 @@
 
 pub mod admission;
 mod container;
+pub mod dns;
 mod env;
 mod grpc_health;
 #[cfg(test)]

@@ -140,7 +140,7 @@ async fn run_sandbox(
     kill: &CancellationToken,
 ) -> Option<crate::runtime::Sandbox> {
     let spec = pod.spec.clone().unwrap_or_default();
-    let port_mappings = spec
+    let port_mappings: Vec<_> = spec
         .containers
         .iter()
         .chain(spec.init_containers.iter().flatten())
@@ -154,19 +154,14 @@ async fn run_sandbox(
             })
         })
         .collect();
-    let config = crate::runtime::SandboxConfig {
-        uid: pod.metadata.uid.clone().unwrap_or_default(),
-        namespace: pod.metadata.namespace.clone().unwrap_or_default(),
-        name: pod.metadata.name.clone().unwrap_or_default(),
-        attempt: 0,
-        host_network: crate::pods::spec::host_network(pod),
-        port_mappings,
-    };
     let mut backoff = MOUNT_BACKOFF;
     loop {
-        let attempt = tokio::select! {
-            () = kill.cancelled() => return None,
-            r = ctx.runtime.run_pod_sandbox(config.clone()) => r,
+        let attempt = match sandbox_config(ctx, pod, &port_mappings).await {
+            Ok(config) => tokio::select! {
+                () = kill.cancelled() => return None,
+                r = ctx.runtime.run_pod_sandbox(config) => r,
+            },
+            Err(e) => Err(e),
         };
         match attempt {
             Ok(sandbox) => return Some(sandbox),
@@ -188,6 +183,53 @@ async fn run_sandbox(
             }
         }
     }
+}
+
+/// The pod's sandbox as the runtime is asked for it, its DNS composed as the kubelet's
+/// (the node's resolver file read again each time, as the kubelet reads it); composing
+/// it may call for events (`DNSConfigForming`, `MissingClusterDNS`), recorded here.
+async fn sandbox_config(
+    ctx: &Ctx,
+    pod: &Pod,
+    port_mappings: &[crate::runtime::PortMapping],
+) -> Result<crate::runtime::SandboxConfig, String> {
+    use crate::pods::dns;
+    let settings = ctx.config.dns.clone();
+    let file = settings.resolv_conf.clone();
+    let host = crate::blocking::run(move || dns::host_config(file.as_deref()))
+        .await
+        .and_then(|read| read)
+        .map_err(|e| format!("reading the node's DNS configuration: {e}"))?;
+    let (hostname, host_domain) = dns::hostname_and_domain(pod, &settings.cluster_domain)?;
+    let (config, warnings) = dns::pod_dns(&settings, host, pod, &[ctx.config.node_ip]);
+    for w in warnings {
+        if let Some(on_node) = &w.also_on_node {
+            let node = crate::node::reference(&ctx.config.node_name);
+            ctx.recorder
+                .record(&node, EventType::Warning, w.reason, on_node)
+                .await;
+        }
+        ctx.recorder
+            .record(
+                &pod.object_ref(&()),
+                EventType::Warning,
+                w.reason,
+                &w.message,
+            )
+            .await;
+    }
+    Ok(crate::runtime::SandboxConfig {
+        uid: pod.metadata.uid.clone().unwrap_or_default(),
+        namespace: pod.metadata.namespace.clone().unwrap_or_default(),
+        name: pod.metadata.name.clone().unwrap_or_default(),
+        attempt: 0,
+        host_network: crate::pods::spec::host_network(pod),
+        port_mappings: port_mappings.to_vec(),
+        dns: config,
+        hostname,
+        host_domain,
+        host_aliases: dns::host_aliases(pod),
+    })
 }
 
 /// The init containers in order, then the app containers, then the sidecars stopped.

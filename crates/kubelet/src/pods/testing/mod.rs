@@ -82,6 +82,11 @@ impl Harness {
             register_with_taints: Vec::new(),
             lease_duration_seconds: 40,
             shutdown: crate::shutdown::Settings::default(),
+            dns: crate::pods::dns::Settings {
+                cluster_dns: vec![std::net::IpAddr::from([10, 0, 0, 10])],
+                cluster_domain: "cluster.local".into(),
+                resolv_conf: None,
+            },
         };
         let cluster: Arc<dyn ClusterApi> = api.clone();
         let ctx = Arc::new(super::Ctx {

@@ -79,6 +79,8 @@ pub(crate) struct FakeRuntime {
     pub pod_ip: Mutex<Option<std::net::IpAddr>>,
     /// The pod UIDs of sandboxes an earlier agent left up (listed until removed).
     pub left: Mutex<Vec<String>>,
+    /// Each sandbox set up, as asked for.
+    pub sandboxes: Mutex<Vec<SandboxConfig>>,
     did: Mutex<Vec<(Instant, Did)>>,
     /// Container name → the CPU resources of its last run.
     cpu: Mutex<HashMap<String, crate::runtime::CpuResources>>,
@@ -215,6 +217,8 @@ impl Runtime for Shared {
             return Box::pin(std::future::ready(Err("scripted failure".to_owned())));
         }
         self.0.log(Did::SandboxUp(config.uid.clone()));
+        let uid = config.uid.clone();
+        lock(&self.0.sandboxes).push(config);
         let ips = self
             .0
             .pod_ip
@@ -222,7 +226,7 @@ impl Runtime for Shared {
             .map(|ip| ip.iter().copied().collect())
             .unwrap_or_default();
         Box::pin(std::future::ready(Ok(Sandbox {
-            id: format!("sandbox-{}", config.uid),
+            id: format!("sandbox-{uid}"),
             ips,
         })))
     }
