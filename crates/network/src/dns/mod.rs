@@ -10,11 +10,14 @@
 //! Bounds: a resolv.conf of at most 64 KiB; UDP answers read into 4096 bytes (no EDNS0
 //! unless `options edns0`, which advertises 1232), TCP answers at most 65535 bytes; at
 //! most 128 answer records read, 8 CNAME links followed and 32 addresses returned; a
-//! lookup ends within [`MAX_LOOKUP_TIME`].
+//! lookup ends within [`MAX_LOOKUP_TIME`]; an optional cache ([`Resolver::with_cache`])
+//! of at most [`MAX_CACHE_ENTRIES`] entries kept at most [`MAX_CACHE_TTL`].
 
+mod cache;
 mod conf;
 mod hosts;
 mod name;
+mod outcome;
 mod resolver;
 mod transport;
 mod wire;
@@ -28,6 +31,7 @@ mod test_server;
 #[cfg(test)]
 mod wire_tests;
 
+pub use cache::{MAX_CACHE_ENTRIES, MAX_CACHE_TTL};
 pub use conf::{
     ConfError, MAX_ATTEMPTS, MAX_NAMESERVERS, MAX_NDOTS, MAX_RESOLV_CONF, MAX_TIMEOUT, Options,
     ResolvConf,

@@ -5,33 +5,19 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use super::LookupError;
+use super::cache::{Cache, Cached};
 use super::conf::{MAX_NAMESERVERS, ResolvConf};
 use super::hosts::Hosts;
 use super::name::{self, Name};
-use super::transport::{self, AskError};
-use super::wire::{self, Question, RData, RecordType, Reply};
-use super::{LookupError, MAX_ADDRESSES};
+use super::outcome::{Outcome, combine, lower, worse};
+use super::transport;
+use super::wire::{Question, RecordType};
 
 /// The longest one lookup may take, whatever the configuration.
 pub const MAX_LOOKUP_TIME: Duration = Duration::from_secs(30);
-/// Most CNAME records followed from the name asked to its addresses.
-const MAX_CNAME_CHAIN: usize = 8;
 /// The port nameservers are asked on.
 const DNS_PORT: u16 = 53;
-
-/// What one name (one search candidate) came to.
-#[derive(Debug)]
-enum Outcome {
-    Found(Vec<IpAddr>),
-    /// NXDOMAIN: the name does not exist.
-    NxDomain,
-    /// NOERROR without an address: the name exists, without addresses.
-    NoData,
-    /// SERVFAIL from the servers: try the next candidate, remember the failure.
-    ServFail,
-    /// No answer, or an unusable one: the search stops here, as glibc's does.
-    Failed(LookupError),
-}
 
 /// A pod's resolver: its resolv.conf and hosts entries, and nothing else. It holds no
 /// socket: each lookup makes its own, in the network namespace of the thread that polls
@@ -58,6 +44,7 @@ pub struct Resolver {
     hosts: Hosts,
     port: u16,
     next_server: AtomicUsize,
+    cache: Option<Cache>,
 }
 
 impl Resolver {
@@ -68,12 +55,21 @@ impl Resolver {
             hosts,
             port: DNS_PORT,
             next_server: AtomicUsize::new(0),
+            cache: None,
         }
     }
 
     /// Asks every nameserver on `port` instead of 53 (a test server, a local proxy).
     pub fn with_port(mut self, port: u16) -> Self {
         self.port = port;
+        self
+    }
+
+    /// Keeps the results of lookups (addresses, and names not found when the answer
+    /// carries the zone's SOA) for their TTL, at most 30 s, in at most `entries` entries
+    /// (at most 1024). Without it, as glibc, every lookup asks the nameservers.
+    pub fn with_cache(mut self, entries: usize) -> Self {
+        self.cache = Some(Cache::new(entries));
         self
     }
 
@@ -104,11 +100,24 @@ impl Resolver {
         if self.conf.nameservers.is_empty() {
             return Err(LookupError::NoNameservers);
         }
-        let candidates = name::candidates(&checked, &self.conf.searches, self.conf.options.ndots);
+        let key = name.to_ascii_lowercase();
+        if let Some(cached) = self.cache.as_ref().and_then(|c| c.get(&key)) {
+            return cached;
+        }
+        let (result, ttl) = self.search_in_time(&checked).await;
+        if let (Some(cache), Some(ttl)) = (&self.cache, ttl) {
+            cache.put(&key, result.clone(), ttl);
+        }
+        result
+    }
+
+    /// Searches the candidates of `name`, within the lookup's deadline.
+    async fn search_in_time(&self, name: &Name) -> (Cached, Option<u32>) {
+        let candidates = name::candidates(name, &self.conf.searches, self.conf.options.ndots);
         let budget = self.budget(candidates.len());
-        match tokio::time::timeout(budget, self.search(&checked, &candidates)).await {
-            Ok(result) => result,
-            Err(_) => Err(LookupError::Timeout),
+        match tokio::time::timeout(budget, self.search(name, &candidates)).await {
+            Ok(found) => found,
+            Err(_) => (Err(LookupError::Timeout), None),
         }
     }
 
@@ -126,23 +135,36 @@ impl Resolver {
         total.min(MAX_LOOKUP_TIME)
     }
 
-    /// Asks each candidate in turn, as `res_search` does.
-    async fn search(&self, name: &Name, candidates: &[String]) -> Result<Vec<IpAddr>, LookupError> {
+    /// Asks each candidate in turn, as `res_search` does; returns the result and how
+    /// long it may be cached.
+    async fn search(&self, name: &Name, candidates: &[String]) -> (Cached, Option<u32>) {
         let mut servfail = false;
         let mut nodata = false;
+        let mut negative_ttl = Some(u32::MAX);
         for candidate in candidates {
             match self.resolve(candidate).await {
-                Outcome::Found(addresses) => return Ok(addresses),
-                Outcome::NxDomain => {}
-                Outcome::NoData => nodata = true,
+                Outcome::Found(addresses, ttl) => return (Ok(addresses), Some(ttl)),
+                Outcome::NxDomain(ttl) => negative_ttl = lower(negative_ttl, ttl),
+                Outcome::NoData(ttl) => {
+                    nodata = true;
+                    negative_ttl = lower(negative_ttl, ttl);
+                }
                 Outcome::ServFail => servfail = true,
-                Outcome::Failed(error) => return Err(error),
+                Outcome::Failed(error) => return (Err(error), None),
             }
         }
-        if servfail && !nodata {
-            return Err(LookupError::ServerFailure);
+        if servfail {
+            let error = if nodata {
+                LookupError::NotFound(super::shorten(&name.text))
+            } else {
+                LookupError::ServerFailure
+            };
+            return (Err(error), None);
         }
-        Err(LookupError::NotFound(super::shorten(&name.text)))
+        (
+            Err(LookupError::NotFound(super::shorten(&name.text))),
+            negative_ttl,
+        )
     }
 
     /// The nameservers asked, in order: the first three, from the next one each lookup
@@ -166,10 +188,10 @@ impl Resolver {
         for _ in 0..self.conf.options.attempts.max(1) {
             for &server in &servers {
                 let outcome = self.ask_server(server, candidate).await;
-                match outcome {
-                    Outcome::Found(_) | Outcome::NxDomain | Outcome::NoData => return outcome,
-                    _ => worst = worse(worst, outcome),
+                if outcome.is_definite() {
+                    return outcome;
                 }
+                worst = worse(worst, outcome);
             }
         }
         worst
@@ -195,83 +217,4 @@ impl Resolver {
         };
         combine(vec![(first, &a), (second, &aaaa)])
     }
-}
-
-/// Of two failures, the one reported: a server that answered SERVFAIL says more than
-/// one that refused, which says more than one that did not answer.
-fn worse(kept: Outcome, new: Outcome) -> Outcome {
-    let rank = |o: &Outcome| match o {
-        Outcome::ServFail => 3,
-        Outcome::Failed(LookupError::Refused) => 2,
-        Outcome::Failed(LookupError::Unreachable(_)) => 1,
-        _ => 0,
-    };
-    if rank(&new) > rank(&kept) { new } else { kept }
-}
-
-/// One server's answers to the A and AAAA questions, as one outcome: any address wins,
-/// then NXDOMAIN, then NODATA from both, then the failures.
-fn combine(answers: Vec<(Result<Reply, AskError>, &Question)>) -> Outcome {
-    let mut addresses = Vec::new();
-    let (mut nxdomain, mut nodata, mut servfail) = (false, 0, false);
-    let mut failure = None;
-    let count = answers.len();
-    for (answer, question) in answers {
-        match answer {
-            Ok(reply) => match reply.rcode {
-                wire::RCODE_NOERROR => {
-                    let found = addresses_of(&reply, question);
-                    nodata += usize::from(found.is_empty());
-                    addresses.extend(found);
-                }
-                wire::RCODE_NXDOMAIN => nxdomain = true,
-                wire::RCODE_SERVFAIL => servfail = true,
-                _ => failure = Some(LookupError::Refused),
-            },
-            Err(AskError::Malformed) => failure = failure.or(Some(LookupError::Refused)),
-            Err(AskError::Timeout) => failure = Some(LookupError::Timeout),
-            Err(AskError::Io(error)) => failure = Some(LookupError::Unreachable(error.to_string())),
-        }
-    }
-    addresses.dedup();
-    addresses.truncate(MAX_ADDRESSES);
-    if !addresses.is_empty() {
-        Outcome::Found(addresses)
-    } else if nxdomain {
-        Outcome::NxDomain
-    } else if nodata == count {
-        Outcome::NoData
-    } else if servfail {
-        Outcome::ServFail
-    } else {
-        Outcome::Failed(failure.unwrap_or(LookupError::Refused))
-    }
-}
-
-/// The addresses of the question's type owned by its name or by the end of the CNAME
-/// chain that starts there (at most 8 links).
-fn addresses_of(reply: &Reply, question: &Question) -> Vec<IpAddr> {
-    let mut owner = question.name.to_ascii_lowercase();
-    for _ in 0..MAX_CNAME_CHAIN {
-        let next = reply.records.iter().find_map(|r| match &r.data {
-            RData::Cname(target) if r.name == owner => Some(target.clone()),
-            _ => None,
-        });
-        match next {
-            Some(target) => owner = target,
-            None => break,
-        }
-    }
-    let mut found = Vec::new();
-    for record in reply.records.iter().filter(|r| r.name == owner) {
-        let ip = match (record.data.clone(), question.qtype) {
-            (RData::A(ip), RecordType::A) => IpAddr::V4(ip),
-            (RData::Aaaa(ip), RecordType::Aaaa) => IpAddr::V6(ip),
-            _ => continue,
-        };
-        if !found.contains(&ip) && found.len() < MAX_ADDRESSES {
-            found.push(ip);
-        }
-    }
-    found
 }

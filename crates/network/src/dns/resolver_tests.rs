@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::name::{candidates, check};
-use super::test_server::{self, A, AAAA, Handler, Query, Rec, TestServer, over, reply};
+use super::test_server::{
+    self, A, AAAA, Handler, Query, Rec, TestServer, over, reply, reply_ttl, with_soa,
+};
 use super::{Hosts, LookupError, LookupErrorKind, ResolvConf, Resolver};
 
 const NOERROR: u8 = 0;
@@ -413,6 +415,40 @@ async fn rotate_starts_each_lookup_with_the_next_server() {
     assert_eq!(
         (servers[0].names(A).len(), servers[1].names(A).len()),
         (1, 1)
+    );
+}
+
+#[tokio::test]
+async fn the_cache_keeps_answers_for_their_ttl_and_negative_ones_with_an_soa() {
+    let servers = test_server::start(vec![handler(|q| {
+        let packet = match q.name.as_str() {
+            "kept" => reply_ttl(q, NOERROR, false, &[Rec::A("kept", BACKEND)], 60),
+            "ttl0" => reply_ttl(q, NOERROR, false, &[Rec::A("ttl0", BACKEND)], 0),
+            "missing" => with_soa(reply(q, NXDOMAIN, false, &[]), 30, 5),
+            _ => reply(q, NXDOMAIN, false, &[]),
+        };
+        vec![over(q, packet)]
+    })])
+    .await;
+    let resolver = resolver(&servers, &[], 1).with_cache(8);
+    for name in ["kept", "ttl0", "missing", "no-soa"] {
+        for _ in 0..2 {
+            let _ = resolver.lookup(name).await;
+        }
+    }
+    assert_eq!(resolver.lookup("KEPT").await, Ok(vec![IpAddr::V4(BACKEND)]));
+    let missing = Err(LookupError::NotFound("missing".into()));
+    assert_eq!(resolver.lookup("missing").await, missing);
+    let asked = servers[0].names(A);
+    let times = |name: &str| asked.iter().filter(|n| *n == name).count();
+    assert_eq!(
+        [
+            times("kept"),
+            times("ttl0"),
+            times("missing"),
+            times("no-soa")
+        ],
+        [1, 2, 1, 2]
     );
 }
 

@@ -163,9 +163,20 @@ fn parse_query(packet: &[u8], tcp: bool) -> Option<Query> {
     })
 }
 
-/// A reply to `query` with `rcode`, the TC bit when `truncated`, and `records`; an
-/// owner equal to the question's name is written as a pointer to it.
+/// A reply to `query` with `rcode`, the TC bit when `truncated`, and `records` of TTL
+/// 60; an owner equal to the question's name is written as a pointer to it.
 pub(super) fn reply(query: &Query, rcode: u8, truncated: bool, records: &[Rec]) -> Vec<u8> {
+    reply_ttl(query, rcode, truncated, records, 60)
+}
+
+/// [`reply`] with records of TTL `ttl`.
+pub(super) fn reply_ttl(
+    query: &Query,
+    rcode: u8,
+    truncated: bool,
+    records: &[Rec],
+    ttl: u32,
+) -> Vec<u8> {
     let flags: u16 = 0x8180 | u16::from(rcode) | if truncated { 0x0200 } else { 0 };
     let mut out = Vec::new();
     for field in [query.id, flags, 1, records.len() as u16, 0, 0] {
@@ -173,12 +184,33 @@ pub(super) fn reply(query: &Query, rcode: u8, truncated: bool, records: &[Rec]) 
     }
     out.extend_from_slice(&query.question);
     for rec in records {
-        push_record(&mut out, query, rec);
+        push_record(&mut out, query, rec, ttl);
     }
     out
 }
 
-fn push_record(out: &mut Vec<u8>, query: &Query, rec: &Rec) {
+/// `packet` with the SOA of `cluster.local` (TTL `ttl`, negative TTL `minimum`) added to
+/// its authority section.
+pub(super) fn with_soa(mut packet: Vec<u8>, ttl: u32, minimum: u32) -> Vec<u8> {
+    let count = u16::from_be_bytes([packet[8], packet[9]]) + 1;
+    packet[8..10].copy_from_slice(&count.to_be_bytes());
+    let mut data = [
+        name_bytes("ns.dns.cluster.local"),
+        name_bytes("hostmaster.cluster.local"),
+    ]
+    .concat();
+    for field in [1, 7200, 1800, 86400, minimum] {
+        data.extend_from_slice(&u32::to_be_bytes(field));
+    }
+    packet.extend_from_slice(&name_bytes("cluster.local"));
+    packet.extend_from_slice(&[0, 6, 0, 1]);
+    packet.extend_from_slice(&ttl.to_be_bytes());
+    packet.extend_from_slice(&(data.len() as u16).to_be_bytes());
+    packet.extend_from_slice(&data);
+    packet
+}
+
+fn push_record(out: &mut Vec<u8>, query: &Query, rec: &Rec, ttl: u32) {
     let (owner, rtype, data) = match rec {
         Rec::A(owner, ip) => (*owner, A, ip.octets().to_vec()),
         Rec::Aaaa(owner, ip) => (*owner, AAAA, ip.octets().to_vec()),
@@ -189,9 +221,9 @@ fn push_record(out: &mut Vec<u8>, query: &Query, rec: &Rec) {
     } else {
         out.extend_from_slice(&name_bytes(owner));
     }
-    for field in [rtype, 1, 0, 60, data.len() as u16] {
-        out.extend_from_slice(&field.to_be_bytes());
-    }
+    out.extend_from_slice(&[(rtype >> 8) as u8, rtype as u8, 0, 1]);
+    out.extend_from_slice(&ttl.to_be_bytes());
+    out.extend_from_slice(&(data.len() as u16).to_be_bytes());
     out.extend_from_slice(&data);
 }
 

@@ -20,6 +20,7 @@ pub(crate) const EDNS_PAYLOAD: u16 = 1232;
 
 const TYPE_A: u16 = 1;
 const TYPE_CNAME: u16 = 5;
+const TYPE_SOA: u16 = 6;
 const TYPE_AAAA: u16 = 28;
 const TYPE_OPT: u16 = 41;
 const CLASS_IN: u16 = 1;
@@ -80,6 +81,8 @@ pub(crate) enum RData {
     A(Ipv4Addr),
     Aaaa(Ipv6Addr),
     Cname(String),
+    /// A zone's SOA, of which only the negative-caching TTL (`minimum`) is kept.
+    Soa(u32),
 }
 
 /// An answer record: its owner name (lower case, no trailing dot), its TTL and data.
@@ -97,6 +100,9 @@ pub(crate) struct Reply {
     pub truncated: bool,
     pub rcode: u8,
     pub records: Vec<Record>,
+    /// How long the absence of an answer may be cached (RFC 2308): the lower of the
+    /// authority section's SOA TTL and its `minimum`; `None` without an SOA.
+    pub negative_ttl: Option<u32>,
 }
 
 /// Why a packet is not taken as the reply.
@@ -160,16 +166,41 @@ pub(crate) fn parse_reply(packet: &[u8], id: u16, question: &Question) -> Result
     let after_question = read_question(packet, question).ok_or(Reject::NotOurs)?;
     let truncated = flags & FLAG_TC != 0;
     let rcode = (flags & 0x000f) as u8;
-    let records = if truncated {
-        Vec::new()
-    } else {
-        read_records(packet, after_question, field(6)).map_err(Reject::Malformed)?
-    };
+    if truncated {
+        return Ok(Reply {
+            truncated,
+            rcode,
+            records: Vec::new(),
+            negative_ttl: None,
+        });
+    }
+    let (records, after) =
+        read_records(packet, after_question, field(6)).map_err(Reject::Malformed)?;
+    let negative_ttl = after.and_then(|pos| negative_ttl(packet, pos, field(8)));
     Ok(Reply {
         truncated,
         rcode,
         records,
+        negative_ttl,
     })
+}
+
+/// The negative-caching TTL of the first SOA among the `count` authority records at
+/// `pos`; `None` when there is none or a record cannot be read.
+fn negative_ttl(packet: &[u8], mut pos: usize, count: u16) -> Option<u32> {
+    for _ in 0..count.min(MAX_RECORDS as u16) {
+        let (record, next) = read_record(packet, pos).ok()?;
+        if let Some(Record {
+            ttl,
+            data: RData::Soa(minimum),
+            ..
+        }) = record
+        {
+            return Some(ttl.min(minimum));
+        }
+        pos = next;
+    }
+    None
 }
 
 /// Checks the question section against `question`; returns the offset after it.
@@ -184,25 +215,30 @@ fn read_question(packet: &[u8], question: &Question) -> Option<usize> {
 }
 
 /// Reads up to `count` answer records from `pos`, keeping those of class IN and type A,
-/// AAAA or CNAME (at most [`MAX_RECORDS`]).
-fn read_records(packet: &[u8], mut pos: usize, count: u16) -> Result<Vec<Record>, WireError> {
+/// AAAA, CNAME or SOA (at most [`MAX_RECORDS`]); returns them and the offset after the
+/// section, `None` when the section was not read to its end.
+fn read_records(
+    packet: &[u8],
+    mut pos: usize,
+    count: u16,
+) -> Result<(Vec<Record>, Option<usize>), WireError> {
     let mut records = Vec::new();
     for _ in 0..count {
         if records.len() == MAX_RECORDS {
-            break;
+            return Ok((records, None));
         }
         let (record, next) = read_record(packet, pos)?;
         records.extend(record);
         pos = next;
     }
-    Ok(records)
+    Ok((records, Some(pos)))
 }
 
 fn read_record(packet: &[u8], pos: usize) -> Result<(Option<Record>, usize), WireError> {
     let (name, pos) = read_name(packet, pos)?;
     let rtype = read_u16(packet, pos)?;
     let class = read_u16(packet, pos + 2)?;
-    let ttl = u32::from(read_u16(packet, pos + 4)?) << 16 | u32::from(read_u16(packet, pos + 6)?);
+    let ttl = read_u32(packet, pos + 4)?;
     let len = usize::from(read_u16(packet, pos + 8)?);
     let start = pos + 10;
     let rdata = packet.get(start..start + len).ok_or(WireError::Truncated)?;
@@ -228,9 +264,25 @@ fn read_record(packet: &[u8], pos: usize) -> Result<(Option<Record>, usize), Wir
             }
             RData::Cname(target)
         }
+        TYPE_SOA => RData::Soa(read_soa_minimum(packet, start, end)?),
         _ => return Ok((None, end)),
     };
     Ok((Some(Record { name, ttl, data }), end))
+}
+
+/// The `minimum` field of the SOA data from `start` to `end`: after two names and four
+/// 32-bit fields.
+fn read_soa_minimum(packet: &[u8], start: usize, end: usize) -> Result<u32, WireError> {
+    let (_, after_mname) = read_name(packet, start)?;
+    let (_, after_rname) = read_name(packet, after_mname)?;
+    if after_rname + 20 != end {
+        return Err(WireError::BadRecord);
+    }
+    read_u32(packet, after_rname + 16)
+}
+
+fn read_u32(packet: &[u8], pos: usize) -> Result<u32, WireError> {
+    Ok(u32::from(read_u16(packet, pos)?) << 16 | u32::from(read_u16(packet, pos + 2)?))
 }
 
 fn read_u16(packet: &[u8], pos: usize) -> Result<u16, WireError> {

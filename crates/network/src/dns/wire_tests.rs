@@ -4,7 +4,7 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use super::test_server::{Query, Rec, name_bytes, reply};
+use super::test_server::{Query, Rec, name_bytes, reply, with_soa};
 use super::wire::{
     self, Question, RData, RecordType, Reject, WireError, encode_query, parse_reply, read_name,
 };
@@ -235,4 +235,22 @@ fn a_reply_keeps_at_most_128_records() {
     let reply = parse_reply(&reply(&query(&q), 0, false, &records), ID, &q);
     assert_eq!(reply.map(|r| r.records.len()), Ok(128));
     let _ = wire::EDNS_PAYLOAD;
+}
+
+#[test]
+fn the_negative_ttl_is_the_lower_of_the_soa_ttl_and_minimum() {
+    let q = question("gone", RecordType::A);
+    let parse = |packet: Vec<u8>| parse_reply(&packet, ID, &q).map(|r| r.negative_ttl);
+    assert_eq!(
+        parse(with_soa(reply(&query(&q), 3, false, &[]), 30, 5)),
+        Ok(Some(5))
+    );
+    assert_eq!(
+        parse(with_soa(reply(&query(&q), 3, false, &[]), 2, 5)),
+        Ok(Some(2))
+    );
+    assert_eq!(parse(reply(&query(&q), 3, false, &[])), Ok(None));
+    let mut cut = with_soa(reply(&query(&q), 0, false, &[]), 30, 5);
+    cut.truncate(cut.len() - 2);
+    assert_eq!(parse(cut), Ok(None));
 }
