@@ -25,6 +25,8 @@ mod wire;
 #[cfg(test)]
 mod conf_tests;
 #[cfg(test)]
+mod namespace_tests;
+#[cfg(test)]
 mod resolver_tests;
 #[cfg(test)]
 mod test_server;
