@@ -3,6 +3,12 @@
 // "listening on 0.0.0.0:PORT" once it listens, then serves one connection at a time,
 // sending back everything it reads until the peer closes, forever. Each wait blocks on a
 // wasi:io/poll pollable. Exits 1 with a line on stderr if it cannot listen.
+//
+// With LOOKUP=NAME in the environment it looks NAME up instead (wasi:sockets
+// ip-name-lookup, as getaddrinfo would), prints "address A" for each address it gets and
+// exits 0, or prints "lookup NAME failed: error CODE" (the wasi:sockets error code) on
+// stderr and exits 1.
+#include <stdio.h>
 #include <string.h>
 
 #include "bindings/tcp-echo/tcp_echo.h"
@@ -61,6 +67,75 @@ static void echo(wasi_io_streams_borrow_input_stream_t in,
     }
 }
 
+// The value of the environment variable KEY copied into OUT (at most CAP - 1 bytes);
+// 0 when it is not set.
+static int env_value(const char *key, char *out, size_t cap) {
+    tcp_echo_list_tuple2_string_string_t env;
+    wasi_cli_environment_get_environment(&env);
+    int found = 0;
+    for (size_t i = 0; i < env.len && !found; i++) {
+        tcp_echo_string_t *k = &env.ptr[i].f0, *v = &env.ptr[i].f1;
+        if (k->len != strlen(key) || memcmp(k->ptr, key, k->len) != 0) continue;
+        size_t n = v->len < cap - 1 ? v->len : cap - 1;
+        memcpy(out, v->ptr, n);
+        out[n] = '\0';
+        found = 1;
+    }
+    tcp_echo_list_tuple2_string_string_free(&env);
+    return found;
+}
+
+static void print_address(const wasi_sockets_network_ip_address_t *ip) {
+    char text[48];
+    if (ip->tag == WASI_SOCKETS_NETWORK_IP_ADDRESS_IPV4) {
+        const wasi_sockets_network_ipv4_address_t *a = &ip->val.ipv4;
+        snprintf(text, sizeof text, "%u.%u.%u.%u", a->f0, a->f1, a->f2, a->f3);
+    } else {
+        const wasi_sockets_network_ipv6_address_t *a = &ip->val.ipv6;
+        snprintf(text, sizeof text, "%x:%x:%x:%x:%x:%x:%x:%x", a->f0, a->f1, a->f2, a->f3,
+                 a->f4, a->f5, a->f6, a->f7);
+    }
+    print(wasi_cli_stdout_get_stdout(), "address ", text);
+}
+
+static bool lookup_failed(const char *name, unsigned code) {
+    char text[300];
+    snprintf(text, sizeof text, "%s failed: error %u", name, code);
+    print(wasi_cli_stderr_get_stderr(), "lookup ", text);
+    return false;
+}
+
+// Looks NAME up and prints its addresses, waiting on the stream's pollable.
+static bool lookup(const char *name) {
+    wasi_sockets_instance_network_own_network_t network =
+        wasi_sockets_instance_network_instance_network();
+    tcp_echo_string_t text = {(uint8_t *)name, strlen(name)};
+    wasi_sockets_ip_name_lookup_own_resolve_address_stream_t stream;
+    wasi_sockets_ip_name_lookup_error_code_t err;
+    if (!wasi_sockets_ip_name_lookup_resolve_addresses(wasi_sockets_network_borrow_network(network),
+                                                       &text, &stream, &err))
+        return lookup_failed(name, err);
+    wasi_sockets_ip_name_lookup_borrow_resolve_address_stream_t s =
+        wasi_sockets_ip_name_lookup_borrow_resolve_address_stream(stream);
+    for (;;) {
+        wasi_sockets_ip_name_lookup_option_ip_address_t next;
+        if (!wasi_sockets_ip_name_lookup_method_resolve_address_stream_resolve_next_address(s, &next,
+                                                                                            &err)) {
+            if (err != WASI_SOCKETS_NETWORK_ERROR_CODE_WOULD_BLOCK) return lookup_failed(name, err);
+            wasi_io_poll_own_pollable_t ready =
+                wasi_sockets_ip_name_lookup_method_resolve_address_stream_subscribe(s);
+            wasi_io_poll_method_pollable_block(wasi_io_poll_borrow_pollable(ready));
+            wasi_io_poll_pollable_drop_own(ready);
+            continue;
+        }
+        if (!next.is_some) break;
+        print_address(&next.val);
+    }
+    wasi_sockets_ip_name_lookup_resolve_address_stream_drop_own(stream);
+    wasi_sockets_network_network_drop_own(network);
+    return true;
+}
+
 static uint16_t port_from_env(void) {
     tcp_echo_list_tuple2_string_string_t env;
     wasi_cli_environment_get_environment(&env);
@@ -77,6 +152,8 @@ static uint16_t port_from_env(void) {
 }
 
 bool exports_wasi_cli_run_run(void) {
+    char name[256];
+    if (env_value("LOOKUP", name, sizeof name)) return lookup(name);
     uint16_t port = port_from_env();
     char port_text[8];
     int at = sizeof port_text;

@@ -474,6 +474,7 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
         image_dir,
         image_fs_capacity: args.image_fs_capacity_bytes,
         network,
+        dns: Default::default(),
     });
     let cert_dir = args
         .cert_dir

@@ -9,7 +9,9 @@ use kubelet::runtime::{
     BoxFuture, ContainerExit, ContainerHandle, ContainerRun, ContainerUsage, Counter, Image,
     ImageError, ImageFsUsage, ImageStatus, Sandbox, SandboxConfig, StoredImage,
 };
-use wasi_runtime::{ContainerSpec, Engine, Exit, Preopen};
+use std::sync::Arc;
+
+use wasi_runtime::{ContainerSpec, Engine, Exit, PodDns, Preopen};
 
 /// How long connecting to a pod's port for `kubectl port-forward` may take.
 const PORT_FORWARD_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -27,6 +29,43 @@ pub struct WasmRuntime {
     /// The pod network (`--cni-conf-dir`); `None`: pods share the node's address and
     /// have no sockets.
     pub network: Option<crate::sandbox::PodNetwork>,
+    /// Each networked pod's DNS, by sandbox ID: its containers' name lookups are
+    /// answered with it.
+    pub dns: std::sync::Mutex<std::collections::HashMap<String, Arc<PodDns>>>,
+}
+
+/// The pod's resolver: the configuration the kubelet composed (a `search .` is no
+/// search path) and its hosts entries (those of a managed `/etc/hosts`, with the pod's
+/// addresses).
+fn pod_dns(config: &SandboxConfig, ips: &[std::net::IpAddr]) -> Result<PodDns, String> {
+    let mut composed = config.dns.clone();
+    composed.searches.retain(|s| s != ".");
+    let conf = network::ResolvConf::parse(&composed.render())
+        .map_err(|e| format!("the pod's DNS configuration: {e}"))?;
+    let mut hosts = network::Hosts::new();
+    let entries = kubelet::pods::dns::managed_hosts(
+        ips,
+        &config.hostname,
+        &config.host_domain,
+        &config.host_aliases,
+    );
+    for (ip, names) in entries {
+        // hostAliases' addresses are checked by the API server; anything else is skipped.
+        if let Ok(ip) = ip.parse() {
+            hosts.add(ip, names);
+        }
+    }
+    Ok(PodDns::new(network::Resolver::new(conf, hosts)))
+}
+
+impl WasmRuntime {
+    fn dns_of(&self, sandbox_id: &str) -> Option<Arc<PodDns>> {
+        self.dns
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(sandbox_id)
+            .cloned()
+    }
 }
 
 fn image(reference: &str, img: oci::Image, downloaded: bool) -> Image {
@@ -120,6 +159,7 @@ impl WasmRuntime {
                 request_millis: run.cpu.request_millis,
             },
             network: self.network.as_ref().and_then(|n| n.netns(&run.sandbox_id)),
+            dns: self.dns_of(&run.sandbox_id),
             http_port: run
                 .ports
                 .first()
@@ -247,7 +287,15 @@ impl kubelet::Runtime for WasmRuntime {
     fn run_pod_sandbox(&self, config: SandboxConfig) -> BoxFuture<'_, Result<Sandbox, String>> {
         Box::pin(async move {
             match &self.network {
-                Some(net) if !config.host_network => net.up(&config).await,
+                Some(net) if !config.host_network => {
+                    let sandbox = net.up(&config).await?;
+                    let dns = pod_dns(&config, &sandbox.ips)?;
+                    self.dns
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .insert(sandbox.id.clone(), Arc::new(dns));
+                    Ok(sandbox)
+                }
                 _ => Ok(Sandbox {
                     id: config.uid,
                     ips: Vec::new(),
@@ -258,6 +306,10 @@ impl kubelet::Runtime for WasmRuntime {
 
     fn remove_pod_sandbox<'a>(&'a self, id: &'a str) -> BoxFuture<'a, ()> {
         Box::pin(async move {
+            self.dns
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .remove(id);
             if let Some(net) = &self.network {
                 net.down(id, "", "").await;
             }

@@ -53,6 +53,10 @@ pub struct ContainerSpec {
     /// Longest one request to a served component may take (`None`: the node's
     /// [`ServingPool::request_timeout`](crate::ServingPool::request_timeout)).
     pub request_timeout: Option<std::time::Duration>,
+    /// The pod's DNS, shared by its containers: a component's name lookups are
+    /// answered with it (`None` with a network: the host's resolver, inside the pod's
+    /// namespace).
+    pub dns: Option<Arc<crate::PodDns>>,
 }
 
 /// The port a `wasi:http` component is served on when its container declares none.
@@ -190,6 +194,7 @@ pub(crate) struct ComponentState {
     ctx: WasiCtx,
     table: ResourceTable,
     limits: Limits,
+    lookups: crate::lookup::Lookups,
 }
 
 impl WasiView for ComponentState {
@@ -215,6 +220,14 @@ pub(crate) fn component_linker(
     // `wasi:cli/exit.exit` says only success or failure (exit code 1); a component that
     // calls `exit-with-code` (WASI 0.2.12) reports its own code.
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+        .and_then(|()| {
+            crate::lookup::shadow(&mut linker, |s: &mut ComponentState| {
+                crate::lookup::LookupView {
+                    table: &mut s.table,
+                    lookups: &s.lookups,
+                }
+            })
+        })
         .map_err(|e| Error::Config(format!("{e:#}")))?;
     Ok(linker)
 }
@@ -363,10 +376,16 @@ impl Engine {
                     }
                     None => self.guest.handle().clone(),
                 };
+                let lookups = match (&spec.network, &spec.dns) {
+                    (None, _) => crate::lookup::Lookups::Denied,
+                    (Some(_), Some(dns)) => crate::lookup::Lookups::Pod(dns.clone()),
+                    (Some(_), None) => crate::lookup::Lookups::Host,
+                };
                 let state = ComponentState {
                     ctx: builder.build(),
                     table,
                     limits,
+                    lookups,
                 };
                 let mut store = Store::new(&self.inner, state);
                 store.limiter(|s| &mut s.limits);

@@ -51,6 +51,7 @@ fn spec(
 ) -> ContainerSpec {
     ContainerSpec {
         request_timeout: None,
+        dns: None,
         pod_id: String::new(),
         module_key: "sha256:hello-http".to_owned(),
         wasm: component(),

@@ -428,6 +428,16 @@ pub fn hosts_entries(
     hostname: &str,
     domain: &str,
 ) -> Vec<HostsEntry> {
+    managed_hosts(pod_ips, hostname, domain, &host_aliases(pod))
+}
+
+/// The entries of a pod's hosts file from its sandbox's parts: see [`hosts_entries`].
+pub fn managed_hosts(
+    pod_ips: &[IpAddr],
+    hostname: &str,
+    domain: &str,
+    aliases: &[HostsEntry],
+) -> Vec<HostsEntry> {
     let entry = |ip: &str, names: &[&str]| -> HostsEntry {
         (
             ip.to_string(),
@@ -450,7 +460,7 @@ pub fn hosts_entries(
             hosts.push(entry(&ip, &[&format!("{hostname}.{domain}"), hostname]));
         }
     }
-    hosts.extend(host_aliases(pod));
+    hosts.extend(aliases.iter().cloned());
     hosts
 }
 

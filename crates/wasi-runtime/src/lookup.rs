@@ -1,0 +1,269 @@
+//! `wasi:sockets/ip-name-lookup` answered with the pod's own DNS: a component's name
+//! lookups go to the pod's resolver (the configuration the kubelet composed: cluster
+//! DNS, search paths, `ndots`, `hostAliases`), asked from inside the pod's network
+//! namespace, instead of the host's `getaddrinfo` and `/etc/resolv.conf`.
+//!
+//! The interface is defined over wasmtime-wasi's own (the linker shadows it), with a
+//! stream resource of ours: its handles are made and read only here.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+
+use network::{LookupErrorKind, Resolver};
+use tokio::sync::Semaphore;
+use wasmtime::component::{HasData, Resource, ResourceTable};
+use wasmtime_wasi::p2::bindings::sockets::ip_name_lookup::{
+    Host, HostResolveAddressStream, ResolveAddressStream,
+};
+use wasmtime_wasi::p2::bindings::sockets::network::{ErrorCode, IpAddress, Network};
+use wasmtime_wasi::p2::{DynPollable, Pollable, SocketError, subscribe};
+
+/// Lookups of one pod in flight at once; more wait for a turn (each holds up to two
+/// sockets while it asks).
+pub const MAX_LOOKUPS_PER_POD: usize = 16;
+
+/// How a container's name lookups are answered.
+#[derive(Clone, Default)]
+pub enum Lookups {
+    /// Not at all: the container has no network (`permanent-resolver-failure`, as
+    /// wasmtime-wasi answers when lookups are not allowed).
+    #[default]
+    Denied,
+    /// By the host's resolver, on the pod namespace's thread (a pod without a DNS
+    /// configuration of its own).
+    Host,
+    /// By the pod's resolver.
+    Pod(Arc<PodDns>),
+}
+
+/// A pod's resolver and its turns.
+pub struct PodDns {
+    resolver: Resolver,
+    turns: Arc<Semaphore>,
+}
+
+impl std::fmt::Debug for PodDns {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PodDns")
+            .field("nameservers", &self.resolver.conf().nameservers)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PodDns {
+    /// The lookups of a pod answered by `resolver`.
+    pub fn new(resolver: Resolver) -> Self {
+        Self {
+            resolver,
+            turns: Arc::new(Semaphore::new(MAX_LOOKUPS_PER_POD)),
+        }
+    }
+
+    /// Looks `name` up, waiting for a turn first.
+    pub async fn lookup(&self, name: &str) -> Result<Vec<IpAddr>, ErrorCode> {
+        let _turn = self
+            .turns
+            .acquire()
+            .await
+            .map_err(|_| ErrorCode::PermanentResolverFailure)?;
+        self.resolver
+            .lookup(name)
+            .await
+            .map_err(|e| match e.kind() {
+                LookupErrorKind::InvalidArgument => ErrorCode::InvalidArgument,
+                LookupErrorKind::NameUnresolvable => ErrorCode::NameUnresolvable,
+                LookupErrorKind::TemporaryResolverFailure => ErrorCode::TemporaryResolverFailure,
+                LookupErrorKind::PermanentResolverFailure => ErrorCode::PermanentResolverFailure,
+            })
+    }
+}
+
+/// What the interface's functions see of a store.
+pub struct LookupView<'a> {
+    /// The store's resources.
+    pub table: &'a mut ResourceTable,
+    /// How its lookups are answered.
+    pub lookups: &'a Lookups,
+}
+
+/// The [`HasData`] of the shadowing interface.
+pub struct PodLookups;
+
+impl HasData for PodLookups {
+    type Data<'a> = LookupView<'a>;
+}
+
+/// One lookup: running on the pod's runtime, then its addresses handed out in turn.
+struct Stream {
+    state: State,
+}
+
+enum State {
+    Running(tokio::task::JoinHandle<Result<Vec<IpAddr>, ErrorCode>>),
+    Done(Result<std::vec::IntoIter<IpAddr>, ErrorCode>),
+}
+
+impl Stream {
+    /// Takes the lookup's result if it has ended (without waiting).
+    fn settle(&mut self) {
+        if let State::Running(task) = &mut self.state {
+            if !task.is_finished() {
+                return;
+            }
+            let mut cx = Context::from_waker(Waker::noop());
+            if let Poll::Ready(result) = std::pin::Pin::new(task).poll(&mut cx) {
+                self.state = State::Done(ended(result));
+            }
+        }
+    }
+}
+
+fn ended(
+    result: Result<Result<Vec<IpAddr>, ErrorCode>, tokio::task::JoinError>,
+) -> Result<std::vec::IntoIter<IpAddr>, ErrorCode> {
+    match result {
+        Ok(found) => found.map(Vec::into_iter),
+        Err(_) => Err(ErrorCode::Unknown),
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        // A lookup the guest gave up on stops asking.
+        if let State::Running(task) = &self.state {
+            task.abort();
+        }
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for Stream {
+    async fn ready(&mut self) {
+        if let State::Running(task) = &mut self.state {
+            let result = task.await;
+            self.state = State::Done(ended(result));
+        }
+    }
+}
+
+/// Our stream behind the interface's handle type (both name one table entry).
+fn ours(handle: &Resource<ResolveAddressStream>) -> Resource<Stream> {
+    if handle.owned() {
+        Resource::new_own(handle.rep())
+    } else {
+        Resource::new_borrow(handle.rep())
+    }
+}
+
+/// Starts a lookup of `name` as `lookups` answer it, on the current runtime (the pod
+/// namespace's, where a component with a network runs).
+fn start(lookups: &Lookups, name: String) -> Result<Stream, ErrorCode> {
+    let task = match lookups {
+        Lookups::Denied => return Err(ErrorCode::PermanentResolverFailure),
+        Lookups::Pod(dns) => {
+            let dns = dns.clone();
+            tokio::spawn(async move { dns.lookup(&name).await })
+        }
+        Lookups::Host => {
+            if let Ok(ip) = name.parse::<IpAddr>() {
+                return Ok(Stream {
+                    state: State::Done(Ok(vec![ip].into_iter())),
+                });
+            }
+            if name.is_empty() || name.len() > 253 {
+                return Err(ErrorCode::InvalidArgument);
+            }
+            tokio::spawn(async move {
+                let found = tokio::net::lookup_host((name.as_str(), 0))
+                    .await
+                    .map_err(|_| ErrorCode::NameUnresolvable)?;
+                let mut ips: Vec<IpAddr> = found.map(|a| a.ip().to_canonical()).collect();
+                ips.dedup();
+                ips.truncate(network::dns::MAX_ADDRESSES);
+                Ok(ips)
+            })
+        }
+    };
+    Ok(Stream {
+        state: State::Running(task),
+    })
+}
+
+impl Host for LookupView<'_> {
+    fn resolve_addresses(
+        &mut self,
+        network: Resource<Network>,
+        name: String,
+    ) -> Result<Resource<ResolveAddressStream>, SocketError> {
+        // The network handle is the capability to look names up.
+        self.table.get(&network)?;
+        let stream = start(self.lookups, name)?;
+        let handle = self.table.push(stream)?;
+        Ok(Resource::new_own(handle.rep()))
+    }
+}
+
+// The interface's errors are those of `wasi:sockets/network`, converted here as
+// wasmtime-wasi converts them (its own view serves the network interface itself).
+impl wasmtime_wasi::p2::bindings::sockets::network::Host for LookupView<'_> {
+    fn convert_error_code(&mut self, error: SocketError) -> wasmtime::Result<ErrorCode> {
+        error.downcast()
+    }
+
+    fn network_error_code(
+        &mut self,
+        err: Resource<wasmtime_wasi::p2::bindings::sockets::network::Error>,
+    ) -> wasmtime::Result<Option<ErrorCode>> {
+        let err = self.table.get(&err)?;
+        Ok(err.downcast_ref::<std::io::Error>().map(ErrorCode::from))
+    }
+}
+
+impl wasmtime_wasi::p2::bindings::sockets::network::HostNetwork for LookupView<'_> {
+    fn drop(&mut self, network: Resource<Network>) -> wasmtime::Result<()> {
+        self.table.delete(network)?;
+        Ok(())
+    }
+}
+
+impl HostResolveAddressStream for LookupView<'_> {
+    fn resolve_next_address(
+        &mut self,
+        handle: Resource<ResolveAddressStream>,
+    ) -> Result<Option<IpAddress>, SocketError> {
+        let stream = self.table.get_mut(&ours(&handle))?;
+        stream.settle();
+        match &mut stream.state {
+            State::Running(_) => Err(ErrorCode::WouldBlock.into()),
+            State::Done(Ok(ips)) => Ok(ips.next().map(IpAddress::from)),
+            State::Done(Err(e)) => Err((*e).into()),
+        }
+    }
+
+    fn subscribe(
+        &mut self,
+        handle: Resource<ResolveAddressStream>,
+    ) -> wasmtime::Result<Resource<DynPollable>> {
+        subscribe(self.table, ours(&handle))
+    }
+
+    fn drop(&mut self, handle: Resource<ResolveAddressStream>) -> wasmtime::Result<()> {
+        self.table.delete(ours(&handle))?;
+        Ok(())
+    }
+}
+
+/// Replaces wasmtime-wasi's `ip-name-lookup` in `linker` by the pod's lookups of each
+/// store (`view` gives them).
+pub(crate) fn shadow<T: Send + 'static>(
+    linker: &mut wasmtime::component::Linker<T>,
+    view: fn(&mut T) -> LookupView<'_>,
+) -> wasmtime::Result<()> {
+    linker.allow_shadowing(true);
+    wasmtime_wasi::p2::bindings::sockets::ip_name_lookup::add_to_linker::<T, PodLookups>(
+        linker, view,
+    )?;
+    linker.allow_shadowing(false);
+    Ok(())
+}

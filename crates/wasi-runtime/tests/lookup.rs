@@ -1,0 +1,264 @@
+//! A component's name lookups (`wasi:sockets/ip-name-lookup`) answered with its pod's
+//! DNS: the echo component in lookup mode (`LOOKUP=NAME`, target/wasm/http-echo.component
+//! .wasm, built by hack/build-wasm) in a network namespace of the test's own, asking a
+//! DNS server of the test's own on that namespace's loopback (nothing leaves it).
+//! Needs root (network namespaces).
+
+use std::net::{Ipv4Addr, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use network::{Hosts, NetNs, ResolvConf, Resolver};
+use wasi_runtime::{ContainerSpec, Engine, EngineConfig, Exit, PodDns};
+
+/// Where the test's DNS server listens, inside the namespace.
+const DNS_PORT: u16 = 5353;
+/// The one name it knows, and its address.
+const KNOWN: &str = "backend.shop.svc.cluster.local";
+const KNOWN_IP: Ipv4Addr = Ipv4Addr::new(10, 1, 2, 3);
+/// wasi:sockets error codes, as the component prints them.
+const NAME_UNRESOLVABLE: u32 = 18;
+const PERMANENT_RESOLVER_FAILURE: u32 = 20;
+
+fn echo() -> Arc<[u8]> {
+    let path = format!(
+        "{}/../../target/wasm/http-echo.component.wasm",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let bytes =
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{path} (run hack/build-wasm): {e}"));
+    Arc::from(bytes)
+}
+
+/// A namespace with its loopback up.
+async fn namespace(dir: &tempfile::TempDir) -> Arc<NetNs> {
+    let path = dir.path().join("ns");
+    let ns = NetNs::create(&path)
+        .await
+        .expect("a network namespace (root)");
+    let up = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", path.display()))
+        .args(["ip", "link", "set", "lo", "up"])
+        .status()
+        .expect("nsenter");
+    assert!(up.success());
+    Arc::new(ns)
+}
+
+/// A DNS server on 127.0.0.1:[`DNS_PORT`] of the namespace: [`KNOWN`] has one A record,
+/// every other name is NXDOMAIN; the names asked are kept, in order.
+struct DnsServer {
+    asked: Arc<Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl DnsServer {
+    async fn start(net: &NetNs) -> Self {
+        let socket = net
+            .run(|| UdpSocket::bind((Ipv4Addr::LOCALHOST, DNS_PORT)))
+            .await
+            .expect("the namespace thread")
+            .expect("bind the DNS port");
+        socket
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .expect("timeout");
+        let asked = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (a, s) = (asked.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 512];
+            while !s.load(Ordering::Relaxed) {
+                let Ok((n, from)) = socket.recv_from(&mut buf) else {
+                    continue;
+                };
+                if let Some((name, reply)) = answer(&buf[..n]) {
+                    a.lock().expect("lock").push(name);
+                    let _ = socket.send_to(&reply, from);
+                }
+            }
+        });
+        Self { asked, stop }
+    }
+
+    fn asked(&self) -> Vec<String> {
+        self.asked.lock().expect("lock").clone()
+    }
+}
+
+impl Drop for DnsServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The reply to one query (and the name asked, with its type when not A): [`KNOWN`]'s
+/// A record, no AAAA record for it, NXDOMAIN for any other name.
+fn answer(query: &[u8]) -> Option<(String, Vec<u8>)> {
+    let mut labels = Vec::new();
+    let mut at = 12;
+    loop {
+        let len = usize::from(*query.get(at)?);
+        at += 1;
+        if len == 0 {
+            break;
+        }
+        labels.push(String::from_utf8_lossy(query.get(at..at + len)?).into_owned());
+        at += len;
+    }
+    let qtype = u16::from_be_bytes([*query.get(at)?, *query.get(at + 1)?]);
+    let question_end = at + 4;
+    let name = labels.join(".");
+    let known = name.eq_ignore_ascii_case(KNOWN);
+    let mut reply = query.get(..question_end)?.to_vec();
+    // QR, RD copied, RA; NOERROR or NXDOMAIN; the question; no authority, no additional.
+    reply[2] = 0x80 | (query[2] & 0x01);
+    reply[3] = if known { 0x80 } else { 0x83 };
+    let answers: u16 = u16::from(known && qtype == 1);
+    reply[6..8].copy_from_slice(&answers.to_be_bytes());
+    reply[8..12].fill(0);
+    if answers == 1 {
+        reply.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 5, 0, 4]);
+        reply.extend_from_slice(&KNOWN_IP.octets());
+    }
+    let asked = if qtype == 1 {
+        name
+    } else {
+        format!("{name} type {qtype}")
+    };
+    Some((asked, reply))
+}
+
+/// The pod's DNS as the kubelet composes it for a pod of namespace `shop`, with one
+/// host alias, asking the test's server.
+fn pod_dns() -> Arc<PodDns> {
+    let conf = ResolvConf::parse(
+        "nameserver 127.0.0.1\n\
+         search shop.svc.cluster.local svc.cluster.local cluster.local\n\
+         options ndots:5 timeout:2 attempts:2\n",
+    )
+    .expect("resolv.conf");
+    let mut hosts = Hosts::new();
+    hosts.add("192.0.2.9".parse().expect("ip"), ["legacy"]);
+    Arc::new(PodDns::new(Resolver::new(conf, hosts).with_port(DNS_PORT)))
+}
+
+fn spec(
+    dir: &tempfile::TempDir,
+    net: Option<Arc<NetNs>>,
+    dns: Option<Arc<PodDns>>,
+    name: &str,
+) -> ContainerSpec {
+    ContainerSpec {
+        request_timeout: None,
+        dns,
+        pod_id: "pod".to_owned(),
+        module_key: "sha256:echo".to_owned(),
+        wasm: echo(),
+        args: vec!["echo".to_owned()],
+        env: vec![("LOOKUP".to_owned(), name.to_owned())],
+        log_path: dir.path().join(format!("{name}.log")),
+        memory_limit: None,
+        preopens: Vec::new(),
+        network: net,
+        http_port: wasi_runtime::DEFAULT_HTTP_PORT,
+        cpu: wasi_runtime::CpuShare::default(),
+        allowed_outbound: None,
+    }
+}
+
+/// Runs the lookup of `name` (bounded: a lookup ends within its resolver's bound);
+/// its exit and what it wrote.
+async fn look_up(
+    engine: &Engine,
+    dir: &tempfile::TempDir,
+    net: Option<Arc<NetNs>>,
+    dns: Option<Arc<PodDns>>,
+    name: &str,
+) -> (Exit, String) {
+    let running = engine
+        .start(spec(dir, net, dns, name))
+        .await
+        .expect("start");
+    let exit = tokio::time::timeout(Duration::from_secs(120), running.wait())
+        .await
+        .expect("the lookup ends");
+    let log = std::fs::read_to_string(dir.path().join(format!("{name}.log"))).unwrap_or_default();
+    (exit, log)
+}
+
+#[tokio::test]
+async fn a_components_lookups_are_answered_by_its_pods_dns() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let net = namespace(&dir).await;
+    let server = DnsServer::start(&net).await;
+    let engine = Engine::new(&EngineConfig::default()).expect("engine");
+    let dns = pod_dns();
+
+    // A short name: the pod's search paths first (ndots:5), the first one answers.
+    let (exit, log) = look_up(
+        &engine,
+        &dir,
+        Some(net.clone()),
+        Some(dns.clone()),
+        "backend",
+    )
+    .await;
+    assert_eq!(exit, Exit::Code(0), "{log}");
+    assert!(log.contains("address 10.1.2.3"), "{log}");
+    let asked = server.asked();
+    let first_a = asked.iter().find(|a| !a.contains(" type "));
+    assert_eq!(first_a.map(String::as_str), Some(KNOWN), "{asked:?}");
+
+    // A host alias: answered before any DNS, the server never asked.
+    let before = server.asked().len();
+    let (exit, log) = look_up(
+        &engine,
+        &dir,
+        Some(net.clone()),
+        Some(dns.clone()),
+        "legacy",
+    )
+    .await;
+    assert_eq!(exit, Exit::Code(0), "{log}");
+    assert!(log.contains("address 192.0.2.9"), "{log}");
+    assert_eq!(server.asked().len(), before, "{:?}", server.asked());
+
+    // An unknown name: every search path and the name itself asked, then the
+    // component sees name-unresolvable (not a hang).
+    let (exit, log) = look_up(
+        &engine,
+        &dir,
+        Some(net.clone()),
+        Some(dns.clone()),
+        "nothing.example",
+    )
+    .await;
+    assert_eq!(exit, Exit::Code(1), "{log}");
+    assert!(
+        log.contains(&format!(
+            "lookup nothing.example failed: error {NAME_UNRESOLVABLE}"
+        )),
+        "{log}"
+    );
+    let asked = server.asked();
+    for name in [
+        "nothing.example.shop.svc.cluster.local",
+        "nothing.example.svc.cluster.local",
+        "nothing.example.cluster.local",
+        "nothing.example",
+    ] {
+        assert!(
+            asked.iter().any(|a| a == name),
+            "{name} not asked: {asked:?}"
+        );
+    }
+
+    // Without a network, no lookup at all.
+    let (exit, log) = look_up(&engine, &dir, None, Some(dns), "backend").await;
+    assert_eq!(exit, Exit::Code(1), "{log}");
+    assert!(
+        log.contains(&format!("failed: error {PERMANENT_RESOLVER_FAILURE}")),
+        "{log}"
+    );
+}
