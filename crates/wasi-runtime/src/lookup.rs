@@ -267,3 +267,60 @@ pub(crate) fn shadow<T: Send + 'static>(
     linker.allow_shadowing(false);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    /// A server that never answers; how many queries it got.
+    fn silent_server() -> (u16, Arc<AtomicUsize>) {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        socket
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("timeout");
+        let port = socket.local_addr().expect("addr").port();
+        let got = Arc::new(AtomicUsize::new(0));
+        let seen = got.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 512];
+            // Ends with the test process; reads only.
+            loop {
+                if socket.recv_from(&mut buf).is_ok() {
+                    seen.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+        (port, got)
+    }
+
+    #[tokio::test]
+    async fn a_pods_lookups_in_flight_are_bounded() {
+        let (port, got) = silent_server();
+        let conf =
+            network::ResolvConf::parse("nameserver 127.0.0.1\noptions timeout:10 attempts:1\n")
+                .expect("conf");
+        let dns = Arc::new(PodDns::new(
+            Resolver::new(conf, network::Hosts::new()).with_port(port),
+        ));
+        // 100 lookups at once, each asking A and AAAA of a server that never answers.
+        let lookups: Vec<_> = (0..100)
+            .map(|i| {
+                let dns = dns.clone();
+                tokio::spawn(async move { dns.lookup(&format!("n{i}.example")).await })
+            })
+            .collect();
+        let expected = MAX_LOOKUPS_PER_POD * 2;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while got.load(Ordering::Relaxed) < expected && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Unbounded, all 200 queries would be out within milliseconds.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(got.load(Ordering::Relaxed), expected);
+        for l in lookups {
+            l.abort();
+        }
+    }
+}
