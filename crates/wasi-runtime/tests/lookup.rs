@@ -4,6 +4,8 @@
 //! DNS server of the test's own on that namespace's loopback (nothing leaves it).
 //! Needs root (network namespaces).
 
+mod common;
+
 use std::net::{Ipv4Addr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -22,28 +24,7 @@ const NAME_UNRESOLVABLE: u32 = 18;
 const PERMANENT_RESOLVER_FAILURE: u32 = 20;
 
 fn echo() -> Arc<[u8]> {
-    let path = format!(
-        "{}/../../target/wasm/http-echo.component.wasm",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    let bytes =
-        std::fs::read(&path).unwrap_or_else(|e| panic!("{path} (run hack/build-wasm): {e}"));
-    Arc::from(bytes)
-}
-
-/// A namespace with its loopback up.
-async fn namespace(dir: &tempfile::TempDir) -> Arc<NetNs> {
-    let path = dir.path().join("ns");
-    let ns = NetNs::create(&path)
-        .await
-        .expect("a network namespace (root)");
-    let up = std::process::Command::new("nsenter")
-        .arg(format!("--net={}", path.display()))
-        .args(["ip", "link", "set", "lo", "up"])
-        .status()
-        .expect("nsenter");
-    assert!(up.success());
-    Arc::new(ns)
+    common::wasm("http-echo")
 }
 
 /// A DNS server on 127.0.0.1:[`DNS_PORT`] of the namespace: [`KNOWN`] has one A record,
@@ -190,7 +171,7 @@ async fn look_up(
 #[tokio::test]
 async fn a_components_lookups_are_answered_by_its_pods_dns() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let net = namespace(&dir).await;
+    let net = common::namespace(&dir).await;
     let server = DnsServer::start(&net).await;
     let engine = Engine::new(&EngineConfig::default()).expect("engine");
     let dns = pod_dns();

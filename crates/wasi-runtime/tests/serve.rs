@@ -7,6 +7,8 @@
 //! time limit is answered 504.
 //! Needs root (network namespaces).
 
+mod common;
+
 use std::io::{Read, Write};
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,33 +17,7 @@ use network::NetNs;
 use wasi_runtime::{ContainerSpec, Engine, EngineConfig, Exit, Running, ServingPool};
 
 fn component() -> Arc<[u8]> {
-    wasm("http-hello")
-}
-
-/// target/wasm/NAME.component.wasm.
-fn wasm(name: &str) -> Arc<[u8]> {
-    let path = format!(
-        "{}/../../target/wasm/{name}.component.wasm",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    let bytes =
-        std::fs::read(&path).unwrap_or_else(|e| panic!("{path} (run hack/build-wasm): {e}"));
-    Arc::from(bytes)
-}
-
-/// A namespace with its loopback up, so the test reaches the server from inside it.
-async fn namespace(dir: &tempfile::TempDir) -> Arc<NetNs> {
-    let path = dir.path().join("ns");
-    let ns = NetNs::create(&path)
-        .await
-        .expect("a network namespace (root)");
-    let up = std::process::Command::new("nsenter")
-        .arg(format!("--net={}", path.display()))
-        .args(["ip", "link", "set", "lo", "up"])
-        .status()
-        .expect("nsenter");
-    assert!(up.success());
-    Arc::new(ns)
+    common::wasm("http-hello")
 }
 
 fn spec(
@@ -116,7 +92,7 @@ async fn send(net: &NetNs, path: &'static str) -> (u16, String, String) {
 #[tokio::test]
 async fn a_served_component_answers_each_request_from_a_fresh_instance_and_logs_it() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let net = namespace(&dir).await;
+    let net = common::namespace(&dir).await;
     let engine = Engine::new(&EngineConfig::default()).expect("engine");
     let running = engine
         .start(spec(&dir, Some(net.clone()), None))
@@ -150,7 +126,7 @@ async fn a_served_component_answers_each_request_from_a_fresh_instance_and_logs_
 #[tokio::test]
 async fn an_instance_past_the_memory_limit_is_a_500_with_the_reason_logged() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let net = namespace(&dir).await;
+    let net = common::namespace(&dir).await;
     let engine = Engine::new(&EngineConfig::default()).expect("engine");
     // Far below what the component's memories need at instantiation.
     let running = engine
@@ -237,7 +213,7 @@ impl Upstream {
 fn forward_spec(dir: &tempfile::TempDir, net: Arc<NetNs>) -> ContainerSpec {
     let mut spec = spec(dir, Some(net), Some(64 << 20));
     spec.module_key = "sha256:forward".to_owned();
-    spec.wasm = wasm("http-forward");
+    spec.wasm = common::wasm("http-forward");
     spec.env
         .push(("TARGET_URL".to_owned(), "http://127.0.0.1:9000/".to_owned()));
     spec
@@ -264,7 +240,7 @@ async fn forward_in_pool(
     per_pod: usize,
 ) -> (Engine, tempfile::TempDir, Arc<NetNs>, Running, Upstream) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let net = namespace(&dir).await;
+    let net = common::namespace(&dir).await;
     let engine = pool_engine(instances, per_pod);
     let running = engine
         .start(forward_spec(&dir, net.clone()))
@@ -351,13 +327,13 @@ async fn requests_beyond_a_pods_share_of_the_pool_wait_their_turn() {
 async fn a_pod_holding_slow_requests_leaves_another_pod_its_share_of_the_pool() {
     let engine = pool_engine(16, 100);
     let quiet_dir = tempfile::tempdir().expect("tempdir");
-    let quiet_net = namespace(&quiet_dir).await;
+    let quiet_net = common::namespace(&quiet_dir).await;
     let quiet = engine
         .start(spec(&quiet_dir, Some(quiet_net.clone()), None))
         .await
         .expect("served");
     let dir = tempfile::tempdir().expect("tempdir");
-    let net = namespace(&dir).await;
+    let net = common::namespace(&dir).await;
     let greedy = engine
         .start(forward_spec(&dir, net.clone()))
         .await
@@ -392,7 +368,7 @@ async fn a_pod_holding_slow_requests_leaves_another_pod_its_share_of_the_pool() 
 #[tokio::test]
 async fn a_request_past_its_time_limit_is_answered_504() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let net = namespace(&dir).await;
+    let net = common::namespace(&dir).await;
     let engine = pool_engine(8, 8);
     let mut spec = forward_spec(&dir, net.clone());
     spec.request_timeout = Some(Duration::from_secs(1));
@@ -419,7 +395,7 @@ async fn the_memory_limit_holds_for_pooled_instances() {
     // memories, one enough. Pool slots are 4 GiB: only the limiter tells them apart.
     for (limit, expected) in [(16 << 10, 500), (64 << 20, 200), (16 << 10, 500)] {
         let dir = tempfile::tempdir().expect("tempdir");
-        let net = namespace(&dir).await;
+        let net = common::namespace(&dir).await;
         let running = engine
             .start(spec(&dir, Some(net.clone()), Some(limit)))
             .await
