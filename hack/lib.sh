@@ -8,6 +8,8 @@ ETCD_VERSION=v3.6.8
 CNI_VERSION=v1.10.0
 # metrics-server (kubectl top, the HorizontalPodAutoscaler's resource metrics).
 METRICS_SERVER_VERSION=v0.8.0
+# CoreDNS (the local cluster's DNS, `kube-dns`), built with the plugins of hack/go/coredns.
+COREDNS_VERSION=v1.15.0
 # The peer node of `hack/bench peers` only (never the tests): the upstream kubelet of
 # K8S_VERSION with containerd and runc, built from the Go module proxy.
 CONTAINERD_VERSION=v2.2.9
@@ -17,6 +19,7 @@ KRUSTLET_CACHE="${KRUSTLET_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/krustlet}"
 K8S_BIN="$KRUSTLET_CACHE/bin/$K8S_VERSION"
 CNI_BIN="$KRUSTLET_CACHE/bin/cni-$CNI_VERSION"
 METRICS_SERVER_BIN="$KRUSTLET_CACHE/bin/metrics-server-$METRICS_SERVER_VERSION/metrics-server"
+COREDNS_BIN="$KRUSTLET_CACHE/bin/coredns-$COREDNS_VERSION/coredns"
 PEERS_BIN="$KRUSTLET_CACHE/bin/peers-containerd-$CONTAINERD_VERSION-runc-$RUNC_VERSION"
 # The peer node's wasm shim, built from hack/peer-shim.
 PEER_SHIM="$KRUSTLET_CACHE/bin/peer-shim/containerd-shim-peerwasm-v1"
@@ -83,4 +86,7 @@ SCHEDULER_PORT="${SCHEDULER_PORT:-16259}"
 KUBE_PROXY_METRICS_PORT="${KUBE_PROXY_METRICS_PORT:-16249}"
 KUBE_PROXY_HEALTHZ_PORT="${KUBE_PROXY_HEALTHZ_PORT:-16256}"
 METRICS_SERVER_PORT="${METRICS_SERVER_PORT:-16263}"
+# CoreDNS's health and readiness, on the loopback of its own namespace (kr-dns).
+COREDNS_HEALTH_PORT="${COREDNS_HEALTH_PORT:-16281}"
+COREDNS_READY_PORT="${COREDNS_READY_PORT:-16282}"
 REGISTRY="127.0.0.1:$REGISTRY_PORT"

@@ -7,6 +7,7 @@ mod api_bounds;
 mod auth;
 mod autoscale;
 mod certificates;
+mod cluster_dns;
 mod deep_trees;
 mod faults;
 mod fleet;
