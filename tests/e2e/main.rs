@@ -21,6 +21,7 @@ mod memory_pressure;
 mod memory_volumes;
 mod network;
 mod node;
+mod pod_dns;
 mod pods;
 mod port_forward;
 mod resources;

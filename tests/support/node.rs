@@ -160,7 +160,17 @@ impl KrustletNode {
         credentials: Credentials,
     ) -> Result<Self> {
         let creds = cluster_lines(&["node-credentials", name])?;
-        let registry = value(&cluster_lines(&["env"])?, "REGISTRY")?;
+        let env = cluster_lines(&["env"])?;
+        let registry = value(&env, "REGISTRY")?;
+        // The cluster's DNS, as a kubelet of the cluster is told it (a test's own
+        // --cluster-dns wins over the environment).
+        let dns: Vec<(&str, String)> = [
+            ("KRUSTLET_CLUSTER_DNS", "CLUSTER_DNS"),
+            ("KRUSTLET_CLUSTER_DOMAIN", "CLUSTER_DOMAIN"),
+        ]
+        .into_iter()
+        .filter_map(|(var, key)| value(&env, key).ok().map(|v| (var, v)))
+        .collect();
         // The benchmarks run the release build.
         let bin = std::env::var_os("KRUSTLET_BIN")
             .map_or_else(|| root().join("target/debug/krustlet"), PathBuf::from);
@@ -207,6 +217,7 @@ impl KrustletNode {
                 "memory.available<100Mi,nodefs.available<2%,nodefs.inodesFree<2%,imagefs.available<2%,imagefs.inodesFree<2%",
             )
             .env("KRUSTLET_IMAGE_GC_HIGH_THRESHOLD_PERCENT", "99")
+            .envs(dns)
             .env("RUST_LOG", "info,kube_client=warn,kube_runtime=warn")
             .stdout(log.try_clone()?)
             .stderr(log)
