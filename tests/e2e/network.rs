@@ -414,12 +414,18 @@ async fn a_failing_liveness_probe_restarts_the_container_with_the_kubelets_event
 }
 
 /// The value of line `key: value` in a hello component's answer.
-fn line<'a>(body: &'a str, key: &str) -> Option<&'a str> {
+pub(crate) fn line<'a>(body: &'a str, key: &str) -> Option<&'a str> {
     body.lines()
         .find_map(|l| l.strip_prefix(key)?.strip_prefix(": "))
 }
 
-fn forward_pod(name: &str, node: &str, image: &str, target: &str, allowed: Option<&str>) -> Pod {
+pub(crate) fn forward_pod(
+    name: &str,
+    node: &str,
+    image: &str,
+    target: &str,
+    allowed: Option<&str>,
+) -> Pod {
     let mut pod = http_pod(name, node, image);
     if let Some(spec) = pod.spec.as_mut() {
         spec.containers[0].env.get_or_insert_with(Vec::new).push(

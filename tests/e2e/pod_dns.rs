@@ -10,7 +10,9 @@ use e2e::{Cluster, delete_and_wait, phase, wait_pod, wasm_toleration};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::api::{LogParams, PostParams};
 
-use crate::network::networked_node;
+use std::net::SocketAddr;
+
+use crate::network::{forward_pod, http_get_ready, http_pod, line, networked_node};
 
 const NODE: &str = "net-dns";
 /// The Service the pods look up.
@@ -81,7 +83,10 @@ async fn a_pod_resolves_services_through_the_cluster_dns() -> anyhow::Result<()>
         None => {
             let svc: Service = serde_json::from_value(serde_json::json!({
                 "metadata": { "name": SERVICE },
-                "spec": { "selector": { "app": SERVICE }, "ports": [{ "port": 80 }] }
+                "spec": {
+                    "selector": { "app": SERVICE },
+                    "ports": [{ "port": 80, "targetPort": 8080 }]
+                }
             }))?;
             services.create(&PostParams::default(), &svc).await?
         }
@@ -176,6 +181,56 @@ async fn a_pod_resolves_services_through_the_cluster_dns() -> anyhow::Result<()>
     .await?;
     assert_eq!(phase, "Succeeded", "{log}");
     assert!(log.contains(&want), "{log}");
+
+    // A served component calls the Service by name over wasi:http: a hello pod behind
+    // it, and the forward component sending each request to http://dns-backend/.
+    let hello = cluster.push("http-hello.component", "v1").await?;
+    let forward = cluster.push("http-forward.component", "v1").await?;
+    let pods = cluster.pods();
+    for p in ["dns-hello", "dns-forward"] {
+        let _ = delete_and_wait(&pods, p, 60).await;
+    }
+    let mut backend = http_pod("dns-hello", NODE, &hello);
+    backend.metadata.labels = Some([("app".to_owned(), SERVICE.to_owned())].into());
+    pods.create(&PostParams::default(), &backend).await?;
+    let target = format!("http://{SERVICE}/by-name");
+    pods.create(
+        &PostParams::default(),
+        &forward_pod("dns-forward", NODE, &forward, &target, None),
+    )
+    .await?;
+    wait_pod(&pods, "dns-hello", 120, "Running", |p| {
+        e2e::phase(p) == "Running"
+    })
+    .await?;
+    let front = wait_pod(&pods, "dns-forward", 120, "Running", |p| {
+        e2e::phase(p) == "Running"
+    })
+    .await?;
+    let addr = SocketAddr::new(
+        front
+            .status
+            .and_then(|s| s.pod_ip)
+            .unwrap_or_default()
+            .parse()?,
+        8080,
+    );
+    // Until kube-proxy has the new endpoint: a request at most every 300 ms, 60 s.
+    let mut answer = (0, String::new());
+    for _ in 0..200 {
+        answer = http_get_ready(addr, "/", &[], 60).await?;
+        if answer.1.starts_with("forwarded: 200\n") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+    assert_eq!(answer.0, 200, "{}", answer.1);
+    assert!(answer.1.starts_with("forwarded: 200\n"), "{}", answer.1);
+    assert_eq!(line(&answer.1, "path"), Some("/by-name"), "{}", answer.1);
+    assert_eq!(line(&answer.1, "pod"), Some("dns-hello"), "{}", answer.1);
+    for p in ["dns-hello", "dns-forward"] {
+        delete_and_wait(&pods, p, 60).await?;
+    }
     drop(node);
     drop(net);
     Ok(())

@@ -16,6 +16,9 @@ pub struct Outgoing {
     pub allow: Option<Arc<crate::AllowList>>,
     /// The container's log, for refusals.
     pub log: Option<crate::logs::LogFile>,
+    /// The pod's DNS: a plain `http` request to a name goes to the address it gives
+    /// (`None`: the host's resolver, in the pod's namespace).
+    pub dns: Option<Arc<crate::PodDns>>,
 }
 
 type WasiBody = wasmtime_wasi_http::WasiBody;
@@ -51,6 +54,7 @@ impl WasiHttpHooks for Outgoing {
         if let (Some(what), Some(allow)) = (&refused, &self.allow) {
             allow.refuse(self.log.as_ref(), what);
         }
+        let dns = self.dns.clone();
         Box::new(async move {
             let Some(net) = net else {
                 return Err(Error::HttpRequestDenied);
@@ -61,6 +65,10 @@ impl WasiHttpHooks for Outgoing {
             // Connected (name lookup, socket, TLS) on the namespace's thread; the
             // response streams from wherever the guest reads it.
             net.spawn(async move {
+                let request = match &dns {
+                    Some(dns) => to_address(request, dns).await?,
+                    None => request,
+                };
                 wasmtime_wasi_http::default_send_request(request, options)
                     .await
                     .map(|(resp, io)| {
@@ -74,4 +82,51 @@ impl WasiHttpHooks for Outgoing {
             .map_err(|e| Error::InternalError(Some(e.to_string())))?
         })
     }
+}
+
+/// A plain `http` request to a name, sent to the first address the pod's DNS gives for
+/// it instead (its `Host` header keeps the name, as wasmtime-wasi-http set it from the
+/// authority). An `https` request keeps its name: TLS verifies the server by it, and the
+/// host's resolver finds it.
+async fn to_address(
+    mut request: hyper::Request<WasiBody>,
+    dns: &crate::PodDns,
+) -> Result<hyper::Request<WasiBody>, Error> {
+    let uri = request.uri().clone();
+    let Some(host) = uri.host() else {
+        return Ok(request);
+    };
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    if uri.scheme_str() != Some("http") || bare.parse::<std::net::IpAddr>().is_ok() {
+        return Ok(request);
+    }
+    let ips = dns.lookup(bare).await.map_err(|code| {
+        use wasmtime_wasi::p2::bindings::sockets::network::ErrorCode as Code;
+        match code {
+            Code::NameUnresolvable => Error::DnsError {
+                rcode: Some("NXDOMAIN".to_owned()),
+                info_code: None,
+            },
+            _ => Error::DnsTimeout,
+        }
+    })?;
+    let ip = ips
+        .iter()
+        .find(|ip| ip.is_ipv4())
+        .or_else(|| ips.first())
+        .copied()
+        .ok_or(Error::DestinationNotFound)?;
+    let port = uri.port_u16().unwrap_or(80);
+    let authority = match ip {
+        std::net::IpAddr::V4(v4) => format!("{v4}:{port}"),
+        std::net::IpAddr::V6(v6) => format!("[{v6}]:{port}"),
+    };
+    let mut parts = uri.into_parts();
+    parts.authority = Some(
+        authority
+            .parse()
+            .map_err(|_| Error::HttpRequestUriInvalid)?,
+    );
+    *request.uri_mut() = hyper::Uri::from_parts(parts).map_err(|_| Error::HttpRequestUriInvalid)?;
+    Ok(request)
 }

@@ -208,6 +208,7 @@ impl Engine {
                 net: Some(net),
                 allow: spec.allowed_outbound.clone().map(Arc::new),
                 log: Some(log.clone()),
+                dns: spec.dns.clone(),
             },
             memory_limit: spec.memory_limit,
             node_memory: self.node_memory.clone(),
