@@ -3,10 +3,15 @@
 //! `*.example.com` for any name under one. No list: anything the pod's network reaches.
 //! Outgoing `wasi:http` requests are checked by scheme, host and port; `wasi:sockets`
 //! connections, which have only an address, against patterns whose host is that address
-//! or `*`. Every refusal is counted and written to the container's log.
+//! or `*`, or an address a lookup of a name the list allows gave (with that pattern's
+//! port). A name lookup itself is refused unless the list allows the name (a pod cannot
+//! learn, or leak through, names it may not reach). Every refusal is counted and written
+//! to the container's log.
 
-use std::net::SocketAddr;
+use std::collections::VecDeque;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 /// One pattern.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,11 +27,21 @@ struct Pattern {
 /// Told of each refusal (what was refused, `scheme://host:port` or `address:port`).
 pub type OnRefused = std::sync::Arc<dyn Fn(&str) + Send + Sync>;
 
-/// The parsed allow-list of one container.
+/// Addresses granted by lookups a container may keep at once (the oldest go first).
+pub const MAX_GRANTED_ADDRESSES: usize = 256;
+
+/// Addresses granted by lookups, each with its port (`None`: any).
+type Granted = Arc<Mutex<VecDeque<(IpAddr, Option<u16>)>>>;
+
+/// The parsed allow-list of one container (its clones share the addresses its lookups
+/// granted).
 #[derive(Clone)]
 pub struct AllowList {
     patterns: Vec<Pattern>,
     on_refused: Option<OnRefused>,
+    /// Addresses looked up for allowed names, each with the port its pattern allows
+    /// (`None`: any).
+    granted: Granted,
 }
 
 impl std::fmt::Debug for AllowList {
@@ -66,6 +81,7 @@ impl AllowList {
         Ok(Self {
             patterns,
             on_refused: None,
+            granted: Arc::default(),
         })
     }
 
@@ -101,13 +117,53 @@ impl AllowList {
         })
     }
 
-    /// Whether a socket connection to `addr` is allowed (any scheme).
+    /// Whether a socket connection to `addr` is allowed (any scheme): a pattern names
+    /// the address, or a lookup of an allowed name gave it.
     #[must_use]
     pub fn allows_addr(&self, addr: SocketAddr) -> bool {
         let host = addr.ip().to_string();
-        self.patterns
+        let listed = self.patterns.iter().any(|p| {
+            p.port.is_none_or(|pp| pp == addr.port()) && (p.host == "*" || p.host == host)
+        });
+        listed
+            || self
+                .granted
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .iter()
+                .any(|(ip, port)| *ip == addr.ip() && port.is_none_or(|p| p == addr.port()))
+    }
+
+    /// The ports the list allows for `name` (any scheme; `None` in the list: any port),
+    /// or `None` when no pattern allows the name: its lookup is refused.
+    #[must_use]
+    pub fn name_ports(&self, name: &str) -> Option<Vec<Option<u16>>> {
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        let ports: Vec<Option<u16>> = self
+            .patterns
             .iter()
-            .any(|p| p.port.is_none_or(|pp| pp == addr.port()) && (p.host == "*" || p.host == host))
+            .filter(|p| host_matches(&p.host, &name))
+            .map(|p| p.port)
+            .collect();
+        (!ports.is_empty()).then_some(ports)
+    }
+
+    /// Lets connections to `ips` on `ports` (from [`name_ports`](Self::name_ports)) through;
+    /// at most [`MAX_GRANTED_ADDRESSES`] are kept, the oldest dropped first.
+    pub fn grant(&self, ips: &[IpAddr], ports: &[Option<u16>]) {
+        let mut granted = self.granted.lock().unwrap_or_else(PoisonError::into_inner);
+        for ip in ips {
+            for port in ports {
+                let entry = (*ip, *port);
+                if granted.contains(&entry) {
+                    continue;
+                }
+                if granted.len() == MAX_GRANTED_ADDRESSES {
+                    granted.pop_front();
+                }
+                granted.push_back(entry);
+            }
+        }
     }
 }
 
@@ -214,6 +270,34 @@ mod tests {
         assert!(
             !none.allows("http", "x", 80) && !none.allows_addr("1.2.3.4:5".parse().expect("test"))
         );
+    }
+
+    #[test]
+    fn a_lookup_of_an_allowed_name_grants_its_addresses_on_that_port() {
+        let a = AllowList::parse("http://backend:80, tcp://*.db.local:5432").expect("test");
+        assert_eq!(a.name_ports("backend"), Some(vec![Some(80)]));
+        assert_eq!(a.name_ports("BACKEND."), Some(vec![Some(80)]));
+        assert_eq!(a.name_ports("x.db.local"), Some(vec![Some(5432)]));
+        assert_eq!(a.name_ports("elsewhere.example"), None);
+        let addr = |s: &str| s.parse::<SocketAddr>().expect("test");
+        assert!(!a.allows_addr(addr("10.0.0.7:80")), "not looked up yet");
+        let clone = a.clone();
+        clone.grant(&["10.0.0.7".parse().expect("test")], &[Some(80)]);
+        assert!(
+            a.allows_addr(addr("10.0.0.7:80")),
+            "clones share the grants"
+        );
+        assert!(
+            !a.allows_addr(addr("10.0.0.7:81")),
+            "only the pattern's port"
+        );
+        // Bounded: the oldest grant goes first.
+        for i in 0..MAX_GRANTED_ADDRESSES {
+            let ip = IpAddr::from([10, 1, (i / 256) as u8, (i % 256) as u8]);
+            a.grant(&[ip], &[None]);
+        }
+        assert!(!a.allows_addr(addr("10.0.0.7:80")));
+        assert!(a.allows_addr(addr("10.1.0.255:9")));
     }
 
     #[test]

@@ -85,6 +85,8 @@ pub struct LookupView<'a> {
     pub table: &'a mut ResourceTable,
     /// How its lookups are answered.
     pub lookups: &'a Lookups,
+    /// The container's allow-list and log, if it has a list.
+    pub outbound: Option<&'a (crate::AllowList, crate::logs::LogFile)>,
 }
 
 /// The [`HasData`] of the shadowing interface.
@@ -158,12 +160,36 @@ fn ours(handle: &Resource<ResolveAddressStream>) -> Resource<Stream> {
 
 /// Starts a lookup of `name` as `lookups` answer it, on the current runtime (the pod
 /// namespace's, where a component with a network runs).
-fn start(lookups: &Lookups, name: String) -> Result<Stream, ErrorCode> {
+fn start(
+    lookups: &Lookups,
+    outbound: Option<&(crate::AllowList, crate::logs::LogFile)>,
+    name: String,
+) -> Result<Stream, ErrorCode> {
+    // With an allow-list, only names it allows are looked up; what they resolve to may
+    // then be connected to (an address asked for as such is checked at connect).
+    let mut grant = None;
+    if let Some((allow, log)) = outbound
+        && name.parse::<IpAddr>().is_err()
+    {
+        match allow.name_ports(&name) {
+            Some(ports) => grant = Some((allow.clone(), ports)),
+            None => {
+                allow.refuse(Some(log), &format!("{name} (name lookup)"));
+                return Err(ErrorCode::PermanentResolverFailure);
+            }
+        }
+    }
     let task = match lookups {
         Lookups::Denied => return Err(ErrorCode::PermanentResolverFailure),
         Lookups::Pod(dns) => {
             let dns = dns.clone();
-            tokio::spawn(async move { dns.lookup(&name).await })
+            tokio::spawn(async move {
+                let ips = dns.lookup(&name).await?;
+                if let Some((allow, ports)) = &grant {
+                    allow.grant(&ips, ports);
+                }
+                Ok(ips)
+            })
         }
         Lookups::Host => {
             if let Ok(ip) = name.parse::<IpAddr>() {
@@ -181,6 +207,9 @@ fn start(lookups: &Lookups, name: String) -> Result<Stream, ErrorCode> {
                 let mut ips: Vec<IpAddr> = found.map(|a| a.ip().to_canonical()).collect();
                 ips.dedup();
                 ips.truncate(network::dns::MAX_ADDRESSES);
+                if let Some((allow, ports)) = &grant {
+                    allow.grant(&ips, ports);
+                }
                 Ok(ips)
             })
         }
@@ -198,7 +227,7 @@ impl Host for LookupView<'_> {
     ) -> Result<Resource<ResolveAddressStream>, SocketError> {
         // The network handle is the capability to look names up.
         self.table.get(&network)?;
-        let stream = start(self.lookups, name)?;
+        let stream = start(self.lookups, self.outbound, name)?;
         let handle = self.table.push(stream)?;
         Ok(Resource::new_own(handle.rep()))
     }

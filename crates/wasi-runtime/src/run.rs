@@ -195,6 +195,9 @@ pub(crate) struct ComponentState {
     table: ResourceTable,
     limits: Limits,
     lookups: crate::lookup::Lookups,
+    /// The container's allow-list and log, when it has a list: a lookup is checked
+    /// against it, and grants the addresses it found.
+    outbound: Option<(crate::AllowList, LogFile)>,
 }
 
 impl WasiView for ComponentState {
@@ -225,6 +228,7 @@ pub(crate) fn component_linker(
                 crate::lookup::LookupView {
                     table: &mut s.table,
                     lookups: &s.lookups,
+                    outbound: s.outbound.as_ref(),
                 }
             })
         })
@@ -352,6 +356,7 @@ impl Engine {
                 // With a pod network, the component gets sockets (`wasi:sockets`, name
                 // lookups) and runs on the thread inside the pod's namespace, where every
                 // socket it makes belongs.
+                let mut outbound = None;
                 let runtime = match &spec.network {
                     Some(net) => {
                         builder
@@ -361,6 +366,8 @@ impl Engine {
                             .allow_ip_name_lookup(true);
                         if let Some(allow) = spec.allowed_outbound.clone() {
                             let log = LogFile::open(&spec.log_path, self.log_rotation)?;
+                            // Its lookups grant the addresses this check lets through.
+                            outbound = Some((allow.clone(), log.clone()));
                             builder.socket_addr_check(move |addr, use_| {
                                 use wasmtime_wasi::sockets::SocketAddrUse;
                                 let ok =
@@ -386,6 +393,7 @@ impl Engine {
                     table,
                     limits,
                     lookups,
+                    outbound,
                 };
                 let mut store = Store::new(&self.inner, state);
                 store.limiter(|s| &mut s.limits);

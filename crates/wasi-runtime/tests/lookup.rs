@@ -243,3 +243,45 @@ async fn a_components_lookups_are_answered_by_its_pods_dns() {
         "{log}"
     );
 }
+
+#[tokio::test]
+async fn with_an_allow_list_only_allowed_names_are_looked_up() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let net = common::namespace(&dir).await;
+    let server = DnsServer::start(&net).await;
+    let engine = Engine::new(&EngineConfig::default()).expect("engine");
+    let dns = pod_dns();
+    let allowed = |name: &str| {
+        let mut spec = spec(&dir, Some(net.clone()), Some(dns.clone()), name);
+        spec.allowed_outbound =
+            Some(wasi_runtime::AllowList::parse("tcp://backend:80").expect("allow-list"));
+        spec
+    };
+    let run = |spec: ContainerSpec, name: &str| {
+        let (engine, log_path) = (&engine, dir.path().join(format!("{name}.log")));
+        async move {
+            let running = engine.start(spec).await.expect("start");
+            let exit = tokio::time::timeout(Duration::from_secs(120), running.wait())
+                .await
+                .expect("the lookup ends");
+            (exit, std::fs::read_to_string(log_path).unwrap_or_default())
+        }
+    };
+    // The name the list allows: looked up as without a list.
+    let (exit, log) = run(allowed("backend"), "backend").await;
+    assert_eq!(exit, Exit::Code(0), "{log}");
+    assert!(log.contains("address 10.1.2.3"), "{log}");
+    // Another name: refused before any query, and said in the container's log.
+    let before = server.asked().len();
+    let (exit, log) = run(allowed("elsewhere"), "elsewhere").await;
+    assert_eq!(exit, Exit::Code(1), "{log}");
+    assert!(
+        log.contains(&format!("failed: error {PERMANENT_RESOLVER_FAILURE}")),
+        "{log}"
+    );
+    assert!(
+        log.contains("refused by the pod's allowed outbound hosts: elsewhere (name lookup)"),
+        "{log}"
+    );
+    assert_eq!(server.asked().len(), before, "{:?}", server.asked());
+}
