@@ -378,7 +378,7 @@ pub fn hostname_and_domain(pod: &Pod, cluster_domain: &str) -> Result<(String, S
         .and_then(|s| s.hostname.as_deref())
         .filter(|h| !h.is_empty())
     {
-        if !is_dns_label(h) {
+        if !crate::volumes::field_path::dns_label(h) {
             return Err(format!("pod Hostname {h:?} is not a valid DNS label"));
         }
         hostname = h.to_string();
@@ -395,7 +395,7 @@ pub fn hostname_and_domain(pod: &Pod, cluster_domain: &str) -> Result<(String, S
         .and_then(|s| s.subdomain.as_deref())
         .filter(|s| !s.is_empty())
     {
-        if !is_dns_label(sub) {
+        if !crate::volumes::field_path::dns_label(sub) {
             return Err(format!("pod Subdomain {sub:?} is not a valid DNS label"));
         }
         let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
@@ -404,34 +404,12 @@ pub fn hostname_and_domain(pod: &Pod, cluster_domain: &str) -> Result<(String, S
     Ok((hostname, domain))
 }
 
-/// An RFC 1123 label: 1 to 63 lower-case letters, digits and `-`, alphanumeric at both
-/// ends.
-fn is_dns_label(s: &str) -> bool {
-    let b = s.as_bytes();
-    !b.is_empty()
-        && b.len() <= MAX_HOSTNAME_LEN
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
-        && b[0] != b'-'
-        && b[b.len() - 1] != b'-'
-}
-
 /// One hosts entry: an address and its names.
 pub type HostsEntry = (String, Vec<String>);
 
 /// The entries of a pod's hosts file, as the kubelet's managed `/etc/hosts`: the
 /// loopback and IPv6 names, each pod address with `<hostname>.<domain>` (when there is
-/// a domain) and the hostname, then the pod's `hostAliases`.
-pub fn hosts_entries(
-    pod: &Pod,
-    pod_ips: &[IpAddr],
-    hostname: &str,
-    domain: &str,
-) -> Vec<HostsEntry> {
-    managed_hosts(pod_ips, hostname, domain, &host_aliases(pod))
-}
-
-/// The entries of a pod's hosts file from its sandbox's parts: see [`hosts_entries`].
+/// a domain) and the hostname, then the pod's `aliases` (its `hostAliases`).
 pub fn managed_hosts(
     pod_ips: &[IpAddr],
     hostname: &str,
@@ -472,14 +450,6 @@ pub fn host_aliases(pod: &Pod) -> Vec<HostsEntry> {
         .into_iter()
         .flatten()
         .map(|a| (a.ip.clone(), a.hostnames.clone().unwrap_or_default()))
-        .collect()
-}
-
-/// A hosts file of `entries` (tab-separated, as the kubelet writes it).
-pub fn render_hosts(entries: &[HostsEntry]) -> String {
-    entries
-        .iter()
-        .map(|(ip, names)| format!("{ip}\t{}\n", names.join("\t")))
         .collect()
 }
 

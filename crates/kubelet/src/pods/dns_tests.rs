@@ -283,6 +283,13 @@ fn hostname_and_domain_follow_the_pods_spec() {
 
 #[test]
 fn the_hosts_entries_are_a_containers_managed_hosts_file() {
+    // As the kubelet writes the file: tab-separated.
+    let render = |entries: &[HostsEntry]| -> String {
+        entries
+            .iter()
+            .map(|(ip, names)| format!("{ip}\t{}\n", names.join("\t")))
+            .collect()
+    };
     let p = pod(serde_json::json!({
         "hostname": "db-0", "subdomain": "dbs",
         "hostAliases": [
@@ -292,9 +299,9 @@ fn the_hosts_entries_are_a_containers_managed_hosts_file() {
     }));
     let (hostname, domain) = hostname_and_domain(&p, "cluster.local").expect("names");
     let ips: Vec<IpAddr> = vec!["10.244.1.5".parse().expect("ip")];
-    let hosts = hosts_entries(&p, &ips, &hostname, &domain);
+    let hosts = managed_hosts(&ips, &hostname, &domain, &host_aliases(&p));
     assert_eq!(
-        render_hosts(&hosts),
+        render(&hosts),
         "127.0.0.1\tlocalhost\n\
          ::1\tlocalhost\tip6-localhost\tip6-loopback\n\
          fe00::0\tip6-localnet\n\
@@ -306,7 +313,7 @@ fn the_hosts_entries_are_a_containers_managed_hosts_file() {
          2001:db8::9\tv6\n"
     );
     let plain = pod(serde_json::json!({}));
-    let hosts = hosts_entries(&plain, &ips, "web-1", "");
+    let hosts = managed_hosts(&ips, "web-1", "", &host_aliases(&plain));
     assert_eq!(
         hosts.last(),
         Some(&("10.244.1.5".to_string(), strings(&["web-1"])))

@@ -56,12 +56,20 @@ fn alnum_ends(s: &str, inner: impl Fn(u8) -> bool) -> bool {
 
 /// A DNS-1123 subdomain: at most 253 characters, lower-case dot-separated labels.
 fn dns_subdomain(s: &str) -> bool {
-    s.len() <= 253
-        && s.split('.').all(|label| {
-            alnum_ends(label, |c| {
-                c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-'
-            }) && !label.bytes().any(|c| c.is_ascii_uppercase())
-        })
+    s.len() <= 253 && s.split('.').all(label_chars)
+}
+
+/// A DNS-1123 label: at most 63 lower-case letters, digits and `-`, alphanumeric at both
+/// ends (Kubernetes' `IsDNS1123Label`).
+pub(crate) fn dns_label(s: &str) -> bool {
+    s.len() <= 63 && label_chars(s)
+}
+
+/// The characters of a DNS-1123 label (of any length).
+fn label_chars(label: &str) -> bool {
+    alnum_ends(label, |c| {
+        c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-'
+    }) && !label.bytes().any(|c| c.is_ascii_uppercase())
 }
 
 /// Kubernetes' `IsQualifiedName`: `[prefix/]name`, the prefix a DNS-1123 subdomain,
