@@ -157,15 +157,17 @@ async fn look_up(
     dns: Option<Arc<PodDns>>,
     name: &str,
 ) -> (Exit, String) {
-    let running = engine
-        .start(spec(dir, net, dns, name))
-        .await
-        .expect("start");
+    run_lookup(engine, spec(dir, net, dns, name)).await
+}
+
+/// Runs the lookup `spec` asks for; its exit and what it wrote.
+async fn run_lookup(engine: &Engine, spec: ContainerSpec) -> (Exit, String) {
+    let log_path = spec.log_path.clone();
+    let running = engine.start(spec).await.expect("start");
     let exit = tokio::time::timeout(Duration::from_secs(120), running.wait())
         .await
         .expect("the lookup ends");
-    let log = std::fs::read_to_string(dir.path().join(format!("{name}.log"))).unwrap_or_default();
-    (exit, log)
+    (exit, std::fs::read_to_string(log_path).unwrap_or_default())
 }
 
 #[tokio::test]
@@ -257,23 +259,13 @@ async fn with_an_allow_list_only_allowed_names_are_looked_up() {
             Some(wasi_runtime::AllowList::parse("tcp://backend:80").expect("allow-list"));
         spec
     };
-    let run = |spec: ContainerSpec, name: &str| {
-        let (engine, log_path) = (&engine, dir.path().join(format!("{name}.log")));
-        async move {
-            let running = engine.start(spec).await.expect("start");
-            let exit = tokio::time::timeout(Duration::from_secs(120), running.wait())
-                .await
-                .expect("the lookup ends");
-            (exit, std::fs::read_to_string(log_path).unwrap_or_default())
-        }
-    };
     // The name the list allows: looked up as without a list.
-    let (exit, log) = run(allowed("backend"), "backend").await;
+    let (exit, log) = run_lookup(&engine, allowed("backend")).await;
     assert_eq!(exit, Exit::Code(0), "{log}");
     assert!(log.contains("address 10.1.2.3"), "{log}");
     // Another name: refused before any query, and said in the container's log.
     let before = server.asked().len();
-    let (exit, log) = run(allowed("elsewhere"), "elsewhere").await;
+    let (exit, log) = run_lookup(&engine, allowed("elsewhere")).await;
     assert_eq!(exit, Exit::Code(1), "{log}");
     assert!(
         log.contains(&format!("failed: error {PERMANENT_RESOLVER_FAILURE}")),
