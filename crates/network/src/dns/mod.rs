@@ -25,6 +25,8 @@ mod wire;
 #[cfg(test)]
 mod conf_tests;
 #[cfg(test)]
+mod failure_tests;
+#[cfg(test)]
 mod namespace_tests;
 #[cfg(test)]
 mod resolver_tests;
@@ -99,12 +101,13 @@ impl LookupError {
         match self {
             LookupError::InvalidName { .. } => LookupErrorKind::InvalidArgument,
             LookupError::NotFound(_) => LookupErrorKind::NameUnresolvable,
-            LookupError::Timeout | LookupError::Unreachable(_) | LookupError::ServerFailure => {
-                LookupErrorKind::TemporaryResolverFailure
-            }
-            LookupError::Refused | LookupError::NoNameservers => {
-                LookupErrorKind::PermanentResolverFailure
-            }
+            // As glibc's: servers that refuse, fail or answer garbage make `res_query`
+            // give TRY_AGAIN, which `getaddrinfo` reports as EAI_AGAIN.
+            LookupError::Timeout
+            | LookupError::Unreachable(_)
+            | LookupError::ServerFailure
+            | LookupError::Refused => LookupErrorKind::TemporaryResolverFailure,
+            LookupError::NoNameservers => LookupErrorKind::PermanentResolverFailure,
         }
     }
 

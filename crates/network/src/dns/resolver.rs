@@ -86,8 +86,9 @@ impl Resolver {
     /// [`LookupError::InvalidName`] for a name that is no host name;
     /// [`LookupError::NotFound`] when no candidate has an address;
     /// [`LookupError::Timeout`], [`LookupError::Unreachable`],
-    /// [`LookupError::ServerFailure`] when the servers did not say;
-    /// [`LookupError::Refused`] and [`LookupError::NoNameservers`] when they will not.
+    /// [`LookupError::ServerFailure`] when the servers did not say, and
+    /// [`LookupError::Refused`] when they would not (all temporary failures, as glibc's
+    /// `EAI_AGAIN`); [`LookupError::NoNameservers`] when there is no server to ask.
     pub async fn lookup(&self, name: &str) -> Result<Vec<IpAddr>, LookupError> {
         if let Ok(ip) = name.parse::<IpAddr>() {
             return Ok(vec![ip]);
@@ -136,13 +137,18 @@ impl Resolver {
     }
 
     /// Asks each candidate in turn, as `res_search` does; returns the result and how
-    /// long it may be cached.
+    /// long it may be cached. A failure (no answer, refused) ends the search, except for
+    /// the name asked as it is before the search list: then the list is still tried, and
+    /// that failure is reported if it finds nothing (glibc's `saved_herrno`).
     async fn search(&self, name: &Name, candidates: &[String]) -> (Cached, Option<u32>) {
+        let as_is_first = candidates.len() > 1 && candidates.first() == Some(&name.text);
+        let mut as_is_failure = None;
         let mut servfail = false;
         let mut nodata = false;
         let mut negative_ttl = Some(u32::MAX);
-        for candidate in candidates {
+        for (i, candidate) in candidates.iter().enumerate() {
             match self.resolve(candidate).await {
+                Outcome::Failed(error) if i == 0 && as_is_first => as_is_failure = Some(error),
                 Outcome::Found(addresses, ttl) => return (Ok(addresses), Some(ttl)),
                 Outcome::NxDomain(ttl) => negative_ttl = lower(negative_ttl, ttl),
                 Outcome::NoData(ttl) => {
@@ -152,6 +158,9 @@ impl Resolver {
                 Outcome::ServFail => servfail = true,
                 Outcome::Failed(error) => return (Err(error), None),
             }
+        }
+        if let Some(error) = as_is_failure {
+            return (Err(error), None);
         }
         if servfail {
             let error = if nodata {
