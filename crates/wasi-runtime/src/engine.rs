@@ -54,6 +54,11 @@ pub struct EngineConfig {
     /// Count each container's CPU time (default). Off, nothing is counted and CPU
     /// limits do not hold: only for measuring what accounting costs.
     pub cpu_accounting: bool,
+    /// The roots that the certificates of servers a component of a pod with DNS of its
+    /// own calls over `https` must chain to. `None` (default): webpki's roots
+    /// (Mozilla's), which are also all that wasmtime-wasi-http's own sender, used for
+    /// pods without DNS of their own, trusts.
+    pub outgoing_tls_roots: Option<rustls::RootCertStore>,
 }
 
 impl Default for EngineConfig {
@@ -71,6 +76,7 @@ impl Default for EngineConfig {
             node_memory_limit: None,
             serving_pool: ServingPool::default(),
             cpu_accounting: true,
+            outgoing_tls_roots: None,
         }
     }
 }
@@ -208,6 +214,8 @@ pub struct Engine {
     pub(crate) log_rotation: crate::logs::LogRotation,
     /// Whether containers' CPU time is counted.
     pub(crate) cpu_accounting: bool,
+    /// How components' outgoing `https` requests verify their servers.
+    pub(crate) outgoing_tls: Arc<rustls::ClientConfig>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -273,6 +281,8 @@ impl Engine {
                 }
             })
             .map_err(|e| Error::Config(format!("cannot start epoch thread: {e}")))?;
+        let outgoing_tls = crate::send::tls_config(config.outgoing_tls_roots.as_ref())
+            .map_err(|e| Error::Config(format!("outgoing TLS: {e}")))?;
         let linker = Arc::new(crate::run::linker(&inner)?);
         let component_linker = Arc::new(crate::run::component_linker(&inner)?);
         let http_linker = Arc::new(crate::serve::linker(&serving)?);
@@ -305,6 +315,7 @@ impl Engine {
             starts: Arc::default(),
             log_rotation: config.log_rotation,
             cpu_accounting: config.cpu_accounting,
+            outgoing_tls,
             start_nanos: Arc::default(),
         })
     }

@@ -24,8 +24,11 @@ pub mod logs;
 mod lookup;
 mod meter;
 mod outgoing;
+#[cfg(test)]
+mod outgoing_tests;
 mod pool;
 mod run;
+mod send;
 mod serve;
 
 pub use allow::{AllowList, OnRefused, refused_total};

@@ -1,11 +1,13 @@
 //! Outgoing `wasi:http` requests of a pod: sent from inside the pod's network namespace
 //! (the connection's socket is made on the namespace's thread), and only to the hosts
-//! the pod may reach. A pod without a network namespace sends nothing.
+//! the pod may reach. A pod without a network namespace sends nothing. The name in a
+//! request of a pod with DNS of its own is resolved by that DNS, for `http` and `https`
+//! alike ([`crate::send`]).
 
 use std::sync::Arc;
 
 use network::NetNs;
-use wasmtime_wasi_http::{Error, RequestOptions, WasiHttpHooks};
+use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 
 /// The send hook of every store of one container.
 #[derive(Clone, Default)]
@@ -16,23 +18,16 @@ pub struct Outgoing {
     pub allow: Option<Arc<crate::AllowList>>,
     /// The container's log, for refusals.
     pub log: Option<crate::logs::LogFile>,
-    /// The pod's DNS: a plain `http` request to a name goes to the address it gives
-    /// (`None`: the host's resolver, in the pod's namespace).
+    /// The pod's DNS: a request to a name goes to an address it gives, an `https` one
+    /// verified by the name (`None`: the host's resolver, in the pod's namespace).
     pub dns: Option<Arc<crate::PodDns>>,
+    /// Whom `https` servers' certificates must chain to, with the pod's DNS (`None`:
+    /// webpki's roots, all that wasmtime-wasi-http's sender trusts without it).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
-type WasiBody = wasmtime_wasi_http::WasiBody;
-type Sent = Box<
-    dyn Future<
-            Output = Result<
-                (
-                    hyper::Response<WasiBody>,
-                    Box<dyn Future<Output = Result<(), Error>> + Send>,
-                ),
-                Error,
-            >,
-        > + Send,
->;
+/// A request on its way: its answer, or the error the guest sees.
+type Sending = Box<dyn Future<Output = Result<crate::send::Sent, Error>> + Send>;
 
 impl WasiHttpHooks for Outgoing {
     fn send_request(
@@ -40,7 +35,7 @@ impl WasiHttpHooks for Outgoing {
         request: hyper::Request<WasiBody>,
         options: Option<RequestOptions>,
         _response_error: Box<dyn Future<Output = Result<(), Error>> + Send>,
-    ) -> Sent {
+    ) -> Sending {
         let net = self.net.clone();
         let refused = self.allow.as_ref().and_then(|allow| {
             let uri = request.uri();
@@ -54,7 +49,7 @@ impl WasiHttpHooks for Outgoing {
         if let (Some(what), Some(allow)) = (&refused, &self.allow) {
             allow.refuse(self.log.as_ref(), what);
         }
-        let dns = self.dns.clone();
+        let (dns, tls) = (self.dns.clone(), self.tls.clone());
         Box::new(async move {
             let Some(net) = net else {
                 return Err(Error::HttpRequestDenied);
@@ -65,10 +60,9 @@ impl WasiHttpHooks for Outgoing {
             // Connected (name lookup, socket, TLS) on the namespace's thread; the
             // response streams from wherever the guest reads it.
             net.spawn(async move {
-                let request = match &dns {
-                    Some(dns) => to_address(request, dns).await?,
-                    None => request,
-                };
+                if let Some(dns) = &dns {
+                    return crate::send::send(request, options, dns, tls).await;
+                }
                 wasmtime_wasi_http::default_send_request(request, options)
                     .await
                     .map(|(resp, io)| {
@@ -82,51 +76,4 @@ impl WasiHttpHooks for Outgoing {
             .map_err(|e| Error::InternalError(Some(e.to_string())))?
         })
     }
-}
-
-/// A plain `http` request to a name, sent to the first address the pod's DNS gives for
-/// it instead (its `Host` header keeps the name, as wasmtime-wasi-http set it from the
-/// authority). An `https` request keeps its name: TLS verifies the server by it, and the
-/// host's resolver finds it.
-async fn to_address(
-    mut request: hyper::Request<WasiBody>,
-    dns: &crate::PodDns,
-) -> Result<hyper::Request<WasiBody>, Error> {
-    let uri = request.uri().clone();
-    let Some(host) = uri.host() else {
-        return Ok(request);
-    };
-    let bare = host.trim_start_matches('[').trim_end_matches(']');
-    if uri.scheme_str() != Some("http") || bare.parse::<std::net::IpAddr>().is_ok() {
-        return Ok(request);
-    }
-    let ips = dns.lookup(bare).await.map_err(|code| {
-        use wasmtime_wasi::p2::bindings::sockets::network::ErrorCode as Code;
-        match code {
-            Code::NameUnresolvable => Error::DnsError {
-                rcode: Some("NXDOMAIN".to_owned()),
-                info_code: None,
-            },
-            _ => Error::DnsTimeout,
-        }
-    })?;
-    let ip = ips
-        .iter()
-        .find(|ip| ip.is_ipv4())
-        .or_else(|| ips.first())
-        .copied()
-        .ok_or(Error::DestinationNotFound)?;
-    let port = uri.port_u16().unwrap_or(80);
-    let authority = match ip {
-        std::net::IpAddr::V4(v4) => format!("{v4}:{port}"),
-        std::net::IpAddr::V6(v6) => format!("[{v6}]:{port}"),
-    };
-    let mut parts = uri.into_parts();
-    parts.authority = Some(
-        authority
-            .parse()
-            .map_err(|_| Error::HttpRequestUriInvalid)?,
-    );
-    *request.uri_mut() = hyper::Uri::from_parts(parts).map_err(|_| Error::HttpRequestUriInvalid)?;
-    Ok(request)
 }

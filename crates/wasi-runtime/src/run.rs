@@ -53,9 +53,9 @@ pub struct ContainerSpec {
     /// Longest one request to a served component may take (`None`: the node's
     /// [`ServingPool::request_timeout`](crate::ServingPool::request_timeout)).
     pub request_timeout: Option<std::time::Duration>,
-    /// The pod's DNS, shared by its containers: a component's name lookups are
-    /// answered with it (`None` with a network: the host's resolver, inside the pod's
-    /// namespace).
+    /// The pod's DNS, shared by its containers: a component's name lookups, and the
+    /// names of its outgoing `wasi:http` requests (`http` and `https`), are answered with
+    /// it (`None` with a network: the host's resolver, inside the pod's namespace).
     pub dns: Option<Arc<crate::PodDns>>,
 }
 

@@ -209,6 +209,7 @@ impl Engine {
                 allow: spec.allowed_outbound.clone().map(Arc::new),
                 log: Some(log.clone()),
                 dns: spec.dns.clone(),
+                tls: Some(self.outgoing_tls.clone()),
             },
             memory_limit: spec.memory_limit,
             node_memory: self.node_memory.clone(),
