@@ -21,14 +21,14 @@ const SERVICE: &str = "dns-backend";
 /// temporary and permanent resolver failures).
 const NAME_UNRESOLVABLE: &str = "error 18";
 
-/// A pod that looks `lookup` up once and ends; `spec` is merged into its spec.
-fn lookup_pod(name: &str, image: &str, lookup: &str, spec: serde_json::Value) -> Pod {
+/// A pod on `node` that looks `lookup` up once and ends; `spec` is merged into its spec.
+fn lookup_pod(node: &str, name: &str, image: &str, lookup: &str, spec: serde_json::Value) -> Pod {
     let mut manifest = serde_json::json!({
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": { "name": name },
         "spec": {
-            "nodeSelector": { "kubernetes.io/hostname": NODE },
+            "nodeSelector": { "kubernetes.io/hostname": node },
             "tolerations": wasm_toleration(),
             "restartPolicy": "Never",
             "automountServiceAccountToken": false,
@@ -46,9 +46,21 @@ fn lookup_pod(name: &str, image: &str, lookup: &str, spec: serde_json::Value) ->
     serde_json::from_value(manifest).expect("valid pod manifest")
 }
 
-/// Runs a lookup pod to its end; its phase and its log.
+/// Runs a lookup pod on this test's node to its end; its phase and its log.
 async fn look_up(
     cluster: &Cluster,
+    name: &str,
+    image: &str,
+    lookup: &str,
+    spec: serde_json::Value,
+) -> anyhow::Result<(String, String)> {
+    look_up_on(cluster, NODE, name, image, lookup, spec).await
+}
+
+/// Runs a lookup pod on `node` to its end; its phase and its log.
+pub(crate) async fn look_up_on(
+    cluster: &Cluster,
+    node: &str,
     name: &str,
     image: &str,
     lookup: &str,
@@ -58,7 +70,7 @@ async fn look_up(
     let _ = delete_and_wait(&pods, name, 60).await;
     pods.create(
         &PostParams::default(),
-        &lookup_pod(name, image, lookup, spec),
+        &lookup_pod(node, name, image, lookup, spec),
     )
     .await?;
     let pod = wait_pod(&pods, name, 180, "an end", |p| {

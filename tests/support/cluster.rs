@@ -243,6 +243,29 @@ impl Cluster {
         Ok(node)
     }
 
+    /// Starts node `name` on a host of its own ([`crate::Host`]), waits until it is
+    /// `Ready`, then routes to its podCIDR and runs the host's kube-proxy. The host (drop
+    /// it after the node), the node and its podCIDR.
+    ///
+    /// # Errors
+    /// When the host cannot be made or the node is not ready within a minute.
+    pub async fn ready_node_on_host(
+        &self,
+        name: &str,
+        port: u16,
+        flags: &[&str],
+    ) -> Result<(crate::Host, KrustletNode, String)> {
+        self.fresh_node_stopped(name).await?;
+        let host = crate::Host::up(name)?;
+        let node = KrustletNode::start_on(&host, name, port, flags)?;
+        wait_node(&self.nodes(), name, 60, "Ready", |n| {
+            node_condition(n, "Ready").as_deref() == Some("True")
+        })
+        .await?;
+        let cidr = host.wire()?;
+        Ok((host, node, cidr))
+    }
+
     /// The pods API of the `default` namespace.
     #[must_use]
     pub fn pods(&self) -> Api<Pod> {

@@ -6,6 +6,8 @@
 //! - `pods`: pod manifests, waits on pods, their status, `kubectl get pod` rows.
 //! - `registry`: pushes of workloads and images, a registry process of a test's own.
 //! - `network`: a pod network (bridge, CNI configuration, namespaces) of a test node's own.
+//! - `hosts`: a host of the cluster's LAN (a network namespace standing for a machine)
+//!   for a node, with its own pod bridge and kube-proxy.
 //! - `port_forward`: `kubectl port-forward` to a pod, as a user runs it.
 //! - [`bench`]: what the benchmarks share (a pod watch, bench pods, `/proc` readings).
 //! - [`fleet`]: a Deployment spread over several nodes, a pod watch, a node's death measured.
@@ -15,6 +17,7 @@ pub mod bench;
 mod cluster;
 pub mod fleet;
 pub mod hostile;
+mod hosts;
 mod kwok;
 mod network;
 mod node;
@@ -26,6 +29,7 @@ mod registry;
 pub use cluster::{
     Cluster, ControllerTimings, bootstrap_token, client, cluster_env, node_credentials, root, setup,
 };
+pub use hosts::Host;
 pub use kwok::{Kwok, kwok_node};
 pub use network::PodNet;
 pub use node::{KrustletNode, mounts_under, node_condition, proc_field, proc_status, wait_node};

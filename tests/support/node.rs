@@ -25,6 +25,24 @@ enum Credentials {
     Standalone,
 }
 
+/// Where a node runs: on the machine (127.0.0.1), or on a host ([`crate::Host`]).
+#[derive(Clone)]
+struct At {
+    /// `nsenter --net=` this namespace (`None`: the machine's).
+    netns: Option<String>,
+    /// The node's address and its kubelet API's.
+    ip: String,
+}
+
+impl Default for At {
+    fn default() -> Self {
+        Self {
+            netns: None,
+            ip: "127.0.0.1".into(),
+        }
+    }
+}
+
 /// A krustlet node run as a child process; stopped (SIGTERM) when dropped.
 pub struct KrustletNode {
     /// Node name.
@@ -34,6 +52,7 @@ pub struct KrustletNode {
     child: Option<Child>,
     /// Data directory.
     pub data_dir: PathBuf,
+    at: At,
 }
 
 impl KrustletNode {
@@ -50,6 +69,28 @@ impl KrustletNode {
         let _ = std::fs::remove_file(data_dir.with_extension("log"));
         std::fs::create_dir_all(&data_dir)?;
         Self::spawn(name, port, flags, data_dir)
+    }
+
+    /// [`KrustletNode::start`] on `host`: in its network namespace, at its address, with
+    /// its pod network (`flags` come after the host's).
+    ///
+    /// # Errors
+    /// As [`KrustletNode::start`].
+    pub fn start_on(host: &crate::Host, name: &str, port: u16, flags: &[&str]) -> Result<Self> {
+        let data_dir = root().join("target/e2e").join(name);
+        for mount in mounts_under(&data_dir) {
+            let _ = Command::new("umount").arg("-l").arg(&mount).status();
+        }
+        let _ = std::fs::remove_dir_all(&data_dir);
+        let _ = std::fs::remove_file(data_dir.with_extension("log"));
+        std::fs::create_dir_all(&data_dir)?;
+        let mut all: Vec<&str> = host.flags().iter().map(String::as_str).collect();
+        all.extend_from_slice(flags);
+        let at = At {
+            netns: Some(host.netns.clone()),
+            ip: host.ip.clone(),
+        };
+        Self::spawn_at(name, port, &all, data_dir, Credentials::Minted, at)
     }
 
     /// Starts `target/debug/krustlet` as node `name` on the data dir `data_dir` as it is
@@ -71,7 +112,14 @@ impl KrustletNode {
         if self.child.is_some() {
             self.stop()?;
         }
-        let again = Self::spawn(&self.name, self.port, flags, self.data_dir.clone())?;
+        let again = Self::spawn_at(
+            &self.name,
+            self.port,
+            flags,
+            self.data_dir.clone(),
+            Credentials::Minted,
+            self.at.clone(),
+        )?;
         *self = again;
         Ok(())
     }
@@ -159,7 +207,22 @@ impl KrustletNode {
         data_dir: PathBuf,
         credentials: Credentials,
     ) -> Result<Self> {
-        let creds = cluster_lines(&["node-credentials", name])?;
+        Self::spawn_at(name, port, flags, data_dir, credentials, At::default())
+    }
+
+    fn spawn_at(
+        name: &str,
+        port: u16,
+        flags: &[&str],
+        data_dir: PathBuf,
+        credentials: Credentials,
+        at: At,
+    ) -> Result<Self> {
+        let creds = if at.netns.is_some() {
+            cluster_lines(&["node-credentials", name, &at.ip])?
+        } else {
+            cluster_lines(&["node-credentials", name])?
+        };
         let env = cluster_lines(&["env"])?;
         let registry = value(&env, "REGISTRY")?;
         // The cluster's DNS, as a kubelet of the cluster is told it (a test's own
@@ -178,15 +241,18 @@ impl KrustletNode {
             .create(true)
             .append(true)
             .open(data_dir.with_extension("log"))?;
-        let child = Command::new(&bin)
-            .args([
-                "--node-name",
-                name,
-                "--node-ip",
-                "127.0.0.1",
-                "--address",
-                "127.0.0.1",
-            ])
+        // On a host: nsenter enters its network namespace only (the node shares the
+        // machine's mounts) and executes krustlet in its own place (same PID).
+        let mut command = match &at.netns {
+            Some(netns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net={netns}")).arg("--").arg(&bin);
+                c
+            }
+            None => Command::new(&bin),
+        };
+        let child = command
+            .args(["--node-name", name, "--node-ip", &at.ip, "--address", &at.ip])
             .args(["--port", &port.to_string()])
             .arg("--data-dir")
             .arg(&data_dir)
@@ -228,6 +294,7 @@ impl KrustletNode {
             port,
             child: Some(child),
             data_dir,
+            at,
         })
     }
 
@@ -326,7 +393,7 @@ impl KrustletNode {
             .arg(value(&env, "KUBELET_CLIENT_CERT")?)
             .arg("--key")
             .arg(value(&env, "KUBELET_CLIENT_KEY")?)
-            .arg(format!("https://127.0.0.1:{}{path}", self.port))
+            .arg(format!("https://{}:{}{path}", self.at.ip, self.port))
             .output()
             .await
             .context("running curl")?;

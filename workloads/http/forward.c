@@ -2,7 +2,10 @@
 // variable TARGET_URL (http://HOST:PORT/PATH) with an outgoing wasi:http request and
 // answers 200 "forwarded: STATUS\n" followed by the upstream body, or 502 with the
 // reason when the outgoing request fails (e.g. "outgoing request failed:
-// HTTP-request-denied" when the host refuses it).
+// HTTP-request-denied" when the host refuses it). With TIMEOUT_MS=N in the environment,
+// the outgoing request's connect and first-byte timeouts are N ms (the host's defaults
+// otherwise), as a client that gives up on a lost peer.
+#include <stdlib.h>
 #include <string.h>
 
 #include "common.h"
@@ -97,9 +100,23 @@ void exports_wasi_http_incoming_handler_handle(wasi_http_types_own_incoming_requ
     handler_string_free(&host);
     handler_string_free(&path);
 
+    wasi_http_types_own_request_options_t options;
+    wasi_http_types_own_request_options_t *maybe_options = NULL;
+    text_t timeout = {0};
+    if (env_get("TIMEOUT_MS", &timeout)) {
+        text_add(&timeout, "", 1);
+        wasi_http_types_duration_t ns = strtoull(timeout.ptr, NULL, 10) * 1000000ull;
+        options = wasi_http_types_constructor_request_options();
+        wasi_http_types_borrow_request_options_t b = wasi_http_types_borrow_request_options(options);
+        wasi_http_types_method_request_options_set_connect_timeout(b, &ns);
+        wasi_http_types_method_request_options_set_first_byte_timeout(b, &ns);
+        maybe_options = &options;
+    }
+    text_free(&timeout);
+
     wasi_http_types_own_future_incoming_response_t future;
     wasi_http_types_error_code_t err;
-    if (!wasi_http_outgoing_handler_handle(outgoing, NULL, &future, &err)) {
+    if (!wasi_http_outgoing_handler_handle(outgoing, maybe_options, &future, &err)) {
         fail(out, &err);
         return;
     }
