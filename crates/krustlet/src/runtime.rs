@@ -37,7 +37,11 @@ pub struct WasmRuntime {
 /// The pod's resolver: the configuration the kubelet composed (a `search .` is no
 /// search path) and its hosts entries (those of a managed `/etc/hosts`, with the pod's
 /// addresses).
-fn pod_dns(config: &SandboxConfig, ips: &[std::net::IpAddr]) -> Result<PodDns, String> {
+fn pod_dns(
+    config: &SandboxConfig,
+    ips: &[std::net::IpAddr],
+    budget: &wasi_runtime::LookupBudget,
+) -> Result<PodDns, String> {
     let mut composed = config.dns.clone();
     composed.searches.retain(|s| s != ".");
     let conf = network::ResolvConf::parse(&composed.render())
@@ -55,7 +59,7 @@ fn pod_dns(config: &SandboxConfig, ips: &[std::net::IpAddr]) -> Result<PodDns, S
             hosts.add(ip, names);
         }
     }
-    Ok(PodDns::new(network::Resolver::new(conf, hosts)))
+    Ok(PodDns::new(network::Resolver::new(conf, hosts), budget))
 }
 
 impl WasmRuntime {
@@ -289,7 +293,7 @@ impl kubelet::Runtime for WasmRuntime {
             match &self.network {
                 Some(net) if !config.host_network => {
                     let sandbox = net.up(&config).await?;
-                    let dns = pod_dns(&config, &sandbox.ips)?;
+                    let dns = pod_dns(&config, &sandbox.ips, self.engine.lookup_budget())?;
                     self.dns
                         .lock()
                         .unwrap_or_else(std::sync::PoisonError::into_inner)

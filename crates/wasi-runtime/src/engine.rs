@@ -195,6 +195,8 @@ pub struct Engine {
     pub(crate) instance_slots: crate::fair::FairPool,
     /// The node's served connections, shared among the served pods.
     pub(crate) connection_slots: crate::fair::FairPool,
+    /// The node's name lookups in flight, shared among the pods' resolvers.
+    lookup_budget: crate::LookupBudget,
     /// Longest a served request may take, unless its pod says otherwise.
     pub(crate) request_timeout: Duration,
     compiler: Arc<Compiler>,
@@ -305,6 +307,7 @@ impl Engine {
             http_linker,
             instance_slots: config.serving_pool.instance_slots(),
             connection_slots: config.serving_pool.connection_slots(),
+            lookup_budget: crate::LookupBudget::default(),
             request_timeout: config.serving_pool.request_timeout,
             compiler,
             guest,
@@ -324,6 +327,12 @@ impl Engine {
     #[must_use]
     pub fn version() -> String {
         format!("wasmtime://{}", env!("WASMTIME_VERSION"))
+    }
+
+    /// The node's name lookups in flight, for the pods' [`crate::PodDns`]es.
+    #[must_use]
+    pub fn lookup_budget(&self) -> &crate::LookupBudget {
+        &self.lookup_budget
     }
 
     /// Compilations and cache loads so far.

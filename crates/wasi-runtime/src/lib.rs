@@ -35,7 +35,9 @@ pub use allow::{AllowList, OnRefused, refused_total};
 pub use engine::{Compiled, Engine, EngineConfig, EngineStats, is_component};
 pub use limits::{LimitOf, MemoryLimitReached, StoreCaps, TABLE_ELEMENT_BYTES};
 pub use logs::LogRotation;
-pub use lookup::{MAX_LOOKUPS_PER_POD, PodDns};
+pub use lookup::{
+    LOOKUP_RESERVE_PER_POD, LookupBudget, MAX_LOOKUPS_PER_NODE, MAX_LOOKUPS_PER_POD, PodDns,
+};
 pub use meter::{CPU_PERIOD, CpuShare, Meter, Usage};
 pub use pool::{DEFAULT_REQUEST_TIMEOUT, QUEUE_WAIT, ServingPool};
 pub use run::{ContainerSpec, DEFAULT_HTTP_PORT, Exit, Killer, Preopen, Running};

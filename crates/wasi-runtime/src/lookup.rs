@@ -11,7 +11,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
 use network::{LookupErrorKind, Resolver};
-use tokio::sync::Semaphore;
+
+use crate::fair::{FairPool, Shares, Tenant};
 use wasmtime::component::{HasData, Resource, ResourceTable};
 use wasmtime_wasi::p2::bindings::sockets::ip_name_lookup::{
     Host, HostResolveAddressStream, ResolveAddressStream,
@@ -22,6 +23,36 @@ use wasmtime_wasi::p2::{DynPollable, Pollable, SocketError, subscribe};
 /// Lookups of one pod in flight at once; more wait for a turn (each holds up to two
 /// sockets while it asks).
 pub const MAX_LOOKUPS_PER_POD: usize = 16;
+
+/// Lookups in flight on the node at once, all pods together (at most twice as many
+/// sockets); shared fairly ([`crate::fair`]): each pod is guaranteed
+/// [`LOOKUP_RESERVE_PER_POD`] of them (fewer when the pods are very many), whatever the
+/// others ask.
+pub const MAX_LOOKUPS_PER_NODE: usize = 512;
+
+/// The lookups in flight each pod is guaranteed of the node's.
+pub const LOOKUP_RESERVE_PER_POD: usize = 2;
+
+/// The node's lookups in flight, shared by the pods' [`PodDns`]es; cloning is cheap.
+#[derive(Debug, Clone)]
+pub struct LookupBudget(FairPool);
+
+impl Default for LookupBudget {
+    /// [`MAX_LOOKUPS_PER_NODE`], [`LOOKUP_RESERVE_PER_POD`] and [`MAX_LOOKUPS_PER_POD`].
+    fn default() -> Self {
+        Self::with(Shares {
+            total: MAX_LOOKUPS_PER_NODE,
+            reserve: LOOKUP_RESERVE_PER_POD,
+            per_pod: MAX_LOOKUPS_PER_POD,
+        })
+    }
+}
+
+impl LookupBudget {
+    pub(crate) fn with(shares: Shares) -> Self {
+        Self(FairPool::new(shares))
+    }
+}
 
 /// How a container's name lookups are answered.
 #[derive(Clone, Default)]
@@ -37,10 +68,10 @@ pub enum Lookups {
     Pod(Arc<PodDns>),
 }
 
-/// A pod's resolver and its turns.
+/// A pod's resolver and its turns of the node's [`LookupBudget`].
 pub struct PodDns {
     resolver: Resolver,
-    turns: Arc<Semaphore>,
+    turns: Tenant,
 }
 
 impl std::fmt::Debug for PodDns {
@@ -52,21 +83,22 @@ impl std::fmt::Debug for PodDns {
 }
 
 impl PodDns {
-    /// The lookups of a pod answered by `resolver`.
-    pub fn new(resolver: Resolver) -> Self {
+    /// The lookups of a pod answered by `resolver`, in turns of the node's `budget`.
+    pub fn new(resolver: Resolver, budget: &LookupBudget) -> Self {
         Self {
             resolver,
-            turns: Arc::new(Semaphore::new(MAX_LOOKUPS_PER_POD)),
+            turns: budget.0.tenant(),
         }
     }
 
-    /// Looks `name` up, waiting for a turn first.
+    /// Looks `name` up, waiting for a turn first (a lookup's time is bounded, so turns
+    /// come back).
     pub async fn lookup(&self, name: &str) -> Result<Vec<IpAddr>, ErrorCode> {
         let _turn = self
             .turns
-            .acquire()
+            .acquire(None)
             .await
-            .map_err(|_| ErrorCode::PermanentResolverFailure)?;
+            .ok_or(ErrorCode::PermanentResolverFailure)?;
         self.resolver
             .lookup(name)
             .await
@@ -332,6 +364,7 @@ mod tests {
                 .expect("conf");
         let dns = Arc::new(PodDns::new(
             Resolver::new(conf, network::Hosts::new()).with_port(port),
+            &LookupBudget::default(),
         ));
         // 100 lookups at once, each asking A and AAAA of a server that never answers.
         let lookups: Vec<_> = (0..100)
@@ -348,6 +381,57 @@ mod tests {
         // Unbounded, all 200 queries would be out within milliseconds.
         tokio::time::sleep(Duration::from_millis(500)).await;
         assert_eq!(got.load(Ordering::Relaxed), expected);
+        for l in lookups {
+            l.abort();
+        }
+    }
+
+    #[tokio::test]
+    async fn pods_flooding_lookups_hold_the_nodes_budget_but_not_a_quiet_pods_turns() {
+        let (port, got) = silent_server();
+        let conf =
+            network::ResolvConf::parse("nameserver 127.0.0.1\noptions timeout:10 attempts:1\n")
+                .expect("conf");
+        // A node of 8 lookups, 2 guaranteed to each pod: three pods flooding a server
+        // that never answers, and a quiet pod whose name is in its hosts entries.
+        let budget = LookupBudget::with(Shares {
+            total: 8,
+            reserve: 2,
+            per_pod: MAX_LOOKUPS_PER_POD,
+        });
+        let mut hosts = network::Hosts::new();
+        hosts.add(
+            "192.0.2.7".parse().expect("ip"),
+            vec!["quiet.local".to_owned()],
+        );
+        let quiet = PodDns::new(Resolver::new(conf.clone(), hosts), &budget);
+        let mut lookups = Vec::new();
+        for _ in 0..3 {
+            let flood = Arc::new(PodDns::new(
+                Resolver::new(conf.clone(), network::Hosts::new()).with_port(port),
+                &budget,
+            ));
+            for i in 0..20 {
+                let flood = flood.clone();
+                lookups.push(tokio::spawn(async move {
+                    flood.lookup(&format!("n{i}.example")).await
+                }));
+            }
+        }
+        // The floods share what the quiet pod's reserve leaves: 6 lookups, 12 queries
+        // (with a budget per pod only, 48 lookups and 96 queries would be out).
+        let expected = 6 * 2;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while got.load(Ordering::Relaxed) < expected && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(got.load(Ordering::Relaxed), expected);
+        // The quiet pod's turn is there at once.
+        let answer = tokio::time::timeout(Duration::from_secs(5), quiet.lookup("quiet.local"))
+            .await
+            .expect("the quiet pod's lookup waited on the floods");
+        assert_eq!(answer, Ok(vec!["192.0.2.7".parse().expect("ip")]));
         for l in lookups {
             l.abort();
         }

@@ -139,6 +139,7 @@ fn pod_dns() -> Arc<PodDns> {
     .expect("resolv.conf");
     Arc::new(PodDns::new(
         Resolver::new(conf, Hosts::new()).with_port(DNS_PORT),
+        &crate::LookupBudget::default(),
     ))
 }
 

@@ -121,7 +121,10 @@ fn pod_dns() -> Arc<PodDns> {
     .expect("resolv.conf");
     let mut hosts = Hosts::new();
     hosts.add("192.0.2.9".parse().expect("ip"), ["legacy"]);
-    Arc::new(PodDns::new(Resolver::new(conf, hosts).with_port(DNS_PORT)))
+    Arc::new(PodDns::new(
+        Resolver::new(conf, hosts).with_port(DNS_PORT),
+        &wasi_runtime::LookupBudget::default(),
+    ))
 }
 
 fn spec(
