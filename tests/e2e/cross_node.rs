@@ -13,7 +13,7 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use e2e::fleet::{TOLERATION_SECONDS, group_flags};
+use e2e::fleet::{TOLERATION_SECONDS, group_flags, spread_deployment};
 use e2e::{Cluster, ControllerTimings, delete_and_wait, wait_pod};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Service};
@@ -21,7 +21,7 @@ use kube::Api;
 use kube::api::{DeleteParams, ListParams, PostParams};
 
 use crate::network::{forward_pod, http_get, line};
-use crate::pod_dns::look_up_on;
+use crate::pod_dns::{look_up_on, own_dns};
 
 const FRONT: &str = "xn-front";
 const BACKS: [&str; 2] = ["xn-back-1", "xn-back-2"];
@@ -33,56 +33,29 @@ const HEADLESS: &str = "xn-backend-pods";
 /// component): a request to a lost back end fails after it.
 const FRONT_TIMEOUT_MS: u64 = 1000;
 
-/// The back ends: `http-hello` pods, one on each back-end node (spread over the
-/// hostnames, tainted nodes left out), tolerating a lost node for `TOLERATION_SECONDS`.
-fn backend(image: &str) -> Deployment {
-    let gone = |key: &str| {
-        serde_json::json!({ "key": key, "operator": "Exists", "effect": "NoExecute",
-            "tolerationSeconds": TOLERATION_SECONDS })
-    };
-    serde_json::from_value(serde_json::json!({
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": { "name": SERVICE },
-        "spec": {
-            "replicas": 2,
-            "selector": { "matchLabels": { "app": SERVICE } },
-            "template": {
-                "metadata": { "labels": { "app": SERVICE } },
-                "spec": {
-                    "affinity": { "nodeAffinity": { "requiredDuringSchedulingIgnoredDuringExecution": {
-                        "nodeSelectorTerms": [{ "matchExpressions": [{
-                            "key": "kubernetes.io/hostname", "operator": "In", "values": BACKS
-                        }] }]
-                    } } },
-                    "tolerations": [
-                        { "key": "kubernetes.io/arch", "operator": "Equal", "value": "wasm32-wasi" },
-                        gone("node.kubernetes.io/unreachable"),
-                        gone("node.kubernetes.io/not-ready"),
-                    ],
-                    "topologySpreadConstraints": [{
-                        "maxSkew": 1,
-                        "topologyKey": "kubernetes.io/hostname",
-                        "whenUnsatisfiable": "DoNotSchedule",
-                        "nodeTaintsPolicy": "Honor",
-                        "labelSelector": { "matchLabels": { "app": SERVICE } },
-                    }],
-                    "automountServiceAccountToken": false,
-                    "terminationGracePeriodSeconds": 5,
-                    "containers": [{
-                        "name": "web",
-                        "image": image,
-                        "ports": [{ "containerPort": 8080, "name": "http" }],
-                        "env": [{ "name": "POD_NAME",
-                            "valueFrom": { "fieldRef": { "fieldPath": "metadata.name" } } }],
-                        "readinessProbe": { "httpGet": { "path": "/healthz", "port": "http" },
-                            "periodSeconds": 2 }
-                    }]
-                }
-            }
-        }
-    }))
-    .expect("valid deployment")
+/// The back ends: `http-hello` pods spread over the back-end nodes as the fleet test
+/// spreads its pods (one per hostname, tainted nodes left out, a lost node tolerated for
+/// `TOLERATION_SECONDS`), serving on 8080 and ready when `/healthz` answers.
+fn backend(image: &str) -> anyhow::Result<Deployment> {
+    let mut deployment = serde_json::to_value(spread_deployment(SERVICE, GROUP, image, 2))?;
+    let spec = &mut deployment["spec"]["template"]["spec"];
+    spec["affinity"] = serde_json::json!({ "nodeAffinity": {
+        "requiredDuringSchedulingIgnoredDuringExecution": { "nodeSelectorTerms": [{
+            "matchExpressions": [{
+                "key": "kubernetes.io/hostname", "operator": "In", "values": BACKS
+            }]
+        }] }
+    } });
+    spec["containers"] = serde_json::json!([{
+        "name": "web",
+        "image": image,
+        "ports": [{ "containerPort": 8080, "name": "http" }],
+        "env": [{ "name": "POD_NAME",
+            "valueFrom": { "fieldRef": { "fieldPath": "metadata.name" } } }],
+        "readinessProbe": { "httpGet": { "path": "/healthz", "port": "http" },
+            "periodSeconds": 2 }
+    }]);
+    Ok(serde_json::from_value(deployment)?)
 }
 
 /// The Service `name` of the back ends (headless: no ClusterIP, a record per pod),
@@ -220,7 +193,7 @@ async fn front_ends_reach_back_ends_on_other_hosts_by_name_and_ride_out_a_lost_h
     service(&services, HEADLESS, true).await?;
     let _ = e2e::fleet::remove_deployment(&cluster, SERVICE, 120).await;
     deployments
-        .create(&PostParams::default(), &backend(&hello))
+        .create(&PostParams::default(), &backend(&hello)?)
         .await?;
     let backs = wait_backends(&pods, 2, &BACKS, 180).await?;
     let back_pods: BTreeSet<String> = backs.iter().map(|(name, _, _)| name.clone()).collect();
@@ -317,21 +290,13 @@ async fn front_ends_reach_back_ends_on_other_hosts_by_name_and_ride_out_a_lost_h
         log.contains("lookup xn-no-such-service failed: error"),
         "{log}"
     );
-    let own = serde_json::json!({
-        "dnsPolicy": "None",
-        "dnsConfig": {
-            "nameservers": ["10.0.0.10"],
-            "searches": ["svc.cluster.local"],
-            "options": [{ "name": "ndots", "value": "2" }]
-        }
-    });
     let (phase, log) = look_up_on(
         &cluster,
         FRONT,
         "xn-own",
         &echo,
         &format!("{SERVICE}.default"),
-        own,
+        own_dns(),
     )
     .await?;
     assert_eq!(phase, "Succeeded", "{log}");

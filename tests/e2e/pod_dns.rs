@@ -21,6 +21,20 @@ const SERVICE: &str = "dns-backend";
 /// temporary and permanent resolver failures).
 const NAME_UNRESOLVABLE: &str = "error 18";
 
+/// `dnsPolicy: None` with a `dnsConfig` of the pod's own: the cluster's server, a search
+/// path of its own choosing (`svc.cluster.local`: `<service>.<namespace>` resolves) and
+/// `ndots:2`.
+pub(crate) fn own_dns() -> serde_json::Value {
+    serde_json::json!({
+        "dnsPolicy": "None",
+        "dnsConfig": {
+            "nameservers": ["10.0.0.10"],
+            "searches": ["svc.cluster.local"],
+            "options": [{ "name": "ndots", "value": "2" }]
+        }
+    })
+}
+
 /// A pod on `node` that looks `lookup` up once and ends; `spec` is merged into its spec.
 fn lookup_pod(node: &str, name: &str, image: &str, lookup: &str, spec: serde_json::Value) -> Pod {
     let mut manifest = serde_json::json!({
@@ -173,22 +187,13 @@ async fn a_pod_resolves_services_through_the_cluster_dns() -> anyhow::Result<()>
     assert_eq!(phase, "Succeeded", "{log}");
     assert!(log.contains("address 192.0.2.9"), "{log}");
 
-    // dnsPolicy None: only the pod's own configuration (here the cluster's server with
-    // a search path of its own choosing).
-    let own = serde_json::json!({
-        "dnsPolicy": "None",
-        "dnsConfig": {
-            "nameservers": ["10.0.0.10"],
-            "searches": ["svc.cluster.local"],
-            "options": [{ "name": "ndots", "value": "2" }]
-        }
-    });
+    // dnsPolicy None: only the pod's own configuration.
     let (phase, log) = look_up(
         &cluster,
         "dns-own",
         &image,
         &format!("{SERVICE}.default"),
-        own,
+        own_dns(),
     )
     .await?;
     assert_eq!(phase, "Succeeded", "{log}");

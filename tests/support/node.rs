@@ -61,14 +61,7 @@ impl KrustletNode {
     /// # Errors
     /// When credentials cannot be minted or the binary cannot start.
     pub fn start(name: &str, port: u16, flags: &[&str]) -> Result<Self> {
-        let data_dir = root().join("target/e2e").join(name);
-        for mount in mounts_under(&data_dir) {
-            let _ = Command::new("umount").arg("-l").arg(&mount).status();
-        }
-        let _ = std::fs::remove_dir_all(&data_dir);
-        let _ = std::fs::remove_file(data_dir.with_extension("log"));
-        std::fs::create_dir_all(&data_dir)?;
-        Self::spawn(name, port, flags, data_dir)
+        Self::spawn(name, port, flags, fresh_data_dir(name)?)
     }
 
     /// [`KrustletNode::start`] on `host`: in its network namespace, at its address, with
@@ -77,13 +70,7 @@ impl KrustletNode {
     /// # Errors
     /// As [`KrustletNode::start`].
     pub fn start_on(host: &crate::Host, name: &str, port: u16, flags: &[&str]) -> Result<Self> {
-        let data_dir = root().join("target/e2e").join(name);
-        for mount in mounts_under(&data_dir) {
-            let _ = Command::new("umount").arg("-l").arg(&mount).status();
-        }
-        let _ = std::fs::remove_dir_all(&data_dir);
-        let _ = std::fs::remove_file(data_dir.with_extension("log"));
-        std::fs::create_dir_all(&data_dir)?;
+        let data_dir = fresh_data_dir(name)?;
         let mut all: Vec<&str> = host.flags().iter().map(String::as_str).collect();
         all.extend_from_slice(flags);
         let at = At {
@@ -445,6 +432,19 @@ impl Drop for KrustletNode {
             let _ = Command::new("umount").arg("-l").arg(&mount).status();
         }
     }
+}
+
+/// Node `name`'s data dir, emptied (what an earlier run mounted there unmounted) with
+/// its log.
+fn fresh_data_dir(name: &str) -> Result<PathBuf> {
+    let data_dir = root().join("target/e2e").join(name);
+    for mount in mounts_under(&data_dir) {
+        let _ = Command::new("umount").arg("-l").arg(&mount).status();
+    }
+    let _ = std::fs::remove_dir_all(&data_dir);
+    let _ = std::fs::remove_file(data_dir.with_extension("log"));
+    std::fs::create_dir_all(&data_dir)?;
+    Ok(data_dir)
 }
 
 /// Mount points at or below `dir` (from `/proc/self/mountinfo`), deepest first.
