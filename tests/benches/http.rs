@@ -30,19 +30,23 @@
 //! more of the samples, counting what they call). Prints a table and writes `bench-results/http.json`.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use e2e::{Cluster, KrustletNode, PodNet, wait_node, wasm_toleration};
+use e2e::bench::load::{
+    LOADS, Load, Run, allowed_cpus, cpu_list, first_ok, median_by_throughput, oha, oha_bin, pinned,
+    serving_pod,
+};
+use e2e::bench::{clear_labelled, cpu_ticks};
+use e2e::{Cluster, KrustletNode, PodNet, wait_node};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::Api;
-use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::api::{DeleteParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 
 const NODE: &str = "bench-http";
@@ -51,27 +55,6 @@ const KWOK_NODE: &str = "bench-http-kwok";
 const COMPONENT: &str = "http-hello.component";
 const FRESH_PODS: usize = 10;
 const WARMUP_SECONDS: u64 = 5;
-
-/// One load setting, the same for both sides.
-#[derive(Clone, Copy, serde::Serialize)]
-struct Load {
-    threads: usize,
-    connections: usize,
-    seconds: u64,
-}
-
-/// 16 connections on 2 threads for 15 s; 1 connection for 10 s.
-const LOADS: [Load; 2] = [Load::new(2, 16, 15), Load::new(1, 1, 10)];
-
-impl Load {
-    const fn new(threads: usize, connections: usize, seconds: u64) -> Self {
-        Self {
-            threads,
-            connections,
-            seconds,
-        }
-    }
-}
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -101,19 +84,12 @@ struct Target {
     pid: u32,
 }
 
-/// What one run of the load measured.
+/// What one run of the load measured, and the server's CPU time.
 #[derive(Clone, serde::Serialize)]
 struct Measured {
     side: Side,
-    load: Load,
-    requests: u64,
-    requests_per_second: f64,
-    p50_ms: f64,
-    p99_ms: f64,
-    p999_ms: f64,
-    max_ms: f64,
-    /// Answers other than 200 and failed requests (those cut by the run's end aside).
-    errors: u64,
+    #[serde(flatten)]
+    run: Run,
     /// User and system CPU time of the server process over the run, per request.
     cpu_us_per_request: f64,
 }
@@ -128,182 +104,26 @@ impl Drop for Peer {
     }
 }
 
-/// The CPUs this process may use (`Cpus_allowed_list` of `/proc/self/status`).
-fn allowed_cpus() -> Vec<usize> {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let list = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
-        .unwrap_or("0")
-        .trim();
-    list.split(',')
-        .filter_map(|range| match range.split_once('-') {
-            Some((a, b)) => Some((a.parse().ok()?..=b.parse().ok()?).collect::<Vec<usize>>()),
-            None => Some(vec![range.parse().ok()?]),
-        })
-        .flatten()
-        .collect()
-}
-
-fn cpu_list(cpus: &[usize]) -> String {
-    cpus.iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
-/// `program`, run on `cpus` when given (`taskset -c`).
-fn pinned(program: &Path, cpus: Option<&str>) -> Command {
-    let Some(cpus) = cpus else {
-        return Command::new(program);
-    };
-    let mut cmd = Command::new("taskset");
-    cmd.args(["-c", cpus]).arg(program);
-    cmd
-}
-
-/// User plus system CPU time of process `pid`, in clock ticks (1/100 s).
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
-    let field = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
-    field(11).unwrap_or_default() + field(12).unwrap_or_default()
-}
-
 /// One `oha` run of `load` against `target`, the client pinned to `cpus` when given.
 fn run_load(target: &Target, load: Load, cpus: Option<&str>) -> anyhow::Result<Measured> {
-    let bin = std::env::var("OHA_BIN").unwrap_or_else(|_| "oha".to_owned());
-    let mut cmd = pinned(Path::new(&bin), cpus);
-    cmd.args(["--no-tui", "--output-format", "json"])
-        .args(["-c", &load.connections.to_string()])
-        .args(["--worker-threads", &load.threads.to_string()])
-        .args(["-z", &format!("{}s", load.seconds)])
-        .arg(format!("http://{}/bench", target.addr));
-    let cpu0 = cpu_ticks(target.pid);
-    let out = cmd.output().with_context(|| format!("running {bin}"))?;
-    let cpu = cpu_ticks(target.pid) - cpu0;
-    if !out.status.success() {
-        bail!("oha failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .with_context(|| format!("oha printed {}", String::from_utf8_lossy(&out.stdout)))?;
-    let seconds = |v: &serde_json::Value| v.as_f64().map(|s| s * 1000.0);
-    let field = |path: &str| {
-        report
-            .pointer(path)
-            .and_then(seconds)
-            .with_context(|| format!("no {path} in oha's report"))
-    };
-    let counts = |path: &str, skip: &str| -> u64 {
-        report
-            .pointer(path)
-            .and_then(serde_json::Value::as_object)
-            .map_or(0, |m| {
-                m.iter()
-                    .filter(|(k, _)| *k != skip)
-                    .filter_map(|(_, n)| n.as_u64())
-                    .sum()
-            })
-    };
-    let ok = report
-        .pointer("/statusCodeDistribution/200")
-        .and_then(serde_json::Value::as_u64)
-        .unwrap_or(0);
-    let requests = counts("/statusCodeDistribution", "");
+    let client = pinned(Path::new(&oha_bin()), cpus);
+    let cpu0 = cpu_ticks(target.pid).unwrap_or_default();
+    let run = oha(client, &format!("http://{}/bench", target.addr), load)?;
+    let cpu = cpu_ticks(target.pid).unwrap_or_default() - cpu0;
     Ok(Measured {
         side: target.side,
-        load,
-        requests,
-        requests_per_second: report
-            .pointer("/summary/requestsPerSec")
-            .and_then(serde_json::Value::as_f64)
-            .context("no requests per second in oha's report")?,
-        p50_ms: field("/latencyPercentiles/p50")?,
-        p99_ms: field("/latencyPercentiles/p99")?,
-        p999_ms: field("/latencyPercentiles/p99.9")?,
-        max_ms: field("/summary/slowest")?,
-        errors: requests - ok + counts("/errorDistribution", "aborted due to deadline"),
-        cpu_us_per_request: cpu as f64 * 10_000.0 / requests.max(1) as f64,
+        cpu_us_per_request: cpu as f64 * 10_000.0 / run.requests.max(1) as f64,
+        run,
     })
-}
-
-/// The status of one GET over a fresh connection (closed after it), each step bounded.
-fn get_status(addr: SocketAddr) -> std::io::Result<u16> {
-    let bound = Duration::from_millis(500);
-    let mut s = TcpStream::connect_timeout(&addr, bound)?;
-    s.set_read_timeout(Some(bound))?;
-    s.set_write_timeout(Some(bound))?;
-    write!(
-        s,
-        "GET /first HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut raw = Vec::new();
-    s.take(64 << 10).read_to_end(&mut raw)?;
-    raw.get(9..12)
-        .and_then(|code| std::str::from_utf8(code).ok()?.parse().ok())
-        .ok_or_else(|| std::io::Error::other("not an HTTP response"))
-}
-
-/// Asks `addr` every 2 ms until it answers 200 (within `secs`); when it did.
-async fn first_ok(addr: SocketAddr, secs: u64) -> anyhow::Result<Instant> {
-    tokio::task::spawn_blocking(move || {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        loop {
-            if let Ok(200) = get_status(addr) {
-                return Ok(Instant::now());
-            }
-            if Instant::now() > deadline {
-                bail!("{addr} did not answer 200 within {secs} s");
-            }
-            std::thread::sleep(Duration::from_millis(2));
-        }
-    })
-    .await?
 }
 
 fn pod(name: &str, image: &str, label: &str) -> Pod {
-    serde_json::from_value(serde_json::json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": { "name": name, "labels": { "bench": label } },
-        "spec": {
-            "nodeName": NODE,
-            "tolerations": wasm_toleration(),
-            "automountServiceAccountToken": false,
-            "terminationGracePeriodSeconds": 0,
-            "containers": [{
-                "name": "web",
-                "image": image,
-                "ports": [{ "containerPort": 8080 }],
-                "env": [{ "name": "POD_NAME", "valueFrom": { "fieldRef": { "fieldPath": "metadata.name" } } }]
-            }]
-        }
-    }))
-    .expect("a valid pod manifest")
+    serving_pod(name, NODE, image, label, &[])
 }
 
 /// Deletes every pod labelled `bench=<label>` at once and waits until they are gone.
 async fn clear(pods: &Api<Pod>, label: &str) -> anyhow::Result<()> {
-    let selector = format!("bench={label}");
-    let now = DeleteParams {
-        grace_period_seconds: Some(0),
-        ..DeleteParams::default()
-    };
-    pods.delete_collection(&now, &ListParams::default().labels(&selector))
-        .await?;
-    for _ in 0..600 {
-        if pods
-            .list(&ListParams::default().labels(&selector))
-            .await?
-            .items
-            .is_empty()
-        {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    bail!("pods {selector} not gone")
+    clear_labelled(pods, &format!("bench={label}"), 60).await
 }
 
 /// When each pod labelled `bench=<label>` was first seen with an IP, and the IP.
@@ -425,13 +245,12 @@ fn start_peer(
 
 /// The median (by requests per second) of `side`'s runs under `load`.
 fn median_run(runs: &[Measured], side: Side, load: Load) -> anyhow::Result<Measured> {
-    let mut mine: Vec<&Measured> = runs
+    let mine = runs
         .iter()
-        .filter(|m| m.side == side && m.load.connections == load.connections)
+        .filter(|m| m.side == side && m.run.load == load)
         .collect();
-    mine.sort_by(|a, b| a.requests_per_second.total_cmp(&b.requests_per_second));
-    mine.get(mine.len() / 2)
-        .map(|m| (*m).clone())
+    median_by_throughput(mine, |m| &m.run)
+        .cloned()
         .context("no run")
 }
 
@@ -506,10 +325,10 @@ async fn measure(
                 "{} c{}: {:.0} req/s, p50 {:.3} ms, p99 {:.3} ms, {} errors",
                 m.side.label(),
                 load.connections,
-                m.requests_per_second,
-                m.p50_ms,
-                m.p99_ms,
-                m.errors
+                m.run.requests_per_second,
+                m.run.p50_ms,
+                m.run.p99_ms,
+                m.run.errors
             );
             runs.push(m);
         }
@@ -597,12 +416,12 @@ fn row(m: &Measured) -> String {
     format!(
         "| {} | {} | {:.0} | {:.3} | {:.3} | {:.2} | {:.1} | {:.0} |",
         m.side.label(),
-        m.load.connections,
-        m.requests_per_second,
-        m.p50_ms,
-        m.p99_ms,
-        m.p999_ms,
-        m.max_ms,
+        m.run.load.connections,
+        m.run.requests_per_second,
+        m.run.p50_ms,
+        m.run.p99_ms,
+        m.run.p999_ms,
+        m.run.max_ms,
         m.cpu_us_per_request
     )
 }
@@ -610,16 +429,16 @@ fn row(m: &Measured) -> String {
 /// `a` over `b` in throughput, p50, p99 and CPU per request; its row and its JSON.
 fn ratios(a: &Measured, b: &Measured) -> (String, serde_json::Value) {
     let (rps, p50, p99, cpu) = (
-        a.requests_per_second / b.requests_per_second,
-        a.p50_ms / b.p50_ms,
-        a.p99_ms / b.p99_ms,
+        a.run.requests_per_second / b.run.requests_per_second,
+        a.run.p50_ms / b.run.p50_ms,
+        a.run.p99_ms / b.run.p99_ms,
         a.cpu_us_per_request / b.cpu_us_per_request,
     );
     let label = format!("{} / {}", a.side.label(), b.side.label());
     (
         format!(
             "| {label} | {} | {rps:.2}x | {p50:.2}x | {p99:.2}x | | | {cpu:.2}x |",
-            a.load.connections
+            a.run.load.connections
         ),
         serde_json::json!({
             "of": label, "throughput_ratio": rps, "p50_ratio": p50, "p99_ratio": p99,
@@ -723,7 +542,7 @@ fn report(
         kwok.last().copied().unwrap_or(f64::NAN),
         median(to_ok) / median(kwok)
     );
-    let errors: u64 = runs.iter().map(|m| m.errors).sum();
+    let errors: u64 = runs.iter().map(|m| m.run.errors).sum();
     if errors > 0 {
         println!("warning: {errors} requests failed or were not answered 200 over all runs");
     }

@@ -1,6 +1,9 @@
 //! What the benchmarks (`tests/benches/`) share: a watch that records when each bench pod
-//! got where it was going, bench pod manifests, clearing them away, percentiles, and a
-//! process's memory and CPU time from `/proc`.
+//! got where it was going, bench pod manifests, clearing them away, percentiles, a
+//! process's memory and CPU time from `/proc`, the machine's description, and HTTP load
+//! ([`load`]).
+
+pub mod load;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -168,15 +171,27 @@ impl BenchPod {
 /// # Errors
 /// When the API server refuses, or the pods are still there after `secs`.
 pub async fn clear(pods: &Api<Pod>, secs: u64) -> Result<()> {
+    clear_labelled(pods, BENCH_LABEL, secs).await
+}
+
+/// Deletes every pod matching the label selector `selector` at once, without grace, and
+/// waits, for at most `secs`, until none is left.
+///
+/// # Errors
+/// When the API server refuses, or the pods are still there after `secs`.
+pub async fn clear_labelled(pods: &Api<Pod>, selector: &str, secs: u64) -> Result<()> {
     let now = DeleteParams {
         grace_period_seconds: Some(0),
         ..DeleteParams::default()
     };
-    let selector = ListParams::default().labels(BENCH_LABEL);
-    pods.delete_collection(&now, &selector).await?;
+    let selected = ListParams::default().labels(selector);
+    pods.delete_collection(&now, &selected).await?;
     let give_up = Instant::now() + Duration::from_secs(secs);
-    while !pods.list(&selector).await?.items.is_empty() {
-        anyhow::ensure!(Instant::now() < give_up, "bench pods not gone in {secs} s");
+    while !pods.list(&selected).await?.items.is_empty() {
+        anyhow::ensure!(
+            Instant::now() < give_up,
+            "pods {selector} not gone in {secs} s"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     Ok(())
@@ -446,6 +461,19 @@ pub async fn quiet(cores: f64, bound: Duration) {
             return;
         }
     }
+}
+
+/// The machine: its processor, CPUs and kernel.
+#[must_use]
+pub fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name")?.split_once(':'))
+        .map_or("an unknown processor", |(_, m)| m.trim());
+    let cpus = std::thread::available_parallelism().map_or(0, usize::from);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!("{model}, {cpus} CPUs, Linux {}", kernel.trim())
 }
 
 /// The parent of process `pid`.
