@@ -1,5 +1,5 @@
 # Shared settings for hack/* scripts. Sourced, not run.
-# The pinned versions live here and nowhere else (README quotes them).
+# The pinned versions live here and nowhere else (docs/local-cluster.md quotes them).
 K8S_VERSION=v1.36.3
 K8S_VERSION_MAJOR=1
 K8S_VERSION_MINOR=36

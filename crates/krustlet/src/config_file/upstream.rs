@@ -295,7 +295,7 @@ fn same(value: &Value, at: &str) -> bool {
         )
 }
 
-/// The upstream fields mapped to a setting, for the README's table and the tests.
+/// The upstream fields mapped to a setting, for the table of docs/configuration.md and the tests.
 #[cfg(test)]
 pub(super) fn mapped_targets() -> impl Iterator<Item = &'static str> {
     MAPPED.iter().map(|(_, target, _)| *target)
