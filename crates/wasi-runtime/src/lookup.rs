@@ -315,6 +315,57 @@ impl HostResolveAddressStream for LookupView<'_> {
     }
 }
 
+/// The WASI 0.3 `ip-name-lookup` (an async function, no stream): answered as the 0.2
+/// one is, by [`start`], awaited in place.
+mod p3 {
+    use std::net::IpAddr;
+
+    use wasmtime::component::Accessor;
+    use wasmtime_wasi::p3::bindings::sockets::ip_name_lookup::{ErrorCode, Host, HostWithStore};
+    use wasmtime_wasi::p3::bindings::sockets::types::IpAddress;
+
+    use super::{LookupView, PodLookups, State};
+    use wasmtime_wasi::p2::bindings::sockets::network::ErrorCode as P2ErrorCode;
+
+    impl<U> HostWithStore<U> for PodLookups {
+        async fn resolve_addresses(
+            store: &Accessor<U, Self>,
+            name: String,
+        ) -> wasmtime::Result<Result<Vec<IpAddress>, ErrorCode>> {
+            let started = store.with(|mut view| {
+                let view = view.get();
+                super::start(view.lookups, view.outbound, name)
+            });
+            // The stream lives across the wait: a call the guest drops aborts the lookup.
+            let found = match started {
+                Err(e) => Err(e),
+                Ok(mut stream) => {
+                    wasmtime_wasi::p2::Pollable::ready(&mut stream).await;
+                    match std::mem::replace(
+                        &mut stream.state,
+                        State::Done(Err(P2ErrorCode::Unknown)),
+                    ) {
+                        State::Done(done) => done.map(Iterator::collect::<Vec<IpAddr>>),
+                        State::Running(_) => Err(P2ErrorCode::Unknown),
+                    }
+                }
+            };
+            Ok(found
+                .map(|ips| ips.into_iter().map(IpAddress::from).collect())
+                .map_err(|e| match e {
+                    P2ErrorCode::AccessDenied => ErrorCode::AccessDenied,
+                    P2ErrorCode::InvalidArgument => ErrorCode::InvalidArgument,
+                    P2ErrorCode::NameUnresolvable => ErrorCode::NameUnresolvable,
+                    P2ErrorCode::TemporaryResolverFailure => ErrorCode::TemporaryResolverFailure,
+                    P2ErrorCode::PermanentResolverFailure => ErrorCode::PermanentResolverFailure,
+                    _ => ErrorCode::Other(None),
+                }))
+        }
+    }
+
+    impl Host for LookupView<'_> {}
+}
+
 /// Replaces wasmtime-wasi's `ip-name-lookup` in `linker` by the pod's lookups of each
 /// store (`view` gives them).
 pub(crate) fn shadow<T: Send + 'static>(
@@ -323,6 +374,11 @@ pub(crate) fn shadow<T: Send + 'static>(
 ) -> wasmtime::Result<()> {
     linker.allow_shadowing(true);
     wasmtime_wasi::p2::bindings::sockets::ip_name_lookup::add_to_linker::<T, PodLookups>(
+        linker, view,
+    )?;
+    // WASI 0.3's too, for the linkers that have it (`wasmtime_wasi::p3::add_to_linker`
+    // first).
+    wasmtime_wasi::p3::bindings::sockets::ip_name_lookup::add_to_linker::<T, PodLookups>(
         linker, view,
     )?;
     linker.allow_shadowing(false);

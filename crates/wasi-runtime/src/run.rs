@@ -209,6 +209,23 @@ impl WasiView for ComponentState {
     }
 }
 
+/// A command component's entry point: `wasi:cli/run` of WASI 0.3 (an async export,
+/// run inside the store's event loop) or of 0.2.
+enum Command {
+    P2(CommandPre<ComponentState>),
+    P3(wasmtime_wasi::p3::bindings::CommandPre<ComponentState>),
+}
+
+impl Command {
+    /// The 0.3 entry point when the component exports it, else the 0.2 one.
+    fn new(pre: wasmtime::component::InstancePre<ComponentState>) -> wasmtime::Result<Self> {
+        match wasmtime_wasi::p3::bindings::CommandPre::new(pre.clone()) {
+            Ok(p3) => Ok(Self::P3(p3)),
+            Err(_) => CommandPre::new(pre).map(Self::P2),
+        }
+    }
+}
+
 pub(crate) fn linker(engine: &wasmtime::Engine) -> Result<Linker<State>> {
     let mut linker = Linker::new(engine);
     p1::add_to_linker_async(&mut linker, |s: &mut State| &mut s.wasi)
@@ -222,7 +239,10 @@ pub(crate) fn component_linker(
     let mut linker = wasmtime::component::Linker::new(engine);
     // `wasi:cli/exit.exit` says only success or failure (exit code 1); a component that
     // calls `exit-with-code` (WASI 0.2.12) reports its own code.
+    // WASI 0.2 and 0.3 side by side: a 0.3 component's language runtime often imports
+    // 0.2 interfaces too.
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+        .and_then(|()| wasmtime_wasi::p3::add_to_linker(&mut linker))
         .and_then(|()| {
             crate::lookup::shadow(&mut linker, |s: &mut ComponentState| {
                 crate::lookup::LookupView {
@@ -349,7 +369,7 @@ impl Engine {
                 let pre = self
                     .component_linker
                     .instantiate_pre(&component)
-                    .and_then(CommandPre::new)
+                    .and_then(Command::new)
                     .map_err(|e| Error::Instantiate(format!("{e:#}")))?;
                 let mut table = ResourceTable::new();
                 table.set_max_capacity(self.max_open_handles);
@@ -402,10 +422,23 @@ impl Engine {
                 runtime.spawn(async move {
                     let result = {
                         let run = metered.wrap(async {
-                            let command = pre.instantiate_async(&mut store).await?;
-                            count_start();
                             // `wasi:cli/run` returns `result`: an error is exit code 1.
-                            let ok = command.wasi_cli_run().call_run(&mut store).await?;
+                            let ok = match pre {
+                                Command::P2(pre) => {
+                                    let command = pre.instantiate_async(&mut store).await?;
+                                    count_start();
+                                    command.wasi_cli_run().call_run(&mut store).await?
+                                }
+                                Command::P3(pre) => {
+                                    let command = pre.instantiate_async(&mut store).await?;
+                                    count_start();
+                                    store
+                                        .run_concurrent(async move |store| {
+                                            command.wasi_cli_run().call_run(store).await
+                                        })
+                                        .await??
+                                }
+                            };
                             Ok(i32::from(ok.is_err()))
                         });
                         tokio::select! {

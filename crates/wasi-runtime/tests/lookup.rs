@@ -280,3 +280,98 @@ async fn with_an_allow_list_only_allowed_names_are_looked_up() {
     );
     assert_eq!(server.asked().len(), before, "{:?}", server.asked());
 }
+
+/// A WASI 0.3 command that looks `name` up once with `wasi:sockets/ip-name-lookup@0.3.0`
+/// (`resolve-addresses`, lowered synchronously) and returns `ok` when it got at least one
+/// address, `err` otherwise.
+fn lookup_p3(name: &str) -> Arc<[u8]> {
+    let len = name.len();
+    let wasm = wat::parse_str(format!(
+        r#"(component
+            (import "wasi:sockets/ip-name-lookup@0.3.0" (instance $lookup
+                (type $ip (variant
+                    (case "ipv4" (tuple u8 u8 u8 u8))
+                    (case "ipv6" (tuple u16 u16 u16 u16 u16 u16 u16 u16))))
+                (export "ip-address" (type $ip' (eq $ip)))
+                (type $err (variant
+                    (case "access-denied") (case "invalid-argument")
+                    (case "name-unresolvable") (case "temporary-resolver-failure")
+                    (case "permanent-resolver-failure") (case "other" (option string))))
+                (export "error-code" (type $err' (eq $err)))
+                (export "resolve-addresses"
+                    (func async (param "name" string) (result (result (list $ip') (error $err')))))))
+            (core module $libc
+                (memory (export "mem") 1)
+                (global $bump (mut i32) (i32.const 1024))
+                (func (export "realloc") (param i32 i32 i32 i32) (result i32)
+                    (local $at i32)
+                    (local.set $at (i32.and
+                        (i32.add (global.get $bump) (i32.sub (local.get 2) (i32.const 1)))
+                        (i32.sub (i32.const 0) (local.get 2))))
+                    (global.set $bump (i32.add (local.get $at) (local.get 3)))
+                    (local.get $at)))
+            (core instance $libc (instantiate $libc))
+            (alias core export $libc "mem" (core memory $mem))
+            (alias core export $libc "realloc" (core func $realloc))
+            (alias export $lookup "resolve-addresses" (func $resolve))
+            (core func $resolve_lowered
+                (canon lower (func $resolve) (memory $mem) (realloc $realloc)))
+            (core module $m
+                (import "libc" "mem" (memory 1))
+                (import "" "resolve" (func $resolve (param i32 i32 i32)))
+                (data (i32.const 16) "{name}")
+                (func (export "run") (result i32)
+                    (call $resolve (i32.const 16) (i32.const {len}) (i32.const 256))
+                    ;; result<list<ip-address>, error-code> at 256: the case byte, then
+                    ;; the list's address (260) and length (264).
+                    (if (result i32) (i32.eqz (i32.load8_u (i32.const 256)))
+                        (then (i32.eqz (i32.load (i32.const 264))))
+                        (else (i32.const 1)))))
+            (core instance $i (instantiate $m
+                (with "libc" (instance $libc))
+                (with "" (instance (export "resolve" (func $resolve_lowered))))))
+            (type $run_type (func async (result (result))))
+            (func $run (type $run_type) (canon lift (core func $i "run")))
+            (instance $cli (export "run" (func $run)))
+            (export "wasi:cli/run@0.3.0" (instance $cli)))"#
+    ))
+    .expect("valid component");
+    Arc::from(wasm)
+}
+
+#[tokio::test]
+async fn a_wasi_0_3_components_lookups_are_answered_by_its_pods_dns_and_allow_list() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let net = common::namespace(&dir).await;
+    let server = DnsServer::start(&net).await;
+    let engine = Engine::new(&EngineConfig::default()).expect("engine");
+    let dns = pod_dns();
+    let run = |name: &str, allow: Option<&str>| {
+        let mut spec = spec(&dir, Some(net.clone()), Some(dns.clone()), name);
+        spec.module_key = format!("sha256:p3-lookup-{name}");
+        spec.wasm = lookup_p3(name);
+        spec.allowed_outbound =
+            allow.map(|a| wasi_runtime::AllowList::parse(a).expect("allow-list"));
+        spec
+    };
+    // A short name only the pod's DNS knows (through its search paths): found.
+    let (exit, log) = run_lookup(&engine, run("backend", None)).await;
+    assert_eq!(exit, Exit::Code(0), "{log}");
+    assert!(
+        server.asked().iter().any(|a| a == KNOWN),
+        "{:?}",
+        server.asked()
+    );
+    // A name nobody has: the lookup fails, the run ends with err.
+    let (exit, log) = run_lookup(&engine, run("nothing.example", None)).await;
+    assert_eq!(exit, Exit::Code(1), "{log}");
+    // With an allow-list, a name it does not allow is refused before any query.
+    let before = server.asked().len();
+    let (exit, log) = run_lookup(&engine, run("elsewhere", Some("tcp://backend:80"))).await;
+    assert_eq!(exit, Exit::Code(1), "{log}");
+    assert!(
+        log.contains("refused by the pod's allowed outbound hosts: elsewhere (name lookup)"),
+        "{log}"
+    );
+    assert_eq!(server.asked().len(), before, "{:?}", server.asked());
+}

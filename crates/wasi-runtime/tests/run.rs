@@ -227,6 +227,79 @@ async fn a_component_runs_as_a_wasi_command_and_its_result_is_the_exit_code() {
     }
 }
 
+/// A WASI 0.3 command: `wasi:cli/run@0.3.0` lifted async with a callback, whose core
+/// function `body` (it returns the callback code) calls `$ret` with 0 (`ok`) or 1
+/// (`err`) through `task.return`, or never returns; its core module has a memory of its
+/// own (one page).
+fn component_p3(body: &str) -> Vec<u8> {
+    wat::parse_str(format!(
+        r#"(component
+            (core module $m
+                (import "" "task.return" (func $ret (param i32)))
+                (memory 1)
+                (func (export "run") (result i32) {body})
+                (func (export "cb") (param i32 i32 i32) (result i32) i32.const 0))
+            (core func $task_return (canon task.return (result (result))))
+            (core instance $imports (export "task.return" (func $task_return)))
+            (core instance $i (instantiate $m (with "" (instance $imports))))
+            (type $run_type (func async (result (result))))
+            (func $run (type $run_type)
+                (canon lift (core func $i "run") async (callback (core func $i "cb"))))
+            (instance $cli (export "run" (func $run)))
+            (export "wasi:cli/run@0.3.0" (instance $cli)))"#
+    ))
+    .expect("valid component")
+}
+
+#[tokio::test]
+async fn a_wasi_0_3_command_runs_and_its_result_is_the_exit_code() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let e = engine();
+    for (ok, code) in [(true, 0), (false, 1)] {
+        let wasm = component_p3(&format!(
+            "(call $ret (i32.const {})) i32.const 0",
+            i32::from(!ok)
+        ));
+        let mut s = spec(&dir, "p3", r#"(func (export "_start"))"#, None);
+        s.module_key = format!("p3-component-{ok}");
+        s.wasm = Arc::from(wasm);
+        let run = e.start(s).await.expect("start");
+        assert_eq!(run.wait().await, Exit::Code(code));
+    }
+}
+
+#[tokio::test]
+async fn a_wasi_0_3_command_growing_past_its_limit_ends_out_of_memory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Grows by 16 pages (1 MiB), ignores a refusal, and returns ok.
+    let wasm =
+        component_p3("(drop (memory.grow (i32.const 16))) (call $ret (i32.const 0)) i32.const 0");
+    let e = engine();
+    for (limit, exit) in [(Some(512 * 1024), Exit::OutOfMemory), (None, Exit::Code(0))] {
+        let mut s = spec(&dir, "p3-grow", r#"(func (export "_start"))"#, limit);
+        s.wasm = Arc::from(wasm.clone());
+        let run = e.start(s).await.expect("start");
+        assert_eq!(run.wait().await, exit, "limit {limit:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_spinning_wasi_0_3_command_is_killed_without_cooperating() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut s = spec(&dir, "spin-p3", r#"(func (export "_start"))"#, None);
+    s.wasm = Arc::from(component_p3("(loop (br 0)) i32.const 0"));
+    let run = engine().start(s).await.expect("start");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let began = Instant::now();
+    run.killer().kill();
+    assert_eq!(run.wait().await, Exit::Killed);
+    assert!(
+        began.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        began.elapsed()
+    );
+}
+
 #[tokio::test]
 async fn a_spinning_component_is_killed_without_cooperating() {
     let dir = tempfile::tempdir().expect("tempdir");
