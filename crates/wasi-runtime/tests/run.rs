@@ -292,9 +292,10 @@ async fn a_spinning_wasi_0_3_command_is_killed_without_cooperating() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     let began = Instant::now();
     run.killer().kill();
+    // A spin that only a kill ends: bounded generously (CI shares its cores).
     assert_eq!(run.wait().await, Exit::Killed);
     assert!(
-        began.elapsed() < Duration::from_secs(1),
+        began.elapsed() < Duration::from_secs(5),
         "{:?}",
         began.elapsed()
     );
