@@ -6,8 +6,7 @@
 //! Needs root (network namespaces).
 
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, UdpSocket};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,8 +19,6 @@ use wasmtime_wasi_http::{Error, RequestOptions, WasiHttpHooks};
 use super::outgoing::Outgoing;
 use super::{AllowList, PodDns};
 
-/// Where the test's DNS server listens, inside the namespace.
-const DNS_PORT: u16 = 5353;
 /// The name the TLS server's certificate is for.
 const BACKEND: &str = "backend.shop.svc.cluster.local";
 /// Another name of the same server, which its certificate does not cover.
@@ -33,100 +30,15 @@ const HTTP_PORT: u16 = 8080;
 /// A port that takes connections and never says anything.
 const SILENT_PORT: u16 = 8444;
 
-/// A namespace with its loopback up, pinned in `dir`.
-async fn namespace(dir: &tempfile::TempDir) -> Arc<NetNs> {
-    let path = dir.path().join("ns");
-    let ns = NetNs::create(&path)
-        .await
-        .expect("a network namespace (root)");
-    let up = std::process::Command::new("nsenter")
-        .arg(format!("--net={}", path.display()))
-        .args(["ip", "link", "set", "lo", "up"])
-        .status()
-        .expect("nsenter");
-    assert!(up.success());
-    Arc::new(ns)
-}
+// The integration tests' helpers (its `wasm` is theirs only).
+#[allow(dead_code)]
+#[path = "../tests/common/mod.rs"]
+mod common;
+#[path = "../tests/common/dns.rs"]
+mod dns;
 
-/// A DNS server on 127.0.0.1:[`DNS_PORT`] of the namespace that knows the names of
-/// `zone` (A records), answers NXDOMAIN for any other, and keeps the names asked.
-struct DnsServer {
-    asked: Arc<Mutex<Vec<String>>>,
-    stop: Arc<AtomicBool>,
-}
-
-impl DnsServer {
-    async fn start(net: &NetNs, zone: HashMap<&'static str, Vec<Ipv4Addr>>) -> Self {
-        let socket = net
-            .run(|| UdpSocket::bind((Ipv4Addr::LOCALHOST, DNS_PORT)))
-            .await
-            .expect("the namespace thread")
-            .expect("bind the DNS port");
-        socket
-            .set_read_timeout(Some(Duration::from_millis(100)))
-            .expect("timeout");
-        let asked = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (a, s) = (asked.clone(), stop.clone());
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 512];
-            while !s.load(Ordering::Relaxed) {
-                let Ok((n, from)) = socket.recv_from(&mut buf) else {
-                    continue;
-                };
-                if let Some((name, reply)) = answer(&buf[..n], &zone) {
-                    a.lock().expect("lock").push(name);
-                    let _ = socket.send_to(&reply, from);
-                }
-            }
-        });
-        Self { asked, stop }
-    }
-
-    fn asked(&self) -> Vec<String> {
-        self.asked.lock().expect("lock").clone()
-    }
-}
-
-impl Drop for DnsServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
-/// The reply to one query, and the name asked.
-fn answer(query: &[u8], zone: &HashMap<&'static str, Vec<Ipv4Addr>>) -> Option<(String, Vec<u8>)> {
-    let mut labels = Vec::new();
-    let mut at = 12;
-    loop {
-        let len = usize::from(*query.get(at)?);
-        at += 1;
-        if len == 0 {
-            break;
-        }
-        labels.push(String::from_utf8_lossy(query.get(at..at + len)?).into_owned());
-        at += len;
-    }
-    let qtype = u16::from_be_bytes([*query.get(at)?, *query.get(at + 1)?]);
-    let name = labels.join(".").to_ascii_lowercase();
-    let found = zone.get(name.as_str());
-    let addresses = match (found, qtype) {
-        (Some(ips), 1) => ips.as_slice(),
-        _ => &[],
-    };
-    let mut reply = query.get(..at + 4)?.to_vec();
-    // QR, RD copied, RA; NOERROR or NXDOMAIN; the question, then the answers.
-    reply[2] = 0x80 | (query[2] & 0x01);
-    reply[3] = if found.is_some() { 0x80 } else { 0x83 };
-    let count = u16::try_from(addresses.len()).ok()?;
-    reply[6..8].copy_from_slice(&count.to_be_bytes());
-    reply[8..12].fill(0);
-    for ip in addresses {
-        reply.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 5, 0, 4]);
-        reply.extend_from_slice(&ip.octets());
-    }
-    Some((name, reply))
-}
+use common::namespace;
+use dns::{DNS_PORT, DnsServer};
 
 /// The pod's DNS as the kubelet composes it for a pod of namespace `shop`, asking the
 /// test's server.

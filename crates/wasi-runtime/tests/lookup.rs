@@ -5,17 +5,18 @@
 //! Needs root (network namespaces).
 
 mod common;
+#[path = "common/dns.rs"]
+mod dns;
 
-use std::net::{Ipv4Addr, UdpSocket};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
 use std::time::Duration;
 
+use dns::{DNS_PORT, DnsServer};
 use network::{Hosts, NetNs, ResolvConf, Resolver};
 use wasi_runtime::{ContainerSpec, Engine, EngineConfig, Exit, PodDns};
 
-/// Where the test's DNS server listens, inside the namespace.
-const DNS_PORT: u16 = 5353;
 /// The one name it knows, and its address.
 const KNOWN: &str = "backend.shop.svc.cluster.local";
 const KNOWN_IP: Ipv4Addr = Ipv4Addr::new(10, 1, 2, 3);
@@ -27,87 +28,9 @@ fn echo() -> Arc<[u8]> {
     common::wasm("http-echo")
 }
 
-/// A DNS server on 127.0.0.1:[`DNS_PORT`] of the namespace: [`KNOWN`] has one A record,
-/// every other name is NXDOMAIN; the names asked are kept, in order.
-struct DnsServer {
-    asked: Arc<Mutex<Vec<String>>>,
-    stop: Arc<AtomicBool>,
-}
-
-impl DnsServer {
-    async fn start(net: &NetNs) -> Self {
-        let socket = net
-            .run(|| UdpSocket::bind((Ipv4Addr::LOCALHOST, DNS_PORT)))
-            .await
-            .expect("the namespace thread")
-            .expect("bind the DNS port");
-        socket
-            .set_read_timeout(Some(Duration::from_millis(100)))
-            .expect("timeout");
-        let asked = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (a, s) = (asked.clone(), stop.clone());
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 512];
-            while !s.load(Ordering::Relaxed) {
-                let Ok((n, from)) = socket.recv_from(&mut buf) else {
-                    continue;
-                };
-                if let Some((name, reply)) = answer(&buf[..n]) {
-                    a.lock().expect("lock").push(name);
-                    let _ = socket.send_to(&reply, from);
-                }
-            }
-        });
-        Self { asked, stop }
-    }
-
-    fn asked(&self) -> Vec<String> {
-        self.asked.lock().expect("lock").clone()
-    }
-}
-
-impl Drop for DnsServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
-/// The reply to one query (and the name asked, with its type when not A): [`KNOWN`]'s
-/// A record, no AAAA record for it, NXDOMAIN for any other name.
-fn answer(query: &[u8]) -> Option<(String, Vec<u8>)> {
-    let mut labels = Vec::new();
-    let mut at = 12;
-    loop {
-        let len = usize::from(*query.get(at)?);
-        at += 1;
-        if len == 0 {
-            break;
-        }
-        labels.push(String::from_utf8_lossy(query.get(at..at + len)?).into_owned());
-        at += len;
-    }
-    let qtype = u16::from_be_bytes([*query.get(at)?, *query.get(at + 1)?]);
-    let question_end = at + 4;
-    let name = labels.join(".");
-    let known = name.eq_ignore_ascii_case(KNOWN);
-    let mut reply = query.get(..question_end)?.to_vec();
-    // QR, RD copied, RA; NOERROR or NXDOMAIN; the question; no authority, no additional.
-    reply[2] = 0x80 | (query[2] & 0x01);
-    reply[3] = if known { 0x80 } else { 0x83 };
-    let answers: u16 = u16::from(known && qtype == 1);
-    reply[6..8].copy_from_slice(&answers.to_be_bytes());
-    reply[8..12].fill(0);
-    if answers == 1 {
-        reply.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 5, 0, 4]);
-        reply.extend_from_slice(&KNOWN_IP.octets());
-    }
-    let asked = if qtype == 1 {
-        name
-    } else {
-        format!("{name} type {qtype}")
-    };
-    Some((asked, reply))
+/// The test's DNS server, knowing [`KNOWN`] only.
+async fn dns_server(net: &NetNs) -> DnsServer {
+    DnsServer::start(net, HashMap::from([(KNOWN, vec![KNOWN_IP])])).await
 }
 
 /// The pod's DNS as the kubelet composes it for a pod of namespace `shop`, with one
@@ -177,7 +100,7 @@ async fn run_lookup(engine: &Engine, spec: ContainerSpec) -> (Exit, String) {
 async fn a_components_lookups_are_answered_by_its_pods_dns() {
     let dir = tempfile::tempdir().expect("tempdir");
     let net = common::namespace(&dir).await;
-    let server = DnsServer::start(&net).await;
+    let server = dns_server(&net).await;
     let engine = Engine::new(&EngineConfig::default()).expect("engine");
     let dns = pod_dns();
 
@@ -253,7 +176,7 @@ async fn a_components_lookups_are_answered_by_its_pods_dns() {
 async fn with_an_allow_list_only_allowed_names_are_looked_up() {
     let dir = tempfile::tempdir().expect("tempdir");
     let net = common::namespace(&dir).await;
-    let server = DnsServer::start(&net).await;
+    let server = dns_server(&net).await;
     let engine = Engine::new(&EngineConfig::default()).expect("engine");
     let dns = pod_dns();
     let allowed = |name: &str| {
@@ -343,7 +266,7 @@ fn lookup_p3(name: &str) -> Arc<[u8]> {
 async fn a_wasi_0_3_components_lookups_are_answered_by_its_pods_dns_and_allow_list() {
     let dir = tempfile::tempdir().expect("tempdir");
     let net = common::namespace(&dir).await;
-    let server = DnsServer::start(&net).await;
+    let server = dns_server(&net).await;
     let engine = Engine::new(&EngineConfig::default()).expect("engine");
     let dns = pod_dns();
     let run = |name: &str, allow: Option<&str>| {
