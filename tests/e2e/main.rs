@@ -30,4 +30,5 @@ mod serving_share;
 mod shutdown;
 mod static_pods;
 mod volumes;
+mod wasi_p3;
 mod workloads;
