@@ -287,26 +287,10 @@ fn check_answer(
     Ok(())
 }
 
-/// The machine: its processor, cores and kernel.
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, m)| m.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown processor".to_owned());
-    let cores = std::thread::available_parallelism().map_or(0, usize::from);
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    format!("{cpu}, {cores} cores, Linux {}", kernel.trim())
-}
-
 /// Writes `bench-results/dns.json` and prints the table.
 fn report(results: &[(&Case, Vec<Side>)], count: u64, rounds: u64) -> anyhow::Result<()> {
     let date = jiff::Timestamp::now().to_string();
-    let machine = machine();
+    let machine = e2e::bench::machine();
     let versions = std::env::var("DNS_VERSIONS").unwrap_or_default();
     println!("\nDNS lookup latency from a pod, {date}");
     println!("machine: {machine}");
