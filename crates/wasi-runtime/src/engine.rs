@@ -256,6 +256,10 @@ impl Engine {
         let serving = match config.serving_pool.strategy() {
             Some(pooling) => {
                 wasm.allocation_strategy(pooling);
+                // Served components are WASI 0.2 proxies, one store per request: no
+                // store of theirs needs the component-model-async machinery that WASI 0.3
+                // commands run on, and a request's store is cheaper without it.
+                wasm.concurrency_support(false);
                 wasmtime::Engine::new(&wasm).unwrap_or_else(|e| {
                     tracing::warn!(
                         error = %format!("{e:#}"),
