@@ -164,9 +164,8 @@ async fn a_file_below_depth_1024_counts_toward_size_limit() -> Result<()> {
         serde_json::json!({ "sizeLimit": "1Mi" }),
     );
     create_fresh(&pods, &pod).await?;
-    // The eviction (usage checked every second) may come before the module has written
-    // it all and said so: the eviction's message is what proves the deep file counted.
-    let p = wait_pod(&pods, "deep-limit", 240, "Evicted", |p| {
+    log_line(&pods, "deep-limit", "wrote 4194304 bytes, ok", 120).await?;
+    let p = wait_pod(&pods, "deep-limit", 120, "Evicted", |p| {
         phase(p) == "Failed"
     })
     .await?;
