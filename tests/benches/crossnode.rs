@@ -232,15 +232,7 @@ async fn measure(
             };
             for t in order {
                 let m = run_load(t, load, agents)?;
-                eprintln!(
-                    "{} c{}: {:.0} req/s, p50 {:.3} ms, p99 {:.3} ms, {} errors",
-                    m.route.label(),
-                    load.connections,
-                    m.run.requests_per_second,
-                    m.run.p50_ms,
-                    m.run.p99_ms,
-                    m.run.errors
-                );
+                m.run.progress(m.route.label());
                 runs.push(m);
             }
         }

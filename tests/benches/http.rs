@@ -321,15 +321,7 @@ async fn measure(
     for load in LOADS {
         for t in order {
             let m = run_load(t, load, client_cpus)?;
-            eprintln!(
-                "{} c{}: {:.0} req/s, p50 {:.3} ms, p99 {:.3} ms, {} errors",
-                m.side.label(),
-                load.connections,
-                m.run.requests_per_second,
-                m.run.p50_ms,
-                m.run.p99_ms,
-                m.run.errors
-            );
+            m.run.progress(m.side.label());
             runs.push(m);
         }
     }

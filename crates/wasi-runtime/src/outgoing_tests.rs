@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
-use network::{Hosts, NetNs, ResolvConf, Resolver};
+use network::{Hosts, NetNs};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use wasmtime_wasi_http::{Error, RequestOptions, WasiHttpHooks};
 
@@ -38,19 +38,13 @@ mod common;
 mod dns;
 
 use common::namespace;
-use dns::{DNS_PORT, DnsServer};
+use dns::DnsServer;
 
 /// The pod's DNS as the kubelet composes it for a pod of namespace `shop`, asking the
 /// test's server.
 fn pod_dns() -> Arc<PodDns> {
-    let conf = ResolvConf::parse(
-        "nameserver 127.0.0.1\n\
-         search shop.svc.cluster.local svc.cluster.local cluster.local\n\
-         options ndots:5 timeout:2 attempts:2\n",
-    )
-    .expect("resolv.conf");
     Arc::new(PodDns::new(
-        Resolver::new(conf, Hosts::new()).with_port(DNS_PORT),
+        dns::shop_resolver(Hosts::new()),
         &crate::LookupBudget::default(),
     ))
 }

@@ -13,8 +13,8 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use dns::{DNS_PORT, DnsServer};
-use network::{Hosts, NetNs, ResolvConf, Resolver};
+use dns::DnsServer;
+use network::{Hosts, NetNs};
 use wasi_runtime::{ContainerSpec, Engine, EngineConfig, Exit, PodDns};
 
 /// The one name it knows, and its address.
@@ -36,16 +36,10 @@ async fn dns_server(net: &NetNs) -> DnsServer {
 /// The pod's DNS as the kubelet composes it for a pod of namespace `shop`, with one
 /// host alias, asking the test's server.
 fn pod_dns() -> Arc<PodDns> {
-    let conf = ResolvConf::parse(
-        "nameserver 127.0.0.1\n\
-         search shop.svc.cluster.local svc.cluster.local cluster.local\n\
-         options ndots:5 timeout:2 attempts:2\n",
-    )
-    .expect("resolv.conf");
     let mut hosts = Hosts::new();
     hosts.add("192.0.2.9".parse().expect("ip"), ["legacy"]);
     Arc::new(PodDns::new(
-        Resolver::new(conf, hosts).with_port(DNS_PORT),
+        dns::shop_resolver(hosts),
         &wasi_runtime::LookupBudget::default(),
     ))
 }

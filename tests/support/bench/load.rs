@@ -67,6 +67,16 @@ pub struct Run {
     pub errors: u64,
 }
 
+impl Run {
+    /// Says on stderr how the run of `label` went, as it ends.
+    pub fn progress(&self, label: &str) {
+        eprintln!(
+            "{label} c{}: {:.0} req/s, p50 {:.3} ms, p99 {:.3} ms, {} errors",
+            self.load.connections, self.requests_per_second, self.p50_ms, self.p99_ms, self.errors
+        );
+    }
+}
+
 /// `program`, run on `cpus` when given (`taskset -c`).
 #[must_use]
 pub fn pinned(program: &Path, cpus: Option<&str>) -> Command {

@@ -8,10 +8,22 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use network::NetNs;
+use network::{Hosts, NetNs, ResolvConf, Resolver};
 
 /// Where the server listens, inside the namespace.
 pub const DNS_PORT: u16 = 5353;
+
+/// The resolver of a pod of namespace `shop` as the kubelet composes its DNS, with the
+/// hosts entries `hosts`, asking the test's server.
+pub fn shop_resolver(hosts: Hosts) -> Resolver {
+    let conf = ResolvConf::parse(
+        "nameserver 127.0.0.1\n\
+         search shop.svc.cluster.local svc.cluster.local cluster.local\n\
+         options ndots:5 timeout:2 attempts:2\n",
+    )
+    .expect("resolv.conf");
+    Resolver::new(conf, hosts).with_port(DNS_PORT)
+}
 
 /// A DNS server on 127.0.0.1:[`DNS_PORT`] of a namespace that knows the names of its zone
 /// (A records; no AAAA), answers NXDOMAIN for any other, and keeps the names asked (a
