@@ -158,6 +158,7 @@ impl WasmRuntime {
             log_path: run.log_path,
             memory_limit: run.memory_limit,
             request_timeout: run.request_timeout,
+            reuse: wasi_runtime::ReuseSpec::default(),
             cpu: wasi_runtime::CpuShare {
                 limit_millis: run.cpu.limit_millis,
                 request_millis: run.cpu.request_millis,

@@ -33,6 +33,7 @@ fn spec(
 ) -> ContainerSpec {
     ContainerSpec {
         request_timeout: None,
+        reuse: wasi_runtime::ReuseSpec::default(),
         dns: None,
         pod_id: String::new(),
         module_key: format!("{:x}", wasm.len()),

@@ -39,6 +39,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let running = engine
         .start(ContainerSpec {
             request_timeout: None,
+            reuse: wasi_runtime::ReuseSpec::default(),
             dns: None,
             pod_id: String::new(),
             module_key: "sha256:served".to_owned(),

@@ -39,7 +39,7 @@ pub use lookup::{
     LOOKUP_RESERVE_PER_POD, LookupBudget, MAX_LOOKUPS_PER_NODE, MAX_LOOKUPS_PER_POD, PodDns,
 };
 pub use meter::{CPU_PERIOD, CpuShare, Meter, Usage};
-pub use pool::{DEFAULT_REQUEST_TIMEOUT, QUEUE_WAIT, ServingPool};
+pub use pool::{DEFAULT_REQUEST_TIMEOUT, QUEUE_WAIT, Reuse, ReuseSpec, ServingPool};
 pub use run::{ContainerSpec, DEFAULT_HTTP_PORT, Exit, Killer, Preopen, Running};
 pub use serve::MAX_CONNECTIONS;
 

@@ -54,6 +54,59 @@ pub struct ServingPool {
     /// body is sent (default [`DEFAULT_REQUEST_TIMEOUT`]); a pod may set its own
     /// ([`ContainerSpec::request_timeout`](crate::ContainerSpec::request_timeout)).
     pub request_timeout: std::time::Duration,
+    /// How WASI 0.3 services' instances are reused, unless a pod says otherwise
+    /// ([`ContainerSpec::reuse`](crate::ContainerSpec::reuse)).
+    pub reuse: Reuse,
+}
+
+/// How the instances of a served WASI 0.3 (`wasi:http/handler@0.3`) component are
+/// reused, as `wasmtime serve` does it: one instance answers up to `max_requests`
+/// requests, up to `max_concurrent` of them at once, and is dropped once idle for
+/// `idle_timeout`. WASI 0.2 components keep one instance per request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reuse {
+    /// Requests one instance answers in its life (default 128, `wasmtime serve`'s).
+    pub max_requests: usize,
+    /// Requests one instance answers at once (default 16).
+    pub max_concurrent: usize,
+    /// How long an instance with nothing to do is kept (default 1 s).
+    pub idle_timeout: std::time::Duration,
+}
+
+impl Default for Reuse {
+    fn default() -> Self {
+        Self {
+            max_requests: 128,
+            max_concurrent: 16,
+            idle_timeout: std::time::Duration::from_secs(1),
+        }
+    }
+}
+
+/// A pod's own [`Reuse`] settings; each one unset is the node's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReuseSpec {
+    /// [`Reuse::max_requests`].
+    pub max_requests: Option<usize>,
+    /// [`Reuse::max_concurrent`].
+    pub max_concurrent: Option<usize>,
+    /// [`Reuse::idle_timeout`].
+    pub idle_timeout: Option<std::time::Duration>,
+}
+
+impl ReuseSpec {
+    /// These settings over the node's `defaults` (each at least 1).
+    #[must_use]
+    pub fn over(&self, defaults: Reuse) -> Reuse {
+        Reuse {
+            max_requests: self.max_requests.unwrap_or(defaults.max_requests).max(1),
+            max_concurrent: self
+                .max_concurrent
+                .unwrap_or(defaults.max_concurrent)
+                .max(1),
+            idle_timeout: self.idle_timeout.unwrap_or(defaults.idle_timeout),
+        }
+    }
 }
 
 /// The longest a served request may take unless its pod says otherwise: a minute, as a
@@ -70,6 +123,7 @@ impl Default for ServingPool {
             connections_per_pod: crate::MAX_CONNECTIONS,
             connection_reserve: 64,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            reuse: Reuse::default(),
         }
     }
 }

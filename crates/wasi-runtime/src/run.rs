@@ -53,6 +53,10 @@ pub struct ContainerSpec {
     /// Longest one request to a served component may take (`None`: the node's
     /// [`ServingPool::request_timeout`](crate::ServingPool::request_timeout)).
     pub request_timeout: Option<std::time::Duration>,
+    /// How a served WASI 0.3 component's instances are reused (each setting unset: the
+    /// node's [`ServingPool::reuse`](crate::ServingPool::reuse)); WASI 0.2 components
+    /// get one instance per request whatever it says.
+    pub reuse: crate::ReuseSpec,
     /// The pod's DNS, shared by its containers: a component's name lookups, and the
     /// names of its outgoing `wasi:http` requests (`http` and `https`), are answered with
     /// it (`None` with a network: the host's resolver, inside the pod's namespace).

@@ -14,6 +14,7 @@ fn spin(dir: &tempfile::TempDir, name: &str, pages: u32, cpu: CpuShare) -> Conta
     let wat = format!(r#"(module (memory {pages}) (func (export "_start") (loop (br 0))))"#);
     ContainerSpec {
         request_timeout: None,
+        reuse: wasi_runtime::ReuseSpec::default(),
         dns: None,
         pod_id: String::new(),
         module_key: format!("spin-{pages}"),

@@ -17,6 +17,7 @@ const WASI: &str = r#"
 fn spec_of(dir: &tempfile::TempDir, key: &str, wasm: Vec<u8>, limit: Option<u64>) -> ContainerSpec {
     ContainerSpec {
         request_timeout: None,
+        reuse: wasi_runtime::ReuseSpec::default(),
         dns: None,
         pod_id: String::new(),
         module_key: key.to_owned(),

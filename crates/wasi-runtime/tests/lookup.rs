@@ -52,6 +52,7 @@ fn spec(
 ) -> ContainerSpec {
     ContainerSpec {
         request_timeout: None,
+        reuse: wasi_runtime::ReuseSpec::default(),
         dns,
         pod_id: "pod".to_owned(),
         module_key: "sha256:echo".to_owned(),

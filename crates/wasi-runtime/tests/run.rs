@@ -21,6 +21,7 @@ fn spec(
     let wasm = wat::parse_str(format!("(module {WASI} {wat_body})")).expect("valid wat");
     ContainerSpec {
         request_timeout: None,
+        reuse: wasi_runtime::ReuseSpec::default(),
         dns: None,
         pod_id: String::new(),
         module_key: key.to_owned(),

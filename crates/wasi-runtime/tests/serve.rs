@@ -27,6 +27,7 @@ fn spec(
 ) -> ContainerSpec {
     ContainerSpec {
         request_timeout: None,
+        reuse: wasi_runtime::ReuseSpec::default(),
         dns: None,
         pod_id: String::new(),
         module_key: "sha256:hello-http".to_owned(),

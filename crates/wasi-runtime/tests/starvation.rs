@@ -12,6 +12,7 @@ fn spin(dir: &tempfile::TempDir, i: usize) -> ContainerSpec {
         wat::parse_str(r#"(module (func (export "_start") (loop (br 0))))"#).expect("valid wat");
     ContainerSpec {
         request_timeout: None,
+        reuse: wasi_runtime::ReuseSpec::default(),
         dns: None,
         pod_id: String::new(),
         module_key: "spin".to_owned(),
