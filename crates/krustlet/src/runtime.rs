@@ -158,7 +158,11 @@ impl WasmRuntime {
             log_path: run.log_path,
             memory_limit: run.memory_limit,
             request_timeout: run.request_timeout,
-            reuse: wasi_runtime::ReuseSpec::default(),
+            reuse: wasi_runtime::ReuseSpec {
+                max_requests: run.reuse.max_requests,
+                max_concurrent: run.reuse.max_concurrent,
+                idle_timeout: run.reuse.idle_timeout,
+            },
             cpu: wasi_runtime::CpuShare {
                 limit_millis: run.cpu.limit_millis,
                 request_millis: run.cpu.request_millis,

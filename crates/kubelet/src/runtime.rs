@@ -72,6 +72,32 @@ pub const ALLOWED_OUTBOUND_HOSTS: &str = "wasm.krustlet.dev/allowed-outbound-hos
 /// answer, a Go duration (`30s`, `5m`); unset, the node's default.
 pub const REQUEST_TIMEOUT: &str = "wasm.krustlet.dev/request-timeout";
 
+/// The pod annotation that sets how many requests one instance of its served WASI 0.3
+/// components answers in its life, a positive integer; unset, the node's default.
+pub const MAX_INSTANCE_REUSE_COUNT: &str = "wasm.krustlet.dev/max-instance-reuse-count";
+
+/// The pod annotation that sets how many requests one instance of its served WASI 0.3
+/// components answers at once, a positive integer; unset, the node's default.
+pub const MAX_INSTANCE_CONCURRENT_REUSE_COUNT: &str =
+    "wasm.krustlet.dev/max-instance-concurrent-reuse-count";
+
+/// The pod annotation that sets how long an idle instance of its served WASI 0.3
+/// components is kept, a Go duration (`0`: dropped as soon as idle); unset, the node's
+/// default.
+pub const IDLE_INSTANCE_TIMEOUT: &str = "wasm.krustlet.dev/idle-instance-timeout";
+
+/// How the instances of a pod's served WASI 0.3 components are reused, from its
+/// annotations; each `None` is the node's default. WASI 0.2 components ignore it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct InstanceReuse {
+    /// [`MAX_INSTANCE_REUSE_COUNT`]: requests one instance answers in its life.
+    pub max_requests: Option<usize>,
+    /// [`MAX_INSTANCE_CONCURRENT_REUSE_COUNT`]: requests one instance answers at once.
+    pub max_concurrent: Option<usize>,
+    /// [`IDLE_INSTANCE_TIMEOUT`]: how long an instance with nothing to do is kept.
+    pub idle_timeout: Option<std::time::Duration>,
+}
+
 /// A pod's sandbox as the runtime is asked for it (the CRI's `PodSandboxConfig`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SandboxConfig {
@@ -154,6 +180,8 @@ pub struct ContainerRun {
     /// The pod's [`REQUEST_TIMEOUT`] annotation: the time limit of each request a
     /// served component answers (`None`: the node's default).
     pub request_timeout: Option<std::time::Duration>,
+    /// The pod's instance reuse annotations ([`InstanceReuse`]).
+    pub reuse: InstanceReuse,
     /// Where the runtime tells what that annotation refused (`scheme://host:port` or
     /// `address:port`), best effort: a full channel drops the notice. Closed when the
     /// run's resources are gone.

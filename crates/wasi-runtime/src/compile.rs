@@ -177,8 +177,16 @@ impl Compiler {
             }
             builds.fetch_add(1, Ordering::Relaxed);
             let mut compiling = tokio::task::spawn_blocking(move || {
-                if is_component(&wasm) && crate::serve::exports_handler(&wasm) {
+                let served = is_component(&wasm)
+                    .then(|| crate::serve::served(&wasm))
+                    .flatten();
+                if served == Some(crate::serve::Served::P2) {
                     compile_proxy(&engine, &serving, &wasm)
+                } else if served == Some(crate::serve::Served::P3) {
+                    // Its instances are reused, so the pool's cheap instantiation
+                    // matters little, and it needs component-model async, which the
+                    // pool's engine leaves out for the sake of WASI 0.2 requests.
+                    Component::new(&engine, &wasm[..]).map(Compiled::Proxy)
                 } else if is_component(&wasm) {
                     Component::new(&engine, &wasm[..]).map(Compiled::Component)
                 } else {

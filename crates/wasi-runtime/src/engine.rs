@@ -191,6 +191,11 @@ pub struct Engine {
     pub(crate) serving: wasmtime::Engine,
     /// Links `wasi:http/proxy` components (WASI and `wasi:http`), for `serving`.
     pub(crate) http_linker: Arc<wasmtime::component::Linker<crate::serve::HttpState>>,
+    /// Links served components compiled for `inner` (WASI 0.3 ones, and those the
+    /// pool cannot hold), WASI 0.3 included.
+    pub(crate) shared_http_linker: Arc<wasmtime::component::Linker<crate::serve::HttpState>>,
+    /// How served components' instances are shared out and reused.
+    pub(crate) serving_pool: ServingPool,
     /// The node's instances of served components, shared among the served pods.
     pub(crate) instance_slots: crate::fair::FairPool,
     /// The node's served connections, shared among the served pods.
@@ -291,7 +296,13 @@ impl Engine {
             .map_err(|e| Error::Config(format!("outgoing TLS: {e}")))?;
         let linker = Arc::new(crate::run::linker(&inner)?);
         let component_linker = Arc::new(crate::run::component_linker(&inner)?);
-        let http_linker = Arc::new(crate::serve::linker(&serving)?);
+        let pooled = !wasmtime::Engine::same(&serving, &inner);
+        let shared_http_linker = Arc::new(crate::serve::linker(&inner, true)?);
+        let http_linker = if pooled {
+            Arc::new(crate::serve::linker(&serving, false)?)
+        } else {
+            shared_http_linker.clone()
+        };
         let guest = Arc::new(GuestRuntime::new(config.guest_threads)?);
         let compiler = Arc::new(Compiler::new(
             inner.clone(),
@@ -309,6 +320,8 @@ impl Engine {
             component_linker,
             serving,
             http_linker,
+            shared_http_linker,
+            serving_pool: config.serving_pool,
             instance_slots: config.serving_pool.instance_slots(),
             connection_slots: config.serving_pool.connection_slots(),
             lookup_budget: crate::LookupBudget::default(),

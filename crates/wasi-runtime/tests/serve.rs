@@ -8,8 +8,11 @@
 //! Needs root (network namespaces).
 
 mod common;
+#[path = "common/http.rs"]
+mod http;
 
-use std::io::{Read, Write};
+use http::send;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -48,46 +51,6 @@ fn spec(
 async fn get(net: &NetNs, path: &'static str) -> (u16, String) {
     let (status, _, body) = send(net, path).await;
     (status, body)
-}
-
-/// One request: status, headers and body. Only the connect runs on the namespace's
-/// thread (which also sends the pods' outgoing requests); the rest on a thread of its
-/// own, so that requests may wait at the same time.
-async fn send(net: &NetNs, path: &'static str) -> (u16, String, String) {
-    let mut s = net
-        .run(move || {
-            let deadline = std::time::Instant::now() + Duration::from_secs(30);
-            loop {
-                match std::net::TcpStream::connect(("127.0.0.1", 8080)) {
-                    Ok(s) => break s,
-                    Err(e) if std::time::Instant::now() < deadline => {
-                        let _ = e;
-                        std::thread::sleep(Duration::from_millis(50));
-                    }
-                    Err(e) => panic!("connect: {e}"),
-                }
-            }
-        })
-        .await
-        .expect("the namespace thread");
-    tokio::task::spawn_blocking(move || {
-        s.set_read_timeout(Some(Duration::from_secs(30)))
-            .expect("timeout");
-        let req =
-            format!("GET {path} HTTP/1.1\r\nHost: pod\r\nX-Probe: 1\r\nConnection: close\r\n\r\n");
-        s.write_all(req.as_bytes()).expect("write");
-        let mut raw = String::new();
-        s.read_to_string(&mut raw).expect("read");
-        let status = raw
-            .split(' ')
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .expect("a status");
-        let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-        (status, head.to_owned(), body.to_owned())
-    })
-    .await
-    .expect("the client thread")
 }
 
 #[tokio::test]

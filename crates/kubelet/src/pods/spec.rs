@@ -1,5 +1,5 @@
 //! Pure readings of a pod or container spec: restart and pull policies, `$(VAR)`
-//! expansion, the memory limit.
+//! expansion, the memory limit, krustlet's pod annotations.
 
 use std::collections::BTreeMap;
 
@@ -8,6 +8,9 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity as ApiQuantity;
 
 use crate::quantity::{Quantity, QuantityError};
 use crate::runtime::{CpuResources, PullPolicy};
+
+mod annotations;
+pub use annotations::{AnnotationError, InvalidAnnotation, instance_reuse, request_timeout};
 
 /// A `restartPolicy`: of the pod, or `Always` on an init container (a sidecar).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -239,68 +242,10 @@ pub(crate) fn field_path(init: bool, name: &str) -> String {
     format!("spec.{list}{{{name}}}")
 }
 
-/// A pod annotation the pod cannot run with.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid annotation {name}: {error}")]
-pub struct InvalidAnnotation {
-    /// The annotation's name.
-    pub name: &'static str,
-    /// Why it is refused.
-    #[source]
-    pub error: crate::duration::InvalidDuration,
-}
-
-/// The time limit of each request the pod's served components answer, from its
-/// [`REQUEST_TIMEOUT`](crate::runtime::REQUEST_TIMEOUT) annotation (`None`: unset).
-///
-/// # Errors
-/// An annotation that is no Go duration, or is zero: the container gets
-/// `CreateContainerConfigError` with this error's message.
-pub fn request_timeout(pod: &Pod) -> Result<Option<std::time::Duration>, InvalidAnnotation> {
-    let name = crate::runtime::REQUEST_TIMEOUT;
-    let Some(text) = pod.metadata.annotations.as_ref().and_then(|a| a.get(name)) else {
-        return Ok(None);
-    };
-    match crate::duration::parse(text) {
-        Ok(d) if !d.is_zero() => Ok(Some(d)),
-        Ok(_) => Err(InvalidAnnotation {
-            name,
-            error: crate::duration::InvalidDuration(text.clone()),
-        }),
-        Err(error) => Err(InvalidAnnotation { name, error }),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::ResourceRequirements;
-
-    #[test]
-    fn the_request_timeout_annotation_is_a_positive_go_duration() {
-        let annotated = |value: Option<&str>| {
-            let mut pod = Pod::default();
-            pod.metadata.annotations = value.map(|v| {
-                [(crate::runtime::REQUEST_TIMEOUT.to_owned(), v.to_owned())]
-                    .into_iter()
-                    .collect()
-            });
-            request_timeout(&pod)
-        };
-        assert_eq!(annotated(None), Ok(None));
-        assert_eq!(
-            annotated(Some("1m30s")),
-            Ok(Some(std::time::Duration::from_secs(90)))
-        );
-        for bad in ["0", "soon", "1e400h", "-5s"] {
-            let e = annotated(Some(bad)).expect_err(bad);
-            assert!(
-                e.to_string()
-                    .starts_with("invalid annotation wasm.krustlet.dev/request-timeout"),
-                "{e}"
-            );
-        }
-    }
 
     #[test]
     fn expands_like_the_kubelet() {

@@ -11,7 +11,9 @@ use crate::now;
 /// refused (krustlet's own: the kubelet has no such annotation).
 pub(crate) const OUTBOUND_REFUSED: &str = "OutboundConnectionRefused";
 use crate::pods::record::{Reason, State, Terminated};
-use crate::pods::spec::{cpu_resources, expand, host_network, memory_limit, request_timeout};
+use crate::pods::spec::{
+    cpu_resources, expand, host_network, instance_reuse, memory_limit, request_timeout,
+};
 use crate::pods::termination;
 use crate::runtime::{ContainerRun, Image};
 
@@ -93,6 +95,10 @@ impl Supervisor {
             Ok(limit) => limit,
             Err(e) => return self.config_error(e.to_string()).await,
         };
+        let reuse = match instance_reuse(&self.pod) {
+            Ok(reuse) => reuse,
+            Err(e) => return self.config_error(e.to_string()).await,
+        };
         let volumes = self.shared.volumes.get().cloned();
         let mounts = match &volumes {
             Some(v) => v.mounts(&self.spec, &env).await,
@@ -167,6 +173,7 @@ impl Supervisor {
             allowed_outbound,
             outbound_refused,
             request_timeout,
+            reuse,
             name: self.spec.name.clone(),
             attempt: u32::try_from(restart_count).unwrap_or_default(),
             image: image.clone(),

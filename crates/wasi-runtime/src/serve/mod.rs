@@ -1,10 +1,11 @@
-//! Serving a `wasi:http/proxy` component: a listener in the pod's network namespace,
-//! HTTP/1.1 with keep-alive, and a fresh instance of the component for every request
-//! (as `wasmtime serve` does), each in its own store under epoch preemption and a time
-//! limit per request, all of them together within the container's memory limit (a
-//! request whose instance would pass it traps at that growth and is answered 500; the
-//! container serves on, as a container whose cgroup's OOM killer ended one of its worker
-//! processes). Instances and connections are slots of node-wide budgets shared fairly
+//! Serving a `wasi:http` component: a listener in the pod's network namespace,
+//! HTTP/1.1 with keep-alive, and the component's instances as `wasmtime serve` makes
+//! them: a fresh one for every request of a WASI 0.2 component ([`fresh`]), reused ones
+//! answering many requests, several at once, for a WASI 0.3 one ([`reuse`]). Each
+//! instance has its own store under epoch preemption and a time limit per request, all
+//! of them together within the container's memory limit (an instance that would pass it
+//! traps at that growth and its requests are answered 500; the container serves on, as a
+//! container whose cgroup's OOM killer ended one of its worker processes). Instances and connections are slots of node-wide budgets shared fairly
 //! among the served pods ([`crate::pool`], [`crate::fair`]): each pod has a reserve of
 //! both, and at most [`ServingPool::per_pod`](crate::ServingPool::per_pod) instances; a
 //! request that finds no instance within [`QUEUE_WAIT`] is answered 503, one that passes
@@ -16,19 +17,21 @@
 //! finish within the grace period; [`crate::Killer::kill`] (or the end of the grace)
 //! cuts them.
 
+mod fresh;
+mod reuse;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use wasmtime::Store;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
-use wasmtime_wasi_http::p2::bindings::ProxyPre;
-use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
+use wasmtime_wasi_http::p2::bindings::http::types::ErrorCode;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
@@ -36,7 +39,6 @@ use crate::limits::{Budget, Limits};
 use crate::logs::{LogFile, Stream};
 use crate::meter::Meter;
 use crate::outgoing::Outgoing;
-use crate::pool::QUEUE_WAIT;
 use crate::run::{ContainerSpec, Exit, Stop, preempt, wasi_builder};
 use crate::{Engine, Error, Result};
 
@@ -74,10 +76,18 @@ impl WasiHttpView for HttpState {
     }
 }
 
+/// How a component's instances are made and given requests.
+pub(crate) enum Instances {
+    /// A fresh one per request (WASI 0.2).
+    Fresh(wasmtime_wasi_http::p2::bindings::ProxyPre<HttpState>),
+    /// Reused ones (WASI 0.3).
+    Reused(Arc<reuse::Workers>),
+}
+
 /// What every request's instance is made from.
 pub(crate) struct Server {
     pub(crate) engine: wasmtime::Engine,
-    pub(crate) pre: ProxyPre<HttpState>,
+    pub(crate) kind: Instances,
     /// This pod's share of the node's instances.
     pub(crate) instances: crate::fair::Tenant,
     /// This pod's share of the node's served connections.
@@ -102,19 +112,41 @@ pub(crate) struct Server {
 }
 
 /// The linker of served components: all of WASI 0.2 (sockets stay denied: each
-/// request's context grants none) and `wasi:http`.
-pub(crate) fn linker(engine: &wasmtime::Engine) -> Result<wasmtime::component::Linker<HttpState>> {
+/// instance's context grants none) and `wasi:http` 0.2; with `p3` (an engine with
+/// component-model async) all of WASI 0.3 and `wasi:http` 0.3 too, as `wasmtime serve
+/// -Scli` links them (components built with a language runtime import the 0.2 command
+/// world beside the 0.3 handler).
+pub(crate) fn linker(
+    engine: &wasmtime::Engine,
+    p3: bool,
+) -> Result<wasmtime::component::Linker<HttpState>> {
     let mut linker = wasmtime::component::Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)
         .and_then(|()| wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker))
+        .and_then(|()| {
+            if p3 {
+                wasmtime_wasi::p3::add_to_linker(&mut linker)?;
+                wasmtime_wasi_http::p3::add_to_linker(&mut linker)?;
+            }
+            Ok(())
+        })
         .map_err(|e| Error::Config(format!("{e:#}")))?;
     Ok(linker)
 }
 
-/// Whether a component's binary exports `wasi:http/incoming-handler` (0.2): it is
-/// served, not run. Read from the binary before compiling, to compile it for the
-/// serving engine; a binary that does not parse is left to the compiler to reject.
-pub(crate) fn exports_handler(wasm: &[u8]) -> bool {
+/// Which `wasi:http` handler a component serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Served {
+    /// `wasi:http/incoming-handler@0.2`.
+    P2,
+    /// `wasi:http/handler@0.3`.
+    P3,
+}
+
+/// Whether a component's binary exports a `wasi:http` handler, and which: it is served,
+/// not run. Read from the binary before compiling, to compile it for the engine that
+/// serves it; a binary that does not parse is left to the compiler to reject.
+pub(crate) fn served(wasm: &[u8]) -> Option<Served> {
     use wasmparser::{Parser, Payload};
     // Nested modules and components have exports of their own: only the outermost
     // component's count.
@@ -128,18 +160,21 @@ pub(crate) fn exports_handler(wasm: &[u8]) -> bool {
                 for export in exports {
                     match export {
                         Ok(e) if e.name.name.starts_with("wasi:http/incoming-handler@0.2") => {
-                            return true;
+                            return Some(Served::P2);
+                        }
+                        Ok(e) if e.name.name.starts_with("wasi:http/handler@0.3") => {
+                            return Some(Served::P3);
                         }
                         Ok(_) => {}
-                        Err(_) => return false,
+                        Err(_) => return None,
                     }
                 }
             }
             Ok(_) => {}
-            Err(_) => return false,
+            Err(_) => return None,
         }
     }
-    false
+    None
 }
 
 /// Why a request got no answer from its instance.
@@ -171,16 +206,26 @@ impl Engine {
                     .to_owned(),
             ));
         };
-        // A component the pool could not hold was compiled for the shared engine.
+        // A WASI 0.3 component, or one the pool could not hold, was compiled for the
+        // shared engine.
         let linker = if wasmtime::Engine::same(component.engine(), &self.serving) {
-            self.http_linker.clone()
+            &self.http_linker
         } else {
-            Arc::new(linker(component.engine())?)
+            &self.shared_http_linker
         };
         let pre = linker
             .instantiate_pre(component)
-            .and_then(ProxyPre::new)
             .map_err(|e| Error::Instantiate(format!("{e:#}")))?;
+        let kind = match wasmtime_wasi_http::p3::bindings::ServicePre::new(pre.clone()) {
+            Ok(p3) => Instances::Reused(Arc::new(reuse::Workers::new(
+                p3,
+                spec.reuse.over(self.serving_pool.reuse),
+                self.serving_pool.per_pod.max(1),
+            ))),
+            Err(_) => wasmtime_wasi_http::p2::bindings::ProxyPre::new(pre)
+                .map(Instances::Fresh)
+                .map_err(|e| Error::Instantiate(format!("{e:#}")))?,
+        };
         let log = LogFile::open(&spec.log_path, self.log_rotation)?;
         // The preopens are checked once here; each request opens them again.
         drop(wasi_builder(spec, &log)?);
@@ -195,7 +240,7 @@ impl Engine {
         let (for_ctx, log_for_ctx) = (spec.clone(), log.clone());
         let server = Arc::new(Server {
             engine: component.engine().clone(),
-            pre,
+            kind,
             instances: self.instance_slots.tenant(),
             connections: self.connection_slots.tenant(),
             request_timeout: spec.request_timeout.unwrap_or(self.request_timeout),
@@ -334,7 +379,42 @@ pub(crate) async fn run(
 }
 
 impl Server {
-    /// One request: a fresh instance, its response (or 500 when it traps or answers
+    /// A store for one instance: a fresh WASI context, the container's memory budget,
+    /// preemption at the container's slice.
+    fn store(&self) -> Result<Store<HttpState>, String> {
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(self.max_open_handles);
+        let state = HttpState {
+            ctx: (self.wasi)()?,
+            table,
+            http: WasiHttpCtx::new(),
+            outgoing: self.outgoing.clone(),
+            limits: Limits::new(
+                Budget::new(self.meter.memory_gauge(), self.memory_limit),
+                self.node_memory.clone(),
+                self.store_caps,
+            ),
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limits);
+        preempt(&mut store, self.slice);
+        Ok(store)
+    }
+
+    /// `e`, said to come from the container's memory limit when the store was refused
+    /// memory.
+    fn memory_context(store: &Store<HttpState>, e: wasmtime::Error) -> wasmtime::Error {
+        if store.data().limits.refused() {
+            e.context(
+                "the instance was refused memory: the container's limit bounds all its \
+                 instances together",
+            )
+        } else {
+            e
+        }
+    }
+
+    /// One request: an instance, its response (or 500 when it traps or answers
     /// with an error), and an access log line.
     async fn handle(
         self: Arc<Self>,
@@ -343,7 +423,11 @@ impl Server {
     ) -> hyper::Response<HyperOutgoingBody> {
         let began = Instant::now();
         let line = format!("{} {} {:?}", req.method(), req.uri(), req.version());
-        let response = match self.clone().instance(req).await {
+        let response = match &self.kind {
+            Instances::Fresh(pre) => self.clone().fresh(pre, req).await,
+            Instances::Reused(workers) => self.clone().reused(workers, req).await,
+        };
+        let response = match response {
             Ok(r) => r,
             Err(Failure::Busy(message)) => {
                 self.log.record(
@@ -388,104 +472,7 @@ impl Server {
         );
         response
     }
-
-    async fn instance(
-        self: Arc<Self>,
-        req: hyper::Request<Incoming>,
-    ) -> std::result::Result<hyper::Response<HyperOutgoingBody>, Failure> {
-        // Held by the instance until it ends, not just until the response is sent.
-        let Some(slot) = self.instances.acquire(Some(QUEUE_WAIT)).await else {
-            return Err(Failure::Busy(format!(
-                "no instance of the pod was free for {QUEUE_WAIT:?} (its share of the \
-                 node's instances was in use)"
-            )));
-        };
-        let mut table = ResourceTable::new();
-        table.set_max_capacity(self.max_open_handles);
-        let state = HttpState {
-            ctx: (self.wasi)().map_err(Failure::Failed)?,
-            table,
-            http: WasiHttpCtx::new(),
-            outgoing: self.outgoing.clone(),
-            limits: Limits::new(
-                Budget::new(self.meter.memory_gauge(), self.memory_limit),
-                self.node_memory.clone(),
-                self.store_caps,
-            ),
-        };
-        let mut store = Store::new(&self.engine, state);
-        store.limiter(|s| &mut s.limits);
-        preempt(&mut store, self.slice);
-        let (tx, rx) = oneshot::channel();
-        let req = req.map(|body| {
-            use http_body_util::BodyExt;
-            body.map_err(wasmtime_wasi_http::Error::from).boxed_unsync()
-        });
-        let data = store.data_mut();
-        let req = data
-            .http()
-            .new_incoming_request(Scheme::Http, req)
-            .map_err(|e| Failure::Failed(format!("{e:#}")))?;
-        let out = data
-            .http()
-            .new_response_outparam(tx)
-            .map_err(|e| Failure::Failed(format!("{e:#}")))?;
-        let pre = self.pre.clone();
-        let mut cut = self.cut.subscribe();
-        let limit = self.request_timeout;
-        let deadline = tokio::time::Instant::now() + limit;
-        // The instance runs on as its own task while the response body streams out,
-        // until it returns or the server cuts it.
-        let meter = self.meter.clone();
-        let task = tokio::spawn(async move {
-            let _slot = slot;
-            let guest = meter.wrap(async {
-                let proxy = pre.instantiate_async(&mut store).await?;
-                proxy
-                    .wasi_http_incoming_handler()
-                    .call_handle(&mut store, req, out)
-                    .await
-            });
-            let result = tokio::select! {
-                r = guest => r,
-                () = until(&mut cut, |c| *c) => Err(wasmtime::format_err!("cut by the container's stop")),
-                () = tokio::time::sleep_until(deadline) => Err(wasmtime::Error::new(PastTimeLimit(limit))),
-            };
-            result.map_err(|e| {
-                if store.data().limits.refused() {
-                    e.context(
-                        "the instance was refused memory: the container's limit bounds all its \
-                         instances together",
-                    )
-                } else {
-                    e
-                }
-            })
-        });
-        match rx.await {
-            Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(code)) => Err(Failure::Failed(error_code(&code))),
-            // The guest returned or trapped without answering.
-            Err(_) => match task.await {
-                Ok(Ok(())) => Err(Failure::Failed(
-                    "the handler returned without a response".to_owned(),
-                )),
-                // The node's pool ran out of one kind of slot (other pods hold them).
-                Ok(Err(e)) if e.is::<wasmtime::PoolConcurrencyLimitError>() => Err(Failure::Busy(
-                    format!("the node's instance pool is full: {e:#}"),
-                )),
-                Ok(Err(e)) if e.is::<PastTimeLimit>() => Err(Failure::TimedOut(limit)),
-                Ok(Err(e)) => Err(Failure::Failed(format!("{e:?}"))),
-                Err(e) => Err(Failure::Failed(format!("the instance's task failed: {e}"))),
-            },
-        }
-    }
 }
-
-/// A request's instance cut at its time limit.
-#[derive(Debug, thiserror::Error)]
-#[error("the request took longer than its time limit of {0:?}")]
-struct PastTimeLimit(Duration);
 
 /// Waits until the watched value satisfies `f` (or its sender is gone).
 async fn until<T>(rx: &mut watch::Receiver<T>, f: impl FnMut(&T) -> bool) {
@@ -509,7 +496,7 @@ fn error_response(status: u16, body: &'static str) -> hyper::Response<HyperOutgo
 
 #[cfg(test)]
 mod tests {
-    use super::exports_handler;
+    use super::{Served, served};
 
     fn wat(text: &str) -> Vec<u8> {
         wat::parse_str(text).expect("valid wat")
@@ -517,10 +504,10 @@ mod tests {
 
     #[test]
     fn only_the_outermost_components_exports_make_it_served() {
-        let served = wat(r#"(component
+        let served_p2 = wat(r#"(component
             (import "f" (func $f))
             (export "wasi:http/incoming-handler@0.2.12" (func $f)))"#);
-        assert!(exports_handler(&served));
+        assert_eq!(served(&served_p2), Some(Served::P2));
         let nested = wat(r#"(component
             (import "f" (func $f))
             (component $inner
@@ -528,12 +515,16 @@ mod tests {
                 (export "wasi:http/incoming-handler@0.2.12" (func $g)))
             (instance (instantiate $inner (with "g" (func $f))))
             (export "run" (func $f)))"#);
-        assert!(!exports_handler(&nested));
+        assert_eq!(served(&nested), None);
+        let p3 = wat(r#"(component
+            (import "f" (func $f))
+            (export "wasi:http/handler@0.3.0" (func $f)))"#);
+        assert_eq!(served(&p3), Some(Served::P3));
         let other_version = wat(r#"(component
             (import "f" (func $f))
-            (export "wasi:http/incoming-handler@0.3.0" (func $f)))"#);
-        assert!(!exports_handler(&other_version));
-        assert!(!exports_handler(&wat("(module)")));
-        assert!(!exports_handler(b"\0asm\x0d\0\x01\0garbage"));
+            (export "wasi:http/incoming-handler@0.1.0" (func $f)))"#);
+        assert_eq!(served(&other_version), None);
+        assert_eq!(served(&wat("(module)")), None);
+        assert_eq!(served(b"\0asm\x0d\0\x01\0garbage"), None);
     }
 }
