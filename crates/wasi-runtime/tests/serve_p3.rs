@@ -270,3 +270,122 @@ async fn a_kill_cuts_the_requests_in_flight() {
         .expect("a request");
     assert_ne!(status, 200);
 }
+
+/// An HTTP/2 connection (prior knowledge, as gRPC clients open them) to port 8080 in
+/// the namespace.
+async fn h2(
+    net: &NetNs,
+) -> hyper::client::conn::http2::SendRequest<http_body_util::Full<bytes::Bytes>> {
+    let stream = net
+        .run(|| std::net::TcpStream::connect(("127.0.0.1", 8080)))
+        .await
+        .expect("the namespace thread")
+        .expect("connect");
+    stream.set_nonblocking(true).expect("nonblocking");
+    let stream = tokio::net::TcpStream::from_std(stream).expect("tokio stream");
+    let (sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .expect("an HTTP/2 handshake");
+    tokio::spawn(conn);
+    sender
+}
+
+/// `GET path` on an HTTP/2 connection: status, headers, body and trailers.
+async fn h2_get(
+    sender: &mut hyper::client::conn::http2::SendRequest<http_body_util::Full<bytes::Bytes>>,
+    path: &str,
+) -> (u16, hyper::HeaderMap, String, Option<hyper::HeaderMap>) {
+    use http_body_util::BodyExt;
+    sender.ready().await.expect("the connection takes requests");
+    let request = hyper::Request::get(format!("http://pod{path}"))
+        .body(http_body_util::Full::default())
+        .expect("a request");
+    let response = tokio::time::timeout(Duration::from_secs(60), sender.send_request(request))
+        .await
+        .expect("an answer in time")
+        .expect("an answer");
+    assert_eq!(response.version(), hyper::Version::HTTP_2);
+    let (parts, body) = response.into_parts();
+    let collected = body.collect().await.expect("the body");
+    let trailers = collected.trailers().cloned();
+    let body = String::from_utf8_lossy(&collected.to_bytes()).into_owned();
+    (parts.status.as_u16(), parts.headers, body, trailers)
+}
+
+#[tokio::test]
+async fn http2_with_prior_knowledge_and_http1_are_served_on_the_same_port() {
+    let (_engine, dir, net, running) = serve("p3-hello", |_| {}).await;
+    let mut sender = h2(&net).await;
+    let (status, headers, body, _) = h2_get(&mut sender, "/over-h2").await;
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "hello from p3\n"),
+        "{headers:?}"
+    );
+    let (status, head, body) = send(&net, "/over-h1").await;
+    assert_eq!((status, body.as_str()), (200, "hello from p3\n"), "{head}");
+    let log = std::fs::read_to_string(dir.path().join("web.log")).expect("log");
+    assert!(
+        log.contains("\"GET http://pod/over-h2 HTTP/2.0\" 200"),
+        "{log}"
+    );
+    kill(running).await;
+}
+
+#[tokio::test]
+async fn a_hundred_streams_of_one_http2_connection_are_answered_at_once() {
+    let (_engine, _dir, net, running) = serve("p3-slow", |_| {}).await;
+    let sender = h2(&net).await;
+    let began = std::time::Instant::now();
+    let streams: Vec<_> = (0..100)
+        .map(|_| {
+            let mut sender = sender.clone();
+            tokio::spawn(async move { h2_get(&mut sender, "/sleep/2000").await })
+        })
+        .collect();
+    let mut instances = 0;
+    for s in streams {
+        let (status, headers, body, _) = s.await.expect("a stream");
+        assert_eq!((status, body.as_str()), (200, "slept\n"), "{headers:?}");
+        if headers["x-instance-requests"] == "1" {
+            instances += 1;
+        }
+    }
+    // At once, not one after another: 100 sleeps of 2 s in a row would take 200 s.
+    // (A bound far from both, not a timing target.)
+    assert!(
+        began.elapsed() < Duration::from_secs(100),
+        "{:?}",
+        began.elapsed()
+    );
+    assert!(instances < 100, "{instances} instances for 100 streams");
+    kill(running).await;
+}
+
+#[tokio::test]
+async fn response_trailers_reach_an_http2_client() {
+    let (_engine, _dir, net, running) = serve("p3-slow", |_| {}).await;
+    let mut sender = h2(&net).await;
+    let (status, headers, body, trailers) = h2_get(&mut sender, "/trailers").await;
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "with trailers\n"),
+        "{headers:?}"
+    );
+    let trailers = trailers.expect("trailers");
+    assert_eq!(trailers["x-done"], "1", "{trailers:?}");
+    kill(running).await;
+}
+
+#[tokio::test]
+async fn a_wasi_0_2_component_is_served_over_http2_too() {
+    let (_engine, _dir, net, running) = serve("http-hello", |_| {}).await;
+    let mut sender = h2(&net).await;
+    let (status, headers, body, _) = h2_get(&mut sender, "/p2").await;
+    assert_eq!(status, 200, "{headers:?} {body}");
+    assert!(body.contains("path: /p2"), "{body}");
+    kill(running).await;
+}

@@ -320,17 +320,13 @@ pub(crate) async fn run(
         let server = server.clone();
         let mut drain = drain_rx.clone();
         let meter = server.meter.clone();
-        connections.spawn(meter.wrap(async move {
+        connections.spawn(meter.clone().wrap(async move {
             let _slot = slot;
             let service = hyper::service::service_fn(move |req| {
                 let server = server.clone();
                 async move { Ok::<_, std::convert::Infallible>(server.handle(req, peer).await) }
             });
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .keep_alive(true);
+            let builder = http_builder(&meter);
             let conn = builder.serve_connection(TokioIo::new(stream), service);
             tokio::pin!(conn);
             tokio::select! {
@@ -471,6 +467,53 @@ impl Server {
             .as_bytes(),
         );
         response
+    }
+}
+
+/// How a served connection speaks: HTTP/1.1, or HTTP/2 when the client opens with its
+/// preface (prior knowledge, as gRPC clients do), on the same port. The tasks HTTP/2
+/// spawns for its streams count as the container's, as the connection's own work does.
+fn http_builder(meter: &Meter) -> hyper_util::server::conn::auto::Builder<Metered> {
+    let mut builder = hyper_util::server::conn::auto::Builder::new(Metered(meter.clone()));
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(MAX_STREAMS)
+        // A client that opens and resets streams at once (the "rapid reset" attack)
+        // is cut off after this many not yet accepted.
+        .max_pending_accept_reset_streams(Some(MAX_STREAMS as usize / 5))
+        .max_header_list_size(HEADER_LIST_BYTES)
+        .keep_alive_interval(Some(H2_PING_INTERVAL))
+        .keep_alive_timeout(H2_PING_TIMEOUT);
+    builder
+}
+
+/// Requests one HTTP/2 connection carries at once.
+const MAX_STREAMS: u32 = 100;
+/// Largest header block a served request may have, as HTTP/1.1's default read buffer
+/// bounds it there.
+const HEADER_LIST_BYTES: u32 = 64 << 10;
+/// An idle HTTP/2 connection is pinged this often, and closed when a ping goes
+/// unanswered this long.
+const H2_PING_INTERVAL: Duration = Duration::from_secs(30);
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Spawns HTTP/2's stream tasks as the container's metered tasks.
+#[derive(Clone)]
+struct Metered(Meter);
+
+impl<F> hyper::rt::Executor<F> for Metered
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        tokio::spawn(self.0.wrap(fut));
     }
 }
 
