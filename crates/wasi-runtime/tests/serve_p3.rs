@@ -389,3 +389,22 @@ async fn a_wasi_0_2_component_is_served_over_http2_too() {
     assert!(body.contains("path: /p2"), "{body}");
     kill(running).await;
 }
+
+/// A service built by a real toolchain (componentize-py, CPython inside): it imports
+/// the WASI 0.2 command world for its language runtime beside the 0.3 handler, and
+/// reads its environment through 0.2.
+#[tokio::test]
+async fn a_python_service_is_served_with_its_environment_and_trailers() {
+    let (_engine, _dir, net, running) = serve("p3-py-service", |s| {
+        s.env.push(("POD_NAME".to_owned(), "py-pod".to_owned()));
+    })
+    .await;
+    let (status, head, body) = send(&net, "/").await;
+    assert_eq!(status, 200, "{head}\n{body}");
+    assert_eq!(body, "hello from python p3\npod: py-pod\n");
+    let mut sender = h2(&net).await;
+    let (status, _, _, trailers) = h2_get(&mut sender, "/trailers").await;
+    assert_eq!(status, 200);
+    assert_eq!(trailers.expect("trailers")["x-done"], "1");
+    kill(running).await;
+}
