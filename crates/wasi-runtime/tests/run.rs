@@ -407,3 +407,53 @@ async fn a_c_program_mallocing_past_its_limit_ends_out_of_memory() {
         );
     }
 }
+
+/// A WASI 0.3 command built by a real toolchain (componentize-py: CPython inside,
+/// target/wasm/p3-py-command.component.wasm from hack/build-wasm), which writes through
+/// a 0.3 stdout stream: its lines reach the log in the CRI format with its arguments
+/// and environment; `fail` is exit 1; a `bytearray` past the limit is out of memory.
+#[tokio::test]
+async fn a_python_wasi_0_3_command_logs_exits_and_is_bounded() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../target/wasm/p3-py-command.component.wasm"
+    );
+    let wasm: Arc<[u8]> = Arc::from(
+        std::fs::read(path).unwrap_or_else(|e| panic!("{path} (run hack/build-wasm): {e}")),
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let e = engine();
+    let cases: [(&[&str], Option<u64>, Exit); 3] = [
+        (&["a", "b"], None, Exit::Code(0)),
+        (&["fail"], None, Exit::Code(1)),
+        (&["alloc", "200000000"], Some(64 << 20), Exit::OutOfMemory),
+    ];
+    for (i, (args, limit, exit)) in cases.into_iter().enumerate() {
+        let mut s = spec(
+            &dir,
+            &format!("py-{i}"),
+            r#"(func (export "_start"))"#,
+            limit,
+        );
+        s.module_key = "py-command".to_owned();
+        s.wasm = wasm.clone();
+        s.args = std::iter::once("cmd")
+            .chain(args.iter().copied())
+            .map(str::to_owned)
+            .collect();
+        s.env = vec![("POD_NAME".to_owned(), "py-pod".to_owned())];
+        let log_path = s.log_path.clone();
+        let run = e.start(s).await.expect("start");
+        let got = tokio::time::timeout(Duration::from_secs(120), run.wait())
+            .await
+            .expect("the run ends");
+        let log = std::fs::read_to_string(&log_path).expect("log");
+        assert_eq!(got, exit, "{args:?}: {log}");
+        assert!(log.contains(" stdout F hello from python p3"), "{log}");
+        assert!(log.contains(" stdout F pod: py-pod"), "{log}");
+        if i == 0 {
+            assert!(log.contains("args: "), "{log}");
+            assert!(log.contains("a b"), "{log}");
+        }
+    }
+}
