@@ -200,6 +200,8 @@ pub struct Engine {
     pub(crate) instance_slots: crate::fair::FairPool,
     /// The node's served connections, shared among the served pods.
     pub(crate) connection_slots: crate::fair::FairPool,
+    /// The node's served requests in flight, shared as the connections are.
+    pub(crate) request_slots: crate::fair::FairPool,
     /// The node's name lookups in flight, shared among the pods' resolvers.
     lookup_budget: crate::LookupBudget,
     /// Longest a served request may take, unless its pod says otherwise.
@@ -324,6 +326,7 @@ impl Engine {
             serving_pool: config.serving_pool,
             instance_slots: config.serving_pool.instance_slots(),
             connection_slots: config.serving_pool.connection_slots(),
+            request_slots: config.serving_pool.connection_slots(),
             lookup_budget: crate::LookupBudget::default(),
             request_timeout: config.serving_pool.request_timeout,
             compiler,

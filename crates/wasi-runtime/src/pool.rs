@@ -44,7 +44,9 @@ pub struct ServingPool {
     pub reserve: usize,
     /// Connections all served pods of the node may hold at once (default 16384; each is
     /// an open descriptor of the agent's): further connections wait in their pod's
-    /// listen backlog.
+    /// listen backlog. Requests in flight are bounded by the same numbers (node, pod,
+    /// reserve), so HTTP/2's streams (up to 100 per connection) hold no more than
+    /// HTTP/1.1 connections could: a request beyond its pod's share is answered 503.
     pub connections: usize,
     /// Connections one pod may hold at once (default [`crate::MAX_CONNECTIONS`]).
     pub connections_per_pod: usize,

@@ -408,3 +408,40 @@ async fn a_python_service_is_served_with_its_environment_and_trailers() {
     assert_eq!(trailers.expect("trailers")["x-done"], "1");
     kill(running).await;
 }
+
+/// HTTP/2 multiplies what one connection can ask for: a client with a few connections
+/// and many streams each must not hold more requests of a pod than as many HTTP/1.1
+/// connections could (the pod's share of the node's connections). The rest are
+/// answered 503 at once instead of waiting, each holding its headers, in the agent.
+#[tokio::test]
+async fn http2_streams_count_against_the_pods_share_of_requests() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let net = common::namespace(&dir).await;
+    let engine = Engine::new(&EngineConfig {
+        serving_pool: wasi_runtime::ServingPool {
+            connections_per_pod: 8,
+            ..wasi_runtime::ServingPool::default()
+        },
+        ..EngineConfig::default()
+    })
+    .expect("engine");
+    let running = engine
+        .start(spec(&dir, net.clone(), "p3-slow"))
+        .await
+        .expect("served");
+    let sender = h2(&net).await;
+    let streams: Vec<_> = (0..20)
+        .map(|_| {
+            let mut sender = sender.clone();
+            tokio::spawn(async move { h2_get(&mut sender, "/sleep/3000").await.0 })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for s in streams {
+        statuses.push(s.await.expect("a stream"));
+    }
+    let answered = statuses.iter().filter(|s| **s == 200).count();
+    let refused = statuses.iter().filter(|s| **s == 503).count();
+    assert_eq!((answered, refused), (8, 12), "{statuses:?}");
+    kill(running).await;
+}

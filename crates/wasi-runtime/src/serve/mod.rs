@@ -92,6 +92,9 @@ pub(crate) struct Server {
     pub(crate) instances: crate::fair::Tenant,
     /// This pod's share of the node's served connections.
     pub(crate) connections: crate::fair::Tenant,
+    /// This pod's share of the node's requests in flight: as many as its connections
+    /// could carry over HTTP/1.1, however many streams HTTP/2 multiplexes on them.
+    pub(crate) requests: crate::fair::Tenant,
     /// Longest one request may take.
     pub(crate) request_timeout: Duration,
     /// A fresh WASI context (argv, env, preopens, the log) per instance.
@@ -243,6 +246,7 @@ impl Engine {
             kind,
             instances: self.instance_slots.tenant(),
             connections: self.connection_slots.tenant(),
+            requests: self.request_slots.tenant(),
             request_timeout: spec.request_timeout.unwrap_or(self.request_timeout),
             wasi: Box::new(move || {
                 wasi_builder(&for_ctx, &log_for_ctx)
@@ -419,9 +423,16 @@ impl Server {
     ) -> hyper::Response<HyperOutgoingBody> {
         let began = Instant::now();
         let line = format!("{} {} {:?}", req.method(), req.uri(), req.version());
-        let response = match &self.kind {
-            Instances::Fresh(pre) => self.clone().fresh(pre, req).await,
-            Instances::Reused(workers) => self.clone().reused(workers, req).await,
+        // Refused at once rather than queued: a waiting request holds its headers.
+        let slot = self.requests.try_acquire();
+        let response = match (&self.kind, slot) {
+            (_, None) => Err(Failure::Busy(
+                "the pod's share of the node's requests in flight was taken (HTTP/2 \
+                 streams count one each)"
+                    .to_owned(),
+            )),
+            (Instances::Fresh(pre), Some(_slot)) => self.clone().fresh(pre, req).await,
+            (Instances::Reused(workers), Some(_slot)) => self.clone().reused(workers, req).await,
         };
         let response = match response {
             Ok(r) => r,
