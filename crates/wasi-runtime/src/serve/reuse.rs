@@ -79,9 +79,7 @@ impl Workers {
     }
 
     fn queue(&self) -> std::sync::MutexGuard<'_, VecDeque<Job>> {
-        self.queue
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        lock(&self.queue)
     }
 
     /// The next request someone still waits for.
@@ -211,163 +209,91 @@ impl Server {
                 return self.instance_failed(workers, available, &format!("{e:?}"));
             }
         };
-        let Proxy::P3(service) = &proxy else {
-            unreachable!("a P3 pre-instance makes a P3 instance")
-        };
-        let func = *service.wasi_http_handler().func_handle().func();
         // What the loop inside the store tells the expiry check outside it: a guest
         // busy in a loop holds the store, so nothing inside runs until its slice ends.
-        let status = Mutex::new((Status::Idle, Instant::now()));
-        let spare = AtomicBool::new(true);
-        let reuse = workers.reuse;
-        let serve = async |accessor: &Accessor<HttpState>| {
-            let mut open = FuturesUnordered::new();
-            let mut starts: Vec<Instant> = Vec::new();
-            let (mut served, mut accepting) = (0usize, true);
-            let mut next = None;
-            std::future::poll_fn(|cx: &mut Context<'_>| {
-                loop {
-                    // Answered or expired requests first: an expiry stops the intake.
-                    while let Poll::Ready(Some(done)) = open.poll_next_unpin(cx) {
-                        let (answered, began): (bool, Instant) = match done {
-                            Ok(done) => done,
-                            Err(e) => return Poll::Ready(Err(e)),
-                        };
-                        if let Some(i) = starts.iter().position(|s| *s == began) {
-                            starts.swap_remove(i);
-                        }
-                        accepting &= answered;
-                        set(
-                            &status,
-                            match starts.iter().max() {
-                                Some(latest) => (Status::Busy, *latest),
-                                None => (Status::Finishing, Instant::now()),
-                            },
-                        );
-                    }
-                    let ready = accessor.poll_ready_for_concurrent_call(func, cx).is_ready();
-                    accepting &= served < reuse.max_requests;
-                    // A second request only once the first let the store go idle: a
-                    // busy instance leaves new requests to other workers.
-                    let takes = accepting
-                        && ready
-                        && open.len() < reuse.max_concurrent
-                        && (open.is_empty() || spare.load(Ordering::Relaxed));
-                    available.set(takes);
-                    if takes {
-                        let job = next.get_or_insert_with(|| Box::pin(workers.next()));
-                        if let Poll::Ready(job) = job.as_mut().poll(cx) {
-                            next = None;
-                            spare.store(false, Ordering::Relaxed);
-                            served += 1;
-                            let began = Instant::now();
-                            starts.push(began);
-                            set(&status, (Status::Busy, began));
-                            let Job {
-                                request,
-                                answer,
-                                taken,
-                                deadline,
-                            } = job;
-                            let _ = taken.send(());
-                            let prepared = accessor.with(|mut store| {
-                                Prepared::new(
-                                    store.as_context_mut(),
-                                    &proxy,
-                                    request,
-                                    <HttpState as WasiHttpView>::http,
-                                    answer,
-                                )
-                            });
-                            open.push(async move {
-                                let answered = prepared?
-                                    .run(accessor, tokio::time::sleep_until(deadline))
-                                    .await?;
-                                wasmtime::Result::Ok((answered, began))
-                            });
-                            continue;
-                        }
-                    }
-                    if !open.is_empty() || accessor.poll_no_interesting_tasks(cx).is_pending() {
-                        return Poll::Pending;
-                    }
-                    // Nothing open, nothing the guest still does.
-                    if !(accepting && ready) {
-                        return Poll::Ready(Ok(()));
-                    }
-                    let mut status = lock(&status);
-                    if status.0 != Status::Idle {
-                        *status = (Status::Idle, Instant::now());
-                    }
-                    return Poll::Pending;
-                }
-            })
-            .await
+        let shared = Shared {
+            status: Mutex::new((Status::Idle, Instant::now())),
+            spare: AtomicBool::new(true),
         };
-        let mut cut = self.cut.subscribe();
         let outcome = {
-            let mut serving = pin!(store.run_concurrent(serve));
-            let mut cut = pin!(until(&mut cut, |c| *c));
-            let mut expiry = pin!(tokio::time::sleep(reuse.idle_timeout));
-            let mut expires = None;
-            std::future::poll_fn(|cx| {
-                if let Poll::Ready(r) = serving.as_mut().poll(cx) {
-                    return Poll::Ready(r.and_then(|r| r).map(|()| End::Done));
-                }
-                if cut.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Ok(End::Cut));
-                }
-                let (state, since) = *lock(&status);
-                let at = since
-                    + match state {
-                        Status::Idle => reuse.idle_timeout,
-                        Status::Busy | Status::Finishing => self.request_timeout,
-                    };
-                if expires != Some(at) {
-                    expires = Some(at);
-                    expiry.as_mut().reset(at);
-                }
-                if expiry.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Ok(if state == Status::Idle {
-                        End::Done
-                    } else {
-                        End::PastTimeLimit
-                    }));
-                }
-                // The store went idle: it may take another request at once.
-                if !spare.swap(true, Ordering::Relaxed) {
-                    return serving
-                        .as_mut()
-                        .poll(cx)
-                        .map(|r| r.and_then(|r| r).map(|()| End::Done));
-                }
-                Poll::Pending
-            })
-            .await
+            let intake = Intake {
+                proxy: &proxy,
+                workers,
+                shared: &shared,
+                available: &mut available,
+            };
+            let serving = store.run_concurrent(async |accessor| intake.run(accessor).await);
+            let mut cut = self.cut.subscribe();
+            let cut = until(&mut cut, |c| *c);
+            self.watch(serving, cut, &shared, workers.reuse).await
         };
         available.set(false);
-        match outcome {
-            Ok(End::Done | End::Cut) => {}
-            Ok(End::PastTimeLimit) => self.log.record(
-                Stream::Stderr,
-                false,
-                format!(
-                    "an instance was dropped: its requests took longer than their time \
-                     limit of {:?}",
-                    self.request_timeout
-                )
-                .as_bytes(),
-            ),
-            Err(e) => {
-                let e = Server::memory_context(&store, e);
-                self.log.record(
-                    Stream::Stderr,
-                    false,
-                    format!("an instance failed, with every request it was answering: {e:?}")
-                        .as_bytes(),
-                );
+        self.ended(&store, outcome);
+    }
+
+    /// Drives a worker's store until it ends, is cut, or expires: idle past the idle
+    /// time, or busy past the time limit since its latest request began (checked out
+    /// here, since a guest busy in a loop keeps the store's own loop from running).
+    async fn watch(
+        &self,
+        serving: impl Future<Output = wasmtime::Result<wasmtime::Result<()>>>,
+        cut: impl Future<Output = ()>,
+        shared: &Shared,
+        reuse: Reuse,
+    ) -> wasmtime::Result<End> {
+        let (mut serving, mut cut) = (pin!(serving), pin!(cut));
+        let mut expiry = pin!(tokio::time::sleep(reuse.idle_timeout));
+        let mut expires = None;
+        let done =
+            |r: wasmtime::Result<wasmtime::Result<()>>| r.and_then(|r| r).map(|()| End::Done);
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(r) = serving.as_mut().poll(cx) {
+                return Poll::Ready(done(r));
             }
-        }
+            if cut.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Ok(End::Cut));
+            }
+            let (state, since) = *lock(&shared.status);
+            let at = since
+                + match state {
+                    Status::Idle => reuse.idle_timeout,
+                    Status::Busy | Status::Finishing => self.request_timeout,
+                };
+            if expires != Some(at) {
+                expires = Some(at);
+                expiry.as_mut().reset(at);
+            }
+            if expiry.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Ok(if state == Status::Idle {
+                    End::Done
+                } else {
+                    End::PastTimeLimit
+                }));
+            }
+            // The store went idle: it may take another request at once.
+            if !shared.spare.swap(true, Ordering::Relaxed) {
+                return serving.as_mut().poll(cx).map(done);
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Tells the container's log why a worker ended, unless it was a plain end.
+    fn ended(&self, store: &wasmtime::Store<HttpState>, outcome: wasmtime::Result<End>) {
+        let line = match outcome {
+            Ok(End::Done | End::Cut) => return,
+            Ok(End::PastTimeLimit) => format!(
+                "an instance was dropped: its requests took longer than their time limit \
+                 of {:?}",
+                self.request_timeout
+            ),
+            Err(e) => format!(
+                "an instance failed, with every request it was answering: {:?}",
+                Server::memory_context(store, e)
+            ),
+        };
+        self.log.record(Stream::Stderr, false, line.as_bytes());
     }
 
     /// An instance that could not be made answers the first waiting request with why
@@ -387,6 +313,132 @@ impl Server {
         // The next waiting request gets an instance of its own (or the same answer).
         available.set(false);
     }
+}
+
+/// What a worker's loop inside its store tells the expiry check outside it.
+struct Shared {
+    /// What the worker does, and since when.
+    status: Mutex<(Status, Instant)>,
+    /// The store's loop went idle since a request was last taken: only then is another
+    /// taken, so that a busy instance leaves new requests to other workers.
+    spare: AtomicBool,
+}
+
+/// The loop inside a worker's store: takes requests from the pod's queue while the
+/// instance may, runs them concurrently, and ends when it may take no more and nothing
+/// is left to do.
+struct Intake<'a> {
+    proxy: &'a Proxy,
+    workers: &'a Arc<Workers>,
+    shared: &'a Shared,
+    available: &'a mut Available,
+}
+
+impl Intake<'_> {
+    async fn run(self, accessor: &Accessor<HttpState>) -> wasmtime::Result<()> {
+        let Self {
+            proxy,
+            workers,
+            shared,
+            available,
+        } = self;
+        let Proxy::P3(service) = proxy else {
+            return Err(wasmtime::format_err!(
+                "a WASI 0.3 worker was given a 0.2 instance"
+            ));
+        };
+        let func = *service.wasi_http_handler().func_handle().func();
+        let reuse = workers.reuse;
+        let mut open = FuturesUnordered::new();
+        let mut starts: Vec<Instant> = Vec::new();
+        let (mut served, mut accepting) = (0usize, true);
+        let mut next = None;
+        std::future::poll_fn(|cx: &mut Context<'_>| {
+            loop {
+                // Answered or expired requests first: an expiry stops the intake.
+                while let Poll::Ready(Some(done)) = open.poll_next_unpin(cx) {
+                    let (answered, began): (bool, Instant) = match done {
+                        Ok(done) => done,
+                        Err(e) => return Poll::Ready(Err(e)),
+                    };
+                    if let Some(i) = starts.iter().position(|s| *s == began) {
+                        starts.swap_remove(i);
+                    }
+                    accepting &= answered;
+                    set(
+                        &shared.status,
+                        match starts.iter().max() {
+                            Some(latest) => (Status::Busy, *latest),
+                            None => (Status::Finishing, Instant::now()),
+                        },
+                    );
+                }
+                let ready = accessor.poll_ready_for_concurrent_call(func, cx).is_ready();
+                accepting &= served < reuse.max_requests;
+                let takes = accepting
+                    && ready
+                    && open.len() < reuse.max_concurrent
+                    && (open.is_empty() || shared.spare.load(Ordering::Relaxed));
+                available.set(takes);
+                if takes {
+                    let job = next.get_or_insert_with(|| Box::pin(workers.next()));
+                    if let Poll::Ready(job) = job.as_mut().poll(cx) {
+                        next = None;
+                        shared.spare.store(false, Ordering::Relaxed);
+                        served += 1;
+                        let began = Instant::now();
+                        starts.push(began);
+                        set(&shared.status, (Status::Busy, began));
+                        open.push(take(accessor, proxy, job, began));
+                        continue;
+                    }
+                }
+                if !open.is_empty() || accessor.poll_no_interesting_tasks(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                // Nothing open, nothing the guest still does.
+                if !(accepting && ready) {
+                    return Poll::Ready(Ok(()));
+                }
+                let mut status = lock(&shared.status);
+                if status.0 != Status::Idle {
+                    *status = (Status::Idle, Instant::now());
+                }
+                return Poll::Pending;
+            }
+        })
+        .await
+    }
+}
+
+/// One request taken by an instance: its call, answered (`true`) or past its time
+/// limit (`false`).
+async fn take<'a>(
+    accessor: &'a Accessor<HttpState>,
+    proxy: &'a Proxy,
+    job: Job,
+    began: Instant,
+) -> wasmtime::Result<(bool, Instant)> {
+    let Job {
+        request,
+        answer,
+        taken,
+        deadline,
+    } = job;
+    let _ = taken.send(());
+    let prepared = accessor.with(|mut store| {
+        Prepared::new(
+            store.as_context_mut(),
+            proxy,
+            request,
+            <HttpState as WasiHttpView>::http,
+            answer,
+        )
+    })?;
+    let answered = prepared
+        .run(accessor, tokio::time::sleep_until(deadline))
+        .await?;
+    Ok((answered, began))
 }
 
 /// What a worker is doing, and since when.
@@ -410,7 +462,6 @@ enum End {
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
-
 fn set(status: &Mutex<(Status, Instant)>, to: (Status, Instant)) {
     *lock(status) = to;
 }
