@@ -321,7 +321,10 @@ impl Engine {
         let compiled = self
             .module_for(&spec.module_key, spec.wasm.clone(), &spec.pod_id)
             .await?;
-        let mut builder = self.wasi_builder(&spec)?;
+        // One writer per container: its rotation moves the file for every record of the
+        // run (output, refused connections, served requests' access lines) at once.
+        let log = LogFile::open(&spec.log_path, self.log_rotation)?;
+        let mut builder = wasi_builder(&spec, &log)?;
         let meter = Meter::with_clock(spec.cpu, compiled.code_bytes(), self.cpu_accounting);
         let slice = spec.cpu.slice_ticks();
         let limits = Limits::new(
@@ -366,7 +369,7 @@ impl Engine {
                 })
             }
             Compiled::Proxy(component) => {
-                self.serve(&spec, &component, killed, count_start, &meter)
+                self.serve(&spec, &component, killed, count_start, &meter, log)
                     .await?
             }
             Compiled::Component(component) => {
@@ -389,7 +392,6 @@ impl Engine {
                             .allow_udp(true)
                             .allow_ip_name_lookup(true);
                         if let Some(allow) = spec.allowed_outbound.clone() {
-                            let log = LogFile::open(&spec.log_path, self.log_rotation)?;
                             // Its lookups grant the addresses this check lets through.
                             outbound = Some((allow.clone(), log.clone()));
                             builder.socket_addr_check(move |addr, use_| {
@@ -462,11 +464,6 @@ impl Engine {
         })
     }
 
-    /// The WASI context of `spec`: argv, environment, the log file, its preopens.
-    fn wasi_builder(&self, spec: &ContainerSpec) -> Result<WasiCtxBuilder> {
-        let log = LogFile::open(&spec.log_path, self.log_rotation)?;
-        wasi_builder(spec, &log)
-    }
 }
 
 /// The WASI context of `spec` writing to `log`: argv, environment, its preopens.

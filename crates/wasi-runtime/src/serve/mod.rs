@@ -197,6 +197,7 @@ impl Engine {
         stop: watch::Receiver<Stop>,
         count_start: impl FnOnce() + Send + 'static,
         meter: &Meter,
+        log: LogFile,
     ) -> Result<tokio::task::JoinHandle<Exit>> {
         let Some(net) = spec.network.clone() else {
             return Err(Error::Instantiate(
@@ -225,7 +226,6 @@ impl Engine {
                 .map(Instances::Fresh)
                 .map_err(|e| Error::Instantiate(format!("{e:#}")))?,
         };
-        let log = LogFile::open(&spec.log_path, self.log_rotation)?;
         // The preopens are checked once here; each request opens them again.
         drop(wasi_builder(spec, &log)?);
         let port = spec.http_port;
