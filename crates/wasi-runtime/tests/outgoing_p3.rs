@@ -8,6 +8,8 @@
 //! Needs root (network namespaces).
 
 mod common;
+#[path = "common/compiled.rs"]
+mod compiled;
 #[path = "common/http.rs"]
 mod http;
 
@@ -18,7 +20,7 @@ use std::time::Duration;
 
 use http::send;
 use network::NetNs;
-use wasi_runtime::{AllowList, ContainerSpec, Engine, EngineConfig, Running};
+use wasi_runtime::{AllowList, ContainerSpec, Engine, Running};
 
 /// What the container's log says of a refused request to the upstream.
 const REFUSAL: &str = "krustlet: outbound connection refused by the pod's allowed outbound \
@@ -92,7 +94,7 @@ async fn serve(
     let dir = tempfile::tempdir().expect("tempdir");
     let net = common::namespace(&dir).await;
     let upstream = Upstream::start(&net).await;
-    let engine = Engine::new(&EngineConfig::default()).expect("engine");
+    let engine = Engine::new(&compiled::engine_config()).expect("engine");
     let spec = ContainerSpec {
         request_timeout: None,
         reuse: wasi_runtime::ReuseSpec::default(),

@@ -8,6 +8,8 @@
 //! Needs root (network namespaces).
 
 mod common;
+#[path = "common/compiled.rs"]
+mod compiled;
 #[path = "common/http.rs"]
 mod http;
 
@@ -45,7 +47,7 @@ async fn serve(
 ) -> (Engine, tempfile::TempDir, Arc<NetNs>, Running) {
     let dir = tempfile::tempdir().expect("tempdir");
     let net = common::namespace(&dir).await;
-    let engine = Engine::new(&EngineConfig::default()).expect("engine");
+    let engine = Engine::new(&compiled::engine_config()).expect("engine");
     let mut spec = spec(&dir, net.clone(), name);
     adjust(&mut spec);
     let running = engine.start(spec).await.expect("served");
