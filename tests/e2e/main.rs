@@ -31,4 +31,6 @@ mod shutdown;
 mod static_pods;
 mod volumes;
 mod wasi_p3;
+mod wasi_p3_grpc;
+mod wasi_p3_serving;
 mod workloads;

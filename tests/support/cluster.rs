@@ -179,6 +179,21 @@ impl Cluster {
         .await
     }
 
+    /// Pushes component `target/wasm/<workload>.wasm` as
+    /// `<registry>/e2e/<workload>-wkg:<tag>` the way the wasm package tools push it
+    /// ([`crate::push_wkg`]).
+    ///
+    /// # Errors
+    /// When the workload is not built or not a component, or the push fails.
+    pub async fn push_wkg(&self, workload: &str, tag: &str) -> Result<String> {
+        crate::push_wkg(
+            &self.registry,
+            workload,
+            &format!("e2e/{workload}-wkg:{tag}"),
+        )
+        .await
+    }
+
     /// Starts a krustlet node `name` after removing any `Node` object left by an earlier
     /// run under that name, so that what the test sees is this process's doing.
     ///

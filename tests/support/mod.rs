@@ -4,6 +4,8 @@
 //! - `cluster`: `hack/cluster` (addresses, node credentials), the admin client, `kubectl`.
 //! - `node`: krustlet node processes, waits on `Node` objects.
 //! - `pods`: pod manifests, waits on pods, their status, `kubectl get pod` rows.
+//! - `apps`: a namespace of a test's own, Deployments, ClusterIP Services, waits on a
+//!   rollout, its pods and a Service's endpoints.
 //! - `registry`: pushes of workloads and images, a registry process of a test's own.
 //! - `network`: a pod network (bridge, CNI configuration, namespaces) of a test node's own.
 //! - `hosts`: a host of the cluster's LAN (a network namespace standing for a machine)
@@ -13,6 +15,7 @@
 //! - [`fleet`]: a Deployment spread over several nodes, a pod watch, a node's death measured.
 //! - [`hostile`] and [`outage`]: a hostile registry and an API server that goes away.
 
+mod apps;
 pub mod bench;
 mod cluster;
 pub mod fleet;
@@ -26,6 +29,10 @@ mod pods;
 mod port_forward;
 mod registry;
 
+pub use apps::{
+    deployment, endpoints_become, fresh_namespace, ready_pods, remove_namespace, rolled_out,
+    service,
+};
 pub use cluster::{
     Cluster, ControllerTimings, bootstrap_token, client, cluster_env, node_credentials, root, setup,
 };
@@ -40,5 +47,5 @@ pub use pods::{
 };
 pub use port_forward::PortForward;
 pub use registry::{
-    OwnRegistry, manifest_digest, push_as, push_container_image, push_index, workload,
+    OwnRegistry, manifest_digest, push_as, push_container_image, push_index, push_wkg, workload,
 };

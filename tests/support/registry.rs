@@ -73,6 +73,69 @@ pub async fn push_as(
     Ok(reference)
 }
 
+/// Pushes component `workload` to `registry/repo:tag` as the wasm package tools do (`wkg
+/// oci push`, through Bytecode Alliance's `oci-wasm`): an OCI image manifest (its
+/// `mediaType` set) whose config, `application/vnd.wasm.config.v0+json`, says
+/// `os: wasip2` and lists the component's world imports and exports, and one
+/// `application/wasm` layer. Returns the reference.
+///
+/// # Errors
+/// When the workload is not built, is not a component, or the push fails.
+pub async fn push_wkg(registry: &str, workload_name: &str, repo_tag: &str) -> Result<String> {
+    use sha2::Digest as _;
+    let wasm = workload(workload_name)?;
+    let (resolve, world) = match wit_component::decode(&wasm)
+        .with_context(|| format!("{workload_name}: decoding its WIT"))?
+    {
+        wit_component::DecodedWasm::Component(resolve, world) => (resolve, world),
+        wit_component::DecodedWasm::WitPackage(..) => bail!("{workload_name} is a WIT package"),
+    };
+    // oci-wasm names an interface by its full id and anything else by its name.
+    let name = |key: &wit_parser::WorldKey| match key {
+        wit_parser::WorldKey::Interface(id) => resolve.id_of(*id),
+        wit_parser::WorldKey::Name(name) => Some(name.clone()),
+    };
+    let world = &resolve.worlds[world];
+    let exports: Vec<String> = world.exports.keys().filter_map(name).collect();
+    let imports: Vec<String> = world.imports.keys().filter_map(name).collect();
+    let config = serde_json::json!({
+        "created": jiff::Timestamp::now().to_string(),
+        "author": null,
+        "architecture": "wasm",
+        "os": "wasip2",
+        "layerDigests": [format!("sha256:{:x}", sha2::Sha256::digest(&wasm))],
+        "component": {
+            "exports": exports,
+            "imports": imports,
+            "target": null,
+        },
+    });
+    let config = oci_client::client::Config::new(
+        serde_json::to_vec(&config)?,
+        "application/vnd.wasm.config.v0+json".to_owned(),
+        None,
+    );
+    let layers = [oci_client::client::ImageLayer::new(
+        wasm,
+        "application/wasm".to_owned(),
+        None,
+    )];
+    let mut manifest = oci_client::manifest::OciImageManifest::build(&layers, &config, None);
+    manifest.media_type = Some("application/vnd.oci.image.manifest.v1+json".to_owned());
+    let reference = format!("{registry}/{repo_tag}");
+    let _one_at_a_time = PUSHES.lock().await;
+    registry_client(registry)
+        .push(
+            &reference.parse()?,
+            &layers,
+            config,
+            &oci::RegistryAuth::Anonymous,
+            Some(manifest),
+        )
+        .await?;
+    Ok(reference)
+}
+
 /// Pushes from the tests go one at a time: the registry's filesystem storage loses
 /// uploads when several clients push the same blob at once ("blob unknown to registry").
 static PUSHES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());

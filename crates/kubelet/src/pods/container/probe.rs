@@ -16,6 +16,24 @@ const NO_POD_IP: &str =
     "the pod has no IP address to probe: it has no network of its own on this node";
 
 impl Supervisor {
+    /// What a new run's startup and readiness are until its probes say otherwise: not
+    /// passed (`Some(false)`) for each probe it has, so that the run is not ready for a
+    /// moment between entering Running and its first probe. Set with the Running state
+    /// itself: a Service or a rolling update would take that moment as ready.
+    pub(super) fn unprobed(&self) -> (Option<bool>, Option<bool>) {
+        let c = &self.spec;
+        if self.slot.init && c.restart_policy.as_deref() != Some("Always") {
+            return (None, None);
+        }
+        let has = |p: Option<&k8s_openapi::api::core::v1::Probe>| {
+            p.and_then(|p| probe::spec(p, c)).is_some()
+        };
+        (
+            has(c.startup_probe.as_ref()).then_some(false),
+            has(c.readiness_probe.as_ref()).then_some(false),
+        )
+    }
+
     /// The probes of this run against `ip`; returns only when a startup or liveness
     /// probe failed for good (the run is to be killed and restarted).
     pub(super) async fn probe(&self, ip: Option<IpAddr>) -> Kind {
@@ -32,10 +50,6 @@ impl Supervisor {
             spec(c.readiness_probe.as_ref()),
         );
         let slot = self.slot;
-        self.shared.update(slot, |r| {
-            r.probe_started = startup.as_ref().map(|_| false);
-            r.probe_ready = readiness.as_ref().map(|_| false);
-        });
         if let Some(s) = startup {
             if !self.run_probe(Kind::Startup, &s, ip).await {
                 return Kind::Startup;

@@ -234,7 +234,10 @@ impl Supervisor {
         );
         let cid = container_id.clone();
         let at = started_at.clone();
+        let (started, ready) = self.unprobed();
         self.shared.update(self.slot, |r| {
+            r.probe_started = started;
+            r.probe_ready = ready;
             r.enter(State::Running { started_at: at });
             r.restart_count = restart_count;
             r.container_id = Some(cid);
