@@ -309,15 +309,25 @@ async fn readiness_probes_move_the_pod_in_and_out_of_its_services_endpoints() ->
         pod_condition(&unready, "ContainersReady").as_deref(),
         Some("False")
     );
-    let events = cluster.events("ready-a").await?;
-    assert!(
-        events
-            .iter()
-            .any(|e| e.reason.as_deref() == Some("Unhealthy")
-                && e.message.as_deref()
-                    == Some("Readiness probe failed: HTTP probe failed with statuscode: 503")),
-        "{events:#?}"
-    );
+    // Ready is False from the start (before any probe), so the failed probe's event
+    // may come after it: waited for.
+    let probe_failed = |e: &k8s_openapi::api::core::v1::Event| {
+        e.reason.as_deref() == Some("Unhealthy")
+            && e.message.as_deref()
+                == Some("Readiness probe failed: HTTP probe failed with statuscode: 503")
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let events = cluster.events("ready-a").await?;
+        if events.iter().any(probe_failed) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no Unhealthy event in 60 s: {events:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
     let wait_endpoint = |want: bool| {
         let (cluster, ip) = (&cluster, ip.clone());
         async move {
