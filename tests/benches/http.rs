@@ -1,33 +1,51 @@
 //! wasi:http serving against `wasmtime serve`, run with `hack/bench http`, which builds
-//! krustlet in release mode and `target/wasm/http-hello.component.wasm`, installs the
-//! `wasmtime` CLI of the release krustlet links and the `oha` load generator from
-//! crates.io when missing, and sets `KRUSTLET_BIN`, `WASMTIME_BIN` and `OHA_BIN`.
+//! krustlet in release mode and the components (`target/wasm/http-hello.component.wasm`,
+//! WASI 0.2; `p3-hello` and `p3-slow`, WASI 0.3), installs the `wasmtime` CLI of the
+//! release krustlet links and the `oha` load generator from crates.io when missing, and
+//! sets `KRUSTLET_BIN`, `WASMTIME_BIN`, `OHA_BIN` and `HTTP_VERSIONS`.
 //!
 //! **Throughput and latency.** The hello component served by a pod of a networked
 //! krustlet node (its pod IP, port 8080, over the node's bridge) and by `wasmtime serve
 //! -Scli` on a free loopback port, in one run, all loaded by `oha` with the same settings
 //! (keep-alive connections, each sending its next request when the last answer is in).
 //! A third server, `wasmtime serve -O pooling-allocator=n`, has the on-demand instance
-//! allocator krustlet's engine uses, which tells that cost apart from the rest. A warm-up
-//! of each, then for each load (16 connections on 2 client threads for 15 s; 1 connection
-//! on 1 thread for 10 s) three rounds of one run each, the middle round in reverse order;
-//! of each server's three runs the median by requests per second counts (all are in the
-//! JSON). The percentiles are those of the
+//! allocator krustlet's engine used, which tells that cost apart from the rest. Beside
+//! them, in the same rounds, the WASI 0.3 `p3-hello` component served by a second pod of
+//! the node and by `wasmtime serve` (both reuse instances: up to 128 requests each, 16 at
+//! once). A warm-up of each, then for each load (16 connections on 2 client threads for
+//! 15 s; 1 connection on 1 thread for 10 s) three rounds of one run each, the middle
+//! round in reverse order; of each server's three runs the median by requests per second
+//! counts (all are in the JSON). The percentiles are those of the
 //! requests made: oha corrects nothing by default, where wrk 4 adds samples for requests
 //! a fixed-rate client would have sent during a stall, which turns a few 40 ms stalls
 //! into the p99. Beside them, the CPU time each server process used over the run (from
 //! `/proc`) per request. With more than 2 CPUs, both servers are pinned to the first two
 //! and the client to the rest; with 2, everything (and the control plane) shares them.
 //!
-//! **First request.** `FRESH_PODS` new pods of the same (cached) image, one at a time,
-//! bound with `spec.nodeName`: from just before the create request to the first 200
-//! from the pod's IP, which the client learns from a watch on the pod's status and then
-//! asks every 2 ms. Then the same pods, bound to a kwok node of the same control plane
-//! (the API round trips alone): create to the status kwok writes.
+//! **HTTP/2** ([`h2`]): the `p3-hello` pod loaded over one HTTP/2 connection of 100
+//! streams against 100 HTTP/1.1 connections (no peer: `wasmtime serve` speaks HTTP/1.1
+//! only).
 //!
-//! `HTTP_PERF=1` adds a `perf` profile of each server under the 16-connection load
-//! (`target/bench-http-<side>.perf.{data,txt}`; the text lists the symbols with 3 % or
-//! more of the samples, counting what they call). Prints a table and writes `bench-results/http.json`.
+//! **First request** ([`first`]): new pods of the same (cached) image, one at a time,
+//! from the create request to the first 200 from the pod's IP, beside kwok's
+//! create-to-Ready of the same pods.
+//!
+//! **Memory** ([`memory`]): the agent's RSS per idle served pod, WASI 0.3 against 0.2,
+//! and per 1000 requests held open at once.
+//!
+//! `HTTP_PERF=1` adds a `perf` profile of each server but the on-demand one under the
+//! 16-connection load (`target/bench-http-<side>.perf.{data,txt}`; the text lists the
+//! symbols with 3 % or more of the samples, counting what they call). Prints tables
+//! ([`report`]) and writes `bench-results/http.json`.
+
+#[path = "http/first.rs"]
+mod first;
+#[path = "http/h2.rs"]
+mod h2;
+#[path = "http/memory.rs"]
+mod memory;
+#[path = "http/report.rs"]
+mod report;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -46,14 +64,15 @@ use e2e::{Cluster, KrustletNode, PodNet, wait_node};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::Api;
-use kube::api::{DeleteParams, PostParams};
+use kube::api::PostParams;
 use kube::runtime::{WatchStreamExt, watcher};
 
 const NODE: &str = "bench-http";
 const NODE_PORT: u16 = 10410;
 const KWOK_NODE: &str = "bench-http-kwok";
 const COMPONENT: &str = "http-hello.component";
-const FRESH_PODS: usize = 10;
+/// The WASI 0.3 service of the comparison (hand-written, no language runtime).
+const P3_COMPONENT: &str = "p3-hello.component";
 const WARMUP_SECONDS: u64 = 5;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug, serde::Serialize)]
@@ -63,8 +82,12 @@ enum Side {
     /// `wasmtime serve` with its defaults: the peer of the comparison.
     Wasmtime,
     /// `wasmtime serve -O pooling-allocator=n`: the on-demand instance allocator krustlet's
-    /// engine uses, to tell that cost apart from the rest.
+    /// engine used, to tell that cost apart from the rest.
     WasmtimeOnDemand,
+    /// The WASI 0.3 `p3-hello` served by a krustlet pod (reused instances).
+    KrustletP3,
+    /// `wasmtime serve` of `p3-hello` with its defaults (reused instances): its peer.
+    WasmtimeP3,
 }
 
 impl Side {
@@ -73,6 +96,8 @@ impl Side {
             Self::Krustlet => "krustlet pod",
             Self::Wasmtime => "wasmtime serve",
             Self::WasmtimeOnDemand => "wasmtime serve, on-demand allocator",
+            Self::KrustletP3 => "krustlet pod, WASI 0.3 p3-hello",
+            Self::WasmtimeP3 => "wasmtime serve, WASI 0.3 p3-hello",
         }
     }
 }
@@ -260,6 +285,26 @@ fn median(sorted: &[f64]) -> f64 {
     (sorted[(n - 1) / 2] + sorted[n / 2]) / 2.0
 }
 
+/// Creates the serving pod `name` of `image` (labelled `bench=http`) and waits for its
+/// address.
+async fn serving(
+    pods: &Api<Pod>,
+    seen: &Addresses,
+    name: &str,
+    image: &str,
+    side: Side,
+    pid: u32,
+) -> anyhow::Result<Target> {
+    pods.create(&PostParams::default(), &pod(name, image, "http"))
+        .await?;
+    let (_, ip) = address_of(pods, seen, name, 120).await?;
+    Ok(Target {
+        side,
+        addr: SocketAddr::new(ip, 8080),
+        pid,
+    })
+}
+
 /// The measurements, with the node and its pod network up.
 async fn measure(
     cluster: &Cluster,
@@ -267,9 +312,12 @@ async fn measure(
     wasmtime: &Path,
     cpus: &[usize],
 ) -> anyhow::Result<serde_json::Value> {
+    let began = Instant::now();
+    let since = || began.elapsed().as_secs_f64();
     let pods = cluster.pods();
     let image = cluster.push(COMPONENT, "bench").await?;
-    let component = e2e::root().join(format!("target/wasm/{COMPONENT}.wasm"));
+    let p3_image = cluster.push(P3_COMPONENT, "bench").await?;
+    let component = |name: &str| e2e::root().join(format!("target/wasm/{name}.wasm"));
     let (server_cpus, client_cpus) = if cpus.len() > 2 {
         (Some(cpu_list(&cpus[..2])), Some(cpu_list(&cpus[2..])))
     } else {
@@ -283,25 +331,45 @@ async fn measure(
             .status()?;
     }
     let server_cpus = server_cpus.as_deref();
-    let (peer, peer_target) = start_peer(wasmtime, &component, server_cpus, Side::Wasmtime)?;
+    let hello = component(COMPONENT);
+    let (peer, peer_target) = start_peer(wasmtime, &hello, server_cpus, Side::Wasmtime)?;
     let (on_demand, on_demand_target) =
-        start_peer(wasmtime, &component, server_cpus, Side::WasmtimeOnDemand)?;
+        start_peer(wasmtime, &hello, server_cpus, Side::WasmtimeOnDemand)?;
+    let (peer_p3, peer_p3_target) = start_peer(
+        wasmtime,
+        &component(P3_COMPONENT),
+        server_cpus,
+        Side::WasmtimeP3,
+    )?;
 
     clear(&pods, "http").await?;
     clear(&pods, "http-fresh").await?;
     let seen = watch_addresses(pods.clone(), "http");
-    pods.create(
-        &PostParams::default(),
-        &pod("bench-http-serve", &image, "http"),
+    let pod_target = serving(
+        &pods,
+        &seen,
+        "bench-http-serve",
+        &image,
+        Side::Krustlet,
+        krustlet_pid,
     )
     .await?;
-    let (_, ip) = address_of(&pods, &seen, "bench-http-serve", 120).await?;
-    let pod_target = Target {
-        side: Side::Krustlet,
-        addr: SocketAddr::new(ip, 8080),
-        pid: krustlet_pid,
-    };
-    let targets = [&pod_target, &peer_target, &on_demand_target];
+    let pod_p3_target = serving(
+        &pods,
+        &seen,
+        "bench-http-serve-p3",
+        &p3_image,
+        Side::KrustletP3,
+        krustlet_pid,
+    )
+    .await?;
+    let targets = [
+        &pod_target,
+        &peer_target,
+        &on_demand_target,
+        &pod_p3_target,
+        &peer_p3_target,
+    ];
     for t in targets {
         first_ok(t.addr, 60).await?;
     }
@@ -315,18 +383,18 @@ async fn measure(
         run_load(t, warmup, client_cpus)?;
     }
     // Three rounds, the order turned around in the middle one.
-    let [k, w, d] = targets;
-    let order = [k, w, d, d, w, k, k, w, d];
+    let backwards: Vec<&Target> = targets.iter().rev().copied().collect();
+    let order = [&targets[..], &backwards, &targets[..]].concat();
     let mut runs = Vec::new();
     for load in LOADS {
-        for t in order {
+        for t in &order {
             let m = run_load(t, load, client_cpus)?;
             m.run.progress(m.side.label());
             runs.push(m);
         }
     }
     if std::env::var("HTTP_PERF").is_ok_and(|v| v == "1") {
-        for t in [k, w] {
+        for t in [&pod_target, &peer_target, &pod_p3_target, &peer_p3_target] {
             let top = profile(t, LOADS[0], client_cpus)?;
             println!(
                 "perf, {}, c{}:\n{top}",
@@ -335,224 +403,35 @@ async fn measure(
             );
         }
     }
+    eprintln!("the rounds done at {:.0} s", since());
+    let over_h2 = h2::measure(&pod_p3_target, client_cpus)?;
+    eprintln!("HTTP/2 done at {:.0} s", since());
     clear(&pods, "http").await?;
     drop(peer);
     drop(on_demand);
+    drop(peer_p3);
 
-    // First requests of fresh pods, one at a time.
-    let fresh = watch_addresses(pods.clone(), "http-fresh");
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let (mut to_ip, mut to_ok) = (Vec::new(), Vec::new());
-    for i in 0..FRESH_PODS {
-        let name = format!("bench-http-fresh-{i}");
-        let t0 = Instant::now();
-        pods.create(&PostParams::default(), &pod(&name, &image, "http-fresh"))
-            .await?;
-        let (seen_at, ip) = address_of(&pods, &fresh, &name, 60).await?;
-        let ok_at = first_ok(SocketAddr::new(ip, 8080), 60).await?;
-        to_ip.push(seen_at.duration_since(t0).as_secs_f64() * 1000.0);
-        to_ok.push(ok_at.duration_since(t0).as_secs_f64() * 1000.0);
-        clear(&pods, "http-fresh").await?;
-        // The last one's teardown (its CNI DEL) is not part of the next one's start.
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-    to_ip.sort_by(f64::total_cmp);
-    to_ok.sort_by(f64::total_cmp);
-
-    // The same pods on a kwok node in the same run: create to the status kwok writes
-    // (Ready, with an address), the API round trips alone.
-    let kwok = e2e::kwok_node(cluster, KWOK_NODE, 10497, 10496).await?;
-    let on_kwok = watch_addresses(pods.clone(), "http-kwok");
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let mut kwok_ready = Vec::new();
-    for i in 0..FRESH_PODS {
-        let name = format!("bench-http-kwok-{i}");
-        let mut p = pod(&name, &image, "http-kwok");
-        if let Some(spec) = p.spec.as_mut() {
-            spec.node_name = Some(KWOK_NODE.to_owned());
-        }
-        let t0 = Instant::now();
-        pods.create(&PostParams::default(), &p).await?;
-        let (seen_at, _) = address_of(&pods, &on_kwok, &name, 60).await?;
-        kwok_ready.push(seen_at.duration_since(t0).as_secs_f64() * 1000.0);
-        clear(&pods, "http-kwok").await?;
-    }
-    drop(kwok);
-    let _ = cluster
-        .nodes()
-        .delete(KWOK_NODE, &DeleteParams::default())
-        .await;
-    kwok_ready.sort_by(f64::total_cmp);
-
-    report(
-        &runs,
-        &FirstRequests {
-            to_ip,
-            to_ok,
-            kwok_ready,
+    let first = first::requests(cluster, &pods, &image).await?;
+    eprintln!("first requests done at {:.0} s", since());
+    let memory = memory::measure(
+        cluster,
+        krustlet_pid,
+        &memory::Images {
+            p2_hello: image,
+            p3_hello: p3_image,
+            p3_slow: cluster.push("p3-slow.component", "bench").await?,
         },
+    )
+    .await?;
+    eprintln!("memory done at {:.0} s", since());
+    report::report(&report::Measures {
+        runs: &runs,
+        over_h2: &over_h2,
+        first: &first,
+        memory: &memory,
         cpus,
-        &targets,
-    )
-}
-
-/// Fresh pods' first requests (ms, sorted) and kwok's create-to-Ready of the same pods.
-struct FirstRequests {
-    to_ip: Vec<f64>,
-    to_ok: Vec<f64>,
-    kwok_ready: Vec<f64>,
-}
-
-/// The table row of `m`.
-fn row(m: &Measured) -> String {
-    format!(
-        "| {} | {} | {:.0} | {:.3} | {:.3} | {:.2} | {:.1} | {:.0} |",
-        m.side.label(),
-        m.run.load.connections,
-        m.run.requests_per_second,
-        m.run.p50_ms,
-        m.run.p99_ms,
-        m.run.p999_ms,
-        m.run.max_ms,
-        m.cpu_us_per_request
-    )
-}
-
-/// `a` over `b` in throughput, p50, p99 and CPU per request; its row and its JSON.
-fn ratios(a: &Measured, b: &Measured) -> (String, serde_json::Value) {
-    let (rps, p50, p99, cpu) = (
-        a.run.requests_per_second / b.run.requests_per_second,
-        a.run.p50_ms / b.run.p50_ms,
-        a.run.p99_ms / b.run.p99_ms,
-        a.cpu_us_per_request / b.cpu_us_per_request,
-    );
-    let label = format!("{} / {}", a.side.label(), b.side.label());
-    (
-        format!(
-            "| {label} | {} | {rps:.2}x | {p50:.2}x | {p99:.2}x | | | {cpu:.2}x |",
-            a.run.load.connections
-        ),
-        serde_json::json!({
-            "of": label, "throughput_ratio": rps, "p50_ratio": p50, "p99_ratio": p99,
-            "cpu_per_request_ratio": cpu
-        }),
-    )
-}
-
-/// Prints the table; the JSON to write.
-fn report(
-    runs: &[Measured],
-    first: &FirstRequests,
-    cpus: &[usize],
-    targets: &[&Target; 3],
-) -> anyhow::Result<serde_json::Value> {
-    let (to_ip, to_ok) = (&first.to_ip, &first.to_ok);
-    let pinning = if cpus.len() > 2 {
-        format!(
-            "the servers pinned to CPUs {}, the client to {}",
-            cpu_list(&cpus[..2]),
-            cpu_list(&cpus[2..])
-        )
-    } else {
-        format!(
-            "{} CPUs in all: the servers, the client (oha) and the control plane share them",
-            cpus.len()
-        )
-    };
-    let [k, w, d] = targets;
-    let sides = [
-        format!(
-            "krustlet pod at {}: one agent process (release build); the server on its guest \
-             runtime (one worker thread per CPU at its start), a fresh instance per request \
-             (the serving engine's pooling allocator, epoch preemption), an access log line per request",
-            k.addr
-        ),
-        format!(
-            "wasmtime serve -Scli at {}: its defaults (a tokio runtime of one worker per CPU, a \
-             fresh instance per request, the pooling allocator where the address space allows it)",
-            w.addr
-        ),
-        format!(
-            "wasmtime serve -Scli -O pooling-allocator=n at {}: the same with the on-demand allocator",
-            d.addr
-        ),
-    ];
-    println!("{}\n{pinning}", sides.join("\n"));
-    println!(
-        "oha, keep-alive; a {WARMUP_SECONDS} s warm-up of each, then per load three rounds \
-         (the middle one in reverse order); the median run of each counts\n"
-    );
-    println!(
-        "| server | connections | requests/s | p50 ms | p99 ms | p99.9 ms | max ms | server CPU µs per request |"
-    );
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
-    let mut compared = Vec::new();
-    for load in LOADS {
-        let medians = [
-            median_run(runs, Side::Krustlet, load)?,
-            median_run(runs, Side::Wasmtime, load)?,
-            median_run(runs, Side::WasmtimeOnDemand, load)?,
-        ];
-        for m in &medians {
-            println!("{}", row(m));
-        }
-        let (peer_row, peer) = ratios(&medians[0], &medians[1]);
-        let (on_demand_row, on_demand) = ratios(&medians[0], &medians[2]);
-        println!("{peer_row}\n{on_demand_row}");
-        compared.push(serde_json::json!({
-            "load": load, "medians": medians, "krustlet_over_wasmtime": peer,
-            "krustlet_over_wasmtime_on_demand": on_demand
-        }));
-    }
-    let main = &compared[0]["krustlet_over_wasmtime"];
-    let throughput_met = main["throughput_ratio"].as_f64().unwrap_or(0.0) >= 0.9;
-    let p99_met = main["p99_ratio"].as_f64().unwrap_or(f64::MAX) <= 1.2;
-    let said = |met: bool| if met { "met" } else { "missed" };
-    println!(
-        "\ntargets against wasmtime serve at {} connections: throughput at least 0.9x: {}; \
-         p99 within 1.2x: {}",
-        LOADS[0].connections,
-        said(throughput_met),
-        said(p99_met)
-    );
-    println!(
-        "first request of a fresh pod (create to the first 200 at its pod IP), median of {}: \
-         {:.0} ms (min {:.0}, max {:.0}); of it, create to the pod IP seen: {:.0} ms",
-        to_ok.len(),
-        median(to_ok),
-        to_ok[0],
-        to_ok[to_ok.len() - 1],
-        median(to_ip)
-    );
-    let kwok = &first.kwok_ready;
-    println!(
-        "the same pods on kwok (create to Ready), median of {}: {:.0} ms (min {:.0}, max {:.0}); \
-         krustlet's first 200 over kwok's Ready: {:.2}x",
-        kwok.len(),
-        median(kwok),
-        kwok.first().copied().unwrap_or(f64::NAN),
-        kwok.last().copied().unwrap_or(f64::NAN),
-        median(to_ok) / median(kwok)
-    );
-    let errors: u64 = runs.iter().map(|m| m.run.errors).sum();
-    if errors > 0 {
-        println!("warning: {errors} requests failed or were not answered 200 over all runs");
-    }
-    Ok(serde_json::json!({
-        "when": jiff::Timestamp::now().to_string(),
-        "cpus": cpus.len(), "pinning": pinning, "sides": sides,
-        "client": "oha 1.16.0, keep-alive, no latency correction",
-        "warmup_seconds": WARMUP_SECONDS,
-        "order": "per load: krustlet, wasmtime, on-demand, on-demand, wasmtime, krustlet, krustlet, wasmtime, on-demand; the median run of each counts",
-        "compared": compared, "runs": runs,
-        "targets": { "throughput_at_least": 0.9, "p99_at_most": 1.2, "throughput_met": throughput_met, "p99_met": p99_met },
-        "first_request": {
-            "pods": to_ok.len(), "median_ms": median(to_ok), "create_to_200_ms": to_ok,
-            "create_to_ip_ms": to_ip, "median_create_to_ip_ms": median(to_ip),
-            "kwok_create_to_ready_ms": kwok, "kwok_median_ms": median(kwok),
-            "ratio_vs_kwok": median(to_ok) / median(kwok)
-        }
-    }))
+        targets: &targets,
+    })
 }
 
 #[tokio::main]
@@ -583,6 +462,7 @@ async fn main() -> anyhow::Result<()> {
     let pods = cluster.pods();
     let _ = clear(&pods, "http").await;
     let _ = clear(&pods, "http-fresh").await;
+    let _ = clear(&pods, memory::LABEL).await;
     drop(node);
     drop(net);
     let json = measured?;

@@ -463,7 +463,6 @@ impl Engine {
             _guest: self.guest.clone(),
         })
     }
-
 }
 
 /// The WASI context of `spec` writing to `log`: argv, environment, its preopens.

@@ -1,7 +1,7 @@
 //! HTTP load for the serving benchmarks: `oha` runs of one load setting against a URL
-//! (its JSON report read back), the median run by throughput, the CPUs a client and
-//! servers may be pinned to, pods that serve on port 8080, and a probe that waits for a
-//! server's first 200.
+//! (HTTP/1.1, or HTTP/2 with prior knowledge; its JSON report read back), the median run
+//! by throughput, the CPUs a client and servers may be pinned to, pods that serve on
+//! port 8080, and a probe that waits for a server's first 200.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -13,7 +13,8 @@ use anyhow::{Context, Result, bail};
 use k8s_openapi::api::core::v1::Pod;
 
 /// One load setting: `connections` keep-alive connections on `threads` client threads for
-/// `seconds`, each sending its next request when the last answer is in.
+/// `seconds`, each sending its next request when the last answer is in (over HTTP/2,
+/// `http2_streams` such senders share each connection).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Load {
     /// oha's worker threads.
@@ -22,16 +23,29 @@ pub struct Load {
     pub connections: usize,
     /// How long the run lasts.
     pub seconds: u64,
+    /// 0: HTTP/1.1; otherwise HTTP/2 with prior knowledge (`oha --http2`) and this many
+    /// concurrent streams per connection (`oha -p`).
+    pub http2_streams: usize,
 }
 
 impl Load {
-    /// `connections` on `threads` for `seconds`.
+    /// `connections` on `threads` for `seconds`, over HTTP/1.1.
     #[must_use]
     pub const fn new(threads: usize, connections: usize, seconds: u64) -> Self {
         Self {
             threads,
             connections,
             seconds,
+            http2_streams: 0,
+        }
+    }
+
+    /// The same load over HTTP/2, `streams` concurrent streams on each connection.
+    #[must_use]
+    pub const fn over_http2(self, streams: usize) -> Self {
+        Self {
+            http2_streams: streams,
+            ..self
         }
     }
 
@@ -70,8 +84,12 @@ pub struct Run {
 impl Run {
     /// Says on stderr how the run of `label` went, as it ends.
     pub fn progress(&self, label: &str) {
+        let h2 = match self.load.http2_streams {
+            0 => String::new(),
+            n => format!(" h2 p{n}"),
+        };
         eprintln!(
-            "{label} c{}: {:.0} req/s, p50 {:.3} ms, p99 {:.3} ms, {} errors",
+            "{label} c{}{h2}: {:.0} req/s, p50 {:.3} ms, p99 {:.3} ms, {} errors",
             self.load.connections, self.requests_per_second, self.p50_ms, self.p99_ms, self.errors
         );
     }
@@ -131,8 +149,13 @@ pub fn oha(mut client: Command, url: &str, load: Load) -> Result<Run> {
         .args(["--no-tui", "--output-format", "json"])
         .args(["-c", &load.connections.to_string()])
         .args(["--worker-threads", &load.threads.to_string()])
-        .args(["-z", &format!("{}s", load.seconds)])
-        .arg(url);
+        .args(["-z", &format!("{}s", load.seconds)]);
+    if load.http2_streams > 0 {
+        client
+            .arg("--http2")
+            .args(["-p", &load.http2_streams.to_string()]);
+    }
+    client.arg(url);
     let out = client.output().context("running oha")?;
     if !out.status.success() {
         bail!("oha failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -299,6 +322,14 @@ mod tests {
         assert_eq!(got.requests_per_second, 1000.5);
         assert!((got.p99_ms - 4.0).abs() < 1e-9 && (got.max_ms - 20.0).abs() < 1e-9);
         assert!(read_report(&serde_json::json!({}), LOADS[0]).is_err());
+    }
+
+    #[test]
+    fn an_http2_load_keeps_its_streams() {
+        let h2 = Load::new(2, 1, 5).over_http2(100);
+        assert_eq!((LOADS[0].http2_streams, h2.http2_streams), (0, 100));
+        assert_eq!(h2.lasting(2).http2_streams, 100);
+        assert_ne!(h2, Load::new(2, 1, 5));
     }
 
     #[test]
