@@ -527,7 +527,12 @@ async fn pods_the_node_cannot_run_are_rejected_as_the_kubelet_rejects_them() -> 
         serde_json::json!({ "readinessProbe": { "tcpSocket": { "port": 1 }, "periodSeconds": 1 } }),
     );
     create_fresh(&pods, &http).await?;
-    let p = running("e2e-admit-http").await?;
+    // Running, never Ready: its probe cannot pass (this waited for Ready once, which a
+    // container was for a moment before its first probe; no longer).
+    let p = wait_pod(&pods, "e2e-admit-http", 120, "Running", |p| {
+        phase(p) == "Running"
+    })
+    .await?;
     assert_eq!(
         p.status.and_then(|s| s.qos_class).as_deref(),
         Some("BestEffort")
