@@ -11,7 +11,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
 use kube::api::{DeleteParams, ListParams, PostParams};
 
-use crate::{Cluster, pod_condition, until, wait_absent, wait_object, wasm_toleration};
+use crate::{Cluster, pod_condition, until, wait_absent, wait_object, wasm_pod_spec};
 
 /// Creates the namespace `<prefix>-<stamp>` of a test's own, after removing those an
 /// earlier run left (a test that died before removing its own: their pods would run on
@@ -72,14 +72,7 @@ pub fn deployment(
     annotations: serde_json::Value,
     spec: serde_json::Value,
 ) -> Result<Deployment> {
-    let mut full = serde_json::json!({
-        "nodeSelector": { "kubernetes.io/arch": "wasm32-wasi", "kubernetes.io/hostname": node },
-        "tolerations": wasm_toleration(),
-        "automountServiceAccountToken": false,
-    });
-    if let (Some(full), serde_json::Value::Object(extra)) = (full.as_object_mut(), spec) {
-        full.extend(extra);
-    }
+    let full = wasm_pod_spec(node, spec);
     Ok(serde_json::from_value(serde_json::json!({
         "metadata": { "name": name },
         "spec": {

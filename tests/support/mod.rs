@@ -43,7 +43,7 @@ pub use node::{KrustletNode, mounts_under, node_condition, proc_field, proc_stat
 pub use pods::{
     PodRow, container_status, create_fresh, delete_and_wait, ensure_absent, phase, pod_condition,
     pod_with_spec, terminated, until, wait_absent, wait_gone, wait_object, wait_pod, wait_row,
-    waiting_message, waiting_reason, wasm_pod, wasm_toleration,
+    waiting_message, waiting_reason, wasm_pod, wasm_pod_spec, wasm_toleration,
 };
 pub use port_forward::PortForward;
 pub use registry::{

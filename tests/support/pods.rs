@@ -184,6 +184,21 @@ pub async fn delete_and_wait(pods: &Api<Pod>, name: &str, secs: u64) -> Result<(
     wait_gone(pods, name, secs).await.map(|_| ())
 }
 
+/// A pod spec pinned to `node` by node selector, tolerating the wasm taints, without a
+/// service-account token, with `spec`'s fields (containers and the rest) over that.
+#[must_use]
+pub fn wasm_pod_spec(node: &str, spec: serde_json::Value) -> serde_json::Value {
+    let mut full = serde_json::json!({
+        "nodeSelector": { "kubernetes.io/arch": "wasm32-wasi", "kubernetes.io/hostname": node },
+        "tolerations": wasm_toleration(),
+        "automountServiceAccountToken": false,
+    });
+    if let (Some(full), serde_json::Value::Object(extra)) = (full.as_object_mut(), spec) {
+        full.extend(extra);
+    }
+    full
+}
+
 /// The toleration of the wasm node taints.
 #[must_use]
 pub fn wasm_toleration() -> serde_json::Value {
@@ -197,14 +212,7 @@ pub fn wasm_toleration() -> serde_json::Value {
 /// scheduler.
 #[must_use]
 pub fn pod_with_spec(name: &str, node: &str, spec: serde_json::Value) -> Pod {
-    let mut full = serde_json::json!({
-        "nodeSelector": { "kubernetes.io/arch": "wasm32-wasi", "kubernetes.io/hostname": node },
-        "tolerations": wasm_toleration(),
-        "automountServiceAccountToken": false,
-    });
-    if let (Some(full), serde_json::Value::Object(extra)) = (full.as_object_mut(), spec) {
-        full.extend(extra);
-    }
+    let full = wasm_pod_spec(node, spec);
     serde_json::from_value(serde_json::json!({
         "apiVersion": "v1",
         "kind": "Pod",

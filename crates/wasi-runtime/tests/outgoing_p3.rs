@@ -151,26 +151,13 @@ async fn without_an_allow_list_p3_requests_go_out_from_the_pods_namespace() {
 
 #[tokio::test]
 async fn an_allow_list_refuses_a_p3_request_to_a_host_it_does_not_name() {
-    let allow = AllowList::parse("http://other-host:9000").expect("allow-list");
-    let (_engine, dir, net, running, upstream) =
-        serve("p3-py-forward", "http://127.0.0.1:9000", Some(allow)).await;
-    let (status, head, body) = send(&net, "/denied").await;
-    assert_eq!(
-        (status, body.as_str()),
-        (502, "HTTP-request-denied\n"),
-        "{head}\n{}",
-        log(&dir)
-    );
-    let log = log(&dir);
-    assert_eq!(
-        log.lines().filter(|l| l.contains(REFUSAL)).count(),
-        1,
-        "{log}"
-    );
-    // The accept loop polls every 5 ms: a connection would be in by now.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(upstream.seen(), Vec::<String>::new());
-    kill(running).await;
+    refused_by_a_list_naming_another_host(
+        "p3-py-forward",
+        "http://127.0.0.1:9000",
+        "/denied",
+        "HTTP-request-denied\n",
+    )
+    .await;
 }
 
 /// The refusal above is the list's doing: the same pattern naming the upstream lets
@@ -196,13 +183,24 @@ async fn an_allow_list_naming_the_upstream_lets_a_p3_request_through() {
 /// and 0.2 requests obey one allow-list.
 #[tokio::test]
 async fn an_allow_list_refuses_a_p2_request_the_same_way() {
+    refused_by_a_list_naming_another_host(
+        "http-forward",
+        "http://127.0.0.1:9000/p2",
+        "/",
+        "outgoing request failed: HTTP-request-denied\n",
+    )
+    .await;
+}
+
+/// `name` sending to `target` under a list that names another host only: `path` is
+/// answered 502 with `answer`, the log has one refusal line, the upstream sees nothing.
+async fn refused_by_a_list_naming_another_host(name: &str, target: &str, path: &str, answer: &str) {
     let allow = AllowList::parse("http://other-host:9000").expect("allow-list");
-    let (_engine, dir, net, running, upstream) =
-        serve("http-forward", "http://127.0.0.1:9000/p2", Some(allow)).await;
-    let (status, head, body) = send(&net, "/").await;
+    let (_engine, dir, net, running, upstream) = serve(name, target, Some(allow)).await;
+    let (status, head, body) = send(&net, path).await;
     assert_eq!(
         (status, body.as_str()),
-        (502, "outgoing request failed: HTTP-request-denied\n"),
+        (502, answer),
         "{head}\n{}",
         log(&dir)
     );
@@ -212,6 +210,7 @@ async fn an_allow_list_refuses_a_p2_request_the_same_way() {
         1,
         "{log}"
     );
+    // The accept loop polls every 5 ms: a connection would be in by now.
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(upstream.seen(), Vec::<String>::new());
     kill(running).await;
