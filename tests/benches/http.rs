@@ -6,7 +6,8 @@
 //!
 //! **Throughput and latency.** The hello component served by a pod of a networked
 //! krustlet node (its pod IP, port 8080, over the node's bridge) and by `wasmtime serve
-//! -Scli` on a free loopback port, in one run, all loaded by `oha` with the same settings
+//! -Scli` in a pod-like network namespace on the same bridge ([`peer`]: same path, same
+//! hops), in one run, all loaded by `oha` with the same settings
 //! (keep-alive connections, each sending its next request when the last answer is in).
 //! A third server, `wasmtime serve -O pooling-allocator=n`, has the on-demand instance
 //! allocator krustlet's engine used, which tells that cost apart from the rest. Beside
@@ -44,6 +45,8 @@ mod first;
 mod h2;
 #[path = "http/memory.rs"]
 mod memory;
+#[path = "http/peer.rs"]
+mod peer;
 #[path = "http/report.rs"]
 mod report;
 
@@ -66,6 +69,7 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::Api;
 use kube::api::PostParams;
 use kube::runtime::{WatchStreamExt, watcher};
+use peer::PeerNet;
 
 const NODE: &str = "bench-http";
 const NODE_PORT: u16 = 10410;
@@ -237,19 +241,19 @@ fn profile(target: &Target, load: Load, client_cpus: Option<&str>) -> anyhow::Re
     Ok(text)
 }
 
+/// `wasmtime serve` of `component` on `port` of the peers' namespace.
 fn start_peer(
     bin: &Path,
     component: &Path,
+    net: &PeerNet,
+    port: u16,
     cpus: Option<&str>,
     side: Side,
 ) -> anyhow::Result<(Peer, Target)> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
     let name = format!("target/bench-http-{side:?}.log").to_lowercase();
     let log = std::fs::File::create(e2e::root().join(name))?;
-    let mut cmd = pinned(bin, cpus);
-    cmd.args(["serve", "-Scli", "--addr", &format!("127.0.0.1:{port}")])
+    let mut cmd = net.command(bin, cpus);
+    cmd.args(["serve", "-Scli", "--addr", &format!("0.0.0.0:{port}")])
         .args(["--env", "POD_NAME=peer"]);
     if side == Side::WasmtimeOnDemand {
         cmd.args(["-O", "pooling-allocator=n"]);
@@ -262,7 +266,7 @@ fn start_peer(
         .with_context(|| format!("starting {}", bin.display()))?;
     let target = Target {
         side,
-        addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        addr: SocketAddr::new(net.ip, port),
         pid: child.id(),
     };
     Ok((Peer(child), target))
@@ -309,6 +313,7 @@ async fn serving(
 async fn measure(
     cluster: &Cluster,
     node: &KrustletNode,
+    peer_net: &PeerNet,
     wasmtime: &Path,
     cpus: &[usize],
 ) -> anyhow::Result<serde_json::Value> {
@@ -332,12 +337,27 @@ async fn measure(
     }
     let server_cpus = server_cpus.as_deref();
     let hello = component(COMPONENT);
-    let (peer, peer_target) = start_peer(wasmtime, &hello, server_cpus, Side::Wasmtime)?;
-    let (on_demand, on_demand_target) =
-        start_peer(wasmtime, &hello, server_cpus, Side::WasmtimeOnDemand)?;
+    let (peer, peer_target) = start_peer(
+        wasmtime,
+        &hello,
+        peer_net,
+        8080,
+        server_cpus,
+        Side::Wasmtime,
+    )?;
+    let (on_demand, on_demand_target) = start_peer(
+        wasmtime,
+        &hello,
+        peer_net,
+        8081,
+        server_cpus,
+        Side::WasmtimeOnDemand,
+    )?;
     let (peer_p3, peer_p3_target) = start_peer(
         wasmtime,
         &component(P3_COMPONENT),
+        peer_net,
+        8082,
         server_cpus,
         Side::WasmtimeP3,
     )?;
@@ -458,7 +478,18 @@ async fn main() -> anyhow::Result<()> {
         n.spec.as_ref().and_then(|s| s.pod_cidr.as_ref()).is_some()
     })
     .await?;
-    let measured = measure(&cluster, &node, &wasmtime, &allowed_cpus()).await;
+    let pod_cidr = cluster
+        .nodes()
+        .get(NODE)
+        .await?
+        .spec
+        .and_then(|s| s.pod_cidr)
+        .context("the node has no pod CIDR")?;
+    let peer_net = PeerNet::attach(&net, &pod_cidr).await?;
+    let measured = measure(&cluster, &node, &peer_net, &wasmtime, &allowed_cpus()).await;
+    if let Err(e) = peer_net.detach().await {
+        eprintln!("detaching the peers' namespace: {e:#}");
+    }
     let pods = cluster.pods();
     let _ = clear(&pods, "http").await;
     let _ = clear(&pods, "http-fresh").await;

@@ -118,6 +118,12 @@ impl PodNet {
         ]
     }
 
+    /// Where the CNI plugins are (`--cni-bin-dir`).
+    #[must_use]
+    pub fn cni_bin(&self) -> &str {
+        &self.cni_bin
+    }
+
     /// The pinned namespace of the pod of `uid`.
     #[must_use]
     pub fn netns(&self, uid: &str) -> PathBuf {

@@ -2,6 +2,7 @@
 //! without a cluster: a fresh network namespace pinned at `NETNS` with its loopback up,
 //! the component on port 8080 inside it, until `SECONDS` have passed. Needs root.
 //! `SERVE_POOL=N` sets the node's pool of served instances (0: none, on-demand).
+//! `GUEST_THREADS=N` sets the threads that run guest code (default: one per core).
 //!
 //! ```text
 //! cargo run --release -p wasi-runtime --example serve_hello -- COMPONENT NETNS SECONDS
@@ -34,6 +35,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // SERVE_POOL=0: no pool, the on-demand allocator (for comparison).
     if let Ok(n) = std::env::var("SERVE_POOL") {
         config.serving_pool.instances = n.parse()?;
+    }
+    if let Ok(n) = std::env::var("GUEST_THREADS") {
+        config.guest_threads = n.parse()?;
     }
     let engine = Engine::new(&config)?;
     let running = engine
