@@ -69,11 +69,9 @@ async fn a_served_component_answers_each_request_from_a_fresh_instance_and_logs_
         assert!(body.contains("pod: pod-under-test"), "{body}");
         assert!(body.contains("x-probe: 1"), "request {i}: {body}");
     }
-    let log = std::fs::read_to_string(dir.path().join("web.log")).expect("log");
-    let lines: Vec<&str> = log
-        .lines()
-        .filter(|l| l.contains("\"GET /hello?x=1 HTTP/1.1\" 200"))
-        .collect();
+    let access = |l: &str| l.contains("\"GET /hello?x=1 HTTP/1.1\" 200");
+    let log = http::log_when(&dir, |log| log.lines().filter(|l| access(l)).count() >= 3).await;
+    let lines: Vec<&str> = log.lines().filter(|l| access(l)).collect();
     assert_eq!(lines.len(), 3, "{log}");
     assert!(lines[0].contains(" stdout F 127.0.0.1:"), "{log}");
     // Stopped with a grace period and nothing in flight: it ends at once, cleanly.
@@ -99,7 +97,7 @@ async fn an_instance_past_the_memory_limit_is_a_500_with_the_reason_logged() {
         .expect("served");
     let (status, body) = get(&net, "/").await;
     assert_eq!(status, 500, "{body}");
-    let log = std::fs::read_to_string(dir.path().join("web.log")).expect("log");
+    let log = http::log_when(&dir, |log| log.contains("\"GET / HTTP/1.1\" 500")).await;
     assert!(
         log.contains("stderr F request GET / HTTP/1.1 failed:") && log.contains("memory limit"),
         "{log}"

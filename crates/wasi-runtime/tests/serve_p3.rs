@@ -91,11 +91,13 @@ async fn one_instance_answers_request_after_request_and_each_is_logged() {
         // The reuse is what is under test: one instance per request would say 1.
         assert_eq!(nth(&head), i, "{head}");
     }
-    let log = std::fs::read_to_string(dir.path().join("web.log")).expect("log");
-    let lines = log
-        .lines()
-        .filter(|l| l.contains("\"GET /hello HTTP/1.1\" 200"))
-        .count();
+    let access = |log: &str| {
+        log.lines()
+            .filter(|l| l.contains("\"GET /hello HTTP/1.1\" 200"))
+            .count()
+    };
+    let log = http::log_when(&dir, |log| access(log) >= 5).await;
+    let lines = access(&log);
     assert_eq!(lines, 5, "{log}");
     kill(running).await;
 }
@@ -329,7 +331,10 @@ async fn http2_with_prior_knowledge_and_http1_are_served_on_the_same_port() {
     );
     let (status, head, body) = send(&net, "/over-h1").await;
     assert_eq!((status, body.as_str()), (200, "hello from p3\n"), "{head}");
-    let log = std::fs::read_to_string(dir.path().join("web.log")).expect("log");
+    let log = http::log_when(&dir, |log| {
+        log.contains("\"GET http://pod/over-h2 HTTP/2.0\" 200")
+    })
+    .await;
     assert!(
         log.contains("\"GET http://pod/over-h2 HTTP/2.0\" 200"),
         "{log}"

@@ -176,3 +176,51 @@ fn reopening_counts_what_the_file_already_holds() {
 fn futures_noop() -> std::task::Waker {
     std::task::Waker::noop().clone()
 }
+
+#[tokio::test(start_paused = true)]
+async fn held_access_records_are_written_soon_and_in_order() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("0.log");
+    let log = LogFile::open(&path, LogRotation::default()).expect("open");
+    let rec = |s: &str, text: &str| (s.to_owned(), "F".to_owned(), text.to_owned());
+    log.record_soon(Stream::Stdout, b"first");
+    assert_eq!(records(&path), vec![], "held");
+    // Another record writes what is held first, in one write with it.
+    log.record(Stream::Stderr, false, b"second");
+    assert_eq!(
+        records(&path),
+        vec![rec("stdout", "first"), rec("stderr", "second")]
+    );
+    // Alone, it is written once its time is up.
+    log.record_soon(Stream::Stdout, b"third");
+    tokio::time::sleep(HOLD * 2).await;
+    assert_eq!(records(&path).last(), Some(&rec("stdout", "third")));
+    // A file closed meanwhile writes it as it goes.
+    log.record_soon(Stream::Stdout, b"fourth");
+    drop(log);
+    assert_eq!(records(&path).last(), Some(&rec("stdout", "fourth")));
+    assert_eq!(records(&path).len(), 4);
+}
+
+#[test]
+fn held_records_past_the_hold_size_are_written_at_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("0.log");
+    let log = LogFile::open(&path, LogRotation::default()).expect("open");
+    // No runtime: written at once.
+    log.record_soon(Stream::Stdout, b"no runtime");
+    assert_eq!(records(&path).len(), 1);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let line = [b'x'; 1000];
+        for _ in 0..(HOLD_BYTES / 1000 + 1) {
+            log.record_soon(Stream::Stdout, &line);
+        }
+    });
+    // Written when the held bytes passed the size, the last one still held.
+    let n = records(&path).len();
+    assert!(n > HOLD_BYTES / 1050, "{n} records written");
+}

@@ -11,7 +11,7 @@
 //! request that finds no instance within [`QUEUE_WAIT`] is answered 503, one that passes
 //! its time limit 504 (only its own instance is cut). Request bodies stream into the
 //! guest and response bodies out of it. Each request leaves an access log line in the
-//! container's log.
+//! container's log, written within [`crate::logs::HOLD`] of the answer.
 //!
 //! Stopping: [`crate::Killer::stop`] closes the listener and lets in-flight requests
 //! finish within the grace period; [`crate::Killer::kill`] (or the end of the grace)
@@ -363,9 +363,8 @@ impl Server {
                 error_response(504, "the request took longer than its time limit\n")
             }
         };
-        self.log.record(
+        self.log.record_soon(
             Stream::Stdout,
-            false,
             format!(
                 "{peer} \"{line}\" {} {}us",
                 response.status().as_u16(),

@@ -82,3 +82,17 @@ fn dechunk(mut body: &str) -> String {
     }
     data
 }
+
+/// The container log `web.log` in `dir` once `ready` holds of it, up to 10 s: access
+/// log records are written within a few milliseconds of the answer, not before it.
+pub async fn log_when(dir: &tempfile::TempDir, ready: impl Fn(&str) -> bool) -> String {
+    let path = dir.path().join("web.log");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let log = std::fs::read_to_string(&path).unwrap_or_default();
+        if ready(&log) || std::time::Instant::now() > deadline {
+            return log;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
