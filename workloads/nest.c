@@ -72,6 +72,8 @@ int main(int argc, char **argv) {
         }
     }
     printf("nested %ld\n", reached);
+    // Said before the write: a size limit may end the module during it.
+    fflush(stdout);
     if (bytes > 0) {
         write_bottom(fd, bytes);
     }

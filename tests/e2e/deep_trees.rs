@@ -20,13 +20,19 @@ const FLAGS: &[&str] = &["--sync-frequency", "1s"];
 /// Levels the deep pod nests (the agent aborted on 30 000 before the fix).
 const DEPTH: u32 = 30_000;
 
-/// A pod running `nest /scratch ARGS...` with an `emptyDir` at `/scratch`.
-fn nest_pod(name: &str, image: &str, args: &[&str], empty_dir: serde_json::Value) -> Pod {
+/// A pod on `node` running `nest /scratch ARGS...` with an `emptyDir` at `/scratch`.
+fn nest_pod(
+    node: &str,
+    name: &str,
+    image: &str,
+    args: &[&str],
+    empty_dir: serde_json::Value,
+) -> Pod {
     let mut all = vec!["/scratch"];
     all.extend_from_slice(args);
     pod_with_spec(
         name,
-        NODE,
+        node,
         serde_json::json!({
             "restartPolicy": "Never",
             "terminationGracePeriodSeconds": 1,
@@ -43,7 +49,12 @@ fn nest_pod(name: &str, image: &str, args: &[&str], empty_dir: serde_json::Value
 async fn log_line(pods: &Api<Pod>, name: &str, line: &str, secs: u64) -> Result<()> {
     until(secs, &format!("{name} logging {line:?}"), || async {
         let log = pods.logs(name, &LogParams::default()).await?;
-        Ok(log.lines().any(|l| l == line).then_some(()))
+        if log.lines().any(|l| l == line) {
+            return Ok(Some(()));
+        }
+        // Said as the last error: a read without the line says more than an earlier 404.
+        let tail: Vec<&str> = log.lines().rev().take(3).collect();
+        anyhow::bail!("not in the log yet, which ends {tail:?}")
     })
     .await
 }
@@ -114,7 +125,7 @@ async fn a_pod_nesting_30000_directories_cannot_crash_the_agent() -> Result<()> 
 
     create_fresh(
         &pods,
-        &nest_pod("deep-nest", &image, &[&depth], serde_json::json!({})),
+        &nest_pod(NODE, "deep-nest", &image, &[&depth], serde_json::json!({})),
     )
     .await?;
     log_line(&pods, "deep-nest", &reached, 600).await?;
@@ -129,7 +140,13 @@ async fn a_pod_nesting_30000_directories_cannot_crash_the_agent() -> Result<()> 
     // Deleted while the agent is down: its start-up clean-up removes the tree.
     create_fresh(
         &pods,
-        &nest_pod("deep-orphan", &image, &[&depth], serde_json::json!({})),
+        &nest_pod(
+            NODE,
+            "deep-orphan",
+            &image,
+            &[&depth],
+            serde_json::json!({}),
+        ),
     )
     .await?;
     log_line(&pods, "deep-orphan", &reached, 600).await?;
@@ -151,20 +168,27 @@ async fn a_pod_nesting_30000_directories_cannot_crash_the_agent() -> Result<()> 
 
 /// A file written 1 100 levels down counts toward the `emptyDir`'s `sizeLimit`: the pod
 /// is evicted as the kubelet evicts it. Before the fix the walk stopped at 1 024 levels
-/// and the pod kept its 4 MiB under a 1 MiB limit.
+/// and the pod kept its 4 MiB under a 1 MiB limit. The module says `nested 1100` before
+/// it writes; the eviction (usage checked every second) may end it in the middle of the
+/// write, before it says it wrote, so the eviction's message is what shows the file
+/// counted (nothing else is in the volume).
 #[tokio::test]
 async fn a_file_below_depth_1024_counts_toward_size_limit() -> Result<()> {
-    let (cluster, mut node) = setup("e2e-deep-limit", 10562, FLAGS).await?;
+    // Its own node: the pod used to name the other test's node, and so ran only
+    // while that test's node was up, and failed when it went first.
+    const LIMIT_NODE: &str = "e2e-deep-limit";
+    let (cluster, mut node) = setup(LIMIT_NODE, 10562, FLAGS).await?;
     let pods = cluster.pods();
     let image = cluster.push("nest", "v1").await?;
     let pod = nest_pod(
+        LIMIT_NODE,
         "deep-limit",
         &image,
         &["1100", "4194304"],
         serde_json::json!({ "sizeLimit": "1Mi" }),
     );
     create_fresh(&pods, &pod).await?;
-    log_line(&pods, "deep-limit", "wrote 4194304 bytes, ok", 120).await?;
+    log_line(&pods, "deep-limit", "nested 1100", 120).await?;
     let p = wait_pod(&pods, "deep-limit", 120, "Evicted", |p| {
         phase(p) == "Failed"
     })
