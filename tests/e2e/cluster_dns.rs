@@ -222,13 +222,7 @@ async fn kube_dns_answers_cluster_names_at_its_cluster_ip_and_coredns_address() 
 
     // A Service of the test's own, in a fresh namespace, deleted whatever the outcome.
     let namespaces: Api<Namespace> = Api::all(cluster.client.clone());
-    let stamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_millis()
-        % 1_000_000_000;
-    let ns = format!("e2e-dns-{stamp}");
-    let obj: Namespace = serde_json::from_value(serde_json::json!({ "metadata": { "name": ns } }))?;
-    namespaces.create(&PostParams::default(), &obj).await?;
+    let ns = e2e::fresh_namespace(&cluster, "e2e-dns").await?;
     let servers = [
         (
             SocketAddr::from((cluster_dns, 53)),

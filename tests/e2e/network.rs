@@ -177,15 +177,13 @@ async fn a_wasi_http_pod_serves_at_its_own_address_and_gives_it_back_when_delete
     assert!(body.contains("web-a"), "{body}");
     // Each request an access log line in the container's log (written within a few
     // milliseconds of the answer).
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let logs = loop {
+    let logs = e2e::until(30, "the access log line", || async {
         let logs = cluster.kubectl(&["logs", "web-a"]).await?;
-        if logs.contains("\"GET /hello?x=1 HTTP/1.1\" 200") || std::time::Instant::now() > deadline
-        {
-            break logs;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    };
+        Ok(logs
+            .contains("\"GET /hello?x=1 HTTP/1.1\" 200")
+            .then_some(logs))
+    })
+    .await?;
     assert!(logs.contains("\"GET /hello?x=1 HTTP/1.1\" 200"), "{logs}");
 
     // There is no process to exec into: kubectl says so.

@@ -31,13 +31,7 @@ async fn a_wasi_0_3_command_runs_as_a_pod_and_ends_as_the_kubelet_says() -> anyh
             matches!(phase(p), "Succeeded" | "Failed")
         })
         .await?;
-        assert_eq!(phase(&pod), want_phase, "{name}");
-        let ended = terminated(&pod, "main").with_context(|| format!("{name} not terminated"))?;
-        assert_eq!(
-            (ended.exit_code, ended.reason.as_deref()),
-            (code, Some(reason)),
-            "{name}"
-        );
+        ended_as(&pod, name, want_phase, code, reason)?;
     }
     for name in ["p3-ok", "p3-err"] {
         delete_and_wait(&pods, name, 60).await?;
@@ -47,6 +41,25 @@ async fn a_wasi_0_3_command_runs_as_a_pod_and_ends_as_the_kubelet_says() -> anyh
 }
 
 /// A pod of the Python command with `args`, its `POD_NAME` from the downward API.
+/// Asserts that pod `name` ended in `want_phase`, its container `main` with `code` and
+/// `reason`.
+fn ended_as(
+    pod: &k8s_openapi::api::core::v1::Pod,
+    name: &str,
+    want_phase: &str,
+    code: i32,
+    reason: &str,
+) -> anyhow::Result<()> {
+    assert_eq!(phase(pod), want_phase, "{name}");
+    let ended = terminated(pod, "main").with_context(|| format!("{name} not terminated"))?;
+    assert_eq!(
+        (ended.exit_code, ended.reason.as_deref()),
+        (code, Some(reason)),
+        "{name}"
+    );
+    Ok(())
+}
+
 fn py_command_pod(name: &str, image: &str, args: &[&str]) -> k8s_openapi::api::core::v1::Pod {
     pod_with_spec(
         name,
@@ -100,13 +113,7 @@ async fn a_python_wasi_0_3_command_pushed_as_wkg_pushes_it_logs_and_ends_as_the_
         ("p3-py-ok", "Succeeded", 0, "Completed", "a b"),
         ("p3-py-err", "Failed", 1, "Error", "fail"),
     ]) {
-        assert_eq!(phase(&pod), want_phase, "{name}");
-        let ended = terminated(&pod, "main").with_context(|| format!("{name} not terminated"))?;
-        assert_eq!(
-            (ended.exit_code, ended.reason.as_deref()),
-            (code, Some(reason)),
-            "{name}"
-        );
+        ended_as(&pod, name, want_phase, code, reason)?;
         // The image the wasm package tools' manifest names, by its digest.
         let image_id = container_status(&pod, "main")
             .map(|c| c.image_id)
