@@ -10,6 +10,11 @@
 //! custom section, so a real download and compile); the same for kwok, which only writes
 //! the status. Prints a table and writes JSON, CSV and an SVG plot under `bench-results/`.
 //!
+//! With `PODS_NETWORK=1` it instead compares networked pods (cached image, Ready, one
+//! at a time and 100 at once) on two nodes with bridge networks of their own, one
+//! attaching pods in-process and one exec'ing the CNI plugins, beside kwok; written to
+//! `bench-results/pods-network.{json,csv,svg}`.
+//!
 //! With the argument `density` (`hack/bench density`) it instead keeps N idle pods (a
 //! module blocked in `sleep`) on the krustlet node for N = 100, 500, 1000 (and the sizes in
 //! `DENSITY_SIZES`, e.g. `100,500,1000,2000`): time until all are Ready, krustlet's
@@ -35,6 +40,8 @@ use kube::api::PostParams;
 const PODS: usize = 100;
 const KRUSTLET_NODE: &str = "bench-krustlet";
 const KWOK_NODE: &str = "bench-kwok";
+/// The networked node that execs the CNI plugins (`PODS_NETWORK=1`).
+const EXEC_NODE: &str = "bench-krustlet-exec";
 
 /// A scenario's label, its latencies (ms, sorted) and its peer's (kwok's) latencies.
 type Row = (String, Vec<f64>, Option<Vec<f64>>);
@@ -266,6 +273,9 @@ async fn main() -> anyhow::Result<()> {
         drop(net);
         return result;
     }
+    if std::env::var("PODS_NETWORK").as_deref() == Ok("1") {
+        return networked(&cluster).await;
+    }
     let node: KrustletNode = cluster
         .ready_node(KRUSTLET_NODE, 10401, &["--max-pods", "1000"])
         .await?;
@@ -347,12 +357,61 @@ async fn main() -> anyhow::Result<()> {
         ));
     }
     drop(kwok);
+    report(&rows, "pods")
+}
 
+/// `PODS_NETWORK=1`: networked pods (cached image, Ready) on two krustlet nodes with a
+/// bridge network each, one attaching pods in-process and one exec'ing the CNI plugins
+/// (`--cni-in-process=false`), beside kwok; written to `bench-results/pods-network.*`.
+async fn networked(cluster: &Cluster) -> anyhow::Result<()> {
+    let fast_net = e2e::PodNet::for_node_in(KRUSTLET_NODE, "10.244.240.0/21")?;
+    let exec_net = e2e::PodNet::for_node_in(EXEC_NODE, "10.244.248.0/21")?;
+    let mut flags = fast_net.flags();
+    flags.extend(["--max-pods".to_owned(), "1000".to_owned()]);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let fast = cluster.ready_node(KRUSTLET_NODE, 10401, &flags).await?;
+    let mut flags = exec_net.flags();
+    flags.extend(["--max-pods", "1000", "--cni-in-process=false"].map(str::to_owned));
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let exec = cluster.ready_node(EXEC_NODE, 10402, &flags).await?;
+    let kwok = e2e::kwok_node(cluster, KWOK_NODE, 10499, 10498).await?;
+    let pods = cluster.pods();
+    let looping = cluster.push("loop", "bench").await?;
+    let image = std::slice::from_ref(&looping);
+    // Warm both nodes' caches, and let the plugins make each bridge (their first ADD).
+    for node in [&fast.name, &exec.name] {
+        scenario(&pods, node, image, false, false).await?;
+    }
+    let mut rows: Vec<Row> = Vec::new();
+    for (label, burst) in [("one at a time", false), ("100 at once", true)] {
+        let kwok_ms = scenario(&pods, KWOK_NODE, image, burst, false).await?;
+        let in_process = scenario(&pods, &fast.name, image, burst, false).await?;
+        let plugins = scenario(&pods, &exec.name, image, burst, false).await?;
+        rows.push((format!("kwok, Ready, {label}"), kwok_ms.clone(), None));
+        rows.push((
+            format!("krustlet networked, in-process, Ready, {label}"),
+            in_process,
+            Some(kwok_ms.clone()),
+        ));
+        rows.push((
+            format!("krustlet networked, CNI plugins, Ready, {label}"),
+            plugins,
+            Some(kwok_ms),
+        ));
+    }
+    drop(kwok);
+    drop((fast, exec));
+    drop((fast_net, exec_net));
+    report(&rows, "pods-network")
+}
+
+/// Prints the table of `rows` and writes `bench-results/<name>.{json,csv,svg}`.
+fn report(rows: &[Row], name: &str) -> anyhow::Result<()> {
     println!("| scenario | p50 ms | p90 ms | p99 ms | p50 / kwok p50 |");
     println!("| --- | --- | --- | --- | --- |");
     let mut json = Vec::new();
     let mut csv = String::from("scenario,p50_ms,p90_ms,p99_ms,ratio_p50_vs_kwok\n");
-    for (label, ms, peer) in &rows {
+    for (label, ms, peer) in rows {
         let (p50, p90, p99) = (
             percentile(ms, 0.5),
             percentile(ms, 0.9),
@@ -369,10 +428,13 @@ async fn main() -> anyhow::Result<()> {
     }
     let dir = e2e::root().join("bench-results");
     std::fs::create_dir_all(&dir)?;
-    std::fs::write(dir.join("pods.json"), serde_json::to_string_pretty(&json)?)?;
-    std::fs::write(dir.join("pods.csv"), csv)?;
-    std::fs::write(dir.join("pods.svg"), svg(&rows))?;
-    println!("written: bench-results/pods.json, pods.csv, pods.svg");
+    std::fs::write(
+        dir.join(format!("{name}.json")),
+        serde_json::to_string_pretty(&json)?,
+    )?;
+    std::fs::write(dir.join(format!("{name}.csv")), csv)?;
+    std::fs::write(dir.join(format!("{name}.svg")), svg(rows))?;
+    println!("written: bench-results/{name}.json, {name}.csv, {name}.svg");
     Ok(())
 }
 

@@ -8,6 +8,7 @@ mod auth;
 mod autoscale;
 mod certificates;
 mod cluster_dns;
+mod cni_paths;
 mod cross_node;
 mod deep_trees;
 mod faults;

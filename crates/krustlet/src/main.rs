@@ -287,6 +287,12 @@ pub(crate) struct NodeArgs {
     /// Where CNI results are cached (default: `<data-dir>/cni`).
     #[arg(long, env = "KRUSTLET_CNI_CACHE_DIR")]
     cni_cache_dir: Option<PathBuf>,
+    /// Attach pods to the standard bridge network (`bridge` with `host-local`, then
+    /// `portmap`) in-process over netlink, with the plugins' result and lease files,
+    /// instead of exec'ing the plugins; other networks, and pods with host ports, always
+    /// exec them. false: always exec.
+    #[arg(long, env = "KRUSTLET_CNI_IN_PROCESS", default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    cni_in_process: bool,
     /// Where pods' network namespaces are pinned, as `krustlet-<pod UID>`.
     #[arg(long, env = "KRUSTLET_NETNS_DIR", default_value = "/run/netns")]
     netns_dir: PathBuf,
@@ -464,6 +470,7 @@ async fn run_node(args: NodeArgs) -> anyhow::Result<()> {
                     .clone()
                     .unwrap_or_else(|| args.data_dir.join("cni")),
                 timeout: std::time::Duration::from_secs(60),
+                in_process: args.cni_in_process,
             },
             args.netns_dir.clone(),
         )

@@ -243,7 +243,7 @@ fn enter_namespace(enter: &Enter) -> io::Result<()> {
 
 /// Opens a pinned namespace, refusing anything that is not one (a symlink planted in
 /// its place, a plain file).
-fn open_pinned(path: &Path) -> io::Result<OwnedFd> {
+pub(crate) fn open_pinned(path: &Path) -> io::Result<OwnedFd> {
     let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     let fd = rustix::fs::open(path, flags, Mode::empty())?;
     let magic = rustix::fs::fstatfs(&fd)?.f_type;

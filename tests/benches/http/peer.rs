@@ -41,6 +41,8 @@ impl PeerNet {
             bin_dirs: vec![net.cni_bin().into()],
             cache_dir: net.dir.join("peer-cni"),
             timeout: Duration::from_secs(30),
+            // A container runtime execs the plugins.
+            in_process: false,
         };
         let attachment = Attachment {
             container_id: PEER_ID.to_owned(),

@@ -13,6 +13,7 @@
 
 pub mod config;
 mod exec;
+pub mod inproc;
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -137,6 +138,8 @@ pub struct Attached {
     pub ips: Vec<IpAddr>,
     /// The whole result, as cached.
     pub result: Value,
+    /// Whether the agent attached it itself ([`inproc`]) rather than the plugins.
+    pub in_process: bool,
 }
 
 impl Attached {
@@ -151,7 +154,11 @@ impl Attached {
                     .collect()
             })
             .unwrap_or_default();
-        Ok(Self { ips, result })
+        Ok(Self {
+            ips,
+            result,
+            in_process: false,
+        })
     }
 }
 
@@ -166,6 +173,9 @@ pub struct Cni {
     pub cache_dir: PathBuf,
     /// Longest one plugin call may take before it is killed.
     pub timeout: Duration,
+    /// Whether the standard bridge network is attached in-process ([`inproc`]) rather
+    /// than by exec'ing its plugins.
+    pub in_process: bool,
 }
 
 /// What the cache keeps of one attachment.
@@ -201,6 +211,18 @@ impl Cni {
     pub async fn add(&self, att: &Attachment, settings: &RuntimeSettings) -> Result<Attached> {
         check_id(&att.container_id)?;
         let list = self.network()?;
+        if let Some(plan) = self.plan(&list, settings)
+            && let Some(result) = inproc::add(&plan, att).await?
+        {
+            let entry = cached(&list, att, settings, &result);
+            if let Err(e) = self.write_cache(&list.name, &att.container_id, &entry) {
+                let _ = inproc::del(&plan, att).await;
+                return Err(e);
+            }
+            let mut attached = Attached::from_result(result)?;
+            attached.in_process = true;
+            return Ok(attached);
+        }
         self.loopback(att, "ADD").await?;
         let mut prev: Option<Value> = None;
         for plugin in &list.plugins {
@@ -215,15 +237,19 @@ impl Cni {
             }
         }
         let result = prev.unwrap_or_else(|| json!({ "cniVersion": list.cni_version }));
-        let cached = Cached {
-            network: network_json(&list),
-            result: result.clone(),
-            netns: att.netns.clone(),
-            args: att.args.clone(),
-            settings: settings.clone(),
-        };
-        self.write_cache(&list.name, &att.container_id, &cached)?;
+        self.write_cache(
+            &list.name,
+            &att.container_id,
+            &cached(&list, att, settings, &result),
+        )?;
         Attached::from_result(result)
+    }
+
+    /// The in-process plan for `list` and `settings`, when that path is on and applies.
+    fn plan(&self, list: &NetworkList, settings: &RuntimeSettings) -> Option<inproc::Plan> {
+        self.in_process
+            .then(|| inproc::Plan::of(list, settings))
+            .flatten()
     }
 
     /// What the last ADD of `container_id` gave, from the cache (an agent restart).
@@ -276,8 +302,13 @@ impl Cni {
             .as_ref()
             .map(|c| c.settings.clone())
             .unwrap_or_default();
-        self.del_list(att, &list, &settings, cached.as_ref().map(|c| &c.result))
-            .await?;
+        match self.plan(&list, &settings) {
+            Some(plan) => inproc::del(&plan, att).await?,
+            None => {
+                self.del_list(att, &list, &settings, cached.as_ref().map(|c| &c.result))
+                    .await?;
+            }
+        }
         match std::fs::remove_file(self.cache_path(&list.name, &att.container_id)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::Cache(e.to_string())),
             _ => Ok(()),
@@ -368,6 +399,22 @@ impl Cni {
         let tmp = path.with_extension("tmp");
         std::fs::write(&tmp, bytes).map_err(err)?;
         std::fs::rename(&tmp, &path).map_err(err)
+    }
+}
+
+/// What the cache keeps of the attachment of `att` that gave `result`.
+fn cached(
+    list: &NetworkList,
+    att: &Attachment,
+    settings: &RuntimeSettings,
+    result: &Value,
+) -> Cached {
+    Cached {
+        network: network_json(list),
+        result: result.clone(),
+        netns: att.netns.clone(),
+        args: att.args.clone(),
+        settings: settings.clone(),
     }
 }
 

@@ -37,6 +37,7 @@ fn setup(conflist: &str) -> Setup {
         bin_dirs: vec![bin],
         cache_dir: dir.path().join("cache"),
         timeout: Duration::from_secs(20),
+        in_process: true,
     };
     Setup { dir, cni }
 }
