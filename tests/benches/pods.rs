@@ -12,7 +12,8 @@
 //!
 //! With `PODS_NETWORK=1` it instead compares networked pods (cached image, Ready, one
 //! at a time and 100 at once) on two nodes with bridge networks of their own, one
-//! attaching pods in-process and one exec'ing the CNI plugins, beside kwok; written to
+//! attaching pods in-process and one exec'ing the CNI plugins, beside a node without a
+//! network and kwok; written to
 //! `bench-results/pods-network.{json,csv,svg}`.
 //!
 //! With the argument `density` (`hack/bench density`) it instead keeps N idle pods (a
@@ -42,6 +43,8 @@ const KRUSTLET_NODE: &str = "bench-krustlet";
 const KWOK_NODE: &str = "bench-kwok";
 /// The networked node that execs the CNI plugins (`PODS_NETWORK=1`).
 const EXEC_NODE: &str = "bench-krustlet-exec";
+/// The node without a network beside them (`PODS_NETWORK=1`).
+const BARE_NODE: &str = "bench-krustlet-bare";
 
 /// A scenario's label, its latencies (ms, sorted) and its peer's (kwok's) latencies.
 type Row = (String, Vec<f64>, Option<Vec<f64>>);
@@ -374,12 +377,15 @@ async fn networked(cluster: &Cluster) -> anyhow::Result<()> {
     flags.extend(["--max-pods", "1000", "--cni-in-process=false"].map(str::to_owned));
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let exec = cluster.ready_node(EXEC_NODE, 10402, &flags).await?;
+    let bare = cluster
+        .ready_node(BARE_NODE, 10403, &["--max-pods", "1000"])
+        .await?;
     let kwok = e2e::kwok_node(cluster, KWOK_NODE, 10499, 10498).await?;
     let pods = cluster.pods();
     let looping = cluster.push("loop", "bench").await?;
     let image = std::slice::from_ref(&looping);
     // Warm both nodes' caches, and let the plugins make each bridge (their first ADD).
-    for node in [&fast.name, &exec.name] {
+    for node in [&fast.name, &exec.name, &bare.name] {
         scenario(&pods, node, image, false, false).await?;
     }
     let mut rows: Vec<Row> = Vec::new();
@@ -387,7 +393,13 @@ async fn networked(cluster: &Cluster) -> anyhow::Result<()> {
         let kwok_ms = scenario(&pods, KWOK_NODE, image, burst, false).await?;
         let in_process = scenario(&pods, &fast.name, image, burst, false).await?;
         let plugins = scenario(&pods, &exec.name, image, burst, false).await?;
+        let no_network = scenario(&pods, &bare.name, image, burst, false).await?;
         rows.push((format!("kwok, Ready, {label}"), kwok_ms.clone(), None));
+        rows.push((
+            format!("krustlet without a network, Ready, {label}"),
+            no_network,
+            Some(kwok_ms.clone()),
+        ));
         rows.push((
             format!("krustlet networked, in-process, Ready, {label}"),
             in_process,
@@ -400,7 +412,27 @@ async fn networked(cluster: &Cluster) -> anyhow::Result<()> {
         ));
     }
     drop(kwok);
-    drop((fast, exec));
+    // Where a networked pod's time goes: the sandbox (namespace and attachment), on
+    // average over every pod each node started.
+    for node in [&fast, &exec, &bare] {
+        let m = node.metrics().await?;
+        let series = |suffix: &str| {
+            m.iter()
+                .find(|(k, _)| {
+                    k.starts_with(&format!(
+                        "kubelet_runtime_operations_duration_seconds_{suffix}"
+                    )) && k.contains("operation_type=\"run_podsandbox\"")
+                })
+                .map_or(0.0, |(_, v)| *v)
+        };
+        let (sum, count) = (series("sum"), series("count"));
+        println!(
+            "{}: run_podsandbox {:.2} ms on average over {count} pods",
+            node.name,
+            1000.0 * sum / count.max(1.0)
+        );
+    }
+    drop((fast, exec, bare));
     drop((fast_net, exec_net));
     report(&rows, "pods-network")
 }

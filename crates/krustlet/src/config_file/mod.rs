@@ -135,6 +135,7 @@ file_config! {
     cni_conf_dir: PathBuf,
     cni_bin_dir: Vec<PathBuf>,
     cni_cache_dir: PathBuf,
+    cni_in_process: bool,
     netns_dir: PathBuf,
     max_image_size_bytes: u64,
     container_max_open_files: usize,

@@ -159,6 +159,7 @@ pub(super) const EXTENSIONS: &[&str] = &[
     "cniConfDir",
     "cniBinDir",
     "cniCacheDir",
+    "cniInProcess",
     "netnsDir",
     "maxImageSizeBytes",
     "containerMaxOpenFiles",

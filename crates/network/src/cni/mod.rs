@@ -366,6 +366,17 @@ impl Cni {
     }
 
     fn cached_list(&self, container_id: &str) -> Result<Option<(NetworkList, Cached)>> {
+        // Under the current network's name, usually: one file, not the whole directory
+        // (a node with a thousand pods would read a thousand files per pod).
+        if let Ok(current) = self.network() {
+            let path = self.cache_path(&current.name, container_id);
+            if let Ok(bytes) = std::fs::read(&path) {
+                let (list, cached) = parse_cached(&bytes, &path)?;
+                if list.name == current.name {
+                    return Ok(Some((list, cached)));
+                }
+            }
+        }
         let dir = self.cache_dir.join("results");
         let Ok(entries) = std::fs::read_dir(&dir) else {
             return Ok(None);
@@ -378,11 +389,7 @@ impl Cni {
                 continue;
             }
             let bytes = std::fs::read(entry.path()).map_err(|e| Error::Cache(e.to_string()))?;
-            let cached: Cached = serde_json::from_slice(&bytes)
-                .map_err(|e| Error::Cache(format!("{}: {e}", entry.path().display())))?;
-            let raw =
-                serde_json::to_vec(&cached.network).map_err(|e| Error::Cache(e.to_string()))?;
-            let list = NetworkList::parse(&raw, &entry.path())?;
+            let (list, cached) = parse_cached(&bytes, &entry.path())?;
             if name == format!("{}{suffix}", list.name) {
                 return Ok(Some((list, cached)));
             }
@@ -416,6 +423,15 @@ fn cached(
         args: att.args.clone(),
         settings: settings.clone(),
     }
+}
+
+/// A cache entry and the list it holds.
+fn parse_cached(bytes: &[u8], path: &Path) -> Result<(NetworkList, Cached)> {
+    let cached: Cached = serde_json::from_slice(bytes)
+        .map_err(|e| Error::Cache(format!("{}: {e}", path.display())))?;
+    let raw = serde_json::to_vec(&cached.network).map_err(|e| Error::Cache(e.to_string()))?;
+    let list = NetworkList::parse(&raw, path)?;
+    Ok((list, cached))
 }
 
 fn check_id(id: &str) -> Result<()> {
