@@ -1,8 +1,8 @@
 //! The in-process bridge network (`network::cni::inproc`) against the real bridge,
 //! host-local and loopback plugins, on one bridge of the test's own: the first ADD
 //! execs the plugins (they make the bridge); then one pod attached each way, and both
-//! compared: the CNI result, the pod's links, addresses, routes and `arp_notify`, the
-//! bridge port. Both pods reach each other; each is detached by the other path (a node
+//! compared: the CNI result, the pod's links, IPv4 addresses, routes and `arp_notify`,
+//! the bridge port; the in-process veth has no IPv6 link-local address on either end. Both pods reach each other; each is detached by the other path (a node
 //! whose setting changed across a restart), and nothing is left; a pod with host ports
 //! still gets the plugins. No cluster node is involved, only the CNI configuration and
 //! plugins `hack/cluster` installs. Traffic: one connection each way between the two
@@ -259,6 +259,26 @@ async fn in_process_attachment_matches_the_plugins_and_both_undo_each_other() ->
         host_side(&a.result)?,
         host_side(&b.result)?,
         "the bridge ports"
+    );
+    // The one difference: no IPv6 link-local address on either end of the in-process
+    // veth (on an IPv4 network they only make multicast flooded to every port).
+    let veth_b = b.result["interfaces"][1]["name"].as_str().context("veth")?;
+    for (ns, dev) in [(Some(net.netns("in-process")), "eth0"), (None, veth_b)] {
+        let v6 = ip_json(ns.as_deref(), &["-6", "addr", "show", "dev", dev])?;
+        ensure!(
+            v6.as_array().is_some_and(|a| a
+                .iter()
+                .all(|l| l["addr_info"].as_array().is_none_or(|i| i.is_empty()))),
+            "{dev} has IPv6 addresses: {v6}"
+        );
+    }
+    let v6_a = ip_json(
+        Some(&net.netns("by-plugins")),
+        &["-6", "addr", "show", "dev", "eth0"],
+    )?;
+    ensure!(
+        v6_a.to_string().contains("fe80"),
+        "the plugins' eth0 has no link-local: {v6_a}"
     );
     // The cached result is what an agent restart reads.
     let cached = fast.cached("in-process")?.context("no cached result")?;

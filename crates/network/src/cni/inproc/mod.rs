@@ -27,7 +27,7 @@ use std::path::PathBuf;
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::link::{
     InfoBridgePort, InfoData, InfoKind, InfoPortData, InfoPortKind, InfoVeth, LinkAttribute,
-    LinkFlags, LinkInfo, LinkMessage,
+    LinkInfo, LinkMessage,
 };
 use serde_json::{Value, json};
 
@@ -274,6 +274,8 @@ fn wire(
         .link(&veth)?
         .ok_or_else(|| io::Error::other(format!("{veth} vanished")))?;
     let configured = (|| {
+        host.no_link_local(link.index)?;
+        host.set_up(link.index)?;
         if plan.hairpin {
             set_hairpin(host, link.index)?;
         }
@@ -290,7 +292,7 @@ fn wire(
     }
 }
 
-/// `veth<random>` on the bridge, up, with its peer `eth0` made in the pod's namespace.
+/// `veth<random>` on the bridge (down), with its peer `eth0` made in the pod's namespace.
 fn create_veth(host: &mut Rtnl, plan: &Plan, bridge: u32, ns: &OwnedFd) -> io::Result<String> {
     let mut tries = 0;
     loop {
@@ -303,8 +305,6 @@ fn create_veth(host: &mut Rtnl, plan: &Plan, bridge: u32, ns: &OwnedFd) -> io::R
         peer.attributes
             .push(LinkAttribute::NetNsFd(ns.as_fd().as_raw_fd()));
         let mut m = LinkMessage::default();
-        m.header.flags = LinkFlags::Up;
-        m.header.change_mask = LinkFlags::Up;
         m.attributes.push(LinkAttribute::IfName(name.clone()));
         m.attributes.push(LinkAttribute::Controller(bridge));
         if let Some(mtu) = plan.mtu {
@@ -350,6 +350,7 @@ fn configure_pod(pod: &mut Rtnl, plan: &Plan, ip: Ipv4Addr) -> io::Result<Option
         format!("/proc/sys/net/ipv4/conf/{POD_INTERFACE}/arp_notify"),
         "1",
     )?;
+    pod.no_link_local(eth0.index)?;
     pod.set_up(eth0.index)?;
     pod.add_ipv4(eth0.index, ip, plan.subnet.prefix)?;
     for route in &plan.routes {
