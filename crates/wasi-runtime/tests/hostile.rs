@@ -154,7 +154,7 @@ fn slow_module(functions: u32, salt: u32) -> Vec<u8> {
 async fn a_kill_during_compilation_returns_at_once_and_the_build_is_kept() {
     let dir = tempfile::tempdir().expect("tempdir");
     let e = engine();
-    let s = spec_of(&dir, "slow", slow_module(8, 1), None);
+    let s = spec_of(&dir, "slow", slow_module(128, 1), None);
     // The container is deleted while its module compiles: its start is dropped.
     let asked = Instant::now();
     let dropped = tokio::time::timeout(Duration::from_millis(50), e.start(s.clone())).await;

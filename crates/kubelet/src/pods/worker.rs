@@ -457,6 +457,19 @@ pub(crate) async fn run(
             r = changes.changed() => {
                 round = (WorkerOperation::Update, Instant::now());
                 if r.is_err() { return }
+                // Still starting (sandbox, pulls, creation): as for the first status,
+                // wait briefly for the containers, so that a busy node reports a start
+                // in one write rather than one per step.
+                if !shared.snapshot().started_or_failed() {
+                    let _ = tokio::time::timeout(FIRST_STATUS_WAIT, async {
+                        while !shared.snapshot().started_or_failed() {
+                            if changes.changed().await.is_err() {
+                                return;
+                            }
+                        }
+                    })
+                    .await;
+                }
             }
             r = w.pod.changed(), if !terminating => {
                 round = (WorkerOperation::Update, Instant::now());
