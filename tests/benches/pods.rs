@@ -384,7 +384,7 @@ async fn networked(cluster: &Cluster) -> anyhow::Result<()> {
     let pods = cluster.pods();
     let looping = cluster.push("loop", "bench").await?;
     let image = std::slice::from_ref(&looping);
-    // Warm both nodes' caches, and let the plugins make each bridge (their first ADD).
+    // Warm the nodes' caches, and let the plugins make each bridge (their first ADD).
     for node in [&fast.name, &exec.name, &bare.name] {
         scenario(&pods, node, image, false, false).await?;
     }
@@ -395,21 +395,13 @@ async fn networked(cluster: &Cluster) -> anyhow::Result<()> {
         let plugins = scenario(&pods, &exec.name, image, burst, false).await?;
         let no_network = scenario(&pods, &bare.name, image, burst, false).await?;
         rows.push((format!("kwok, Ready, {label}"), kwok_ms.clone(), None));
-        rows.push((
-            format!("krustlet without a network, Ready, {label}"),
-            no_network,
-            Some(kwok_ms.clone()),
-        ));
-        rows.push((
-            format!("krustlet networked, in-process, Ready, {label}"),
-            in_process,
-            Some(kwok_ms.clone()),
-        ));
-        rows.push((
-            format!("krustlet networked, CNI plugins, Ready, {label}"),
-            plugins,
-            Some(kwok_ms),
-        ));
+        for (node, ms) in [
+            ("krustlet without a network", no_network),
+            ("krustlet networked, in-process", in_process),
+            ("krustlet networked, CNI plugins", plugins),
+        ] {
+            rows.push((format!("{node}, Ready, {label}"), ms, Some(kwok_ms.clone())));
+        }
     }
     drop(kwok);
     // Where a networked pod's time goes: the sandbox (namespace and attachment), on
