@@ -328,6 +328,19 @@ impl PodWorker {
 /// How long the first status of a pod waits for its containers to start.
 const FIRST_STATUS_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
 
+/// Waits up to [`FIRST_STATUS_WAIT`] until a container of the pod has started or failed
+/// (at once if one has).
+async fn wait_for_start(shared: &Shared, changes: &mut watch::Receiver<u64>) {
+    let _ = tokio::time::timeout(FIRST_STATUS_WAIT, async {
+        while !shared.snapshot().started_or_failed() {
+            if changes.changed().await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+}
+
 /// When `activeDeadlineSeconds` runs out, counted from the pod's start time.
 fn deadline(pod: &Pod) -> Option<tokio::time::Instant> {
     let seconds = pod.spec.as_ref()?.active_deadline_seconds?;
@@ -420,14 +433,7 @@ pub(crate) async fn run(
     ));
     // The first status waits briefly for the containers to start, so that a pod that
     // starts at once is reported Running in one write rather than Pending, then Running.
-    let _ = tokio::time::timeout(FIRST_STATUS_WAIT, async {
-        while !shared.snapshot().started_or_failed() {
-            if changes.changed().await.is_err() {
-                return;
-            }
-        }
-    })
-    .await;
+    wait_for_start(&shared, &mut changes).await;
     let initial = w.status(&shared.snapshot(), shared.sandbox.get(), None, false);
     w.post(initial).await;
     w.ctx
@@ -458,18 +464,9 @@ pub(crate) async fn run(
                 round = (WorkerOperation::Update, Instant::now());
                 if r.is_err() { return }
                 // Still starting (sandbox, pulls, creation): as for the first status,
-                // wait briefly for the containers, so that a busy node reports a start
-                // in one write rather than one per step.
-                if !shared.snapshot().started_or_failed() {
-                    let _ = tokio::time::timeout(FIRST_STATUS_WAIT, async {
-                        while !shared.snapshot().started_or_failed() {
-                            if changes.changed().await.is_err() {
-                                return;
-                            }
-                        }
-                    })
-                    .await;
-                }
+                // so that a busy node reports a start in one write rather than one per
+                // step.
+                wait_for_start(&shared, &mut changes).await;
             }
             r = w.pod.changed(), if !terminating => {
                 round = (WorkerOperation::Update, Instant::now());

@@ -181,11 +181,7 @@ fn configured_subnet(ipam: &serde_json::Map<String, Value>) -> Option<Subnet> {
 /// # Errors
 /// The netlink requests or the lease files failed.
 pub async fn add(plan: &Plan, att: &Attachment) -> Result<Option<Value>> {
-    let plan = plan.clone();
-    let att = att.clone();
-    tokio::task::spawn_blocking(move || add_blocking(&plan, &att))
-        .await
-        .map_err(|e| fail("ADD", e.to_string()))?
+    off_thread("ADD", plan, att, add_blocking).await
 }
 
 /// Detaches the pod as a DEL of the plugins would: its lease freed, its `eth0` (and with
@@ -194,29 +190,43 @@ pub async fn add(plan: &Plan, att: &Attachment) -> Result<Option<Value>> {
 /// # Errors
 /// The lease files or the netlink requests failed.
 pub async fn del(plan: &Plan, att: &Attachment) -> Result<()> {
-    let plan = plan.clone();
-    let att = att.clone();
-    tokio::task::spawn_blocking(move || {
-        plan.leases()
-            .release(&att.container_id, POD_INTERFACE)
-            .map_err(|e| fail("DEL", format!("releasing the address: {e}")))?;
-        let Ok(ns) = crate::netns::open_pinned(&att.netns) else {
-            return Ok(());
-        };
-        in_namespace(ns, |rtnl| match rtnl.link(POD_INTERFACE)? {
-            Some(link) => rtnl.delete_link(link.index),
-            None => Ok(()),
-        })
-        .map_err(|e| fail("DEL", format!("deleting {POD_INTERFACE}: {e}")))
-    })
-    .await
-    .map_err(|e| fail("DEL", e.to_string()))?
+    off_thread("DEL", plan, att, del_blocking).await
 }
 
-fn fail(command: &'static str, message: String) -> Error {
+/// Runs `work` for `plan` and `att` on the blocking pool (netlink requests and lease
+/// files block).
+async fn off_thread<T: Send + 'static>(
+    command: &'static str,
+    plan: &Plan,
+    att: &Attachment,
+    work: fn(&Plan, &Attachment) -> Result<T>,
+) -> Result<T> {
+    let (plan, att) = (plan.clone(), att.clone());
+    let network = plan.network.clone();
+    tokio::task::spawn_blocking(move || work(&plan, &att))
+        .await
+        .map_err(|e| fail(&network, command, e.to_string()))?
+}
+
+fn del_blocking(plan: &Plan, att: &Attachment) -> Result<()> {
+    let failed = |m: String| fail(&plan.network, "DEL", m);
+    plan.leases()
+        .release(&att.container_id, POD_INTERFACE)
+        .map_err(|e| failed(format!("releasing the address: {e}")))?;
+    let Ok(ns) = crate::netns::open_pinned(&att.netns) else {
+        return Ok(());
+    };
+    in_namespace(ns, |rtnl| match rtnl.link(POD_INTERFACE)? {
+        Some(link) => rtnl.delete_link(link.index),
+        None => Ok(()),
+    })
+    .map_err(|e| failed(format!("deleting {POD_INTERFACE}: {e}")))
+}
+
+fn fail(network: &str, command: &'static str, message: String) -> Error {
     Error::Plugin {
         plugin: "bridge (in process)".to_owned(),
-        network: String::new(),
+        network: network.to_owned(),
         command,
         message,
     }
@@ -236,18 +246,19 @@ fn ready_bridge(rtnl: &mut Rtnl, plan: &Plan) -> io::Result<Option<(u32, Option<
 }
 
 fn add_blocking(plan: &Plan, att: &Attachment) -> Result<Option<Value>> {
-    let mut host = Rtnl::open().map_err(|e| fail("ADD", format!("netlink: {e}")))?;
+    let failed = |m: String| fail(&plan.network, "ADD", m);
+    let mut host = Rtnl::open().map_err(|e| failed(format!("netlink: {e}")))?;
     let Some((bridge_index, bridge_mac)) =
-        ready_bridge(&mut host, plan).map_err(|e| fail("ADD", format!("the bridge: {e}")))?
+        ready_bridge(&mut host, plan).map_err(|e| failed(format!("the bridge: {e}")))?
     else {
         return Ok(None);
     };
     let ns = crate::netns::open_pinned(&att.netns)
-        .map_err(|e| fail("ADD", format!("the pod's namespace: {e}")))?;
+        .map_err(|e| failed(format!("the pod's namespace: {e}")))?;
     let leases = plan.leases();
     let ip = leases
         .reserve(&att.container_id, POD_INTERFACE, plan.subnet)
-        .map_err(|e| fail("ADD", format!("host-local: {e}")))?;
+        .map_err(|e| failed(format!("host-local: {e}")))?;
     let wired = wire(&mut host, plan, bridge_index, &ns, ip);
     match wired {
         Ok((veth, veth_mac, eth0_mac)) => Ok(Some(result(
@@ -255,7 +266,7 @@ fn add_blocking(plan: &Plan, att: &Attachment) -> Result<Option<Value>> {
         ))),
         Err(e) => {
             let _ = leases.release(&att.container_id, POD_INTERFACE);
-            Err(fail("ADD", e.to_string()))
+            Err(failed(e.to_string()))
         }
     }
 }

@@ -4,7 +4,7 @@
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::OwnedFd;
 
 use netlink_packet_core::{
     NLM_F_ACK, NLM_F_DUMP, NLM_F_MULTIPART, NLM_F_REQUEST, NetlinkBuffer, NetlinkHeader,
@@ -31,12 +31,11 @@ pub(super) struct Rtnl {
     buf: Vec<u8>,
 }
 
-/// What the pod side needs to know of a link.
+/// What an attachment needs to know of a link.
 #[derive(Debug, Clone)]
 pub(super) struct Link {
     pub index: u32,
     pub up: bool,
-    pub mtu: Option<u32>,
     pub mac: Option<String>,
 }
 
@@ -223,31 +222,20 @@ impl Rtnl {
     }
 }
 
-impl AsFd for Rtnl {
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
-    }
-}
-
 fn link_of(m: &LinkMessage) -> Link {
     let mut link = Link {
         index: m.header.index,
         up: m.header.flags.contains(LinkFlags::Up),
-        mtu: None,
         mac: None,
     };
     for a in &m.attributes {
-        match a {
-            LinkAttribute::Mtu(mtu) => link.mtu = Some(*mtu),
-            LinkAttribute::Address(mac) => {
-                link.mac = Some(
-                    mac.iter()
-                        .map(|b| format!("{b:02x}"))
-                        .collect::<Vec<_>>()
-                        .join(":"),
-                );
-            }
-            _ => {}
+        if let LinkAttribute::Address(mac) = a {
+            link.mac = Some(
+                mac.iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<Vec<_>>()
+                    .join(":"),
+            );
         }
     }
     link
